@@ -1,0 +1,5 @@
+import sys
+
+from refattn.cli import main
+
+sys.exit(main())

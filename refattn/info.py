@@ -1,0 +1,108 @@
+"""`refattn info`: versions and which backends are usable on this machine."""
+
+from __future__ import annotations
+
+import importlib
+import platform
+import shutil
+import subprocess
+
+__all__ = ["collect_info", "format_info"]
+
+
+def _version(module):
+    try:
+        return importlib.import_module(module).__version__
+    except Exception:  # not installed, or broken
+        return None
+
+
+def _numba_status():
+    from refattn.kernels import numba_enabled
+
+    if not numba_enabled():
+        return {"usable": False, "reason": "disabled (REFATTN_DISABLE_NUMBA) or not installed"}
+    try:
+        import numba
+        import numpy as np
+
+        from refattn.exact import softmax_attention
+
+        w = np.ones((2, 3))
+        softmax_attention(w, w, w, implementation="numba")
+        return {"usable": True, "threads": numba.config.NUMBA_NUM_THREADS}
+    except Exception as exc:  # report, do not crash
+        return {"usable": False, "reason": f"{type(exc).__name__}: {exc}"}
+
+
+def _cupy_status():
+    try:
+        import cupy
+    except Exception as exc:
+        return {"installed": False, "reason": f"{type(exc).__name__}: {exc}".splitlines()[0]}
+    status = {"installed": True, "version": cupy.__version__}
+    try:
+        n = cupy.cuda.runtime.getDeviceCount()
+        status["devices"] = n
+        if n:
+            props = cupy.cuda.runtime.getDeviceProperties(0)
+            status["device0"] = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+            status["cuda_runtime"] = cupy.cuda.runtime.runtimeGetVersion()
+    except Exception as exc:
+        status["devices"] = 0
+        status["reason"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
+    return status
+
+
+def _nvcc_status():
+    path = shutil.which("nvcc")
+    if path is None:
+        return {"found": False}
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30).stdout
+        release = [line for line in out.splitlines() if "release" in line]
+        return {"found": True, "path": path, "version": release[-1].strip() if release else out.strip()}
+    except Exception as exc:
+        return {"found": True, "path": path, "error": str(exc)}
+
+
+def collect_info() -> dict:
+    """Everything `refattn info` prints, as a dict."""
+    import refattn
+
+    info = {
+        "refattn": refattn.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": {m: _version(m) for m in ("numpy", "scipy", "numba", "mpmath", "hypothesis", "cupy")},
+        "numba": _numba_status(),
+        "cupy": _cupy_status(),
+        "nvcc": _nvcc_status(),
+    }
+    try:
+        from threadpoolctl import threadpool_info
+
+        info["blas"] = [
+            {k: d.get(k) for k in ("internal_api", "version", "num_threads", "architecture")} for d in threadpool_info() if d.get("user_api") == "blas"
+        ]
+    except Exception:  # threadpoolctl is a dependency, but info must never crash
+        info["blas"] = []
+    return info
+
+
+def format_info(info: dict) -> str:
+    lines = [f"refattn {info['refattn']}  (Python {info['python']}, {info['platform']})"]
+    lines.append("versions: " + ", ".join(f"{k} {v or 'not installed'}" for k, v in info["versions"].items()))
+    nb = info["numba"]
+    lines.append("numba backend: " + (f"usable, {nb['threads']} threads" if nb["usable"] else f"unusable ({nb['reason']})"))
+    cp = info["cupy"]
+    if cp["installed"]:
+        dev = f"{cp.get('devices', 0)} GPU(s)" + (f", {cp['device0']}" if cp.get("device0") else "")
+        lines.append(f"cupy backend: cupy {cp['version']}, {dev}" + (f" ({cp['reason']})" if cp.get("reason") else ""))
+    else:
+        lines.append("cupy backend: not installed (GPU extra: pip install 'refattn[gpu]')")
+    nv = info["nvcc"]
+    lines.append("nvcc: " + (f"{nv.get('version', '?')} ({nv['path']})" if nv["found"] else "not found"))
+    for b in info.get("blas", []):
+        lines.append(f"blas: {b['internal_api']} {b['version']}, {b['num_threads']} threads, {b['architecture']}")
+    return "\n".join(lines)

@@ -1,0 +1,247 @@
+r"""The attention problem: validated inputs and the masks that define which keys a query sees.
+
+Every implementation in refattn (dense, streaming, arbitrary precision, backward) takes
+its inputs through :func:`attention_problem`, so they all agree on shapes, on the causal
+alignment and on what a mask means.
+
+Shape legend: ``...`` leading batch dims (broadcast), ``T`` queries, ``S`` keys,
+``H`` head dim, ``Hv`` value dim.
+
+Conventions
+-----------
+- ``mask``: boolean, broadcastable to ``(..., T, S)``; **True means "may attend"**
+  (the JAX convention; PyTorch's ``key_padding_mask`` is the opposite).
+- ``bias``: real, broadcastable to ``(..., T, S)``, added to the scaled logits;
+  ``-inf`` entries act as a mask, NaN and ``+inf`` are rejected.
+- ``key_lengths``: integers broadcastable to the batch shape; keys ``j >= key_lengths``
+  are padding and are removed from the softmax (right padding).
+- ``causal``: ``False``; ``True`` or ``"bottom_right"`` (query ``i`` sees keys
+  ``j <= i + S - T``, FlashAttention >= 2.1); or ``"top_left"`` (``j <= i``). For
+  ``T == S`` both are the usual lower-triangular mask. With ``bottom_right`` and
+  ``T > S`` the first ``T - S`` queries see no key at all.
+- A query that sees no key (every logit masked) has no defined softmax; refattn returns
+  an output row of zeros and ``lse = -inf`` for it (MATH.md section 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from refattn._validation import as_float_array, check_scale
+
+__all__ = ["AttentionProblem", "attention_problem", "causal_mask", "CAUSAL_ALIGNMENTS"]
+
+CAUSAL_ALIGNMENTS = ("bottom_right", "top_left")
+
+
+def _causal_alignment(causal) -> str | None:
+    if causal is False or causal is None:
+        return None
+    if causal is True:
+        return "bottom_right"
+    if isinstance(causal, str) and causal in CAUSAL_ALIGNMENTS:
+        return causal
+    raise ValueError(f"causal: expected False, True, 'bottom_right' or 'top_left', got {causal!r}")
+
+
+def causal_offset(T: int, S: int, alignment: str) -> int:
+    """Query ``i`` may see key ``j`` iff ``j <= i + offset``."""
+    return S - T if alignment == "bottom_right" else 0
+
+
+def causal_mask(T: int, S: int, alignment: str | bool = "bottom_right") -> np.ndarray:
+    """Boolean ``(T, S)`` mask, True where query ``i`` may attend to key ``j``.
+
+    ``bottom_right``: ``j <= i + S - T`` (FlashAttention >= 2.1). ``top_left``: ``j <= i``.
+
+    Examples
+    --------
+    >>> causal_mask(2, 3).astype(int)
+    array([[1, 1, 0],
+           [1, 1, 1]])
+    >>> causal_mask(2, 3, "top_left").astype(int)
+    array([[1, 0, 0],
+           [1, 1, 0]])
+    """
+    alignment = _causal_alignment(alignment)
+    if alignment is None:
+        return np.ones((T, S), dtype=bool)
+    off = causal_offset(T, S, alignment)
+    return np.arange(S)[None, :] <= np.arange(T)[:, None] + off  # (T, S)
+
+
+def _check_qkv(q, k, v):
+    q = as_float_array(q, "q")
+    k = as_float_array(k, "k")
+    v = as_float_array(v, "v")
+    for name, a in (("q", q), ("k", k), ("v", v)):
+        if a.ndim < 2:
+            raise ValueError(f"{name}: expected shape (..., L, H) with at least 2 dims, got {a.shape}")
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"k: head dim {k.shape[-1]} does not match q's head dim {q.shape[-1]}")
+    if q.shape[-1] == 0:
+        raise ValueError("q: head dim H must be >= 1")
+    if k.shape[-2] != v.shape[-2]:
+        raise ValueError(f"v: has {v.shape[-2]} keys (axis -2) but k has {k.shape[-2]}")
+    return q, k, v
+
+
+def _broadcast(shapes_named):
+    try:
+        return np.broadcast_shapes(*(s for _, s in shapes_named))
+    except ValueError:
+        desc = ", ".join(f"{n} {s}" for n, s in shapes_named)
+        raise ValueError(f"leading (batch) dims do not broadcast: {desc}") from None
+
+
+@dataclass(frozen=True)
+class AttentionProblem:
+    """Validated attention inputs (not yet broadcast) and their masking rules."""
+
+    q: np.ndarray  # (..., T, H)
+    k: np.ndarray  # (..., S, H)
+    v: np.ndarray  # (..., S, Hv)
+    scale: float
+    causal: str | None
+    mask: np.ndarray | None  # bool, broadcastable to (..., T, S)
+    bias: np.ndarray | None  # float64, broadcastable to (..., T, S)
+    key_lengths: np.ndarray | None  # int64, broadcastable to batch_shape
+    batch_shape: tuple
+
+    @property
+    def T(self) -> int:
+        return self.q.shape[-2]
+
+    @property
+    def S(self) -> int:
+        return self.k.shape[-2]
+
+    @property
+    def H(self) -> int:
+        return self.q.shape[-1]
+
+    @property
+    def Hv(self) -> int:
+        return self.v.shape[-1]
+
+    @property
+    def has_mask(self) -> bool:
+        return self.causal is not None or self.mask is not None or self.key_lengths is not None
+
+    def causal_offset(self) -> int:
+        return causal_offset(self.T, self.S, self.causal) if self.causal else 0
+
+    def allowed(self) -> np.ndarray | None:
+        """Boolean array broadcastable to ``(..., T, S)``: True where attention is allowed.
+
+        ``None`` when every key is visible to every query (no causal, mask or padding);
+        ``-inf`` bias entries are not folded in here (they act through the logits).
+        """
+        allowed = None
+        if self.causal is not None:
+            allowed = causal_mask(self.T, self.S, self.causal)  # (T, S)
+        if self.mask is not None:
+            allowed = self.mask if allowed is None else allowed & self.mask
+        if self.key_lengths is not None:
+            keep = np.arange(self.S) < self.key_lengths[..., None, None]  # (..., 1, S)
+            allowed = keep if allowed is None else allowed & keep
+        return allowed
+
+    def logits(self, dtype=np.float64) -> np.ndarray:
+        """Masked, scaled logits ``s Q K^T + bias`` of shape ``(..., T, S)``; ``-inf`` where masked."""
+        q = self.q.astype(dtype, copy=False)
+        k = self.k.astype(dtype, copy=False)
+        logits = np.matmul(q, np.swapaxes(k, -1, -2)) * dtype(self.scale)  # (..., T, S)
+        if self.bias is not None:
+            logits = logits + self.bias.astype(dtype, copy=False)
+        allowed = self.allowed()
+        if allowed is not None:
+            logits = np.where(allowed, logits, dtype(-np.inf))
+        return np.broadcast_to(logits, self.batch_shape + (self.T, self.S))
+
+    def items(self):
+        """Yield ``(index, q_b, k_b, v_b, mask_b, bias_b, key_length_b)`` per batch item.
+
+        ``q_b`` etc. are 2-D views; ``mask_b`` and ``bias_b`` are ``(T, S)`` views (possibly
+        with zero strides) or ``None``; ``key_length_b`` is an ``int`` (``S`` when unpadded).
+        """
+        nb = len(self.batch_shape)
+        T, S = self.T, self.S
+
+        def view(a, tail):
+            return np.broadcast_to(a, self.batch_shape + tail) if a is not None else None
+
+        q = view(self.q, (T, self.H))
+        k = view(self.k, (S, self.H))
+        v = view(self.v, (S, self.Hv))
+        mask = view(self.mask, (T, S))
+        bias = view(self.bias, (T, S))
+        lens = (
+            np.broadcast_to(self.key_lengths, self.batch_shape) if self.key_lengths is not None else None
+        )
+        for idx in np.ndindex(*self.batch_shape) if nb else [()]:
+            yield (
+                idx,
+                q[idx],
+                k[idx],
+                v[idx],
+                None if mask is None else mask[idx],
+                None if bias is None else bias[idx],
+                S if lens is None else int(lens[idx]),
+            )
+
+
+def attention_problem(
+    q, k, v, *, scale=None, causal=False, mask=None, bias=None, key_lengths=None
+) -> AttentionProblem:
+    """Validate attention inputs; see the module docstring for every convention.
+
+    Raises ``TypeError``/``ValueError`` naming the offending argument for wrong dtypes,
+    NaN/Inf, shapes that do not match or broadcast, a bad scale, causal flag, mask,
+    bias or key length.
+    """
+    q, k, v = _check_qkv(q, k, v)
+    T, S, H = q.shape[-2], k.shape[-2], q.shape[-1]
+    scale = check_scale(scale, H)
+    alignment = _causal_alignment(causal)
+    named = [("q", q.shape[:-2]), ("k", k.shape[:-2]), ("v", v.shape[:-2])]
+
+    if mask is not None:
+        mask = np.asarray(mask)
+        if mask.dtype != np.bool_:
+            raise TypeError(f"mask: expected a boolean array (True = may attend), got dtype {mask.dtype}")
+        if mask.ndim < 2:
+            mask = mask.reshape((1,) * (2 - mask.ndim) + mask.shape)
+        try:
+            np.broadcast_shapes(mask.shape[-2:], (T, S))
+        except ValueError:
+            raise ValueError(f"mask: shape {mask.shape} does not broadcast to (..., T, S) = (..., {T}, {S})") from None
+        if np.broadcast_shapes(mask.shape[-2:], (T, S)) != (T, S):
+            raise ValueError(f"mask: shape {mask.shape} does not broadcast to (..., T, S) = (..., {T}, {S})")
+        named.append(("mask", mask.shape[:-2]))
+
+    if bias is not None:
+        bias = as_float_array(bias, "bias", allow_neg_inf=True).astype(np.float64, copy=False)
+        if bias.ndim < 2:
+            bias = bias.reshape((1,) * (2 - bias.ndim) + bias.shape)
+        try:
+            ok = np.broadcast_shapes(bias.shape[-2:], (T, S)) == (T, S)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(f"bias: shape {bias.shape} does not broadcast to (..., T, S) = (..., {T}, {S})")
+        named.append(("bias", bias.shape[:-2]))
+
+    if key_lengths is not None:
+        key_lengths = np.asarray(key_lengths)
+        if key_lengths.dtype == np.bool_ or not np.issubdtype(key_lengths.dtype, np.integer):
+            raise TypeError(f"key_lengths: expected integers, got dtype {key_lengths.dtype}")
+        if key_lengths.size and (key_lengths.min() < 0 or key_lengths.max() > S):
+            raise ValueError(f"key_lengths: every entry must lie in [0, S] = [0, {S}]")
+        key_lengths = key_lengths.astype(np.int64)
+        named.append(("key_lengths", key_lengths.shape))
+
+    batch_shape = tuple(_broadcast(named))
+    return AttentionProblem(q, k, v, scale, alignment, mask, bias, key_lengths, batch_shape)

@@ -1,0 +1,245 @@
+r"""Tools for your own test suites: the FlashAttention tolerance rule, Hypothesis
+strategies for attention inputs, and statistical assertions.
+
+>>> from refattn.testing import assert_close_to_reference, attention_inputs
+
+The tolerance rule (FlashAttention's test suite, STYLE.md section 1): a kernel that
+computes in precision ``lo`` passes iff
+
+.. math:: \max|O_\text{kernel} - O_{64}| \le 2 \max|O_\text{lo} - O_{64}| + \text{floor},
+
+where :math:`O_{64}` is the float64 oracle and :math:`O_\text{lo}` the same reference math
+done in precision ``lo``. The factor 2 allows the kernel to be twice as far from the truth
+as a straightforward implementation in its own precision. ``floor`` (default
+``4 eps_lo max|O_64|``) is rounding noise at the reference's magnitude: it matters only when
+the low-precision reference is exact by luck (for example float64 kernels).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from refattn.exact import softmax_attention
+from refattn.stats import bootstrap_variance_interval, z_test_mean
+
+__all__ = [
+    "ToleranceCheck",
+    "tolerance_check",
+    "check_close_to_reference",
+    "assert_close_to_reference",
+    "assert_unbiased",
+    "assert_variance_matches",
+    "AttentionInputs",
+    "attention_inputs",
+]
+
+
+@dataclass(frozen=True)
+class ToleranceCheck:
+    """The numbers of one application of the FlashAttention rule."""
+
+    error: float  # max |actual - ref64|
+    error_lo: float  # max |ref_lo - ref64|
+    floor: float
+    dtype: str
+
+    @property
+    def bound(self) -> float:
+        return 2.0 * self.error_lo + self.floor
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.error <= self.bound)
+
+    def summary(self) -> str:
+        verdict = "PASS" if self.passed else "FAIL"
+        return (
+            f"{verdict}: max|out - ref64| = {self.error:.3e}, bound = 2 * {self.error_lo:.3e} "
+            f"(max|ref_{self.dtype} - ref64|) + {self.floor:.3e} (floor) = {self.bound:.3e}"
+        )
+
+
+def _lo_dtype(actual, dtype):
+    if dtype is not None:
+        return np.dtype(dtype)
+    dt = np.asarray(actual).dtype
+    return dt if dt in (np.float16, np.float32, np.float64) else np.dtype(np.float64)
+
+
+def tolerance_check(actual, ref64, ref_lo, *, atol=None) -> ToleranceCheck:
+    """Apply the FlashAttention rule to given arrays (see the module docstring).
+
+    ``atol`` overrides the floor. Shapes must agree exactly (no broadcasting: a shape
+    mismatch is a bug in the implementation under test, not a tolerance question).
+    """
+    a = np.asarray(actual)
+    r = np.asarray(ref64, dtype=np.float64)
+    lo = np.asarray(ref_lo)
+    if a.shape != r.shape:
+        raise AssertionError(f"shape mismatch: actual {a.shape} vs reference {r.shape}")
+    if lo.shape != r.shape:
+        raise ValueError(f"ref_lo: shape {lo.shape} differs from ref64's {r.shape}")
+    a64 = a.astype(np.float64)
+    if not np.isfinite(a64).all():
+        error = float("inf")
+    else:
+        error = float(np.max(np.abs(a64 - r))) if r.size else 0.0
+    error_lo = float(np.max(np.abs(lo.astype(np.float64) - r))) if r.size else 0.0
+    lo_dt = lo.dtype if lo.dtype in (np.float16, np.float32, np.float64) else np.dtype(np.float64)
+    if atol is None:
+        scale = float(np.max(np.abs(r))) if r.size else 0.0
+        atol = 4.0 * float(np.finfo(lo_dt).eps) * scale + float(np.finfo(np.float64).tiny)
+    return ToleranceCheck(error, error_lo, float(atol), lo_dt.name)
+
+
+def check_close_to_reference(actual, q, k, v, *, dtype=None, atol=None, **attention_kwargs) -> ToleranceCheck:
+    """Compute ``ref64`` and ``ref_lo`` with :func:`refattn.softmax_attention` and apply the rule.
+
+    ``dtype`` is the kernel's compute precision (default: ``actual``'s dtype);
+    ``attention_kwargs`` (``scale``, ``causal``, ``mask``, ``bias``, ``key_lengths``) are
+    passed to the oracle.
+    """
+    lo = _lo_dtype(actual, dtype)
+    ref64 = softmax_attention(q, k, v, implementation="dense", **attention_kwargs)
+    q_lo, k_lo, v_lo = (np.asarray(x).astype(lo) for x in (q, k, v))
+    ref_lo = softmax_attention(q_lo, k_lo, v_lo, implementation="dense", dtype=lo, **attention_kwargs)
+    return tolerance_check(actual, ref64, ref_lo, atol=atol)
+
+
+def assert_close_to_reference(actual, q, k, v, *, dtype=None, atol=None, name="out", **attention_kwargs):
+    """Assert that ``actual`` passes the FlashAttention rule against refattn's oracle.
+
+    Prints the numbers first, so a failing log holds what a reviewer needs.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v = (rng.normal(size=(5, 8)) for _ in range(3))
+    >>> out32 = softmax_attention(q, k, v, dtype=np.float32)   # a float32 "kernel"
+    >>> r = assert_close_to_reference(out32, q, k, v)  # doctest: +ELLIPSIS
+    out: PASS: ...
+    """
+    result = check_close_to_reference(actual, q, k, v, dtype=dtype, atol=atol, **attention_kwargs)
+    print(f"{name}: {result.summary()}")
+    if not result.passed:
+        raise AssertionError(f"{name}: {result.summary()}")
+    return result
+
+
+def assert_unbiased(samples, truth, *, alpha: float, axis: int = 0, name: str = "estimate"):
+    """Assert ``E[samples] == truth`` entrywise (:func:`refattn.stats.z_test_mean`).
+
+    The false-failure probability of this assertion is at most ``alpha`` (family-wise).
+    """
+    result = z_test_mean(samples, truth, alpha=alpha, axis=axis)
+    if not result.passed:
+        raise AssertionError(f"{name}: mean differs from truth: {result.summary()}")
+    return result
+
+
+def assert_variance_matches(samples, expected, *, alpha: float, rng, n_boot: int = 2000, axis: int = 0,
+                            name: str = "estimate"):
+    """Assert the bootstrap ``1 - alpha`` interval of ``Var[samples]`` contains ``expected``.
+
+    ``alpha`` is split over the entries (Bonferroni). The coverage is asymptotic (percentile
+    bootstrap); use inputs whose fourth moment is finite and moderate.
+    """
+    x = np.asarray(samples)
+    m = max(1, x.size // max(1, x.shape[axis])) if x.ndim else 1  # entries tested
+    res = bootstrap_variance_interval(x, alpha=alpha / m, rng=rng, n_boot=n_boot, axis=axis)
+    inside = res.contains(expected)
+    if not np.all(inside):
+        bad = np.argwhere(~np.asarray(inside))[0] if np.ndim(inside) else ()
+        exp = np.broadcast_to(np.asarray(expected, dtype=float), np.shape(res.variance))
+        b = tuple(bad)
+        raise AssertionError(
+            f"{name}: expected variance {exp[b]:.6g} outside the {1 - alpha / m:.6g} bootstrap interval "
+            f"[{np.asarray(res.low)[b]:.6g}, {np.asarray(res.high)[b]:.6g}] at entry {b} "
+            f"(sample variance {np.asarray(res.variance)[b]:.6g}, n = {res.n}, {res.n_boot} resamples)"
+        )
+    return res
+
+
+# ---------------------------------------------------------------------------------------
+# Hypothesis strategies
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class AttentionInputs:
+    """One drawn attention problem: arrays plus the keyword arguments of the oracle."""
+
+    q: np.ndarray
+    k: np.ndarray
+    v: np.ndarray
+    kwargs: dict = field(default_factory=dict)
+
+    def __repr__(self) -> str:  # Hypothesis prints this on failure: keep it readable
+        return (
+            f"AttentionInputs(q{self.q.shape} {self.q.dtype}, k{self.k.shape}, v{self.v.shape}, "
+            f"kwargs={ {k: (v.shape if hasattr(v, 'shape') else v) for k, v in self.kwargs.items()} })"
+        )
+
+
+def attention_inputs(
+    *,
+    max_len: int = 33,
+    max_head_dim: int = 17,
+    max_batch_dims: int = 2,
+    dtypes=(np.float64, np.float32, np.float16),
+    logit_std=(0.0, 8.0),
+    masks: bool = True,
+    causal: bool = True,
+    allow_empty: bool = False,
+):
+    """Hypothesis strategy for attention problems (:class:`AttentionInputs`).
+
+    Shapes: ``T``, ``S`` in ``[1, max_len]`` (``[0, max_len]`` with ``allow_empty``), head
+    dims in ``[1, max_head_dim]``, 0 to ``max_batch_dims`` leading dims of size 1 to 3 (with
+    size-1 dims that broadcast). Sizes 1 and odd sizes are drawn often (Hypothesis favours
+    boundaries). Values: ``q``, ``k`` Gaussian scaled so that the logits ``s q.k`` have
+    standard deviation ``logit_std`` (a float or a ``(low, high)`` range: a temperature
+    control; 0 gives uniform attention, 8 nearly one-hot). With ``masks``: optional boolean
+    mask (possibly fully masking rows), key lengths; with ``causal``: an alignment.
+    Arrays are drawn from a NumPy generator seeded by Hypothesis, so examples shrink by seed.
+    """
+    from hypothesis import strategies as st
+
+    lo_len = 0 if allow_empty else 1
+
+    @st.composite
+    def strategy(draw):
+        T = draw(st.integers(lo_len, max_len))
+        S = draw(st.integers(lo_len, max_len))
+        H = draw(st.integers(1, max_head_dim))
+        Hv = draw(st.integers(1, max_head_dim))
+        nb = draw(st.integers(0, max_batch_dims))
+        batch = tuple(draw(st.integers(1, 3)) for _ in range(nb))
+        # each of q, k, v may broadcast over some batch dims
+        def bshape(tail):
+            return tuple(draw(st.sampled_from([b, 1])) for b in batch) + tail
+
+        seed = draw(st.integers(0, 2**32 - 1))
+        dtype = draw(st.sampled_from(list(dtypes)))
+        if isinstance(logit_std, tuple):
+            std = draw(st.floats(*logit_std, allow_nan=False, allow_infinity=False))
+        else:
+            std = float(logit_std)
+        rng = np.random.default_rng(seed)
+        # s q.k with q, k ~ N(0, I_H) and s = 1/sqrt(H) has standard deviation 1.
+        q = (rng.standard_normal(bshape((T, H))) * std).astype(dtype)
+        k = rng.standard_normal(bshape((S, H))).astype(dtype)
+        v = rng.standard_normal(bshape((S, Hv))).astype(dtype)
+        kwargs = {}
+        if causal and draw(st.booleans()):
+            kwargs["causal"] = draw(st.sampled_from([True, "bottom_right", "top_left"]))
+        if masks and draw(st.booleans()):
+            density = draw(st.sampled_from([0.0, 0.3, 0.7, 1.0]))
+            kwargs["mask"] = rng.random(bshape((T, S))) < density
+        if masks and draw(st.booleans()):
+            kwargs["key_lengths"] = rng.integers(0, S + 1, size=bshape(()))
+        return AttentionInputs(q, k, v, kwargs)
+
+    return strategy()
