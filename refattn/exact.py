@@ -38,6 +38,7 @@ __all__ = [
     "softmax_attention",
     "attention_probabilities",
     "attention_backward",
+    "forward_error_bound",
     "DENSE_LIMIT",
     "IMPLEMENTATIONS",
 ]
@@ -280,3 +281,54 @@ def attention_backward(
         _sum_to_shape(dk, prob.k.shape),
         _sum_to_shape(dv, prob.v.shape),
     )
+
+
+def _gamma(n, u):
+    """Higham's gamma_n = n u / (1 - n u) (Accuracy and Stability of Numerical Algorithms, 3.1)."""
+    return n * u / (1.0 - n * u)
+
+
+def forward_error_bound(q, k, v, *, scale=None, causal=False, mask=None, bias=None, key_lengths=None, dtype=None):
+    r"""A rigorous per-row bound on the rounding error of :func:`softmax_attention`.
+
+    Derived in ``docs/exact.md`` ("Forward error of the oracle"). With unit roundoff
+    ``u`` of the compute dtype, :math:`\gamma_n = nu/(1-nu)`, ``R_i`` the range of row
+    ``i``'s visible logits and
+
+    .. math::
+
+        \Delta_i = \gamma_{H+2} \max_j \bigl(s \textstyle\sum_h |q_{ih} k_{jh}| + |b_{ij}|\bigr)
+                   + 2u R_i + \gamma_{S+8},
+
+    every implementation (dense and streaming) satisfies
+
+    .. math::
+
+        \max_h |\hat O_{ih} - O_{ih}| \le \bigl(e^{2\Delta_i} - 1 + 2\gamma_{S+2}\bigr)
+        \max_{j\ \text{visible}} \max_h |v_{jh}| .
+
+    The first term is the conditioning of softmax (a logit error ``eps`` moves each
+    probability by a factor within ``e^{+-2 eps}``), the second the rounding of the sums.
+    Returns the bound of shape ``(..., T)`` (0 for a query that sees no key, whose output
+    is exactly zero). ``tests`` check it against the mpmath oracle on adversarial inputs.
+    """
+    dt = _compute_dtype(dtype)
+    u = float(np.finfo(dt).eps) / 2.0
+    prob = attention_problem(q, k, v, scale=scale, causal=causal, mask=mask, bias=bias, key_lengths=key_lengths)
+    T, S, H = prob.T, prob.S, prob.H
+    absdot = prob.scale * np.matmul(np.abs(prob.q), np.swapaxes(np.abs(prob.k), -1, -2))  # (..., T, S)
+    logits = prob.logits()  # (..., T, S), -inf where masked
+    visible = logits > -np.inf
+    if prob.bias is not None:
+        absdot = absdot + np.where(np.isfinite(prob.bias), np.abs(prob.bias), 0.0)
+    absdot = np.broadcast_to(absdot, visible.shape)
+    any_vis = visible.any(axis=-1) if S else np.zeros(visible.shape[:-1], dtype=bool)  # (..., T)
+    big = np.where(visible, absdot, 0.0).max(axis=-1, initial=0.0)
+    hi = np.where(visible, logits, -np.inf).max(axis=-1, initial=-np.inf)
+    lo = np.where(visible, logits, np.inf).min(axis=-1, initial=np.inf)
+    rng_i = np.where(any_vis, hi - lo, 0.0)
+    delta = _gamma(H + 2, u) * big + 2 * u * rng_i + _gamma(S + 8, u)
+    vmax = np.abs(np.broadcast_to(prob.v, prob.batch_shape + (S, prob.Hv))).max(axis=-1, initial=0.0)  # (..., S)
+    vmax_vis = np.where(visible, vmax[..., None, :], 0.0).max(axis=-1, initial=0.0)  # (..., T)
+    bound = (np.expm1(2 * delta) + 2 * _gamma(S + 2, u)) * vmax_vis
+    return np.where(any_vis, bound, 0.0)

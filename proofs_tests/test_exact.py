@@ -1,0 +1,192 @@
+"""Properties of the exact oracle (refattn.exact), by Hypothesis and by construction.
+
+Deterministic tests. Tolerances are rounding-level: ``TOL * max|v|`` with TOL = 64 eps,
+far below any modelling error (a wrong mask, scale or axis moves outputs by O(1)).
+"""
+
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+from refattn import attention_probabilities, causal_mask, softmax_attention
+from refattn.testing import attention_inputs
+
+EPS = np.finfo(np.float64).eps
+TOL = 64 * EPS
+
+
+def _vmax(v):
+    return max(1.0, float(np.max(np.abs(v)))) if np.size(v) else 1.0
+
+
+@given(attention_inputs())
+def test_rows_of_P_are_probabilities(x):
+    """P >= 0; each row sums to 1, or is all zeros (and lse = -inf) when the query sees no key."""
+    P, lse = attention_probabilities(x.q, x.k, return_lse=True, **x.kwargs)
+    assert np.all(P >= 0)
+    sums = P.sum(axis=-1)
+    dead = np.isneginf(lse)
+    assert np.all(np.abs(sums[~dead] - 1) <= (x.k.shape[-2] + 4) * EPS)
+    assert np.all(sums[dead] == 0)
+    out = softmax_attention(x.q, x.k, x.v, **x.kwargs)
+    assert np.all(out[dead] == 0)
+
+
+@given(attention_inputs(masks=False, causal=False), st.randoms(use_true_random=False))
+def test_query_permutation_equivariance(x, r):
+    """Permuting queries permutes the output rows."""
+    T = x.q.shape[-2]
+    perm = np.array(r.sample(range(T), T))
+    out = softmax_attention(x.q, x.k, x.v)
+    out_p = softmax_attention(x.q[..., perm, :], x.k, x.v)
+    assert np.abs(out_p - out[..., perm, :]).max() <= TOL * _vmax(x.v)
+
+
+@given(attention_inputs(masks=False, causal=False), st.randoms(use_true_random=False))
+def test_key_value_permutation_invariance(x, r):
+    """Permuting (key, value) pairs together leaves the output unchanged."""
+    S = x.k.shape[-2]
+    perm = np.array(r.sample(range(S), S))
+    out = softmax_attention(x.q, x.k, x.v)
+    out_p = softmax_attention(x.q, x.k[..., perm, :], x.v[..., perm, :])
+    assert np.abs(out_p - out).max() <= TOL * _vmax(x.v)
+
+
+@given(attention_inputs(), st.floats(-1e3, 1e3))
+def test_row_shift_invariance(x, c):
+    """Adding a per-row constant to the logits (via bias) does not change the output."""
+    T, S = x.q.shape[-2], x.k.shape[-2]
+    shift = np.random.default_rng(abs(int(c))).uniform(-abs(c), abs(c), size=(T, 1))
+    out = softmax_attention(x.q, x.k, x.v, **x.kwargs)
+    out_s = softmax_attention(x.q, x.k, x.v, bias=np.broadcast_to(shift, (T, S)), **x.kwargs)
+    # the shifted logits reach |c| ~ 1e3: conditioning 2 u |c| per the forward error bound
+    assert np.abs(out_s - out).max(initial=0) <= (TOL + 4 * EPS * abs(c)) * _vmax(x.v)
+
+
+@pytest.mark.parametrize("alignment", ["bottom_right", "top_left"])
+@pytest.mark.parametrize("implementation", ["dense", "numpy", "numba"])
+@pytest.mark.parametrize("T,S", [(9, 9), (5, 12), (12, 5)])
+def test_causal_canary(alignment, implementation, T, S):
+    """A huge change to a future key/value leaves every earlier output bit-identical."""
+    rng = np.random.default_rng(T * 100 + S)
+    q, k, v = rng.standard_normal((T, 8)), rng.standard_normal((S, 8)), rng.standard_normal((S, 3))
+    allowed = causal_mask(T, S, alignment)
+    kw = dict(causal=alignment, implementation=implementation, block_q=2, block_k=3)
+    out = softmax_attention(q, k, v, **kw)
+    for j in range(S):
+        k2, v2 = k.copy(), v.copy()
+        k2[j] *= 1e6
+        v2[j] = 1e6
+        out2 = softmax_attention(q, k2, v2, **kw)
+        blind = ~allowed[:, j]  # queries that may not see key j
+        assert np.array_equal(out[blind], out2[blind]), (j, alignment)
+
+
+def test_causal_alignments_documented():
+    """bottom_right: query i sees keys j <= i + S - T; top_left: j <= i; equal when T == S."""
+    assert np.array_equal(causal_mask(3, 5), np.arange(5)[None] <= np.arange(3)[:, None] + 2)
+    assert np.array_equal(causal_mask(3, 5, "top_left"), np.arange(5)[None] <= np.arange(3)[:, None])
+    assert np.array_equal(causal_mask(4, 4), causal_mask(4, 4, "top_left"))
+    assert np.array_equal(causal_mask(4, 4), np.tril(np.ones((4, 4), dtype=bool)))
+    # T > S bottom-right: the first T - S queries see nothing -> zeros and lse -inf
+    rng = np.random.default_rng(0)
+    out, lse = softmax_attention(rng.standard_normal((5, 2)), rng.standard_normal((3, 2)),
+                                 rng.standard_normal((3, 2)), causal=True, return_lse=True)
+    assert np.all(out[:2] == 0) and np.all(np.isneginf(lse[:2])) and np.all(np.isfinite(lse[2:]))
+
+
+@given(attention_inputs(masks=False, causal=False), st.data())
+def test_mask_equals_slicing_keys_out(x, data):
+    """A key mask shared by all queries gives the same output as deleting those keys."""
+    S = x.k.shape[-2]
+    keep = np.array(data.draw(st.lists(st.booleans(), min_size=S, max_size=S)))
+    if not keep.any():
+        keep[0] = True
+    out = softmax_attention(x.q, x.k, x.v, mask=np.broadcast_to(keep, (x.q.shape[-2], S)))
+    sliced = softmax_attention(x.q, x.k[..., keep, :], x.v[..., keep, :])
+    assert np.abs(out - sliced).max() <= TOL * _vmax(x.v)
+
+
+@given(attention_inputs(masks=False, causal=False, dtypes=(np.float64,)))
+def test_key_lengths_equal_slicing(x):
+    """key_lengths = L gives the output of the first L keys."""
+    S = x.k.shape[-2]
+    for L in {1, S // 2 + 1, S}:
+        a = softmax_attention(x.q, x.k, x.v, key_lengths=L)
+        b = softmax_attention(x.q, x.k[..., :L, :], x.v[..., :L, :])
+        assert np.abs(a - b).max() <= TOL * _vmax(x.v)
+
+
+@given(attention_inputs(masks=False, causal=False, dtypes=(np.float64,)))
+def test_tiny_scale_gives_mean_of_values(x):
+    """scale -> 0: uniform attention, the output is the mean of v."""
+    out = softmax_attention(x.q, x.k, x.v, scale=1e-300)
+    mean = np.broadcast_to(x.v.mean(axis=-2, keepdims=True), out.shape)
+    assert np.abs(out - mean).max() <= (x.k.shape[-2] + 8) * EPS * _vmax(x.v)
+
+
+@given(attention_inputs(masks=False, causal=False, dtypes=(np.float64,), max_batch_dims=0))
+def test_large_scale_gives_argmax_row(x):
+    """A large scale makes attention one-hot on the argmax key (when the max is unique)."""
+    logits = x.q @ x.k.T
+    srt = np.sort(logits, axis=-1)
+    gap = (srt[:, -1] - srt[:, -2]).min() if x.k.shape[0] > 1 else 1.0
+    if gap <= 1e-9 * max(1.0, np.abs(logits).max()):
+        return  # a (near-)tie: no unique argmax to compare with
+    scale = 800.0 / gap  # every non-max probability <= exp(-800) = 0 in float64
+    out = softmax_attention(x.q, x.k, x.v, scale=scale)
+    assert np.array_equal(out, x.v[np.argmax(logits, axis=-1)])
+
+
+@given(attention_inputs())
+def test_batched_equals_loop(x):
+    """A batched call equals a loop over batch items (with broadcast inputs and masks)."""
+    out, lse = softmax_attention(x.q, x.k, x.v, return_lse=True, **x.kwargs)
+    batch = out.shape[:-2]
+    T, S = x.q.shape[-2], x.k.shape[-2]
+    for idx in np.ndindex(*batch):
+        item = lambda a, tail: np.broadcast_to(a, batch + tail)[idx]  # noqa: E731
+        kw = dict(x.kwargs)
+        if "mask" in kw:
+            kw["mask"] = item(kw["mask"], (T, S))
+        if "key_lengths" in kw:
+            kw["key_lengths"] = item(kw["key_lengths"], ())
+        o, l = softmax_attention(item(x.q, (T, x.q.shape[-1])), item(x.k, (S, x.k.shape[-1])),
+                                 item(x.v, (S, x.v.shape[-1])), return_lse=True, **kw)
+        assert np.abs(o - out[idx]).max(initial=0) <= TOL * _vmax(x.v)
+        assert np.array_equal(np.isneginf(l), np.isneginf(lse[idx]))
+
+
+@given(attention_inputs(dtypes=(np.float32, np.float16)))
+def test_low_precision_inputs_give_float64_answer(x):
+    """float32/float16 inputs are computed in float64: identical to upcasting them first."""
+    out = softmax_attention(x.q, x.k, x.v, **x.kwargs)
+    assert out.dtype == np.float64
+    up = softmax_attention(x.q.astype(np.float64), x.k.astype(np.float64), x.v.astype(np.float64), **x.kwargs)
+    assert np.array_equal(out, up)
+
+
+def test_empty_inputs_give_empty_outputs():
+    """T = 0 gives (..., 0, Hv); S = 0 makes every row fully masked (zeros, lse -inf)."""
+    out, lse = softmax_attention(np.zeros((2, 0, 4)), np.zeros((2, 3, 4)), np.zeros((2, 3, 5)), return_lse=True)
+    assert out.shape == (2, 0, 5) and lse.shape == (2, 0)
+    for impl in ("dense", "numpy", "numba"):
+        out, lse = softmax_attention(np.ones((3, 4)), np.zeros((0, 4)), np.zeros((0, 5)),
+                                     return_lse=True, implementation=impl)
+        assert out.shape == (3, 5) and np.all(out == 0) and np.all(np.isneginf(lse))
+
+
+def test_lse_matches_log_sum_exp():
+    rng = np.random.default_rng(3)
+    q, k, v = rng.standard_normal((4, 6)) * 5, rng.standard_normal((7, 6)), rng.standard_normal((7, 2))
+    _, lse = softmax_attention(q, k, v, return_lse=True)
+    from scipy.special import logsumexp
+
+    np.testing.assert_allclose(lse, logsumexp(q @ k.T / np.sqrt(6), axis=-1), rtol=1e-14)
+
+
+def test_attention_probabilities_times_v_is_output():
+    rng = np.random.default_rng(4)
+    q, k, v = rng.standard_normal((2, 4, 3)), rng.standard_normal((2, 5, 3)), rng.standard_normal((2, 5, 2))
+    P = attention_probabilities(q, k, causal=True)
+    np.testing.assert_allclose(P @ v, softmax_attention(q, k, v, causal=True), rtol=0, atol=4 * EPS)
