@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from refattn.kernels.vexp import exp_nonpositive
+
 __all__ = ["stream_numpy", "stream_numba", "NO_CAUSAL", "DEFAULT_BLOCK_Q", "DEFAULT_BLOCK_K"]
 
 NO_CAUSAL = np.iinfo(np.int64).max // 4
@@ -83,56 +85,61 @@ def _build_numba_kernel():
     import numba
 
     @numba.njit(parallel=True, cache=True)
-    def kernel(q, k, v, scale, offset, mask, has_mask, bias, has_bias, key_length, block_q, block_k, out, lse):
-        T, H = q.shape
-        Hv = v.shape[1]
+    def kernel(q, k, v_ext, scale, offset, mask, has_mask, bias, has_bias, key_length, block_q, block_k, out, lse):
+        # v_ext = [V | 1] (S, Hv + 1): one matrix product updates the outputs and the row sums l.
+        T = q.shape[0]
+        Hv = v_ext.shape[1] - 1
         n_blocks = (T + block_q - 1) // block_q
         neg_inf = -np.inf
-        for b in numba.prange(n_blocks):
+        for t in numba.prange(n_blocks):
+            # interleave cheap and expensive blocks (causal) so the static schedule is balanced
+            b = t // 2 if t % 2 == 0 else n_blocks - 1 - t // 2
             i0 = b * block_q
             i1 = min(T, i0 + block_q)
             bq = i1 - i0
-            qb = np.ascontiguousarray(q[i0:i1])  # (bq, H), this thread's own copy
-            m = np.full(bq, neg_inf, dtype=q.dtype)
-            l = np.zeros(bq, dtype=q.dtype)
-            acc = np.zeros((bq, Hv), dtype=q.dtype)
+            qb = np.ascontiguousarray(q[i0:i1])  # (bq, H), this thread's own buffers from here on
+            m = np.full(bq, neg_inf, dtype=q.dtype)  # running max
+            acc = np.zeros((bq, Hv + 1), dtype=q.dtype)  # running [o | l]
+            work = np.empty(block_k, dtype=np.int64)
             j_end = max(0, min(key_length, i1 + offset))
             for j0 in range(0, j_end, block_k):
                 j1 = min(j_end, j0 + block_k)
-                kbT = np.ascontiguousarray(k[j0:j1].T)  # (H, bk)
-                s = np.dot(qb, kbT)  # (bq, bk)
-                vb = np.ascontiguousarray(v[j0:j1])  # (bk, Hv)
+                bk = j1 - j0
+                s = np.dot(qb, np.ascontiguousarray(k[j0:j1].T))  # (bq, bk) logits / scale
                 for r in range(bq):
                     i = i0 + r
+                    c_last = min(bk - 1, i + offset - j0)  # last visible column (causal), may be < 0
+                    # three passes that LLVM can vectorise: scale (+ bias, mask), row max, shift
+                    for c in range(bk):
+                        s[r, c] *= scale
+                    if has_bias:
+                        for c in range(bk):
+                            s[r, c] += bias[i, j0 + c]
+                    if has_mask:
+                        for c in range(bk):
+                            if not mask[i, j0 + c]:
+                                s[r, c] = neg_inf
+                    for c in range(max(0, c_last + 1), bk):
+                        s[r, c] = neg_inf
                     row_max = neg_inf
-                    for c in range(j1 - j0):
-                        j = j0 + c
-                        x = s[r, c] * scale
-                        if has_bias:
-                            x += bias[i, j]
-                        if (has_mask and not mask[i, j]) or j > i + offset:
-                            x = neg_inf
-                        s[r, c] = x
-                        if x > row_max:
-                            row_max = x
+                    for c in range(c_last + 1):
+                        row_max = max(row_max, s[r, c])
                     m_new = max(m[r], row_max)
-                    ref = m_new if m_new > neg_inf else 0.0
+                    ref = m_new if m_new > neg_inf else 0.0  # rows that have seen nothing keep l = 0
                     alpha = np.exp(m[r] - ref)
-                    total = 0.0
-                    for c in range(j1 - j0):
-                        p = np.exp(s[r, c] - ref)
-                        s[r, c] = p
-                        total += p
-                    l[r] = l[r] * alpha + total
                     m[r] = m_new
-                    for h in range(Hv):
+                    for c in range(bk):
+                        s[r, c] -= ref
+                    exp_nonpositive(s[r], s[r], work)  # row by row: stays in L1
+                    for h in range(Hv + 1):
                         acc[r, h] *= alpha
-                acc += np.dot(s, vb)
+                acc += np.dot(s, np.ascontiguousarray(v_ext[j0:j1]))
             for r in range(bq):
-                if l[r] > 0:
+                l = acc[r, Hv]
+                if l > 0:
                     for h in range(Hv):
-                        out[i0 + r, h] = acc[r, h] / l[r]
-                    lse[i0 + r] = m[r] + np.log(l[r])
+                        out[i0 + r, h] = acc[r, h] / l
+                    lse[i0 + r] = m[r] + np.log(l)
                 else:
                     for h in range(Hv):
                         out[i0 + r, h] = 0.0
@@ -160,8 +167,11 @@ def stream_numba(q, k, v, scale, offset, mask, bias, key_length, block_q, block_
 
     mask_arr = own(mask, np.bool_) if mask is not None else np.ones((1, 1), dtype=np.bool_)
     bias_arr = own(bias, dtype) if bias is not None else np.zeros((1, 1), dtype=dtype)
+    v_ext = np.empty((S, v.shape[1] + 1), dtype=dtype)  # [V | 1]
+    v_ext[:, :-1] = v
+    v_ext[:, -1] = 1
     _numba_kernel(
-        own(q, dtype), own(k, dtype), own(v, dtype),
+        own(q, dtype), own(k, dtype), v_ext,
         dtype.type(scale), np.int64(offset), mask_arr, mask is not None, bias_arr, bias is not None,
         np.int64(key_length), np.int64(block_q), np.int64(block_k), out, lse,
     )
