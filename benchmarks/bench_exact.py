@@ -62,7 +62,7 @@ def _child(case: dict) -> dict:
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    med = statistics.median(times)
+    med = statistics.median(times) if times else first  # repeats = 0: the single (first) call
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {**case, "first_call_s": first, "median_s": med, "times_s": times, "gflops": flops / med / 1e9,
             "peak_rss_bytes": peak, "rss_before_bytes": base_rss, "input_bytes": int(q.nbytes + k.nbytes + v.nbytes)}
@@ -96,6 +96,7 @@ def main(argv=None):
     ap.add_argument("--H", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--long", action="store_true", help="also the streaming oracle at T = S = 131072")
+    ap.add_argument("--long-only", action="store_true", help="only the GEMM baselines and T = S = 131072")
     ap.add_argument("--quick", action="store_true", help="smoke run at T = 512, one repeat")
     ap.add_argument("--no-dense", action="store_true", help="skip the dense path (needs ~8 T^2 bytes x 3)")
     ap.add_argument("--out", default=str(HERE / "results"))
@@ -114,7 +115,9 @@ def main(argv=None):
     ]
     if not args.no_dense:
         cases.append({**base, "kind": "dense"})
-    if args.long and not args.quick:
+    if args.long_only:
+        cases = cases[:2]
+    if (args.long or args.long_only) and not args.quick:
         cases.append({"T": 131072, "S": 131072, "H": H, "repeats": 0, "kind": "numba"})
     results = []
     for case in cases:
@@ -147,7 +150,7 @@ def main(argv=None):
               f"{goal['ratio_gemm']:.0%} of square GEMM ({verdict}); {goal['ratio_qk']:.0%} of the Q K^T GEMM")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    name = "exact_quick.json" if args.quick else f"exact_T{T}{'_long' if args.long else ''}.json"
+    name = "exact_quick.json" if args.quick else f"exact_T{T}{'_long' if args.long else ''}{'_longonly' if args.long_only else ''}.json"
     (out / name).write_text(json.dumps({"machine": machine(), "date": time.strftime("%Y-%m-%d"), "results": results}, indent=2))
     print(f"wrote {out / name}")
     return 0

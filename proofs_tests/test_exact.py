@@ -28,8 +28,9 @@ def test_rows_of_P_are_probabilities(x):
     dead = np.isneginf(lse)
     assert np.all(np.abs(sums[~dead] - 1) <= (x.k.shape[-2] + 4) * EPS)
     assert np.all(sums[dead] == 0)
-    out = softmax_attention(x.q, x.k, x.v, **x.kwargs)
-    assert np.all(out[dead] == 0)
+    out, lse_out = softmax_attention(x.q, x.k, x.v, return_lse=True, **x.kwargs)
+    assert np.all(out[np.isneginf(lse_out)] == 0)
+    assert np.array_equal(np.broadcast_to(lse, lse_out.shape), lse_out)
 
 
 @given(attention_inputs(masks=False, causal=False), st.randoms(use_true_random=False))
@@ -190,3 +191,14 @@ def test_attention_probabilities_times_v_is_output():
     q, k, v = rng.standard_normal((2, 4, 3)), rng.standard_normal((2, 5, 3)), rng.standard_normal((2, 5, 2))
     P = attention_probabilities(q, k, causal=True)
     np.testing.assert_allclose(P @ v, softmax_attention(q, k, v, causal=True), rtol=0, atol=4 * EPS)
+
+
+def test_outputs_are_writeable_full_arrays():
+    """Batch dims that only v carries still give full, writeable out and lse."""
+    rng = np.random.default_rng(8)
+    q, k, v = rng.standard_normal((4, 3)), rng.standard_normal((5, 3)), rng.standard_normal((2, 5, 2))
+    for impl in ("dense", "numpy", "numba"):
+        out, lse = softmax_attention(q, k, v, return_lse=True, implementation=impl)
+        assert out.shape == (2, 4, 2) and lse.shape == (2, 4)
+        assert out.flags.writeable and lse.flags.writeable
+        out[...] = 0

@@ -74,6 +74,11 @@ def _softmax_rows(logits):
     return p, lse
 
 
+def _full(a, shape):
+    """``a`` broadcast to ``shape`` as a writeable array of its own (no read-only views)."""
+    return a if a.shape == shape else np.broadcast_to(a, shape).copy()
+
+
 def attention_probabilities(
     q, k, *, scale=None, causal=False, mask=None, bias=None, key_lengths=None, return_lse=False, dtype=None
 ):
@@ -192,7 +197,8 @@ def softmax_attention(
     if implementation == "dense":
         p, lse = _softmax_rows(prob.logits(dt))
         out = np.matmul(p, prob.v.astype(dt, copy=False))  # (..., T, Hv)
-        out = np.broadcast_to(out, prob.batch_shape + (prob.T, prob.Hv))
+        out = _full(out, prob.batch_shape + (prob.T, prob.Hv))
+        lse = _full(lse, prob.batch_shape + (prob.T,))  # v's batch dims may be missing from P
     else:
         out, lse = _stream(prob, dt, implementation, block_q, block_k)
     return (out, lse) if return_lse else out
@@ -311,7 +317,7 @@ def forward_error_bound(q, k, v, *, scale=None, causal=False, mask=None, bias=No
     .. math::
 
         \Delta_i = \gamma_{H+2} \max_j \bigl(s \textstyle\sum_h |q_{ih} k_{jh}| + |b_{ij}|\bigr)
-                   + 2u R_i + \gamma_{S+8},
+                   + 2u R_i + \gamma_{5S+4},
 
     every implementation (dense and streaming) satisfies
 
@@ -322,6 +328,7 @@ def forward_error_bound(q, k, v, *, scale=None, causal=False, mask=None, bias=No
 
     The first term is the conditioning of softmax (a logit error ``eps`` moves each
     probability by a factor within ``e^{+-2 eps}``), the second the rounding of the sums.
+    (the ``5S`` covers the streaming paths' rescaling, one per key block, block_k >= 1).
     Returns the bound of shape ``(..., T)`` (0 for a query that sees no key, whose output
     is exactly zero). ``tests`` check it against the mpmath oracle on adversarial inputs.
     """
@@ -340,7 +347,7 @@ def forward_error_bound(q, k, v, *, scale=None, causal=False, mask=None, bias=No
     hi = np.where(visible, logits, -np.inf).max(axis=-1, initial=-np.inf)
     lo = np.where(visible, logits, np.inf).min(axis=-1, initial=np.inf)
     rng_i = np.where(any_vis, hi - lo, 0.0)
-    delta = _gamma(H + 2, u) * big + 2 * u * rng_i + _gamma(S + 8, u)
+    delta = _gamma(H + 2, u) * big + 2 * u * rng_i + _gamma(5 * S + 4, u)
     vmax = np.abs(np.broadcast_to(prob.v, prob.batch_shape + (S, prob.Hv))).max(axis=-1, initial=0.0)  # (..., S)
     vmax_vis = np.where(visible, vmax[..., None, :], 0.0).max(axis=-1, initial=0.0)  # (..., T)
     bound = (np.expm1(2 * delta) + 2 * _gamma(S + 2, u)) * vmax_vis
