@@ -1,0 +1,185 @@
+r"""Random feature maps for kernel (Performer) attention, with numerical stabilisers.
+
+Performer (Choromanski et al. 2021, seed 002), MATH.md section 2; FAVOR++ (Likhosherstov et
+al. 2022). Inputs are *scaled* rows ``x = s^{1/2} q`` of shape ``(..., L, d)``; ``W`` holds
+the projection rows ``omega_r`` ``(..., m, d)`` (leading dims broadcast: the Monte Carlo
+engine passes many draws at once). Each map returns ``(phi, log_scale)`` with
+``true features = phi * exp(log_scale[..., None])``.
+
+Kinds (``phi(x) . phi(y)`` estimates the target kernel):
+
+==============  =====================================================================  =========
+kind            features                                                               target
+==============  =====================================================================  =========
+positive        ``m^-1/2 exp(omega.x - |x|^2/2)`` (FAVOR+)                             SM
+hyperbolic      ``(2m)^-1/2 exp(-|x|^2/2) [exp(omega.x), exp(-omega.x)]``              SM
+trigonometric   ``m^-1/2 exp(|x|^2/2) [sin(omega.x), cos(omega.x)]``                   SM
+favorpp         ``m^-1/2 (1-4A)^{d/4} exp(A|omega|^2 + sqrt(1-4A) omega.x - |x|^2/2)``  SM
+relu            ``m^-1/2 relu(omega.x)``                                               arc-cosine
+custom          ``m^-1/2 fn(omega.x)``                                                 E[fn(w.x) fn(w.y)]
+==============  =====================================================================  =========
+
+Stabilisers (``stabilize=``): ``"query"`` subtracts a per-row shift (the row's largest
+log-feature), which multiplies a query's numerator and denominator by the same factor;
+``"key"`` subtracts **one** shift shared by all rows (the largest log-feature over every key
+and feature of a batch item), which multiplies every term of a query's sums by the same
+factor. Both cancel exactly in the normalised output, never in the numerator alone; a
+per-key shift would not cancel, so none is offered. ``None`` applies no shift.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from refattn._validation import as_float_array
+from refattn.theory import relu_kernel
+
+__all__ = ["RandomFeatures", "FEATURE_KINDS", "gauss_hermite_kernel"]
+
+FEATURE_KINDS = ("positive", "hyperbolic", "trigonometric", "favorpp", "relu", "custom")
+_SOFTMAX_KINDS = ("positive", "hyperbolic", "trigonometric", "favorpp")
+
+
+def _shift(logf, stabilize, n_feature_axes=1):
+    """The shift to subtract from log-features ``logf (..., L, F)``; returns an array broadcastable to it."""
+    if stabilize is None:
+        return np.zeros(logf.shape[:-2] + (1, 1))
+    if stabilize == "query":
+        return logf.max(axis=-1, keepdims=True)  # (..., L, 1)
+    if stabilize == "key":
+        if logf.shape[-2] == 0:
+            return np.zeros(logf.shape[:-2] + (1, 1))
+        return logf.max(axis=(-2, -1), keepdims=True)  # (..., 1, 1)
+    raise ValueError(f"stabilize: expected None, 'query' or 'key', got {stabilize!r}")
+
+
+@dataclass(frozen=True)
+class RandomFeatures:
+    """A feature map: ``kind``, projection rows ``W (..., m, d)``, FAVOR++ ``A``, custom ``fn``.
+
+    ``phi, log_scale = features(x, stabilize=...)``; ``features.n_features`` is the
+    feature count (``2m`` for hyperbolic and trigonometric); ``features.target_kernel(x, y)``
+    is the kernel that ``phi(x) . phi(y)`` estimates without bias.
+    """
+
+    kind: str
+    W: np.ndarray
+    A: float = 0.0
+    fn: Callable | None = None
+
+    def __post_init__(self):
+        if self.kind not in FEATURE_KINDS:
+            raise ValueError(f"features: unknown kind {self.kind!r}; expected one of {FEATURE_KINDS}")
+        W = as_float_array(self.W, "W")
+        if W.ndim < 2:
+            raise ValueError(f"W: expected shape (..., m, d), got {W.shape}")
+        if W.shape[-2] < 1:
+            raise ValueError("m: need at least one projection row (m >= 1)")
+        object.__setattr__(self, "W", W.astype(np.float64, copy=False))
+        if self.kind == "favorpp" and not float(self.A) < 0.125:
+            raise ValueError(f"A: FAVOR++ needs A < 1/8, got {self.A}")
+        if self.kind == "custom" and not callable(self.fn):
+            raise TypeError("fn: the 'custom' kind needs a callable fn(u) applied to u = omega . x")
+
+    @property
+    def m(self) -> int:
+        return self.W.shape[-2]
+
+    @property
+    def d(self) -> int:
+        return self.W.shape[-1]
+
+    @property
+    def n_features(self) -> int:
+        return 2 * self.m if self.kind in ("hyperbolic", "trigonometric") else self.m
+
+    @property
+    def targets_softmax(self) -> bool:
+        return self.kind in _SOFTMAX_KINDS
+
+    def __call__(self, x, *, stabilize=None, valid=None):
+        """Features of scaled rows ``x (..., L, d)`` -> ``phi (..., L, F)``, ``log_scale (..., L)``.
+
+        ``valid (..., L)`` (optional, boolean): rows that are False (padding) get zero features
+        and do not take part in the shared key shift.
+        """
+        x = np.asarray(x, dtype=np.float64)
+        if x.shape[-1] != self.d:
+            raise ValueError(f"x: last dim {x.shape[-1]} does not match W's d = {self.d}")
+        u = x @ np.swapaxes(self.W, -1, -2)  # (..., L, m)
+        sq = np.sum(x * x, axis=-1)[..., None] / 2  # (..., L, 1)
+        m = self.m
+        if self.kind in ("positive", "favorpp", "hyperbolic"):
+            if self.kind == "positive":
+                logf = u - sq - 0.5 * math.log(m)
+            elif self.kind == "favorpp":
+                A = float(self.A)
+                w2 = np.sum(self.W * self.W, axis=-1)[..., None, :]  # (..., 1, m)
+                logf = (A * w2 + math.sqrt(1 - 4 * A) * u - sq
+                        + (self.d / 4) * math.log1p(-4 * A) - 0.5 * math.log(m))
+            else:
+                logf = np.concatenate([u, -u], axis=-1) - sq - 0.5 * math.log(2 * m)
+            if valid is not None:
+                logf = np.where(valid[..., None], logf, -np.inf)
+            c = _shift(logf, stabilize)
+            c = np.where(np.isfinite(c), c, 0.0)  # a row (or item) with no valid entry
+            return np.exp(logf - c), c[..., 0] * np.ones(logf.shape[:-1])
+        if self.kind == "trigonometric":
+            logmag = sq  # exp(|x|^2/2) per row, (..., L, 1)
+            if valid is not None:
+                logmag = np.where(valid[..., None], logmag, -np.inf)
+            c = _shift(logmag, stabilize)
+            c = np.where(np.isfinite(c), c, 0.0)
+            phi = np.exp(logmag - c - 0.5 * math.log(m)) * np.concatenate([np.sin(u), np.cos(u)], axis=-1)
+            return phi, c[..., 0] * np.ones(phi.shape[:-1])
+        f = np.maximum(u, 0.0) if self.kind == "relu" else np.asarray(self.fn(u), dtype=np.float64)
+        if f.shape != u.shape:
+            raise ValueError(f"fn: must map u elementwise (shape {u.shape}), returned {f.shape}")
+        f = f / math.sqrt(m)
+        if valid is not None:
+            f = np.where(valid[..., None], f, 0.0)
+        return f, np.zeros(f.shape[:-1])
+
+    def target_kernel(self, x, y):
+        """The kernel ``E[phi(x) . phi(y)]`` for scaled rows ``x``, ``y`` ``(..., d)``.
+
+        ``exp(x . y)`` for the softmax kinds, the arc-cosine kernel for ``relu``, and a 2-D
+        Gauss-Hermite quadrature of ``E[fn(u) fn(v)]`` for ``custom``.
+        """
+        if self.targets_softmax:
+            return np.exp(np.sum(np.asarray(x) * np.asarray(y), -1))
+        if self.kind == "relu":
+            return relu_kernel(x, y)
+        return gauss_hermite_kernel(self.fn, x, y)
+
+
+def gauss_hermite_kernel(fn, x, y, n_nodes: int = 60):
+    r"""``E[fn(w.x) fn(w.y)]`` for ``w ~ N(0, I)`` by 2-D Gauss-Hermite quadrature.
+
+    ``(w.x, w.y)`` is bivariate normal with covariance ``[[|x|^2, x.y], [x.y, |y|^2]]``;
+    with its Cholesky factor ``L`` and probabilists' Hermite nodes ``t`` the expectation is
+    ``sum_ab w_a w_b fn((L t)_1) fn((L t)_2) / (2 pi)``. Exact for polynomial ``fn`` of
+    degree < n_nodes; accurate for smooth ``fn``; for kinks (ReLU) convergence is slower.
+    """
+    from numpy.polynomial.hermite_e import hermegauss
+
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    t, wt = hermegauss(n_nodes)
+    wt = wt / np.sqrt(2 * np.pi)  # weights of E over N(0, 1)
+    T1, T2 = np.meshgrid(t, t, indexing="ij")
+    W2 = np.outer(wt, wt)
+    sx = np.sqrt(np.sum(x * x, -1))[..., None, None]
+    sy = np.sqrt(np.sum(y * y, -1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho = np.where(sy > 0, np.sum(x * y, -1) / np.where(sy > 0, sy, 1), 0.0)  # x.y / |y|
+    rest = np.sqrt(np.maximum(np.sum(x * x, -1) - rho**2, 0.0))
+    # v = w.y = |y| t1; u = w.x = rho t1 + rest t2 (a Cholesky factorisation of the covariance)
+    v = sy[..., None, None] * T1
+    u = rho[..., None, None] * T1 + rest[..., None, None] * T2
+    del sx
+    return np.sum(W2 * np.asarray(fn(u)) * np.asarray(fn(v)), axis=(-2, -1))

@@ -1,0 +1,113 @@
+r"""A Monte Carlo engine for random-feature estimators, vectorised over draws.
+
+Many independent draws of the projection ``W`` are made at once (``size=`` of the
+samplers in :mod:`refattn.projections`, batched QR for orthogonal ones) and the estimators
+are evaluated for all of them with one batched product, in chunks that bound memory.
+10^5 draws at ``d = 64`` take seconds (``benchmarks/``). The statistical tests and
+``refattn theory`` use it.
+
+- :func:`kernel_samples`: ``(n_draws, P)`` samples of the softmax-kernel estimate
+  ``SM^(x_p, y_p)`` for ``P`` pairs (each draw's ``W`` shared by all pairs), by the
+  estimator formulas of MATH.md section 2 (Lemma 1).
+- :func:`attention_samples`: ``(n_draws, T, Hv)`` normalised Performer outputs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from refattn._validation import as_float_array, check_positive_int
+from refattn.features import RandomFeatures
+from refattn.projections import projection as _projection
+from refattn.stats import as_generator
+
+__all__ = ["kernel_samples", "attention_samples", "ESTIMATORS"]
+
+ESTIMATORS = ("positive", "hyperbolic", "trigonometric", "favorpp")
+
+
+def _chunks(n, per_draw, budget=4_000_000):
+    c = max(1, budget // max(1, per_draw))
+    for start in range(0, n, c):
+        yield min(c, n - start)
+
+
+def kernel_samples(x, y, *, estimator="positive", projection="gaussian", m, n_draws, rng, A=0.0):
+    r"""Independent samples of ``SM^(x_p, y_p)`` (scaled inputs), shape ``(n_draws, P)``.
+
+    ``x``, ``y`` are ``(P, d)`` (or ``(d,)`` for one pair). Estimators (averages over the
+    ``m`` rows of one draw of ``W``, MATH.md section 2):
+
+    - positive: ``Lam mean_r exp(omega_r . z)``
+    - hyperbolic: ``Lam mean_r cosh(omega_r . z)``
+    - trigonometric: ``exp((|x|^2 + |y|^2)/2) mean_r cos(omega_r . D)``
+    - favorpp: ``Lam (1-4A)^{d/2} mean_r exp(2A |omega_r|^2 + sqrt(1-4A) omega_r . z)``
+    """
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator: expected one of {ESTIMATORS}, got {estimator!r}")
+    x = np.atleast_2d(as_float_array(x, "x")).astype(np.float64)
+    y = np.atleast_2d(as_float_array(y, "y")).astype(np.float64)
+    if x.shape != y.shape:
+        raise ValueError(f"y: shape {y.shape} differs from x's {x.shape} (pairs)")
+    m = check_positive_int(m, "m")
+    n_draws = check_positive_int(n_draws, "n_draws")
+    A = float(A)
+    if estimator == "favorpp" and not A < 0.125:
+        raise ValueError(f"A: FAVOR++ needs A < 1/8, got {A}")
+    gen = as_generator(rng)
+    P, d = x.shape
+    sx, sy = np.sum(x * x, -1), np.sum(y * y, -1)
+    lam = np.exp(-(sx + sy) / 2)  # (P,)
+    z = x + y
+    D = x - y
+    out = np.empty((n_draws, P))
+    row = 0
+    for c in _chunks(n_draws, m * (P + d)):
+        W = _projection(projection, m, d, gen, size=c)  # (c, m, d)
+        if estimator == "trigonometric":
+            u = W @ D.T  # (c, m, P)
+            est = np.exp((sx + sy) / 2) * np.cos(u).mean(axis=1)
+        else:
+            u = W @ z.T  # (c, m, P)
+            if estimator == "positive":
+                est = lam * np.exp(u).mean(axis=1)
+            elif estimator == "hyperbolic":
+                est = lam * np.cosh(u).mean(axis=1)
+            else:
+                w2 = np.sum(W * W, axis=-1)[..., None]  # (c, m, 1)
+                logc = (d / 2) * math.log1p(-4 * A)
+                est = lam * np.exp(logc + 2 * A * w2 + math.sqrt(1 - 4 * A) * u).mean(axis=1)
+        out[row:row + c] = est
+        row += c
+    return out
+
+
+def attention_samples(q, k, v, *, m, n_draws, rng, features="positive", projection="gaussian", scale=None, A=0.0):
+    """``(n_draws, T, Hv)`` normalised Performer outputs (bidirectional), one ``W`` per draw.
+
+    ``q (T, H)``, ``k (S, H)``, ``v (S, Hv)``; stabilised (query and shared key shifts).
+    """
+    from refattn.problem import attention_problem
+
+    prob = attention_problem(q, k, v, scale=scale)
+    if prob.batch_shape:
+        raise ValueError("q: attention_samples takes 2-D q, k, v")
+    m = check_positive_int(m, "m")
+    n_draws = check_positive_int(n_draws, "n_draws")
+    gen = as_generator(rng)
+    root = math.sqrt(prob.scale)
+    x, y, v = prob.q * root, prob.k * root, prob.v.astype(np.float64)
+    out = np.empty((n_draws, prob.T, prob.Hv))
+    row = 0
+    for c in _chunks(n_draws, 2 * m * (prob.T + prob.S + prob.H)):
+        W = _projection(projection, m, prob.H, gen, size=c)  # (c, m, H)
+        feats = RandomFeatures(features, W, A)
+        pq, _ = feats(x, stabilize="query")  # (c, T, F)
+        pk, _ = feats(y, stabilize="key")  # (c, S, F)
+        num = pq @ (np.swapaxes(pk, -1, -2) @ v)  # (c, T, Hv)
+        den = pq @ pk.sum(axis=-2)[..., None]  # (c, T, 1)
+        out[row:row + c] = num / den
+        row += c
+    return out
