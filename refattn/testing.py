@@ -157,7 +157,7 @@ def assert_variance_matches(samples, expected, *, alpha: float, rng, n_boot: int
         exp = np.broadcast_to(np.asarray(expected, dtype=float), np.shape(res.variance))
         b = tuple(bad)
         raise AssertionError(
-            f"{name}: expected variance {exp[b]:.6g} outside the {1 - alpha / m:.6g} bootstrap interval "
+            f"{name}: expected variance {exp[b]:.6g} outside the bootstrap interval (level 1 - {alpha / m:.3g}) "
             f"[{np.asarray(res.low)[b]:.6g}, {np.asarray(res.high)[b]:.6g}] at entry {b} "
             f"(sample variance {np.asarray(res.variance)[b]:.6g}, n = {res.n}, {res.n_boot} resamples)"
         )
