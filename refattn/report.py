@@ -1,9 +1,10 @@
 """`refattn report`: the exact oracle's paths compared on embedded inputs.
 
-For now (foundation) the report compares the implementations of exact attention with
-each other: the dense float64 oracle, the NumPy and Numba streaming kernels, the
-low-precision dense paths, and the float64 oracle against the arbitrary-precision
-(mpmath) oracle on small adversarial problems. Later methods join the same table.
+The report compares the implementations of exact attention with each other (the dense
+float64 oracle, the NumPy and Numba streaming kernels, the low-precision dense paths, the
+float64 oracle against the arbitrary-precision mpmath oracle on small adversarial
+problems) and every random estimator implemented so far (Performer: FAVOR+ with orthogonal
+features, FAVOR++) against the oracle, one seeded draw each. Later methods join the table.
 
 The embedded inputs are generated from fixed seeds (:func:`default_problems`), so every
 machine reports on the same numbers.
@@ -96,15 +97,40 @@ def run_report(seq_len: int = 512, seed: int = 0, progress: bool | None = None):
             out, t = _timed(lambda: softmax_attention(q.astype(dt), k.astype(dt), v.astype(dt),
                                                       implementation="dense", dtype=dt, **kw))
             rows.append(_row(name, f"dense {np.dtype(dt).name}", ref_name, out, base, t))
+        if not tiny:
+            rows.extend(_estimator_rows(name, q, k, v, kw, base, ref_name, seed))
+    return rows
+
+
+#: The random estimators in the report: (label, callable(q, k, v, kw, rng) -> output), at m = 256.
+def _estimators():
+    from refattn.performer import performer_attention
+
+    def perf(features, projection):
+        return lambda q, k, v, kw, rng: performer_attention(
+            q, k, v, m=256, features=features, projection=projection, rng=rng,
+            causal=kw.get("causal", False), key_lengths=kw.get("key_lengths")).output
+
+    return [
+        ("performer positive orf m=256", perf("positive", "orthogonal")),
+        ("performer favor++ iid m=256", perf("favorpp", "gaussian")),
+    ]
+
+
+def _estimator_rows(name, q, k, v, kw, base, ref_name, seed):
+    rows = []
+    for label, fn in _estimators():
+        out, t = _timed(lambda: fn(q, k, v, kw, np.random.default_rng([seed, 1])))
+        rows.append(_row(name, label, ref_name, out, base, t))
     return rows
 
 
 def format_table(rows) -> str:
-    head = f"{'problem':<16} {'method':<26} {'reference':<20} {'max abs err':>12} {'max rel err':>12} {'time (s)':>9}"
+    head = f"{'problem':<16} {'method':<30} {'reference':<20} {'max abs err':>12} {'max rel err':>12} {'time (s)':>9}"
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
-            f"{r.problem:<16} {r.method:<26} {r.reference:<20} {r.max_abs_error:>12.3e} "
+            f"{r.problem:<16} {r.method:<30} {r.reference:<20} {r.max_abs_error:>12.3e} "
             f"{r.max_rel_error:>12.3e} {r.seconds:>9.4f}"
         )
     return "\n".join(lines)
