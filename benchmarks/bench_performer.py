@@ -33,7 +33,15 @@ def _child(case):
     dt = np.dtype(case["dtype"]).type
     T, H, m, rep = case["T"], case["H"], case["m"], case["repeats"]
     rng = np.random.default_rng(0)
-    if case["kind"] == "gemm":
+    if case["kind"].startswith("mc_"):
+        from refattn.montecarlo import kernel_samples
+
+        x = rng.standard_normal((4, H)) * 0.1
+        y = rng.standard_normal((4, H)) * 0.1
+        n = case["draws"]
+        fn = lambda: kernel_samples(x, y, projection=case["kind"][3:], m=H, n_draws=n, rng=1)  # noqa: E731
+        flops = 2 * n * H * H * 4
+    elif case["kind"] == "gemm":
         n = case["n"]
         a, b = rng.standard_normal((n, n)).astype(dt), rng.standard_normal((n, n)).astype(dt)
         fn, flops = (lambda: a @ b), 2 * n**3
@@ -74,6 +82,9 @@ def main(argv=None):
         for T in Ts:
             for kind in ("bidirectional", "causal"):
                 cases.append({"kind": kind, "dtype": dt, "T": T, "H": 64, "m": 256, "repeats": rep})
+    draws = 2000 if args.quick else 100_000
+    for kind in ("mc_gaussian", "mc_orthogonal"):
+        cases.append({"kind": kind, "dtype": "float64", "T": 0, "H": 64, "m": 64, "draws": draws, "repeats": 1})
     results = []
     for case in cases:
         proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(case)], capture_output=True, text=True)
@@ -95,6 +106,10 @@ def main(argv=None):
                   f"{bi['gflops']:>8.1f} {ca['gflops']:>8.1f} {bi['gflops'] / gemm['gflops']:>8.2f} "
                   f"{ca['gflops'] / gemm['gflops']:>8.2f} {ca['peak_rss_bytes'] / 2**30:>6.2f}GB")
         print(f"{dt} GEMM rate: {gemm['gflops']:.1f} GFLOP/s")
+    for r in results:
+        if r["kind"].startswith("mc_") and "error" not in r:
+            print(f"Monte Carlo engine, {r['kind'][3:]} projections: {r['draws']} draws at d = m = {r['H']}: "
+                  f"{r['median_s']:.2f} s")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name = "performer_quick.json" if args.quick else "performer.json"

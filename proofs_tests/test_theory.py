@@ -15,12 +15,7 @@ from refattn.stats import z_test_mean
 
 
 def _pair(angle_deg, nx=1.0, ny=1.0, d=2):
-    x = np.zeros(d)
-    y = np.zeros(d)
-    x[0] = nx
-    a = math.radians(angle_deg)
-    y[0], y[1] = ny * math.cos(a), ny * math.sin(a)
-    return x, y
+    return theory.pair_at_angle(angle_deg, nx, ny, d)
 
 
 def test_lemma2_reference_table():

@@ -42,12 +42,7 @@ class ClaimRow:
 
 
 def _pair(angle_deg, norm, d):
-    x = np.zeros(d)
-    y = np.zeros(d)
-    x[0] = norm
-    a = math.radians(angle_deg)
-    y[0], y[1] = norm * math.cos(a), norm * math.sin(a)
-    return x, y
+    return theory.pair_at_angle(angle_deg, norm, norm, d)
 
 
 def _mse_row(label, setting, samples, truth, expected, alpha, gen):

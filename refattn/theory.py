@@ -18,6 +18,7 @@ from scipy.special import gammaln
 from refattn._validation import as_float_array, check_positive_int
 
 __all__ = [
+    "pair_at_angle",
     "softmax_kernel",
     "mse_trigonometric",
     "mse_positive",
@@ -49,6 +50,18 @@ def _parts(x, y):
     z2 = np.sum((x + y) ** 2, -1)
     d2 = np.sum((x - y) ** 2, -1)
     return sx, sy, z2, d2, np.sum(x * y, -1)
+
+
+def pair_at_angle(angle_deg, norm_x, norm_y, d):
+    """Scaled rows ``x = norm_x e_1`` and ``y`` at ``angle_deg`` degrees from it with norm ``norm_y``,
+    in ``d >= 2`` dimensions: the inputs of Lemma 2's tables."""
+    d = check_positive_int(d, "d", minimum=2)
+    x = np.zeros(d)
+    y = np.zeros(d)
+    x[0] = norm_x
+    a = math.radians(angle_deg)
+    y[0], y[1] = norm_y * math.cos(a), norm_y * math.sin(a)
+    return x, y
 
 
 def softmax_kernel(x, y):
