@@ -33,6 +33,10 @@ __all__ = [
     "uniform_convergence_features",
     "relu_kernel",
     "positive_output_moments",
+    "simhash_collision",
+    "e2lsh_collision",
+    "angular_collision_mc",
+    "smyrf_distance",
 ]
 
 
@@ -302,3 +306,66 @@ def positive_output_moments(q, k, v, m, *, scale=None):
         bias[i] = (O * var_d / muD**2 - cov_nd / muD**2) / m
         var[i] = var_res / muD**2 / m
     return bias, var
+
+
+# ---------------------------------------------------------------------------------------
+# Locality-sensitive hashing (MATH.md section 3)
+# ---------------------------------------------------------------------------------------
+
+
+def simhash_collision(theta, r=1, tables=1):
+    """SimHash (Charikar 2002): ``1 - (1 - (1 - theta/pi)^r)^L``: r bits AND, L tables OR."""
+    r = check_positive_int(r, "r")
+    tables = check_positive_int(tables, "tables")
+    theta = np.asarray(theta, dtype=np.float64)
+    if np.any((theta < 0) | (theta > np.pi)):
+        raise ValueError("theta: angles must lie in [0, pi]")
+    p = (1 - theta / np.pi) ** r
+    return 1 - (1 - p) ** tables
+
+
+def e2lsh_collision(c, width):
+    """E2LSH (Datar et al. 2004, eq. for the Gaussian case): with ``u = width / c``,
+    ``P = 1 - 2 Phi(-u) - (2 / (sqrt(2 pi) u)) (1 - exp(-u^2/2))``; ``c = 0`` gives 1."""
+    from scipy.stats import norm
+
+    c = np.asarray(c, dtype=np.float64)
+    if np.any(c < 0):
+        raise ValueError("c: distances must be >= 0")
+    width = float(width)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        u = width / c
+        p = 1 - 2 * norm.cdf(-u) - 2 / (np.sqrt(2 * np.pi) * u) * (1 - np.exp(-u * u / 2))
+    return np.where(c == 0, 1.0, p)
+
+
+def angular_collision_mc(theta, n_buckets, *, n_draws=100_000, rng=0, d=2):
+    """Reformer's angular-hash collision probability at angle ``theta``, by Monte Carlo.
+
+    No closed form fits at practical bucket counts (MATH.md section 3), so this returns
+    ``(p, stderr)`` from ``n_draws`` independent hashes (binomial standard error). The
+    probability depends only on the angle (and ``b``), not on ``d``: Gaussian ``R``'s
+    projections onto the plane of ``x`` and ``y`` are all that matter.
+    """
+    from refattn.lsh import angular_hash, angular_rotations
+    from refattn.stats import as_generator
+
+    n_draws = check_positive_int(n_draws, "n_draws")
+    gen = as_generator(rng)
+    x, y = pair_at_angle(float(np.degrees(theta)), 1.0, 1.0, max(2, d))
+    hits = 0
+    done = 0
+    while done < n_draws:
+        c = min(20_000, n_draws - done)
+        R = angular_rotations(x.size, n_buckets, gen, rounds=c)
+        h = angular_hash(np.stack([x, y]), R)  # (c, 2)
+        hits += int(np.sum(h[:, 0] == h[:, 1]))
+        done += c
+    p = hits / n_draws
+    return p, math.sqrt(max(p * (1 - p), 1.0 / n_draws) / n_draws)
+
+
+def smyrf_distance(q, k, M):
+    """The SMYRF identity's right side: ``|F(q) - G(k)|^2 = 2 M^2 - 2 q . k`` (Daras et al. 2020)."""
+    q, k = _xy(q, k)
+    return 2 * float(M) ** 2 - 2 * np.sum(q * k, -1)
