@@ -67,7 +67,7 @@ def simhash(x, planes):
     planes = as_float_array(planes, "planes")
     if planes.ndim != 3 or planes.shape[2] != x.shape[1]:
         raise ValueError(f"planes: expected shape (tables, r, d = {x.shape[1]}), got {planes.shape}")
-    bits = (np.einsum("trd,nd->tnr", planes, x) > 0).astype(np.int64)  # (tables, n, r)
+    bits = (np.matmul(x, np.swapaxes(planes, -1, -2)) > 0).astype(np.int64)  # (tables, n, r), BLAS
     return bits @ (np.int64(1) << np.arange(planes.shape[1], dtype=np.int64))
 
 
@@ -92,7 +92,7 @@ def angular_hash(x, R):
     R = as_float_array(R, "R")
     if R.ndim != 3 or R.shape[1] != x.shape[1]:
         raise ValueError(f"R: expected shape (rounds, d = {x.shape[1]}, b/2), got {R.shape}")
-    p = np.einsum("nd,rdc->rnc", x, R)  # (rounds, n, b/2)
+    p = np.matmul(x, R)  # (rounds, n, b/2), BLAS
     return np.argmax(np.concatenate([p, -p], axis=-1), axis=-1).astype(np.int64)
 
 
@@ -110,7 +110,7 @@ def cross_polytope_hash(x, rotations):
     rotations = as_float_array(rotations, "rotations")
     if rotations.ndim != 3 or rotations.shape[1:] != (x.shape[1], x.shape[1]):
         raise ValueError(f"rotations: expected shape (rounds, d, d) with d = {x.shape[1]}, got {rotations.shape}")
-    p = np.einsum("nd,red->rne", x, rotations)
+    p = np.matmul(x, np.swapaxes(rotations, -1, -2))  # (rounds, n, d): rows of the rotation
     return np.argmax(np.concatenate([p, -p], axis=-1), axis=-1).astype(np.int64)
 
 

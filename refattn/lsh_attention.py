@@ -68,9 +68,7 @@ def reformer_attention(q, k, v, *, n_buckets, chunk, rounds=1, rng, shared_qk=Fa
     R = angular_rotations(prob.H, n_buckets, as_generator(rng), rounds=rounds)
     hq = angular_hash(prob.q, R)  # (rounds, T)
     hk = hq if shared_qk else angular_hash(prob.k, R)
-    supports = [chunked_bucket_support(hq[r], hk[r], chunk, lookback=lookback, same_bucket=same_bucket)
-                for r in range(rounds)]
-    sup = union(*supports)
+    sup = chunked_bucket_support(hq, hk, chunk, lookback=lookback, same_bucket=same_bucket)  # union of rounds
     if causal:
         sup = sup.intersect(causal_mask(prob.T, prob.S, causal))
     bias = None

@@ -3,8 +3,9 @@
 The report compares the implementations of exact attention with each other (the dense
 float64 oracle, the NumPy and Numba streaming kernels, the low-precision dense paths, the
 float64 oracle against the arbitrary-precision mpmath oracle on small adversarial
-problems) and every random estimator implemented so far (Performer: FAVOR+ with orthogonal
-features, FAVOR++) against the oracle, one seeded draw each. Later methods join the table.
+problems) and every estimator implemented so far against the oracle, one seeded draw each:
+Performer (FAVOR+ with orthogonal features, FAVOR++), Reformer, SMYRF and HyperAttention
+(where the method applies to the problem). Later methods join the table.
 
 The embedded inputs are generated from fixed seeds (:func:`default_problems`), so every
 machine reports on the same numbers.
@@ -102,8 +103,9 @@ def run_report(seq_len: int = 512, seed: int = 0, progress: bool | None = None):
     return rows
 
 
-#: The random estimators in the report: (label, callable(q, k, v, kw, rng) -> output), at m = 256.
+#: The random estimators in the report: (label, applies(kw) -> bool, run(q, k, v, kw, rng) -> output).
 def _estimators():
+    from refattn.lsh_attention import hyper_attention, reformer_attention, smyrf_attention
     from refattn.performer import performer_attention
 
     def perf(features, projection):
@@ -111,16 +113,37 @@ def _estimators():
             q, k, v, m=256, features=features, projection=projection, rng=rng,
             causal=kw.get("causal", False), key_lengths=kw.get("key_lengths")).output
 
+    def per_head(fn):
+        """A one-head (T, H) method applied to every head of (..., T, H) inputs (one draw per head)."""
+        def run(q, k, v, kw, rng):
+            out = np.empty(q.shape[:-1] + v.shape[-1:])
+            for idx in np.ndindex(*q.shape[:-2]):
+                out[idx] = fn(q[idx], k[idx], v[idx], kw, rng)
+            return out
+        return run
+
+    always = lambda kw: True  # noqa: E731
+    unpadded = lambda kw: kw.get("key_lengths") is None  # noqa: E731  (the LSH methods take no padding)
     return [
-        ("performer positive orf m=256", perf("positive", "orthogonal")),
-        ("performer favor++ iid m=256", perf("favorpp", "gaussian")),
+        ("performer positive orf m=256", always, perf("positive", "orthogonal")),
+        ("performer favor++ iid m=256", always, perf("favorpp", "gaussian")),
+        ("reformer 2 rounds chunk=32", unpadded, per_head(lambda q, k, v, kw, rng: reformer_attention(
+            q, k, v, n_buckets=max(2, 2 * (q.shape[0] // 64)), chunk=32, rounds=2, rng=rng,
+            causal=kw.get("causal", False)).output)),
+        ("smyrf 2 rounds", lambda kw: unpadded(kw) and not kw.get("causal"), per_head(
+            lambda q, k, v, kw, rng: smyrf_attention(q, k, v, n_clusters=max(1, q.shape[0] // 64), rounds=2,
+                                                     rng=rng).output)),
+        ("hyperattention b=32 s=32", unpadded, per_head(lambda q, k, v, kw, rng: hyper_attention(
+            q, k, v, block_size=32, n_samples=32, rng=rng, causal=bool(kw.get("causal", False))).output)),
     ]
 
 
 def _estimator_rows(name, q, k, v, kw, base, ref_name, seed):
     rows = []
-    for label, fn in _estimators():
-        out, t = _timed(lambda: fn(q, k, v, kw, np.random.default_rng([seed, 1])))
+    for label, applies, run in _estimators():
+        if not applies(kw):
+            continue
+        out, t = _timed(lambda: run(q, k, v, kw, np.random.default_rng([seed, 1])))
         rows.append(_row(name, label, ref_name, out, base, t))
     return rows
 

@@ -182,26 +182,43 @@ def _chunks_of_sorted(buckets, n_chunks):
     return chunk_of
 
 
-def chunked_bucket_support(q_buckets, k_buckets, chunk, *, lookback=1, same_bucket=True) -> Support:
-    """Reformer's chunked LSH attention pattern (Kitaev et al. 2020, section 2.2).
+def chunked_bucket_support(q_buckets, k_buckets, chunk, *, lookback=1, same_bucket=True,
+                           implementation="numba") -> Support:
+    """Reformer's chunked LSH attention pattern (Kitaev et al. 2020, section 2.2), over one or more rounds.
 
-    Queries and keys are sorted stably by (bucket, position) and cut into ``n_c = ceil(T / chunk)``
-    chunks (keys into ``n_c`` chunks of about ``S / n_c``); query chunk ``c`` sees key chunks
-    ``c - lookback .. c``. With ``same_bucket`` only keys of the query's own bucket are kept
-    (the paper's ``P_i``); without it the whole chunk is.
+    Per round, queries and keys are sorted stably by (bucket, position) and cut into
+    ``n_c = ceil(T / chunk)`` chunks (keys into ``n_c`` chunks of about ``S / n_c``); query chunk
+    ``c`` sees key chunks ``c - lookback .. c``. With ``same_bucket`` only keys of the query's
+    own bucket are kept (the paper's ``P_i``). ``q_buckets (T,)`` or ``(rounds, T)``; several
+    rounds give the union of their supports, each entry once.
+
+    ``implementation``: ``"numba"`` builds the CSR in O(nnz) (refattn.kernels.lsh_support);
+    ``"dense"`` is the readable twin (a ``T x S`` mask per round), for tests and small inputs.
     """
-    qb = np.asarray(q_buckets)
-    kb = np.asarray(k_buckets)
+    qb = np.atleast_2d(np.asarray(q_buckets))
+    kb = np.atleast_2d(np.asarray(k_buckets))
+    if qb.ndim != 2 or kb.ndim != 2 or qb.shape[0] != kb.shape[0]:
+        raise ValueError(f"k_buckets: expected (rounds, S) matching q_buckets' rounds, got {kb.shape} and {qb.shape}")
     chunk = check_positive_int(chunk, "chunk")
     lookback = check_positive_int(lookback, "lookback", minimum=0)
-    n_c = max(1, -(-qb.size // chunk))
-    cq = _chunks_of_sorted(qb, n_c)
-    ck = _chunks_of_sorted(kb, n_c)
-    diff = cq[:, None] - ck[None, :]
-    mask = (diff >= 0) & (diff <= lookback)
-    if same_bucket:
-        mask &= qb[:, None] == kb[None, :]
-    return Support.from_dense(mask)
+    if implementation == "dense":
+        n_c = max(1, -(-qb.shape[1] // chunk))
+        rounds = []
+        for r in range(qb.shape[0]):
+            cq = _chunks_of_sorted(qb[r], n_c)
+            ck = _chunks_of_sorted(kb[r], n_c)
+            diff = cq[:, None] - ck[None, :]
+            mask = (diff >= 0) & (diff <= lookback)
+            if same_bucket:
+                mask &= qb[r][:, None] == kb[r][None, :]
+            rounds.append(Support.from_dense(mask))
+        return union(*rounds)
+    if implementation != "numba":
+        raise ValueError(f"implementation: expected 'numba' or 'dense', got {implementation!r}")
+    from refattn.kernels.lsh_support import union_support_numba
+
+    indptr, indices = union_support_numba(qb, kb, chunk, lookback, same_bucket)
+    return Support(indptr, indices, kb.shape[1])
 
 
 def balanced_clusters(q_keys, k_keys, n_clusters) -> Support:
