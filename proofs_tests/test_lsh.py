@@ -106,6 +106,11 @@ def test_angular_collision_mc_reports_its_error():
     assert 0 < p < 1 and 0 < se < 0.01
     p0, _ = theory.angular_collision_mc(0.0, 8, n_draws=1000, rng=3)
     assert p0 == 1.0
+    # cross-polytope (2d buckets): more buckets than b = 2 SimHash, so fewer collisions at 60 degrees
+    pc, sc = theory.angular_collision_mc(np.radians(60), family="cross_polytope", d=8, n_draws=20_000, rng=4)
+    assert pc + 5 * sc < theory.simhash_collision(np.radians(60)) and pc > 0
+    with pytest.raises(ValueError, match="^family"):
+        theory.angular_collision_mc(0.5, 8, family="e2")
 
 
 def test_cross_polytope_buckets():

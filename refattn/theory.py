@@ -339,26 +339,34 @@ def e2lsh_collision(c, width):
     return np.where(c == 0, 1.0, p)
 
 
-def angular_collision_mc(theta, n_buckets, *, n_draws=100_000, rng=0, d=2):
-    """Reformer's angular-hash collision probability at angle ``theta``, by Monte Carlo.
+def angular_collision_mc(theta, n_buckets=None, *, n_draws=100_000, rng=0, d=2, family="angular"):
+    """Collision probability of Reformer's angular hash (``family="angular"``, ``n_buckets`` buckets)
+    or of the cross-polytope hash (``family="cross_polytope"``, ``2d`` buckets) at angle ``theta``,
+    by Monte Carlo.
 
-    No closed form fits at practical bucket counts (MATH.md section 3), so this returns
-    ``(p, stderr)`` from ``n_draws`` independent hashes (binomial standard error). The
-    probability depends only on the angle (and ``b``), not on ``d``: Gaussian ``R``'s
-    projections onto the plane of ``x`` and ``y`` are all that matter.
+    No closed form fits at practical bucket counts (MATH.md section 3: the asymptotic formula of
+    Andoni et al. 2015 is far off), so this returns ``(p, stderr)`` from ``n_draws`` independent
+    hashes, with the binomial standard error. The angular hash's probability depends only on
+    the angle and ``b``, not on ``d`` (Gaussian ``R``'s projections onto the plane of ``x``, ``y``
+    are all that matter); the cross-polytope's depends on ``d`` through its ``2d`` buckets.
     """
-    from refattn.lsh import angular_hash, angular_rotations
+    from refattn.lsh import angular_hash, angular_rotations, cross_polytope_hash, cross_polytope_rotations
     from refattn.stats import as_generator
 
+    if family not in ("angular", "cross_polytope"):
+        raise ValueError(f"family: expected 'angular' or 'cross_polytope', got {family!r}")
     n_draws = check_positive_int(n_draws, "n_draws")
     gen = as_generator(rng)
     x, y = pair_at_angle(float(np.degrees(theta)), 1.0, 1.0, max(2, d))
+    xy = np.stack([x, y])
     hits = 0
     done = 0
     while done < n_draws:
         c = min(20_000, n_draws - done)
-        R = angular_rotations(x.size, n_buckets, gen, rounds=c)
-        h = angular_hash(np.stack([x, y]), R)  # (c, 2)
+        if family == "angular":
+            h = angular_hash(xy, angular_rotations(x.size, n_buckets, gen, rounds=c))  # (c, 2)
+        else:
+            h = cross_polytope_hash(xy, cross_polytope_rotations(x.size, gen, rounds=c))
         hits += int(np.sum(h[:, 0] == h[:, 1]))
         done += c
     p = hits / n_draws
