@@ -25,7 +25,7 @@ from refattn.lsh import (
     sort_order,
 )
 from refattn.lsh_attention import reformer_attention, smyrf_attention
-from refattn.stats import z_test_mean
+from refattn.stats import proportion_test, z_test_mean
 
 ALPHA = 1e-6
 ANGLES = np.radians([10, 45, 90, 135, 170])
@@ -39,8 +39,10 @@ def _pairs_at(angles, d):
 @pytest.mark.statistical
 @pytest.mark.parametrize("r,tables", [(1, 1), (3, 1), (2, 4)])
 def test_simhash_collision_rate(r, tables, seed):
-    """(1 - theta/pi)^r per table, OR over L tables (Charikar 2002). z-test over 5 angles with
-    20000 draws; false-failure 1e-6. Power twin: theta/(2 pi) in place of theta/pi is rejected."""
+    """(1 - theta/pi)^r per table, OR over L tables (Charikar 2002). Exact binomial tests over 5
+    angles with 20000 draws (Bonferroni); false-failure 1e-6. Power twin: theta/(2 pi) in place of
+    theta/pi is rejected. (A z-test is wrong here: at p = 0.99986 all draws may collide, which
+    gives a zero standard error: the seed sweep caught that.)"""
     rng = np.random.default_rng([seed, 50, r, tables])
     n, d = 20_000, 5
     x, y = _pairs_at(ANGLES, d)
@@ -48,9 +50,9 @@ def test_simhash_collision_rate(r, tables, seed):
     px = np.einsum("ntrd,pd->ntpr", planes, x) > 0
     py = np.einsum("ntrd,pd->ntpr", planes, y) > 0
     hit = np.any(np.all(px == py, axis=-1), axis=1).astype(float)  # (n, P): some table agrees on all bits
-    assert z_test_mean(hit, theory.simhash_collision(ANGLES, r, tables), alpha=ALPHA).passed
+    assert proportion_test(hit, theory.simhash_collision(ANGLES, r, tables), alpha=ALPHA)[0]
     wrong = 1 - (1 - (1 - ANGLES / (2 * np.pi)) ** r) ** tables
-    assert not z_test_mean(hit, wrong, alpha=ALPHA).passed
+    assert not proportion_test(hit, wrong, alpha=ALPHA)[0]
 
 
 def test_simhash_codes_pack_bits():
@@ -66,7 +68,8 @@ def test_simhash_codes_pack_bits():
 @pytest.mark.statistical
 def test_e2lsh_collision_rate(seed):
     """Datar et al. (2004): P = 1 - 2 Phi(-u) - 2/(sqrt(2 pi) u) (1 - e^{-u^2/2}), u = r/c. z-test over 5
-    distances, false-failure 1e-6; power twin: the formula at 1.3 c is rejected."""
+    distances (exact binomial tests, Bonferroni), false-failure 1e-6; power twin: the formula at
+    1.3 c is rejected."""
     rng = np.random.default_rng([seed, 51])
     n, d, width = 20_000, 4, 2.0
     dist = np.array([0.3, 1.0, 2.0, 4.0, 8.0])
@@ -75,8 +78,8 @@ def test_e2lsh_collision_rate(seed):
     y[:, 0] = dist
     a, b = e2lsh_draw(d, width, rng, tables=n)
     hit = (e2lsh(x, a, b, width) == e2lsh(y, a, b, width)).astype(float)  # (n, 5)
-    assert z_test_mean(hit, theory.e2lsh_collision(dist, width), alpha=ALPHA).passed
-    assert not z_test_mean(hit, theory.e2lsh_collision(1.3 * dist, width), alpha=ALPHA).passed
+    assert proportion_test(hit, theory.e2lsh_collision(dist, width), alpha=ALPHA)[0]
+    assert not proportion_test(hit, theory.e2lsh_collision(1.3 * dist, width), alpha=ALPHA)[0]
 
 
 @pytest.mark.statistical

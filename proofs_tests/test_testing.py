@@ -191,6 +191,21 @@ def test_assert_variance_matches_has_power(seed):
         assert_variance_matches(x, 4.4, alpha=ALPHA_FAMILY, rng=rng, n_boot=300)
 
 
+@pytest.mark.statistical
+def test_proportion_test_calibration_and_power(seed):
+    """Exact binomial tests: true proportions (including p near 0 and 1, where a z-test breaks)
+    pass at alpha = 1e-6; a 3-point shift at p = 0.5 with n = 20000 (8.5 sd) is rejected."""
+    from refattn.stats import proportion_test
+
+    rng = np.random.default_rng([seed, 5])
+    p = np.array([0.9999, 0.5, 0.001])
+    x = (rng.random((20000, 3)) < p).astype(float)
+    assert proportion_test(x, p, alpha=1e-6)[0]
+    assert not proportion_test(x, p + np.array([0, 0.03, 0]), alpha=1e-6)[0]
+    with pytest.raises(ValueError, match="^indicators"):
+        proportion_test(np.full((3, 1), 0.5), 0.5, alpha=0.1)
+
+
 def test_stats_bad_input():
     with pytest.raises(ValueError, match="^alpha"):
         z_test_mean(np.ones(5), 1.0, alpha=1.5)

@@ -22,7 +22,8 @@ from scipy import stats as _st
 
 from refattn._validation import as_float_array, check_positive_int
 
-__all__ = ["MeanTest", "VarianceInterval", "z_test_mean", "bootstrap_variance_interval", "as_generator"]
+__all__ = ["MeanTest", "VarianceInterval", "z_test_mean", "proportion_test", "bootstrap_variance_interval",
+           "as_generator"]
 
 
 def as_generator(rng) -> np.random.Generator:
@@ -108,6 +109,29 @@ def z_test_mean(samples, truth, *, alpha: float, axis: int = 0) -> MeanTest:
     m = max(1, int(np.prod(x.shape[1:], dtype=np.int64)))
     crit = float(_st.t.ppf(1.0 - alpha / (2.0 * m), df=n - 1))
     return MeanTest(np.asarray(mean), np.asarray(se), np.asarray(z), crit, alpha, n)
+
+
+def proportion_test(indicators, p, *, alpha: float, axis: int = 0):
+    """Exact two-sided binomial tests of ``P[indicator] = p`` per entry, Bonferroni over entries.
+
+    For 0/1 outcomes (collisions, coverage) the z-test's sample variance fails near 0 or 1
+    (no failures observed gives a zero standard error); the exact test does not. Returns
+    ``(passed, pvalues)``; the family-wise false-failure probability is at most ``alpha``.
+    """
+    from scipy.stats import binomtest
+
+    alpha = _check_alpha(alpha)
+    x = np.moveaxis(np.asarray(indicators), axis, 0)
+    if not np.all((x == 0) | (x == 1)):
+        raise ValueError("indicators: expected 0/1 outcomes")
+    n = x.shape[0]
+    hits = x.sum(axis=0).astype(np.int64)
+    p = np.broadcast_to(np.asarray(p, dtype=float), hits.shape)
+    if np.any((p < 0) | (p > 1)):
+        raise ValueError("p: probabilities must lie in [0, 1]")
+    pv = np.array([binomtest(int(h), n, float(q)).pvalue for h, q in zip(hits.ravel(), p.ravel())]).reshape(hits.shape)
+    m = max(1, hits.size)
+    return bool(np.all(pv > alpha / m)), pv
 
 
 @dataclass(frozen=True)
