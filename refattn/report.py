@@ -105,8 +105,11 @@ def run_report(seq_len: int = 512, seed: int = 0, progress: bool | None = None):
 
 #: The random estimators in the report: (label, applies(kw) -> bool, run(q, k, v, kw, rng) -> output).
 def _estimators():
+    from refattn.lsh import simhash, simhash_planes
     from refattn.lsh_attention import hyper_attention, reformer_attention, smyrf_attention
     from refattn.performer import performer_attention
+    from refattn.scatterbrain import scatterbrain_attention
+    from refattn.sparse import bucket_support
 
     def perf(features, projection):
         return lambda q, k, v, kw, rng: performer_attention(
@@ -135,7 +138,16 @@ def _estimators():
                                                      rng=rng).output)),
         ("hyperattention b=32 s=32", unpadded, per_head(lambda q, k, v, kw, rng: hyper_attention(
             q, k, v, block_size=32, n_samples=32, rng=rng, causal=bool(kw.get("causal", False))).output)),
+        ("scatterbrain m=128 + simhash", unpadded, per_head(lambda q, k, v, kw, rng: _scatterbrain(
+            q, k, v, kw, rng, scatterbrain_attention, bucket_support, simhash, simhash_planes))),
     ]
+
+
+def _scatterbrain(q, k, v, kw, rng, sb, bucket_support, simhash, simhash_planes):
+    """Scatterbrain with a 3-bit SimHash support drawn from its own stream (independent of the features)."""
+    planes = simhash_planes(q.shape[-1], 3, np.random.default_rng([int(rng.integers(2**31)), 7]))
+    support = bucket_support(simhash(q, planes)[0], simhash(k, planes)[0])
+    return sb(q, k, v, support, m=128, rng=rng, causal=kw.get("causal", False)).output
 
 
 def _estimator_rows(name, q, k, v, kw, base, ref_name, seed):

@@ -201,6 +201,10 @@ def chunked_bucket_support(q_buckets, k_buckets, chunk, *, lookback=1, same_buck
         raise ValueError(f"k_buckets: expected (rounds, S) matching q_buckets' rounds, got {kb.shape} and {qb.shape}")
     chunk = check_positive_int(chunk, "chunk")
     lookback = check_positive_int(lookback, "lookback", minimum=0)
+    from refattn.kernels import numba_enabled
+
+    if implementation == "numba" and not numba_enabled():
+        implementation = "dense"  # REFATTN_DISABLE_NUMBA: the readable twin
     if implementation == "dense":
         n_c = max(1, -(-qb.shape[1] // chunk))
         rounds = []

@@ -16,6 +16,7 @@ keys in sorted order, ``k_bounds (R, n_c + 1)`` where key chunk ``c`` is
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 __all__ = ["chunk_layout", "union_support_numba"]
@@ -32,58 +33,49 @@ def chunk_layout(buckets, n_chunks):
     return order.astype(np.int64), bounds, chunk_of
 
 
-_kernel = None
+@numba.njit(cache=True)
+def _collect(i, q_chunk, k_order, k_bounds, q_bucket, k_bucket, lookback, same_bucket, buf):
+    """Row i's candidate keys over all rounds, sorted and de-duplicated: (buffer, count)."""
+    n = 0
+    for r in range(q_chunk.shape[0]):
+        c = q_chunk[r, i]
+        for cc in range(max(0, c - lookback), c + 1):
+            for p in range(k_bounds[r, cc], k_bounds[r, cc + 1]):
+                j = k_order[r, p]
+                if same_bucket and k_bucket[r, j] != q_bucket[r, i]:
+                    continue
+                buf[n] = j
+                n += 1
+    s = np.sort(buf[:n])
+    m = 0
+    for t in range(n):  # unique, in place
+        if t == 0 or s[t] != s[t - 1]:
+            s[m] = s[t]
+            m += 1
+    return s, m
 
 
-def _build():
-    import numba
-
-    @numba.njit(cache=True)
-    def collect(i, q_chunk, k_order, k_bounds, q_bucket, k_bucket, lookback, same_bucket, buf):
-        n = 0
-        for r in range(q_chunk.shape[0]):
-            c = q_chunk[r, i]
-            for cc in range(max(0, c - lookback), c + 1):
-                for p in range(k_bounds[r, cc], k_bounds[r, cc + 1]):
-                    j = k_order[r, p]
-                    if same_bucket and k_bucket[r, j] != q_bucket[r, i]:
-                        continue
-                    buf[n] = j
-                    n += 1
-        s = np.sort(buf[:n])
-        m = 0
-        for t in range(n):  # unique, in place
-            if t == 0 or s[t] != s[t - 1]:
-                s[m] = s[t]
-                m += 1
-        return s, m
-
-    @numba.njit(parallel=True, cache=True)
-    def build(q_chunk, k_order, k_bounds, q_bucket, k_bucket, lookback, same_bucket, cap):
-        T = q_chunk.shape[1]
-        counts = np.zeros(T, dtype=np.int64)
-        for i in numba.prange(T):
-            buf = np.empty(cap, dtype=np.int64)
-            _, m = collect(i, q_chunk, k_order, k_bounds, q_bucket, k_bucket, lookback, same_bucket, buf)
-            counts[i] = m
-        indptr = np.zeros(T + 1, dtype=np.int64)
-        for i in range(T):
-            indptr[i + 1] = indptr[i] + counts[i]
-        indices = np.empty(indptr[T], dtype=np.int64)
-        for i in numba.prange(T):
-            buf = np.empty(cap, dtype=np.int64)
-            s, m = collect(i, q_chunk, k_order, k_bounds, q_bucket, k_bucket, lookback, same_bucket, buf)
-            indices[indptr[i]:indptr[i] + m] = s[:m]
-        return indptr, indices
-
-    return build
+@numba.njit(parallel=True, cache=True)
+def _build_csr(q_chunk, k_order, k_bounds, q_bucket, k_bucket, lookback, same_bucket, cap):
+    T = q_chunk.shape[1]
+    counts = np.zeros(T, dtype=np.int64)
+    for i in numba.prange(T):  # pass 1: counts
+        buf = np.empty(cap, dtype=np.int64)
+        _, m = _collect(i, q_chunk, k_order, k_bounds, q_bucket, k_bucket, lookback, same_bucket, buf)
+        counts[i] = m
+    indptr = np.zeros(T + 1, dtype=np.int64)
+    for i in range(T):
+        indptr[i + 1] = indptr[i] + counts[i]
+    indices = np.empty(indptr[T], dtype=np.int64)
+    for i in numba.prange(T):  # pass 2: fill (each row writes only its own slice)
+        buf = np.empty(cap, dtype=np.int64)
+        s, m = _collect(i, q_chunk, k_order, k_bounds, q_bucket, k_bucket, lookback, same_bucket, buf)
+        indices[indptr[i]:indptr[i] + m] = s[:m]
+    return indptr, indices
 
 
 def union_support_numba(q_buckets, k_buckets, chunk, lookback, same_bucket):
     """``(indptr, indices)`` of the union over rounds; ``q_buckets (R, T)``, ``k_buckets (R, S)``."""
-    global _kernel
-    if _kernel is None:
-        _kernel = _build()
     qb = np.atleast_2d(np.asarray(q_buckets, dtype=np.int64))
     kb = np.atleast_2d(np.asarray(k_buckets, dtype=np.int64))
     R, T = qb.shape
@@ -97,4 +89,4 @@ def union_support_numba(q_buckets, k_buckets, chunk, lookback, same_bucket):
         k_order[r], k_bounds[r], _ = chunk_layout(kb[r], n_c)
     widest = int(np.max(np.diff(k_bounds, axis=1), initial=0))
     cap = max(1, R * (lookback + 1) * widest)
-    return _kernel(q_chunk, k_order, k_bounds, qb, kb, np.int64(lookback), bool(same_bucket), np.int64(cap))
+    return _build_csr(q_chunk, k_order, k_bounds, qb, kb, np.int64(lookback), bool(same_bucket), np.int64(cap))

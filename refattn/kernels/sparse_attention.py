@@ -10,6 +10,7 @@ Both take validated float64 arrays: ``q (T, H)``, ``k (S, H)``, ``v (S, Hv)``, `
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 __all__ = ["sparse_numpy", "sparse_numba"]
@@ -40,63 +41,52 @@ def sparse_numpy(q, k, v, indptr, indices, scale, entry_bias):
     return out, lse
 
 
-_kernel = None
-
-
-def _build():
-    import numba
-
-    @numba.njit(parallel=True, cache=True)
-    def kernel(q, k, v, indptr, indices, scale, entry_bias, out, lse):
-        T, H = q.shape
-        Hv = v.shape[1]
-        for i in numba.prange(T):
-            a, b = indptr[i], indptr[i + 1]
-            logit = np.empty(b - a)  # this row's own buffer
-            m = -np.inf
-            for n in range(a, b):
-                j = indices[n]
-                # four independent partial sums (an explicit association, so no fastmath is
-                # needed for instruction-level parallelism); the twin's order differs by rounding
-                a0 = 0.0
-                a1 = 0.0
-                a2 = 0.0
-                a3 = 0.0
-                h4 = H - H % 4
-                for h in range(0, h4, 4):
-                    a0 += q[i, h] * k[j, h]
-                    a1 += q[i, h + 1] * k[j, h + 1]
-                    a2 += q[i, h + 2] * k[j, h + 2]
-                    a3 += q[i, h + 3] * k[j, h + 3]
-                for h in range(h4, H):
-                    a0 += q[i, h] * k[j, h]
-                x = ((a0 + a1) + (a2 + a3)) * scale + entry_bias[n]
-                logit[n - a] = x
-                if x > m:
-                    m = x
+@numba.njit(parallel=True, cache=True)
+def _kernel(q, k, v, indptr, indices, scale, entry_bias, out, lse):
+    T, H = q.shape
+    Hv = v.shape[1]
+    for i in numba.prange(T):
+        a, b = indptr[i], indptr[i + 1]
+        logit = np.empty(b - a)  # this row's own buffer
+        m = -np.inf
+        for n in range(a, b):
+            j = indices[n]
+            # four independent partial sums (an explicit association, so no fastmath is
+            # needed for instruction-level parallelism); the twin's order differs by rounding
+            a0 = 0.0
+            a1 = 0.0
+            a2 = 0.0
+            a3 = 0.0
+            h4 = H - H % 4
+            for h in range(0, h4, 4):
+                a0 += q[i, h] * k[j, h]
+                a1 += q[i, h + 1] * k[j, h + 1]
+                a2 += q[i, h + 2] * k[j, h + 2]
+                a3 += q[i, h + 3] * k[j, h + 3]
+            for h in range(h4, H):
+                a0 += q[i, h] * k[j, h]
+            x = ((a0 + a1) + (a2 + a3)) * scale + entry_bias[n]
+            logit[n - a] = x
+            if x > m:
+                m = x
+        for h in range(Hv):
+            out[i, h] = 0.0
+        if m == -np.inf:
+            lse[i] = -np.inf
+            continue
+        total = 0.0
+        for n in range(a, b):
+            p = np.exp(logit[n - a] - m)
+            total += p
+            j = indices[n]
             for h in range(Hv):
-                out[i, h] = 0.0
-            if m == -np.inf:
-                lse[i] = -np.inf
-                continue
-            total = 0.0
-            for n in range(a, b):
-                p = np.exp(logit[n - a] - m)
-                total += p
-                j = indices[n]
-                for h in range(Hv):
-                    out[i, h] += p * v[j, h]
-            for h in range(Hv):
-                out[i, h] /= total
-            lse[i] = m + np.log(total)
-
-    return kernel
+                out[i, h] += p * v[j, h]
+        for h in range(Hv):
+            out[i, h] /= total
+        lse[i] = m + np.log(total)
 
 
 def sparse_numba(q, k, v, indptr, indices, scale, entry_bias):
-    global _kernel
-    if _kernel is None:
-        _kernel = _build()
     T = q.shape[0]
     out = np.empty((T, v.shape[1]))
     lse = np.empty(T)
