@@ -96,6 +96,19 @@ def _broadcast(shapes_named):
         raise ValueError(f"leading (batch) dims do not broadcast: {desc}") from None
 
 
+def _as_pair_array(a, name, T, S):
+    """``a`` with at least 2 dims whose last two broadcast to ``(T, S)``, or a ValueError naming it."""
+    if a.ndim < 2:
+        a = a.reshape((1,) * (2 - a.ndim) + a.shape)
+    try:
+        ok = np.broadcast_shapes(a.shape[-2:], (T, S)) == (T, S)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"{name}: shape {a.shape} does not broadcast to (..., T, S) = (..., {T}, {S})")
+    return a
+
+
 @dataclass(frozen=True)
 class AttentionProblem:
     """Validated attention inputs (not yet broadcast) and their masking rules."""
@@ -212,26 +225,12 @@ def attention_problem(
         mask = np.asarray(mask)
         if mask.dtype != np.bool_:
             raise TypeError(f"mask: expected a boolean array (True = may attend), got dtype {mask.dtype}")
-        if mask.ndim < 2:
-            mask = mask.reshape((1,) * (2 - mask.ndim) + mask.shape)
-        try:
-            np.broadcast_shapes(mask.shape[-2:], (T, S))
-        except ValueError:
-            raise ValueError(f"mask: shape {mask.shape} does not broadcast to (..., T, S) = (..., {T}, {S})") from None
-        if np.broadcast_shapes(mask.shape[-2:], (T, S)) != (T, S):
-            raise ValueError(f"mask: shape {mask.shape} does not broadcast to (..., T, S) = (..., {T}, {S})")
+        mask = _as_pair_array(mask, "mask", T, S)
         named.append(("mask", mask.shape[:-2]))
 
     if bias is not None:
         bias = as_float_array(bias, "bias", allow_neg_inf=True).astype(np.float64, copy=False)
-        if bias.ndim < 2:
-            bias = bias.reshape((1,) * (2 - bias.ndim) + bias.shape)
-        try:
-            ok = np.broadcast_shapes(bias.shape[-2:], (T, S)) == (T, S)
-        except ValueError:
-            ok = False
-        if not ok:
-            raise ValueError(f"bias: shape {bias.shape} does not broadcast to (..., T, S) = (..., {T}, {S})")
+        bias = _as_pair_array(bias, "bias", T, S)
         named.append(("bias", bias.shape[:-2]))
 
     if key_lengths is not None:
