@@ -156,3 +156,12 @@ def test_csr_validation():
         balanced_clusters(np.arange(3.0), np.arange(3.0), 4)
     with pytest.raises(ValueError, match="^chunk"):
         chunked_bucket_support(np.zeros(4), np.zeros(4), 0)
+
+
+def test_bucket_support_matches_dense_definition():
+    rng = np.random.default_rng(12)
+    for T, S in ((1, 1), (9, 4), (50, 70)):
+        qb, kb = rng.integers(0, 5, size=T), rng.integers(0, 5, size=S)
+        sup = bucket_support(qb, kb)
+        assert np.array_equal(sup.to_dense(), qb[:, None] == kb[None, :])
+        Support.from_csr(sup.indptr, sup.indices, S)  # valid CSR (sorted, distinct, in range)

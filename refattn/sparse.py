@@ -166,10 +166,18 @@ def topk_support(q, k, topk, *, scale=None, causal=False) -> Support:
 
 
 def bucket_support(q_buckets, k_buckets) -> Support:
-    """All (i, j) with ``q_buckets[i] == k_buckets[j]`` (one hash round)."""
-    qb = np.asarray(q_buckets)
-    kb = np.asarray(k_buckets)
-    return Support.from_dense(qb[:, None] == kb[None, :])
+    """All (i, j) with ``q_buckets[i] == k_buckets[j]`` (one hash round), built in O(T log S + nnz):
+    keys sorted stably by bucket, each query's row is the contiguous run of its bucket."""
+    qb = np.asarray(q_buckets).ravel()
+    kb = np.asarray(k_buckets).ravel()
+    order = np.lexsort((np.arange(kb.size), kb))  # by bucket, then position: rows come out sorted
+    sorted_b = kb[order]
+    lo = np.searchsorted(sorted_b, qb, side="left")
+    hi = np.searchsorted(sorted_b, qb, side="right")
+    counts = hi - lo
+    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    pos = np.arange(indptr[-1]) - np.repeat(indptr[:-1] - lo, counts)  # positions in the sorted keys
+    return Support(indptr, order[pos].astype(np.int64), kb.size)
 
 
 def _chunks_of_sorted(buckets, n_chunks):
