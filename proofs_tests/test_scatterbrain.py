@@ -156,3 +156,14 @@ def test_bad_input():
         scatterbrain_attention(q[None], k[None], v[None], local_window(12, 15, 1, 1), m=4, rng=0)
     with pytest.raises(ValueError, match="^k: contains NaN"):
         scatterbrain_attention(q, np.full_like(k, np.nan), v, local_window(12, 15, 1, 1), m=4, rng=0)
+
+
+@pytest.mark.parametrize("T,S,density", [(1, 1, 1.0), (9, 4, 0.0), (13, 21, 0.3), (40, 40, 1.0)])
+def test_correction_kernel_equals_numpy_twin(T, S, density):
+    q, k, v = _qkv(T=T, S=S, norm=3.0)
+    sup = Support.from_dense(np.random.default_rng(T).random((T, S)) < density)
+    a = scatterbrain_attention(q, k, v, sup, m=8, rng=2, implementation_sparse="numpy")
+    b = scatterbrain_attention(q, k, v, sup, m=8, rng=2, implementation_sparse="numba")
+    np.testing.assert_allclose(b.output, a.output, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(b.correction, a.correction, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(b.log_unit, a.log_unit, rtol=1e-13)

@@ -51,13 +51,16 @@ class ScatterbrainResult:
 
 
 def scatterbrain_attention(q, k, v, support: Support, *, m=128, features="positive", projection="orthogonal",
-                           rng=None, W=None, scale=None, causal=False, implementation="chunked") -> ScatterbrainResult:
+                           rng=None, W=None, scale=None, causal=False, implementation="chunked",
+                           implementation_sparse="numba") -> ScatterbrainResult:
     """Scatterbrain attention for one head (``q (T, H)``, ``k (S, H)``, ``v (S, Hv)``).
 
     ``support`` must be drawn independently of the feature draw (``rng``/``W``) for the
     unbiasedness claim to hold: refattn cannot check independence, so it is the caller's
     contract (build the support from its own seed). With ``causal`` the support is
     intersected with the causal mask and the low-rank part uses prefix sums.
+    ``implementation`` picks the causal low-rank path (Performer's); ``implementation_sparse``
+    the correction kernel: ``"numba"`` (per row, no gathered copies) or ``"numpy"`` (the twin).
     """
     prob = attention_problem(q, k, v, scale=scale, causal=causal)
     if prob.batch_shape:
@@ -71,22 +74,15 @@ def scatterbrain_attention(q, k, v, support: Support, *, m=128, features="positi
         support = support.intersect(causal_mask(prob.T, prob.S, prob.causal))
     lr = performer_attention(prob.q, prob.k, prob.v, m=m, features=features, projection=projection, rng=rng, W=W,
                              scale=prob.scale, causal=causal, implementation=implementation)
-    rows, cols = support.rows(), support.indices
-    exact_logit = np.einsum("nh,nh->n", prob.q[rows], prob.k[cols]) * prob.scale  # (nnz,)
-    # log of phi(q_i).phi(k_j) in true units is log(phi_q . phi_k) + log_scale_i (stabilised features)
-    lr_entry = np.einsum("nf,nf->n", lr.phi_q[rows], lr.phi_k[cols])  # (nnz,), row units exp(log_scale_i)
-    u = lr.log_scale.copy()  # (T,)
-    if support.nnz:
-        row_max = np.full(prob.T, -np.inf)
-        np.maximum.at(row_max, rows, exact_logit)
-        u = np.maximum(u, row_max)
-    shift = np.exp(lr.log_scale - u)  # (T,): low-rank part from its units to exp(u)
-    corr = np.exp(exact_logit - u[rows]) - lr_entry * shift[rows]  # C in units exp(u_i), (nnz,)
-    num = lr.numerator * shift[:, None]
-    den = lr.denominator * shift
-    if support.nnz:
-        np.add.at(num, rows, corr[:, None] * prob.v[cols])
-        np.add.at(den, rows, corr)
+    from refattn.kernels import numba_enabled
+    from refattn.kernels import scatterbrain_correction as kern
+
+    fn = kern.correction_numba if implementation_sparse == "numba" and numba_enabled() else kern.correction_numpy
+    u, corr, cv, c1 = fn(prob.q, prob.k, prob.v, lr.phi_q, lr.phi_k, lr.log_scale, support.indptr, support.indices,
+                         prob.scale)
+    shift = np.exp(lr.log_scale - u)  # (T,): the low-rank part from its units to exp(u)
+    num = lr.numerator * shift[:, None] + cv  # phi(Q)(phi(K)^T V) + C V
+    den = lr.denominator * shift + c1  # phi(Q)(phi(K)^T 1) + C 1
     degenerate = den == 0
     with np.errstate(divide="ignore", invalid="ignore"):
         out = np.where(degenerate[:, None], 0.0, num / np.where(degenerate, 1.0, den)[:, None])
