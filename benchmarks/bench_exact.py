@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -27,6 +25,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _harness import machine  # noqa: E402
 
 
 def _child(case: dict) -> dict:
@@ -73,20 +73,6 @@ def run_case(case: dict) -> dict:
     if proc.returncode != 0:
         return {**case, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr else f"exit {proc.returncode}"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def machine() -> dict:
-    info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()}
-    try:
-        with open("/proc/cpuinfo") as f:
-            info["cpu"] = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
-    except OSError:
-        pass
-    from threadpoolctl import threadpool_info
-
-    info["blas"] = [f"{d['internal_api']} {d['version']} {d.get('architecture')}" for d in threadpool_info()
-                    if d.get("user_api") == "blas"]
-    return info
 
 
 def main(argv=None):

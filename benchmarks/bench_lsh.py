@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -22,17 +21,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_exact import machine  # noqa: E402
-
-
-def _time(fn, repeats):
-    fn()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts), out
+from _harness import machine, median_time  # noqa: E402
 
 
 def main(argv=None):
@@ -50,18 +39,20 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     n = 512 if args.quick else 4096
     a, b = rng.standard_normal((n, n)), rng.standard_normal((n, n))
-    gemm_s, _ = _time(lambda: a @ b, 3)
+    gemm_s = median_time(lambda: a @ b, 3)
     gemm = 2 * n**3 / gemm_s / 1e9
     results = []
     for T in Ts:
         q, k, v = (rng.standard_normal((T, H)) for _ in range(3))
         reps = 1 if T >= 65536 else 3
-        exact_s, _ = _time(lambda: softmax_attention(q, k, v, implementation="numba"), reps)
+        exact_s = median_time(lambda: softmax_attention(q, k, v, implementation="numba"), reps)
         for R in rounds_list:
             nb = max(2, 2 * (T // chunk // 2))
-            lsh_s, res = _time(lambda: reformer_attention(q, k, v, n_buckets=nb, chunk=chunk, rounds=R, rng=1), reps)
+            run = lambda: reformer_attention(q, k, v, n_buckets=nb, chunk=chunk, rounds=R, rng=1)  # noqa: E731
+            lsh_s = median_time(run, reps)
+            res = run()
             sup = res.support
-            attn_s, _ = _time(lambda: sparse_attention(q, k, v, sup), reps)
+            attn_s = median_time(lambda: sparse_attention(q, k, v, sup), reps)
             gf = 4 * sup.nnz * H / attn_s / 1e9
             results.append({"T": T, "rounds": R, "n_buckets": nb, "exact_s": exact_s, "lsh_s": lsh_s,
                             "speedup": exact_s / lsh_s, "nnz": sup.nnz, "nnz_per_row": sup.nnz / T,

@@ -22,7 +22,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_exact import machine  # noqa: E402  (one machine description for every benchmark)
+from _harness import machine  # noqa: E402
 
 
 def _child(case):

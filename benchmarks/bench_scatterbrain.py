@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -24,17 +23,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_exact import machine  # noqa: E402
-
-
-def _time(fn, repeats):
-    fn()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
+from _harness import machine, median_time  # noqa: E402
 
 
 def main(argv=None):
@@ -63,9 +52,9 @@ def main(argv=None):
             sup = bucket_support(simhash(q, planes)[0], simhash(k, planes)[0])
             return scatterbrain_attention(q, k, v, sup, m=m, rng=1)
 
-        t_sb = _time(sb, reps)
-        t_pf = _time(lambda: performer_attention(q, k, v, m=m, rng=1), reps)
-        t_ex = _time(lambda: softmax_attention(q, k, v, implementation="numba"), reps)
+        t_sb = median_time(sb, reps)
+        t_pf = median_time(lambda: performer_attention(q, k, v, m=m, rng=1), reps)
+        t_ex = median_time(lambda: softmax_attention(q, k, v, implementation="numba"), reps)
         nnz = sb().support.nnz
         r = {"T": T, "bits": bits, "nnz_per_row": nnz / T, "scatterbrain_s": t_sb, "performer_s": t_pf,
              "exact_s": t_ex, "correction_over_lowrank": (t_sb - t_pf) / t_pf, "speedup_vs_exact": t_ex / t_sb}
@@ -76,7 +65,7 @@ def main(argv=None):
     n = 256 if args.quick else 1024
     X, Y = rng.normal(size=(n, n // 20)) / math.sqrt(n), rng.normal(size=(n, n // 20)) / math.sqrt(n)
     M = X @ Y.T + np.where(rng.random((n, n)) < 0.05, rng.choice([-1.0, 1.0], size=(n, n)), 0.0)
-    t_svd = _time(lambda: np.linalg.svd(M, full_matrices=False), 1)
+    t_svd = median_time(lambda: np.linalg.svd(M, full_matrices=False), 1)
     t0 = time.perf_counter()
     res = robust_pca(M)
     t_rpca = time.perf_counter() - t0

@@ -335,7 +335,7 @@ def forward_error_bound(q, k, v, *, scale=None, causal=False, mask=None, bias=No
     dt = _compute_dtype(dtype)
     u = float(np.finfo(dt).eps) / 2.0
     prob = attention_problem(q, k, v, scale=scale, causal=causal, mask=mask, bias=bias, key_lengths=key_lengths)
-    T, S, H = prob.T, prob.S, prob.H
+    S, H = prob.S, prob.H
     absdot = prob.scale * np.matmul(np.abs(prob.q), np.swapaxes(np.abs(prob.k), -1, -2))  # (..., T, S)
     logits = prob.logits()  # (..., T, S), -inf where masked
     visible = logits > -np.inf

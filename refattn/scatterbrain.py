@@ -23,7 +23,6 @@ denominator are returned in those units with ``log_unit``.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np

@@ -14,6 +14,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from refattn.kernels.blas1 import dot4
+
 __all__ = ["correction_numpy", "correction_numba"]
 
 
@@ -38,26 +40,6 @@ def correction_numpy(q, k, v, phi_q, phi_k, log_scale, indptr, indices, scale):
     return u, corr, cv, c1
 
 
-@numba.njit(cache=True)
-def _dot(a, b):
-    """Dot product with four independent partial sums (explicit association, no fastmath):
-    the dependent add chain of a plain loop is latency bound."""
-    n = a.size
-    a0 = 0.0
-    a1 = 0.0
-    a2 = 0.0
-    a3 = 0.0
-    n4 = n - n % 4
-    for t in range(0, n4, 4):
-        a0 += a[t] * b[t]
-        a1 += a[t + 1] * b[t + 1]
-        a2 += a[t + 2] * b[t + 2]
-        a3 += a[t + 3] * b[t + 3]
-    for t in range(n4, n):
-        a0 += a[t] * b[t]
-    return (a0 + a1) + (a2 + a3)
-
-
 @numba.njit(parallel=True, cache=True)
 def _kernel(q, k, v, phi_q, phi_k, log_scale, indptr, indices, scale, order, u, corr, cv, c1):
     T = q.shape[0]
@@ -68,7 +50,7 @@ def _kernel(q, k, v, phi_q, phi_k, log_scale, indptr, indices, scale, order, u, 
         m = log_scale[i]
         for n in range(a, b):  # pass 1: exact logits (stored in corr) and the row's unit
             j = indices[n]
-            x = _dot(q[i], k[j]) * scale
+            x = dot4(q[i], k[j]) * scale
             corr[n] = x
             if x > m:
                 m = x
@@ -79,7 +61,7 @@ def _kernel(q, k, v, phi_q, phi_k, log_scale, indptr, indices, scale, order, u, 
         c1[i] = 0.0
         for n in range(a, b):  # pass 2: C_ij and the row sums
             j = indices[n]
-            e = _dot(phi_q[i], phi_k[j])
+            e = dot4(phi_q[i], phi_k[j])
             c = np.exp(corr[n] - m) - e * w
             corr[n] = c
             c1[i] += c

@@ -13,6 +13,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from refattn.kernels.blas1 import dot4
+
 __all__ = ["sparse_numpy", "sparse_numba"]
 
 
@@ -43,7 +45,7 @@ def sparse_numpy(q, k, v, indptr, indices, scale, entry_bias):
 
 @numba.njit(parallel=True, cache=True)
 def _kernel(q, k, v, indptr, indices, scale, entry_bias, out, lse):
-    T, H = q.shape
+    T = q.shape[0]
     Hv = v.shape[1]
     for i in numba.prange(T):
         a, b = indptr[i], indptr[i + 1]
@@ -51,21 +53,7 @@ def _kernel(q, k, v, indptr, indices, scale, entry_bias, out, lse):
         m = -np.inf
         for n in range(a, b):
             j = indices[n]
-            # four independent partial sums (an explicit association, so no fastmath is
-            # needed for instruction-level parallelism); the twin's order differs by rounding
-            a0 = 0.0
-            a1 = 0.0
-            a2 = 0.0
-            a3 = 0.0
-            h4 = H - H % 4
-            for h in range(0, h4, 4):
-                a0 += q[i, h] * k[j, h]
-                a1 += q[i, h + 1] * k[j, h + 1]
-                a2 += q[i, h + 2] * k[j, h + 2]
-                a3 += q[i, h + 3] * k[j, h + 3]
-            for h in range(h4, H):
-                a0 += q[i, h] * k[j, h]
-            x = ((a0 + a1) + (a2 + a3)) * scale + entry_bias[n]
+            x = dot4(q[i], k[j]) * scale + entry_bias[n]  # SDDMM entry
             logit[n - a] = x
             if x > m:
                 m = x
