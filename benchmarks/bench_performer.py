@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _harness import machine  # noqa: E402
+from _harness import machine, median_time  # noqa: E402
 
 
 def _child(case):
@@ -53,13 +52,7 @@ def _child(case):
         c = 128
         fn = lambda: performer_attention(q, k, v, m=m, rng=1, causal=causal, dtype=dt, chunk_size=c)  # noqa: E731
         flops = 2 * (2 * T) * m * H + 2 * T * m * H * 2 + (2 * T * c * (m + H) if causal else 0)
-    fn()
-    times = []
-    for _ in range(rep):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    med = statistics.median(times)
+    med = median_time(fn, rep)
     return {**case, "median_s": med, "gflops": flops / med / 1e9,
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
