@@ -35,7 +35,7 @@ from refattn._validation import check_positive_int
 from refattn.exact import attention_probabilities
 from refattn.stats import as_generator
 
-__all__ = ["BudgetRow", "clustered_inputs", "matched_budget", "row_entropy", "METHODS"]
+__all__ = ["BudgetRow", "clustered_inputs", "local_sink_inputs", "matched_budget", "row_entropy", "METHODS"]
 
 
 @dataclass
@@ -57,6 +57,32 @@ def clustered_inputs(T, H, n_clusters, rng, *, sigma=0.3, Hv=None):
     k = centres[gen.integers(0, C, size=T)] + sigma * gen.normal(size=(T, H)) / math.sqrt(H)
     v = gen.normal(size=(T, Hv or H))
     return q, k, v
+
+
+def local_sink_inputs(T, H, rng, *, beta=8.0, step=0.3, noise=0.3, sink=1.0):
+    """A language-model-like process: local attention plus an attention sink.
+
+    Keys follow a random walk (``k_j = sum_{j' <= j} step e_j'``, ``e ~ N(0, I/H)``), centred and
+    scaled so that ``|q_i| |k_i| / sqrt(H)`` is about ``beta`` (the inverse temperature: the logit
+    of a query with its own key at the default scale); nearby positions have similar keys, so
+    ``q_i = k_i + noise |k_i| e'_i`` (``e' ~ N(0, I/H)``) attends mostly near ``i``. Key 0 is replaced
+    by ``sink`` times the mean query direction at the same norm (every query puts extra mass on
+    the first key). Used by SEA's distillation tests and examples. Returns ``q, k`` (``(T, H)``).
+    """
+    T = check_positive_int(T, "T")
+    H = check_positive_int(H, "H")
+    gen = as_generator(rng)
+    k = np.cumsum(gen.normal(size=(T, H)) * (step / math.sqrt(H)), axis=0)  # (T, H) random walk
+    k -= k.mean(axis=0)
+    norm = np.linalg.norm(k, axis=1).mean()
+    target = math.sqrt(beta * math.sqrt(H))  # |q| = |k| = target: logit q.k / sqrt(H) ~ beta
+    if norm > 0:  # T = 1: a single centred key is 0
+        k *= target / norm
+    q = k + noise * target * gen.normal(size=(T, H)) / math.sqrt(H)
+    mean_q = q.mean(axis=0)
+    if np.linalg.norm(mean_q) > 0:
+        k[0] = sink * target * mean_q / np.linalg.norm(mean_q)
+    return q, k
 
 
 def row_entropy(P):

@@ -371,15 +371,15 @@ def sea_attention(q, k, v, *, n_bins=256, topk=64, m=256, decoder="fixed", group
             raise ValueError(f"gate: must lie in [0, 1], got {gate}")
     if decoder == "fixed":
         decoder = fixed_decoder
-    elif decoder == "oracle":
-        decoder = OracleDecoder(prob.q, prob.k, scale=prob.scale, causal=prob.causal or False)
-    elif not callable(decoder):
+    elif isinstance(decoder, str) and decoder != "oracle" or not isinstance(decoder, str) and not callable(decoder):
         raise TypeError(f"decoder: expected 'fixed', 'oracle' or a callable, got {decoder!r}")
 
     N = prob.batch_shape[0] if prob.batch_shape else 1
     qh = np.broadcast_to(prob.q, (N, T, prob.H))
     kh = np.broadcast_to(prob.k, (N, S, prob.H))
     vh = np.broadcast_to(prob.v, (N, S, prob.Hv))
+    if isinstance(decoder, str):  # "oracle"
+        decoder = OracleDecoder(qh, kh, scale=prob.scale, causal=prob.causal or False)
     if T == 0 or S == 0:
         shape = prob.batch_shape + (T,)
         return SEAResult(np.zeros(shape + (prob.Hv,)), np.full(shape, -np.inf), np.zeros(shape + (K,)),

@@ -119,14 +119,17 @@ def _features(E, lengths, n_keys, n_bins):
     nxt = np.where(ok_next, nxt, f)
     t = (np.arange(n_bins) + 0.5) / n_bins  # (K,)
     t = np.broadcast_to(t, f.shape)
-    return np.stack([f, prev, nxt, t, t * t], axis=-1), nonempty
+    first = np.broadcast_to(np.arange(n_bins) == 0, f.shape).astype(np.float64)  # the first keys (a "sink")
+    last_bin = n_bins - 1 - np.argmax(nonempty[:, ::-1], axis=1)  # (T,) the row's last non-empty bin
+    last = np.broadcast_to(np.arange(n_bins)[None, :] == last_bin[:, None], f.shape).astype(np.float64)
+    return np.stack([f, prev, nxt, t, t * t, first, last], axis=-1), nonempty
 
 
 @dataclass
 class LogLinearDecoder:
     """Decoder (c): ``z = F theta`` (module docstring); ``theta = (1, 0, 0, 0, 0)`` is the fixed decoder."""
 
-    theta: np.ndarray = field(default_factory=lambda: np.array([1.0, 0.0, 0.0, 0.0, 0.0]))
+    theta: np.ndarray = field(default_factory=lambda: np.array([1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]))
 
     def __call__(self, E, lengths, n_keys, n_bins):
         F, nonempty = _features(E, lengths, n_keys, n_bins)
