@@ -41,7 +41,7 @@ from refattn.sea_decoder import (
     resample_bins,
 )
 from refattn.sea_metrics import compare_at_memory, mask_recall
-from refattn.sparse import Support, sparse_attention
+from refattn.sparse import Support
 
 ALPHA = 1e-6
 Z_ONE_SIDED = float(_st.norm.ppf(1 - ALPHA))  # 4.75
@@ -130,14 +130,16 @@ def test_binned_attention_causal_uses_each_rows_length(causal):
         np.testing.assert_allclose(got[i], want, rtol=0, atol=1e-15)
 
 
-def test_kernel_estimate_is_performer_with_basis_values():
-    q, k, _ = _qkv(T=15, S=15)
-    E, res = kernel_estimate(q, k, n_basis=4, m=16, rng=3, causal=True)
-    from refattn.performer import performer_attention
-
-    np.testing.assert_allclose(E, performer_attention(q, k, positional_basis(15, 4), m=16, rng=3, causal=True).output,
-                               rtol=1e-13)
-    np.testing.assert_allclose(E.sum(axis=1), 1.0, rtol=1e-12)  # P rows sum to 1: a distribution over bins
+@pytest.mark.parametrize("causal", [False, True, "top_left"])
+@pytest.mark.parametrize("T,S,n", [(15, 15, 4), (9, 23, 23), (23, 9, 5), (30, 30, 1)])
+def test_bin_estimate_equals_performer_with_basis_values(causal, T, S, n):
+    """The fast bin path and the twin (Performer with P as values, prefix sums when causal) agree."""
+    q, k, _ = _qkv(N=2, T=T, S=S)
+    fast, _ = kernel_estimate(q, k, n_basis=n, m=16, rng=3, causal=causal, implementation="bins")
+    twin, _ = kernel_estimate(q, k, n_basis=n, m=16, rng=3, causal=causal, implementation="performer")
+    np.testing.assert_allclose(fast, twin, rtol=1e-11, atol=1e-14)
+    seen = row_lengths(T, S, causal) > 0
+    np.testing.assert_allclose(fast.sum(axis=-1)[:, seen], 1.0, rtol=1e-12)  # a distribution over bins
 
 
 def _estimate_errors(q, k, target, m, draws, seed, defect=0.0):

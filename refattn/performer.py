@@ -81,6 +81,29 @@ def make_features(d, *, m=256, features="positive", projection="orthogonal", rng
     return RandomFeatures(features, W, 0.0 if A is None else float(A), fn)
 
 
+def feature_maps(prob, *, m=256, features="positive", projection="orthogonal", rng=None, W=None, A=None, fn=None,
+                 stabilize=True):
+    """``(features, phi_q (..., T, F), phi_k (..., S, F), log_scale (..., T))`` for a validated problem.
+
+    The stabilised features of :func:`performer_attention` (query shift per row, one shared key shift;
+    padded keys get zero features): ``phi(q_i) . phi(k_j) * exp(log_scale_i)`` estimates
+    ``exp(s q_i . k_j)``. Shared with :mod:`refattn.sea`, whose kernel estimate uses the same features.
+    """
+    root = math.sqrt(prob.scale)
+    x = prob.q.astype(np.float64) * root  # (..., T, H)
+    y = prob.k.astype(np.float64) * root  # (..., S, H)
+    feats = make_features(prob.H, m=m, features=features, projection=projection, rng=rng, W=W, A=A, fn=fn,
+                          x=x.reshape(-1, prob.H) if x.size else None, y=y.reshape(-1, prob.H) if y.size else None)
+    phi_q, ls_q = feats(x, stabilize="query" if stabilize else None)  # (..., T, F), (..., T)
+    keep = None
+    if prob.key_lengths is not None:
+        keep = np.arange(prob.S) < prob.key_lengths[..., None]  # (..., S): padded keys get zero features
+    phi_k, ls_k = feats(y, stabilize="key" if stabilize else None, valid=keep)  # (..., S, F), (..., S)
+    # the key shift is one constant per batch item: take it from any key position
+    log_scale = ls_q + (ls_k[..., :1] if ls_k.shape[-1] else 0.0)  # (..., T)
+    return feats, phi_q, phi_k, log_scale
+
+
 def performer_attention(
     q, k, v, *, m=256, features="positive", projection="orthogonal", rng=None, W=None, A=None, fn=None,
     scale=None, causal=False, key_lengths=None, stabilize=True, eps=0.0, implementation="chunked",
@@ -137,18 +160,8 @@ def performer_attention(
     if dt not in (np.float64, np.float32):
         raise TypeError(f"dtype: must be float64 or float32, got {np.dtype(dt).name}")
 
-    root = math.sqrt(prob.scale)
-    x = prob.q.astype(np.float64) * root  # (..., T, H)
-    y = prob.k.astype(np.float64) * root  # (..., S, H)
-    feats = make_features(prob.H, m=m, features=features, projection=projection, rng=rng, W=W, A=A, fn=fn,
-                          x=x.reshape(-1, prob.H) if x.size else None, y=y.reshape(-1, prob.H) if y.size else None)
-    phi_q, ls_q = feats(x, stabilize="query" if stabilize else None)  # (..., T, F), (..., T)
-    keep = None
-    if prob.key_lengths is not None:
-        keep = np.arange(prob.S) < prob.key_lengths[..., None]  # (..., S): padded keys get zero features
-    phi_k, ls_k = feats(y, stabilize="key" if stabilize else None, valid=keep)  # (..., S, F), (..., S)
-    # the key shift is one constant per batch item: take it from any key position
-    log_scale = ls_q + (ls_k[..., :1] if ls_k.shape[-1] else 0.0)  # (..., T)
+    feats, phi_q, phi_k, log_scale = feature_maps(prob, m=m, features=features, projection=projection, rng=rng,
+                                                  W=W, A=A, fn=fn, stabilize=stabilize)
 
     pq = phi_q.astype(dt, copy=False)
     pk = phi_k.astype(dt, copy=False)

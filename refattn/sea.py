@@ -149,21 +149,57 @@ def positional_basis(S: int, n: int, kind: str = "bins") -> np.ndarray:
 
 
 def kernel_estimate(q, k, *, n_basis, basis="bins", m=256, features="positive", projection="orthogonal",
-                    rng=None, W=None, scale=None, causal=False, chunk_size=128):
-    """``E (..., T, n_basis)``: Performer attention with values ``P`` (MATH.md 5.1), linear in ``T``.
+                    rng=None, W=None, scale=None, causal=False, chunk_size=128, implementation="auto"):
+    r"""``E (..., T, n_basis)``: Performer attention with values ``P`` (MATH.md 5.1), linear in ``T``.
 
-    Returns ``(E, performer_result)``; the Performer result holds the draw (``features``), the
-    numerator and the denominator (:class:`refattn.performer.PerformerResult`). ``E`` estimates
-    :func:`binned_attention` at ``n_basis`` bins of the full length ``S`` (for the ``"bins"``
+    Returns ``(E, features)``, ``features`` the :class:`refattn.features.RandomFeatures` draw. ``E``
+    estimates :func:`binned_attention` at ``n_basis`` bins of the full length ``S`` (for the ``"bins"``
     basis); causal rows put no mass beyond their own length.
-    """
-    from refattn.performer import performer_attention
 
+    ``implementation``: ``"performer"`` (the twin: :func:`refattn.performer.performer_attention` with the
+    ``(S, n)`` matrix ``P`` as values) or ``"bins"`` (the bin basis only; ``"auto"`` picks it there).
+    With a one-hot ``P``, ``phi(K)^T P`` is the per-bin sum ``Z_c = sum_{j in bin c} phi(k_j)``, and a
+    causal row ``i`` sees whole bins ``c < p_i`` plus the prefix of bin ``p_i`` (the bin of its last key
+    ``l_i - 1``): ``N_i[c] = phi(q_i) . Z_c`` for ``c < p_i``, ``phi(q_i) . C_{l_i - 1}`` for ``c = p_i``
+    (``C`` the within-bin running sums), 0 beyond. Same features, same shifts: the two agree to
+    rounding (``proofs_tests/test_sea.py``); the bin path does one ``T x F x n`` product, no chunk loop.
+    """
+    from refattn.performer import feature_maps, performer_attention
+
+    if implementation not in ("auto", "bins", "performer"):
+        raise ValueError(f"implementation: expected 'auto', 'bins' or 'performer', got {implementation!r}")
+    if implementation == "bins" and basis != "bins":
+        raise ValueError("implementation: 'bins' needs basis='bins'")
     S = np.shape(k)[-2] if np.ndim(k) >= 2 else 0
-    P = positional_basis(S, n_basis, basis)  # (S, n)
-    res = performer_attention(q, k, P, m=m, features=features, projection=projection, rng=rng, W=W,
-                              scale=scale, causal=causal, chunk_size=chunk_size)
-    return res.output, res
+    P = positional_basis(S, n_basis, basis)  # (S, n) (validates n_basis and basis)
+    if implementation == "performer" or basis != "bins":
+        res = performer_attention(q, k, P, m=m, features=features, projection=projection, rng=rng, W=W,
+                                  scale=scale, causal=causal, chunk_size=chunk_size)
+        return res.output, res.features
+    del P
+    prob = attention_problem(q, k, np.zeros(np.shape(k)[:-1] + (0,)), scale=scale, causal=causal)
+    feats, phi_q, phi_k, _ = feature_maps(prob, m=m, features=features, projection=projection, rng=rng, W=W)
+    n = int(n_basis)
+    g = bin_starts(np.array([S]), n)[0]  # (n+1,) basis edges, every bin non-empty (n <= S)
+    phi_q = np.broadcast_to(phi_q, prob.batch_shape + phi_q.shape[-2:])
+    phi_k = np.broadcast_to(phi_k, prob.batch_shape + phi_k.shape[-2:])
+    Z = np.add.reduceat(phi_k, g[:-1], axis=-2)  # (..., n, F) bin sums
+    num = phi_q @ np.swapaxes(Z, -1, -2)  # (..., T, n)
+    if prob.causal is not None:
+        lengths = row_lengths(prob.T, S, prob.causal)
+        last = np.maximum(lengths - 1, 0)  # (T,) the last key a row sees
+        p = column_bins(last, S, n)  # (T,) its (partial) bin
+        C = np.empty_like(phi_k)  # (..., S, F) running sums within each bin
+        for c in range(n):
+            np.cumsum(phi_k[..., g[c]:g[c + 1], :], axis=-2, out=C[..., g[c]:g[c + 1], :])
+        partial = np.einsum("...tf,...tf->...t", phi_q, C[..., last, :])  # (..., T)
+        cols = np.arange(n)
+        num = np.where(cols[None, :] < p[:, None], num, 0.0)
+        num = np.where(cols[None, :] == p[:, None], partial[..., None], num)
+        num = np.where((lengths > 0)[:, None], num, 0.0)
+    den = num.sum(axis=-1, keepdims=True)  # (..., T, 1): P rows sum to 1
+    E = np.divide(num, den, out=np.zeros_like(num), where=den != 0)  # a zero denominator gives 0, as Performer
+    return E, feats
 
 
 def binned_attention(q, k, n_bins, *, scale=None, causal=False, lengths=None) -> np.ndarray:
@@ -294,7 +330,7 @@ class SEAResult:
     ``output (..., T, Hv)``; ``lse (..., T)`` of the sparse attention; ``estimate`` the compressed
     ``A~ (..., T, K)``; ``logits`` the decoder's; ``kernel`` the Performer estimate
     ``E (..., T, n_basis)``; ``supports`` one :class:`~refattn.sparse.Support` per head;
-    ``lengths (T,)``; ``performer`` the :class:`~refattn.performer.PerformerResult` (the draw).
+    ``lengths (T,)``; ``features`` the :class:`~refattn.features.RandomFeatures` (the draw).
     """
 
     output: np.ndarray
@@ -304,13 +340,13 @@ class SEAResult:
     kernel: np.ndarray
     supports: list
     lengths: np.ndarray
-    performer: object
+    features: object
 
 
 def sea_attention(q, k, v, *, n_bins=256, topk=64, m=256, decoder="fixed", grouped=False, causal=False,
                   scale=None, rng=None, W=None, features="positive", projection="orthogonal", n_basis=None,
                   basis="bins", gate=None, mask_implementation="numba", sparse_implementation="numba",
-                  chunk_size=128) -> SEAResult:
+                  estimate_implementation="auto", chunk_size=128) -> SEAResult:
     r"""SEA attention: estimate ``A~`` in linear time, keep its top-k keys, attend exactly on them.
 
     Parameters
@@ -337,8 +373,8 @@ def sea_attention(q, k, v, *, n_bins=256, topk=64, m=256, decoder="fixed", group
         Bins of the positional basis (default ``K``); ``basis`` its kind (:func:`positional_basis`).
     gate : float in [0, 1], optional
         ``o = g o_sparse + (1 - g) mean_{j < l_i} v_j`` (the mean over the keys a row sees).
-    mask_implementation, sparse_implementation
-        ``"numba"`` or the twins (``"dense"``, ``"numpy"``).
+    mask_implementation, sparse_implementation, estimate_implementation
+        ``"numba"`` / ``"auto"`` or the twins (``"dense"``, ``"numpy"``, ``"performer"``).
 
     Examples
     --------
@@ -386,9 +422,9 @@ def sea_attention(q, k, v, *, n_bins=256, topk=64, m=256, decoder="fixed", group
                          np.zeros(shape + (K,)), np.zeros(shape + (n_basis,)), [Support(np.zeros(T + 1, np.int64),
                          np.zeros(0, np.int64), S) for _ in range(N)], lengths, None)
 
-    E, perf = kernel_estimate(qh, kh, n_basis=n_basis, basis=basis, m=m, features=features,
-                              projection=projection, rng=rng, W=W, scale=prob.scale, causal=prob.causal or False,
-                              chunk_size=chunk_size)  # (N, T, n)
+    E, feats = kernel_estimate(qh, kh, n_basis=n_basis, basis=basis, m=m, features=features,
+                               projection=projection, rng=rng, W=W, scale=prob.scale, causal=prob.causal or False,
+                               chunk_size=chunk_size, implementation=estimate_implementation)  # (N, T, n)
     logits = _call_decoder(decoder, E, lengths, S, K)  # (N, T, K)
     est = compressed_softmax(logits, lengths, K)  # (N, T, K)
     supports = sea_mask(est, lengths, S, budget, grouped=grouped, implementation=mask_implementation)
@@ -405,7 +441,7 @@ def sea_attention(q, k, v, *, n_bins=256, topk=64, m=256, decoder="fixed", group
         out = gate * out + (1.0 - gate) * mean_v
     if not prob.batch_shape:
         out, lse, est, logits, E = out[0], lse[0], est[0], logits[0], E[0]
-    return SEAResult(out, lse, est, logits, E, supports, lengths, perf)
+    return SEAResult(out, lse, est, logits, E, supports, lengths, feats)
 
 
 def _call_decoder(decoder, E, lengths, S, K):
