@@ -183,9 +183,10 @@ def test_kernel_estimate_convergence_has_power(seed):
     assert not z > Z_ONE_SIDED, (z, a, b)
 
 
+@pytest.mark.parametrize("implementation", ["numba", "numpy"])
 @given(T=st.integers(1, 30), extra=st.integers(0, 20), n=st.integers(1, 12), K=st.integers(1, 12),
        causal=st.booleans(), seed=st.integers(0, 2**31))
-def test_resample_bins_matches_uniform_spreading(T, extra, n, K, causal, seed):
+def test_resample_bins_matches_uniform_spreading(implementation, T, extra, n, K, causal, seed):
     """Twin of the fixed decoder's re-binning: spread each basis bin's mass uniformly over the columns
     the row sees, then bin by column_bins."""
     S = T + extra
@@ -194,7 +195,7 @@ def test_resample_bins_matches_uniform_spreading(T, extra, n, K, causal, seed):
     L = row_lengths(T, S, causal)
     g = bin_starts([S], n)[0]
     E = rng.random((T, n)) * (g[None, :-1] < L[:, None])  # no mass on basis bins a row cannot see
-    got = resample_bins(E, L, S, K)
+    got = resample_bins(E, L, S, K, implementation=implementation)
     for i in range(T):
         col = np.zeros(S)
         for c in range(n):

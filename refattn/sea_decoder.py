@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from refattn.sea import bin_starts, binned_attention, column_bins, kernel_estimate, row_lengths
+from refattn.sea import bin_starts, binned_attention, kernel_estimate, row_lengths
 
 __all__ = ["resample_bins", "fixed_decoder", "OracleDecoder", "LogLinearDecoder", "distill_decoder",
            "decoder_loss"]
@@ -36,41 +36,27 @@ __all__ = ["resample_bins", "fixed_decoder", "OracleDecoder", "LogLinearDecoder"
 LOG_FLOOR = -700.0
 
 
-def resample_bins(E, lengths, n_keys, n_bins) -> np.ndarray:
+def resample_bins(E, lengths, n_keys, n_bins, *, implementation="numba") -> np.ndarray:
     """Masses ``(..., T, K)`` on each row's own bins from the basis-bin masses ``E (..., T, n)``.
 
     Basis bin ``c`` covers ``[g_c, g_{c+1})`` of the full length ``S`` (:func:`refattn.sea.bin_starts`
     at ``l = S``); row ``i`` sees ``w_c = min(g_{c+1}, l_i) - g_c`` of it. A row bin gets, from every
-    basis bin it overlaps, ``E_c * overlap / w_c``. Partial overlaps are computed directly; the
-    basis bins lying wholly inside a row bin (only when ``n > K``) are summed by a cumulative sum.
+    basis bin it overlaps, ``E_c * overlap / w_c`` (uniform spreading; derived in docs/sea.md).
     Sums are preserved: ``sum_b mass_b = sum_c E_c`` over the basis bins a row sees.
+    ``implementation``: ``"numba"`` or ``"numpy"`` (the twin), :mod:`refattn.kernels.sea_resample`.
     """
+    from refattn.kernels import numba_enabled
+    from refattn.kernels import sea_resample as kern
+
     E = np.asarray(E, dtype=np.float64)
     lengths = np.asarray(lengths, dtype=np.int64)
+    if implementation not in ("numba", "numpy"):
+        raise ValueError(f"implementation: expected 'numba' or 'numpy', got {implementation!r}")
     n = E.shape[-1]
     g = bin_starts(np.array([n_keys]), n)[0]  # (n+1,)
-    r = bin_starts(lengths, n_bins)  # (T, K+1)
-    w = np.clip(np.minimum(g[None, 1:], lengths[:, None]) - g[None, :-1], 0, None)  # (T, n) visible widths
-    lo, hi = r[:, :-1], r[:, 1:]  # (T, K) row-bin edges
-    empty = hi == lo
-    c_lo = column_bins(np.where(empty, 0, lo), n_keys, n)  # (T, K) basis bin of the first column
-    c_hi = column_bins(np.where(empty, 0, hi - 1), n_keys, n)  # basis bin of the last column
-    rows = np.arange(lengths.size)[:, None]
-
-    def take(a, c):  # a (..., T, n) gathered at (T, K) basis-bin indices
-        return np.take_along_axis(a, np.broadcast_to(c, a.shape[:-1][:-1] + c.shape), axis=-1)
-
-    wl = np.maximum(w[rows, c_lo], 1)  # (T, K)
-    wh = np.maximum(w[rows, c_hi], 1)
-    same = c_lo == c_hi
-    left_cols = np.where(same, hi - lo, g[c_lo + 1] - lo)  # columns of the row bin inside c_lo
-    mass = take(E, c_lo) * (left_cols / wl)
-    right = np.where(same, 0.0, (hi - g[c_hi]) / wh)
-    mass = mass + take(E, c_hi) * right
-    cum = np.concatenate([np.zeros(E.shape[:-1] + (1,)), np.cumsum(E, axis=-1)], axis=-1)  # (..., T, n+1)
-    inner = np.maximum(take(cum, c_hi) - take(cum, np.minimum(c_lo + 1, c_hi)), 0.0)  # whole bins between
-    mass = mass + np.where(c_hi > c_lo + 1, inner, 0.0)
-    return np.where(empty, 0.0, mass)
+    flat = np.ascontiguousarray(E.reshape((-1,) + E.shape[-2:]))  # (R, T, n)
+    fn = kern.resample_numba if implementation == "numba" and numba_enabled() else kern.resample_numpy
+    return fn(flat, lengths, g, int(n_keys), int(n_bins)).reshape(E.shape[:-1] + (n_bins,))
 
 
 def _log_masses(mass):

@@ -151,8 +151,11 @@ def _fill(probs, lengths, budget, indptr, indices):
 
 def mask_numba(probs, lengths, budget):
     N, T, K = probs.shape
-    counts = np.empty((N, T), dtype=np.int64)
-    _count(probs, lengths, budget, counts)
+    if N == 1:  # one head keeps exactly min(k, l) columns: no counting pass
+        counts = np.minimum(budget, lengths)[None, :].astype(np.int64)
+    else:
+        counts = np.empty((N, T), dtype=np.int64)
+        _count(probs, lengths, budget, counts)
     indptr = np.zeros((N, T + 1), dtype=np.int64)
     np.cumsum(counts, axis=1, out=indptr[:, 1:])
     width = int(indptr[:, -1].max()) if T else 0
