@@ -15,6 +15,7 @@ nystrom                         ``b/2`` segment-mean landmarks (Xiong et al. 202
 local window                    ``b`` keys around the diagonal
 reformer                        chunks of ``b/2`` with look-back 1, buckets of about ``b/2``
 hyperattention                  blocks of ``b/2`` plus ``b/2`` sampled columns
+sea                             ``K = b/2`` compressed bins + top ``k = b/2`` keys (``m = b/2`` features)
 ==============================  ===============================================
 
 :func:`clustered_inputs` is Scatterbrain's generative process: queries and keys around
@@ -164,11 +165,15 @@ def _estimate_matrix(method, q, k, b, scale, rng):
                                   scale=scale).output
     if method == "hyperattention":
         return hyper_attention(q, k, eye, block_size=half, n_samples=half, rng=rng, scale=scale).output
+    if method == "sea":
+        from refattn.sea import sea_attention
+
+        return sea_attention(q, k, eye, n_bins=min(half, S), topk=half, m=half, rng=rng, scale=scale).output
     raise ValueError(f"method: unknown {method!r}")
 
 
 METHODS = ("best sparse", "best low-rank", "sparse + low-rank", "performer", "scatterbrain", "nystrom",
-           "local window", "reformer", "hyperattention")
+           "local window", "reformer", "hyperattention", "sea")
 
 
 def matched_budget(q, k, v, *, budget, scale, rng, methods=METHODS):
