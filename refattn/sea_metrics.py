@@ -15,10 +15,10 @@ import numpy as np
 
 from refattn.exact import softmax_attention
 from refattn.problem import attention_problem
-from refattn.sea import captured_mass, sea_attention
-from refattn.sparse import local_window, sparse_attention, topk_support
+from refattn.sea import captured_mass, sea_attention, upsample
+from refattn.sparse import local_window, sparse_attention, support_probabilities, topk_support
 
-__all__ = ["SEAMetricsRow", "mask_recall", "sea_metrics", "compare_at_memory"]
+__all__ = ["SEAMetricsRow", "mask_recall", "sea_metrics", "compare_at_memory", "interpretable", "plot_interpretable"]
 
 
 @dataclass
@@ -84,3 +84,52 @@ def compare_at_memory(q, k, v, *, n_bins, topk, m=64, rng=None, scale=None, caus
     rows.append(_row("top-k oracle", int(topk), q, k, sparse_attention(q, k, v, best, scale=s), o, best, topk, s,
                      causal))
     return rows
+
+
+def interpretable(q, k, result, *, head=0, scale=None, causal=False) -> dict:
+    """SEA's interpretable attention for one head, as dense ``(T, S)`` arrays (for inspection at small sizes):
+    ``teacher`` (the exact probabilities), ``estimate`` (``A~`` upsampled, rows sum to 1), ``mask``
+    (boolean) and ``sparse`` (the probabilities SEA used, zero off the mask), plus ``compressed`` ``(T, K)``."""
+    from refattn.exact import attention_probabilities
+
+    est = result.estimate if result.estimate.ndim == 2 else result.estimate[head]
+    q_h = q if np.ndim(q) == 2 else q[head]
+    k_h = k if np.ndim(k) == 2 else k[head]
+    sup = result.supports[head]
+    T, S = sup.n_queries, sup.n_keys
+    sparse = np.zeros((T, S))
+    sparse[sup.rows(), sup.indices] = support_probabilities(q_h, k_h, sup, scale=scale)
+    return {"teacher": attention_probabilities(q_h, k_h, scale=scale, causal=causal),
+            "estimate": upsample(est, result.lengths, S), "mask": sup.to_dense(), "sparse": sparse,
+            "compressed": est}
+
+
+def plot_interpretable(views: dict, path=None, *, title=None):
+    """Teacher, estimate and mask side by side (log colour scale for the probabilities). Needs matplotlib
+    (``pip install 'refattn[plots]'``); returns the figure, and writes ``path`` when given."""
+    try:
+        import matplotlib
+
+        if path is not None:
+            matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.colors import LogNorm
+    except ImportError as exc:  # an optional extra
+        raise ImportError("plot_interpretable needs matplotlib: pip install 'refattn[plots]'") from exc
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.4))
+    panels = [("teacher (exact)", views["teacher"]), ("SEA estimate (upsampled)", views["estimate"]),
+              ("mask (sparse probabilities)", views["sparse"])]
+    pos = [v[v > 0] for _, v in panels if (v > 0).any()]
+    lo = max(min(float(p.min()) for p in pos), 1e-6) if pos else 1e-6
+    norm = LogNorm(vmin=lo, vmax=1.0)
+    for ax, (name, img) in zip(axes, panels):
+        im = ax.imshow(np.where(img > 0, img, np.nan), norm=norm, cmap="viridis", interpolation="nearest")
+        ax.set_title(name)
+        ax.set_xlabel("key j")
+    axes[0].set_ylabel("query i")
+    fig.colorbar(im, ax=axes, shrink=0.8)
+    if title:
+        fig.suptitle(title)
+    if path is not None:
+        fig.savefig(path, dpi=110)
+    return fig

@@ -36,6 +36,7 @@ __all__ = [
     "chunked_bucket_support",
     "balanced_clusters",
     "union",
+    "support_probabilities",
 ]
 
 
@@ -282,3 +283,16 @@ def sparse_attention(q, k, v, support: Support, *, scale=None, entry_bias=None, 
     fn = kern.sparse_numba if implementation == "numba" and numba_enabled() else kern.sparse_numpy
     out, lse = fn(q, k, v, support.indptr, support.indices, s, eb)
     return (out, lse) if return_lse else out
+
+
+def support_probabilities(q, k, support: Support, *, scale=None) -> np.ndarray:
+    """The attention probabilities on ``support``, ``(nnz,)`` in CSR order: ``exp(s q_i.k_j - lse_i)``,
+    ``lse_i`` the row's log-sum-exp over its support (what :func:`sparse_attention` normalises by)."""
+    q = as_float_array(q, "q").astype(np.float64)
+    k = as_float_array(k, "k").astype(np.float64)
+    zeros = np.zeros((k.shape[0], 1)) if k.ndim == 2 else None
+    _, lse = sparse_attention(q, k, zeros, support, scale=scale, return_lse=True)
+    s = check_scale(scale, q.shape[1])
+    rows = support.rows()
+    logits = np.einsum("nh,nh->n", q[rows], k[support.indices]) * s  # (nnz,)
+    return np.exp(logits - lse[rows])
