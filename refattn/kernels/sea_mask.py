@@ -108,45 +108,52 @@ def _row_plan(probs, i, l, K, kb, starts, take, top):
         remaining -= t
 
 
+_ROWS_PER_TASK = 256  # rows per parallel task: each task allocates its scratch once
+
+
 @numba.njit(parallel=True, cache=True)
 def _count(probs, lengths, budget, counts):
     N, T, K = probs.shape
-    for i in numba.prange(T):
-        l = lengths[i]
+    n_tasks = (T + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK
+    for task in numba.prange(n_tasks):
         starts = np.empty(K + 1, dtype=np.int64)
         take = np.empty((N, K), dtype=np.int64)
         top = np.empty(N, dtype=np.int64)
-        if l == 0:
+        for i in range(task * _ROWS_PER_TASK, min(T, (task + 1) * _ROWS_PER_TASK)):
+            l = lengths[i]
+            if l == 0:
+                for h in range(N):
+                    counts[h, i] = 0
+                continue
+            kb = budget[i] if budget[i] < l else l
+            _row_plan(probs, i, l, K, kb, starts, take, top)
             for h in range(N):
-                counts[h, i] = 0
-            continue
-        kb = budget[i] if budget[i] < l else l
-        _row_plan(probs, i, l, K, kb, starts, take, top)
-        for h in range(N):
-            c = 0
-            for b in range(K):
-                c += take[h, b]
-            counts[h, i] = c
+                c = 0
+                for b in range(K):
+                    c += take[h, b]
+                counts[h, i] = c
 
 
 @numba.njit(parallel=True, cache=True)
 def _fill(probs, lengths, budget, indptr, indices):
     N, T, K = probs.shape
-    for i in numba.prange(T):
-        l = lengths[i]
-        if l == 0:
-            continue
+    n_tasks = (T + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK
+    for task in numba.prange(n_tasks):
         starts = np.empty(K + 1, dtype=np.int64)
         take = np.empty((N, K), dtype=np.int64)
         top = np.empty(N, dtype=np.int64)
-        kb = budget[i] if budget[i] < l else l
-        _row_plan(probs, i, l, K, kb, starts, take, top)
-        for h in range(N):
-            p = indptr[h, i]
-            for b in range(K):  # bins in column order: the row comes out sorted
-                for j in range(starts[b], starts[b] + take[h, b]):
-                    indices[h, p] = j
-                    p += 1
+        for i in range(task * _ROWS_PER_TASK, min(T, (task + 1) * _ROWS_PER_TASK)):
+            l = lengths[i]
+            if l == 0:
+                continue
+            kb = budget[i] if budget[i] < l else l
+            _row_plan(probs, i, l, K, kb, starts, take, top)
+            for h in range(N):
+                p = indptr[h, i]
+                for b in range(K):  # bins in column order: the row comes out sorted
+                    for j in range(starts[b], starts[b] + take[h, b]):
+                        indices[h, p] = j
+                        p += 1
 
 
 def mask_numba(probs, lengths, budget):
