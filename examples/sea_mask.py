@@ -20,7 +20,7 @@ from refattn.budget import local_sink_inputs
 from refattn.projections import projection
 from refattn.sea import binned_attention, kernel_estimate, kl_decomposition, row_lengths, sea_attention
 from refattn.sea_decoder import distill_decoder, fixed_decoder
-from refattn.sea_metrics import compare_at_memory, interpretable, plot_interpretable
+from refattn.sea_metrics import compare_at_memory, interpretable, plot_interpretable, sea_sweep
 
 
 def mean_kl(teacher, est):
@@ -75,6 +75,12 @@ def main():
     print(f"{'method':>14} {'recall':>7} {'captured':>9} {'min':>6} {'out err':>8}")
     for r in rows:
         print(f"{r.method:>14} {r.recall:>7.3f} {r.captured_mean:>9.3f} {r.captured_min:>6.3f} {r.output_error:>8.3f}")
+
+    print("\nas K and k vary (oracle decoder: what a perfect width-K estimate gives):")
+    print(f"{'K':>4} {'k':>4} {'decoder':>14} {'recall':>7} {'captured':>9} {'out err':>8}")
+    for K_, k_, r in sea_sweep(q, k, v, n_bins_list=(8, 16, 32), topk_list=(8, 16, 32), m=args.m, rng=1, causal=True,
+                               decoders={"oracle": "oracle"}):
+        print(f"{K_:>4} {k_:>4} {r.method:>14} {r.recall:>7.3f} {r.captured_mean:>9.3f} {r.output_error:>8.3f}")
 
     if args.plot:
         res = sea_attention(q, k, v, n_bins=K, topk=args.topk, W=W, decoder=decoder, causal=True)

@@ -18,7 +18,8 @@ from refattn.problem import attention_problem
 from refattn.sea import captured_mass, sea_attention, upsample
 from refattn.sparse import local_window, sparse_attention, support_probabilities, topk_support
 
-__all__ = ["SEAMetricsRow", "mask_recall", "sea_metrics", "compare_at_memory", "interpretable", "plot_interpretable"]
+__all__ = ["SEAMetricsRow", "mask_recall", "sea_metrics", "compare_at_memory", "sea_sweep", "interpretable",
+           "plot_interpretable"]
 
 
 @dataclass
@@ -84,6 +85,20 @@ def compare_at_memory(q, k, v, *, n_bins, topk, m=64, rng=None, scale=None, caus
     rows.append(_row("top-k oracle", int(topk), q, k, sparse_attention(q, k, v, best, scale=s), o, best, topk, s,
                      causal))
     return rows
+
+
+def sea_sweep(q, k, v, *, n_bins_list, topk_list, m=64, rng=None, scale=None, causal=False, decoders=None):
+    """SEA's figures as ``K`` and ``k`` vary: a list of ``(K, k, SEAMetricsRow)`` for every decoder
+    (default fixed and oracle). One head. The kernel estimate is recomputed per ``K`` (its basis)."""
+    o = softmax_attention(q, k, v, scale=scale, causal=causal)
+    out = []
+    for K in n_bins_list:
+        for kk in topk_list:
+            for name, dec in (decoders or {"fixed": "fixed", "oracle": "oracle"}).items():
+                res = sea_attention(q, k, v, n_bins=K, topk=kk, m=m, decoder=dec, rng=rng, scale=scale, causal=causal)
+                out.append((K, kk, _row(f"sea ({name})", K + kk, q, k, res.output, o, res.supports[0], kk, scale,
+                                        causal)))
+    return out
 
 
 def interpretable(q, k, result, *, head=0, scale=None, causal=False) -> dict:
