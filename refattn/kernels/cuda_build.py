@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["CUDA_DIR", "HEADER", "SOURCES", "ARCHS", "find_nvcc", "nvcc_check", "host_library", "HostLauncher"]
+__all__ = ["CUDA_DIR", "HEADER", "SOURCES", "ARCHS", "find_nvcc", "nvcc_check", "nvcc_check_all", "host_library",
+           "HostLauncher"]
 
 CUDA_DIR = Path(__file__).with_name("cuda")
 HEADER = CUDA_DIR / "refattn_cuda.cuh"
@@ -37,6 +38,7 @@ SOURCES = {
     "streaming.cu": ("stream_attention_f64", "stream_attention_f32"),
 }
 ARCHS = ("80", "90")
+_FLAGS_VERSION = "v1"  # bump when nvcc_check's flags change: names the cache of successful builds
 
 
 def find_nvcc():
@@ -50,20 +52,62 @@ def find_nvcc():
 def nvcc_check(source, out_dir, *, archs=ARCHS, nvcc=None, timeout=300):
     """Compile one source (a name in :data:`SOURCES`) to PTX for each ``compute_XX`` in ``archs``.
 
-    Returns the path of the fatbin. Raises ``FileNotFoundError`` without nvcc and
+    Returns the path of the fatbin (uncompressed: the PTX text of each architecture is in it). Raises ``FileNotFoundError`` without nvcc and
     ``RuntimeError`` with nvcc's message when the source does not compile.
     """
     nvcc = nvcc or find_nvcc()
     if nvcc is None:
         raise FileNotFoundError("nvcc: not found on PATH or in $CUDA_HOME/bin")
     out = Path(out_dir) / (Path(source).stem + ".fatbin")
-    cmd = [nvcc, "-std=c++17", "-Werror", "all-warnings", "-I", str(CUDA_DIR), "--fatbin", "-o", str(out)]
+    cmd = [nvcc, "-std=c++17", "-Werror", "all-warnings", "-I", str(CUDA_DIR), "--no-compress", "--fatbin", "-o", str(out)]
     for a in archs:
         cmd += ["-gencode", f"arch=compute_{a},code=compute_{a}"]
     res = subprocess.run(cmd + [str(CUDA_DIR / source)], capture_output=True, text=True, timeout=timeout)
     if res.returncode != 0:
         raise RuntimeError(f"{source}: nvcc failed ({' '.join(cmd)}):\n{res.stderr.strip()}")
     return out
+
+
+def _digest():
+    """Hash of the header and every source: names the cached builds."""
+    paths = [HEADER] + [CUDA_DIR / s for s in SOURCES]
+    return hashlib.sha256(b"".join(p.read_bytes() for p in paths)).hexdigest()[:16]
+
+
+def _cache_dir(kind):
+    path = Path(tempfile.gettempdir()) / f"refattn-cuda-{kind}-{os.getuid()}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def nvcc_check_all(*, archs=ARCHS, nvcc=None):
+    """Compile every source (:func:`nvcc_check`, in parallel): ``(folder, {source: None or the error})``,
+    the fatbins being ``folder / (stem + ".fatbin")``.
+
+    Successful builds are cached by the sources' hash, the compile flags and the architectures,
+    so `refattn info` and the tests pay the compile once per change of the sources.
+    Raises ``FileNotFoundError`` without nvcc.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    nvcc = nvcc or find_nvcc()
+    if nvcc is None:
+        raise FileNotFoundError("nvcc: not found on PATH or in $CUDA_HOME/bin")
+    out_dir = _cache_dir("nvcc") / f"{_digest()}-{_FLAGS_VERSION}-{'-'.join(archs)}"
+    out_dir.mkdir(exist_ok=True)
+
+    def one(source):
+        if (out_dir / (Path(source).stem + ".fatbin")).exists():
+            return None
+        try:
+            with tempfile.TemporaryDirectory(dir=out_dir) as tmp:  # a finished fatbin only, never a partial one
+                os.replace(nvcc_check(source, tmp, archs=archs, nvcc=nvcc), out_dir / (Path(source).stem + ".fatbin"))
+            return None
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            return str(exc)
+
+    with ThreadPoolExecutor(max_workers=len(SOURCES)) as pool:
+        return out_dir, dict(zip(SOURCES, pool.map(one, SOURCES)))
 
 
 def _host_compiler():
@@ -81,11 +125,9 @@ def host_library(build_dir=None):
     cxx = _host_compiler()
     if cxx is None:
         raise FileNotFoundError("CXX: no host C++ compiler (g++, c++, clang++) found")
-    paths = [HEADER] + [CUDA_DIR / s for s in SOURCES]
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in paths)).hexdigest()[:16]
-    build = Path(build_dir) if build_dir else Path(tempfile.gettempdir()) / f"refattn-cuda-host-{os.getuid()}"
+    build = Path(build_dir) if build_dir else _cache_dir("host")
     build.mkdir(parents=True, exist_ok=True)
-    lib = build / f"refattn_cuda_host_{digest}.so"
+    lib = build / f"refattn_cuda_host_{_digest()}.so"
     if not lib.exists():
         tmp = build / f"{lib.name}.{os.getpid()}.tmp"
         cmd = [cxx, "-x", "c++", "-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC",
