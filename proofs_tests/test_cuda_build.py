@@ -10,7 +10,8 @@ import json
 import pytest
 
 from refattn.cli import main
-from refattn.kernels.cuda_build import ARCHS, CUDA_DIR, SOURCES, find_nvcc, nvcc_check, nvcc_check_all
+from refattn.kernels.cuda_build import (ARCHS, CUDA_DIR, SOURCES, find_nvcc, find_nvrtc, nvcc_check, nvcc_check_all,
+                                       nvrtc_check)
 
 needs_nvcc = pytest.mark.skipif(find_nvcc() is None, reason="nvcc not found on PATH or in $CUDA_HOME/bin")
 
@@ -51,6 +52,22 @@ def test_broken_source_is_rejected(tmp_path):
     bad.write_text('#include "refattn_cuda.cuh"\nRA_GLOBAL void broken(i64 n_threads) { undefined_name = 1; }\n')
     with pytest.raises(RuntimeError, match="broken.cu: nvcc failed"):
         nvcc_check(str(bad), tmp_path)
+
+
+@pytest.mark.skipif(find_nvrtc() is None, reason="libnvrtc not found (REFATTN_NVRTC names it)")
+def test_broken_source_is_rejected_by_nvrtc(tmp_path):
+    bad = tmp_path / "broken.cu"
+    bad.write_text('#include "refattn_cuda.cuh"\nRA_GLOBAL void broken(i64 n_threads) { undefined_name = 1; }\n')
+    with pytest.raises(RuntimeError, match="broken.cu: NVRTC failed for compute_80"):
+        nvrtc_check(str(bad), "80")
+
+
+@pytest.mark.skipif(find_nvrtc() is None, reason="libnvrtc not found (REFATTN_NVRTC names it)")
+@pytest.mark.parametrize("source", sorted(SOURCES))
+def test_source_compiles_with_nvrtc_as_cupy_does(source):
+    """The run-time compile of the CuPy backend (NVRTC, no host headers), without a GPU."""
+    for arch in ARCHS:
+        assert nvrtc_check(source, arch) > 0
 
 
 def test_info_reports_the_cuda_kernels(capsys):

@@ -10,7 +10,9 @@
   twins without a GPU. It checks the arithmetic and indexing, not the launch configuration,
   memory transfers or races (the kernels have no shared memory and write disjoint outputs).
 
-CuPy itself compiles the sources at run time with NVRTC (:mod:`refattn.kernels.cupy_backend`).
+CuPy itself compiles the sources at run time with NVRTC (:mod:`refattn.kernels.cupy_backend`);
+:func:`nvrtc_check` runs that compile (same options) through ``libnvrtc`` directly, without
+CuPy or a GPU, wherever the library is found.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["CUDA_DIR", "HEADER", "SOURCES", "ARCHS", "find_nvcc", "nvcc_check", "nvcc_check_all", "host_library",
-           "HostLauncher"]
+__all__ = ["CUDA_DIR", "HEADER", "SOURCES", "ARCHS", "NVRTC_OPTIONS", "find_nvcc", "nvcc_check", "nvcc_check_all",
+           "find_nvrtc", "nvrtc_check", "host_library", "HostLauncher"]
 
 CUDA_DIR = Path(__file__).with_name("cuda")
 HEADER = CUDA_DIR / "refattn_cuda.cuh"
@@ -38,6 +40,7 @@ SOURCES = {
     "streaming.cu": ("stream_attention_f64", "stream_attention_f32"),
 }
 ARCHS = ("80", "90")
+NVRTC_OPTIONS = ("-std=c++17", f"-I{CUDA_DIR}")  # what the CuPy backend passes to RawModule
 _FLAGS_VERSION = "v1"  # bump when nvcc_check's flags change: names the cache of successful builds
 
 
@@ -108,6 +111,50 @@ def nvcc_check_all(*, archs=ARCHS, nvcc=None):
 
     with ThreadPoolExecutor(max_workers=len(SOURCES)) as pool:
         return out_dir, dict(zip(SOURCES, pool.map(one, SOURCES)))
+
+
+def find_nvrtc():
+    """Path of ``libnvrtc`` (``$REFATTN_NVRTC``, the loader's search, ``$CUDA_HOME/lib64``), or None."""
+    import ctypes.util
+
+    if os.environ.get("REFATTN_NVRTC"):
+        return os.environ["REFATTN_NVRTC"]
+    found = ctypes.util.find_library("nvrtc")
+    if found:
+        return found
+    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if home:
+            libs = sorted((Path(home) / "lib64").glob("libnvrtc.so*"))
+            if libs:
+                return str(libs[0])
+    return None
+
+
+def nvrtc_check(source, arch, *, library=None):
+    """Compile one source with NVRTC as CuPy does (:data:`NVRTC_OPTIONS`) for ``compute_<arch>``;
+    returns the PTX size in bytes. Raises ``FileNotFoundError`` without libnvrtc and
+    ``RuntimeError`` with NVRTC's log when the source does not compile."""
+    library = library or find_nvrtc()
+    if library is None:
+        raise FileNotFoundError("libnvrtc: not found (set REFATTN_NVRTC to its path)")
+    lib = ctypes.CDLL(library)
+    path = CUDA_DIR / source
+    prog = ctypes.c_void_p()
+    if lib.nvrtcCreateProgram(ctypes.byref(prog), path.read_bytes(), path.name.encode(), 0, None, None):
+        raise RuntimeError(f"{source}: nvrtcCreateProgram failed")
+    try:
+        opts = [o.encode() for o in NVRTC_OPTIONS + (f"--gpu-architecture=compute_{arch}",)]
+        rc = lib.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))
+        size = ctypes.c_size_t()
+        lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
+        log = ctypes.create_string_buffer(size.value)
+        lib.nvrtcGetProgramLog(prog, log)
+        if rc != 0:
+            raise RuntimeError(f"{source}: NVRTC failed for compute_{arch}:\n{log.value.decode(errors='replace').strip()}")
+        lib.nvrtcGetPTXSize(prog, ctypes.byref(size))
+        return size.value
+    finally:
+        lib.nvrtcDestroyProgram(ctypes.byref(prog))
 
 
 def _host_compiler():

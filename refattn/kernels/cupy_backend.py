@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from refattn.kernels.cuda_build import CUDA_DIR, SOURCES
+from refattn.kernels.cuda_build import CUDA_DIR, NVRTC_OPTIONS, SOURCES
 from refattn.kernels.gpu_dispatch import check_gpu_dtype, shadow
 
 __all__ = ["CupyLauncher", "compile_all", "simhash", "angular_hash", "cross_polytope_hash", "e2lsh",
@@ -43,8 +43,7 @@ def _module(source):
     cp = _cupy()
     key = (cp.cuda.Device().id, source)
     if key not in _MODULES:
-        _MODULES[key] = cp.RawModule(code=(CUDA_DIR / source).read_text(),
-                                     options=("-std=c++17", f"-I{CUDA_DIR}"))
+        _MODULES[key] = cp.RawModule(code=(CUDA_DIR / source).read_text(), options=NVRTC_OPTIONS)
     return _MODULES[key]
 
 
