@@ -104,3 +104,26 @@ def test_gpu_path_validates_as_the_cpu_path():
         for make in (cpu, gpu):
             with pytest.raises(exc, match=f"^{message}"):
                 call(make)
+
+
+def _has_device():
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+@pytest.mark.skipif(_has_device(), reason="a GPU is present: bench_gpu.py measures (see the gpu tests)")
+def test_bench_gpu_without_device_says_so_and_writes_nothing(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_gpu.py"
+    proc = subprocess.run([sys.executable, str(script), "--quick", "--out", str(tmp_path)], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "no CUDA device present" in proc.stdout and "nothing measured" in proc.stdout
+    assert list(tmp_path.iterdir()) == []
