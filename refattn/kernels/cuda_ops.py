@@ -118,10 +118,12 @@ def _causal_prefix_2d(L, pq, pk, v, offset, chunk, dt):
 
 
 def _batched(L, arrays, tails, batch_shape, dt):
-    """Each array broadcast to ``batch_shape + tail``; yields (index, C-contiguous 2-D items)."""
+    """Each array broadcast to ``batch_shape + tail``; yields (index, C-contiguous items).
+
+    ``index`` ends with an Ellipsis: ``out[index]`` is one batch item (also when there is no batch)."""
     views = [L.xp.broadcast_to(a, batch_shape + tail) for a, tail in zip(arrays, tails)]
     for idx in np.ndindex(*batch_shape) if batch_shape else [()]:
-        yield idx, [None if a is None else _c(L, a[idx], dt) for a in views]
+        yield idx + (Ellipsis,), [_c(L, a[idx + (Ellipsis,)], dt) for a in views]
 
 
 def causal_prefix_sums(L, pq, pk, v, offset, chunk, dt, batch_shape):
@@ -154,11 +156,11 @@ def softmax_attention(L, prob, q, k, v, mask, bias, dt):
     ts = (T, S)
     for idx, (qi, ki, vi, bi) in _batched(L, (q, k, v, bias if bias is not None else no_bias),
                                           ((T, H), (S, H), (S, Hv), ts if bias is not None else (1,)), batch, dt):
-        mi = no_mask if mask is None else L.xp.ascontiguousarray(xp.broadcast_to(mask_u8, batch + ts)[idx])
+        mi = no_mask if mask is None else xp.ascontiguousarray(xp.broadcast_to(mask_u8, batch + ts)[idx])
         o = xp.empty((T, Hv), dtype=dt)
         ls = xp.empty(T, dtype=dt)
         L(f"stream_attention_{sfx}", T, qi, ki, vi, dt(prob.scale), _i64(offset), mi, np.int32(mask is not None),
-          bi, np.int32(bias is not None), _i64(S if lens is None else lens[idx]), _i64(S), _i64(H), _i64(Hv), o, ls)
+          bi, np.int32(bias is not None), _i64(S if lens is None else lens[idx[:-1]]), _i64(S), _i64(H), _i64(Hv), o, ls)
         out[idx] = o
         lse[idx] = ls
     return out, lse
