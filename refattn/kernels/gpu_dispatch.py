@@ -1,4 +1,4 @@
-"""Which backend an call runs on, decided by its input arrays: CuPy arrays in, CUDA kernels
+"""Which backend a call runs on, decided by its input arrays: CuPy arrays in, CUDA kernels
 and CuPy arrays out; NumPy (or lists) in, the CPU path.
 
 Nothing here imports CuPy: a CuPy array is recognised by its type's module, so this module
@@ -31,7 +31,7 @@ def on_gpu(**arrays) -> bool:
     """True when the (non-None) arguments are CuPy arrays on one device, False when none is.
 
     Raises ``TypeError`` when some are CuPy arrays and others are not (NumPy arrays, lists,
-    scalars arrays), and ``ValueError`` when CuPy arrays live on different devices.
+    scalars), and ``ValueError`` when CuPy arrays live on different devices.
     """
     given = {name: a for name, a in arrays.items() if a is not None}
     gpu = [name for name, a in given.items() if is_cupy(a)]
