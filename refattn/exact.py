@@ -18,7 +18,10 @@ Three forward implementations share one signature (``implementation=``):
 - ``"numpy"``: blockwise online softmax in NumPy (:mod:`refattn.kernels.streaming`);
 - ``"numba"``: the same algorithm as a parallel Numba kernel, ``O((T + S) H)`` memory;
 - ``"auto"`` (default): ``"dense"`` while the logits fit in :data:`DENSE_LIMIT` entries, else
-  ``"numba"``.
+  ``"numba"``;
+- ``"cuda"``: the streaming kernel on the GPU (``kernels/cuda/streaming.cu``), float64 or
+  float32. CuPy arrays ``q, k, v`` (and ``mask``, ``bias``) select it under ``"auto"`` too, and
+  the outputs are CuPy arrays; it needs CuPy inputs.
 
 All paths compute in float64 whatever the input dtype (``dtype=`` may lower that, to
 reproduce a low-precision kernel's own rounding, as the FlashAttention tolerance rule
@@ -45,7 +48,7 @@ __all__ = [
 
 #: ``"auto"`` uses the dense path while batch * T * S is at most this (64 MiB of float64 logits).
 DENSE_LIMIT = 1 << 23
-IMPLEMENTATIONS = ("auto", "dense", "numpy", "numba")
+IMPLEMENTATIONS = ("auto", "dense", "numpy", "numba", "cuda")
 _DTYPES = (np.float64, np.float32, np.float16)
 
 
@@ -143,7 +146,7 @@ def softmax_attention(
         Keys at positions ``>= key_lengths`` are padding and removed.
     return_lse : bool
         Also return ``lse = log sum_j exp(logit_ij)`` of shape ``(..., T)``.
-    implementation : {"auto", "dense", "numpy", "numba"}
+    implementation : {"auto", "dense", "numpy", "numba", "cuda"}
         See the module docstring.
     dtype : {float64, float32, float16}, optional
         Precision of the computation (default float64, the oracle).
@@ -181,6 +184,17 @@ def softmax_attention(
     """
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"implementation: expected one of {IMPLEMENTATIONS}, got {implementation!r}")
+    from refattn.kernels.gpu_dispatch import on_gpu
+
+    if on_gpu(q=q, k=k, v=v, mask=mask, bias=bias):
+        from refattn.kernels import cupy_backend
+
+        out, lse = cupy_backend.softmax_attention(q, k, v, scale=scale, causal=causal, mask=mask, bias=bias,
+                                                  key_lengths=key_lengths, dtype=dtype,
+                                                  implementation=implementation)
+        return (out, lse) if return_lse else out
+    if implementation == "cuda":
+        raise ValueError("implementation: 'cuda' needs CuPy arrays q, k, v (on the GPU)")
     dt = _compute_dtype(dtype)
     prob = attention_problem(
         q, k, v, scale=scale, causal=causal, mask=mask, bias=bias, key_lengths=key_lengths

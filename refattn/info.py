@@ -48,6 +48,7 @@ def _cupy_status():
             props = cupy.cuda.runtime.getDeviceProperties(0)
             status["device0"] = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
             status["cuda_runtime"] = cupy.cuda.runtime.runtimeGetVersion()
+            status["cuda_driver"] = cupy.cuda.runtime.driverGetVersion()
     except Exception as exc:
         status["devices"] = 0
         status["reason"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
@@ -66,6 +67,35 @@ def _nvcc_status():
         return {"found": True, "path": path, "error": str(exc)}
 
 
+def _cuda_kernels_status(cupy_status):
+    """Whether refattn's CUDA sources compile: with nvcc (PTX for sm_80, sm_90; no GPU needed)
+    and, when CuPy sees a device, with NVRTC for that device (what the GPU backend runs)."""
+    from refattn.kernels.cuda_build import ARCHS, SOURCES, find_nvcc, nvcc_check_all
+
+    status = {"sources": list(SOURCES)}
+    if find_nvcc() is None:
+        status["nvcc"] = "not checked (nvcc not found)"
+    else:
+        try:
+            errors = {k: v for k, v in nvcc_check_all()[1].items() if v}
+            status["nvcc"] = "ok" if not errors else "FAIL"
+            status["nvcc_archs"] = [f"compute_{a}" for a in ARCHS]
+            if errors:
+                status["nvcc_errors"] = {k: v.splitlines()[-1] for k, v in errors.items()}
+        except Exception as exc:  # report, do not crash
+            status["nvcc"] = f"error: {type(exc).__name__}: {exc}".splitlines()[0]
+    if cupy_status.get("devices"):
+        try:
+            from refattn.kernels.cupy_backend import compile_all
+
+            status["nvrtc"] = f"ok ({len(compile_all())} kernels on device 0)"
+        except Exception as exc:
+            status["nvrtc"] = f"FAIL: {type(exc).__name__}: {exc}".splitlines()[0]
+    else:
+        status["nvrtc"] = "not checked (no CuPy device)"
+    return status
+
+
 def collect_info() -> dict:
     """Everything `refattn info` prints, as a dict."""
     import refattn
@@ -79,6 +109,7 @@ def collect_info() -> dict:
         "cupy": _cupy_status(),
         "nvcc": _nvcc_status(),
     }
+    info["cuda_kernels"] = _cuda_kernels_status(info["cupy"])
     try:
         from threadpoolctl import threadpool_info
 
@@ -99,10 +130,19 @@ def format_info(info: dict) -> str:
     if cp["installed"]:
         dev = f"{cp.get('devices', 0)} GPU(s)" + (f", {cp['device0']}" if cp.get("device0") else "")
         lines.append(f"cupy backend: cupy {cp['version']}, {dev}" + (f" ({cp['reason']})" if cp.get("reason") else ""))
+        if cp.get("cuda_runtime"):
+            lines.append(f"cuda: runtime {cp['cuda_runtime']}, driver {cp.get('cuda_driver', '?')}")
     else:
         lines.append("cupy backend: not installed (GPU extra: pip install 'refattn[gpu]')")
     nv = info["nvcc"]
     lines.append("nvcc: " + (f"{nv.get('version', '?')} ({nv['path']})" if nv["found"] else "not found"))
+    ck = info.get("cuda_kernels")
+    if ck:
+        archs = "/".join(ck.get("nvcc_archs", []))
+        lines.append(f"cuda kernels ({len(ck['sources'])} sources): nvcc {ck['nvcc']}" + (f" (PTX {archs})" if archs else "")
+                     + f"; nvrtc {ck['nvrtc']}")
+        for src, err in ck.get("nvcc_errors", {}).items():
+            lines.append(f"  {src}: {err}")
     for b in info.get("blas", []):
         lines.append(f"blas: {b['internal_api']} {b['version']}, {b['num_threads']} threads, {b['architecture']}")
     return "\n".join(lines)

@@ -45,7 +45,7 @@ MAX_BITS = 62  # codes are packed into int64
 
 
 def _x(x, name="x"):
-    x = as_float_array(x, name).astype(np.float64)
+    x = as_float_array(x, name).astype(np.float64, copy=False)
     if x.ndim != 2:
         raise ValueError(f"{name}: expected shape (n, d), got {x.shape}")
     return x
@@ -61,12 +61,33 @@ def simhash_planes(d, r, rng, *, tables=1):
     return as_generator(rng).standard_normal((tables, r, d))
 
 
-def simhash(x, planes):
-    """Codes ``(tables, n)``: bit ``b`` of table ``t`` is ``[planes[t, b] . x > 0]``."""
+def _gpu(**arrays):
+    """The CuPy backend when the arrays are CuPy arrays (errors for mixed inputs), else None."""
+    from refattn.kernels.gpu_dispatch import on_gpu
+
+    if on_gpu(**arrays):
+        from refattn.kernels import cupy_backend
+
+        return cupy_backend
+    return None
+
+
+def _check_simhash(x, planes):
     x = _x(x)
     planes = as_float_array(planes, "planes")
     if planes.ndim != 3 or planes.shape[2] != x.shape[1]:
         raise ValueError(f"planes: expected shape (tables, r, d = {x.shape[1]}), got {planes.shape}")
+    return x, planes
+
+
+def simhash(x, planes):
+    """Codes ``(tables, n)``: bit ``b`` of table ``t`` is ``[planes[t, b] . x > 0]``.
+
+    CuPy arrays in: the CUDA kernel, CuPy codes out (here and in every hash below)."""
+    gpu = _gpu(x=x, planes=planes)
+    if gpu:
+        return gpu.simhash(x, planes)
+    x, planes = _check_simhash(x, planes)
     bits = (np.matmul(x, np.swapaxes(planes, -1, -2)) > 0).astype(np.int64)  # (tables, n, r), BLAS
     return bits @ (np.int64(1) << np.arange(planes.shape[1], dtype=np.int64))
 
@@ -86,12 +107,20 @@ def angular_rotations(d, n_buckets, rng, *, rounds=1):
     return as_generator(rng).standard_normal((rounds, d, b // 2))
 
 
-def angular_hash(x, R):
-    """Buckets ``(rounds, n)``: ``argmax([x R; -x R])`` (Kitaev et al. 2020, section 2.2)."""
+def _check_angular(x, R):
     x = _x(x)
     R = as_float_array(R, "R")
     if R.ndim != 3 or R.shape[1] != x.shape[1]:
         raise ValueError(f"R: expected shape (rounds, d = {x.shape[1]}, b/2), got {R.shape}")
+    return x, R
+
+
+def angular_hash(x, R):
+    """Buckets ``(rounds, n)``: ``argmax([x R; -x R])`` (Kitaev et al. 2020, section 2.2)."""
+    gpu = _gpu(x=x, R=R)
+    if gpu:
+        return gpu.angular_hash(x, R)
+    x, R = _check_angular(x, R)
     p = np.matmul(x, R)  # (rounds, n, b/2), BLAS
     return np.argmax(np.concatenate([p, -p], axis=-1), axis=-1).astype(np.int64)
 
@@ -103,13 +132,21 @@ def cross_polytope_rotations(d, rng, *, rounds=1):
     return haar_orthogonal(rounds, d, as_generator(rng))
 
 
-def cross_polytope_hash(x, rotations):
-    """Buckets ``(rounds, n)`` in ``[0, 2d)``: the closest signed basis vector to the rotated, normalised ``x``
-    (Andoni et al. 2015). A zero row hashes to bucket 0."""
+def _check_cross_polytope(x, rotations):
     x = _x(x)
     rotations = as_float_array(rotations, "rotations")
     if rotations.ndim != 3 or rotations.shape[1:] != (x.shape[1], x.shape[1]):
         raise ValueError(f"rotations: expected shape (rounds, d, d) with d = {x.shape[1]}, got {rotations.shape}")
+    return x, rotations
+
+
+def cross_polytope_hash(x, rotations):
+    """Buckets ``(rounds, n)`` in ``[0, 2d)``: the closest signed basis vector to the rotated, normalised ``x``
+    (Andoni et al. 2015). A zero row hashes to bucket 0."""
+    gpu = _gpu(x=x, rotations=rotations)
+    if gpu:
+        return gpu.cross_polytope_hash(x, rotations)
+    x, rotations = _check_cross_polytope(x, rotations)
     p = np.matmul(x, np.swapaxes(rotations, -1, -2))  # (rounds, n, d): rows of the rotation
     return np.argmax(np.concatenate([p, -p], axis=-1), axis=-1).astype(np.int64)
 
@@ -125,8 +162,7 @@ def e2lsh_draw(d, width, rng, *, tables=1):
     return gen.standard_normal((tables, d)), gen.uniform(0, width, size=tables)
 
 
-def e2lsh(x, a, b, width):
-    """Buckets ``(tables, n)``: ``floor((a . x + b) / width)`` (Datar et al. 2004)."""
+def _check_e2lsh(x, a, width):
     x = _x(x)
     a = as_float_array(a, "a")
     if a.ndim != 2 or a.shape[1] != x.shape[1]:
@@ -134,6 +170,15 @@ def e2lsh(x, a, b, width):
     width = float(width)
     if not width > 0:
         raise ValueError(f"width: must be > 0, got {width}")
+    return x, a, width
+
+
+def e2lsh(x, a, b, width):
+    """Buckets ``(tables, n)``: ``floor((a . x + b) / width)`` (Datar et al. 2004)."""
+    gpu = _gpu(x=x, a=a, b=b)
+    if gpu:
+        return gpu.e2lsh(x, a, b, width)
+    x, a, width = _check_e2lsh(x, a, width)
     return np.floor((a @ x.T + np.asarray(b, dtype=np.float64)[:, None]) / width).astype(np.int64)
 
 
@@ -174,6 +219,9 @@ def gray_rank(codes):
 
 
 def sort_order(buckets):
-    """Stable order by (bucket, position): ties keep their original order."""
+    """Stable order by (bucket, position): ties keep their original order (CuPy in: CuPy's lexsort)."""
+    gpu = _gpu(buckets=buckets)
+    if gpu:
+        return gpu.sort_order(buckets)
     b = np.asarray(buckets)
     return np.lexsort((np.arange(b.size), b))

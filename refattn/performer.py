@@ -34,7 +34,7 @@ from refattn.problem import attention_problem, causal_mask
 from refattn.projections import projection as _projection
 from refattn.theory import favorpp_optimal_A, favorpp_phi
 
-__all__ = ["PerformerResult", "performer_attention", "make_features"]
+__all__ = ["PerformerResult", "performer_attention", "make_features", "causal_prefix_sums"]
 
 
 @dataclass
@@ -186,6 +186,41 @@ def performer_attention(
         out = np.where(degenerate[..., None], dt(0), num / np.where(degenerate, dt(1), den_eps)[..., None])
     return PerformerResult(out, np.array(num), np.array(den), np.broadcast_to(log_scale, prob.batch_shape + (prob.T,)).copy(),
                            degenerate, feats, phi_q, phi_k)
+
+
+def causal_prefix_sums(phi_q, phi_k, v, *, causal=True, chunk_size=128):
+    r"""Causal linear attention's numerator and denominator from features (the FAVOR+ prefix sums).
+
+    .. math::
+
+        N_i = \sum_{j \le i + o} (\phi_q[i] \cdot \phi_k[j])\, v_j, \qquad
+        D_i = \sum_{j \le i + o} \phi_q[i] \cdot \phi_k[j]
+
+    (Choromanski et al. 2021, section 2.6; ``o`` the causal offset of ``causal``, as the oracle's).
+    ``phi_q (..., T, F)``, ``phi_k (..., S, F)``, ``v (..., S, Hv)``; leading dims broadcast.
+    NumPy arrays run the chunked prefix sums below (in the inputs' precision); CuPy arrays run
+    the CUDA kernels of ``kernels/cuda/favor_prefix.cu`` (float64 or float32) and return CuPy
+    arrays. Returns ``num (..., T, Hv)``, ``den (..., T)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> num, den = causal_prefix_sums(np.ones((3, 2)), np.ones((3, 2)), np.ones((3, 1)))
+    >>> den
+    array([2., 4., 6.])
+    """
+    from refattn.kernels.gpu_dispatch import on_gpu
+
+    chunk = check_positive_int(chunk_size, "chunk_size")
+    if causal is False:
+        raise ValueError("causal: the prefix sums are causal (True, 'bottom_right' or 'top_left'); "
+                         "bidirectional attention is two matrix products")
+    if on_gpu(phi_q=phi_q, phi_k=phi_k, v=v):
+        from refattn.kernels import cupy_backend
+
+        return cupy_backend.causal_prefix_sums(phi_q, phi_k, v, causal=causal, chunk=chunk)
+    prob = attention_problem(phi_q, phi_k, v, causal=causal)
+    return _causal_chunked(prob.q, prob.k, prob.v, prob.causal_offset(), chunk)
 
 
 def _causal_chunked(pq, pk, v, offset, chunk):

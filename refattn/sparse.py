@@ -247,19 +247,11 @@ def balanced_clusters(q_keys, k_keys, n_clusters) -> Support:
     return Support.from_dense(cq[:, None] == ck[None, :])
 
 
-def sparse_attention(q, k, v, support: Support, *, scale=None, entry_bias=None, return_lse=False,
-                     implementation="numba"):
-    """Exact softmax attention restricted to ``support`` (SDDMM, row softmax, SpMM); see the module docstring.
-
-    ``entry_bias (nnz,)`` is added to each stored logit (``-inf`` removes the entry).
-    ``implementation``: ``"numba"`` (parallel over rows) or ``"numpy"`` (the twin).
-    """
-    from refattn.kernels import numba_enabled
-    from refattn.kernels import sparse_attention as kern
-
-    q = as_float_array(q, "q").astype(np.float64)
-    k = as_float_array(k, "k").astype(np.float64)
-    v = as_float_array(v, "v").astype(np.float64)
+def _check_sparse(q, k, v, support, scale, entry_bias):
+    """Validated ``(q, k, v, scale, entry_bias)`` of :func:`sparse_attention` (float64; zeros for no bias)."""
+    q = as_float_array(q, "q").astype(np.float64, copy=False)
+    k = as_float_array(k, "k").astype(np.float64, copy=False)
+    v = as_float_array(v, "v").astype(np.float64, copy=False)
     if q.ndim != 2 or k.ndim != 2 or v.ndim != 2:
         raise ValueError("q, k, v: sparse_attention takes 2-D (T, H), (S, H), (S, Hv) arrays (one head)")
     if q.shape[1] != k.shape[1]:
@@ -275,11 +267,33 @@ def sparse_attention(q, k, v, support: Support, *, scale=None, entry_bias=None, 
     if entry_bias is None:
         eb = np.zeros(support.nnz)
     else:
-        eb = as_float_array(entry_bias, "entry_bias", allow_neg_inf=True).astype(np.float64)
+        eb = as_float_array(entry_bias, "entry_bias", allow_neg_inf=True).astype(np.float64, copy=False)
         if eb.shape != (support.nnz,):
             raise ValueError(f"entry_bias: expected shape (nnz,) = ({support.nnz},), got {eb.shape}")
+    return q, k, v, s, eb
+
+
+def sparse_attention(q, k, v, support: Support, *, scale=None, entry_bias=None, return_lse=False,
+                     implementation="numba"):
+    """Exact softmax attention restricted to ``support`` (SDDMM, row softmax, SpMM); see the module docstring.
+
+    ``entry_bias (nnz,)`` is added to each stored logit (``-inf`` removes the entry).
+    ``implementation``: ``"numba"`` (parallel over rows) or ``"numpy"`` (the twin). CuPy arrays
+    ``q, k, v`` (and ``entry_bias``) run the CUDA kernels (``kernels/cuda/sparse.cu``) whatever
+    ``implementation`` says, and return CuPy arrays; the support stays a NumPy CSR.
+    """
+    from refattn.kernels import numba_enabled
+    from refattn.kernels import sparse_attention as kern
+    from refattn.kernels.gpu_dispatch import on_gpu
+
     if implementation not in ("numba", "numpy"):
         raise ValueError(f"implementation: expected 'numba' or 'numpy', got {implementation!r}")
+    if on_gpu(q=q, k=k, v=v, entry_bias=entry_bias):
+        from refattn.kernels import cupy_backend
+
+        out, lse = cupy_backend.sparse_attention(q, k, v, support, scale, entry_bias)
+        return (out, lse) if return_lse else out
+    q, k, v, s, eb = _check_sparse(q, k, v, support, scale, entry_bias)
     fn = kern.sparse_numba if implementation == "numba" and numba_enabled() else kern.sparse_numpy
     out, lse = fn(q, k, v, support.indptr, support.indices, s, eb)
     return (out, lse) if return_lse else out
