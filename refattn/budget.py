@@ -30,6 +30,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from refattn._validation import check_positive_int
 from refattn.exact import attention_probabilities
@@ -206,7 +207,11 @@ def matched_budget(q, k, v, *, budget, scale, rng, methods=METHODS):
         raise ValueError(f"method: unknown {unknown[0]!r}; expected one of {sorted(REGISTRY)}")
     rows = []
     eye = np.eye(k.shape[0])  # P^ = the method applied to V = I (every entry is linear in V)
-    for method in methods:
-        Ph = REGISTRY[method](q, k, eye, budget=budget, scale=scale, rng=gen)
-        rows.append(BudgetRow(method, float(np.linalg.norm(Ph - P) / nP), float(np.linalg.norm(Ph @ v - O) / nO)))
+    # one BLAS thread: the oracles' many small SVDs gain nothing from threads, and on a loaded
+    # 2-core machine OpenBLAS's spinning threads made them up to 300x slower
+    with threadpool_limits(limits=1, user_api="blas"):
+        for method in methods:
+            Ph = REGISTRY[method](q, k, eye, budget=budget, scale=scale, rng=gen)
+            rows.append(BudgetRow(method, float(np.linalg.norm(Ph - P) / nP),
+                                  float(np.linalg.norm(Ph @ v - O) / nO)))
     return rows

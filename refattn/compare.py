@@ -12,7 +12,8 @@ and is compared with the exact oracle :func:`refattn.exact.attention_probabiliti
 - ``peak_mb``: the peak of NumPy allocations during ``run(q, k, v)`` (``tracemalloc``;
   buffers allocated inside Numba kernels are not counted), a measured, not a modelled, memory;
 - ``seconds``: wall time of ``run(q, k, v)`` after a warm-up call (Numba compiled, caches warm),
-  reported beside the exact oracle's time on the same head in the same run.
+  reported beside the exact oracle's time on the same head in the same run. BLAS runs on one
+  thread during the comparison (Numba kernels keep their threads).
 
 The exact baselines join the table: the dense oracle (the reference itself, error 0) and the
 streaming Numba kernel (online softmax, ``O((T + S) H)`` memory), whose error shows rounding.
@@ -28,6 +29,7 @@ import zlib
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from refattn._validation import check_positive_int
 from refattn.budget import REGISTRY, row_entropy
@@ -132,7 +134,10 @@ def run_comparison(data, *, budget=64, methods=DEFAULT_METHODS, temperatures=(1.
     eye = np.eye(S)
     rows = []
     total = len(temps) * data.q.shape[0] * (len(methods) + len(EXACT_METHODS))
-    with tqdm(total=total, desc="report", unit="run", disable=(not progress) if progress is not None else None) as bar:
+    # BLAS on one thread (Numba kernels keep theirs): at these sizes BLAS threads only add overhead,
+    # and on a shared 2-core machine OpenBLAS's spinning threads made SVDs up to 300x slower
+    with threadpool_limits(limits=1, user_api="blas"), \
+            tqdm(total=total, desc="report", unit="run", disable=(not progress) if progress is not None else None) as bar:
         for temp in temps:
             d = data if temp == 1.0 else data.tempered(temp)
             for h in range(d.q.shape[0]):
