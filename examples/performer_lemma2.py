@@ -19,6 +19,7 @@ import numpy as np
 
 from refattn import theory
 from refattn.claims import run_claim
+from refattn.compare import pyplot_or_error, save_figure
 
 D, M = 16, 16
 
@@ -52,12 +53,9 @@ def main():
 
     if args.plot:
         try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
-            print("matplotlib is not installed: pip install 'refattn[plots]'")
+            plt = pyplot_or_error()
+        except ValueError as exc:  # matplotlib missing
+            print(exc)
             return
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
         a1.plot(angles, trig, label="trigonometric (closed form)")
@@ -77,9 +75,7 @@ def main():
                 label="orthogonal, Monte Carlo")
         a2.set(xlabel="angle between x and y (degrees)", ylabel="MSE", yscale="log", title="orthogonal vs iid")
         a2.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(args.plot, dpi=120)
-        print("wrote", args.plot)
+        print("wrote", save_figure(fig, args.plot))
 
 
 if __name__ == "__main__":

@@ -233,6 +233,13 @@ def plot_error_vs_entropy(rows, path):
     ax.set_yscale("log")
     ax.set_title(f"{r0.data}: matched budget b = {r0.budget} per row")
     ax.legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path):
+    """Lay out, write (PNG at 120 dpi) and close a matplotlib figure; returns ``path``."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
