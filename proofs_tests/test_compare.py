@@ -148,7 +148,9 @@ def _bad_files(tmp_path):
     o = np.empty(2, dtype=object)
     o[:] = [np.ones(2), np.ones(3)]
     np.savez(obj, q=o, k=np.ones((3, 2)), v=np.ones((3, 2)))
-    return [tmp_path / "absent.npz", text, nokey, shapes, nan, obj]
+    rect = tmp_path / "rect.npz"
+    np.savez(rect, q=np.ones((3, 2)), k=np.ones((5, 2)), v=np.ones((5, 2)))
+    return [tmp_path / "absent.npz", text, nokey, shapes, nan, obj, rect]
 
 
 def test_cli_report_bad_input_exits_2_in_one_line(tmp_path, capsys):

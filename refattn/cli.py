@@ -34,7 +34,8 @@ def _cmd_report(args) -> int:
         compare.pyplot_or_error()  # fail before the work, not after
     data = (load_qkv(args.data) if args.data else embedded_attention()).truncated(args.seq_len)
     temps = args.temperature_sweep or (1.0,)
-    rows = compare.run_comparison(data, budget=min(args.budget, data.k.shape[1]), methods=args.methods,
+    budget = args.budget if args.budget is not None else min(64, data.k.shape[1])
+    rows = compare.run_comparison(data, budget=budget, methods=args.methods,
                                   temperatures=temps, seed=args.seed)
     exact = None
     if args.exact_paths:
@@ -134,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="every method at a matched budget against the exact oracle, on embedded "
                                         "real attention (MiniLM) or --data")
     rep.add_argument("--data", metavar="NPZ", help="your own .npz with arrays q (..., T, H), k (..., S, H), v (..., S, Hv)")
-    rep.add_argument("--budget", type=_positive_int, default=64, help="stored numbers per query row (default 64)")
+    rep.add_argument("--budget", type=_positive_int, default=None,
+                     help="stored numbers per query row, 4 to the number of keys (default: 64, or all keys if fewer)")
     rep.add_argument("--methods", type=_method_list, default=DEFAULT_METHODS,
                      help="comma-separated method names, or 'all' (default: all but 'sparse + low-rank')")
     rep.add_argument("--temperature-sweep", type=_temperatures, nargs="?", const=DEFAULT_TEMPERATURES, default=None,

@@ -117,7 +117,11 @@ def run_comparison(data, *, budget=64, methods=DEFAULT_METHODS, temperatures=(1.
     """
     from tqdm.auto import tqdm
 
-    S = data.k.shape[1]
+    T, S = data.q.shape[1], data.k.shape[1]
+    if T != S:
+        raise ValueError(f"q, k: the matched-budget comparison assumes as many queries as keys, got T = {T}, S = {S}")
+    if S < 4:
+        raise ValueError(f"k: the comparison needs at least 4 keys, got {S}")
     budget = check_positive_int(budget, "budget", minimum=4)
     if budget > S:
         raise ValueError(f"budget: {budget} exceeds the number of keys {S}")

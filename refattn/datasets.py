@@ -44,10 +44,10 @@ class AttentionData:
     tokens: list = field(default_factory=list)
 
     def truncated(self, seq_len):
-        """The first ``seq_len`` queries and keys of every head (all of them if fewer)."""
-        T = min(seq_len, self.q.shape[1], self.k.shape[1])
-        return AttentionData(self.name, self.q[:, :T], self.k[:, :T], self.v[:, :T], self.heads,
-                             self.provenance, self.tokens[:T])
+        """The first ``seq_len`` queries and the first ``seq_len`` keys of every head (all if fewer)."""
+        T, S = min(seq_len, self.q.shape[1]), min(seq_len, self.k.shape[1])
+        return AttentionData(self.name, self.q[:, :T], self.k[:, :S], self.v[:, :S], self.heads,
+                             self.provenance, self.tokens[:max(T, S)])
 
     def tempered(self, temperature):
         """The same heads with every logit divided by ``temperature`` (queries scaled by ``1/temperature``)."""
