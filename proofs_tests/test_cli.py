@@ -10,11 +10,11 @@ from refattn.cli import main
 
 
 def test_report_table_and_json(capsys):
-    assert main(["report", "--seq-len", "64"]) == 0
+    assert main(["report", "--seq-len", "64", "--methods", "best sparse", "--exact-paths"]) == 0
     table = capsys.readouterr().out
     assert "streaming numba float64" in table and "mpmath" in table
-    assert main(["report", "--seq-len", "64", "--json"]) == 0
-    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert main(["report", "--seq-len", "64", "--methods", "best sparse", "--exact-paths", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["exact_paths"]
     by = {(r["problem"], r["method"]): r for r in rows}
     # the report's own numbers: the streaming kernels equal the dense oracle to rounding,
     # and float64 agrees with mpmath on the adversarial problem

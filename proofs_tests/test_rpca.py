@@ -9,17 +9,11 @@ false-failure probability is far below 1e-6 (and the seed sweep exercises new dr
 import numpy as np
 import pytest
 
-from refattn.rpca import RPCANotConverged, fixed_budget_decomposition, robust_pca
+from refattn.rpca import RPCANotConverged, fixed_budget_decomposition, planted_low_rank_plus_sparse, robust_pca
 
 
 def _planted(n, rank, frac, seed, coherent=False):
-    rng = np.random.default_rng(seed)
-    X, Y = rng.normal(size=(n, rank)) / np.sqrt(n), rng.normal(size=(n, rank)) / np.sqrt(n)
-    L0 = X @ Y.T
-    mask = rng.random((n, n)) < frac
-    signs = np.sign(L0) if coherent else rng.choice([-1.0, 1.0], size=(n, n))
-    S0 = np.where(mask, signs, 0.0)
-    return L0, S0
+    return planted_low_rank_plus_sparse(n, rank, frac, np.random.default_rng(seed), coherent=coherent)
 
 
 @pytest.mark.parametrize("frac", [0.05, 0.10])

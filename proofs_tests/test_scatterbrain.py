@@ -14,6 +14,7 @@ import pytest
 
 from refattn import softmax_attention, theory
 from refattn.lsh import simhash, simhash_planes
+from refattn.montecarlo import scatterbrain_samples
 from refattn.scatterbrain import scatterbrain_attention, scatterbrain_matrix
 from refattn.sparse import Support, bucket_support, local_window
 from refattn.stats import z_test_mean
@@ -77,17 +78,12 @@ def _draws(n, m, r, seed):
     x, y = q * math.sqrt(s), k * math.sqrt(s)
     X = np.repeat(x, 4, axis=0)  # pairs (i, j), i-major
     Y = np.tile(y, (3, 1))
-    gen = np.random.default_rng(seed)
-    W = gen.standard_normal((n, m, 4))
-    lam = np.exp(-(np.sum(X * X, 1) + np.sum(Y * Y, 1)) / 2)
-    lowrank = lam * np.exp(W @ (X + Y).T).mean(axis=1)  # (n, P)
-    planes = gen.standard_normal((n, r, 4))  # independent of W
-    hx = np.all((planes @ X.T > 0) == (planes @ Y.T > 0), axis=1)  # (n, P): same r-bit code
+    est, sparse_only = scatterbrain_samples(X, Y, m=m, r=r, n_draws=n, rng=seed)
     A = np.exp(np.sum(X * Y, 1))
     cos = np.sum(q.repeat(4, 0) * np.tile(k, (3, 1)), 1) / (
         np.linalg.norm(q.repeat(4, 0), axis=1) * np.linalg.norm(np.tile(k, (3, 1)), axis=1))
     P = theory.simhash_collision(np.arccos(np.clip(cos, -1, 1)), r)
-    return np.where(hx, A, lowrank), np.where(hx, A, 0.0), A, P, theory.mse_positive(X, Y, m)
+    return est, sparse_only, A, P, theory.mse_positive(X, Y, m)
 
 
 @pytest.mark.statistical

@@ -31,12 +31,14 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from refattn._validation import check_positive_int
 from refattn.exact import attention_probabilities
 from refattn.stats import as_generator
 
-__all__ = ["BudgetRow", "clustered_inputs", "local_sink_inputs", "matched_budget", "row_entropy", "METHODS"]
+__all__ = ["BudgetRow", "clustered_inputs", "local_sink_inputs", "matched_budget", "row_entropy", "METHODS",
+           "REGISTRY", "register"]
 
 
 @dataclass
@@ -92,11 +94,6 @@ def row_entropy(P):
     return float(-(P * np.log(np.where(P > 0, P, 1.0))).sum(axis=-1).mean())
 
 
-def _normalise(A):
-    s = A.sum(axis=1, keepdims=True)
-    return np.where(s != 0, A / np.where(s != 0, s, 1.0), 0.0)
-
-
 def _topk(P, b):
     idx = np.argsort(-P, axis=1, kind="stable")[:, :b]
     M = np.zeros_like(P)
@@ -135,45 +132,99 @@ def _nystrom(q, k, scale, n_landmarks):
     return F @ np.linalg.pinv(A) @ B
 
 
-def _estimate_matrix(method, q, k, b, scale, rng):
-    """The method's effective (row-normalised where it is an attention) matrix P^ (T, S)."""
-    from refattn.lsh import simhash, simhash_planes
-    from refattn.lsh_attention import hyper_attention, reformer_attention
+#: The matched-budget registry: name -> ``run(q, k, v, *, budget, scale, rng) -> output (T, Hv)``.
+#: Every entry is linear in ``v`` given its draw, so ``run(q, k, I)`` is its effective attention
+#: matrix ``P^``; ``refattn report`` and :func:`matched_budget` both read this table. A new method
+#: joins both with one :func:`register` call (see ``docs/report.md``).
+REGISTRY: dict = {}
+
+
+def register(name):
+    """Decorator: add ``run(q, k, v, *, budget, scale, rng)`` to :data:`REGISTRY` under ``name``."""
+    def deco(fn):
+        REGISTRY[name] = fn
+        return fn
+    return deco
+
+
+def _half(b):
+    return max(1, b // 2)
+
+
+@register("best sparse")
+def _run_best_sparse(q, k, v, *, budget, scale, rng):
+    return _topk(attention_probabilities(q, k, scale=scale), budget) @ v
+
+
+@register("best low-rank")
+def _run_best_low_rank(q, k, v, *, budget, scale, rng):
+    return _svd(attention_probabilities(q, k, scale=scale), budget // 2) @ v
+
+
+@register("sparse + low-rank")
+def _run_mixed(q, k, v, *, budget, scale, rng):
+    return _best_mixed_split(attention_probabilities(q, k, scale=scale), budget) @ v
+
+
+@register("performer")
+def _run_performer(q, k, v, *, budget, scale, rng):
     from refattn.performer import performer_attention
-    from refattn.scatterbrain import scatterbrain_attention, scatterbrain_matrix
-    from refattn.sparse import bucket_support, local_window
 
-    T, S = q.shape[0], k.shape[0]
-    eye = np.eye(S)  # P^ = method applied to V = I
-    half = max(1, b // 2)
-    bits = max(1, int(round(math.log2(max(2, S / half)))))
-    if method == "performer":
-        return performer_attention(q, k, eye, m=half, rng=rng, scale=scale).output
-    if method == "scatterbrain":
-        planes = simhash_planes(q.shape[1], bits, np.random.default_rng([int(rng.integers(2**31)), 9]))
-        sup = bucket_support(simhash(q, planes)[0], simhash(k, planes)[0])
-        res = scatterbrain_attention(q, k, eye, sup, m=max(1, b // 4), rng=rng, scale=scale)
-        return _normalise(scatterbrain_matrix(res))
-    if method == "nystrom":
-        return _nystrom(q, k, scale, half)
-    if method == "local window":
-        from refattn.sparse import sparse_attention
-
-        return sparse_attention(q, k, eye, local_window(T, S, b // 2, b - b // 2 - 1), scale=scale)
-    if method == "reformer":
-        return reformer_attention(q, k, eye, n_buckets=max(2, 2 * (S // half // 2)), chunk=half, rng=rng,
-                                  scale=scale).output
-    if method == "hyperattention":
-        return hyper_attention(q, k, eye, block_size=half, n_samples=half, rng=rng, scale=scale).output
-    if method == "sea":
-        from refattn.sea import sea_attention
-
-        return sea_attention(q, k, eye, n_bins=min(half, S), topk=half, m=half, rng=rng, scale=scale).output
-    raise ValueError(f"method: unknown {method!r}")
+    return performer_attention(q, k, v, m=_half(budget), rng=rng, scale=scale).output
 
 
-METHODS = ("best sparse", "best low-rank", "sparse + low-rank", "performer", "scatterbrain", "nystrom",
-           "local window", "reformer", "hyperattention", "sea")
+@register("scatterbrain")
+def _run_scatterbrain(q, k, v, *, budget, scale, rng):
+    from refattn.lsh import simhash, simhash_planes
+    from refattn.scatterbrain import scatterbrain_attention
+    from refattn.sparse import bucket_support
+
+    bits = max(1, int(round(math.log2(max(2, k.shape[0] / _half(budget))))))
+    planes = simhash_planes(q.shape[1], bits, np.random.default_rng([int(rng.integers(2**31)), 9]))
+    sup = bucket_support(simhash(q, planes)[0], simhash(k, planes)[0])
+    return scatterbrain_attention(q, k, v, sup, m=max(1, budget // 4), rng=rng, scale=scale).output
+
+
+@register("nystrom")
+def _run_nystrom(q, k, v, *, budget, scale, rng):
+    return _nystrom(q, k, scale, _half(budget)) @ v
+
+
+@register("local window")
+def _run_local_window(q, k, v, *, budget, scale, rng):
+    from refattn.sparse import local_window, sparse_attention
+
+    return sparse_attention(q, k, v, local_window(q.shape[0], k.shape[0], budget // 2, budget - budget // 2 - 1),
+                            scale=scale)
+
+
+@register("reformer")
+def _run_reformer(q, k, v, *, budget, scale, rng):
+    from refattn.lsh_attention import reformer_attention
+
+    h = _half(budget)
+    return reformer_attention(q, k, v, n_buckets=max(2, 2 * (k.shape[0] // h // 2)), chunk=h, rng=rng,
+                              scale=scale).output
+
+
+@register("hyperattention")
+def _run_hyperattention(q, k, v, *, budget, scale, rng):
+    from refattn.lsh_attention import hyper_attention
+
+    h = _half(budget)
+    return hyper_attention(q, k, v, block_size=h, n_samples=h, rng=rng, scale=scale).output
+
+
+@register("sea")
+def _run_sea(q, k, v, *, budget, scale, rng):
+    from refattn.sea import sea_attention
+
+    h = _half(budget)
+    return sea_attention(q, k, v, n_bins=min(h, k.shape[0]), topk=h, m=h, rng=rng, scale=scale).output
+
+
+#: The methods' names in table order (the oracles first).
+METHODS = tuple(REGISTRY)
 
 
 def matched_budget(q, k, v, *, budget, scale, rng, methods=METHODS):
@@ -187,15 +238,16 @@ def matched_budget(q, k, v, *, budget, scale, rng, methods=METHODS):
     P = attention_probabilities(q, k, scale=scale)
     O = P @ v
     nP, nO = np.linalg.norm(P), np.linalg.norm(O)
+    unknown = [m for m in methods if m not in REGISTRY]
+    if unknown:
+        raise ValueError(f"method: unknown {unknown[0]!r}; expected one of {sorted(REGISTRY)}")
     rows = []
-    for method in methods:
-        if method == "best sparse":
-            Ph = _topk(P, budget)
-        elif method == "best low-rank":
-            Ph = _svd(P, budget // 2)
-        elif method == "sparse + low-rank":
-            Ph = _best_mixed_split(P, budget)
-        else:
-            Ph = _estimate_matrix(method, q, k, budget, scale, gen)
-        rows.append(BudgetRow(method, float(np.linalg.norm(Ph - P) / nP), float(np.linalg.norm(Ph @ v - O) / nO)))
+    eye = np.eye(k.shape[0])  # P^ = the method applied to V = I (every entry is linear in V)
+    # one BLAS thread: the oracles' many small SVDs gain nothing from threads, and on a loaded
+    # 2-core machine OpenBLAS's spinning threads made them up to 300x slower
+    with threadpool_limits(limits=1, user_api="blas"):
+        for method in methods:
+            Ph = REGISTRY[method](q, k, eye, budget=budget, scale=scale, rng=gen)
+            rows.append(BudgetRow(method, float(np.linalg.norm(Ph - P) / nP),
+                                  float(np.linalg.norm(Ph @ v - O) / nO)))
     return rows

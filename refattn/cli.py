@@ -27,14 +27,62 @@ def _positive_int(text):
 
 
 def _cmd_report(args) -> int:
-    from refattn.report import format_table, rows_as_dicts, run_report
+    from refattn import compare
+    from refattn.datasets import embedded_attention, load_qkv
 
-    rows = run_report(seq_len=args.seq_len, seed=args.seed)
+    if args.plot:
+        compare.pyplot_or_error()  # fail before the work, not after
+    data = (load_qkv(args.data) if args.data else embedded_attention()).truncated(args.seq_len)
+    temps = args.temperature_sweep or (1.0,)
+    budget = args.budget if args.budget is not None else min(64, data.k.shape[1])
+    rows = compare.run_comparison(data, budget=budget, methods=args.methods,
+                                  temperatures=temps, seed=args.seed)
+    exact = None
+    if args.exact_paths:
+        from refattn.report import run_report
+
+        exact = run_report(seq_len=args.seq_len, seed=args.seed)
+    if args.plot:
+        compare.plot_error_vs_entropy(rows, args.plot)
     if args.json:
-        print(json.dumps({"rows": rows_as_dicts(rows)}, indent=2))
+        doc = {"data": data.name, "provenance": data.provenance, "summary": compare.summary_as_dicts(rows),
+               "rows": compare.rows_as_dicts(rows)}
+        if exact is not None:
+            from refattn.report import rows_as_dicts
+
+            doc["exact_paths"] = rows_as_dicts(exact)
+        print(json.dumps(doc, indent=2))
     else:
-        print(format_table(rows))
+        print(compare.format_comparison(rows, data.provenance))
+        if exact is not None:
+            from refattn.report import format_table
+
+            print("\nexact paths (dense, streaming, low precision; float64 vs mpmath on adversarial inputs):")
+            print(format_table(exact))
+    if args.plot:
+        print(f"wrote {args.plot}", file=sys.stderr)
     return 0
+
+
+def _temperatures(text):
+    try:
+        values = tuple(float(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not all(v > 0 and v != float("inf") for v in values):
+        raise argparse.ArgumentTypeError(f"temperatures must be finite and > 0, got {text}")
+    return values
+
+
+def _method_list(text):
+    from refattn.budget import REGISTRY
+
+    names = list(REGISTRY) if text == "all" else [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in names if m not in REGISTRY]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown method {unknown[0] if unknown else text!r}; "
+                                         f"expected 'all' or names from: {', '.join(REGISTRY)}")
+    return tuple(names)
 
 
 def _cmd_theory(args) -> int:
@@ -82,9 +130,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    rep = sub.add_parser("report", help="compare the methods against the exact oracle on embedded data")
-    rep.add_argument("--seq-len", type=_positive_int, default=512, help="sequence length of the embedded problems")
-    rep.add_argument("--seed", type=int, default=0, help="seed of the embedded problems (default 0)")
+    from refattn.compare import DEFAULT_METHODS, DEFAULT_TEMPERATURES
+
+    rep = sub.add_parser("report", help="every method at a matched budget against the exact oracle, on embedded "
+                                        "real attention (MiniLM) or --data")
+    rep.add_argument("--data", metavar="NPZ", help="your own .npz with arrays q (..., T, H), k (..., S, H), v (..., S, Hv)")
+    rep.add_argument("--budget", type=_positive_int, default=None,
+                     help="stored numbers per query row, 4 to the number of keys (default: 64, or all keys if fewer)")
+    rep.add_argument("--methods", type=_method_list, default=DEFAULT_METHODS,
+                     help="comma-separated method names, or 'all' (default: all but 'sparse + low-rank')")
+    rep.add_argument("--temperature-sweep", type=_temperatures, nargs="?", const=DEFAULT_TEMPERATURES, default=None,
+                     metavar="T1,T2,...", help="divide the logits by each temperature "
+                     f"(default list: {','.join(map(str, DEFAULT_TEMPERATURES))})")
+    rep.add_argument("--plot", metavar="PNG", help="write error of P against entropy (needs matplotlib)")
+    rep.add_argument("--exact-paths", action="store_true",
+                     help="also compare the oracle's own paths (streaming, low precision, mpmath)")
+    rep.add_argument("--seq-len", type=_positive_int, default=512,
+                     help="use the first SEQ_LEN tokens (and the exact-path problems' length)")
+    rep.add_argument("--seed", type=int, default=0, help="seed of the methods' draws (default 0)")
     rep.add_argument("--json", action="store_true", help="print JSON instead of a table")
     rep.set_defaults(func=_cmd_report)
 

@@ -10,6 +10,8 @@ are evaluated for all of them with one batched product, in chunks that bound mem
   ``SM^(x_p, y_p)`` for ``P`` pairs (each draw's ``W`` shared by all pairs), by the
   estimator formulas of MATH.md section 2 (Lemma 1).
 - :func:`attention_samples`: ``(n_draws, T, Hv)`` normalised Performer outputs.
+- :func:`scatterbrain_samples`: ``(n_draws, P)`` samples of Scatterbrain's entry estimate
+  (exact on an r-bit SimHash collision, iid positive features off it).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from refattn.features import RandomFeatures
 from refattn.projections import projection as _projection
 from refattn.stats import as_generator
 
-__all__ = ["kernel_samples", "attention_samples", "ESTIMATORS"]
+__all__ = ["kernel_samples", "attention_samples", "scatterbrain_samples", "ESTIMATORS"]
 
 ESTIMATORS = ("positive", "hyperbolic", "trigonometric", "favorpp")
 
@@ -111,3 +113,36 @@ def attention_samples(q, k, v, *, m, n_draws, rng, features="positive", projecti
         out[row:row + c] = num / den
         row += c
     return out
+
+
+def scatterbrain_samples(x, y, *, m, r, n_draws, rng):
+    r"""Samples of Scatterbrain's estimate of ``exp(x_p . y_p)`` for ``P`` pairs of scaled rows.
+
+    Each draw has its own iid Gaussian positive features (``m`` rows; Performer Lemma 1) and,
+    independently, its own ``r``-bit SimHash (one table) shared by all pairs: the estimate is
+    ``exp(x . y)`` when ``x`` and ``y`` get the same code (the pair is on the support) and
+    ``phi(x) . phi(y)`` otherwise (Chen et al. 2021, Sec. 4; MATH.md section 4). Its mean is
+    ``exp(x . y)`` and its variance ``(1 - P) Var_pfm`` with ``P = (1 - theta/pi)^r``
+    (derived in docs/scatterbrain.md).
+
+    Returns
+    -------
+    estimate, sparse_only : ndarray (n_draws, P)
+        The Scatterbrain estimate, and the sparse-only (Reformer-like) one, 0 off the support.
+    """
+    X = np.atleast_2d(as_float_array(x, "x")).astype(np.float64)  # (P, d)
+    Y = np.atleast_2d(as_float_array(y, "y")).astype(np.float64)
+    if X.shape != Y.shape or X.ndim != 2:
+        raise ValueError(f"x, y: expected equal shapes (P, d) or (d,), got {X.shape} and {Y.shape}")
+    m = check_positive_int(m, "m")
+    r = check_positive_int(r, "r")
+    n_draws = check_positive_int(n_draws, "n_draws")
+    gen = as_generator(rng)
+    d = X.shape[1]
+    W = gen.standard_normal((n_draws, m, d))
+    lam = np.exp(-(np.sum(X * X, 1) + np.sum(Y * Y, 1)) / 2)  # (P,)
+    lowrank = lam * np.exp(W @ (X + Y).T).mean(axis=1)  # (n, P): phi(x).phi(y) = mean_w Lambda e^{w.(x+y)}
+    planes = gen.standard_normal((n_draws, r, d))  # independent of W
+    hit = np.all((planes @ X.T > 0) == (planes @ Y.T > 0), axis=1)  # (n, P): the same r-bit code
+    A = np.exp(np.sum(X * Y, 1))
+    return np.where(hit, A, lowrank), np.where(hit, A, 0.0)

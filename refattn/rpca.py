@@ -29,7 +29,8 @@ import numpy as np
 
 from refattn._validation import as_float_array, check_positive_int
 
-__all__ = ["RPCAResult", "RPCANotConverged", "robust_pca", "fixed_budget_decomposition", "shrink", "svt"]
+__all__ = ["RPCAResult", "RPCANotConverged", "robust_pca", "fixed_budget_decomposition", "shrink", "svt",
+           "planted_low_rank_plus_sparse"]
 
 
 class RPCANotConverged(RuntimeWarning):
@@ -128,3 +129,21 @@ def fixed_budget_decomposition(M, rank, nnz, *, n_iter=50):
             idx = np.argpartition(np.abs(R).ravel(), -nnz)[-nnz:]
             S.ravel()[idx] = R.ravel()[idx]
     return L, S
+
+
+def planted_low_rank_plus_sparse(n, rank, frac, rng, *, coherent=False):
+    """A planted PCP problem (Candes et al. 2011, Sec. 4): ``L0 = X Y^T`` with ``X, Y ~ N(0, 1/n)``
+    of shape ``(n, rank)``, and ``S0`` with each entry corrupted independently with probability
+    ``frac`` by a random sign (or, with ``coherent``, by ``sign(L0)``). Returns ``(L0, S0)``."""
+    from refattn.stats import as_generator
+
+    n = check_positive_int(n, "n")
+    rank = check_positive_int(rank, "rank")
+    if not 0 <= frac <= 1:
+        raise ValueError(f"frac: must lie in [0, 1], got {frac}")
+    gen = as_generator(rng)
+    X, Y = gen.normal(size=(n, rank)) / np.sqrt(n), gen.normal(size=(n, rank)) / np.sqrt(n)
+    L0 = X @ Y.T
+    mask = gen.random((n, n)) < frac
+    signs = np.sign(L0) if coherent else gen.choice([-1.0, 1.0], size=(n, n))
+    return L0, np.where(mask, signs, 0.0)

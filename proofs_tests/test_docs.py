@@ -1,0 +1,106 @@
+"""The documentation site (docs/, mkdocs.yml), checked without mkdocs installed.
+
+- Every formula-to-test link ``[text][proofs_tests.MODULE.TEST]`` names a test function that
+  exists (parsed with ``ast``), in a module the tests page renders (so the link resolves in
+  the built site too).
+- Every test module is on the tests page; every page is in the nav and every nav entry exists.
+- Every section (between headings) of a method page that shows a display formula links to at
+  least one test.
+- Power: the link checker rejects a planted link to a test that does not exist.
+``mkdocs build --strict`` (in .ci/run) checks the rest: every link and reference resolves.
+"""
+
+import ast
+import re
+from functools import lru_cache
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+LINK = re.compile(r"\]\[(proofs_tests\.[\w.]+)\]")
+METHOD_PAGES = ("exact.md", "performer.md", "lsh.md", "scatterbrain.md", "sea.md", "report.md", "check.md", "testing.md")
+
+
+@lru_cache(maxsize=None)
+def _tests_in(module):
+    path = ROOT / "proofs_tests" / f"{module}.py"
+    if not path.is_file():
+        return frozenset()
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return frozenset(n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+                     and n.name.startswith("test_"))
+
+
+def _rendered_modules():
+    return set(re.findall(r"^::: proofs_tests\.(\w+)", (DOCS / "tests.md").read_text(encoding="utf-8"), re.M))
+
+
+def bad_links(markdown):
+    """The links in ``markdown`` that do not name a real, rendered test: a list of (link, reason)."""
+    rendered = _rendered_modules()
+    bad = []
+    for ident in LINK.findall(markdown):
+        parts = ident.split(".")
+        if len(parts) != 3:
+            bad.append((ident, "expected proofs_tests.MODULE.TEST"))
+        elif parts[2] not in _tests_in(parts[1]):
+            bad.append((ident, f"no test {parts[2]} in proofs_tests/{parts[1]}.py"))
+        elif parts[1] not in rendered:
+            bad.append((ident, f"proofs_tests.{parts[1]} is not rendered on docs/tests.md"))
+    return bad
+
+
+def _pages():
+    return sorted(DOCS.glob("*.md"))
+
+
+@pytest.mark.parametrize("page", _pages(), ids=lambda p: p.name)
+def test_every_test_link_resolves(page):
+    text = page.read_text(encoding="utf-8")
+    assert bad_links(text) == []
+
+
+def test_there_are_links_on_every_method_page():
+    counts = {p: len(LINK.findall((DOCS / p).read_text(encoding="utf-8"))) for p in METHOD_PAGES}
+    assert all(counts.values()), counts
+
+
+def test_the_link_checker_has_power():
+    planted = ("[`x`][proofs_tests.test_compare.test_no_such_thing] [`y`][proofs_tests.test_nowhere.test_a] "
+               "[`z`][proofs_tests.test_compare] [`ok`][proofs_tests.test_compare.test_bad_arguments]")
+    reasons = [r for _, r in bad_links(planted)]
+    assert len(reasons) == 3 and "no test test_no_such_thing" in reasons[0], reasons
+
+
+def test_every_test_module_is_on_the_tests_page():
+    modules = {p.stem for p in (ROOT / "proofs_tests").glob("test_*.py")}
+    assert modules - _rendered_modules() == set(), "add '::: proofs_tests.MODULE' to docs/tests.md"
+
+
+def test_nav_and_pages_agree():
+    nav = re.findall(r"^\s+- [^:]+: (\S+\.md)\s*$", (ROOT / "mkdocs.yml").read_text(encoding="utf-8"), re.M)
+    assert nav and len(nav) == len(set(nav))
+    assert set(nav) == {p.name for p in _pages()}
+
+
+def _sections(text):
+    """Split a page at its headings (outside code fences)."""
+    sections, current, fenced = [], [], False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        if not fenced and line.startswith("#") and current:
+            sections.append("\n".join(current))
+            current = []
+        current.append(line)
+    sections.append("\n".join(current))
+    return sections
+
+
+@pytest.mark.parametrize("page", METHOD_PAGES)
+def test_every_displayed_formula_links_to_a_test(page):
+    text = (DOCS / page).read_text(encoding="utf-8")
+    missing = [s.splitlines()[0] for s in _sections(text) if "$$" in s and not LINK.search(s)]
+    assert missing == [], f"{page}: sections with a display formula and no test link: {missing}"
