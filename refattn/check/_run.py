@@ -87,7 +87,7 @@ class Run:
         diff = float(res.mean.ravel()[w] - truth.ravel()[w])
         ref = truth if relative_to is None else np.broadcast_to(relative_to, res.mean.shape)
         denom = float(np.abs(ref).ravel()[w])
-        eff = f"{diff / denom:+.2%} at entry {np.unravel_index(w, res.z.shape)}" if denom > 0 else f"{diff:+.3g}"
+        eff = f"{_pct(diff / denom)} at entry {_entry(w, res.z.shape)}" if denom > 0 else f"{diff:+.3g}"
         return self.statistical(check, bonferroni_p(p), float(z.ravel()[w]) if z.size else 0.0, eff,
                                 f"{meaning} (n = {res.n}, {z.size} entries)")
 
@@ -103,14 +103,27 @@ class Run:
             df = np.where(se > 0, (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1)), 1.0)
         df = np.where(np.isfinite(df), df, len(a) + len(b) - 2)
         p = 2 * _st.t.sf(np.abs(t), df=df)
+        # entries that do not vary beyond rounding (e.g. a causal row that sees one key) are
+        # deterministic: equal to rounding or not, judged without a t-statistic blown up by se ~ 0
+        flat = se <= 1e-10 * (1 + np.abs(mb))
+        p = np.where(flat, np.where(np.abs(ma - mb) <= 1e-8 * (1 + np.abs(mb)), 1.0, 0.0), p)
+        t = np.where(flat & (p == 1.0), 0.0, t)
         w = int(np.argmax(np.abs(t))) if t.size else 0
         d = float((ma - mb).ravel()[w]) if t.size else 0.0
         base = float(np.abs(mb).ravel()[w]) if t.size else 0.0
-        eff = f"{d / base:+.2%}" if relative and base > 0 else f"{d:+.3g}"
+        eff = _pct(d / base) if relative and base > 0 else f"{d:+.3g}"
         if np.ndim(t):
-            eff += f" at entry {np.unravel_index(w, np.shape(t))}"
+            eff += f" at entry {_entry(w, np.shape(t))}"
         return self.statistical(check, bonferroni_p(p), float(np.abs(t).ravel()[w]) if t.size else 0.0, eff,
                                 f"{meaning} (n = {len(a)} vs {len(b)}, {np.size(t)} entries)")
+
+
+def _pct(rel):
+    return f"{rel:+.2%}" if abs(rel) >= 1e-4 or rel == 0 else f"{rel:+.2e} (relative)"
+
+
+def _entry(flat_index, shape):
+    return tuple(int(i) for i in np.unravel_index(flat_index, shape))
 
 
 def tolerance(arr) -> float:

@@ -137,6 +137,9 @@ def call_safely(fn, args, kwargs=None, *, shape=None, integer=False, finite=True
     except Exception as exc:  # noqa: BLE001
         return None, CallProblem("not an array", f"{name} returned {type(out).__name__}, which numpy.asarray "
                                                  f"cannot convert ({exc})")
+    if arr.dtype == object:
+        return None, CallProblem("not an array", f"{name} returned {type(out).__name__}, which numpy.asarray "
+                                                 "converts only to an array of dtype object")
     if shape is not None and arr.shape != tuple(shape):
         return None, CallProblem("shape", f"{name} returned shape {arr.shape}, expected {tuple(shape)}")
     if integer:
