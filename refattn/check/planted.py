@@ -22,7 +22,7 @@ from refattn.check.hashing import reference_hash
 from refattn.problem import causal_mask
 from refattn.projections import gaussian_projection, orthogonal_projection, regular_projection
 
-__all__ = ["Planted", "CATALOGUE", "CORRECT", "exact_attention", "kernel_estimator", "performer_estimator",
+__all__ = ["Planted", "CATALOGUE", "CORRECT", "measure", "exact_attention", "kernel_estimator", "performer_estimator",
            "projection_sampler", "simhash_bits"]
 
 
@@ -209,3 +209,23 @@ CATALOGUE = {
     "correlated seeds": Planted(partial(simhash_bits, seed_divisor=2), "hash", {"family": "simhash", "bits": 3},
                                 "independent seeds", "draws from seed // 2"),
 }
+
+
+def measure(entries, seeds, *, alpha=1e-3):
+    """Run the checker on each :class:`Planted` of ``entries`` (name -> Planted) for every seed.
+
+    Returns ``{name: {"runs": n, "failed": runs that failed, "caught": runs whose expected check
+    failed}}``: for correct implementations ``failed / runs`` is the false-alarm rate, for
+    defects ``caught / runs`` the power.
+    """
+    from refattn.check import check
+
+    out = {}
+    for name, p in entries.items():
+        failed = caught = 0
+        for s in seeds:
+            rep = check(p.fn, p.kind, seed=int(s), alpha=alpha, **p.options)
+            failed += not rep.passed
+            caught += any(v.check == p.fails for v in rep.failures)
+        out[name] = {"runs": len(seeds), "failed": failed, "caught": caught}
+    return out
