@@ -209,3 +209,12 @@ def test_cli_user_crash_is_a_verdict_not_a_traceback(user_file):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr + proc.stdout
     assert "raised RuntimeError: boom" in proc.stdout
+
+
+def test_progress_bar_goes_to_stderr(capsys):
+    from refattn.check.planted import projection_sampler
+
+    rep = check(projection_sampler, "projection", n_draws=50, progress=True)
+    captured = capsys.readouterr()
+    assert "projection draws" in captured.err and captured.out == ""
+    assert rep.verdicts

@@ -59,7 +59,8 @@ def test_false_alarm_rate_over_200_seeds():
     n = int(os.environ.get("REFATTN_CHECK_RUNS", "200"))
     res = measure(CORRECT, range(10_000, 10_000 + n))
     for name, r in res.items():
-        print(f"false alarms {name}: {r['failed']}/{r['runs']} (95% upper bound {_upper(r['failed'], r['runs']):.3g})")
+        print(f"false alarms {name}: {r['failed']}/{r['runs']} (95% upper bound {_upper(r['failed'], r['runs']):.3g})"
+              f" {r['failing_checks']}")
     total = sum(r["failed"] for r in res.values())
     runs = sum(r["runs"] for r in res.values())
     print(f"false alarms overall: {total}/{runs} (95% upper bound {_upper(total, runs):.3g})")
@@ -73,5 +74,6 @@ def test_power_over_300_seeds():
     res = measure(STATISTICAL, range(20_000, 20_000 + n))
     for name, r in res.items():
         print(f"power {name}: caught {r['caught']}/{r['runs']} (miss rate 95% upper bound "
-              f"{_upper(r['runs'] - r['caught'], r['runs']):.3g})")
+              f"{_upper(r['runs'] - r['caught'], r['runs']):.3g}); largest p of {CATALOGUE[name].fails!r}: "
+              f"{r['largest_p']:.3g}")
     assert all(r["caught"] == r["runs"] for r in res.values()), res

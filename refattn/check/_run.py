@@ -80,10 +80,10 @@ class Run:
         """Entrywise ``E[samples] = truth`` (z-tests, Bonferroni). The effect is the worst entry's
         mean minus truth, relative to ``relative_to`` (default ``|truth|``) when given."""
         res = z_test_mean(samples, truth, alpha=0.5)  # alpha only sets res.critical; p-values below
-        z = np.abs(res.z)
-        p = 2 * _st.t.sf(z, df=res.n - 1)
-        w = res.worst
         truth = np.broadcast_to(np.asarray(truth, dtype=float), res.mean.shape)
+        p, z = _deterministic_entries(2 * _st.t.sf(np.abs(res.z), df=res.n - 1), np.abs(res.z), res.stderr,
+                                      res.mean, truth)
+        w = int(np.argmax(z)) if z.size else 0
         diff = float(res.mean.ravel()[w] - truth.ravel()[w])
         ref = truth if relative_to is None else np.broadcast_to(relative_to, res.mean.shape)
         denom = float(np.abs(ref).ravel()[w])
@@ -102,12 +102,7 @@ class Run:
             t = np.where(se > 0, (ma - mb) / np.where(se > 0, se, 1), np.where(ma == mb, 0.0, np.inf))
             df = np.where(se > 0, (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1)), 1.0)
         df = np.where(np.isfinite(df), df, len(a) + len(b) - 2)
-        p = 2 * _st.t.sf(np.abs(t), df=df)
-        # entries that do not vary beyond rounding (e.g. a causal row that sees one key) are
-        # deterministic: equal to rounding or not, judged without a t-statistic blown up by se ~ 0
-        flat = se <= 1e-10 * (1 + np.abs(mb))
-        p = np.where(flat, np.where(np.abs(ma - mb) <= 1e-8 * (1 + np.abs(mb)), 1.0, 0.0), p)
-        t = np.where(flat & (p == 1.0), 0.0, t)
+        p, t = _deterministic_entries(2 * _st.t.sf(np.abs(t), df=df), t, se, ma, mb)
         w = int(np.argmax(np.abs(t))) if t.size else 0
         d = float((ma - mb).ravel()[w]) if t.size else 0.0
         base = float(np.abs(mb).ravel()[w]) if t.size else 0.0
@@ -116,6 +111,16 @@ class Run:
             eff += f" at entry {_entry(w, np.shape(t))}"
         return self.statistical(check, bonferroni_p(p), float(np.abs(t).ravel()[w]) if t.size else 0.0, eff,
                                 f"{meaning} (n = {len(a)} vs {len(b)}, {np.size(t)} entries)")
+
+
+def _deterministic_entries(p, stat, se, mean, ref):
+    """Entries that do not vary beyond rounding (a causal row that sees one key, a pair where the
+    estimator is exact) are identities: p = 1 if ``mean`` equals ``ref`` to rounding, else 0,
+    instead of a statistic blown up by a standard error near 0."""
+    flat = se <= 1e-10 * (1 + np.abs(ref))
+    same = np.abs(mean - ref) <= 1e-8 * (1 + np.abs(ref))
+    p = np.where(flat, np.where(same, 1.0, 0.0), p)
+    return p, np.where(flat & same, 0.0, stat)
 
 
 def _pct(rel):

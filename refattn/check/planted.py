@@ -23,7 +23,7 @@ from refattn.problem import causal_mask
 from refattn.projections import gaussian_projection, orthogonal_projection, regular_projection
 
 __all__ = ["Planted", "CATALOGUE", "CORRECT", "measure", "exact_attention", "kernel_estimator", "performer_estimator",
-           "projection_sampler", "simhash_bits"]
+           "projection_sampler", "simhash_bits", "features_kernel"]
 
 
 # --- exact attention ----------------------------------------------------------------------
@@ -76,6 +76,16 @@ def kernel_estimator(q, k, seed, m=64, *, projection="orthogonal", factor=1.0, n
     W = _draw(projection, m, H, seed, sign_correction)
     Wk = _draw(projection, m, H, seed + 1_000_003, sign_correction) if independent else W
     return factor * _positive_features(q * root, W, norm_exp) @ _positive_features(k * root, Wk, norm_exp).T
+
+
+def features_kernel(q, k, seed, m=64, *, kind="trigonometric"):
+    """``phi(x) . phi(y)`` with refattn's :class:`~refattn.features.RandomFeatures` of ``kind`` (iid rows)."""
+    from refattn.features import RandomFeatures
+
+    H = q.shape[-1]
+    f = RandomFeatures(kind, gaussian_projection(m, H, seed))
+    (a, la), (b, lb) = f(q * H**-0.25), f(k * H**-0.25)  # features and their log-scales
+    return (a * np.exp(la)[:, None]) @ (b * np.exp(lb)[:, None]).T
 
 
 # --- attention estimators ---------------------------------------------------------------
@@ -155,7 +165,11 @@ CORRECT = {
     "gaussian projection": Planted(partial(projection_sampler, kind="gaussian"), "projection",
                                    {"projection": "gaussian"}),
     "orthogonal projection": Planted(projection_sampler, "projection", {"projection": "orthogonal"}),
+    "trigonometric kernel (iid)": Planted(features_kernel, "kernel",
+                                          dict(_K, method="trigonometric", projection="gaussian")),
     "simhash": Planted(simhash_bits, "hash", {"family": "simhash", "bits": 3}),
+    "cross-polytope hash": Planted(reference_hash("cross_polytope"), "hash", {"family": "cross_polytope"}),
+    "e2lsh": Planted(reference_hash("e2lsh", width=1.0), "hash", {"family": "e2lsh", "width": 1.0}),
     "angular hash": Planted(reference_hash("angular", buckets=8), "hash", {"family": "angular", "buckets": 8}),
 }
 
@@ -215,17 +229,22 @@ def measure(entries, seeds, *, alpha=1e-3):
     """Run the checker on each :class:`Planted` of ``entries`` (name -> Planted) for every seed.
 
     Returns ``{name: {"runs": n, "failed": runs that failed, "caught": runs whose expected check
-    failed}}``: for correct implementations ``failed / runs`` is the false-alarm rate, for
-    defects ``caught / runs`` the power.
+    failed, "largest_p": the largest p-value of the expected check, "failing_checks": ...}}``:
+    for correct implementations ``failed / runs`` is the false-alarm rate, for defects
+    ``caught / runs`` the power (``largest_p`` against the Holm threshold shows the margin).
     """
     from refattn.check import check
 
     out = {}
     for name, p in entries.items():
         failed = caught = 0
+        worst_p, fails = 0.0, set()
         for s in seeds:
             rep = check(p.fn, p.kind, seed=int(s), alpha=alpha, **p.options)
             failed += not rep.passed
+            fails.update(v.check for v in rep.failures)
             caught += any(v.check == p.fails for v in rep.failures)
-        out[name] = {"runs": len(seeds), "failed": failed, "caught": caught}
+            worst_p = max([worst_p] + [v.pvalue for v in rep.verdicts if v.check == p.fails and v.pvalue is not None])
+        out[name] = {"runs": len(seeds), "failed": failed, "caught": caught, "largest_p": worst_p,
+                     "failing_checks": sorted(fails)}
     return out
