@@ -26,6 +26,7 @@ Power against a catalogue of planted defects is measured in proofs_tests/test_ch
 
 from __future__ import annotations
 
+import numbers
 import time
 
 from refattn._validation import check_positive_int
@@ -85,8 +86,9 @@ def check(target, kind, *, method="positive", projection=None, m=None, family="s
     alpha = float(alpha)
     if not 0 < alpha < 1:
         raise ValueError(f"alpha: must lie in (0, 1), got {alpha}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise ValueError(f"seed: expected an integer >= 0, got {seed!r}")
+    seed = int(seed)
     n_draws = DEFAULT_DRAWS[kind] if n_draws is None else check_positive_int(n_draws, "n_draws", minimum=20)
     if m is not None:
         m = check_positive_int(m, "m")

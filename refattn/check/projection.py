@@ -45,7 +45,7 @@ def check_projection(run, *, projection="gaussian", m=16, d=8):
     run.mean_check("covariance I (pooled)", (np.sum(W * W, axis=(1, 2)) / (m * d))[:, None], 1.0,
                    "the per-draw mean of |w_r|^2 / d over rows has mean 1 (trace of the covariance)")
     _, pv = proportion_test((W > 0).astype(np.int64), 0.5, alpha=0.5)
-    worst = np.unravel_index(int(np.argmin(pv)), pv.shape)
+    worst = tuple(int(i) for i in np.unravel_index(int(np.argmin(pv)), pv.shape))
     frac = float((W > 0).mean(axis=0)[worst])
     run.statistical("sign symmetry", bonferroni_p(pv), frac, f"P(W{list(worst)} > 0) = {frac:.3f}",
                     f"P(W_rc > 0) = 1/2 for every entry (exact binomial, n = {n}, {pv.size} entries)")
