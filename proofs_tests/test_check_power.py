@@ -30,7 +30,7 @@ STATISTICAL = {n: p for n, p in CATALOGUE.items() if p.kind != "exact"}
 @pytest.mark.parametrize("name", sorted(CORRECT))
 def test_correct_implementation_passes(name, seed):
     """refattn's correct implementations pass every check. False-failure probability <= 1e-6 per
-    implementation (alpha = 1e-6 here), <= 1e-5 for the module."""
+    implementation (alpha = 1e-6 here), <= 1.1e-5 for the 11 implementations."""
     p = CORRECT[name]
     rep = check(p.fn, p.kind, seed=seed, alpha=1e-6, **p.options)
     assert rep.passed, rep.format_table()
