@@ -167,8 +167,8 @@ def mse_orthogonal(x, y, m, d=None):
     d = x.shape[-1] if d is None else check_positive_int(d, "d")
     m = check_positive_int(m, "m")
     if m > d:
-        sizes = [d] * (m // d) + ([m % d] if m % d else [])
-        return sum(b * b * mse_orthogonal(x, y, b, d) for b in sizes) / m**2
+        sizes = {d: m // d} | ({m % d: 1} if m % d else {})  # block size -> count
+        return sum(count * b * b * mse_orthogonal(x, y, b, d) for b, count in sizes.items()) / m**2
     sx, sy = np.sum(x * x, -1), np.sum(y * y, -1)
     w_all = np.sum((x + y) ** 2, -1) / 2.0
     lam2 = np.exp(-(sx + sy))

@@ -1,0 +1,129 @@
+r"""Checking other implementations: exact and statistical verdicts for a user's callable.
+
+>>> from refattn.check import check
+>>> report = check("mypkg.attn:flash_forward", kind="exact")   # doctest: +SKIP
+>>> print(report.format_table()); report.passed                # doctest: +SKIP
+
+``kind`` and the callable contract (shared/DESIGN.md, "Checking other implementations"):
+
+==========  ==============================================  ==========================
+kind        callable                                        module
+==========  ==============================================  ==========================
+exact       ``fn(q, k, v[, causal=, mask=]) -> out``        :mod:`refattn.check.exact`
+kernel      ``fn(q, k, seed[, m=]) -> K_hat (T, S)``        :mod:`refattn.check.kernel`
+attention   ``fn(q, k, v, seed[, m=, causal=, key_lengths=]) -> out (T, Hv)``
+                                                            :mod:`refattn.check.attention`
+projection  ``fn(m, d, seed) -> W (m, d)``                  :mod:`refattn.check.projection`
+hash        ``fn(x, seed) -> bucket ids (T,)``              :mod:`refattn.check.hashing`
+==========  ==============================================  ==========================
+
+Outputs may be anything :func:`numpy.asarray` converts (torch, cupy, jax arrays). Every
+statistical verdict of a run shares one family-wise false-alarm probability ``alpha``
+(default 1e-3; Bonferroni within a check, Holm across checks: :mod:`refattn.check.verdict`).
+Power against a catalogue of planted defects is measured in proofs_tests/test_check_power.py
+(:mod:`refattn.check.planted`).
+"""
+
+from __future__ import annotations
+
+import numbers
+import time
+
+from refattn._validation import check_positive_int
+from refattn.check.loader import LoadFailure, TargetError, describe_target, load_target
+from refattn.check.verdict import CheckReport, Verdict
+
+__all__ = ["check", "KINDS", "DEFAULT_DRAWS", "TargetError", "CheckReport", "Verdict"]
+
+KINDS = ("exact", "kernel", "attention", "projection", "hash")
+DEFAULT_DRAWS = {"exact": 0, "kernel": 2000, "attention": 1000, "projection": 2000, "hash": 1000}
+
+
+def check(target, kind, *, method="positive", projection=None, m=None, family="simhash", bits=1, buckets=8,
+          width=1.0, alignment="bottom_right", alpha=1e-3, seed=0, n_draws=None, budget=None,
+          progress=False) -> CheckReport:
+    """Check the callable ``target`` (a callable, ``"pkg.mod:fn"`` or ``"path/file.py:fn"``).
+
+    Parameters
+    ----------
+    kind : {"exact", "kernel", "attention", "projection", "hash"}
+    method : {"positive", "hyperbolic", "trigonometric"}
+        The random-feature estimator ``fn`` implements (kernel, attention).
+    projection : {"gaussian", "orthogonal", "regular"}, optional
+        Its projection (default ``"orthogonal"`` for kernel/attention; for ``kind="projection"``
+        the claim checked: ``"orthogonal"`` adds the orthogonality check, ``"regular"`` expects
+        fixed norms; default ``"gaussian"``).
+    m : int, optional
+        The feature count ``fn`` uses (passed as ``m=`` when ``fn`` takes it). Needed for the
+        kernel variance check and for ``kind="attention"``; default 64 for attention, and 16
+        rows for ``kind="projection"``.
+    family, bits, buckets, width
+        The hash family (``simhash`` with ``bits``, ``angular`` with ``buckets``,
+        ``cross_polytope``, ``e2lsh`` with ``width``).
+    alignment : {"bottom_right", "top_left"}
+        What ``causal=True`` means for ``fn`` (exact kind).
+    alpha : float
+        Family-wise false-alarm probability of the run's statistical checks.
+    seed : int
+        Master seed: the inputs and every seed passed to ``fn`` derive from it.
+    n_draws : int, optional
+        Seeds per statistical check (default :data:`DEFAULT_DRAWS`; the measured power holds
+        at the defaults).
+    budget : float, optional
+        Seconds the sampling may take; when they run out, the draws so far are used (noted).
+    progress : bool
+        A progress bar (tqdm, on stderr) for the sampling.
+
+    Returns
+    -------
+    CheckReport
+        ``.passed``, ``.exit_code``, ``.format_table()``, ``.to_json()``.
+    """
+    from refattn.check._run import Run
+
+    if kind not in KINDS:
+        raise ValueError(f"kind: expected one of {KINDS}, got {kind!r}")
+    alpha = float(alpha)
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha: must lie in (0, 1), got {alpha}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed: expected an integer >= 0, got {seed!r}")
+    seed = int(seed)
+    n_draws = DEFAULT_DRAWS[kind] if n_draws is None else check_positive_int(n_draws, "n_draws", minimum=20)
+    if m is not None:
+        m = check_positive_int(m, "m")
+    if budget is not None and not float(budget) > 0:
+        raise ValueError(f"budget: must be > 0 seconds, got {budget}")
+    report = CheckReport(describe_target(target), kind, alpha, seed)
+    start = time.perf_counter()
+    try:
+        fn = load_target(target)
+    except LoadFailure as exc:
+        report.add(Verdict("load", False, str(exc)))
+        return report
+    run = Run(fn, report, n_draws=n_draws, budget_s=budget, progress=progress)
+    if kind == "exact":
+        from refattn.check.exact import check_exact
+
+        check_exact(run, alignment=alignment)
+    elif kind == "kernel":
+        from refattn.check.kernel import check_kernel
+
+        check_kernel(run, method=method, projection=projection or "orthogonal", m=m)
+    elif kind == "attention":
+        from refattn.check.attention import check_attention
+
+        check_attention(run, method=method, projection=projection or "orthogonal", m=64 if m is None else m)
+    elif kind == "projection":
+        from refattn.check.projection import check_projection
+
+        check_projection(run, projection=projection or "gaussian", m=16 if m is None else m)
+    else:
+        from refattn.check.hashing import HASH_FAMILIES, check_hash
+
+        if family not in HASH_FAMILIES:
+            raise ValueError(f"family: expected one of {HASH_FAMILIES}, got {family!r}")
+        check_hash(run, family=family, bits=check_positive_int(bits, "bits"),
+                   buckets=check_positive_int(buckets, "buckets", minimum=2), width=float(width))
+    report.elapsed_s = time.perf_counter() - start
+    return report.finalize()

@@ -1,0 +1,178 @@
+r"""``--kind exact``: an exact attention ``fn(q, k, v) -> out`` (and ``causal=``, ``mask=`` when it
+takes them), judged case by case against the float64 oracle by the FlashAttention rule
+(:func:`refattn.testing.tolerance_check`; STYLE.md section 1).
+
+The grid: ``T != S``; ``H = 1`` with ``T = 1``; odd sizes; leading batch dims (skipped when the
+callable does not take them); logits about 1000 apart (overflow without the max
+subtraction); float32 and float16 inputs (judged at their precision); when ``fn`` takes
+``causal=True``: ``T = S``, ``T < S`` and ``T > S`` (judged against the claimed alignment,
+bottom-right by default, FlashAttention >= 2.1; rows that see no key are not judged,
+conventions differ); when it takes ``mask=``: a boolean mask, True = may attend.
+
+A failing case is diagnosed: its output is compared with the oracle run under the usual
+faults (scale 1 or ``1/H`` instead of ``1/sqrt(H)``, the other causal alignment, the causal
+diagonal shifted by one, the mask inverted, the softmax over the query axis), and a
+non-finite output where the oracle is finite is reported as an overflow (missing max
+subtraction). The verdict names the fault the output matches within the rule's bound.
+
+For float64 inputs, where rounding alone can exceed the rule's allowance (logits far apart:
+the low-precision reference is then the oracle itself), the allowance is raised to twice the
+rigorous forward error bound of the oracle (:func:`refattn.exact.forward_error_bound`,
+docs/exact.md): ``|out - O64| <= |out - O| + |O64 - O|``, each within the bound.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from refattn.check.loader import accepts
+from refattn.check.verdict import Verdict
+from refattn.exact import forward_error_bound, softmax_attention
+from refattn.problem import causal_mask, causal_offset
+from refattn.testing import tolerance_check
+
+__all__ = ["check_exact", "CASES", "Case"]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One problem of the grid; ``logit_std`` is the standard deviation of ``s q.k``."""
+
+    name: str
+    T: int
+    S: int
+    H: int
+    Hv: int
+    batch: tuple = ()
+    dtype: type = np.float64
+    causal: bool = False
+    mask: bool = False
+    logit_std: float = 2.0
+
+
+CASES = (
+    Case("T != S", 7, 13, 16, 8),
+    Case("H = 1, T = 1", 1, 5, 1, 3),
+    Case("odd sizes", 17, 31, 3, 7),
+    Case("batch dims (2, 3)", 5, 9, 8, 4, batch=(2, 3)),
+    Case("logits far apart", 6, 10, 8, 5, logit_std=1000.0),
+    Case("float32 inputs", 9, 11, 8, 8, dtype=np.float32),
+    Case("float16 inputs", 9, 11, 8, 8, dtype=np.float16, logit_std=1.0),
+    Case("causal T = S", 12, 12, 8, 4, causal=True),
+    Case("causal T < S", 5, 11, 8, 4, causal=True),
+    Case("causal T > S", 11, 5, 8, 4, causal=True),
+    Case("mask", 7, 9, 8, 4, mask=True),
+)
+
+
+def _inputs(case, rng):
+    """q, k, v in the case's dtype, and the oracle's keyword arguments (without causal)."""
+    b = case.batch
+    # s q.k with q, k ~ N(0, I_H), s = 1/sqrt(H) has standard deviation 1: scale q by logit_std
+    q = rng.standard_normal(b + (case.T, case.H)) * case.logit_std
+    k = rng.standard_normal(b + (case.S, case.H))
+    v = rng.standard_normal(b + (case.S, case.Hv))
+    kw = {}
+    if case.mask:
+        mask = rng.random((case.T, case.S)) < 0.6
+        mask[np.arange(case.T), rng.integers(0, case.S, case.T)] = True  # every row sees a key
+        kw["mask"] = mask
+    return tuple(a.astype(case.dtype) for a in (q, k, v)), kw
+
+
+def _softmax_query_axis(q, k, v, scale, *, causal=None, mask=None):
+    """The classic bug: the softmax normalised over queries (axis -2) instead of keys."""
+    T, S = q.shape[-2], k.shape[-2]
+    allowed = causal_mask(T, S, causal) if causal else np.ones((T, S), dtype=bool)  # (T, S)
+    if mask is not None:
+        allowed = allowed & mask
+    s = scale * (q.astype(np.float64) @ np.swapaxes(k.astype(np.float64), -1, -2))  # (..., T, S)
+    s = np.where(allowed, s, -np.inf)
+    top = s.max(axis=-2, keepdims=True)
+    p = np.exp(s - np.where(np.isfinite(top), top, 0.0))
+    tot = p.sum(axis=-2, keepdims=True)
+    p = p / np.where(tot > 0, tot, 1.0)
+    return p @ v.astype(np.float64)
+
+
+def _candidates(case, q, k, v, kw, alignment):
+    """(fault, oracle output under that fault) pairs for the diagnosis."""
+    H = q.shape[-1]
+    s = 1.0 / np.sqrt(H)
+    out = [("scale 1 instead of 1/sqrt(H)", dict(kw, scale=1.0)),
+           ("scale 1/H instead of 1/sqrt(H)", dict(kw, scale=1.0 / H))]
+    if "causal" in kw:
+        other = "top_left" if alignment == "bottom_right" else "bottom_right"
+        out.append((f"the other causal alignment ({other})", dict(kw, causal=other)))
+        off = causal_offset(case.T, case.S, alignment)
+        j, i = np.arange(case.S)[None, :], np.arange(case.T)[:, None]
+        base = {a: b for a, b in kw.items() if a != "causal"}
+        out.append(("causal diagonal excluded (off by one)", dict(base, mask=j <= i + off - 1)))
+        out.append(("causal mask one key too far (off by one)", dict(base, mask=j <= i + off + 1)))
+    if "mask" in kw:
+        out.append(("mask inverted (True = masked, the PyTorch key_padding_mask convention)",
+                    dict(kw, mask=~kw["mask"])))
+    results = [(name, softmax_attention(q, k, v, **okw)) for name, okw in out]
+    results.append(("softmax over the query axis instead of the key axis",
+                    _softmax_query_axis(q, k, v, s, **kw)))
+    return results
+
+
+def check_exact(run, *, alignment="bottom_right"):
+    """Run the grid on ``run.fn``; one verdict per case."""
+    if alignment not in ("bottom_right", "top_left"):
+        raise ValueError(f"alignment: expected 'bottom_right' or 'top_left', got {alignment!r}")
+    takes = {name: accepts(run.fn, name) for name in ("causal", "mask")}
+    rng = np.random.default_rng([run.report.seed, 3])
+    for case in CASES:
+        need = "causal" if case.causal else "mask" if case.mask else None
+        if need and not takes[need]:
+            run.skip(case.name, f"fn takes no {need}= keyword")
+            continue
+        (q, k, v), kw = _inputs(case, rng)
+        call_kw = dict(kw)
+        if case.causal:
+            call_kw["causal"] = True
+            kw["causal"] = alignment
+        out, problem = run.call((q, k, v), call_kw, shape=case.batch + (case.T, case.Hv), finite=False)
+        if problem is not None:
+            if case.batch and problem.what in ("raised", "shape"):
+                run.skip(case.name, f"fn does not take batch dims ({problem})")
+            else:
+                run.problem(case.name, problem)
+            continue
+        _judge(run, case, out, q, k, v, kw, alignment)
+
+
+def _judge(run, case, out, q, k, v, kw, alignment):
+    ref64 = softmax_attention(q, k, v, **kw)
+    ref_lo = softmax_attention(q, k, v, dtype=case.dtype, **kw)
+    rows = np.ones(case.T, dtype=bool)
+    if "causal" in kw:  # rows that see no key: conventions differ (0, NaN), not judged
+        rows = causal_mask(case.T, case.S, alignment).any(axis=1)
+    sel = (Ellipsis, rows, slice(None))
+    res = tolerance_check(out[sel], ref64[sel], ref_lo[sel])
+    # ill-conditioned rows (logits far apart): rounding alone may exceed the rule's float64 allowance;
+    # |out - ref64| <= |out - O| + |ref64 - O| <= 2 * the rigorous forward error bound (docs/exact.md)
+    feb = 2.0 * float(np.max(forward_error_bound(q, k, v, **kw)[..., rows], initial=0.0))
+    if case.dtype == np.float64 and feb > res.bound:
+        res = tolerance_check(out[sel], ref64[sel], ref_lo[sel], atol=res.floor + feb)
+    meaning = f"FlashAttention rule vs the float64 oracle ({np.dtype(case.dtype).name} inputs)"
+    if res.passed:
+        run.exact(case.name, res.error, res.bound, meaning, effect=f"max err {res.error:.2g}")
+        return
+    o = np.asarray(out[sel], dtype=np.float64)
+    nonfinite = ~np.isfinite(o)
+    if nonfinite.any():
+        fault = f"{int(nonfinite.sum())} NaN/Inf outputs where the oracle is finite"
+        top = float(np.max(np.abs(q.astype(np.float64) @ np.swapaxes(k.astype(np.float64), -1, -2)))) / np.sqrt(case.H)
+        if top > np.log(np.finfo(case.dtype).max):  # exp of these logits overflows in the input dtype
+            fault += f": overflow (logits up to {top:.3g}; missing max subtraction before exp?)"
+    else:
+        matches = [name for name, cand in _candidates(case, q, k, v, kw, alignment)
+                   if float(np.max(np.abs(o - cand[sel]))) <= res.bound]
+        fault = f"looks like: {matches[0]}" if matches else "no known fault matches"
+    run.add(Verdict(case.name, False, f"{meaning}; {fault}", statistic=res.error, bound=res.bound,
+                    effect=f"max err {res.error:.2g}"))

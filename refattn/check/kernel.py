@@ -1,0 +1,125 @@
+r"""``--kind kernel``: a random-feature estimator ``fn(q, k, seed) -> K_hat (T, S)`` of the
+softmax kernel ``exp(s q k^T)``, ``s = 1/sqrt(H)``.
+
+Checks (Performer, Choromanski et al. 2021, seed 002; MATH.md section 2):
+
+1. **Unbiased, entrywise** (Lemma 1): ``E[K_hat_ij] = exp(s q_i.k_j)`` for every pair, by
+   z-tests with Bonferroni over the ``T S`` pairs. The probe rows are chosen to expose the
+   usual biases: axis-aligned rows (plain-QR orthogonal features put a sign bias on the first
+   coordinates), the all-ones direction, mean-shifted rows (large ``|x + y|``: fixed-norm
+   features estimate SMREG < SM there, Performer Theorem 1) and random rows.
+2. **Unbiased, pooled**: the per-draw average of ``K_hat / K - 1`` over all pairs has mean 0
+   (one z-test; far more power against a bias shared by all pairs, e.g. a 2% scale).
+3. **Variance** (needs the feature count ``m``): the per-draw statistic
+   ``u = mean_ij (K_hat_ij - K_ij)^2 / MSE_ij`` has mean 1, where ``MSE`` is Lemma 2's closed
+   form (iid Gaussian projections) or the exact orthogonal-feature MSE
+   (:func:`refattn.theory.mse_orthogonal`); for combinations without a closed form, ``u``
+   (normalised by ``K^2``) is compared with refattn's own estimator by a Welch two-sample test.
+4. **Consistency** (when ``fn`` takes ``m=``): the same variance check at ``4 m``: the error
+   must fall as the closed form says when the feature count grows.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from refattn.montecarlo import kernel_samples
+from refattn.theory import mse_hyperbolic, mse_orthogonal, mse_positive, mse_trigonometric
+
+__all__ = ["check_kernel", "probe_rows", "KERNEL_METHODS"]
+
+KERNEL_METHODS = ("positive", "hyperbolic", "trigonometric")
+_CLOSED_FORMS = {("positive", "gaussian"): mse_positive, ("hyperbolic", "gaussian"): mse_hyperbolic,
+                 ("trigonometric", "gaussian"): mse_trigonometric, ("positive", "orthogonal"): mse_orthogonal}
+
+
+def probe_rows(n, H, norm, rng):
+    """``n`` scaled rows ``(n, H)`` of norm ``norm``: axis-aligned, all-ones, mean-shifted, random.
+
+    Row kinds: ``e_0``, ``e_1`` (``e_0`` again when ``H = 1``), the all-ones direction, a
+    mean-shifted row (all-ones plus noise 0.3), then random Gaussian directions. No two rows
+    are antipodal (``x + y = 0`` makes the positive estimator exact, a zero-variance entry).
+    """
+    rows = np.empty((n, H))
+    ones = np.ones(H) / math.sqrt(H)
+    for i in range(n):
+        kind = i if i < 4 else 4
+        if kind == 0:
+            r = np.eye(H)[0]
+        elif kind == 1:
+            r = np.eye(H)[min(1, H - 1)]
+        elif kind == 2:
+            r = ones
+        elif kind == 3:
+            r = ones + 0.3 * rng.standard_normal(H)
+        else:
+            r = rng.standard_normal(H)
+        rows[i] = norm * r / np.linalg.norm(r)
+    return rows
+
+
+def _variance_check(run, samples, x, y, truth, method, projection, m, label):
+    """Mean of ``u = mean (K_hat - K)^2 / MSE`` is 1 (closed form) or equals refattn's (two-sample)."""
+    err2 = (samples - truth) ** 2  # (n, T, S)
+    closed = _CLOSED_FORMS.get((method, projection))
+    xp, yp = x[:, None, :], y[None, :, :]  # (T, 1, H), (1, S, H): all pairs
+    if closed is not None:
+        mse = closed(xp, yp, m)  # (T, S)
+        zero = mse <= 1e-300  # x + y = 0: the positive estimator is exact there; judged by the mean test
+        u = (err2[:, ~zero] / mse[~zero]).mean(axis=1)  # (n,)
+        return run.mean_check(f"{label} (m = {m})", u[:, None], 1.0,
+                              f"mean squared error / closed-form MSE is 1 ({method}, {projection}, m = {m})")
+    P = np.broadcast_shapes(xp.shape, yp.shape)
+    xx, yy = np.broadcast_to(xp, P).reshape(-1, x.shape[1]), np.broadcast_to(yp, P).reshape(-1, x.shape[1])
+    ref = kernel_samples(xx, yy, estimator=method, projection=projection, m=m, n_draws=len(samples), rng=run.rng)
+    ref_u = ((ref - truth.ravel()) ** 2 / truth.ravel() ** 2).mean(axis=1)
+    u = (err2 / truth**2).mean(axis=(1, 2))
+    return run.two_sample_check(f"{label} (m = {m})", u[:, None], ref_u[:, None],
+                                f"relative MSE equals refattn's {method}/{projection} estimator at m = {m}")
+
+
+def check_kernel(run, *, method="positive", projection="orthogonal", m=None, T=8, S=8, H=8, norm=0.6):
+    """Run the kernel checks on ``run.fn`` (see the module docstring); verdicts go to ``run.report``."""
+    if method not in KERNEL_METHODS:
+        raise ValueError(f"method: expected one of {KERNEL_METHODS} for --kind kernel, got {method!r}")
+    data_rng = np.random.default_rng([run.report.seed, 1])
+    s = 1.0 / math.sqrt(H)
+    x = probe_rows(T, H, norm, data_rng)  # scaled rows
+    y = probe_rows(S, H, norm, data_rng)
+    q, k = x / math.sqrt(s), y / math.sqrt(s)  # the callable sees raw q, k with the default scale
+    truth = np.exp(x @ y.T)  # (T, S) = exp(s q k^T)
+    takes_m = m is not None and _accepts_m(run.fn)
+
+    def sampler(mm):
+        kw = {"m": mm} if takes_m else {}
+        return lambda seed: run.call((q.copy(), k.copy(), seed), kw, shape=(T, S))
+
+    n_collects = 2 if takes_m else 1
+    samples, problem = run.collect(sampler(m), run.n_draws, "kernel draws", share=1 / n_collects)
+    if problem is not None:
+        run.problem("call fn(q, k, seed)", problem)
+        return
+    run.mean_check("unbiased (entrywise)", samples, truth,
+                   "E[K_hat_ij] = exp(s q_i.k_j) for every probe pair (Performer Lemma 1)")
+    run.mean_check("unbiased (pooled)", (samples / truth - 1).mean(axis=(1, 2))[:, None], 0.0,
+                   "the average relative error over all pairs has mean 0", relative_to=1.0)
+    if m is None:
+        run.skip("variance", "pass the feature count m (--features) to compare the variance with theory")
+        return
+    _variance_check(run, samples, x, y, truth, method, projection, m, "variance")
+    if not takes_m:
+        run.skip("consistency", "fn takes no m= keyword: the error at a larger feature count is not checked")
+        return
+    more, problem = run.collect(sampler(4 * m), run.n_draws, "kernel draws at 4m")
+    if problem is not None:
+        run.problem(f"call fn(q, k, seed, m={4 * m})", problem)
+        return
+    _variance_check(run, more, x, y, truth, method, projection, 4 * m, "consistency")
+
+
+def _accepts_m(fn):
+    from refattn.check.loader import accepts
+
+    return accepts(fn, "m")
