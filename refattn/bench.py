@@ -51,7 +51,7 @@ import numpy as np
 
 __all__ = [
     "Method", "METHODS", "register", "machine", "median_time", "gemm_rate", "measure_point", "run_suite",
-    "fit_exponent", "evaluate_goals", "refresh", "format_suite", "plot_suite", "default_lengths", "PeakMemory",
+    "fit_exponent", "evaluate_goals", "refresh", "validate_suite", "format_suite", "plot_suite", "default_lengths", "PeakMemory",
 ]
 
 GIB = 2**30
@@ -490,15 +490,17 @@ def fit_exponent(lengths, times):
 
     Needs at least two distinct ``T``; times must be positive.
     """
-    x = np.log(np.asarray(lengths, dtype=np.float64))
-    y = np.log(np.asarray(times, dtype=np.float64))
-    if x.size != y.size:
-        raise ValueError(f"times: {y.size} values for {x.size} lengths")
-    if np.unique(x).size < 2:
-        raise ValueError("lengths: need at least two distinct T to fit an exponent")
-    if not np.all(np.isfinite(y)):
+    T = np.asarray(lengths, dtype=np.float64).ravel()
+    t = np.asarray(times, dtype=np.float64).ravel()
+    if T.size != t.size:
+        raise ValueError(f"times: {t.size} values for {T.size} lengths")
+    if not (np.all(np.isfinite(T)) and np.all(T > 0)):
+        raise ValueError("lengths: must be positive and finite")
+    if not (np.all(np.isfinite(t)) and np.all(t > 0)):
         raise ValueError("times: must be positive and finite")
-    p, logc = np.polyfit(x, y, 1)
+    if np.unique(T).size < 2:
+        raise ValueError("lengths: need at least two distinct T to fit an exponent")
+    p, logc = np.polyfit(np.log(T), np.log(t), 1)
     return float(p), float(logc)
 
 
@@ -633,6 +635,53 @@ def evaluate_goals(suite) -> list:
                       "T": None, "met": None if met is None else bool(met), "figure": f"{e['exponent']:.2f}",
                       "detail": detail})
     return goals
+
+
+def validate_suite(suite) -> list:
+    """Problems with a suite's structure (empty when sound): every (method, T, dtype) of its
+    config measured once or skipped with a reason, times and ratios positive and finite, outputs
+    finite and of shape (T, H), GEMM rates at start and end, exponents finite, goal verdicts in
+    {True, False, None}, and plain JSON. It checks structure, never speed."""
+    problems = []
+    cfg = suite.get("config", {})
+    for key in ("schema", "machine", "date", "config", "methods", "gemm", "results", "skipped", "exponents", "goals"):
+        if key not in suite:
+            problems.append(f"missing key {key!r}")
+    if problems:
+        return problems
+    for dt in cfg["dtypes"]:
+        for when in ("start", "end"):
+            if not any(g.get("dtype") == dt and g.get("when") == when and g.get("gflops", 0) > 0 for g in suite["gemm"]):
+                problems.append(f"no GEMM rate for {dt} at the {when}")
+    for name, info in suite["methods"].items():
+        for T in cfg["lengths"]:
+            for dt in cfg["dtypes"]:
+                key = (name, T, dt)
+                got = [r for r in suite["results"] if (r["method"], r["T"], r["dtype"]) == key]
+                skip = [x for x in suite["skipped"] if (x["method"], x["T"], x["dtype"]) == key]
+                if len(got) + len(skip) != 1:
+                    problems.append(f"{key}: measured {len(got)} times, skipped {len(skip)} times")
+                problems += [f"{key}: skipped without a reason" for x in skip if not x.get("reason")]
+                for r in got:
+                    finite = [r.get(f) for f in ("median_s", "gflops", "fraction_of_gemm", "flops")]
+                    if not all(isinstance(x, (int, float)) and math.isfinite(x) and x > 0 for x in finite):
+                        problems.append(f"{key}: time, flops or ratio not positive and finite: {finite}")
+                    sp = r.get("speedup_vs_exact")
+                    if sp is not None and not (math.isfinite(sp) and sp > 0):
+                        problems.append(f"{key}: speed-up over exact not positive and finite: {sp}")
+                    if not (r.get("peak_bytes", -1) >= 0 and r.get("first_call_s", -1) >= 0):
+                        problems.append(f"{key}: negative peak memory or first-call time")
+                    if r.get("output_shape") != [T, cfg["H"]] or not r.get("output_finite"):
+                        problems.append(f"{key}: output shape {r.get('output_shape')} or not finite")
+    for e in suite["exponents"]:
+        if not (math.isfinite(e["exponent"]) and e["T_from"] < e["T_to"]):
+            problems.append(f"exponent of {e['method']} {e['dtype']}: {e}")
+    problems += [f"goal verdict {g['met']!r}" for g in suite["goals"] if g.get("met") not in (True, False, None)]
+    try:
+        json.dumps(suite, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        problems.append(f"not plain JSON: {exc}")
+    return problems
 
 
 # ----------------------------------------------------------------------------- output
