@@ -12,7 +12,9 @@ Per point (in a fresh subprocess unless ``isolate=False``):
 
 - **first call**: the method at ``T_warm = min(T, 256)``, run twice; ``first_call_s`` is the
   first call minus the second, i.e. Numba compilation (or loading its on-disk cache) and
-  other one-off set-up, reported separately and excluded from the timings.
+  other one-off set-up, reported separately and excluded from the timings. The first point of
+  each (method, dtype) runs with an empty Numba cache (``cold_numba_cache``), so its
+  ``first_call_s`` is the compile time; later points load the cache.
 - **time**: at full size, one warm-up call (when ``repeats > 1``) then the median of
   ``repeats`` calls (``repeats`` falls to ``large_T_repeats`` from ``large_T`` on).
 - **memory**: the peak resident set size of the process during a call minus its resident set
@@ -365,17 +367,23 @@ def _run_case(case, isolate, timeout):
     if not isolate:
         if case["kind"] == "gemm":
             return gemm_rate(case["dtype"], n=case["n"])
-        return measure_point(case["method"], case["T"], case["H"], case["dtype"], seed=case["seed"],
-                             repeats=case["repeats"])
+        return {**measure_point(case["method"], case["T"], case["H"], case["dtype"], seed=case["seed"],
+                                repeats=case["repeats"]), "cold_numba_cache": False}
+    import tempfile
+
     cmd = [sys.executable, "-c", "from refattn.bench import _child_main; _child_main()", json.dumps(case)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout} s"}
+    with tempfile.TemporaryDirectory() as empty_cache:
+        env = dict(os.environ)
+        if case.get("cold"):  # an empty Numba cache: the first call compiles every kernel it uses
+            env["NUMBA_CACHE_DIR"] = empty_cache
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        except subprocess.TimeoutExpired:
+            return {"error": f"timed out after {timeout} s"}
     if proc.returncode != 0:
         lines = proc.stderr.strip().splitlines()
         return {"error": lines[-1] if lines else f"exit code {proc.returncode} (killed: out of memory?)"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return {**json.loads(proc.stdout.strip().splitlines()[-1]), "cold_numba_cache": bool(case.get("cold"))}
 
 
 def default_lengths(T_min=1024, T_max=131072):
@@ -425,8 +433,9 @@ def run_suite(*, methods=None, lengths=None, dtypes=("float64", "float32"), H=64
                                                       f"of {max_memory_bytes / GIB:.1f} GiB", "predicted_bytes": need})
                     continue
                 reps = repeats if T < large_T else large_T_repeats
+                cold = not any(r["method"] == name and r["dtype"] == dt for r in results)  # first point
                 r = _run_case({"kind": "point", "method": name, "T": T, "H": H, "dtype": dt, "seed": seed,
-                               "repeats": reps}, isolate, timeout)
+                               "repeats": reps, "cold": cold}, isolate, timeout)
                 if "error" in r:
                     skipped.append({**base, "reason": f"failed: {r['error']}"})
                     say(f"{name:<18} {dt} T={T:<7} FAILED: {r['error']}")
@@ -711,15 +720,16 @@ def format_suite(suite) -> str:
                 p = point(suite, name, T, dt)
                 cells.append(f"{_fmt_s(p['median_s']) if p else '-':>9}")
             lines.append(f"{name:<18}" + "".join(cells))
-        lines.append(f"{'method':<18}{'T':>7} {'GFLOP/s':>8} {'/GEMM':>7} {'vs exact':>9} {'peak MiB':>9} {'1st call s':>10}")
+        lines.append(f"{'method':<18}{'T':>7} {'GFLOP/s':>8} {'/GEMM':>7} {'vs exact':>9} {'peak MiB':>9} {'compile s':>10}")
         for name in suite["methods"]:
             pts = [r for r in suite["results"] if r["method"] == name and r["dtype"] == dt]
             if not pts:
                 continue
             p = max(pts, key=lambda r: r["T"])
+            first = min(pts, key=lambda r: r["T"])["first_call_s"]  # the cold-cache point when isolated
             sp = f"{p['speedup_vs_exact']:.2f}x" if p["speedup_vs_exact"] else "-"
             lines.append(f"{name:<18}{p['T']:>7} {p['gflops']:>8.2f} {p['fraction_of_gemm']:>7.1%} {sp:>9} "
-                         f"{p['peak_bytes'] / 2**20:>9.1f} {p['first_call_s']:>10.3f}")
+                         f"{p['peak_bytes'] / 2**20:>9.1f} {first:>10.3f}")
     lines.append("")
     lines.append("scaling exponents (least squares of log t on log T)")
     for e in suite["exponents"]:
