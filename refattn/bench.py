@@ -280,6 +280,8 @@ def _register_builtin():
     sparse_note = "; useful flops 4 nnz H (logits and values on the support; hashing not counted)"
     register(Method("reformer", _reformer, lambda T, H, r: 4.0 * _nnz(r) * H,
                     description="reformer_attention(1 round, chunk 64, n_buckets = T/64)" + sparse_note))
+    # peaks of the O(T^2) reference builders: measured ~1.25 (SMYRF) and ~3 (HyperAttention) bytes
+    # per T x S entry at T = 4096, 8192 (docs/bench.md); predicted with a margin
     register(Method("smyrf", _smyrf, lambda T, H, r: 4.0 * _nnz(r) * H,
                     peak_bytes=lambda T, H, b: 1.5 * T * T,
                     description="smyrf_attention(1 round, n_clusters = T/64)" + sparse_note
@@ -296,6 +298,7 @@ def _register_builtin():
 
 
 _register_builtin()
+# SEA (issue 6) joins with one register(Method("sea", ...)) here: the entry is in docs/bench.md.
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -397,12 +400,14 @@ def default_lengths(T_min=1024, T_max=131072):
 
 def run_suite(*, methods=None, lengths=None, dtypes=("float64", "float32"), H=64, seed=0, repeats=3,
               large_T=32768, large_T_repeats=1, max_memory_bytes=4 * GIB, gemm_n=4096, isolate=True,
-              timeout=1800, fit_from=4096, note=None, progress=None) -> dict:
+              timeout=1800, fit_from=4096, note=None, progress=None, checkpoint=None) -> dict:
     """Run the sweep; return the JSON-ready suite (results, skipped, GEMM rates, exponents, goals).
 
     ``methods``: registry names (default: all); ``lengths``: the T values (default
     1024 .. 131072, each method up to its ``max_T``); ``progress``: a callable given one line
-    per finished point.
+    per finished point; ``checkpoint``: a path where the partial suite (``"complete": false``,
+    re-derivable with :func:`refresh`) is rewritten after every point, so a long sweep that is
+    stopped keeps what it measured.
     """
     names = list(METHODS) if methods is None else list(methods)
     unknown = [n for n in names if n not in METHODS]
@@ -411,13 +416,37 @@ def run_suite(*, methods=None, lengths=None, dtypes=("float64", "float32"), H=64
     lengths = default_lengths() if lengths is None else sorted(int(T) for T in lengths)
     dtypes = [np.dtype(d).name for d in dtypes]
     say = progress or (lambda line: None)
+    load = (lambda: list(os.getloadavg())) if hasattr(os, "getloadavg") else (lambda: None)
     started = time.time()
-    load0 = os.getloadavg() if hasattr(os, "getloadavg") else None
-    gemm = []
+    suite = {
+        "schema": "refattn.bench/1",
+        "complete": False,
+        "machine": machine(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started)),
+        "wall_s": None,
+        "load_average": {"start": load(), "end": None},
+        "note": note,
+        "config": {"H": H, "seed": seed, "lengths": lengths, "dtypes": dtypes, "repeats": repeats,
+                   "large_T": large_T, "large_T_repeats": large_T_repeats, "max_memory_bytes": max_memory_bytes,
+                   "gemm_n": gemm_n, "isolated": bool(isolate), "fit_from": fit_from},
+        "methods": {n: {"description": METHODS[n].description, "expected_exponent": METHODS[n].expected_exponent,
+                        "auxiliary": METHODS[n].auxiliary, "max_T": METHODS[n].max_T} for n in names},
+        "gemm": [],
+        "results": [],
+        "skipped": [],
+    }
+    gemm, results, skipped = suite["gemm"], suite["results"], suite["skipped"]
+
+    def save():
+        if checkpoint:
+            tmp = f"{checkpoint}.tmp"
+            with open(tmp, "w") as f:
+                json.dump(suite, f, indent=1)
+            os.replace(tmp, checkpoint)
+
     for dt in dtypes:
         gemm.append({**_run_case({"kind": "gemm", "dtype": dt, "n": gemm_n}, isolate, timeout), "when": "start"})
         say(f"GEMM {dt} n={gemm_n}: {gemm[-1].get('gflops', float('nan')):.1f} GFLOP/s")
-    results, skipped = [], []
     for dt in dtypes:
         itemsize = np.dtype(dt).itemsize
         for T in lengths:
@@ -440,27 +469,16 @@ def run_suite(*, methods=None, lengths=None, dtypes=("float64", "float32"), H=64
                     skipped.append({**base, "reason": f"failed: {r['error']}"})
                     say(f"{name:<18} {dt} T={T:<7} FAILED: {r['error']}")
                     continue
-                results.append(r)
+                results.append({**r, "load_average_after": load()})
                 say(f"{name:<18} {dt} T={T:<7} {r['median_s']:9.4f} s  peak {r['peak_bytes'] / 2**20:8.1f} MiB")
+                save()
     for dt in dtypes:
         gemm.append({**_run_case({"kind": "gemm", "dtype": dt, "n": gemm_n}, isolate, timeout), "when": "end"})
-    suite = {
-        "schema": "refattn.bench/1",
-        "machine": machine(),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started)),
-        "wall_s": time.time() - started,
-        "load_average": {"start": load0, "end": os.getloadavg() if hasattr(os, "getloadavg") else None},
-        "note": note,
-        "config": {"H": H, "seed": seed, "lengths": lengths, "dtypes": dtypes, "repeats": repeats,
-                   "large_T": large_T, "large_T_repeats": large_T_repeats, "max_memory_bytes": max_memory_bytes,
-                   "gemm_n": gemm_n, "isolated": bool(isolate), "fit_from": fit_from},
-        "methods": {n: {"description": METHODS[n].description, "expected_exponent": METHODS[n].expected_exponent,
-                        "auxiliary": METHODS[n].auxiliary, "max_T": METHODS[n].max_T} for n in names},
-        "gemm": gemm,
-        "results": results,
-        "skipped": skipped,
-    }
-    return refresh(suite)
+    suite.update(complete=True, wall_s=time.time() - started)
+    suite["load_average"]["end"] = load()
+    refresh(suite)
+    save()
+    return suite
 
 
 def refresh(suite) -> dict:
@@ -853,7 +871,7 @@ def _cmd_bench(args) -> int:
     progress = None if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
     suite = run_suite(methods=methods, dtypes=dtypes, seed=args.seed, large_T=args.large_T,
                       large_T_repeats=args.large_T_repeats, max_memory_bytes=args.max_memory_gib * GIB,
-                      note=args.note, progress=progress, **opts)
+                      note=args.note, progress=progress, checkpoint=args.out, **opts)
     return _emit(suite, args)
 
 
