@@ -268,3 +268,26 @@ def test_bench_bad_usage_from_the_console_has_no_traceback():
                           text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()], proc.stderr  # one line
+
+
+def test_checkpoint_keeps_a_stopped_sweep(tmp_path):
+    """A sweep stopped after its first point leaves a partial suite that re-derives; a finished one is complete."""
+    path = tmp_path / "partial.json"
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first_point(line):
+        if "T=" in line:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_suite(methods=["exact_streaming"], lengths=[64, 128], dtypes=["float64"], H=8, repeats=1, gemm_n=64,
+                  isolate=False, checkpoint=str(path), progress=stop_after_first_point)
+    partial = refresh(json.loads(path.read_text()))
+    assert partial["complete"] is False and [r["T"] for r in partial["results"]] == [64]
+    assert validate_suite(partial)  # the missing point is reported
+    run_suite(methods=["exact_streaming"], lengths=[64, 128], dtypes=["float64"], H=8, repeats=1, gemm_n=64,
+              isolate=False, checkpoint=str(path))
+    done = json.loads(path.read_text())
+    assert done["complete"] is True and validate_suite(done) == []

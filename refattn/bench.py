@@ -470,8 +470,8 @@ def run_suite(*, methods=None, lengths=None, dtypes=("float64", "float32"), H=64
                     say(f"{name:<18} {dt} T={T:<7} FAILED: {r['error']}")
                     continue
                 results.append({**r, "load_average_after": load()})
-                say(f"{name:<18} {dt} T={T:<7} {r['median_s']:9.4f} s  peak {r['peak_bytes'] / 2**20:8.1f} MiB")
                 save()
+                say(f"{name:<18} {dt} T={T:<7} {r['median_s']:9.4f} s  peak {r['peak_bytes'] / 2**20:8.1f} MiB")
     for dt in dtypes:
         gemm.append({**_run_case({"kind": "gemm", "dtype": dt, "n": gemm_n}, isolate, timeout), "when": "end"})
     suite.update(complete=True, wall_s=time.time() - started)
