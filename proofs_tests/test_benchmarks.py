@@ -35,3 +35,26 @@ def test_benchmark_quick_run(tmp_path, script, result, kinds):
         return
     assert {r["kind"] for r in data["results"]} == kinds
     assert all("error" not in r and r["median_s"] > 0 for r in data["results"])
+
+
+def test_suite_quick_run(tmp_path):
+    """The whole suite's smoke run (benchmarks/bench_suite.py --quick): every registered method in
+    both dtypes, GEMM rates, finite ratios, exponents, goals, valid JSON. No assertion on time."""
+    from refattn.bench import METHODS, validate_suite
+
+    out = tmp_path / "suite.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_suite.py"), "--quick", "--out", str(out),
+                           "--plot", str(tmp_path / "suite.png")], capture_output=True, text=True, timeout=600)
+    assert proc.returncode in (0, 2), proc.stderr  # 2: no matplotlib for --plot (an optional extra)
+    if proc.returncode == 2:
+        assert "matplotlib" in proc.stderr
+        proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_suite.py"), "--quick", "--out",
+                               str(out)], capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr
+    suite = json.loads(out.read_text())
+    assert validate_suite(suite) == []
+    assert set(suite["methods"]) == set(METHODS) and not suite["skipped"]
+    assert {(r["method"], r["dtype"]) for r in suite["results"]} == {(m, d) for m in METHODS for d in ("float64", "float32")}
+    ex = [r for r in suite["results"] if r["method"] == "exact_streaming"]
+    assert all(r["flops"] == 4 * r["T"] ** 2 * r["H"] and r["speedup_vs_exact"] == 1.0 for r in ex)
+    assert {g["issue"] for g in suite["goals"]} == {2, 3, 4, 5, 6, 10}

@@ -1,4 +1,5 @@
-"""The ``refattn`` command line: ``report`` (the main job), ``check``, ``theory`` and ``info``.
+"""The ``refattn`` command line: ``report`` (the main job), ``check``, ``theory``, ``info`` and
+``bench``.
 
 Exit codes: 0 success, 1 a failed check, 2 bad usage (a one-line message, no traceback).
 """
@@ -209,6 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
     inf = sub.add_parser("info", help="versions and usable backends (Numba, CuPy, GPU, nvcc)")
     inf.add_argument("--json", action="store_true", help="print JSON")
     inf.set_defaults(func=_cmd_info)
+
+    from refattn.bench import add_parser as add_bench_parser
+
+    add_bench_parser(sub)
     return parser
 
 

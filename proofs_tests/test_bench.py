@@ -1,0 +1,293 @@
+"""refattn.bench: the exponent fit, the memory meter (with its power twin), skipped points,
+goal verdicts, the one-entry registry (how SEA joins) and the ``refattn bench`` command.
+
+Nothing here asserts on time: timings are checked for structure (positive, finite), the
+logic that turns them into verdicts is checked on hand-built suites with known answers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numba
+import numpy as np
+import pytest
+
+from refattn import bench
+from refattn.bench import METHODS, Method, PeakMemory, fit_exponent, refresh, run_suite, validate_suite
+from refattn.cli import main as cli_main
+
+MiB = 2**20
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0, 1.37])
+def test_fit_exponent_recovers_a_power_law(p):
+    """t = c T^p exactly gives slope p and intercept log c (least squares on a straight line)."""
+    Ts = np.array([1024, 2048, 4096, 8192, 65536])
+    slope, logc = fit_exponent(Ts, 3e-9 * Ts**p)
+    assert abs(slope - p) < 1e-10 and abs(logc - math.log(3e-9)) < 1e-8, (slope, logc)
+
+
+def test_fit_exponent_averages_noise_in_log_space():
+    """Multiplicative noise e^{+-d} alternating on 4 points: the slope error is the regression of
+    the noise, derived: x = log2 spacing, noise (+d, -d, +d, -d) -> slope shift -0.4 d / ln 2."""
+    Ts = np.array([1024.0, 2048.0, 4096.0, 8192.0])
+    d = 0.1
+    noise = np.exp(d * np.array([1, -1, 1, -1]))
+    slope, _ = fit_exponent(Ts, Ts * noise)
+    # x_i = i ln2 (centred: -1.5, -0.5, 0.5, 1.5 times ln2), sum x^2 = 5 ln2^2, sum x e = (-1.5-(-0.5)... )
+    xc = (np.arange(4) - 1.5) * math.log(2)
+    expected = 1 + float(np.sum(xc * d * np.array([1, -1, 1, -1])) / np.sum(xc**2))
+    assert abs(slope - expected) < 1e-12 and abs(expected - (1 - 0.4 * d / math.log(2))) < 1e-12
+
+
+@pytest.mark.parametrize("lengths,times,match", [
+    ([1024], [1.0], "two distinct"),
+    ([1024, 1024], [1.0, 2.0], "two distinct"),
+    ([1024, 2048], [1.0, -1.0], "times"),
+    ([1024, 2048], [1.0, np.nan], "times"),
+    ([0, 2048], [1.0, 1.0], "lengths"),
+    ([1024, 2048], [1.0], "times"),
+])
+def test_fit_exponent_bad_input(lengths, times, match):
+    with pytest.raises(ValueError, match=match):
+        fit_exponent(lengths, times)
+
+
+def test_peak_memory_sees_numpy_allocations():
+    """A touched 64 MiB array shows as >= 64 MiB of peak; the meter has power."""
+    with PeakMemory() as pm:
+        a = np.ones(8 * MiB)  # 64 MiB, written so the pages are resident
+        del a
+    assert pm.peak_bytes >= 63 * MiB, (pm.peak_bytes, pm.method)
+
+
+def test_peak_memory_twin_without_allocation():
+    """The twin: the same block without the array stays far below 64 MiB (the meter is reset per block)."""
+    big = np.ones(16 * MiB)  # 128 MiB resident before the block: must not be counted
+    with PeakMemory() as pm:
+        x = float(big[::4096].sum())
+    assert x > 0
+    if pm.method != "vmhwm-reset":
+        pytest.skip("ru_maxrss cannot be reset: only an upper bound on this platform")
+    assert pm.peak_bytes < 16 * MiB, pm.peak_bytes
+
+
+@numba.njit(cache=True)
+def _numba_fill(n):
+    a = np.ones(n)
+    return a.sum()
+
+
+def test_peak_memory_sees_numba_allocations():
+    """Allocations inside a Numba kernel (which tracemalloc does not see) count too."""
+    fill = _numba_fill
+    fill(8)
+    with PeakMemory() as pm:
+        assert fill(8 * MiB) == 8 * MiB
+    assert pm.peak_bytes >= 63 * MiB, pm.peak_bytes
+
+
+def _check_suite_structure(suite, names, lengths, dtypes, H):
+    """The suite's own validator finds nothing, and it covers what the test asked for."""
+    problems = validate_suite(suite)
+    assert not problems, problems
+    assert list(suite["methods"]) == names and suite["config"]["lengths"] == lengths
+    assert suite["config"]["dtypes"] == dtypes and suite["config"]["H"] == H
+
+
+def test_validate_suite_has_power():
+    """The validator catches a dropped point, a NaN ratio, a wrong output shape and a bad verdict."""
+    good = run_suite(methods=["exact_streaming"], lengths=[64, 128], dtypes=["float64"], H=8, repeats=1,
+                     gemm_n=64, isolate=False)
+    assert validate_suite(good) == []
+    import copy
+
+    dropped = copy.deepcopy(good)
+    dropped["results"].pop()
+    nan = copy.deepcopy(good)
+    nan["results"][0]["fraction_of_gemm"] = float("nan")
+    shape = copy.deepcopy(good)
+    shape["results"][0]["output_shape"] = [64, 7]
+    verdict = copy.deepcopy(good)
+    verdict["goals"][0]["met"] = "yes"
+    for bad in (dropped, nan, shape, verdict):
+        assert validate_suite(bad), bad
+
+
+def test_isolated_point_matches_in_process_schema():
+    """One point through the subprocess path (what the full sweep uses) has the same fields."""
+    case = {"kind": "point", "method": "exact_streaming", "T": 128, "H": 16, "dtype": "float32", "seed": 0,
+            "repeats": 1}
+    sub = bench._run_case(case, isolate=True, timeout=300)
+    here = bench._run_case(case, isolate=False, timeout=300)
+    assert "error" not in sub, sub
+    assert set(sub) == set(here) and sub["output_dtype"] == "float32" and sub["median_s"] > 0
+
+
+def test_infeasible_points_are_recorded_as_skipped(monkeypatch):
+    """A predicted peak above the cap, and T beyond max_T: skipped with the reason, never dropped."""
+    tiny = Method("tiny", METHODS["exact_streaming"].build, METHODS["exact_streaming"].flops, max_T=128)
+    monkeypatch.setitem(METHODS, "tiny", tiny)
+    cap = 4 * 128 * 128 * 8 + 1  # exact_dense at T = 128 float64 fits, T = 256 does not
+    suite = run_suite(methods=["exact_dense", "tiny"], lengths=[128, 256], dtypes=["float64"], H=8, repeats=1,
+                      gemm_n=64, isolate=False, max_memory_bytes=cap)
+    _check_suite_structure(suite, ["exact_dense", "tiny"], [128, 256], ["float64"], 8)
+    reasons = {(s["method"], s["T"]): s["reason"] for s in suite["skipped"]}
+    assert set(reasons) == {("exact_dense", 256), ("tiny", 256)}
+    assert "predicted peak memory" in reasons[("exact_dense", 256)]
+    assert "max_T = 128" in reasons[("tiny", 256)]
+
+
+def _fake_suite(times, lengths=(16384, 32768, 65536), dtype="float64", gemm=100.0):
+    """A hand-built suite: ``times[name] = f(T)`` seconds; flops 1 GFLOP per call."""
+    names = list(times)
+    results = [{"method": n, "T": T, "H": 64, "dtype": dtype, "median_s": times[n](T), "flops": 1e9,
+                "gflops": 1.0 / times[n](T), "peak_bytes": 10 * MiB} for n in names for T in lengths]
+    return refresh({
+        "config": {"dtypes": [dtype], "fit_from": 0, "lengths": list(lengths), "H": 64},
+        "methods": {n: {"expected_exponent": METHODS[n].expected_exponent if n in METHODS else 1.0,
+                        "auxiliary": n == "performer_m128"} for n in names},
+        "gemm": [{"dtype": dtype, "gflops": gemm, "when": "start"}, {"dtype": dtype, "gflops": gemm / 2, "when": "end"}],
+        "results": results, "skipped": [],
+    })
+
+
+def _verdict(suite, issue, text):
+    rows = [g for g in suite["goals"] if g["issue"] == issue and text in g["goal"]]
+    assert len(rows) == 1, rows
+    return rows[0]
+
+
+@pytest.mark.parametrize("ratio,met", [(2.4, True), (2.6, False)])
+def test_goal_performer_causal_ratio(ratio, met):
+    s = _fake_suite({"performer": lambda T: T / 1e5, "performer_causal": lambda T: ratio * T / 1e5})
+    g = _verdict(s, 3, "causal time")
+    assert g["met"] is met and g["T"] == 65536 and g["figure"] == f"{ratio:.2f}", g
+
+
+@pytest.mark.parametrize("speedup,met", [(25.0, True), (15.0, False)])
+def test_goal_reformer_speedup(speedup, met):
+    s = _fake_suite({"exact_streaming": lambda T: (T / 65536) ** 2 * 45.0,
+                     "reformer": lambda T: (T / 65536) ** 2 * 45.0 / speedup})
+    assert _verdict(s, 4, ">= 20x")["met"] is met
+    assert s["results"][-1]["speedup_vs_exact"] == pytest.approx(speedup)
+
+
+def test_goal_streaming_fraction_uses_the_better_gemm_rate():
+    """1 GFLOP in 1/60 s = 60 GFLOP/s against max(100, 50) GFLOP/s = 60%: met; 40 GFLOP/s: not."""
+    good = _fake_suite({"exact_streaming": lambda T: 1 / 60}, lengths=(4096, 8192, 16384))
+    bad = _fake_suite({"exact_streaming": lambda T: 1 / 40}, lengths=(4096, 8192, 16384))
+    assert _verdict(good, 2, "50%")["met"] is True and _verdict(bad, 2, "50%")["met"] is False
+
+
+def test_goal_away_from_its_size_gives_no_verdict():
+    s = _fake_suite({"performer": lambda T: 1.0, "performer_causal": lambda T: 1.0}, lengths=(1024, 2048, 4096))
+    g = _verdict(s, 3, "causal time")
+    assert g["met"] is None and g["T"] == 4096 and "not the goal's" in g["detail"]
+
+
+def test_goal_exponents():
+    """A quadratic 'linear' method fails its scaling goal; exact at T^2 meets its own."""
+    s = _fake_suite({"exact_streaming": lambda T: 1e-9 * T**2, "reformer": lambda T: 1e-9 * T**2,
+                     "performer": lambda T: 1e-6 * T})
+    assert _verdict(s, 10, "exact_streaming")["met"] is True
+    assert _verdict(s, 10, "reformer")["met"] is False
+    assert _verdict(s, 10, "performer:")["met"] is True
+
+
+def test_goal_scatterbrain_correction():
+    s = _fake_suite({"performer_m128": lambda T: 1.0, "scatterbrain": lambda T: 1.8})
+    g = _verdict(s, 5, "Scatterbrain")
+    assert g["met"] is True and g["figure"].endswith("0.80")
+    assert not any(g["goal"].startswith("performer_m128") for g in s["goals"])  # auxiliary: no scaling goal
+
+
+def test_one_register_call_adds_a_method_with_its_goals(monkeypatch):
+    """How SEA joins: one Method entry named "sea"; its rows and goals appear in the suite."""
+    def build(q, k, v, dtype, seed):
+        return lambda: np.cumsum(v, axis=0) / np.arange(1, q.shape[0] + 1)[:, None]  # linear-time toy
+
+    monkeypatch.setitem(METHODS, "sea", Method("sea", build, lambda T, H, r: 2.0 * T * H))
+    suite = run_suite(methods=["exact_streaming", "sea"], lengths=[128, 256, 512], dtypes=["float64"], H=8,
+                      repeats=1, gemm_n=64, isolate=False, fit_from=0)
+    _check_suite_structure(suite, ["exact_streaming", "sea"], [128, 256, 512], ["float64"], 8)
+    mem = _verdict(suite, 6, "no T x S")
+    assert mem["T"] == 512 and mem["met"] is None and "peak" in mem["figure"]  # away from 65536: no verdict
+    assert _verdict(suite, 6, "sea: linear")["figure"]
+
+
+def test_register_rejects_non_methods():
+    with pytest.raises(TypeError, match="method"):
+        bench.register({"name": "x"})
+
+
+def test_cli_quick_writes_json_and_plot(tmp_path, capsys):
+    out, png = tmp_path / "s.json", tmp_path / "s.png"
+    plot = ["--plot", str(png)] if _has_matplotlib() else []
+    assert cli_main(["bench", "--quick", "--methods", "exact_streaming,reformer", "--dtypes", "float32",
+                     "--out", str(out), *plot]) == 0
+    text = capsys.readouterr().out
+    assert "goals" in text and "reformer" in text
+    suite = json.loads(out.read_text())
+    _check_suite_structure(suite, ["exact_streaming", "reformer"], [128, 256], ["float32"], 16)
+    if plot:
+        assert png.stat().st_size > 1000
+    assert cli_main(["bench", "--from-json", str(out)]) == 0  # re-derived without measuring
+    assert "goals" in capsys.readouterr().out
+
+
+def _has_matplotlib():
+    try:
+        import matplotlib  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+@pytest.mark.parametrize("argv", [
+    ["bench", "--methods", "nope"],
+    ["bench", "--dtypes", "float16"],
+    ["bench", "--T-min", "4096", "--T-max", "1024"],
+    ["bench", "--T-min", "0"],
+    ["bench", "--max-memory-gib", "-1"],
+    ["bench", "--quick", "--out", "/nonexistent-dir/x.json"],
+    ["bench", "--from-json", "/nonexistent-dir/x.json"],
+])
+def test_bench_bad_usage_exits_2_in_one_line(argv, capsys):
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("refattn bench: error:"), err
+
+
+def test_bench_bad_usage_from_the_console_has_no_traceback():
+    proc = subprocess.run([sys.executable, "-m", "refattn", "bench", "--methods", "nope"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()], proc.stderr  # one line
+
+
+def test_checkpoint_keeps_a_stopped_sweep(tmp_path):
+    """A sweep stopped after its first point leaves a partial suite that re-derives; a finished one is complete."""
+    path = tmp_path / "partial.json"
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first_point(line):
+        if "T=" in line:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_suite(methods=["exact_streaming"], lengths=[64, 128], dtypes=["float64"], H=8, repeats=1, gemm_n=64,
+                  isolate=False, checkpoint=str(path), progress=stop_after_first_point)
+    partial = refresh(json.loads(path.read_text()))
+    assert partial["complete"] is False and [r["T"] for r in partial["results"]] == [64]
+    assert validate_suite(partial)  # the missing point is reported
+    run_suite(methods=["exact_streaming"], lengths=[64, 128], dtypes=["float64"], H=8, repeats=1, gemm_n=64,
+              isolate=False, checkpoint=str(path))
+    done = json.loads(path.read_text())
+    assert done["complete"] is True and validate_suite(done) == []
