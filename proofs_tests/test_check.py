@@ -187,6 +187,9 @@ def test_same_seed_same_report():
     ["check", "refattn.check.planted:exact_attention"],
     ["check", "refattn.check.planted:projection_sampler", "--kind", "projection", "--draws", "5"],
     ["check", "refattn.check.planted:exact_attention", "--kind", "exact", "--seed", "-1"],
+    ["check", "refattn.check.planted:favorpp_kernel", "--kind", "kernel", "--method", "favorpp", "--A", "0.2"],
+    ["check", "refattn.check.planted:favorpp_kernel", "--kind", "kernel", "--method", "favorpp", "--A", "nan"],
+    ["check", "refattn.check.planted:kernel_estimator", "--kind", "kernel", "--A", "-0.1"],
 ])
 def test_cli_usage_errors_exit_2(argv, capsys):
     """In-process (main() is what the console script runs): one line on stderr, exit 2."""
@@ -218,3 +221,21 @@ def test_progress_bar_goes_to_stderr(capsys):
     captured = capsys.readouterr()
     assert "projection draws" in captured.err and captured.out == ""
     assert rep.verdicts
+
+
+def test_favorpp_at_a_given_A():
+    """FAVOR++ at an explicit A: the closed-form variance uses that A. A correct estimator at A
+    (iid rows, m = 64) passes; judged at another A, the variance check fails (the mean checks
+    cannot: FAVOR++ is unbiased for every A < 1/8). False-failure probability <= 1e-6
+    (alpha) for the first; the second is a power twin (the closed form at A = 0.1 is about 300
+    times the variance at A = -0.1: measured p-values below 1e-300)."""
+    from functools import partial
+
+    from refattn.check.planted import favorpp_kernel
+
+    fixed = partial(favorpp_kernel, A=-0.1)
+    assert check(fixed, "kernel", method="favorpp", projection="gaussian", m=64, A=-0.1, alpha=1e-6).passed
+    rep = check(fixed, "kernel", method="favorpp", projection="gaussian", m=64, A=0.1)
+    assert {v.check for v in rep.failures} >= {"variance (m = 64)"}, rep.format_table()
+    assert not any(v.check.startswith("unbiased") for v in rep.failures), rep.format_table()
+

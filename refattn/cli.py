@@ -127,7 +127,7 @@ def _cmd_check(args) -> int:
         sys.path.insert(0, os.getcwd())  # `pkg.mod:fn` resolves from the current directory, like python -m
     try:
         report = check(args.target, args.kind, method=args.method, projection=args.projection, m=args.features,
-                       family=args.family, bits=args.bits, buckets=args.buckets, width=args.width,
+                       A=args.A, family=args.family, bits=args.bits, buckets=args.buckets, width=args.width,
                        alignment=args.alignment, alpha=args.alpha, seed=args.seed, n_draws=args.draws,
                        budget=args.budget, progress=not args.no_progress and not args.json and sys.stderr.isatty())
     except TargetError as exc:
@@ -188,8 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     ck = sub.add_parser("check", help="check an external implementation (exit 0 pass, 1 fail, 2 usage error)")
     ck.add_argument("target", metavar="TARGET", help="package.module:function or path/to/file.py:function")
     ck.add_argument("--kind", required=True, choices=KINDS, help="what the callable computes")
-    ck.add_argument("--method", default="positive", choices=("positive", "hyperbolic", "trigonometric"),
-                    help="random-feature estimator (kernel, attention)")
+    ck.add_argument("--method", default="positive", choices=("positive", "hyperbolic", "trigonometric", "favorpp"),
+                    help="random-feature estimator (kernel, attention; favorpp = FAVOR++, kernel only)")
+    ck.add_argument("--A", type=float, help="FAVOR++'s parameter A < 1/8 (default: the optimal A* of the inputs)")
     ck.add_argument("--projection", choices=("gaussian", "orthogonal", "regular"),
                     help="its projection (default orthogonal; for --kind projection: the claim, default gaussian)")
     ck.add_argument("--features", type=_positive_int, help="feature count m the callable uses (passed as m= if taken)")

@@ -39,7 +39,7 @@ KINDS = ("exact", "kernel", "attention", "projection", "hash")
 DEFAULT_DRAWS = {"exact": 0, "kernel": 2000, "attention": 1000, "projection": 2000, "hash": 1000}
 
 
-def check(target, kind, *, method="positive", projection=None, m=None, family="simhash", bits=1, buckets=8,
+def check(target, kind, *, method="positive", projection=None, m=None, A=None, family="simhash", bits=1, buckets=8,
           width=1.0, alignment="bottom_right", alpha=1e-3, seed=0, n_draws=None, budget=None,
           progress=False) -> CheckReport:
     """Check the callable ``target`` (a callable, ``"pkg.mod:fn"`` or ``"path/file.py:fn"``).
@@ -47,8 +47,9 @@ def check(target, kind, *, method="positive", projection=None, m=None, family="s
     Parameters
     ----------
     kind : {"exact", "kernel", "attention", "projection", "hash"}
-    method : {"positive", "hyperbolic", "trigonometric"}
-        The random-feature estimator ``fn`` implements (kernel, attention).
+    method : {"positive", "hyperbolic", "trigonometric", "favorpp"}
+        The random-feature estimator ``fn`` implements (kernel, attention; ``favorpp``, FAVOR++,
+        for the kernel kind).
     projection : {"gaussian", "orthogonal", "regular"}, optional
         Its projection (default ``"orthogonal"`` for kernel/attention; for ``kind="projection"``
         the claim checked: ``"orthogonal"`` adds the orthogonality check, ``"regular"`` expects
@@ -57,6 +58,9 @@ def check(target, kind, *, method="positive", projection=None, m=None, family="s
         The feature count ``fn`` uses (passed as ``m=`` when ``fn`` takes it). Needed for the
         kernel variance check and for ``kind="attention"``; default 64 for attention, and 16
         rows for ``kind="projection"``.
+    A : float, optional
+        FAVOR++'s parameter (``A < 1/8``); default: the optimal ``A*`` of the probe inputs, as
+        refattn computes it from the data (:func:`refattn.check.kernel.favorpp_A`).
     family, bits, buckets, width
         The hash family (``simhash`` with ``bits``, ``angular`` with ``buckets``,
         ``cross_polytope``, ``e2lsh`` with ``width``).
@@ -92,6 +96,8 @@ def check(target, kind, *, method="positive", projection=None, m=None, family="s
     n_draws = DEFAULT_DRAWS[kind] if n_draws is None else check_positive_int(n_draws, "n_draws", minimum=20)
     if m is not None:
         m = check_positive_int(m, "m")
+    if A is not None and (kind != "kernel" or method != "favorpp"):
+        raise ValueError(f"A: FAVOR++'s parameter applies to kind 'kernel' with method 'favorpp', not {kind!r}/{method!r}")
     if budget is not None and not float(budget) > 0:
         raise ValueError(f"budget: must be > 0 seconds, got {budget}")
     report = CheckReport(describe_target(target), kind, alpha, seed)
@@ -109,7 +115,7 @@ def check(target, kind, *, method="positive", projection=None, m=None, family="s
     elif kind == "kernel":
         from refattn.check.kernel import check_kernel
 
-        check_kernel(run, method=method, projection=projection or "orthogonal", m=m)
+        check_kernel(run, method=method, projection=projection or "orthogonal", m=m, A=A)
     elif kind == "attention":
         from refattn.check.attention import check_attention
 

@@ -17,6 +17,14 @@ Checks (Performer, Choromanski et al. 2021, seed 002; MATH.md section 2):
    (normalised by ``K^2``) is compared with refattn's own estimator by a Welch two-sample test.
 4. **Consistency** (when ``fn`` takes ``m=``): the same variance check at ``4 m``: the error
    must fall as the closed form says when the feature count grows.
+
+FAVOR++ (``method="favorpp"``, Likhosherstov et al. 2022; MATH.md section 2) is judged at its
+parameter ``A``: given, or (``A=None``) the optimal ``A*`` that refattn computes from the data
+(:func:`refattn.theory.favorpp_optimal_A` at the pair average of ``|x_i + y_j|^2`` of the probe
+rows, as :func:`refattn.performer.performer_attention` does). The estimate is unbiased for every
+``A < 1/8``, so the mean checks do not depend on it; the variance is
+:func:`refattn.theory.favorpp_variance` ``/ m`` for iid projections (derived, checked by Monte
+Carlo in proofs_tests/test_performer_stats.py) and refattn's own estimator otherwise.
 """
 
 from __future__ import annotations
@@ -26,11 +34,12 @@ import math
 import numpy as np
 
 from refattn.montecarlo import kernel_samples
-from refattn.theory import mse_hyperbolic, mse_orthogonal, mse_positive, mse_trigonometric
+from refattn.theory import (favorpp_optimal_A, favorpp_phi, favorpp_variance, mse_hyperbolic, mse_orthogonal,
+                            mse_positive, mse_trigonometric)
 
-__all__ = ["check_kernel", "probe_rows", "KERNEL_METHODS"]
+__all__ = ["check_kernel", "probe_rows", "KERNEL_METHODS", "favorpp_A"]
 
-KERNEL_METHODS = ("positive", "hyperbolic", "trigonometric")
+KERNEL_METHODS = ("positive", "hyperbolic", "trigonometric", "favorpp")
 _CLOSED_FORMS = {("positive", "gaussian"): mse_positive, ("hyperbolic", "gaussian"): mse_hyperbolic,
                  ("trigonometric", "gaussian"): mse_trigonometric, ("positive", "orthogonal"): mse_orthogonal}
 
@@ -60,10 +69,23 @@ def probe_rows(n, H, norm, rng):
     return rows
 
 
-def _variance_check(run, samples, x, y, truth, method, projection, m, label):
+def favorpp_A(x, y, A=None):
+    """FAVOR++'s ``A`` for scaled rows ``x (T, d)``, ``y (S, d)``: ``A`` itself when given (checked
+    ``< 1/8``), else the optimal ``A*`` at the pair average of ``|x_i + y_j|^2``."""
+    if A is not None:
+        A = float(A)
+        if not (math.isfinite(A) and A < 0.125):
+            raise ValueError(f"A: FAVOR++ needs a finite A < 1/8, got {A}")
+        return A
+    return float(favorpp_optimal_A(float(favorpp_phi(x, y)), x.shape[-1]))
+
+
+def _variance_check(run, samples, x, y, truth, method, projection, m, label, A=0.0):
     """Mean of ``u = mean (K_hat - K)^2 / MSE`` is 1 (closed form) or equals refattn's (two-sample)."""
     err2 = (samples - truth) ** 2  # (n, T, S)
     closed = _CLOSED_FORMS.get((method, projection))
+    if (method, projection) == ("favorpp", "gaussian"):
+        closed = lambda a, b, mm: favorpp_variance(a, b, A) / mm  # noqa: E731  m iid terms
     xp, yp = x[:, None, :], y[None, :, :]  # (T, 1, H), (1, S, H): all pairs
     if closed is not None:
         mse = closed(xp, yp, m)  # (T, S)
@@ -73,23 +95,28 @@ def _variance_check(run, samples, x, y, truth, method, projection, m, label):
                               f"mean squared error / closed-form MSE is 1 ({method}, {projection}, m = {m})")
     P = np.broadcast_shapes(xp.shape, yp.shape)
     xx, yy = np.broadcast_to(xp, P).reshape(-1, x.shape[1]), np.broadcast_to(yp, P).reshape(-1, x.shape[1])
-    ref = kernel_samples(xx, yy, estimator=method, projection=projection, m=m, n_draws=len(samples), rng=run.rng)
+    ref = kernel_samples(xx, yy, estimator=method, projection=projection, m=m, n_draws=len(samples), rng=run.rng,
+                         A=A)
     ref_u = ((ref - truth.ravel()) ** 2 / truth.ravel() ** 2).mean(axis=1)
     u = (err2 / truth**2).mean(axis=(1, 2))
     return run.two_sample_check(f"{label} (m = {m})", u[:, None], ref_u[:, None],
-                                f"relative MSE equals refattn's {method}/{projection} estimator at m = {m}")
+                                f"relative MSE equals refattn's {method}/{projection} estimator at m = {m}"
+                                + (f" (A = {A:.4g})" if method == "favorpp" else ""))
 
 
-def check_kernel(run, *, method="positive", projection="orthogonal", m=None, T=8, S=8, H=8, norm=0.6):
+def check_kernel(run, *, method="positive", projection="orthogonal", m=None, A=None, T=8, S=8, H=8, norm=0.6):
     """Run the kernel checks on ``run.fn`` (see the module docstring); verdicts go to ``run.report``."""
     if method not in KERNEL_METHODS:
         raise ValueError(f"method: expected one of {KERNEL_METHODS} for --kind kernel, got {method!r}")
+    if A is not None and method != "favorpp":
+        raise ValueError(f"A: only FAVOR++ (method 'favorpp') has a parameter A, not {method!r}")
     data_rng = np.random.default_rng([run.report.seed, 1])
     s = 1.0 / math.sqrt(H)
     x = probe_rows(T, H, norm, data_rng)  # scaled rows
     y = probe_rows(S, H, norm, data_rng)
     q, k = x / math.sqrt(s), y / math.sqrt(s)  # the callable sees raw q, k with the default scale
     truth = np.exp(x @ y.T)  # (T, S) = exp(s q k^T)
+    A = favorpp_A(x, y, A) if method == "favorpp" else 0.0
     takes_m = m is not None and _accepts_m(run.fn)
 
     def sampler(mm):
@@ -108,7 +135,7 @@ def check_kernel(run, *, method="positive", projection="orthogonal", m=None, T=8
     if m is None:
         run.skip("variance", "pass the feature count m (--features) to compare the variance with theory")
         return
-    _variance_check(run, samples, x, y, truth, method, projection, m, "variance")
+    _variance_check(run, samples, x, y, truth, method, projection, m, "variance", A)
     if not takes_m:
         run.skip("consistency", "fn takes no m= keyword: the error at a larger feature count is not checked")
         return
@@ -116,7 +143,7 @@ def check_kernel(run, *, method="positive", projection="orthogonal", m=None, T=8
     if problem is not None:
         run.problem(f"call fn(q, k, seed, m={4 * m})", problem)
         return
-    _variance_check(run, more, x, y, truth, method, projection, 4 * m, "consistency")
+    _variance_check(run, more, x, y, truth, method, projection, 4 * m, "consistency", A)
 
 
 def _accepts_m(fn):

@@ -23,7 +23,7 @@ from refattn.problem import causal_mask
 from refattn.projections import gaussian_projection, orthogonal_projection, regular_projection
 
 __all__ = ["Planted", "CATALOGUE", "CORRECT", "measure", "exact_attention", "kernel_estimator", "performer_estimator",
-           "projection_sampler", "simhash_bits", "features_kernel"]
+           "projection_sampler", "simhash_bits", "features_kernel", "favorpp_kernel"]
 
 
 # --- exact attention ----------------------------------------------------------------------
@@ -76,6 +76,26 @@ def kernel_estimator(q, k, seed, m=64, *, projection="orthogonal", factor=1.0, n
     W = _draw(projection, m, H, seed, sign_correction)
     Wk = _draw(projection, m, H, seed + 1_000_003, sign_correction) if independent else W
     return factor * _positive_features(q * root, W, norm_exp) @ _positive_features(k * root, Wk, norm_exp).T
+
+
+def favorpp_kernel(q, k, seed, m=64, *, A=None, projection="gaussian", normalise=True):
+    """FAVOR++ estimate of ``exp(q k^T / sqrt(H))`` (Likhosherstov et al. 2022): features
+    ``m^-1/2 (1-4A)^{d/4} exp(A|w|^2 + sqrt(1-4A) w.x - |x|^2/2)`` at ``A`` (default the optimal
+    ``A*`` of the data, refattn.theory). Fault: ``normalise=False`` drops the ``(1-4A)^{d/4}`` factor."""
+    from refattn.theory import favorpp_optimal_A, favorpp_phi
+
+    H = q.shape[-1]
+    x, y = q * H**-0.25, k * H**-0.25
+    if A is None:
+        A = float(favorpp_optimal_A(float(favorpp_phi(x, y)), H))
+    W = _draw(projection, m, H, seed)
+    w2 = np.sum(W * W, axis=-1)
+    log_c = (H / 4) * math.log1p(-4 * A) if normalise else 0.0
+
+    def phi(z):
+        return np.exp(A * w2 + math.sqrt(1 - 4 * A) * (z @ W.T) - np.sum(z * z, -1, keepdims=True) / 2 + log_c) \
+            / math.sqrt(m)
+    return phi(x) @ phi(y).T
 
 
 def features_kernel(q, k, seed, m=64, *, kind="trigonometric"):
@@ -167,6 +187,9 @@ CORRECT = {
     "orthogonal projection": Planted(projection_sampler, "projection", {"projection": "orthogonal"}),
     "trigonometric kernel (iid)": Planted(features_kernel, "kernel",
                                           dict(_K, method="trigonometric", projection="gaussian")),
+    "FAVOR++ kernel (iid)": Planted(favorpp_kernel, "kernel", dict(_K, method="favorpp", projection="gaussian")),
+    "FAVOR++ kernel (orthogonal)": Planted(partial(favorpp_kernel, projection="orthogonal"), "kernel",
+                                           dict(_K, method="favorpp")),
     "simhash": Planted(simhash_bits, "hash", {"family": "simhash", "bits": 3}),
     "cross-polytope hash": Planted(reference_hash("cross_polytope"), "hash", {"family": "cross_polytope"}),
     "e2lsh": Planted(reference_hash("e2lsh", width=1.0), "hash", {"family": "e2lsh", "width": 1.0}),
@@ -198,6 +221,12 @@ CATALOGUE = {
                                      "unbiased (entrywise)", "keys use another projection draw than queries"),
     "wrong temperature": Planted(partial(kernel_estimator, temperature_power=1.0), "kernel", _K,
                                  "unbiased (entrywise)", "scale 1/H instead of 1/sqrt(H)"),
+    "FAVOR++ without its normalisation": Planted(partial(favorpp_kernel, normalise=False), "kernel",
+                                                 dict(_K, method="favorpp", projection="gaussian"), "unbiased (pooled)",
+                                                 "the (1-4A)^{d/4} factor of the FAVOR++ features dropped"),
+    "iid features claimed orthogonal": Planted(favorpp_kernel, "kernel", dict(_K, method="favorpp"), "variance (m = 64)",
+                                               "iid Gaussian rows where orthogonal ones are claimed (unbiased, "
+                                               "25% more variance)"),
     # attention estimators
     "epsilon floor": Planted(partial(performer_estimator, eps=1e-6), "attention", _A, "constant values",
                              "denominator + 1e-6"),
