@@ -1,11 +1,11 @@
 """Shared pieces of the benchmark scripts: the machine's description and a median timer.
 
-Both live in :mod:`refattn.bench` (the installed suite behind ``refattn bench``); this module
+Both live in :mod:`refattn.bench.suite` (the installed suite behind ``refattn bench``); this module
 re-exports them for the per-method scripts here.
 """
 
 from __future__ import annotations
 
-from refattn.bench import machine, median_time
+from refattn.bench.suite import machine, median_time
 
 __all__ = ["machine", "median_time"]

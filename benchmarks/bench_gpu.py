@@ -77,8 +77,9 @@ def main(argv=None):
         print("bench_gpu: no CUDA device present (CuPy sees 0 devices); nothing measured")
         return 0
 
-    from refattn import lsh, softmax_attention
-    from refattn.sparse import local_window, sparse_attention
+    from refattn import softmax_attention
+    from refattn.lsh import hashes as lsh
+    from refattn.lsh.sparse import local_window, sparse_attention
 
     reps = 3 if args.quick else 10
     rng = np.random.default_rng(0)

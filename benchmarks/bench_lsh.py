@@ -26,8 +26,8 @@ from _harness import machine, median_time  # noqa: E402
 
 def main(argv=None):
     from refattn import softmax_attention
-    from refattn.lsh_attention import reformer_attention
-    from refattn.sparse import sparse_attention
+    from refattn.lsh.attention import reformer_attention
+    from refattn.lsh.sparse import sparse_attention
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")

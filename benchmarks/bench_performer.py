@@ -45,7 +45,7 @@ def _child(case):
         a, b = rng.standard_normal((n, n)).astype(dt), rng.standard_normal((n, n)).astype(dt)
         fn, flops = (lambda: a @ b), 2 * n**3
     else:
-        from refattn.performer import performer_attention
+        from refattn.performer.attention import performer_attention
 
         q, k, v = (rng.standard_normal((T, H)) * 0.3 for _ in range(3))
         causal = case["kind"] == "causal"

@@ -28,11 +28,11 @@ from _harness import machine, median_time  # noqa: E402
 
 def main(argv=None):
     from refattn import softmax_attention
-    from refattn.lsh import simhash, simhash_planes
-    from refattn.performer import performer_attention
-    from refattn.rpca import robust_pca
-    from refattn.scatterbrain import scatterbrain_attention
-    from refattn.sparse import bucket_support
+    from refattn.lsh.hashes import simhash, simhash_planes
+    from refattn.performer.attention import performer_attention
+    from refattn.scatterbrain.rpca import robust_pca
+    from refattn.scatterbrain.attention import scatterbrain_attention
+    from refattn.lsh.sparse import bucket_support
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")

@@ -1,4 +1,4 @@
-"""The whole suite (refattn.bench's registry): every method at T = 1024 .. 65536 (131072 for the
+"""The whole suite (refattn.bench.suite's registry): every method at T = 1024 .. 65536 (131072 for the
 streaming oracle), H = 64, float64 and float32, with the GEMM rate measured in the same run.
 
     python benchmarks/bench_suite.py [--quick] [any `refattn bench` option]

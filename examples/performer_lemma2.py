@@ -18,8 +18,8 @@ import argparse
 import numpy as np
 
 from refattn import theory
-from refattn.claims import run_claim
-from refattn.compare import pyplot_or_error, save_figure
+from refattn.evaluation.claims import run_claim
+from refattn.evaluation.report import pyplot_or_error, save_figure
 
 D, M = 16, 16
 

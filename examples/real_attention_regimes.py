@@ -5,7 +5,7 @@ Run: python examples/real_attention_regimes.py [--plot out.png] [--seq-len 128] 
 Divides the logits of the 9 embedded heads (all-MiniLM-L6-v2 on the Declaration of
 Independence) by temperatures from 0.25 to 4 and compares, at a matched budget per row, the
 best sparse and the best low-rank approximations of P and three methods (Performer,
-Scatterbrain, a local window) against the exact oracle (refattn.compare, the `refattn report`
+Scatterbrain, a local window) against the exact oracle (refattn.evaluation.report, the `refattn report`
 engine). Asserted: at the coldest temperature (low entropy) sparse beats low-rank, at the
 hottest (high entropy) low-rank beats sparse, and entropy rises with temperature.
 With --plot (needs matplotlib) it draws error against entropy.
@@ -13,8 +13,8 @@ With --plot (needs matplotlib) it draws error against entropy.
 
 import argparse
 
-from refattn.compare import DEFAULT_TEMPERATURES, format_comparison, plot_error_vs_entropy, run_comparison, summarise
-from refattn.datasets import embedded_attention
+from refattn.evaluation.report import DEFAULT_TEMPERATURES, format_comparison, plot_error_vs_entropy, run_comparison, summarise
+from refattn.evaluation.datasets import embedded_attention
 
 METHODS = ("best sparse", "best low-rank", "performer", "scatterbrain", "local window")
 

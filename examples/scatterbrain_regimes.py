@@ -3,7 +3,7 @@
 Run: python examples/scatterbrain_regimes.py [--plot out.png] [--T 256]
 
 Sweeps the inverse temperature beta and prints, at a matched budget of b numbers per row, the
-relative Frobenius error of P for every method in refattn.budget, with the mean row entropy.
+relative Frobenius error of P for every method in refattn.evaluation.methods, with the mean row entropy.
 Expected (and asserted here for the three oracles): low-rank wins at high entropy, sparse at low
 entropy, sparse + low-rank in between. With --plot (needs matplotlib: pip install 'refattn[plots]')
 it draws error against entropy.
@@ -14,7 +14,7 @@ import argparse
 import numpy as np
 
 from refattn import attention_probabilities
-from refattn.budget import METHODS, clustered_inputs, matched_budget, row_entropy
+from refattn.evaluation.methods import METHODS, clustered_inputs, matched_budget, row_entropy
 
 
 def main():

@@ -2,7 +2,7 @@
 
 Run: python examples/sea_mask.py [--T 256] [--plot out.png]
 
-Causal attention with locality and an attention sink (refattn.budget.local_sink_inputs). The script
+Causal attention with locality and an attention sink (refattn.evaluation.methods.local_sink_inputs). The script
 1. learns a decoder by distillation on 4 calibration inputs and shows it beats the fixed decoder on
    held-out inputs (KL of the binned teacher against A~);
 2. checks the KL chain rule on a held-out input: the oracle decoder reaches the floor, no decoder goes below;
@@ -16,11 +16,11 @@ import argparse
 import numpy as np
 
 from refattn import attention_probabilities
-from refattn.budget import local_sink_inputs
-from refattn.projections import projection
+from refattn.evaluation.methods import local_sink_inputs
+from refattn.performer.projections import projection
 from refattn.sea import binned_attention, kernel_estimate, kl_decomposition, row_lengths, sea_attention
-from refattn.sea_decoder import distill_decoder, fixed_decoder
-from refattn.sea_metrics import compare_at_memory, interpretable, plot_interpretable, sea_sweep
+from refattn.sea.decoder import distill_decoder, fixed_decoder
+from refattn.sea.metrics import compare_at_memory, interpretable, plot_interpretable, sea_sweep
 
 
 def mean_kl(teacher, est):

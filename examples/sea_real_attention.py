@@ -27,11 +27,11 @@ import argparse
 import numpy as np
 
 from refattn import attention_probabilities
-from refattn.datasets import embedded_attention
-from refattn.projections import projection
+from refattn.evaluation.datasets import embedded_attention
+from refattn.performer.projections import projection
 from refattn.sea import kl_decomposition, sea_attention
-from refattn.sea_decoder import distill_decoder
-from refattn.sea_metrics import compare_at_memory, interpretable, plot_interpretable
+from refattn.sea.decoder import distill_decoder
+from refattn.sea.metrics import compare_at_memory, interpretable, plot_interpretable
 
 
 def _f(x):

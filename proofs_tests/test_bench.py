@@ -1,4 +1,4 @@
-"""refattn.bench: the exponent fit, the memory meter (with its power twin), skipped points,
+"""refattn.bench.suite: the exponent fit, the memory meter (with its power twin), skipped points,
 goal verdicts, the one-entry registry (how SEA joins) and the ``refattn bench`` command.
 
 Nothing here asserts on time: timings are checked for structure (positive, finite), the
@@ -16,8 +16,8 @@ import numba
 import numpy as np
 import pytest
 
-from refattn import bench
-from refattn.bench import METHODS, Method, PeakMemory, fit_exponent, refresh, run_suite, validate_suite
+from refattn.bench import suite as bench
+from refattn.bench.suite import METHODS, Method, PeakMemory, fit_exponent, refresh, run_suite, validate_suite
 from refattn.cli import main as cli_main
 
 MiB = 2**20

@@ -40,7 +40,7 @@ def test_benchmark_quick_run(tmp_path, script, result, kinds):
 def test_suite_quick_run(tmp_path):
     """The whole suite's smoke run (benchmarks/bench_suite.py --quick): every registered method in
     both dtypes, GEMM rates, finite ratios, exponents, goals, valid JSON. No assertion on time."""
-    from refattn.bench import METHODS, validate_suite
+    from refattn.bench.suite import METHODS, validate_suite
 
     out = tmp_path / "suite.json"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_suite.py"), "--quick", "--out", str(out),

@@ -1,4 +1,4 @@
-"""The matched-budget comparison (refattn.budget): Scatterbrain's regimes on its clustered process.
+"""The matched-budget comparison (refattn.evaluation.methods): Scatterbrain's regimes on its clustered process.
 
 MATH.md section 4: test the ordering of errors, not constants. Three oracles at the same budget
 (b = 16 numbers per row, T = 256): the best sparse (top-k), the best low-rank (SVD) and the best
@@ -10,7 +10,7 @@ orders of magnitude; the seed sweep re-draws them).
 import numpy as np
 import pytest
 
-from refattn.budget import METHODS, clustered_inputs, matched_budget, row_entropy
+from refattn.evaluation.methods import METHODS, clustered_inputs, matched_budget, row_entropy
 from refattn import attention_probabilities
 
 ORACLES = ("best sparse", "best low-rank", "sparse + low-rank")

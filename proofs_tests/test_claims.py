@@ -12,8 +12,10 @@ Power twins plant a wrong closed form or a wrong estimator and require a missed 
 import numpy as np
 import pytest
 
-from refattn import claims, rpca, theory
-from refattn.claims import run_claim
+from refattn import theory
+from refattn.evaluation import claims
+from refattn.scatterbrain import rpca
+from refattn.evaluation.claims import run_claim
 
 ALPHA = 1e-6
 

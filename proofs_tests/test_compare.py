@@ -1,4 +1,4 @@
-"""`refattn report`'s main table (refattn.compare) and its command line.
+"""`refattn report`'s main table (refattn.evaluation.report) and its command line.
 
 The numbers in the table are checked against independent computations: the local window's
 error of P against the masked exact oracle, the oracles' limits (every key kept: error 0),
@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from refattn import attention_probabilities, softmax_attention
-from refattn.budget import REGISTRY
-from refattn.compare import DEFAULT_METHODS, format_comparison, run_comparison, summarise
+from refattn.evaluation.methods import REGISTRY
+from refattn.evaluation.report import DEFAULT_METHODS, format_comparison, run_comparison, summarise
 from refattn.cli import main
-from refattn.datasets import AttentionData, embedded_attention, gaussian_inputs
+from refattn.evaluation.datasets import AttentionData, embedded_attention, gaussian_inputs
 
 _FULL = embedded_attention().truncated(48)
 SMALL = AttentionData("minilm (3 heads)", _FULL.q[::4], _FULL.k[::4], _FULL.v[::4], _FULL.heads[::4], _FULL.provenance)
@@ -54,7 +54,7 @@ def test_local_window_error_matches_the_masked_oracle():
     rows = run_comparison(SMALL, budget=b, methods=("local window",), progress=False)
     T = SMALL.q.shape[1]
     i, j = np.arange(T)[:, None], np.arange(T)[None, :]
-    mask = (j >= i - b // 2) & (j <= i + b - b // 2 - 1)  # refattn.sparse.local_window(T, S, b/2, b - b/2 - 1)
+    mask = (j >= i - b // 2) & (j <= i + b - b // 2 - 1)  # refattn.lsh.sparse.local_window(T, S, b/2, b - b/2 - 1)
     for h, r in enumerate(r for r in rows if r.method == "local window"):
         P = attention_probabilities(SMALL.q[h], SMALL.k[h])
         Pm = attention_probabilities(SMALL.q[h], SMALL.k[h], mask=mask)

@@ -10,7 +10,7 @@ import json
 import pytest
 
 from refattn.cli import main
-from refattn.kernels.cuda_build import (ARCHS, CUDA_DIR, SOURCES, find_nvcc, find_nvrtc, nvcc_check, nvcc_check_all,
+from refattn.kernels.cuda.build import (ARCHS, CUDA_DIR, SOURCES, find_nvcc, find_nvrtc, nvcc_check, nvcc_check_all,
                                        nvrtc_check)
 
 needs_nvcc = pytest.mark.skipif(find_nvcc() is None, reason="nvcc not found on PATH or in $CUDA_HOME/bin")

@@ -1,6 +1,6 @@
 """The CUDA kernels' logic on the CPU: ``kernels/cuda/*.cu`` built by the host C++ compiler
-(:class:`refattn.kernels.cuda_build.HostLauncher`, a serial loop over the thread indices) and
-driven by the same orchestration as on the GPU (:mod:`refattn.kernels.cuda_ops`), compared
+(:class:`refattn.kernels.cuda.build.HostLauncher`, a serial loop over the thread indices) and
+driven by the same orchestration as on the GPU (:mod:`refattn.kernels.cuda.ops`), compared
 with the NumPy twins on awkward shapes (1, odd, empty, tile and chunk boundaries, fully
 masked rows). Deterministic.
 
@@ -16,14 +16,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from refattn import lsh
+from refattn.lsh import hashes as lsh
 from refattn.exact import softmax_attention
-from refattn.kernels import cuda_ops
-from refattn.kernels.cuda_build import HostLauncher, host_library
-from refattn.kernels.sparse_attention import sparse_numpy
-from refattn.performer import causal_prefix_sums
+from refattn.kernels.cuda import ops as cuda_ops
+from refattn.kernels.cuda.build import HostLauncher, host_library
+from refattn.kernels.numba.sparse_attention import sparse_numpy
+from refattn.performer.attention import causal_prefix_sums
 from refattn.problem import attention_problem, causal_mask
-from refattn.sparse import Support
+from refattn.lsh.sparse import Support
 from refattn.testing import tolerance_check
 
 REL64 = 1e-12

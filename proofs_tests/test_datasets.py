@@ -1,4 +1,4 @@
-"""refattn.datasets and the data regeneration script (scripts/make_minilm_attention.py).
+"""refattn.evaluation.datasets and the data regeneration script (scripts/make_minilm_attention.py).
 
 The embedded file: shapes, provenance, tokens, loadable without pickles. The script's pieces
 against independent computations: its safetensors reader on a file written here, its tokenizer
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from refattn import softmax_attention
-from refattn.datasets import EMBEDDED_PATH, embedded_attention, gaussian_inputs, load_qkv
+from refattn.evaluation.datasets import EMBEDDED_PATH, embedded_attention, gaussian_inputs, load_qkv
 
 ROOT = Path(__file__).resolve().parents[1]
 

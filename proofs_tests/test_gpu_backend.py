@@ -9,9 +9,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from refattn import lsh, softmax_attention
-from refattn.performer import causal_prefix_sums
-from refattn.sparse import Support, sparse_attention
+from refattn import softmax_attention
+from refattn.lsh import hashes as lsh
+from refattn.performer.attention import causal_prefix_sums
+from refattn.lsh.sparse import Support, sparse_attention
 from refattn.testing import tolerance_check
 
 pytestmark = pytest.mark.gpu

@@ -9,10 +9,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from refattn import lsh, softmax_attention
-from refattn.kernels.gpu_dispatch import check_gpu_dtype, is_cupy, on_gpu, shadow
-from refattn.performer import causal_prefix_sums
-from refattn.sparse import Support, sparse_attention
+from refattn import softmax_attention
+from refattn.lsh import hashes as lsh
+from refattn.kernels.cuda.backend import check_gpu_dtype
+from refattn.kernels.dispatch import is_cupy, on_gpu, shadow
+from refattn.performer.attention import causal_prefix_sums
+from refattn.lsh.sparse import Support, sparse_attention
 
 
 class _Device:

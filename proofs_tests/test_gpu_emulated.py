@@ -1,7 +1,7 @@
 """The whole GPU call chain on the CPU: a stand-in ``cupy`` module (NumPy underneath) whose
 ``RawModule`` runs the host build of the CUDA sources, so the public functions go through the
-dispatch, the validation on shadows, the device-side NaN checks, :mod:`refattn.kernels.cupy_backend`
-(launcher, kernel lookup by source, argument packing) and :mod:`refattn.kernels.cuda_ops`, and
+dispatch, the validation on shadows, the device-side NaN checks, :mod:`refattn.kernels.cuda.backend`
+(launcher, kernel lookup by source, argument packing) and :mod:`refattn.kernels.cuda.ops`, and
 are compared with the CPU path. Only CuPy itself and the device are missing. Deterministic;
 tolerances as in test_cuda_kernels.py."""
 
@@ -13,11 +13,12 @@ import types
 import numpy as np
 import pytest
 
-from refattn import lsh, softmax_attention
-from refattn.kernels import cupy_backend
-from refattn.kernels.cuda_build import NVRTC_OPTIONS, SOURCES, HostLauncher, host_library
-from refattn.performer import causal_prefix_sums
-from refattn.sparse import Support, sparse_attention
+from refattn import softmax_attention
+from refattn.lsh import hashes as lsh
+from refattn.kernels.cuda import backend as cupy_backend
+from refattn.kernels.cuda.build import NVRTC_OPTIONS, SOURCES, HostLauncher, host_library
+from refattn.performer.attention import causal_prefix_sums
+from refattn.lsh.sparse import Support, sparse_attention
 
 REL64 = 1e-12
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from refattn import softmax_attention
-from refattn.kernels.streaming import NO_CAUSAL, stream_numba, stream_numpy
+from refattn.kernels.numba.streaming import NO_CAUSAL, stream_numba, stream_numpy
 
 SHAPES = [(1, 1), (1, 7), (7, 1), (5, 13), (13, 5), (127, 129), (129, 127), (256, 300)]
 BLOCKS = [(1, 1), (3, 5), (128, 512)]
@@ -96,7 +96,7 @@ def test_numba_equals_numpy_twin_directly():
 
 def test_disabling_numba_falls_back_to_numpy(monkeypatch):
     _, q, k, v = _inputs(9, 9)
-    import refattn.kernels.streaming as streaming
+    import refattn.kernels.numba.streaming as streaming
 
     def refuse(*args):
         raise AssertionError("the Numba kernel ran although REFATTN_DISABLE_NUMBA is set")

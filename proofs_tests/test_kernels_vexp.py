@@ -6,7 +6,7 @@ Deterministic: a fixed grid plus fixed random points over the whole non-positive
 import mpmath
 import numpy as np
 
-from refattn.kernels.vexp import exp_nonpositive
+from refattn.kernels.numba.vexp import exp_nonpositive
 
 
 def _exp(x):

@@ -1,4 +1,4 @@
-"""Hash families (refattn.lsh) and LSH attention (refattn.lsh_attention) against theory.
+"""Hash families (refattn.lsh.hashes) and LSH attention (refattn.lsh.attention) against theory.
 
 Statistical tests: each assertion at alpha = 1e-6 (Bonferroni inside where several angles or
 distances are tested); at most 12 here, family-wise <= 1.2e-5 per seed. Power twins: the
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from refattn import softmax_attention, theory
-from refattn.lsh import (
+from refattn.lsh.hashes import (
     angular_hash,
     angular_rotations,
     cross_polytope_hash,
@@ -24,7 +24,7 @@ from refattn.lsh import (
     smyrf_transform,
     sort_order,
 )
-from refattn.lsh_attention import reformer_attention, smyrf_attention
+from refattn.lsh.attention import reformer_attention, smyrf_attention
 from refattn.stats import proportion_test, z_test_mean
 
 ALPHA = 1e-6
@@ -185,7 +185,7 @@ def test_lsh_bad_input():
 
 
 def test_hyper_attention_exact_when_blocks_cover_everything():
-    from refattn.lsh_attention import hyper_attention
+    from refattn.lsh.attention import hyper_attention
 
     rng = np.random.default_rng(8)
     q, k, v = rng.normal(size=(64, 8)), rng.normal(size=(64, 8)), rng.normal(size=(64, 3))
@@ -205,7 +205,7 @@ def test_hyper_attention_row_sums_unbiased_given_the_hash(seed):
     rows, 4000 sample draws; false-failure 1e-6. Power twin: the weight S/(s+1) is rejected."""
     from scipy.special import logsumexp
 
-    from refattn.lsh_attention import _hyper_noncausal
+    from refattn.lsh.attention import _hyper_noncausal
 
     rng = np.random.default_rng(9)
     q, k, v = rng.normal(size=(40, 6)) * 0.7, rng.normal(size=(40, 6)) * 0.7, rng.normal(size=(40, 2))

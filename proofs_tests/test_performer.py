@@ -1,4 +1,4 @@
-"""Performer attention (refattn.performer): exact identities given the draw, and bad input.
+"""Performer attention (refattn.performer.attention): exact identities given the draw, and bad input.
 
 Deterministic except test_generalised_kernels_target (statistical, stated there).
 """
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from refattn import causal_mask, softmax_attention
-from refattn.features import RandomFeatures, gauss_hermite_kernel
-from refattn.performer import make_features, performer_attention
-from refattn.projections import gaussian_projection
+from refattn.performer.features import RandomFeatures, gauss_hermite_kernel
+from refattn.performer.attention import make_features, performer_attention
+from refattn.performer.projections import gaussian_projection
 from refattn.stats import z_test_mean
 
 KINDS = ["positive", "hyperbolic", "trigonometric", "favorpp", "relu"]

@@ -58,7 +58,7 @@ def test_unbiasedness_check_has_power(seed):
     rng = np.random.default_rng([seed, 31])
     s = kernel_samples(x, y, projection="orthogonal", m=D, n_draws=40_000, rng=rng)
     assert not z_test_mean(s * 1.02, truth, alpha=ALPHA).passed
-    from refattn.projections import orthogonal_projection
+    from refattn.performer.projections import orthogonal_projection
 
     W = orthogonal_projection(D, D, rng, size=40_000, sign_correction=False)  # (n, m, d)
     z = x + y

@@ -1,4 +1,4 @@
-"""Projection samplers (refattn.projections): moments, sign symmetry, orthogonality, norms.
+"""Projection samplers (refattn.performer.projections): moments, sign symmetry, orthogonality, norms.
 
 Statistical tests: module family-wise false-failure probability <= 1e-5 per seed
 (each assertion at alpha = 1e-6, fewer than 10 of them). Each has a power twin that runs
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from refattn.projections import (
+from refattn.performer.projections import (
     gaussian_projection,
     haar_orthogonal,
     orthogonal_projection,

@@ -1,4 +1,4 @@
-"""Robust PCA (refattn.rpca): exact recovery, the KKT certificate, equivariances, an
+"""Robust PCA (refattn.scatterbrain.rpca): exact recovery, the KKT certificate, equivariances, an
 identifiability counterexample, the non-convergence flag, and the fixed-budget oracle.
 
 Recovery tests draw planted problems from fixed seeds; Candes et al. (2011) prove recovery
@@ -9,7 +9,7 @@ false-failure probability is far below 1e-6 (and the seed sweep exercises new dr
 import numpy as np
 import pytest
 
-from refattn.rpca import RPCANotConverged, fixed_budget_decomposition, planted_low_rank_plus_sparse, robust_pca
+from refattn.scatterbrain.rpca import RPCANotConverged, fixed_budget_decomposition, planted_low_rank_plus_sparse, robust_pca
 
 
 def _planted(n, rank, frac, seed, coherent=False):

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from refattn import softmax_attention, theory
-from refattn.lsh import simhash, simhash_planes
+from refattn.lsh.hashes import simhash, simhash_planes
 from refattn.montecarlo import scatterbrain_samples
-from refattn.scatterbrain import scatterbrain_attention, scatterbrain_matrix
-from refattn.sparse import Support, bucket_support, local_window
+from refattn.scatterbrain.attention import scatterbrain_attention, scatterbrain_matrix
+from refattn.lsh.sparse import Support, bucket_support, local_window
 from refattn.stats import z_test_mean
 from refattn.testing import assert_unbiased, assert_variance_matches
 

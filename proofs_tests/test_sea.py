@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 from scipy import stats as _st
 
 from refattn import softmax_attention
-from refattn.budget import local_sink_inputs
+from refattn.evaluation.methods import local_sink_inputs
 from refattn.exact import attention_probabilities
-from refattn.projections import projection
+from refattn.performer.projections import projection
 from refattn.sea import (
     binned_attention,
     bin_starts,
@@ -32,7 +32,7 @@ from refattn.sea import (
     sea_mask,
     upsample,
 )
-from refattn.sea_decoder import (
+from refattn.sea.decoder import (
     LogLinearDecoder,
     OracleDecoder,
     decoder_loss,
@@ -40,8 +40,8 @@ from refattn.sea_decoder import (
     fixed_decoder,
     resample_bins,
 )
-from refattn.sea_metrics import compare_at_memory, mask_recall
-from refattn.sparse import Support
+from refattn.sea.metrics import compare_at_memory, mask_recall
+from refattn.lsh.sparse import Support
 
 ALPHA = 1e-6
 Z_ONE_SIDED = float(_st.norm.ppf(1 - ALPHA))  # 4.75
@@ -334,7 +334,7 @@ def test_oracle_decoder_with_K_equal_S_is_the_exact_topk():
 
 def _kernel_output(q, k, v, sup):
     """The Numba sparse kernel called directly (the public function rejects NaN values, rightly)."""
-    from refattn.kernels.sparse_attention import sparse_numba
+    from refattn.kernels.numba.sparse_attention import sparse_numba
 
     return sparse_numba(q, k, v, sup.indptr, sup.indices, 1 / math.sqrt(q.shape[1]), np.zeros(sup.nnz))[0]
 

@@ -1,4 +1,4 @@
-"""Sparse supports and sparse attention (refattn.sparse, refattn.kernels.sparse_attention).
+"""Sparse supports and sparse attention (refattn.lsh.sparse, refattn.kernels.numba.sparse_attention).
 
 Deterministic: exact identities against the dense oracle (1e-12 relative), kernel twins,
 builders, CSR validation.
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from refattn import causal_mask, softmax_attention
-from refattn.kernels.sparse_attention import sparse_numba, sparse_numpy
-from refattn.sparse import (
+from refattn.kernels.numba.sparse_attention import sparse_numba, sparse_numpy
+from refattn.lsh.sparse import (
     Support,
     balanced_clusters,
     block_sparse,

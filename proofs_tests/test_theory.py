@@ -109,7 +109,7 @@ def test_orthogonal_cross_moment_by_monte_carlo(seed):
 
 
 def test_relu_kernel_matches_quadrature():
-    from refattn.features import gauss_hermite_kernel
+    from refattn.performer.features import gauss_hermite_kernel
 
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(5, 3)), rng.normal(size=(5, 3))

@@ -6,8 +6,8 @@ verdicts (:mod:`refattn.stats`) and tools for your own tests (:mod:`refattn.test
 """
 
 from refattn.exact import attention_backward, attention_probabilities, softmax_attention
-from refattn.problem import causal_mask
 from refattn.precise import attention_backward_mp, softmax_attention_mp
+from refattn.problem import causal_mask
 
 __version__ = "0.1.0"
 

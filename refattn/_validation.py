@@ -13,6 +13,7 @@ import numbers
 import numpy as np
 
 __all__ = [
+    "as_generator",
     "as_float_array",
     "check_scale",
     "check_positive_int",
@@ -66,3 +67,17 @@ def check_positive_int(value, name: str, *, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"{name}: must be >= {minimum}, got {value}")
     return value
+
+
+def as_generator(rng) -> np.random.Generator:
+    """A ``numpy.random.Generator`` from a Generator, an int seed or a SeedSequence."""
+    if isinstance(rng, np.random.Generator):
+        return rng
+    if rng is None:
+        raise ValueError("rng: pass a numpy Generator or an int seed (refattn never uses global RNG state)")
+    if isinstance(rng, (bool, np.bool_)):
+        raise TypeError("rng: expected a Generator or an int seed, got a bool")
+    try:
+        return np.random.default_rng(rng)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"rng: expected a Generator or an int seed ({exc})") from None

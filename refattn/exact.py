@@ -15,7 +15,7 @@ alignment, mask polarity, key padding, fully masked rows) are in :mod:`refattn.p
 Three forward implementations share one signature (``implementation=``):
 
 - ``"dense"``: materialises the ``(..., T, S)`` matrix, the readable reference;
-- ``"numpy"``: blockwise online softmax in NumPy (:mod:`refattn.kernels.streaming`);
+- ``"numpy"``: blockwise online softmax in NumPy (:mod:`refattn.kernels.numba.streaming`);
 - ``"numba"``: the same algorithm as a parallel Numba kernel, ``O((T + S) H)`` memory;
 - ``"auto"`` (default): ``"dense"`` while the logits fit in :data:`DENSE_LIMIT` entries, else
   ``"numba"``;
@@ -32,10 +32,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from refattn.kernels import numba_enabled
-from refattn.kernels import streaming as _streaming
-from refattn.problem import attention_problem
 from refattn._validation import as_float_array, check_positive_int
+from refattn.kernels import numba_enabled
+from refattn.kernels.dispatch import gpu_backend, is_cupy, shadow, shadow64
+from refattn.kernels.numba import streaming as _streaming
+from refattn.problem import attention_problem
 
 __all__ = [
     "softmax_attention",
@@ -184,14 +185,16 @@ def softmax_attention(
     """
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"implementation: expected one of {IMPLEMENTATIONS}, got {implementation!r}")
-    from refattn.kernels.gpu_dispatch import on_gpu
-
-    if on_gpu(q=q, k=k, v=v, mask=mask, bias=bias):
-        from refattn.kernels import cupy_backend
-
-        out, lse = cupy_backend.softmax_attention(q, k, v, scale=scale, causal=causal, mask=mask, bias=bias,
-                                                  key_lengths=key_lengths, dtype=dtype,
-                                                  implementation=implementation)
+    gpu = gpu_backend(q=q, k=k, v=v, mask=mask, bias=bias)
+    if gpu:
+        if implementation not in ("auto", "cuda"):
+            raise ValueError(f"implementation: {implementation!r} runs on the CPU; CuPy inputs take 'auto' or 'cuda'")
+        if is_cupy(key_lengths):
+            key_lengths = key_lengths.get()  # (batch,) integers: validated and read on the host
+        prob = attention_problem(shadow64(q), shadow64(k), shadow64(v), scale=scale, causal=causal,
+                                 mask=None if mask is None else shadow(mask),
+                                 bias=None if bias is None else shadow64(bias), key_lengths=key_lengths)
+        out, lse = gpu.softmax_attention(prob, q, k, v, mask, bias, _compute_dtype(dtype))
         return (out, lse) if return_lse else out
     if implementation == "cuda":
         raise ValueError("implementation: 'cuda' needs CuPy arrays q, k, v (on the GPU)")

@@ -7,6 +7,11 @@ import platform
 import shutil
 import subprocess
 
+from refattn.exact import softmax_attention
+from refattn.kernels import numba_enabled
+from refattn.kernels.cuda.backend import compile_all
+from refattn.kernels.cuda.build import ARCHS, SOURCES, find_nvcc, nvcc_check_all
+
 __all__ = ["collect_info", "format_info"]
 
 
@@ -18,15 +23,12 @@ def _version(module):
 
 
 def _numba_status():
-    from refattn.kernels import numba_enabled
-
     if not numba_enabled():
         return {"usable": False, "reason": "disabled (REFATTN_DISABLE_NUMBA) or not installed"}
     try:
         import numba
         import numpy as np
 
-        from refattn.exact import softmax_attention
 
         w = np.ones((2, 3))
         softmax_attention(w, w, w, implementation="numba")
@@ -70,8 +72,6 @@ def _nvcc_status():
 def _cuda_kernels_status(cupy_status):
     """Whether refattn's CUDA sources compile: with nvcc (PTX for sm_80, sm_90; no GPU needed)
     and, when CuPy sees a device, with NVRTC for that device (what the GPU backend runs)."""
-    from refattn.kernels.cuda_build import ARCHS, SOURCES, find_nvcc, nvcc_check_all
-
     status = {"sources": list(SOURCES)}
     if find_nvcc() is None:
         status["nvcc"] = "not checked (nvcc not found)"
@@ -86,8 +86,6 @@ def _cuda_kernels_status(cupy_status):
             status["nvcc"] = f"error: {type(exc).__name__}: {exc}".splitlines()[0]
     if cupy_status.get("devices"):
         try:
-            from refattn.kernels.cupy_backend import compile_all
-
             status["nvrtc"] = f"ok ({len(compile_all())} kernels on device 0)"
         except Exception as exc:
             status["nvrtc"] = f"FAIL: {type(exc).__name__}: {exc}".splitlines()[0]

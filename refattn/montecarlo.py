@@ -1,7 +1,7 @@
 r"""A Monte Carlo engine for random-feature estimators, vectorised over draws.
 
 Many independent draws of the projection ``W`` are made at once (``size=`` of the
-samplers in :mod:`refattn.projections`, batched QR for orthogonal ones) and the estimators
+samplers in :mod:`refattn.performer.projections`, batched QR for orthogonal ones) and the estimators
 are evaluated for all of them with one batched product, in chunks that bound memory.
 10^5 draws at ``d = 64`` take seconds (``benchmarks/``). The statistical tests and
 ``refattn theory`` use it.
@@ -20,10 +20,10 @@ import math
 
 import numpy as np
 
-from refattn._validation import as_float_array, check_positive_int
-from refattn.features import RandomFeatures
-from refattn.projections import projection as _projection
-from refattn.stats import as_generator
+from refattn._validation import as_float_array, as_generator, check_positive_int
+from refattn.performer.features import RandomFeatures
+from refattn.performer.projections import projection as _projection
+from refattn.problem import attention_problem
 
 __all__ = ["kernel_samples", "attention_samples", "scatterbrain_samples", "ESTIMATORS"]
 
@@ -91,8 +91,6 @@ def attention_samples(q, k, v, *, m, n_draws, rng, features="positive", projecti
 
     ``q (T, H)``, ``k (S, H)``, ``v (S, Hv)``; stabilised (query and shared key shifts).
     """
-    from refattn.problem import attention_problem
-
     prob = attention_problem(q, k, v, scale=scale)
     if prob.batch_shape:
         raise ValueError("q: attention_samples takes 2-D q, k, v")

@@ -21,6 +21,7 @@ import mpmath
 import numpy as np
 
 from refattn._validation import as_float_array, check_positive_int
+from refattn.exact import _sum_to_shape
 from refattn.problem import attention_problem
 
 __all__ = ["softmax_attention_mp", "attention_backward_mp", "MAX_WORK"]
@@ -128,8 +129,6 @@ def attention_backward_mp(
 
     Gradients of broadcast inputs are summed back to the input's shape, as there.
     """
-    from refattn.exact import _sum_to_shape
-
     dps = check_positive_int(dps, "dps", minimum=20)
     prob = attention_problem(q, k, v, scale=scale, causal=causal, mask=mask, bias=bias, key_lengths=key_lengths)
     _check_work(prob)

@@ -20,24 +20,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as _st
 
-from refattn._validation import as_float_array, check_positive_int
+from refattn._validation import as_float_array, as_generator, check_positive_int
 
 __all__ = ["MeanTest", "VarianceInterval", "z_test_mean", "proportion_test", "bootstrap_variance_interval",
            "as_generator"]
-
-
-def as_generator(rng) -> np.random.Generator:
-    """A ``numpy.random.Generator`` from a Generator, an int seed or a SeedSequence."""
-    if isinstance(rng, np.random.Generator):
-        return rng
-    if rng is None:
-        raise ValueError("rng: pass a numpy Generator or an int seed (refattn never uses global RNG state)")
-    if isinstance(rng, (bool, np.bool_)):
-        raise TypeError("rng: expected a Generator or an int seed, got a bool")
-    try:
-        return np.random.default_rng(rng)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"rng: expected a Generator or an int seed ({exc})") from None
 
 
 def _check_alpha(alpha) -> float:

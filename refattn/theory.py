@@ -350,7 +350,7 @@ def angular_collision_mc(theta, n_buckets=None, *, n_draws=100_000, rng=0, d=2, 
     the angle and ``b``, not on ``d`` (Gaussian ``R``'s projections onto the plane of ``x``, ``y``
     are all that matter); the cross-polytope's depends on ``d`` through its ``2d`` buckets.
     """
-    from refattn.lsh import angular_hash, angular_rotations, cross_polytope_hash, cross_polytope_rotations
+    from refattn.lsh.hashes import angular_hash, angular_rotations, cross_polytope_hash, cross_polytope_rotations
     from refattn.stats import as_generator
 
     if family not in ("angular", "cross_polytope"):

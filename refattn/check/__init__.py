@@ -30,7 +30,13 @@ import numbers
 import time
 
 from refattn._validation import check_positive_int
+from refattn.check._run import Run
+from refattn.check.attention import check_attention
+from refattn.check.exact import check_exact
+from refattn.check.hashing import HASH_FAMILIES, check_hash
+from refattn.check.kernel import check_kernel
 from refattn.check.loader import LoadFailure, TargetError, describe_target, load_target
+from refattn.check.projection import check_projection
 from refattn.check.verdict import CheckReport, Verdict
 
 __all__ = ["check", "KINDS", "DEFAULT_DRAWS", "TargetError", "CheckReport", "Verdict"]
@@ -83,8 +89,6 @@ def check(target, kind, *, method="positive", projection=None, m=None, A=None, f
     CheckReport
         ``.passed``, ``.exit_code``, ``.format_table()``, ``.to_json()``.
     """
-    from refattn.check._run import Run
-
     if kind not in KINDS:
         raise ValueError(f"kind: expected one of {KINDS}, got {kind!r}")
     alpha = float(alpha)
@@ -109,24 +113,14 @@ def check(target, kind, *, method="positive", projection=None, m=None, A=None, f
         return report
     run = Run(fn, report, n_draws=n_draws, budget_s=budget, progress=progress)
     if kind == "exact":
-        from refattn.check.exact import check_exact
-
         check_exact(run, alignment=alignment)
     elif kind == "kernel":
-        from refattn.check.kernel import check_kernel
-
         check_kernel(run, method=method, projection=projection or "orthogonal", m=m, A=A)
     elif kind == "attention":
-        from refattn.check.attention import check_attention
-
         check_attention(run, method=method, projection=projection or "orthogonal", m=64 if m is None else m)
     elif kind == "projection":
-        from refattn.check.projection import check_projection
-
         check_projection(run, projection=projection or "gaussian", m=16 if m is None else m)
     else:
-        from refattn.check.hashing import HASH_FAMILIES, check_hash
-
         if family not in HASH_FAMILIES:
             raise ValueError(f"family: expected one of {HASH_FAMILIES}, got {family!r}")
         check_hash(run, family=family, bits=check_positive_int(bits, "bits"),

@@ -33,7 +33,7 @@ from refattn.check.kernel import probe_rows
 from refattn.check.loader import accepts
 from refattn.exact import softmax_attention
 from refattn.montecarlo import attention_samples
-from refattn.performer import performer_attention
+from refattn.performer.attention import performer_attention
 
 __all__ = ["check_attention", "ATTENTION_METHODS"]
 

@@ -26,7 +26,8 @@ import numpy as np
 from scipy import stats as _st
 
 from refattn.check.verdict import bonferroni_p
-from refattn.projections import haar_orthogonal
+from refattn.lsh import hashes as lsh
+from refattn.performer.projections import haar_orthogonal
 from refattn.stats import proportion_test
 from refattn.theory import e2lsh_collision, pair_at_angle, simhash_collision
 
@@ -37,8 +38,6 @@ HASH_FAMILIES = ("simhash", "angular", "cross_polytope", "e2lsh")
 
 def reference_hash(family, *, bits=1, buckets=8, width=1.0):
     """refattn's own hash of ``family`` as a ``fn(x, seed) -> (T,)`` callable (one table, one round)."""
-    from refattn import lsh
-
     if family == "simhash":
         return lambda x, seed: lsh.simhash(x, lsh.simhash_planes(x.shape[1], bits, seed))[0]
     if family == "angular":

@@ -21,7 +21,7 @@ Checks (Performer, Choromanski et al. 2021, seed 002; MATH.md section 2):
 FAVOR++ (``method="favorpp"``, Likhosherstov et al. 2022; MATH.md section 2) is judged at its
 parameter ``A``: given, or (``A=None``) the optimal ``A*`` that refattn computes from the data
 (:func:`refattn.theory.favorpp_optimal_A` at the pair average of ``|x_i + y_j|^2`` of the probe
-rows, as :func:`refattn.performer.performer_attention` does). The estimate is unbiased for every
+rows, as :func:`refattn.performer.attention.performer_attention` does). The estimate is unbiased for every
 ``A < 1/8``, so the mean checks do not depend on it; the variance is
 :func:`refattn.theory.favorpp_variance` ``/ m`` for iid projections (derived, checked by Monte
 Carlo in proofs_tests/test_performer_stats.py) and refattn's own estimator otherwise.
@@ -33,9 +33,17 @@ import math
 
 import numpy as np
 
+from refattn.check.loader import accepts
 from refattn.montecarlo import kernel_samples
-from refattn.theory import (favorpp_optimal_A, favorpp_phi, favorpp_variance, mse_hyperbolic, mse_orthogonal,
-                            mse_positive, mse_trigonometric)
+from refattn.theory import (
+    favorpp_optimal_A,
+    favorpp_phi,
+    favorpp_variance,
+    mse_hyperbolic,
+    mse_orthogonal,
+    mse_positive,
+    mse_trigonometric,
+)
 
 __all__ = ["check_kernel", "probe_rows", "KERNEL_METHODS", "favorpp_A"]
 
@@ -147,6 +155,4 @@ def check_kernel(run, *, method="positive", projection="orthogonal", m=None, A=N
 
 
 def _accepts_m(fn):
-    from refattn.check.loader import accepts
-
     return accepts(fn, "m")

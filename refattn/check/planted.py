@@ -18,9 +18,12 @@ from functools import partial
 
 import numpy as np
 
+from refattn.check import check
 from refattn.check.hashing import reference_hash
+from refattn.performer.features import RandomFeatures
+from refattn.performer.projections import gaussian_projection, orthogonal_projection, regular_projection
 from refattn.problem import causal_mask
-from refattn.projections import gaussian_projection, orthogonal_projection, regular_projection
+from refattn.theory import favorpp_optimal_A, favorpp_phi
 
 __all__ = ["Planted", "CATALOGUE", "CORRECT", "measure", "exact_attention", "kernel_estimator", "performer_estimator",
            "projection_sampler", "simhash_bits", "features_kernel", "favorpp_kernel"]
@@ -82,8 +85,6 @@ def favorpp_kernel(q, k, seed, m=64, *, A=None, projection="gaussian", normalise
     """FAVOR++ estimate of ``exp(q k^T / sqrt(H))`` (Likhosherstov et al. 2022): features
     ``m^-1/2 (1-4A)^{d/4} exp(A|w|^2 + sqrt(1-4A) w.x - |x|^2/2)`` at ``A`` (default the optimal
     ``A*`` of the data, refattn.theory). Fault: ``normalise=False`` drops the ``(1-4A)^{d/4}`` factor."""
-    from refattn.theory import favorpp_optimal_A, favorpp_phi
-
     H = q.shape[-1]
     x, y = q * H**-0.25, k * H**-0.25
     if A is None:
@@ -99,9 +100,7 @@ def favorpp_kernel(q, k, seed, m=64, *, A=None, projection="gaussian", normalise
 
 
 def features_kernel(q, k, seed, m=64, *, kind="trigonometric"):
-    """``phi(x) . phi(y)`` with refattn's :class:`~refattn.features.RandomFeatures` of ``kind`` (iid rows)."""
-    from refattn.features import RandomFeatures
-
+    """``phi(x) . phi(y)`` with refattn's :class:`~refattn.performer.features.RandomFeatures` of ``kind`` (iid rows)."""
     H = q.shape[-1]
     f = RandomFeatures(kind, gaussian_projection(m, H, seed))
     (a, la), (b, lb) = f(q * H**-0.25), f(k * H**-0.25)  # features and their log-scales
@@ -262,8 +261,6 @@ def measure(entries, seeds, *, alpha=1e-3):
     for correct implementations ``failed / runs`` is the false-alarm rate, for defects
     ``caught / runs`` the power (``largest_p`` against the Holm threshold shows the margin).
     """
-    from refattn.check import check
-
     out = {}
     for name, p in entries.items():
         failed = caught = 0

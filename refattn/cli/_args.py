@@ -1,0 +1,51 @@
+"""Argument types and the usage error shared by the subcommands (argparse ``type=`` callables)."""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["UsageError", "positive_int", "positive_float", "probability", "temperatures"]
+
+
+class UsageError(Exception):
+    """A user's mistake: reported in one line with exit code 2."""
+
+
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be finite and > 0, got {text}")
+    return value
+
+
+def probability(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must lie in (0, 1), got {value}")
+    return value
+
+
+def temperatures(text):
+    try:
+        values = tuple(float(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not all(v > 0 and v != float("inf") for v in values):
+        raise argparse.ArgumentTypeError(f"temperatures must be finite and > 0, got {text}")
+    return values

@@ -1,0 +1,91 @@
+"""``refattn bench``: speed, memory and scaling of every method, as ratios measured in one run
+(:mod:`refattn.bench`)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from refattn.bench.suite import GIB, METHODS, default_lengths, format_suite, plot_suite, refresh, run_suite
+from refattn.cli._args import UsageError, positive_float, positive_int
+
+QUICK = {"lengths": [128, 256], "H": 16, "repeats": 1, "gemm_n": 256, "isolate": False, "fit_from": 0}
+
+
+def add_parser(sub):
+    b = sub.add_parser("bench", help="speed, memory and scaling of every method, as ratios measured in one run")
+    b.add_argument("--quick", action="store_true",
+                   help="smoke run: T = 128, 256, H = 16, one repeat, in this process (seconds; numbers meaningless)")
+    b.add_argument("--methods", help=f"comma-separated subset of: {', '.join(METHODS)} (default: all)")
+    b.add_argument("--dtypes", default="float64,float32", help="comma-separated: float64, float32")
+    b.add_argument("--T-min", type=positive_int, default=1024, help="smallest T (doubling up to --T-max)")
+    b.add_argument("--T-max", type=positive_int, default=131072,
+                   help="largest T (each method stops at its own max_T: 65536, 131072 for the streaming oracle)")
+    b.add_argument("--H", type=positive_int, default=64, help="head dimension")
+    b.add_argument("--repeats", type=positive_int, default=3, help="timed calls per point below --large-T")
+    b.add_argument("--large-T", type=positive_int, default=32768, help="from this T on, --large-T-repeats calls")
+    b.add_argument("--large-T-repeats", type=positive_int, default=1)
+    b.add_argument("--max-memory-gib", type=positive_float, default=4.0,
+                   help="skip points whose predicted peak memory exceeds this (recorded as skipped)")
+    b.add_argument("--gemm-n", type=positive_int, default=4096, help="size of the square GEMM baseline")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--no-isolate", action="store_true", help="measure in this process, not one subprocess per point")
+    b.add_argument("--note", help="free text stored in the JSON (e.g. 'machine shared with 3 other jobs')")
+    b.add_argument("--out", help="write the JSON here")
+    b.add_argument("--plot", help="write the log-log plot (PNG) here (needs matplotlib: refattn[plots])")
+    b.add_argument("--json", action="store_true", help="print the JSON instead of the tables")
+    b.add_argument("--from-json", help="measure nothing: re-derive the tables, goals and plot of a saved run")
+    b.set_defaults(func=run)
+    return b
+
+
+def _split(text, known, what):
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [t for t in items if t not in known]
+    if bad or not items:
+        raise UsageError(f"--{what}: unknown {', '.join(bad) or '(empty)'}; choose from {', '.join(known)}")
+    return items
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    methods = _split(args.methods, list(METHODS), "methods") if args.methods else None
+    dtypes = _split(args.dtypes, ["float64", "float32"], "dtypes")
+    if args.T_min > args.T_max:
+        raise UsageError(f"--T-min ({args.T_min}) exceeds --T-max ({args.T_max})")
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise UsageError("--plot needs matplotlib: pip install 'refattn[plots]'") from None
+    for path in (args.out, args.plot):
+        if path and not Path(path).resolve().parent.is_dir():
+            raise UsageError(f"no such directory for {path!r}")
+    if args.from_json:
+        try:
+            suite = refresh(json.loads(Path(args.from_json).read_text()))
+        except (OSError, json.JSONDecodeError, KeyError) as exc:
+            raise UsageError(f"--from-json: cannot read a suite from {args.from_json!r}: {exc}") from None
+        return _emit(suite, args)
+    opts = dict(lengths=default_lengths(args.T_min, args.T_max), H=args.H, repeats=args.repeats,
+                gemm_n=args.gemm_n, isolate=not args.no_isolate, fit_from=4096)
+    if args.quick:
+        opts.update(QUICK)
+    progress = None if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
+    suite = run_suite(methods=methods, dtypes=dtypes, seed=args.seed, large_T=args.large_T,
+                      large_T_repeats=args.large_T_repeats, max_memory_bytes=args.max_memory_gib * GIB,
+                      note=args.note, progress=progress, checkpoint=args.out, **opts)
+    return _emit(suite, args)
+
+
+def _emit(suite, args) -> int:
+    from pathlib import Path
+
+    text = json.dumps(suite, indent=1)
+    if args.out:
+        Path(args.out).write_text(text)
+    if args.plot:
+        plot_suite(suite, args.plot)
+    print(text if args.json else format_suite(suite))
+    return 0

@@ -1,0 +1,51 @@
+"""``refattn check TARGET --kind KIND``: judge an external implementation (:mod:`refattn.check`)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from refattn.check import KINDS, TargetError, check
+from refattn.cli._args import UsageError, positive_float, positive_int, probability
+
+
+def add_parser(sub):
+    ck = sub.add_parser("check", help="check an external implementation (exit 0 pass, 1 fail, 2 usage error)")
+    ck.add_argument("target", metavar="TARGET", help="package.module:function or path/to/file.py:function")
+    ck.add_argument("--kind", required=True, choices=KINDS, help="what the callable computes")
+    ck.add_argument("--method", default="positive", choices=("positive", "hyperbolic", "trigonometric", "favorpp"),
+                    help="random-feature estimator (kernel, attention; favorpp = FAVOR++, kernel only)")
+    ck.add_argument("--A", type=float, help="FAVOR++'s parameter A < 1/8 (default: the optimal A* of the inputs)")
+    ck.add_argument("--projection", choices=("gaussian", "orthogonal", "regular"),
+                    help="its projection (default orthogonal; for --kind projection: the claim, default gaussian)")
+    ck.add_argument("--features", type=positive_int, help="feature count m the callable uses (passed as m= if taken)")
+    ck.add_argument("--family", default="simhash", choices=("simhash", "angular", "cross_polytope", "e2lsh"))
+    ck.add_argument("--bits", type=positive_int, default=1, help="SimHash bits per id")
+    ck.add_argument("--buckets", type=positive_int, default=8, help="angular hash buckets")
+    ck.add_argument("--width", type=positive_float, default=1.0, help="E2LSH bucket width")
+    ck.add_argument("--alignment", default="bottom_right", choices=("bottom_right", "top_left"),
+                    help="what causal=True means for the callable (exact)")
+    ck.add_argument("--alpha", type=probability, default=1e-3, help="family-wise false-alarm probability")
+    ck.add_argument("--seed", type=int, default=0, help="master seed (inputs and every seed passed to the callable)")
+    ck.add_argument("--draws", type=positive_int, help="seeds per statistical check (>= 20; default per kind)")
+    ck.add_argument("--budget", type=positive_float, metavar="SECONDS", help="time the sampling may take")
+    ck.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ck.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ck.set_defaults(func=run)
+    return ck
+
+
+def run(args) -> int:
+    if not args.target.rpartition(":")[0].endswith(".py"):
+        sys.path.insert(0, os.getcwd())  # `pkg.mod:fn` resolves from the current directory, like python -m
+    try:
+        report = check(args.target, args.kind, method=args.method, projection=args.projection, m=args.features,
+                       A=args.A, family=args.family, bits=args.bits, buckets=args.buckets, width=args.width,
+                       alignment=args.alignment, alpha=args.alpha, seed=args.seed, n_draws=args.draws,
+                       budget=args.budget, progress=not args.no_progress and not args.json and sys.stderr.isatty())
+    except TargetError as exc:
+        raise UsageError(str(exc)) from None
+    print(report.to_json() if args.json else report.format_table())
+    return report.exit_code
+
+

@@ -1,0 +1,34 @@
+"""``refattn theory CLAIM``: Monte Carlo against a closed form, with intervals (:mod:`refattn.evaluation.claims`)."""
+
+from __future__ import annotations
+
+import json
+
+from refattn.cli._args import positive_float, positive_int, probability
+from refattn.evaluation.claims import CLAIMS, format_claim, rows_as_dicts, run_claim
+
+
+def add_parser(sub):
+    th = sub.add_parser("theory", help="Monte Carlo against the closed forms (exit 1 if an interval misses)")
+    th.add_argument("claim", choices=sorted(CLAIMS), help="which claim's table")
+    th.add_argument("--draws", type=positive_int, default=20_000, help="Monte Carlo draws per setting")
+    th.add_argument("--dim", type=positive_int, default=16, help="dimension d of the pairs")
+    th.add_argument("--features", type=positive_int, default=16, help="projection rows m")
+    th.add_argument("--norm", type=positive_float, default=0.5, help="norm of the scaled rows x, y")
+    th.add_argument("--alpha", type=probability, default=1e-3, help="1 - confidence of the intervals")
+    th.add_argument("--seed", type=int, default=0)
+    th.add_argument("--json", action="store_true")
+    th.set_defaults(func=run)
+    return th
+
+
+def run(args) -> int:
+    rows = run_claim(args.claim, draws=args.draws, d=args.dim, m=args.features, norm=args.norm,
+                     alpha=args.alpha, seed=args.seed)
+    if args.json:
+        print(json.dumps({"claim": args.claim, "rows": rows_as_dicts(rows)}, indent=2))
+    else:
+        print(format_claim(args.claim, rows))
+    return 0 if all(r.covered for r in rows if r.empirical == r.empirical) else 1
+
+

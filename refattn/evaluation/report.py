@@ -1,0 +1,263 @@
+r"""`refattn report`'s main table: every method at a matched budget against the exact oracle.
+
+For each head of an :class:`refattn.evaluation.datasets.AttentionData` (by default the embedded MiniLM
+attention) and each temperature, every method of the registry :data:`refattn.evaluation.methods.REGISTRY`
+runs at ``budget`` stored numbers per query row (the accounting is in :mod:`refattn.evaluation.methods`)
+and is compared with the exact oracle :func:`refattn.exact.attention_probabilities`:
+
+- ``error_P = |P^ - P|_F / |P|_F``, where ``P^ = run(q, k, I)`` is the method's effective
+  attention matrix (every registered method is linear in ``v`` given its draw, so the same
+  seeded draw applied to the identity gives it);
+- ``error_O = |O^ - O|_F / |O|_F`` with ``O^ = run(q, k, v)``, ``O = P v``;
+- ``peak_mb``: the peak of NumPy allocations during ``run(q, k, v)`` (``tracemalloc``;
+  buffers allocated inside Numba kernels are not counted), a measured, not a modelled, memory;
+- ``seconds``: wall time of ``run(q, k, v)`` after a warm-up call (Numba compiled, caches warm),
+  reported beside the exact oracle's time on the same head in the same run. BLAS runs on one
+  thread during the comparison (Numba kernels keep their threads).
+
+The exact baselines join the table: the dense oracle (the reference itself, error 0) and the
+streaming Numba kernel (online softmax, ``O((T + S) H)`` memory), whose error shows rounding.
+The mean row entropy of ``P`` (nats) is recorded for every head: Scatterbrain's figure (Chen et
+al. 2021, Fig. 1) plots error against it (:func:`plot_error_vs_entropy`).
+"""
+
+from __future__ import annotations
+
+import time
+import tracemalloc
+import zlib
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from refattn._validation import check_positive_int
+from refattn.evaluation.methods import REGISTRY, row_entropy
+from refattn.exact import attention_probabilities, softmax_attention
+
+__all__ = ["MethodRow", "DEFAULT_METHODS", "EXACT_METHODS", "DEFAULT_TEMPERATURES", "run_comparison",
+           "summarise", "format_comparison", "plot_error_vs_entropy", "rows_as_dicts", "summary_as_dicts"]
+
+#: The registry entries in the default report: all but the mixed sparse + low-rank oracle, whose
+#: alternating projections take about 30 s per head at T = 512 (ask for it with ``--methods``).
+DEFAULT_METHODS = tuple(m for m in REGISTRY if m != "sparse + low-rank")
+EXACT_METHODS = ("exact dense", "exact streaming numba")
+DEFAULT_TEMPERATURES = (0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+@dataclass
+class MethodRow:
+    data: str
+    head: str
+    temperature: float
+    entropy: float
+    method: str
+    budget: int
+    error_P: float
+    error_O: float
+    peak_mb: float
+    seconds: float
+
+
+def _peak_mb(fn):
+    """Peak NumPy/Python allocation (MB) during ``fn()`` and its result."""
+    tracemalloc.start()
+    try:
+        out = fn()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return out, peak / 1e6
+
+
+def _seconds(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def _rel(a, b):
+    nb = np.linalg.norm(b)
+    return float(np.linalg.norm(a - b) / nb) if nb else float(np.linalg.norm(a))
+
+
+def _method_seed(seed, name, head_index):
+    """One independent stream per (seed, method, head), stable when the registry grows."""
+    return np.random.default_rng([seed, zlib.crc32(name.encode()), head_index])
+
+
+def _exact_rows(q, k, v, O, base):
+    rows = []
+    for name, impl in (("exact dense", "dense"), ("exact streaming numba", "numba")):
+        softmax_attention(q[:4], k[:4], v[:4], implementation=impl)  # warm-up (compile, caches)
+        out, mb = _peak_mb(lambda: softmax_attention(q, k, v, implementation=impl))
+        out, t = _seconds(lambda: softmax_attention(q, k, v, implementation=impl))
+        err_P = 0.0 if impl == "dense" else float("nan")  # the streaming kernel never forms P
+        rows.append(MethodRow(**base, method=name, error_P=err_P, error_O=_rel(out, O), peak_mb=mb, seconds=t))
+    return rows
+
+
+def run_comparison(data, *, budget=64, methods=DEFAULT_METHODS, temperatures=(1.0,), seed=0, progress=None):
+    """Rows (:class:`MethodRow`) for every temperature x head x method.
+
+    Parameters
+    ----------
+    data : AttentionData
+        Heads ``q (N, T, H)``, ``k (N, S, H)``, ``v (N, S, Hv)``; scale ``1/sqrt(H)``.
+    budget : int
+        Stored numbers per query row, ``4 <= budget <= S``.
+    methods : sequence of str
+        Names in :data:`refattn.evaluation.methods.REGISTRY`.
+    temperatures : sequence of float
+        Logits are divided by each (queries scaled by ``1/temperature``).
+    seed : int
+        Seeds every method's draw (one stream per seed, method and head).
+    progress : bool or None
+        Show a progress bar (``None``: only on a terminal).
+    """
+    from tqdm.auto import tqdm
+
+    T, S = data.q.shape[1], data.k.shape[1]
+    if T != S:
+        raise ValueError(f"q, k: the matched-budget comparison assumes as many queries as keys, got T = {T}, S = {S}")
+    if S < 4:
+        raise ValueError(f"k: the comparison needs at least 4 keys, got {S}")
+    budget = check_positive_int(budget, "budget", minimum=4)
+    if budget > S:
+        raise ValueError(f"budget: {budget} exceeds the number of keys {S}")
+    unknown = [m for m in methods if m not in REGISTRY]
+    if unknown:
+        raise ValueError(f"methods: unknown {unknown[0]!r}; expected names from {sorted(REGISTRY)}")
+    temps = []
+    for t in temperatures:
+        t = float(t)
+        if not (np.isfinite(t) and t > 0):
+            raise ValueError(f"temperature: must be finite and > 0, got {t}")
+        temps.append(t)
+    scale = 1.0 / np.sqrt(data.q.shape[-1])
+    eye = np.eye(S)
+    rows = []
+    total = len(temps) * data.q.shape[0] * (len(methods) + len(EXACT_METHODS))
+    # BLAS on one thread (Numba kernels keep theirs): at these sizes BLAS threads only add overhead,
+    # and on a shared 2-core machine OpenBLAS's spinning threads made SVDs up to 300x slower
+    with threadpool_limits(limits=1, user_api="blas"), \
+            tqdm(total=total, desc="report", unit="run", disable=(not progress) if progress is not None else None) as bar:
+        for temp in temps:
+            d = data if temp == 1.0 else data.tempered(temp)
+            for h in range(d.q.shape[0]):
+                q, k, v = d.q[h], d.k[h], d.v[h]
+                P = attention_probabilities(q, k)  # (T, S), the oracle
+                O = P @ v
+                base = dict(data=data.name, head=d.heads[h], temperature=temp, entropy=row_entropy(P), budget=budget)
+                rows.extend(_exact_rows(q, k, v, O, base))
+                bar.update(len(EXACT_METHODS))
+                for name in methods:
+                    run = REGISTRY[name]
+                    # warm-up and memory, then the timed call, then P^ from the same draw applied to I
+                    _, mb = _peak_mb(lambda: run(q, k, v, budget=budget, scale=scale, rng=_method_seed(seed, name, h)))
+                    out, t = _seconds(lambda: run(q, k, v, budget=budget, scale=scale, rng=_method_seed(seed, name, h)))
+                    Ph = run(q, k, eye, budget=budget, scale=scale, rng=_method_seed(seed, name, h))
+                    rows.append(MethodRow(**base, method=name, error_P=_rel(Ph, P), error_O=_rel(out, O),
+                                          peak_mb=mb, seconds=t))
+                    bar.update(1)
+    return rows
+
+
+def summarise(rows):
+    """Per (temperature, method): mean entropy, mean and worst errors, worst peak memory, median time,
+    and the median of the per-head time ratio to the dense oracle."""
+    ref_t = {(r.temperature, r.head): r.seconds for r in rows if r.method == "exact dense"}
+    groups = {}
+    for r in rows:
+        groups.setdefault((r.temperature, r.method), []).append(r)
+    out = []
+    for (temp, method), rs in groups.items():
+        eP = [r.error_P for r in rs]
+        out.append({
+            "temperature": temp, "method": method, "heads": len(rs), "budget": rs[0].budget,
+            "entropy": float(np.mean([r.entropy for r in rs])),
+            "error_P_mean": float(np.mean(eP)) if not np.isnan(eP).all() else float("nan"),
+            "error_O_mean": float(np.mean([r.error_O for r in rs])),
+            "error_O_max": float(np.max([r.error_O for r in rs])),
+            "peak_mb": float(np.max([r.peak_mb for r in rs])),
+            "seconds_median": float(np.median([r.seconds for r in rs])),
+            "time_vs_dense": float(np.median([r.seconds / ref_t[(temp, r.head)] for r in rs])),
+        })
+    return out
+
+
+def format_comparison(rows, provenance=()) -> str:
+    """The report table: one line per (temperature, method), averaged over heads."""
+    summary = summarise(rows)
+    first = rows[0]
+    lines = [f"data: {first.data}, {len({r.head for r in rows})} heads, budget {first.budget} numbers per row"]
+    lines += [f"  {p}" for p in provenance if p.split(":")[0] in ("model", "text", "layers", "heads")]
+    head = (f"{'temp':>5} {'entropy':>7} {'method':<22} {'err P (mean)':>12} {'err O (mean)':>12} "
+            f"{'err O (max)':>11} {'peak MB':>8} {'time (ms)':>9} {'x dense':>8}")
+    lines += [head, "-" * len(head)]
+    for s in summary:
+        eP = "-" if np.isnan(s["error_P_mean"]) else f"{s['error_P_mean']:.3e}"
+        lines.append(f"{s['temperature']:>5g} {s['entropy']:>7.3f} {s['method']:<22} {eP:>12} "
+                     f"{s['error_O_mean']:>12.3e} {s['error_O_max']:>11.3e} {s['peak_mb']:>8.2f} "
+                     f"{1e3 * s['seconds_median']:>9.2f} {s['time_vs_dense']:>8.2f}")
+    lines.append("err: relative Frobenius error against the exact oracle; peak MB: NumPy allocations "
+                 "(tracemalloc); x dense: time / the dense oracle's time on the same head")
+    return "\n".join(lines)
+
+
+def pyplot_or_error():
+    """``matplotlib.pyplot`` with the Agg backend, or a ValueError saying how to install it."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ValueError("--plot: needs matplotlib (pip install 'refattn[plots]')") from None
+    return plt
+
+
+def plot_error_vs_entropy(rows, path):
+    """Scatterbrain's figure (Chen et al. 2021, Fig. 1): error of ``P`` against the row entropy of ``P``,
+    one point per (head, temperature), one series per method. Needs matplotlib (``refattn[plots]``)."""
+    plt = pyplot_or_error()
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    methods = [m for m in dict.fromkeys(r.method for r in rows) if m not in EXACT_METHODS]
+    summary = summarise(rows)
+    for i, m in enumerate(methods):
+        color = f"C{i % 10}"
+        ax.scatter([r.entropy for r in rows if r.method == m], [r.error_P for r in rows if r.method == m],
+                   s=9, alpha=0.35, color=color)  # one point per head and temperature
+        means = sorted((s["entropy"], s["error_P_mean"]) for s in summary if s["method"] == m)
+        ax.plot([p[0] for p in means], [p[1] for p in means], marker="o", ms=4, lw=1.5, color=color,
+                label=f"{m} (mean over heads)")
+    r0 = rows[0]
+    ax.set_xlabel("mean row entropy of P (nats)")
+    ax.set_ylabel("relative Frobenius error of P")
+    ax.set_yscale("log")
+    ax.set_title(f"{r0.data}: matched budget b = {r0.budget} per row")
+    ax.legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path):
+    """Lay out, write (PNG at 120 dpi) and close a matplotlib figure; returns ``path``."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _finite_or_none(d):
+    return {k: (None if isinstance(x, float) and np.isnan(x) else x) for k, x in d.items()}
+
+
+def rows_as_dicts(rows):
+    """Rows as JSON-ready dicts (NaN, e.g. the streaming kernel's error of P, becomes None)."""
+    return [_finite_or_none(asdict(r)) for r in rows]
+
+
+def summary_as_dicts(rows):
+    return [_finite_or_none(s) for s in summarise(rows)]

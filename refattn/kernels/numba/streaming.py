@@ -1,0 +1,178 @@
+r"""Streaming (online-softmax) exact attention for one batch item: O((T + S) H) memory.
+
+Milakov & Gimelshein (2018), "Online normalizer calculation for softmax"; Dao et al.
+(2022), FlashAttention, Algorithm 1. MATH.md section 1. For each query block keep, per
+row, the running max ``m``, the running sum ``l`` and the running unnormalised output
+``o``; for a new key block with logits ``b``:
+
+.. math::
+
+    m' = \max(m, \max_j b_j), \quad
+    l' = l\,e^{m - m'} + \textstyle\sum_j e^{b_j - m'}, \quad
+    o' = o\,e^{m - m'} + \textstyle\sum_j e^{b_j - m'} v_j .
+
+At the end ``out = o / l`` and ``lse = m + log l``. A row whose logits are all ``-inf``
+keeps ``m = -inf, l = 0`` and returns zeros and ``lse = -inf``.
+
+Masking inputs (already validated, see :mod:`refattn.problem`): ``offset`` (query ``i``
+sees keys ``j <= i + offset``; pass ``NO_CAUSAL`` for none), ``mask`` and ``bias``
+``(T, S)`` views or ``None``, and ``key_length`` (keys ``j >= key_length`` are padding).
+Key blocks beyond the last visible key of a query block are skipped, so causal
+attention costs about half of full attention.
+
+Two implementations with one signature: :func:`stream_numpy` (the twin) and
+:func:`stream_numba` (parallel over query blocks; each thread owns its block's buffers,
+so there are no races; no fastmath, so results match the twin to rounding).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from refattn.kernels.numba.vexp import exp_nonpositive
+
+__all__ = ["stream_numpy", "stream_numba", "NO_CAUSAL", "DEFAULT_BLOCK_Q", "DEFAULT_BLOCK_K"]
+
+NO_CAUSAL = np.iinfo(np.int64).max // 4
+DEFAULT_BLOCK_Q = 128
+DEFAULT_BLOCK_K = 512
+
+
+def _key_end(i1: int, offset: int, key_length: int) -> int:
+    """One past the last key that any query in ``[i0, i1)`` may see."""
+    return max(0, min(key_length, i1 - 1 + offset + 1))
+
+
+def stream_numpy(q, k, v, scale, offset, mask, bias, key_length, block_q, block_k):
+    """NumPy twin. ``q (T, H)``, ``k (S, H)``, ``v (S, Hv)`` -> ``out (T, Hv)``, ``lse (T,)``."""
+    T, Hv = q.shape[0], v.shape[1]
+    dt = q.dtype.type
+    out = np.zeros((T, Hv), dtype=q.dtype)
+    lse = np.full(T, -np.inf, dtype=q.dtype)
+    for i0 in range(0, T, block_q):
+        i1 = min(T, i0 + block_q)
+        m = np.full(i1 - i0, -np.inf, dtype=q.dtype)  # running max  (bq,)
+        l = np.zeros(i1 - i0, dtype=q.dtype)  # running sum  (bq,)
+        acc = np.zeros((i1 - i0, Hv), dtype=q.dtype)  # running o    (bq, Hv)
+        j_end = _key_end(i1, offset, key_length)
+        for j0 in range(0, j_end, block_k):
+            j1 = min(j_end, j0 + block_k)
+            s = (q[i0:i1] @ k[j0:j1].T) * dt(scale)  # (bq, bk)
+            if bias is not None:
+                s = s + bias[i0:i1, j0:j1]
+            if mask is not None:
+                s = np.where(mask[i0:i1, j0:j1], s, -np.inf)
+            if j1 - 1 > i0 + offset:  # block crosses the causal diagonal
+                vis = np.arange(j0, j1)[None, :] <= np.arange(i0, i1)[:, None] + offset
+                s = np.where(vis, s, -np.inf)
+            m_new = np.maximum(m, s.max(axis=1))
+            ref = np.where(m_new > -np.inf, m_new, 0)  # rows with nothing visible yet
+            alpha = np.exp(m - ref)  # 0 when m = -inf
+            p = np.exp(s - ref[:, None])  # (bq, bk), 0 where masked
+            l = l * alpha + p.sum(axis=1)
+            acc = acc * alpha[:, None] + p @ v[j0:j1]
+            m = m_new
+        seen = l > 0
+        out[i0:i1][seen] = acc[seen] / l[seen, None]
+        lse[i0:i1] = np.where(seen, m + np.log(np.where(seen, l, 1)), -np.inf)
+    return out, lse
+
+
+_numba_kernel = None
+
+
+def _build_numba_kernel():
+    import numba
+
+    @numba.njit(parallel=True, cache=True)
+    def kernel(q, k, v_ext, scale, offset, mask, has_mask, bias, has_bias, key_length, block_q, block_k, out, lse):
+        # v_ext = [V | 1] (S, Hv + 1): one matrix product updates the outputs and the row sums l.
+        T = q.shape[0]
+        Hv = v_ext.shape[1] - 1
+        n_blocks = (T + block_q - 1) // block_q
+        neg_inf = -np.inf
+        for t in numba.prange(n_blocks):
+            # interleave cheap and expensive blocks (causal) so the static schedule is balanced
+            b = t // 2 if t % 2 == 0 else n_blocks - 1 - t // 2
+            i0 = b * block_q
+            i1 = min(T, i0 + block_q)
+            bq = i1 - i0
+            qb = np.ascontiguousarray(q[i0:i1])  # (bq, H), this thread's own buffers from here on
+            m = np.full(bq, neg_inf, dtype=q.dtype)  # running max
+            acc = np.zeros((bq, Hv + 1), dtype=q.dtype)  # running [o | l]
+            work = np.empty(block_k, dtype=np.int64)
+            j_end = max(0, min(key_length, i1 + offset))
+            for j0 in range(0, j_end, block_k):
+                j1 = min(j_end, j0 + block_k)
+                bk = j1 - j0
+                s = np.dot(qb, np.ascontiguousarray(k[j0:j1].T))  # (bq, bk) logits / scale
+                for r in range(bq):
+                    i = i0 + r
+                    c_last = min(bk - 1, i + offset - j0)  # last visible column (causal), may be < 0
+                    # three passes that LLVM can vectorise: scale (+ bias, mask), row max, shift
+                    for c in range(bk):
+                        s[r, c] *= scale
+                    if has_bias:
+                        for c in range(bk):
+                            s[r, c] += bias[i, j0 + c]
+                    if has_mask:
+                        for c in range(bk):
+                            if not mask[i, j0 + c]:
+                                s[r, c] = neg_inf
+                    for c in range(max(0, c_last + 1), bk):
+                        s[r, c] = neg_inf
+                    row_max = neg_inf
+                    for c in range(c_last + 1):
+                        row_max = max(row_max, s[r, c])
+                    m_new = max(m[r], row_max)
+                    ref = m_new if m_new > neg_inf else 0.0  # rows that have seen nothing keep l = 0
+                    alpha = np.exp(m[r] - ref)
+                    m[r] = m_new
+                    for c in range(bk):
+                        s[r, c] -= ref
+                    exp_nonpositive(s[r], s[r], work)  # row by row: stays in L1
+                    for h in range(Hv + 1):
+                        acc[r, h] *= alpha
+                acc += np.dot(s, np.ascontiguousarray(v_ext[j0:j1]))
+            for r in range(bq):
+                l = acc[r, Hv]
+                if l > 0:
+                    for h in range(Hv):
+                        out[i0 + r, h] = acc[r, h] / l
+                    lse[i0 + r] = m[r] + np.log(l)
+                else:
+                    for h in range(Hv):
+                        out[i0 + r, h] = 0.0
+                    lse[i0 + r] = neg_inf
+
+    return kernel
+
+
+def stream_numba(q, k, v, scale, offset, mask, bias, key_length, block_q, block_k):
+    """Parallel Numba kernel; same contract as :func:`stream_numpy`."""
+    global _numba_kernel
+    if _numba_kernel is None:
+        _numba_kernel = _build_numba_kernel()
+    T, S = q.shape[0], k.shape[0]
+    dtype = q.dtype
+    out = np.empty((T, v.shape[1]), dtype=dtype)
+    lse = np.empty(T, dtype=dtype)
+    if T == 0:
+        return out, lse
+    # Fixed argument types (one compilation per dtype): a (1, 1) placeholder when absent.
+    # Writeable C-contiguous arrays only (read-only views, e.g. from broadcast_to, would be
+    # a different Numba type and trigger a recompilation).
+    def own(a, dt):
+        return np.require(a, dtype=dt, requirements=["C", "W"])
+
+    mask_arr = own(mask, np.bool_) if mask is not None else np.ones((1, 1), dtype=np.bool_)
+    bias_arr = own(bias, dtype) if bias is not None else np.zeros((1, 1), dtype=dtype)
+    v_ext = np.empty((S, v.shape[1] + 1), dtype=dtype)  # [V | 1]
+    v_ext[:, :-1] = v
+    v_ext[:, -1] = 1
+    _numba_kernel(
+        own(q, dtype), own(k, dtype), v_ext,
+        dtype.type(scale), np.int64(offset), mask_arr, mask is not None, bias_arr, bias is not None,
+        np.int64(key_length), np.int64(block_q), np.int64(block_k), out, lse,
+    )
+    return out, lse

@@ -1,0 +1,203 @@
+r"""LSH sparse attention estimators built on :mod:`refattn.lsh.hashes` and :mod:`refattn.lsh.sparse`.
+
+- :func:`reformer_attention` (Kitaev et al. 2020): angular-hash buckets, stable sort by
+  (bucket, position), chunks with look-back; several rounds combined as the **union** of
+  their supports, each entry counted once (MATH.md section 3: without de-duplication the
+  softmax over the union is wrong); shared-QK with unit keys and self-exclusion.
+- :func:`smyrf_attention` (Daras et al. 2020): the asymmetric transform, one Gaussian
+  projection per round, sorted and cut into equal-size (balanced) clusters.
+- :func:`hyper_attention` (Han et al. 2023): sortLSH blocks (SimHash codes in Gray-code
+  order, stable sort, exact attention on the diagonal blocks) plus ``s`` key columns
+  sampled uniformly with replacement, weighted ``S/s``, block entries excluded; merged in
+  log space. Given the hash, the estimated row sums are unbiased. Causal by recursive
+  halving.
+
+Given the draws, both are exact softmax attention on their support (the kernels of
+:mod:`refattn.lsh.sparse`), so they are as deterministic as their hashes: their error against
+the oracle is the probability mass outside the support.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from refattn._validation import as_generator, check_positive_int
+from refattn.lsh.hashes import (
+    angular_hash,
+    angular_rotations,
+    gray_rank,
+    simhash,
+    simhash_planes,
+    smyrf_transform,
+    sort_order,
+)
+from refattn.lsh.sparse import Support, balanced_clusters, chunked_bucket_support, sparse_attention, union
+from refattn.problem import attention_problem, causal_mask
+
+__all__ = ["LSHAttentionResult", "reformer_attention", "smyrf_attention", "hyper_attention"]
+
+
+@dataclass
+class LSHAttentionResult:
+    """Output, lse, the union support and the per-round buckets (or cluster keys) of the draw."""
+
+    output: np.ndarray
+    lse: np.ndarray
+    support: Support
+    buckets: np.ndarray
+
+
+def _two_d(q, k, v, scale):
+    prob = attention_problem(q, k, v, scale=scale)
+    if prob.batch_shape:
+        raise ValueError("q: LSH attention takes 2-D (T, H) inputs (one head); loop over heads")
+    return prob
+
+
+def reformer_attention(q, k, v, *, n_buckets, chunk, rounds=1, rng, shared_qk=False, causal=False,
+                       lookback=1, same_bucket=True, scale=None, implementation="numba") -> LSHAttentionResult:
+    """Reformer's LSH attention for one head.
+
+    With ``shared_qk`` the keys are the unit-normalised queries (``k`` is ignored; T = S) and
+    a query does not attend to itself unless it has no other key in its support
+    (Kitaev et al. 2020, section 2.2). ``causal`` intersects the support with the causal
+    mask (bottom-right alignment).
+    """
+    if shared_qk:
+        qa = np.asarray(q, dtype=np.float64)
+        norms = np.linalg.norm(qa, axis=-1, keepdims=True)
+        k = qa / np.where(norms > 0, norms, 1.0)
+    prob = _two_d(q, k, v, scale)
+    rounds = check_positive_int(rounds, "rounds")
+    R = angular_rotations(prob.H, n_buckets, as_generator(rng), rounds=rounds)
+    hq = angular_hash(prob.q, R)  # (rounds, T)
+    hk = hq if shared_qk else angular_hash(prob.k, R)
+    sup = chunked_bucket_support(hq, hk, chunk, lookback=lookback, same_bucket=same_bucket)  # union of rounds
+    if causal:
+        sup = sup.intersect(causal_mask(prob.T, prob.S, causal))
+    bias = None
+    if shared_qk:
+        rows = sup.rows()
+        self_entry = rows == sup.indices
+        alone = sup.row_counts()[rows] == 1
+        bias = np.where(self_entry & ~alone, -np.inf, 0.0)
+    out, lse = sparse_attention(prob.q, prob.k, prob.v, sup, scale=prob.scale, entry_bias=bias,
+                                return_lse=True, implementation=implementation)
+    return LSHAttentionResult(out, lse, sup, hq)
+
+
+def smyrf_attention(q, k, v, *, n_clusters, rounds=1, rng, scale=None, implementation="numba") -> LSHAttentionResult:
+    """SMYRF for one head: transform the scaled rows (so inner products are the logits), project
+    on a Gaussian direction per round, cut sorted queries and keys into ``n_clusters`` equal
+    clusters, and attend within clusters; rounds are merged as a union."""
+    prob = _two_d(q, k, v, scale)
+    rounds = check_positive_int(rounds, "rounds")
+    root = math.sqrt(prob.scale)
+    F, G, _ = smyrf_transform(prob.q * root, prob.k * root)
+    gen = as_generator(rng)
+    a = gen.standard_normal((rounds, F.shape[1]))
+    keys = []
+    supports = []
+    for r in range(rounds):
+        fq, gk = F @ a[r], G @ a[r]
+        keys.append(fq)
+        supports.append(balanced_clusters(fq, gk, n_clusters))
+    sup = union(*supports)
+    out, lse = sparse_attention(prob.q, prob.k, prob.v, sup, scale=prob.scale, return_lse=True,
+                                implementation=implementation)
+    return LSHAttentionResult(out, lse, sup, np.stack(keys))
+
+
+def _block_ids(order, n_blocks):
+    """Block index of each original position, blocks cut from the sorted ``order``."""
+    ids = np.empty(order.size, dtype=np.int64)
+    bounds = np.round(np.linspace(0, order.size, n_blocks + 1)).astype(np.int64)
+    for c in range(n_blocks):
+        ids[order[bounds[c]:bounds[c + 1]]] = c
+    return ids
+
+
+def _hyper_noncausal(q, k, v, scale, block_size, n_samples, planes, gen, implementation):
+    """One non-causal HyperAttention: (out, lse, support, entry_bias)."""
+    T, S = q.shape[0], k.shape[0]
+    if T == 0 or S == 0:
+        return np.zeros((T, v.shape[1])), np.full(T, -np.inf), Support.from_dense(np.zeros((T, S), bool)), None
+    n_blocks = max(1, -(-max(T, S) // block_size))
+    cq = gray_rank(simhash(q, planes)[0])
+    ck = gray_rank(simhash(k, planes)[0])
+    bq = _block_ids(sort_order(cq), min(n_blocks, T))
+    bk = _block_ids(sort_order(ck), min(n_blocks, S))
+    if min(n_blocks, T) != min(n_blocks, S):  # T != S: map block ids onto a common count
+        nb = min(n_blocks, T, S)
+        bq = bq * nb // min(n_blocks, T)
+        bk = bk * nb // min(n_blocks, S)
+    in_block = bq[:, None] == bk[None, :]  # (T, S); O(T S) booleans: the reference, not the fast path
+    cols, counts = np.unique(gen.integers(0, S, size=n_samples), return_counts=True) if n_samples else (
+        np.zeros(0, np.int64), np.zeros(0, np.int64))
+    sampled = np.zeros((T, S), dtype=bool)
+    sampled[:, cols] = True
+    sampled &= ~in_block  # block entries are computed exactly, not sampled
+    weight = np.zeros(S)
+    weight[cols] = counts * S / max(n_samples, 1)  # with replacement: count * S / s
+    sup = Support.from_dense(in_block | sampled)
+    rows, idx = sup.rows(), sup.indices
+    bias = np.where(in_block[rows, idx], 0.0, np.log(np.where(weight[idx] > 0, weight[idx], 1.0)))
+    out, lse = sparse_attention(q, k, v, sup, scale=scale, entry_bias=bias, return_lse=True,
+                                implementation=implementation)
+    return out, lse, sup, bias
+
+
+def _merge(out_a, lse_a, out_b, lse_b):
+    """Combine two attentions over disjoint key sets by log-sum-exp."""
+    lse = np.logaddexp(lse_a, lse_b)
+    fin = np.isfinite(lse)
+    wa = np.where(fin, np.exp(np.where(fin, lse_a - lse, -np.inf)), 0.0)
+    wb = np.where(fin, np.exp(np.where(fin, lse_b - lse, -np.inf)), 0.0)
+    return wa[:, None] * out_a + wb[:, None] * out_b, lse
+
+
+def hyper_attention(q, k, v, *, block_size, n_samples, bits=4, rng, causal=False, min_seq_len=None,
+                    scale=None, implementation="numba") -> LSHAttentionResult:
+    """HyperAttention for one head (Han et al. 2023, Algorithms 1-3).
+
+    ``block_size``: size of the diagonal blocks in the sortLSH order; ``n_samples``: uniformly
+    sampled key columns (with replacement) for the rest, weighted ``S / n_samples``; ``bits``:
+    SimHash bits of sortLSH. With ``causal`` (``T == S``), the problem is halved recursively:
+    the top-left and bottom-right halves are causal sub-problems, the bottom-left block is a
+    non-causal HyperAttention, merged by log-sum-exp; below ``min_seq_len`` (default
+    ``block_size``) exact causal attention is used. The ``support`` returned is that of the
+    non-causal estimate (``None`` for causal).
+    """
+    prob = _two_d(q, k, v, scale)
+    block_size = check_positive_int(block_size, "block_size")
+    n_samples = check_positive_int(n_samples, "n_samples", minimum=0)
+    gen = as_generator(rng)
+    planes = simhash_planes(prob.H, check_positive_int(bits, "bits"), gen)
+    qq, kk, vv = (a.astype(np.float64) for a in (prob.q, prob.k, prob.v))
+    if not causal:
+        out, lse, sup, _ = _hyper_noncausal(qq, kk, vv, prob.scale, block_size, n_samples, planes, gen,
+                                            implementation)
+        return LSHAttentionResult(out, lse, sup, simhash(qq, planes))
+    if prob.T != prob.S:
+        raise ValueError("causal: HyperAttention's recursive causal form needs T == S")
+    base = block_size if min_seq_len is None else check_positive_int(min_seq_len, "min_seq_len")
+
+    def rec(lo, hi):
+        n = hi - lo
+        if n <= base:
+            mask = causal_mask(n, n)
+            return sparse_attention(qq[lo:hi], kk[lo:hi], vv[lo:hi], Support.from_dense(mask), scale=prob.scale,
+                                    return_lse=True, implementation=implementation)
+        mid = lo + n // 2
+        out_top, lse_top = rec(lo, mid)
+        out_br, lse_br = rec(mid, hi)
+        out_bl, lse_bl, _, _ = _hyper_noncausal(qq[mid:hi], kk[lo:mid], vv[lo:mid], prob.scale, block_size,
+                                                n_samples, planes, gen, implementation)
+        out_bot, lse_bot = _merge(out_bl, lse_bl, out_br, lse_br)
+        return np.concatenate([out_top, out_bot]), np.concatenate([lse_top, lse_bot])
+
+    out, lse = rec(0, prob.T)
+    return LSHAttentionResult(out, lse, None, simhash(qq, planes))

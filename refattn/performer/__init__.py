@@ -1,0 +1,29 @@
+"""Performer: softmax attention estimated with random features (Choromanski et al. 2021).
+
+- :mod:`~refattn.performer.projections`: the projection matrices (iid Gaussian, orthogonal, regular, SORF);
+- :mod:`~refattn.performer.features`: the feature maps (FAVOR+, hyperbolic, trigonometric, FAVOR++, ReLU)
+  as one :class:`RandomFeatures` draw;
+- :mod:`~refattn.performer.attention`: bidirectional and causal attention on those features;
+- :mod:`~refattn.performer.theory`: the closed forms (means, variances, MSEs) the tests check.
+
+Derivations: the docs' Performer page.
+"""
+
+from refattn.performer.attention import PerformerResult, causal_prefix_sums, make_features, performer_attention
+from refattn.performer.features import FEATURE_KINDS, RandomFeatures, gauss_hermite_kernel
+from refattn.performer.projections import (
+    PROJECTIONS,
+    gaussian_projection,
+    haar_orthogonal,
+    orthogonal_projection,
+    projection,
+    regular_projection,
+    sorf_projection,
+)
+
+__all__ = [
+    "PerformerResult", "performer_attention", "make_features", "causal_prefix_sums",
+    "RandomFeatures", "FEATURE_KINDS", "gauss_hermite_kernel",
+    "gaussian_projection", "orthogonal_projection", "regular_projection", "sorf_projection", "haar_orthogonal",
+    "projection", "PROJECTIONS",
+]

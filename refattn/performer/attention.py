@@ -1,0 +1,260 @@
+r"""Performer (FAVOR+ family) attention: bidirectional and causal, with its pieces exposed.
+
+Choromanski et al. (2021), "Rethinking Attention with Performers" (seed 002), MATH.md
+section 2. With scaled rows ``x = s^{1/2} q``, ``y = s^{1/2} k`` and a feature map ``phi``:
+
+.. math::
+
+    N = \phi(Q)\,(\phi(K)^\top V), \qquad D = \phi(Q)\,(\phi(K)^\top \mathbf 1), \qquad
+    \hat O = N / D .
+
+``N`` and ``D`` are unbiased for the exact ``A V`` and ``A 1`` (``A_ij = exp(s q_i.k_j)``);
+``O^`` is a ratio estimator with ``O(1/m)`` bias (:func:`refattn.theory.positive_output_moments`).
+Causal (prefix sums): ``S_i = sum_{j visible to i} phi(k_j) v_j^T``, ``z_i = sum phi(k_j)``,
+``O_i = phi(q_i)^T S_i / phi(q_i)^T z_i``, which equals the row-normalised masked product
+``mask * (phi(Q) phi(K)^T)`` times ``V``. The causal alignment for ``T != S`` is the
+oracle's (:mod:`refattn.problem`: bottom-right by default).
+
+Two causal implementations: ``"naive"`` (the masked ``T x S`` product, the twin) and
+``"chunked"`` (queries in chunks: keys every query of a chunk sees enter a running state
+``(m, Hv)`` by one matrix product; the rest of the chunk's keys by a masked
+``chunk x chunk`` product), ``O(T m Hv)`` work and no ``T x S`` or ``T x m x Hv`` array.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from refattn._validation import check_positive_int
+from refattn.kernels.dispatch import gpu_backend, shadow64
+from refattn.performer.features import FEATURE_KINDS, RandomFeatures
+from refattn.performer.projections import projection as _projection
+from refattn.problem import attention_problem, causal_mask
+from refattn.theory import favorpp_optimal_A, favorpp_phi
+
+__all__ = ["PerformerResult", "performer_attention", "make_features", "causal_prefix_sums"]
+
+
+@dataclass
+class PerformerResult:
+    """Everything a Performer estimate is made of.
+
+    ``numerator (..., T, Hv)`` and ``denominator (..., T)`` are in stabilised units: the
+    true (unbiased) values are ``numerator * exp(log_scale[..., None])`` and
+    ``denominator * exp(log_scale)``. ``output = numerator / denominator``; rows whose
+    denominator is exactly 0 (all features underflowed, or signed features cancelled) get
+    output 0 and are flagged in ``degenerate``.
+    """
+
+    output: np.ndarray
+    numerator: np.ndarray
+    denominator: np.ndarray
+    log_scale: np.ndarray
+    degenerate: np.ndarray
+    features: RandomFeatures
+    phi_q: np.ndarray
+    phi_k: np.ndarray
+
+
+def make_features(d, *, m=256, features="positive", projection="orthogonal", rng=None, W=None, A=None,
+                  fn=None, x=None, y=None) -> RandomFeatures:
+    """Build a :class:`RandomFeatures` from a name and a draw (``W``) or an ``rng``.
+
+    For ``favorpp`` with ``A=None`` the optimal ``A*`` is computed from the data ``x``, ``y``
+    (:func:`refattn.theory.favorpp_optimal_A` at the pair-average ``|x_i + y_j|^2``).
+    """
+    if features not in FEATURE_KINDS:
+        raise ValueError(f"features: unknown kind {features!r}; expected one of {FEATURE_KINDS}")
+    if W is None:
+        if rng is None:
+            raise ValueError("rng: pass a seed or Generator (or an explicit W); refattn has no global RNG")
+        W = _projection(projection, check_positive_int(m, "m"), d, rng)
+    else:
+        W = np.asarray(W, dtype=np.float64)
+        if W.ndim != 2 or W.shape[1] != d:
+            raise ValueError(f"W: expected shape (m, d) = (m, {d}), got {W.shape}")
+    if features == "favorpp" and A is None:
+        phi = float(np.mean(favorpp_phi(x, y))) if x is not None else 0.0
+        A = float(favorpp_optimal_A(phi, d))
+    return RandomFeatures(features, W, 0.0 if A is None else float(A), fn)
+
+
+def feature_maps(prob, *, m=256, features="positive", projection="orthogonal", rng=None, W=None, A=None, fn=None,
+                 stabilize=True):
+    """``(features, phi_q (..., T, F), phi_k (..., S, F), log_scale (..., T))`` for a validated problem.
+
+    The stabilised features of :func:`performer_attention` (query shift per row, one shared key shift;
+    padded keys get zero features): ``phi(q_i) . phi(k_j) * exp(log_scale_i)`` estimates
+    ``exp(s q_i . k_j)``. Shared with :mod:`refattn.sea`, whose kernel estimate uses the same features.
+    """
+    root = math.sqrt(prob.scale)
+    x = prob.q.astype(np.float64) * root  # (..., T, H)
+    y = prob.k.astype(np.float64) * root  # (..., S, H)
+    feats = make_features(prob.H, m=m, features=features, projection=projection, rng=rng, W=W, A=A, fn=fn,
+                          x=x.reshape(-1, prob.H) if x.size else None, y=y.reshape(-1, prob.H) if y.size else None)
+    phi_q, ls_q = feats(x, stabilize="query" if stabilize else None)  # (..., T, F), (..., T)
+    keep = None
+    if prob.key_lengths is not None:
+        keep = np.arange(prob.S) < prob.key_lengths[..., None]  # (..., S): padded keys get zero features
+    phi_k, ls_k = feats(y, stabilize="key" if stabilize else None, valid=keep)  # (..., S, F), (..., S)
+    # the key shift is one constant per batch item: take it from any key position
+    log_scale = ls_q + (ls_k[..., :1] if ls_k.shape[-1] else 0.0)  # (..., T)
+    return feats, phi_q, phi_k, log_scale
+
+
+def performer_attention(
+    q, k, v, *, m=256, features="positive", projection="orthogonal", rng=None, W=None, A=None, fn=None,
+    scale=None, causal=False, key_lengths=None, stabilize=True, eps=0.0, implementation="chunked",
+    chunk_size=128, dtype=None,
+) -> PerformerResult:
+    r"""Random-feature attention (Performer), bidirectional or causal.
+
+    Parameters
+    ----------
+    q, k, v : arrays (..., T, H), (..., S, H), (..., S, Hv); leading dims broadcast.
+    m : int
+        Number of projection rows (features: ``m``, or ``2m`` for hyperbolic/trigonometric).
+    features : {"positive", "hyperbolic", "trigonometric", "favorpp", "relu", "custom"}
+    projection : {"orthogonal", "gaussian", "regular", "sorf"}
+        Ignored when ``W`` is given. ``"regular"`` estimates SMREG, not softmax.
+    rng : Generator or int
+        The draw of ``W`` (one ``W`` shared by all batch items and heads).
+    W : array (m, H), optional
+        An explicit draw (then ``m``, ``projection`` and ``rng`` are ignored).
+    A : float, optional
+        FAVOR++ parameter (< 1/8); default: the optimal ``A*`` for these inputs.
+    fn : callable, optional
+        For ``features="custom"``: ``phi(x) = m^-1/2 fn(omega . x)``.
+    scale, causal, key_lengths
+        As for :func:`refattn.softmax_attention`. Padded keys get zero features, so they
+        leave numerator and denominator.
+    stabilize : bool
+        Query shift and shared key shift (cancel in the output; see :mod:`refattn.performer.features`).
+    eps : float
+        Added to the denominator. Default 0: no hidden epsilon. A positive ``eps`` biases
+        the output towards 0; it exists to reproduce implementations that use one.
+    implementation : {"chunked", "naive"}
+        Causal path (bidirectional is always the two matrix products).
+    dtype : {float64, float32}
+        Precision of the attention products (features are computed in float64).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v = rng.normal(size=(5, 8)), rng.normal(size=(7, 8)), rng.normal(size=(7, 2))
+    >>> res = performer_attention(q, k, v, m=16, rng=1, causal=True)
+    >>> res.output.shape, res.denominator.shape
+    ((5, 2), (5,))
+    """
+    prob = attention_problem(q, k, v, scale=scale, causal=causal, key_lengths=key_lengths)
+    if implementation not in ("chunked", "naive"):
+        raise ValueError(f"implementation: expected 'chunked' or 'naive', got {implementation!r}")
+    chunk_size = check_positive_int(chunk_size, "chunk_size")
+    eps = float(eps)
+    if not math.isfinite(eps) or eps < 0:
+        raise ValueError(f"eps: must be finite and >= 0, got {eps}")
+    dt = np.float64 if dtype is None else np.dtype(dtype).type
+    if dt not in (np.float64, np.float32):
+        raise TypeError(f"dtype: must be float64 or float32, got {np.dtype(dt).name}")
+
+    feats, phi_q, phi_k, log_scale = feature_maps(prob, m=m, features=features, projection=projection, rng=rng,
+                                                  W=W, A=A, fn=fn, stabilize=stabilize)
+
+    pq = phi_q.astype(dt, copy=False)
+    pk = phi_k.astype(dt, copy=False)
+    vv = prob.v.astype(dt, copy=False)
+    if prob.causal is None:
+        kv = np.swapaxes(pk, -1, -2) @ vv  # (..., F, Hv)
+        z = np.sum(pk, axis=-2)  # (..., F)
+        num = pq @ kv  # (..., T, Hv)
+        den = np.einsum("...tf,...f->...t", pq, z)  # (..., T)
+    elif implementation == "naive":
+        allowed = causal_mask(prob.T, prob.S, prob.causal)  # (T, S)
+        a_hat = (pq @ np.swapaxes(pk, -1, -2)) * allowed  # (..., T, S)
+        num = a_hat @ vv
+        den = a_hat.sum(axis=-1)
+    else:
+        num, den = _causal_chunked(pq, pk, vv, prob.causal_offset(), chunk_size)
+    num = np.broadcast_to(num, prob.batch_shape + (prob.T, prob.Hv))
+    den = np.broadcast_to(den, prob.batch_shape + (prob.T,))
+    den_eps = den + dt(eps) if eps else den
+    degenerate = den_eps == 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.where(degenerate[..., None], dt(0), num / np.where(degenerate, dt(1), den_eps)[..., None])
+    return PerformerResult(out, np.array(num), np.array(den), np.broadcast_to(log_scale, prob.batch_shape + (prob.T,)).copy(),
+                           degenerate, feats, phi_q, phi_k)
+
+
+def causal_prefix_sums(phi_q, phi_k, v, *, causal=True, chunk_size=128):
+    r"""Causal linear attention's numerator and denominator from features (the FAVOR+ prefix sums).
+
+    .. math::
+
+        N_i = \sum_{j \le i + o} (\phi_q[i] \cdot \phi_k[j])\, v_j, \qquad
+        D_i = \sum_{j \le i + o} \phi_q[i] \cdot \phi_k[j]
+
+    (Choromanski et al. 2021, section 2.6; ``o`` the causal offset of ``causal``, as the oracle's).
+    ``phi_q (..., T, F)``, ``phi_k (..., S, F)``, ``v (..., S, Hv)``; leading dims broadcast.
+    NumPy arrays run the chunked prefix sums below (in the inputs' precision); CuPy arrays run
+    the CUDA kernels of ``kernels/cuda/favor_prefix.cu`` (float64 or float32) and return CuPy
+    arrays. Returns ``num (..., T, Hv)``, ``den (..., T)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> num, den = causal_prefix_sums(np.ones((3, 2)), np.ones((3, 2)), np.ones((3, 1)))
+    >>> den
+    array([2., 4., 6.])
+    """
+    chunk = check_positive_int(chunk_size, "chunk_size")
+    if causal is False:
+        raise ValueError("causal: the prefix sums are causal (True, 'bottom_right' or 'top_left'); "
+                         "bidirectional attention is two matrix products")
+    gpu = gpu_backend(phi_q=phi_q, phi_k=phi_k, v=v)
+    if gpu:
+        prob = attention_problem(shadow64(phi_q), shadow64(phi_k), shadow64(v), causal=causal)
+        return gpu.causal_prefix_sums(phi_q, phi_k, v, offset=prob.causal_offset(), chunk=chunk,
+                                      batch_shape=prob.batch_shape)
+    prob = attention_problem(phi_q, phi_k, v, causal=causal)
+    return _causal_chunked(prob.q, prob.k, prob.v, prob.causal_offset(), chunk)
+
+
+def _causal_chunked(pq, pk, v, offset, chunk):
+    """Prefix-sum causal attention: query i sees keys j <= i + offset.
+
+    For the query chunk ``[i0, i1)``: keys ``< i0 + offset + 1`` are seen by every query of
+    the chunk and live in the running state ``(S_state (m, Hv), z_state (m,))``; keys in
+    ``[i0 + offset + 1, i1 + offset)`` are seen by some, handled by a masked product.
+    """
+    T, S = pq.shape[-2], pk.shape[-2]
+    batch = np.broadcast_shapes(pq.shape[:-2], pk.shape[:-2], v.shape[:-2])
+    F, Hv = pq.shape[-1], v.shape[-1]
+    num = np.zeros(batch + (T, Hv), dtype=pq.dtype)
+    den = np.zeros(batch + (T,), dtype=pq.dtype)
+    state = np.zeros(batch + (F, Hv), dtype=pq.dtype)  # sum phi(k_j) v_j^T over absorbed keys
+    zstate = np.zeros(batch + (F,), dtype=pq.dtype)  # sum phi(k_j) over absorbed keys
+    absorbed = 0  # keys [0, absorbed) are in the state
+    for i0 in range(0, T, chunk):
+        i1 = min(T, i0 + chunk)
+        full_end = max(0, min(S, i0 + offset + 1))  # every query in the chunk sees keys < full_end
+        if full_end > absorbed:
+            kb, vb = pk[..., absorbed:full_end, :], v[..., absorbed:full_end, :]
+            state = state + np.swapaxes(kb, -1, -2) @ vb  # (..., F, Hv)
+            zstate = zstate + kb.sum(axis=-2)
+            absorbed = full_end
+        qc = pq[..., i0:i1, :]  # (..., c, F)
+        num[..., i0:i1, :] = qc @ state
+        den[..., i0:i1] = np.einsum("...cf,...f->...c", qc, zstate)
+        part_end = max(absorbed, min(S, i1 + offset))  # keys seen by some queries of the chunk
+        if part_end > absorbed:
+            j = np.arange(absorbed, part_end)
+            i = np.arange(i0, i1)
+            vis = j[None, :] <= i[:, None] + offset  # (c, p)
+            a = (qc @ np.swapaxes(pk[..., absorbed:part_end, :], -1, -2)) * vis  # (..., c, p)
+            num[..., i0:i1, :] += a @ v[..., absorbed:part_end, :]
+            den[..., i0:i1] += a.sum(axis=-1)
+    return num, den

@@ -1,0 +1,176 @@
+r"""SEA, steps 2-3: top-k on the compressed estimate, upsampled to key columns (Lee et al. 2024,
+Sec. 3), and the facts that bound what a mask loses.
+
+:func:`sea_mask`: top-k on ``A~`` upsampled to key columns. **The pinned rule.** Bin ``b``
+of a row of length ``l`` covers columns ``[start_b, start_{b+1})``,
+``start_b = floor(b l / K + 1/2)`` (round half up, computed in integers: no float ties;
+:func:`bin_starts`; the inverse map is :func:`column_bins`). Every column of bin ``b`` gets
+the upsampled estimate ``A~_b / w_b`` (:func:`upsample`). A row keeps the ``min(k, l)``
+columns with the largest upsampled estimate, ties to the lower column. Equivalently, on
+bins: the bins are ranked by ``A~_b / w_b`` (ties: lower bin), whole bins are taken until
+``k`` columns are reached, and the last bin is cut to the budget (its lower columns kept):
+that cut is "capped at k columns". So the number of bins a row uses is the fewest top bins
+covering ``k`` columns, about ``ceil(k K / l)``: a row with ``l <= k`` is dense. Grouped
+top-k (``grouped=True``) ranks the ``(head, column)`` pairs of a query together with one
+budget ``N min(k, l)``, each head keeping at least its best column. ``k`` is a test-time
+choice (an int, or one per row): nothing upstream depends on it.
+
+Facts the tests check (derived on the docs' SEA page):
+``KL(A_i || up(A~_i)) = KL(A_i^down || A~_i) + sum_b A_i^down[b] KL(A_{i|b} || U_b)``
+(:func:`kl_decomposition`), and a mask keeping mass ``m_i`` of row ``i`` has
+``TV = 1 - m_i`` and ``|o_i - o_i^mask| <= 2 (1 - m_i) max_j |v_j|`` (:func:`captured_mass`).
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from refattn._validation import as_float_array, check_positive_int
+from refattn.exact import softmax_attention
+from refattn.kernels import numba_enabled
+from refattn.kernels.numba import sea_mask as kern
+from refattn.lsh.sparse import Support, sparse_attention
+from refattn.problem import attention_problem
+from refattn.sea.estimate import bin_starts, column_bins
+
+__all__ = ["upsample", "sea_mask", "kl_decomposition", "captured_mass"]
+
+
+def upsample(estimate, lengths, n_keys) -> np.ndarray:
+    """The ``(..., T, S)`` form of ``A~``: column ``j < l_i`` of bin ``b`` gets ``A~[i, b] / w_b``
+    (zero beyond ``l_i``). Rows sum to 1. Dense: for inspection and plots at small sizes."""
+    estimate = np.asarray(estimate, dtype=np.float64)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    K = estimate.shape[-1]
+    starts = bin_starts(lengths, K)  # (T, K+1)
+    width = np.diff(starts, axis=1)  # (T, K)
+    cols = np.arange(n_keys)
+    visible = cols[None, :] < lengths[:, None]  # (T, S)
+    b = np.where(visible, column_bins(cols[None, :], np.maximum(lengths, 1)[:, None], K), 0)  # (T, S)
+    rows = np.arange(lengths.size)[:, None]
+    dens = np.take_along_axis(estimate, np.broadcast_to(b, estimate.shape[:-2] + b.shape), axis=-1)
+    w = width[rows, b]
+    return np.where(visible, dens / np.maximum(w, 1), 0.0)
+
+
+# ----------------------------------------------------------------------------- steps 2-3
+
+
+def _budgets(topk, lengths):
+    T = lengths.size
+    if isinstance(topk, numbers.Integral) and not isinstance(topk, (bool, np.bool_)):
+        return np.full(T, check_positive_int(topk, "topk"), dtype=np.int64)
+    arr = np.asarray(topk)
+    if arr.shape != (T,) or not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"topk: expected a positive int or a ({T},) integer array, got {arr.dtype} {arr.shape}")
+    if T and arr.min() < 1:
+        raise ValueError(f"topk: every budget must be >= 1, got min {int(arr.min())}")
+    return arr.astype(np.int64)
+
+
+def sea_mask(estimate, lengths, n_keys, topk, *, grouped=False, implementation="numba") -> list:
+    """Top-k on ``A~`` upsampled to key columns (the pinned rule of the module docstring).
+
+    ``estimate (T, K)`` or ``(N, T, K)``; returns one :class:`refattn.lsh.sparse.Support` per head
+    (a list of length ``N``, or 1). ``implementation``: ``"numba"`` (on bins, linear in ``T``) or
+    ``"dense"`` (the twin, upsampled rows and a stable sort).
+    """
+    est = np.asarray(estimate, dtype=np.float64)
+    if est.ndim == 2:
+        est = est[None]
+    if est.ndim != 3:
+        raise ValueError(f"estimate: expected (T, K) or (N, T, K), got shape {np.shape(estimate)}")
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if lengths.shape != (est.shape[1],):
+        raise ValueError(f"lengths: expected shape ({est.shape[1]},), got {lengths.shape}")
+    budget = _budgets(topk, lengths)
+    if implementation not in ("numba", "dense"):
+        raise ValueError(f"implementation: expected 'numba' or 'dense', got {implementation!r}")
+    fn = kern.mask_numba if implementation == "numba" and numba_enabled() else kern.mask_dense
+    heads = [est] if grouped else [est[h:h + 1] for h in range(est.shape[0])]
+    csr = [pair for group in heads for pair in fn(np.ascontiguousarray(group), lengths, budget)]
+    return [Support(indptr, indices, int(n_keys)) for indptr, indices in csr]
+
+
+# ----------------------------------------------------------------------------- the facts
+
+
+def _check_teacher(teacher, lengths):
+    p = as_float_array(teacher, "teacher")
+    if p.ndim != 2 or p.shape[0] != lengths.size:
+        raise ValueError(f"teacher: expected a (T, S) probability matrix with T = {lengths.size}, got {p.shape}")
+    if (p < 0).any():
+        raise ValueError("teacher: has negative entries; expected a probability matrix")
+    beyond = np.arange(p.shape[1])[None, :] >= lengths[:, None]
+    if (p[beyond] != 0).any():
+        raise ValueError("teacher: puts mass on keys beyond a row's length (the causal mask)")
+    sums = p.sum(axis=1)
+    want = (lengths > 0).astype(np.float64)
+    if np.abs(sums - want).max(initial=0.0) > 1e-9:
+        i = int(np.argmax(np.abs(sums - want)))
+        raise ValueError(f"teacher: row {i} sums to {sums[i]!r}; expected {want[i]} (rows with l > 0 sum to 1)")
+    return p.astype(np.float64)
+
+
+def _kl_rows(p, r):
+    """``sum_j p_j log(p_j / r_j)`` per row, 0 log 0 = 0; ``+inf`` where ``p > 0 = r``."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0, p * (np.log(p) - np.log(r)), 0.0)
+    return terms.sum(axis=-1)
+
+
+def kl_decomposition(teacher, estimate, lengths):
+    r"""The KL chain rule of MATH.md section 5 (derived, docs/sea.md), per row:
+
+    .. math:: \mathrm{KL}(A_i \,\|\, \mathrm{up}(\tilde A_i)) = \mathrm{KL}(A_i^{\downarrow} \,\|\, \tilde A_i)
+              + \sum_b A_i^{\downarrow}[b]\, \mathrm{KL}(A_{i|b} \,\|\, U_b)
+
+    ``teacher (T, S)``: the exact attention rows (a probability matrix, zero beyond ``l_i``);
+    ``estimate (T, K)``: ``A~``. Returns ``(total, compressed, floor)``, each ``(T,)``: the left side,
+    the first term (0 for the oracle decoder) and the floor (no width-``K`` estimate goes below).
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    p = _check_teacher(teacher, lengths)
+    est = as_float_array(estimate, "estimate").astype(np.float64)
+    T, S = p.shape
+    K = est.shape[-1]
+    if est.shape != (T, K):
+        raise ValueError(f"estimate: expected shape ({T}, K), got {est.shape}")
+    up = upsample(est, lengths, S)  # (T, S)
+    total = _kl_rows(p, up)
+    cols = np.arange(S)
+    visible = cols[None, :] < lengths[:, None]
+    b = np.where(visible, column_bins(cols[None, :], np.maximum(lengths, 1)[:, None], K), 0)  # (T, S)
+    rows = np.repeat(np.arange(T), S).reshape(T, S)
+    down = np.zeros((T, K))
+    np.add.at(down, (rows[visible], b[visible]), p[visible])  # (T, K) binned teacher
+    compressed = _kl_rows(down, est)
+    width = np.diff(bin_starts(lengths, K), axis=1)  # (T, K)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        within = np.where(visible & (p > 0), p / down[rows, b], 0.0)  # A_{i|b}, (T, S)
+        term = np.where(within > 0, within * np.log(within * width[rows, b]), 0.0)  # KL(A_{i|b} || U_b) pieces
+    floor = np.zeros(T)
+    np.add.at(floor, rows[visible], (down[rows, b] * term)[visible])
+    return total, compressed, floor
+
+
+def captured_mass(q, k, supports, *, scale=None, causal=False) -> np.ndarray:
+    """``m_i``: the exact attention mass a mask keeps, ``exp(lse_mask - lse_exact)`` per row, ``(N, T)``.
+
+    Linear memory: both log-sum-exps come from streaming kernels. With ``TV(p_i, p_i|mask) = 1 - m_i``
+    and ``|o_i - o_i^mask| <= 2 (1 - m_i) max_j |v_j|`` (MATH.md section 5).
+    """
+    prob = attention_problem(q, k, np.zeros(np.shape(k)[:-1] + (1,)), scale=scale, causal=causal)
+    N = len(supports)
+    qh = np.broadcast_to(prob.q, (N, prob.T, prob.H)) if prob.q.ndim == 3 or N > 1 else prob.q[None]
+    kh = np.broadcast_to(prob.k, (N, prob.S, prob.H)) if prob.k.ndim == 3 or N > 1 else prob.k[None]
+    zeros = np.zeros((prob.S, 1))
+    out = np.zeros((N, prob.T))
+    for h, sup in enumerate(supports):
+        _, lse_exact = softmax_attention(qh[h], kh[h], zeros, scale=prob.scale, causal=causal, return_lse=True)
+        _, lse_mask = sparse_attention(qh[h], kh[h], zeros, sup, scale=prob.scale, return_lse=True)
+        with np.errstate(invalid="ignore"):
+            out[h] = np.where(np.isfinite(lse_exact), np.exp(lse_mask - lse_exact), 0.0)
+    return out
