@@ -6,6 +6,6 @@ re-exports them for the per-method scripts here.
 
 from __future__ import annotations
 
-from refattn.bench.suite import machine, median_time
+from refattn.bench.measure import machine, median_time
 
 __all__ = ["machine", "median_time"]

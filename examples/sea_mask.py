@@ -16,7 +16,7 @@ import argparse
 import numpy as np
 
 from refattn import attention_probabilities
-from refattn.evaluation.methods import local_sink_inputs
+from refattn.evaluation.datasets import local_sink_inputs
 from refattn.performer.projections import projection
 from refattn.sea import binned_attention, kernel_estimate, kl_decomposition, row_lengths, sea_attention
 from refattn.sea.decoder import distill_decoder, fixed_decoder

@@ -1,5 +1,6 @@
-"""refattn.bench.suite: the exponent fit, the memory meter (with its power twin), skipped points,
-goal verdicts, the one-entry registry (how SEA joins) and the ``refattn bench`` command.
+"""refattn.bench: the exponent fit, the memory meter (with its power twin), skipped points,
+goal verdicts (the committed benchmarks/goals.json on hand-built suites), how a registry method
+joins the sweep, and the ``refattn bench`` command.
 
 Nothing here asserts on time: timings are checked for structure (positive, finite), the
 logic that turns them into verdicts is checked on hand-built suites with known answers.
@@ -16,9 +17,16 @@ import numba
 import numpy as np
 import pytest
 
-from refattn.bench import suite as bench
-from refattn.bench.suite import METHODS, Method, PeakMemory, fit_exponent, refresh, run_suite, validate_suite
+from pathlib import Path
+
+from refattn.bench import measure
+from refattn.bench.format import validate_suite
+from refattn.bench.measure import PeakMemory
+from refattn.bench.suite import default_entries, fit_exponent, load_goals, refresh, run_suite
 from refattn.cli import main as cli_main
+from refattn.evaluation.methods import REGISTRY, Method, register
+
+GOALS = load_goals(Path(__file__).resolve().parents[1] / "benchmarks" / "goals.json")
 
 MiB = 2**20
 
@@ -101,8 +109,8 @@ def _check_suite_structure(suite, names, lengths, dtypes, H):
 
 def test_validate_suite_has_power():
     """The validator catches a dropped point, a NaN ratio, a wrong output shape and a bad verdict."""
-    good = run_suite(methods=["exact_streaming"], lengths=[64, 128], dtypes=["float64"], H=8, repeats=1,
-                     gemm_n=64, isolate=False)
+    good = run_suite(methods=["exact streaming"], lengths=[64, 128], dtypes=["float64"], H=8, repeats=1,
+                     gemm_n=64, isolate=False, goals=GOALS)
     assert validate_suite(good) == []
     import copy
 
@@ -120,25 +128,25 @@ def test_validate_suite_has_power():
 
 def test_isolated_point_matches_in_process_schema():
     """One point through the subprocess path (what the full sweep uses) has the same fields."""
-    case = {"kind": "point", "method": "exact_streaming", "T": 128, "H": 16, "dtype": "float32", "seed": 0,
-            "repeats": 1}
-    sub = bench._run_case(case, isolate=True, timeout=300)
-    here = bench._run_case(case, isolate=False, timeout=300)
+    case = {"kind": "point", "method": "exact streaming", "T": 128, "H": 16, "dtype": "float32", "seed": 0,
+            "repeats": 1, "budget": 128}
+    sub = measure.run_case(case, isolate=True, timeout=300)
+    here = measure.run_case(case, isolate=False, timeout=300)
     assert "error" not in sub, sub
     assert set(sub) == set(here) and sub["output_dtype"] == "float32" and sub["median_s"] > 0
 
 
 def test_infeasible_points_are_recorded_as_skipped(monkeypatch):
     """A predicted peak above the cap, and T beyond max_T: skipped with the reason, never dropped."""
-    tiny = Method("tiny", METHODS["exact_streaming"].build, METHODS["exact_streaming"].flops, max_T=128)
-    monkeypatch.setitem(METHODS, "tiny", tiny)
-    cap = 4 * 128 * 128 * 8 + 1  # exact_dense at T = 128 float64 fits, T = 256 does not
-    suite = run_suite(methods=["exact_dense", "tiny"], lengths=[128, 256], dtypes=["float64"], H=8, repeats=1,
+    streaming = REGISTRY["exact streaming"]
+    monkeypatch.setitem(REGISTRY, "tiny", Method("tiny", streaming.run, "the oracle", flops=streaming.flops, max_T=128))
+    cap = 4 * 128 * 128 * 8 + 1  # exact dense at T = 128 float64 fits, T = 256 does not
+    suite = run_suite(methods=["exact dense", "tiny"], lengths=[128, 256], dtypes=["float64"], H=8, repeats=1,
                       gemm_n=64, isolate=False, max_memory_bytes=cap)
-    _check_suite_structure(suite, ["exact_dense", "tiny"], [128, 256], ["float64"], 8)
+    _check_suite_structure(suite, ["exact dense", "tiny"], [128, 256], ["float64"], 8)
     reasons = {(s["method"], s["T"]): s["reason"] for s in suite["skipped"]}
-    assert set(reasons) == {("exact_dense", 256), ("tiny", 256)}
-    assert "predicted peak memory" in reasons[("exact_dense", 256)]
+    assert set(reasons) == {("exact dense", 256), ("tiny", 256)}
+    assert "predicted peak memory" in reasons[("exact dense", 256)]
     assert "max_T = 128" in reasons[("tiny", 256)]
 
 
@@ -149,91 +157,114 @@ def _fake_suite(times, lengths=(16384, 32768, 65536), dtype="float64", gemm=100.
                 "gflops": 1.0 / times[n](T), "peak_bytes": 10 * MiB} for n in names for T in lengths]
     return refresh({
         "config": {"dtypes": [dtype], "fit_from": 0, "lengths": list(lengths), "H": 64},
-        "methods": {n: {"expected_exponent": METHODS[n].expected_exponent if n in METHODS else 1.0,
-                        "auxiliary": n == "performer_m128"} for n in names},
+        "methods": {n: {"expected_exponent": REGISTRY[n.removesuffix(" causal")].expected_exponent} for n in names},
         "gemm": [{"dtype": dtype, "gflops": gemm, "when": "start"}, {"dtype": dtype, "gflops": gemm / 2, "when": "end"}],
         "results": results, "skipped": [],
-    })
+    }, GOALS)
 
 
-def _verdict(suite, issue, text):
-    rows = [g for g in suite["goals"] if g["issue"] == issue and text in g["goal"]]
+def _verdict(suite, text):
+    rows = [g for g in suite["goals"] if text in g["goal"]]
     assert len(rows) == 1, rows
     return rows[0]
 
 
 @pytest.mark.parametrize("ratio,met", [(2.4, True), (2.6, False)])
 def test_goal_performer_causal_ratio(ratio, met):
-    s = _fake_suite({"performer": lambda T: T / 1e5, "performer_causal": lambda T: ratio * T / 1e5})
-    g = _verdict(s, 3, "causal time")
+    s = _fake_suite({"performer": lambda T: T / 1e5, "performer causal": lambda T: ratio * T / 1e5})
+    g = _verdict(s, "causal time")
     assert g["met"] is met and g["T"] == 65536 and g["figure"] == f"{ratio:.2f}", g
 
 
 @pytest.mark.parametrize("speedup,met", [(25.0, True), (15.0, False)])
 def test_goal_reformer_speedup(speedup, met):
-    s = _fake_suite({"exact_streaming": lambda T: (T / 65536) ** 2 * 45.0,
+    s = _fake_suite({"exact streaming": lambda T: (T / 65536) ** 2 * 45.0,
                      "reformer": lambda T: (T / 65536) ** 2 * 45.0 / speedup})
-    assert _verdict(s, 4, ">= 20x")["met"] is met
+    assert _verdict(s, ">= 20x")["met"] is met
     assert s["results"][-1]["speedup_vs_exact"] == pytest.approx(speedup)
 
 
 def test_goal_streaming_fraction_uses_the_better_gemm_rate():
     """1 GFLOP in 1/60 s = 60 GFLOP/s against max(100, 50) GFLOP/s = 60%: met; 40 GFLOP/s: not."""
-    good = _fake_suite({"exact_streaming": lambda T: 1 / 60}, lengths=(4096, 8192, 16384))
-    bad = _fake_suite({"exact_streaming": lambda T: 1 / 40}, lengths=(4096, 8192, 16384))
-    assert _verdict(good, 2, "50%")["met"] is True and _verdict(bad, 2, "50%")["met"] is False
+    good = _fake_suite({"exact streaming": lambda T: 1 / 60}, lengths=(4096, 8192, 16384))
+    bad = _fake_suite({"exact streaming": lambda T: 1 / 40}, lengths=(4096, 8192, 16384))
+    assert _verdict(good, "50%")["met"] is True and _verdict(bad, "50%")["met"] is False
 
 
 def test_goal_away_from_its_size_gives_no_verdict():
-    s = _fake_suite({"performer": lambda T: 1.0, "performer_causal": lambda T: 1.0}, lengths=(1024, 2048, 4096))
-    g = _verdict(s, 3, "causal time")
+    s = _fake_suite({"performer": lambda T: 1.0, "performer causal": lambda T: 1.0}, lengths=(1024, 2048, 4096))
+    g = _verdict(s, "causal time")
     assert g["met"] is None and g["T"] == 4096 and "not the goal's" in g["detail"]
 
 
 def test_goal_exponents():
     """A quadratic 'linear' method fails its scaling goal; exact at T^2 meets its own."""
-    s = _fake_suite({"exact_streaming": lambda T: 1e-9 * T**2, "reformer": lambda T: 1e-9 * T**2,
+    s = _fake_suite({"exact streaming": lambda T: 1e-9 * T**2, "reformer": lambda T: 1e-9 * T**2,
                      "performer": lambda T: 1e-6 * T})
-    assert _verdict(s, 10, "exact_streaming")["met"] is True
-    assert _verdict(s, 10, "reformer")["met"] is False
-    assert _verdict(s, 10, "performer:")["met"] is True
+    assert _verdict(s, "exact streaming: scaling")["met"] is True
+    assert _verdict(s, "reformer: scaling")["met"] is False
+    assert _verdict(s, "performer: scaling")["met"] is True
 
 
-def test_goal_scatterbrain_correction():
-    s = _fake_suite({"performer_m128": lambda T: 1.0, "scatterbrain": lambda T: 1.8})
-    g = _verdict(s, 5, "Scatterbrain")
-    assert g["met"] is True and g["figure"].endswith("0.80")
-    assert not any(g["goal"].startswith("performer_m128") for g in s["goals"])  # auxiliary: no scaling goal
+@pytest.mark.parametrize("ratio,met", [(0.9, True), (1.2, False)])
+def test_goal_scatterbrain_at_performers_budget(ratio, met):
+    s = _fake_suite({"performer": lambda T: 1.0, "scatterbrain": lambda T: ratio})
+    g = _verdict(s, "Scatterbrain")
+    assert g["met"] is met and g["figure"] == f"{ratio:.2f}"
+
+
+def test_goal_peak_bound_is_an_expression_of_the_point():
+    """Performer causal at budget 128 (m = 64): the bound T m H itemsize = 65536 * 64 * 64 * 8 = 2 GiB."""
+    s = _fake_suite({"performer causal": lambda T: 1.0})
+    for r in s["results"]:
+        r["budget"] = 128
+    g = _verdict(refresh(s), "no T x m x H")
+    assert g["met"] is True and "2048 MiB" in g["figure"]
+    for r in s["results"]:
+        r["peak_bytes"] = 3 * 2**30
+    assert _verdict(refresh(s), "no T x m x H")["met"] is False
+
+
+def test_goal_bounds_take_arithmetic_only():
+    bad = [{"goal": "x", "kind": "peak_below", "method": "performer", "T": 16384, "bound": "__import__('os')"}]
+    s = _fake_suite({"performer": lambda T: 1.0})
+    with pytest.raises(ValueError, match="^bound:"):
+        refresh(s, bad)
 
 
 def test_one_register_call_adds_a_method_with_its_goals(monkeypatch):
-    """How SEA joins: one Method entry named "sea"; its rows and goals appear in the suite."""
-    def build(q, k, v, dtype, seed):
-        return lambda: np.cumsum(v, axis=0) / np.arange(1, q.shape[0] + 1)[:, None]  # linear-time toy
+    """How a method joins: one registry entry named "sea"; its rows and goals appear in the suite."""
+    def run(q, k, v, *, budget, scale, rng, causal=False, dtype=None):
+        return np.cumsum(v, axis=0) / np.arange(1, q.shape[0] + 1)[:, None]  # linear-time toy
 
-    monkeypatch.setitem(METHODS, "sea", Method("sea", build, lambda T, H, r: 2.0 * T * H))
-    suite = run_suite(methods=["exact_streaming", "sea"], lengths=[128, 256, 512], dtypes=["float64"], H=8,
-                      repeats=1, gemm_n=64, isolate=False, fit_from=0)
-    _check_suite_structure(suite, ["exact_streaming", "sea"], [128, 256, 512], ["float64"], 8)
-    mem = _verdict(suite, 6, "no T x S")
+    monkeypatch.setitem(REGISTRY, "sea", Method("sea", run, "none", flops=lambda T, H, b, r: 2.0 * T * H))
+    suite = run_suite(methods=["exact streaming", "sea"], lengths=[128, 256, 512], dtypes=["float64"], H=8,
+                      repeats=1, gemm_n=64, isolate=False, fit_from=0, goals=GOALS)
+    _check_suite_structure(suite, ["exact streaming", "sea"], [128, 256, 512], ["float64"], 8)
+    mem = _verdict(suite, "no T x S")
     assert mem["T"] == 512 and mem["met"] is None and "peak" in mem["figure"]  # away from 65536: no verdict
-    assert _verdict(suite, 6, "sea: linear")["figure"]
+    assert _verdict(suite, "sea: scaling exponent")["figure"]
 
 
 def test_register_rejects_non_methods():
-    with pytest.raises(TypeError, match="method"):
-        bench.register({"name": "x"})
+    with pytest.raises(TypeError, match="^method:"):
+        register({"name": "x"})
+
+
+def test_every_registry_method_is_a_bench_entry():
+    assert set(REGISTRY) <= set(default_entries()) and "performer causal" in default_entries()
 
 
 def test_cli_quick_writes_json_and_plot(tmp_path, capsys):
     out, png = tmp_path / "s.json", tmp_path / "s.png"
     plot = ["--plot", str(png)] if _has_matplotlib() else []
-    assert cli_main(["bench", "--quick", "--methods", "exact_streaming,reformer", "--dtypes", "float32",
-                     "--out", str(out), *plot]) == 0
+    goals = str(Path(__file__).resolve().parents[1] / "benchmarks" / "goals.json")
+    assert cli_main(["bench", "--quick", "--methods", "exact streaming,reformer", "--dtypes", "float32",
+                     "--out", str(out), "--goals", goals, *plot]) == 0
     text = capsys.readouterr().out
     assert "goals" in text and "reformer" in text
     suite = json.loads(out.read_text())
-    _check_suite_structure(suite, ["exact_streaming", "reformer"], [128, 256], ["float32"], 16)
+    _check_suite_structure(suite, ["exact streaming", "reformer"], [128, 256], ["float32"], 16)
     if plot:
         assert png.stat().st_size > 1000
     assert cli_main(["bench", "--from-json", str(out)]) == 0  # re-derived without measuring
@@ -256,6 +287,8 @@ def _has_matplotlib():
     ["bench", "--max-memory-gib", "-1"],
     ["bench", "--quick", "--out", "/nonexistent-dir/x.json"],
     ["bench", "--from-json", "/nonexistent-dir/x.json"],
+    ["bench", "--goals", "/nonexistent-dir/goals.json"],
+    ["bench", "--budget", "0"],
 ])
 def test_bench_bad_usage_exits_2_in_one_line(argv, capsys):
     assert cli_main(argv) == 2
@@ -282,12 +315,12 @@ def test_checkpoint_keeps_a_stopped_sweep(tmp_path):
             raise Stop
 
     with pytest.raises(Stop):
-        run_suite(methods=["exact_streaming"], lengths=[64, 128], dtypes=["float64"], H=8, repeats=1, gemm_n=64,
+        run_suite(methods=["exact streaming"], lengths=[64, 128], dtypes=["float64"], H=8, repeats=1, gemm_n=64,
                   isolate=False, checkpoint=str(path), progress=stop_after_first_point)
     partial = refresh(json.loads(path.read_text()))
     assert partial["complete"] is False and [r["T"] for r in partial["results"]] == [64]
     assert validate_suite(partial)  # the missing point is reported
-    run_suite(methods=["exact_streaming"], lengths=[64, 128], dtypes=["float64"], H=8, repeats=1, gemm_n=64,
+    run_suite(methods=["exact streaming"], lengths=[64, 128], dtypes=["float64"], H=8, repeats=1, gemm_n=64,
               isolate=False, checkpoint=str(path))
     done = json.loads(path.read_text())
     assert done["complete"] is True and validate_suite(done) == []

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from refattn import attention_probabilities, softmax_attention
-from refattn.evaluation.methods import REGISTRY
+from refattn.evaluation.methods import REGISTRY, Method, output_of, register
 from refattn.evaluation.report import DEFAULT_METHODS, format_comparison, run_comparison, summarise
 from refattn.cli import main
 from refattn.evaluation.datasets import AttentionData, embedded_attention, gaussian_inputs
@@ -29,13 +29,13 @@ def _by(rows):
 
 def test_table_rows_and_exact_baselines():
     rows = run_comparison(SMALL, budget=8, temperatures=(1.0, 0.5), progress=False)
-    assert len(rows) == 2 * 3 * (len(DEFAULT_METHODS) + 2)
+    assert len(rows) == 2 * 3 * len(DEFAULT_METHODS)  # the exact entries are in the default set
     for r in rows:
         assert np.isfinite(r.error_O) and r.peak_mb >= 0 and r.seconds >= 0
         if r.method == "exact dense":
             assert r.error_P == 0 and r.error_O == 0
-        elif r.method == "exact streaming numba":
-            assert r.error_O <= 1e-13
+        elif r.method == "exact streaming":
+            assert r.error_P <= 1e-13 and r.error_O <= 1e-13
         else:
             assert 0 < r.error_P < np.inf
     # lowering the temperature sharpens every head's attention
@@ -44,7 +44,7 @@ def test_table_rows_and_exact_baselines():
         assert by[(0.5, h, "exact dense")].entropy < by[(1.0, h, "exact dense")].entropy
     text = format_comparison(rows, SMALL.provenance)
     assert "all-MiniLM-L6-v2" in text and "scatterbrain" in text
-    assert {s["method"] for s in summarise(rows)} == set(DEFAULT_METHODS) | {"exact dense", "exact streaming numba"}
+    assert {s["method"] for s in summarise(rows)} == set(DEFAULT_METHODS) >= {"exact dense", "exact streaming"}
 
 
 def test_local_window_error_matches_the_masked_oracle():
@@ -65,7 +65,7 @@ def test_local_window_error_matches_the_masked_oracle():
 def test_oracles_are_exact_when_the_budget_covers_every_key():
     T = SMALL.q.shape[1]
     rows = run_comparison(SMALL, budget=T, methods=("best sparse",), progress=False)
-    assert all(r.error_P <= 1e-12 and r.error_O <= 1e-12 for r in rows if r.method != "exact streaming numba")
+    assert all(r.error_P <= 1e-12 and r.error_O <= 1e-12 for r in rows)
 
 
 def test_effective_matrix_reproduces_the_output():
@@ -73,17 +73,18 @@ def test_effective_matrix_reproduces_the_output():
     (every registered method is linear in v given its draw)."""
     d = gaussian_inputs(40, 8, 3, n_heads=1)
     q, k, v = d.q[0], d.k[0], d.v[0]
-    for name, run in REGISTRY.items():
+    for name, method in REGISTRY.items():
         if name == "sparse + low-rank":
             continue  # slow; an oracle built like best low-rank
-        out = run(q, k, v, budget=8, scale=8**-0.5, rng=np.random.default_rng(5))
-        Ph = run(q, k, np.eye(40), budget=8, scale=8**-0.5, rng=np.random.default_rng(5))
+        out = output_of(method.run(q, k, v, budget=8, scale=8**-0.5, rng=np.random.default_rng(5)))
+        Ph = output_of(method.run(q, k, np.eye(40), budget=8, scale=8**-0.5, rng=np.random.default_rng(5)))
         np.testing.assert_allclose(Ph @ v, out, atol=1e-10, err_msg=name)
 
 
 def test_a_planted_wrong_method_shows_a_large_error():
     """Power: a method that returns uniform attention is reported far from the oracle on real heads."""
-    REGISTRY["uniform (planted)"] = lambda q, k, v, *, budget, scale, rng: np.broadcast_to(v.mean(0), (q.shape[0], v.shape[1]))
+    register(Method("uniform (planted)", lambda q, k, v, *, budget, scale, rng, **kw: np.broadcast_to(
+        v.mean(0), (q.shape[0], v.shape[1])), "none: uniform attention"))
     try:
         rows = run_comparison(SMALL, budget=8, methods=("uniform (planted)",), progress=False)
     finally:
@@ -115,9 +116,9 @@ def test_cli_report_json_and_data(tmp_path):
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["data"] == "mine.npz" and len(doc["rows"]) == 2 * 2 * 4
-    assert {s["method"] for s in doc["summary"]} == {"best sparse", "performer", "exact dense", "exact streaming numba"}
-    stream = [r for r in doc["rows"] if r["method"] == "exact streaming numba"]
-    assert all(r["error_P"] is None for r in stream)  # NaN never reaches JSON
+    assert {s["method"] for s in doc["summary"]} == {"best sparse", "performer", "exact dense", "exact streaming"}
+    stream = [r for r in doc["rows"] if r["method"] == "exact streaming"]
+    assert all(r["error_P"] <= 1e-12 for r in stream)  # the streaming kernel applied to V = I is P
     P = attention_probabilities(d.q[0] / 0.5, d.k[0])
     top = np.sort(P, axis=1)[:, ::-1][:, :8]  # best sparse keeps the 8 largest entries per row
     expected = np.sqrt(np.sum(P**2) - np.sum(top**2)) / np.linalg.norm(P)

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from scipy import stats as _st
 
 from refattn import softmax_attention
-from refattn.evaluation.methods import local_sink_inputs
+from refattn.evaluation.datasets import local_sink_inputs
 from refattn.exact import attention_probabilities
 from refattn.performer.projections import projection
 from refattn.sea import (

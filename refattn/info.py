@@ -7,6 +7,7 @@ import platform
 import shutil
 import subprocess
 
+from refattn import __version__
 from refattn.exact import softmax_attention
 from refattn.kernels import numba_enabled
 from refattn.kernels.cuda.backend import compile_all
@@ -96,10 +97,8 @@ def _cuda_kernels_status(cupy_status):
 
 def collect_info() -> dict:
     """Everything `refattn info` prints, as a dict."""
-    import refattn
-
     info = {
-        "refattn": refattn.__version__,
+        "refattn": __version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
         "versions": {m: _version(m) for m in ("numpy", "scipy", "numba", "mpmath", "hypothesis", "cupy")},

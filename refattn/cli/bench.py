@@ -6,8 +6,11 @@ from __future__ import annotations
 import json
 import sys
 
-from refattn.bench.suite import GIB, METHODS, default_lengths, format_suite, plot_suite, refresh, run_suite
+from refattn.bench.format import format_suite, plot_suite
+from refattn.bench.measure import CAUSAL
+from refattn.bench.suite import GIB, default_entries, default_lengths, load_goals, refresh, run_suite
 from refattn.cli._args import UsageError, positive_float, positive_int
+from refattn.evaluation.methods import REGISTRY
 
 QUICK = {"lengths": [128, 256], "H": 16, "repeats": 1, "gemm_n": 256, "isolate": False, "fit_from": 0}
 
@@ -16,7 +19,11 @@ def add_parser(sub):
     b = sub.add_parser("bench", help="speed, memory and scaling of every method, as ratios measured in one run")
     b.add_argument("--quick", action="store_true",
                    help="smoke run: T = 128, 256, H = 16, one repeat, in this process (seconds; numbers meaningless)")
-    b.add_argument("--methods", help=f"comma-separated subset of: {', '.join(METHODS)} (default: all)")
+    b.add_argument("--methods", help=f"comma-separated registry methods, a causal form as 'NAME{CAUSAL}' "
+                                     f"(default: {', '.join(default_entries())})")
+    b.add_argument("--budget", type=positive_int, default=128,
+                   help="stored numbers per query row: each method's budget rule, capped at T (default 128)")
+    b.add_argument("--goals", metavar="JSON", help="goal definitions to judge the run by (benchmarks/goals.json)")
     b.add_argument("--dtypes", default="float64,float32", help="comma-separated: float64, float32")
     b.add_argument("--T-min", type=positive_int, default=1024, help="smallest T (doubling up to --T-max)")
     b.add_argument("--T-max", type=positive_int, default=131072,
@@ -50,7 +57,14 @@ def _split(text, known, what):
 def run(args) -> int:
     from pathlib import Path
 
-    methods = _split(args.methods, list(METHODS), "methods") if args.methods else None
+    known = [*REGISTRY, *(n + CAUSAL for n, m in REGISTRY.items() if m.causal)]
+    methods = _split(args.methods, known, "methods") if args.methods else None
+    goals = None
+    if args.goals:
+        try:
+            goals = load_goals(args.goals)
+        except (OSError, json.JSONDecodeError, ValueError) as exc:
+            raise UsageError(f"--goals: cannot read goals from {args.goals!r}: {exc}") from None
     dtypes = _split(args.dtypes, ["float64", "float32"], "dtypes")
     if args.T_min > args.T_max:
         raise UsageError(f"--T-min ({args.T_min}) exceeds --T-max ({args.T_max})")
@@ -64,7 +78,7 @@ def run(args) -> int:
             raise UsageError(f"no such directory for {path!r}")
     if args.from_json:
         try:
-            suite = refresh(json.loads(Path(args.from_json).read_text()))
+            suite = refresh(json.loads(Path(args.from_json).read_text()), goals)
         except (OSError, json.JSONDecodeError, KeyError) as exc:
             raise UsageError(f"--from-json: cannot read a suite from {args.from_json!r}: {exc}") from None
         return _emit(suite, args)
@@ -73,7 +87,8 @@ def run(args) -> int:
     if args.quick:
         opts.update(QUICK)
     progress = None if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
-    suite = run_suite(methods=methods, dtypes=dtypes, seed=args.seed, large_T=args.large_T,
+    suite = run_suite(methods=methods, dtypes=dtypes, seed=args.seed, budget=args.budget, goals=goals,
+                      large_T=args.large_T,
                       large_T_repeats=args.large_T_repeats, max_memory_bytes=args.max_memory_gib * GIB,
                       note=args.note, progress=progress, checkpoint=args.out, **opts)
     return _emit(suite, args)

@@ -3,9 +3,9 @@
 The report compares the implementations of exact attention with each other (the dense
 float64 oracle, the NumPy and Numba streaming kernels, the low-precision dense paths, the
 float64 oracle against the arbitrary-precision mpmath oracle on small adversarial
-problems) and every estimator implemented so far against the oracle, one seeded draw each:
-Performer (FAVOR+ with orthogonal features, FAVOR++), Reformer, SMYRF and HyperAttention
-(where the method applies to the problem). Later methods join the table.
+problems) and every method of the registry (:mod:`refattn.evaluation.methods`) that is neither
+the oracle nor an oracle bound against it, at :data:`ESTIMATOR_BUDGET` numbers per row, one
+seeded draw per head (causal problems: the methods with a causal form).
 
 The embedded inputs are generated from fixed seeds (:func:`default_problems`), so every
 machine reports on the same numbers.
@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from refattn.evaluation.methods import REGISTRY, run_heads
 from refattn.exact import softmax_attention
 from refattn.precise import softmax_attention_mp
 
@@ -103,60 +104,29 @@ def run_report(seq_len: int = 512, seed: int = 0, progress: bool | None = None):
     return rows
 
 
-#: The random estimators in the report: (label, applies(kw) -> bool, run(q, k, v, kw, rng) -> output).
-def _estimators():
-    from refattn.lsh.attention import hyper_attention, reformer_attention, smyrf_attention
-    from refattn.lsh.hashes import simhash, simhash_planes
-    from refattn.lsh.sparse import bucket_support
-    from refattn.performer.attention import performer_attention
-    from refattn.scatterbrain.attention import scatterbrain_attention
-
-    def perf(features, projection):
-        return lambda q, k, v, kw, rng: performer_attention(
-            q, k, v, m=256, features=features, projection=projection, rng=rng,
-            causal=kw.get("causal", False), key_lengths=kw.get("key_lengths")).output
-
-    def per_head(fn):
-        """A one-head (T, H) method applied to every head of (..., T, H) inputs (one draw per head)."""
-        def run(q, k, v, kw, rng):
-            out = np.empty(q.shape[:-1] + v.shape[-1:])
-            for idx in np.ndindex(*q.shape[:-2]):
-                out[idx] = fn(q[idx], k[idx], v[idx], kw, rng)
-            return out
-        return run
-
-    always = lambda kw: True  # noqa: E731
-    unpadded = lambda kw: kw.get("key_lengths") is None  # noqa: E731  (the LSH methods take no padding)
-    return [
-        ("performer positive orf m=256", always, perf("positive", "orthogonal")),
-        ("performer favor++ iid m=256", always, perf("favorpp", "gaussian")),
-        ("reformer 2 rounds chunk=32", unpadded, per_head(lambda q, k, v, kw, rng: reformer_attention(
-            q, k, v, n_buckets=max(2, 2 * (q.shape[0] // 64)), chunk=32, rounds=2, rng=rng,
-            causal=kw.get("causal", False)).output)),
-        ("smyrf 2 rounds", lambda kw: unpadded(kw) and not kw.get("causal"), per_head(
-            lambda q, k, v, kw, rng: smyrf_attention(q, k, v, n_clusters=max(1, q.shape[0] // 64), rounds=2,
-                                                     rng=rng).output)),
-        ("hyperattention b=32 s=32", unpadded, per_head(lambda q, k, v, kw, rng: hyper_attention(
-            q, k, v, block_size=32, n_samples=32, rng=rng, causal=bool(kw.get("causal", False))).output)),
-        ("scatterbrain m=128 + simhash", unpadded, per_head(lambda q, k, v, kw, rng: _scatterbrain(
-            q, k, v, kw, rng, scatterbrain_attention, bucket_support, simhash, simhash_planes))),
-    ]
-
-
-def _scatterbrain(q, k, v, kw, rng, sb, bucket_support, simhash, simhash_planes):
-    """Scatterbrain with a 3-bit SimHash support drawn from its own stream (independent of the features)."""
-    planes = simhash_planes(q.shape[-1], 3, np.random.default_rng([int(rng.integers(2**31)), 7]))
-    support = bucket_support(simhash(q, planes)[0], simhash(k, planes)[0])
-    return sb(q, k, v, support, m=128, rng=rng, causal=kw.get("causal", False)).output
+#: Stored numbers per query row for the estimators' rows (each method's budget rule:
+#: :mod:`refattn.evaluation.methods`).
+ESTIMATOR_BUDGET = 128
 
 
 def _estimator_rows(name, q, k, v, kw, base, ref_name, seed):
+    """Every non-oracle method of the registry at :data:`ESTIMATOR_BUDGET`, head by head (one draw per
+    head); causal problems use the methods with a causal form, padded keys are cut off per sequence."""
     rows = []
-    for label, applies, run in _estimators():
-        if not applies(kw):
+    causal = bool(kw.get("causal", False))
+    lengths = kw.get("key_lengths")
+    for label, method in REGISTRY.items():
+        if method.exact or method.oracle or (causal and not method.causal):
             continue
-        out, t = _timed(lambda: run(q, k, v, kw, np.random.default_rng([seed, 1])))
-        rows.append(_row(name, label, ref_name, out, base, t))
+        if lengths is None:
+            run = lambda: run_heads(method, q, k, v, budget=min(ESTIMATOR_BUDGET, k.shape[-2]),  # noqa: E731
+                                    seed=seed, causal=causal)
+        else:
+            run = lambda: np.stack([run_heads(method, q[b], k[b, :n], v[b, :n],  # noqa: E731
+                                              budget=min(ESTIMATOR_BUDGET, int(n)), seed=seed + b, causal=causal)
+                                    for b, n in enumerate(np.asarray(lengths).reshape(-1))])
+        out, t = _timed(run)
+        rows.append(_row(name, f"{label} b={ESTIMATOR_BUDGET}", ref_name, out, base, t))
     return rows
 
 

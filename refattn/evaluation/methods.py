@@ -1,11 +1,15 @@
-r"""The matched-budget comparison (Scatterbrain's main figure, Chen et al. 2021, Sec. 3 and 5).
+r"""The one method registry: every attention method refattn compares, its budget rule and its seed stream.
 
-At a budget of ``b`` stored numbers per query row, every method approximates the attention
-matrix ``P`` (and the output ``O = P V``); we report the relative Frobenius errors
-``|P^ - P|_F / |P|_F`` and ``|O^ - O|_F / |O|_F`` and the mean row entropy of ``P``.
-Budget accounting (``T = S``):
+``refattn report`` (:mod:`refattn.evaluation.report`), the oracle's path comparison
+(:mod:`refattn.evaluation.exact_paths`), the matched-budget study on synthetic data
+(:mod:`refattn.evaluation.budget`) and ``refattn bench`` (:mod:`refattn.bench`) all read
+:data:`REGISTRY`; a new method joins all four with one :func:`register` call (the docs' report
+page, "Adding a method").
+
+**Budget rule.** At a budget of ``b`` stored numbers per query row (``T = S``):
 
 ==============================  ===============================================
+exact dense, exact streaming    the oracle itself (no budget: every ``S`` entry)
 best sparse (top-k, oracle)     ``b`` largest entries of each row of ``P`` (truncated)
 best low-rank (SVD, oracle)     rank ``b/2`` (``r (T + S)`` numbers)
 sparse + low-rank (oracle)      best of rank ``r`` + ``b - 2r`` entries per row, ``r`` in {b/8, b/4, 3b/8}
@@ -14,86 +18,130 @@ scatterbrain                    ``m = b/4`` features + SimHash buckets of about 
 nystrom                         ``b/2`` segment-mean landmarks (Xiong et al. 2021)
 local window                    ``b`` keys around the diagonal
 reformer                        chunks of ``b/2`` with look-back 1, buckets of about ``b/2``
+smyrf                           balanced clusters of about ``b/2`` keys (one hash round)
 hyperattention                  blocks of ``b/2`` plus ``b/2`` sampled columns
 sea                             ``K = b/2`` compressed bins + top ``k = b/2`` keys (``m = b/2`` features)
 ==============================  ===============================================
 
-:func:`clustered_inputs` is Scatterbrain's generative process: queries and keys around
-``C`` shared cluster centres, logits ``beta q . k``; the inverse temperature ``beta`` moves
-attention from diffuse (high entropy: low-rank wins) to peaked (low entropy: sparse wins),
-with sparse + low-rank best in between (MATH.md section 4: test the ordering, not constants).
-The oracles materialise ``T x S``: this is a small-``T`` study tool.
+**Seed stream.** Every draw of a method comes from :func:`method_rng` ``(seed, name, *stream)``:
+``numpy.random.default_rng([seed, crc32(name), *stream])``, one independent stream per seed,
+method and head (``stream``), stable when the registry grows. A method with several independent
+draws (Scatterbrain's hash and features) splits its stream with ``Generator.spawn`` in a fixed
+order (hash first).
+
+**Contract.** ``method.run(q, k, v, *, budget, scale, rng, causal=False, dtype=None)`` takes one
+head ``q (T, H)``, ``k (S, H)``, ``v (S, Hv)`` and returns the output ``(T, Hv)`` or a result
+object with ``.output`` (:func:`output_of`). ``dtype`` asks for a lower working precision; the
+methods with a low-precision path (the exact oracle, Performer) honour it, the others compute in
+float64. Every entry is linear in ``v`` given its draw, so
+``run(q, k, I)`` with the same draw is its effective attention matrix ``P^``.
 """
 
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
-from refattn._validation import check_positive_int
-from refattn.exact import attention_probabilities
-from refattn.stats import as_generator
+from refattn.exact import attention_probabilities, softmax_attention
+from refattn.lsh.attention import hyper_attention, reformer_attention, smyrf_attention
+from refattn.lsh.hashes import simhash, simhash_planes
+from refattn.lsh.sparse import bucket_support, local_window, sparse_attention
+from refattn.performer.attention import performer_attention
+from refattn.scatterbrain.attention import scatterbrain_attention
+from refattn.scatterbrain.rpca import fixed_budget_decomposition
+from refattn.sea.attention import sea_attention
 
-__all__ = ["BudgetRow", "clustered_inputs", "local_sink_inputs", "matched_budget", "row_entropy", "METHODS",
-           "REGISTRY", "register"]
-
-
-@dataclass
-class BudgetRow:
-    method: str
-    error_P: float
-    error_O: float
+__all__ = ["Method", "REGISTRY", "register", "method_rng", "output_of", "run_heads", "METHODS"]
 
 
-def clustered_inputs(T, H, n_clusters, rng, *, sigma=0.3, Hv=None):
-    """Scatterbrain's clustered process: ``q_i = c_{z_i} + sigma e_i``, ``k_j = c_{z'_j} + sigma e'_j``,
-    centres ``c ~ N(0, I/H)``, noise ``e ~ N(0, I/H)``; ``v ~ N(0, I)``. Use ``scale=beta``."""
-    T = check_positive_int(T, "T")
-    H = check_positive_int(H, "H")
-    C = check_positive_int(n_clusters, "n_clusters")
-    gen = as_generator(rng)
-    centres = gen.normal(size=(C, H)) / math.sqrt(H)
-    q = centres[gen.integers(0, C, size=T)] + sigma * gen.normal(size=(T, H)) / math.sqrt(H)
-    k = centres[gen.integers(0, C, size=T)] + sigma * gen.normal(size=(T, H)) / math.sqrt(H)
-    v = gen.normal(size=(T, Hv or H))
-    return q, k, v
+@dataclass(frozen=True)
+class Method:
+    """One registered method.
 
-
-def local_sink_inputs(T, H, rng, *, beta=8.0, step=0.3, noise=0.3, sink=1.0):
-    """A language-model-like process: local attention plus an attention sink.
-
-    Keys follow a random walk (``k_j = sum_{j' <= j} step e_j'``, ``e ~ N(0, I/H)``), centred and
-    scaled so that ``|q_i| |k_i| / sqrt(H)`` is about ``beta`` (the inverse temperature: the logit
-    of a query with its own key at the default scale); nearby positions have similar keys, so
-    ``q_i = k_i + noise |k_i| e'_i`` (``e' ~ N(0, I/H)``) attends mostly near ``i``. Key 0 is replaced
-    by ``sink`` times the mean query direction at the same norm (every query puts extra mass on
-    the first key). Used by SEA's distillation tests and examples. Returns ``q, k`` (``(T, H)``).
+    Attributes
+    ----------
+    name : str
+        Registry key: the report's row label, the bench's ``--methods`` name.
+    run : callable
+        ``run(q, k, v, *, budget, scale, rng, causal=False, dtype=None)`` on one head (module docstring).
+    budget_rule : str
+        What ``budget = b`` buys (shown in the docs, the bench's JSON and the report's JSON).
+    oracle : bool
+        It reads the exact matrix (a bound on what a method of its family can do, not a method
+        one can ship): materialises ``T x S``.
+    exact : bool
+        The exact oracle itself (error 0 up to rounding; no budget).
+    causal : bool
+        ``run`` takes ``causal=True`` (bottom-right alignment).
+    in_report : bool
+        In ``refattn report``'s default set.
+    flops : callable or None
+        ``flops(T, H, budget, result)``: useful flops of one call for the bench (``T = S``, ``Hv = H``).
+    peak_bytes : callable or None
+        ``peak_bytes(T, H, itemsize, budget)``: predicted peak memory; the bench skips points above
+        its memory cap (recorded as skipped, with the reason).
+    expected_exponent : float
+        ``time ~ T^p``: 1 for linear-time methods, 2 for quadratic, 3 for an SVD.
+    max_T : int
+        Largest ``T`` of the bench's sweep for this method.
     """
-    T = check_positive_int(T, "T")
-    H = check_positive_int(H, "H")
-    gen = as_generator(rng)
-    k = np.cumsum(gen.normal(size=(T, H)) * (step / math.sqrt(H)), axis=0)  # (T, H) random walk
-    k -= k.mean(axis=0)
-    norm = np.linalg.norm(k, axis=1).mean()
-    target = math.sqrt(beta * math.sqrt(H))  # |q| = |k| = target: logit q.k / sqrt(H) ~ beta
-    if norm > 0:  # T = 1: a single centred key is 0
-        k *= target / norm
-    q = k + noise * target * gen.normal(size=(T, H)) / math.sqrt(H)
-    mean_q = q.mean(axis=0)
-    if np.linalg.norm(mean_q) > 0:
-        k[0] = sink * target * mean_q / np.linalg.norm(mean_q)
-    return q, k
+
+    name: str
+    run: Callable
+    budget_rule: str
+    oracle: bool = False
+    exact: bool = False
+    causal: bool = False
+    in_report: bool = True
+    flops: Callable | None = None
+    peak_bytes: Callable | None = None
+    expected_exponent: float = 1.0
+    max_T: int = 65536
 
 
-def row_entropy(P):
-    """Mean Shannon entropy (nats) of the rows of ``P``."""
-    P = np.asarray(P, dtype=np.float64)
-    return float(-(P * np.log(np.where(P > 0, P, 1.0))).sum(axis=-1).mean())
+#: name -> :class:`Method`, in table order (exact, oracles, then the methods).
+REGISTRY: dict[str, Method] = {}
 
 
+def register(method: Method) -> Method:
+    """Add ``method`` to :data:`REGISTRY` (replacing one of the same name) and return it."""
+    if not isinstance(method, Method):
+        raise TypeError(f"method: expected a refattn.evaluation.methods.Method, got {type(method).__name__}")
+    REGISTRY[method.name] = method
+    return method
+
+
+def method_rng(seed, name: str, *stream) -> np.random.Generator:
+    """The draw of method ``name`` for master ``seed`` and sub-stream ``stream`` (e.g. a head index):
+    ``default_rng([seed, crc32(name), *stream])``."""
+    return np.random.default_rng([int(seed), zlib.crc32(name.encode()), *(int(s) for s in stream)])
+
+
+def output_of(result) -> np.ndarray:
+    """The output array of a method's result (an array, or an object with ``.output``)."""
+    return np.asarray(result if isinstance(result, np.ndarray) else result.output)
+
+
+def run_heads(method: Method, q, k, v, *, budget, seed, scale=None, causal=False) -> np.ndarray:
+    """``method`` on every head of ``q (..., T, H)``, ``k (..., S, H)``, ``v (..., S, Hv)``: head
+    ``i`` (in C order over the leading dims) draws from ``method_rng(seed, method.name, i)``."""
+    if causal and not method.causal:
+        raise ValueError(f"causal: the method {method.name!r} has no causal form")
+    q, k, v = np.asarray(q), np.asarray(k), np.asarray(v)
+    out = np.empty(q.shape[:-1] + v.shape[-1:])
+    for i, idx in enumerate(np.ndindex(*q.shape[:-2])):
+        s = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+        kw = {"causal": True} if causal else {}
+        out[idx] = output_of(method.run(q[idx], k[idx], v[idx], budget=budget, scale=s,
+                                        rng=method_rng(seed, method.name, i), **kw))
+    return out
+
+
+# ----------------------------------------------------------------------------- the oracles' helpers
 def _topk(P, b):
     idx = np.argsort(-P, axis=1, kind="stable")[:, :b]
     M = np.zeros_like(P)
@@ -108,9 +156,7 @@ def _svd(P, r):
 
 def _best_mixed_split(P, b):
     """The sparse + low-rank oracle: the best of the strictly mixed splits rank r + (b - 2r) entries
-    per row, r in {b/8, b/4, 3b/8} (:func:`refattn.scatterbrain.rpca.fixed_budget_decomposition`)."""
-    from refattn.scatterbrain.rpca import fixed_budget_decomposition
-
+    per row, r in {b/8, b/4, 3b/8} (:func:`refattn.scatterbrain.fixed_budget_decomposition`)."""
     best, err = None, np.inf
     for r in sorted({max(1, b // 8), max(1, b // 4), max(1, 3 * b // 8)}):
         L, Sp = fixed_budget_decomposition(P, r, P.shape[0] * max(0, b - 2 * r), n_iter=20)
@@ -120,134 +166,129 @@ def _best_mixed_split(P, b):
     return best
 
 
-def _nystrom(q, k, scale, n_landmarks):
-    """Nystromformer (Xiong et al. 2021, eq. 9-13): segment-mean landmarks, pseudo-inverse core."""
-    T = q.shape[0]
-    seg = np.array_split(np.arange(T), n_landmarks)
-    ql = np.stack([q[s].mean(0) for s in seg])
-    kl = np.stack([k[s].mean(0) for s in seg])
+def _nystrom(q, k, v, scale, n_landmarks):
+    """Nystromformer (Xiong et al. 2021, eq. 9-13): segment-mean landmarks, pseudo-inverse core,
+    applied right to left so that no ``T x S`` matrix is formed (``v = I`` gives the matrix ``P^``)."""
+    c = min(n_landmarks, q.shape[0], k.shape[0])
+    ql = np.stack([s.mean(0) for s in np.array_split(q, c)])  # (c, H) segment means of the queries
+    kl = np.stack([s.mean(0) for s in np.array_split(k, c)])  # (c, H) and of the keys
     F = attention_probabilities(q, kl, scale=scale)  # (T, c)
     A = attention_probabilities(ql, kl, scale=scale)  # (c, c)
     B = attention_probabilities(ql, k, scale=scale)  # (c, S)
-    return F @ np.linalg.pinv(A) @ B
-
-
-#: The matched-budget registry: name -> ``run(q, k, v, *, budget, scale, rng) -> output (T, Hv)``.
-#: Every entry is linear in ``v`` given its draw, so ``run(q, k, I)`` is its effective attention
-#: matrix ``P^``; ``refattn report`` and :func:`matched_budget` both read this table. A new method
-#: joins both with one :func:`register` call (see ``docs/report.md``).
-REGISTRY: dict = {}
-
-
-def register(name):
-    """Decorator: add ``run(q, k, v, *, budget, scale, rng)`` to :data:`REGISTRY` under ``name``."""
-    def deco(fn):
-        REGISTRY[name] = fn
-        return fn
-    return deco
+    return F @ (np.linalg.pinv(A) @ (B @ v))
 
 
 def _half(b):
     return max(1, b // 2)
 
 
-@register("best sparse")
-def _run_best_sparse(q, k, v, *, budget, scale, rng):
-    return _topk(attention_probabilities(q, k, scale=scale), budget) @ v
+def _simhash_bits(S, bucket):
+    """SimHash bits giving buckets of about ``bucket`` keys out of ``S``."""
+    return max(1, int(round(math.log2(max(2, S / bucket)))))
 
 
-@register("best low-rank")
-def _run_best_low_rank(q, k, v, *, budget, scale, rng):
-    return _svd(attention_probabilities(q, k, scale=scale), budget // 2) @ v
+def _performer_flops(T, H, m):
+    """Features ``2 (T + S) m H``, products ``2 S m Hv + 2 T m Hv`` (``T = S``, ``Hv = H``)."""
+    return 2 * (2 * T) * m * H + 2 * T * m * H * 2
 
 
-@register("sparse + low-rank")
-def _run_mixed(q, k, v, *, budget, scale, rng):
-    return _best_mixed_split(attention_probabilities(q, k, scale=scale), budget) @ v
+def _sparse_flops(T, H, budget, result):
+    """Logits and values on the support, ``4 nnz H`` (hashing not counted)."""
+    return 4.0 * result.support.nnz * H
 
 
-@register("performer")
-def _run_performer(q, k, v, *, budget, scale, rng):
-    from refattn.performer.attention import performer_attention
+# ----------------------------------------------------------------------------- the entries
+def _exact(implementation):
+    def run(q, k, v, *, budget, scale, rng, causal=False, dtype=None):
+        return softmax_attention(q, k, v, scale=scale, causal=causal, implementation=implementation, dtype=dtype)
+    return run
 
-    return performer_attention(q, k, v, m=_half(budget), rng=rng, scale=scale).output
+
+def _dense_oracle(matrix):
+    def run(q, k, v, *, budget, scale, rng, causal=False, dtype=None):
+        return matrix(attention_probabilities(q, k, scale=scale), budget) @ v
+    return run
 
 
-@register("scatterbrain")
-def _run_scatterbrain(q, k, v, *, budget, scale, rng):
-    from refattn.lsh.hashes import simhash, simhash_planes
-    from refattn.lsh.sparse import bucket_support
-    from refattn.scatterbrain.attention import scatterbrain_attention
+def _run_performer(q, k, v, *, budget, scale, rng, causal=False, dtype=None):
+    return performer_attention(q, k, v, m=_half(budget), rng=rng, scale=scale, causal=causal, dtype=dtype)
 
-    bits = max(1, int(round(math.log2(max(2, k.shape[0] / _half(budget))))))
-    planes = simhash_planes(q.shape[1], bits, np.random.default_rng([int(rng.integers(2**31)), 9]))
+
+def _run_scatterbrain(q, k, v, *, budget, scale, rng, causal=False, dtype=None):
+    hash_rng, feature_rng = rng.spawn(2)
+    planes = simhash_planes(q.shape[1], _simhash_bits(k.shape[0], _half(budget)), hash_rng)
     sup = bucket_support(simhash(q, planes)[0], simhash(k, planes)[0])
-    return scatterbrain_attention(q, k, v, sup, m=max(1, budget // 4), rng=rng, scale=scale).output
+    return scatterbrain_attention(q, k, v, sup, m=max(1, budget // 4), rng=feature_rng, scale=scale, causal=causal)
 
 
-@register("nystrom")
-def _run_nystrom(q, k, v, *, budget, scale, rng):
-    return _nystrom(q, k, scale, _half(budget)) @ v
+def _run_nystrom(q, k, v, *, budget, scale, rng, causal=False, dtype=None):
+    return _nystrom(q, k, v, scale, _half(budget))
 
 
-@register("local window")
-def _run_local_window(q, k, v, *, budget, scale, rng):
-    from refattn.lsh.sparse import local_window, sparse_attention
-
-    return sparse_attention(q, k, v, local_window(q.shape[0], k.shape[0], budget // 2, budget - budget // 2 - 1),
-                            scale=scale)
+def _run_local_window(q, k, v, *, budget, scale, rng, causal=False, dtype=None):
+    h = budget // 2
+    sup = local_window(q.shape[0], k.shape[0], h, budget - h - 1)
+    return sparse_attention(q, k, v, sup, scale=scale)
 
 
-@register("reformer")
-def _run_reformer(q, k, v, *, budget, scale, rng):
-    from refattn.lsh.attention import reformer_attention
+def _buckets(S, per_bucket):
+    """An even bucket count giving about ``per_bucket`` keys per bucket (Reformer's hash needs even)."""
+    return max(2, 2 * (S // per_bucket // 2))
 
+
+def _run_reformer(q, k, v, *, budget, scale, rng, causal=False, dtype=None):
     h = _half(budget)
-    return reformer_attention(q, k, v, n_buckets=max(2, 2 * (k.shape[0] // h // 2)), chunk=h, rng=rng,
-                              scale=scale).output
+    return reformer_attention(q, k, v, n_buckets=_buckets(k.shape[0], h), chunk=h, rng=rng, scale=scale,
+                              causal=causal)
 
 
-@register("hyperattention")
-def _run_hyperattention(q, k, v, *, budget, scale, rng):
-    from refattn.lsh.attention import hyper_attention
+def _run_smyrf(q, k, v, *, budget, scale, rng, causal=False, dtype=None):
+    return smyrf_attention(q, k, v, n_clusters=max(1, k.shape[0] // _half(budget)), rounds=1, rng=rng, scale=scale)
 
+
+def _run_hyperattention(q, k, v, *, budget, scale, rng, causal=False, dtype=None):
     h = _half(budget)
-    return hyper_attention(q, k, v, block_size=h, n_samples=h, rng=rng, scale=scale).output
+    return hyper_attention(q, k, v, block_size=h, n_samples=h, rng=rng, scale=scale, causal=causal)
 
 
-@register("sea")
-def _run_sea(q, k, v, *, budget, scale, rng):
-    from refattn.sea import sea_attention
-
+def _run_sea(q, k, v, *, budget, scale, rng, causal=False, dtype=None):
     h = _half(budget)
-    return sea_attention(q, k, v, n_bins=min(h, k.shape[0]), topk=h, m=h, rng=rng, scale=scale).output
+    return sea_attention(q, k, v, n_bins=min(h, k.shape[0]), topk=h, m=h, rng=rng, scale=scale, causal=causal)
 
 
-#: The methods' names in table order (the oracles first).
+_EXACT_FLOPS = lambda T, H, b, r: 4.0 * T * T * H  # noqa: E731  two GEMMs, T = S, Hv = H
+
+register(Method("exact dense", _exact("dense"), "the oracle: the T x S matrix", exact=True, causal=True,
+                flops=_EXACT_FLOPS, peak_bytes=lambda T, H, itemsize, b: 4.0 * T * T * 8, expected_exponent=2.0))
+register(Method("exact streaming", _exact("numba"), "the oracle, online softmax in O((T + S) H) memory",
+                exact=True, causal=True, flops=_EXACT_FLOPS, expected_exponent=2.0, max_T=131072))
+register(Method("best sparse", _dense_oracle(_topk), "b largest entries of each row of P", oracle=True,
+                peak_bytes=lambda T, H, itemsize, b: 4.0 * T * T * 8, expected_exponent=2.0, max_T=4096))
+register(Method("best low-rank", _dense_oracle(lambda P, b: _svd(P, b // 2)), "rank b/2 SVD of P", oracle=True,
+                peak_bytes=lambda T, H, itemsize, b: 5.0 * T * T * 8, expected_exponent=3.0, max_T=2048))
+register(Method("sparse + low-rank", _dense_oracle(_best_mixed_split),
+                "rank r + (b - 2r) entries per row, the best r in {b/8, b/4, 3b/8}", oracle=True, in_report=False,
+                peak_bytes=lambda T, H, itemsize, b: 8.0 * T * T * 8, expected_exponent=3.0, max_T=512))
+register(Method("performer", _run_performer, "m = b/2 features (orthogonal, positive)", causal=True,
+                flops=lambda T, H, b, r: _performer_flops(T, H, _half(b))))
+register(Method("scatterbrain", _run_scatterbrain, "m = b/4 features + SimHash buckets of about b/2 keys",
+                causal=True, flops=lambda T, H, b, r: _performer_flops(T, H, max(1, b // 4))
+                + (4.0 * H + 2.0 * max(1, b // 4)) * r.support.nnz))
+register(Method("nystrom", _run_nystrom, "b/2 segment-mean landmarks",
+                flops=lambda T, H, b, r: 4.0 * (2 * T) * _half(b) * H))  # F, B logits and F (A^+ (B v)), T = S
+register(Method("local window", _run_local_window, "b keys around the diagonal",
+                flops=lambda T, H, b, r: 4.0 * T * b * H))
+register(Method("reformer", _run_reformer, "chunks of b/2 with look-back 1, buckets of about b/2 keys", causal=True,
+                flops=_sparse_flops))
+# the cluster and block supports are built from dense T x S booleans (O(T^2) time and memory):
+# measured ~1.25 (SMYRF) and ~3 (HyperAttention) bytes per entry, predicted with a margin
+register(Method("smyrf", _run_smyrf, "balanced clusters of about b/2 keys, one round", flops=_sparse_flops,
+                peak_bytes=lambda T, H, itemsize, b: 1.5 * T * T))
+register(Method("hyperattention", _run_hyperattention, "blocks of b/2 plus b/2 sampled columns", causal=True,
+                flops=_sparse_flops, peak_bytes=lambda T, H, itemsize, b: 3.5 * T * T))
+register(Method("sea", _run_sea, "K = b/2 bins + top k = b/2 keys (m = b/2 features)", causal=True,
+                flops=lambda T, H, b, r: 4.0 * T * _half(b) * H + 4.0 * T * _half(b) * (_half(b) + H)
+                + 4.0 * r.supports[0].nnz * H))
+
+#: The registered names in table order.
 METHODS = tuple(REGISTRY)
-
-
-def matched_budget(q, k, v, *, budget, scale, rng, methods=METHODS):
-    """Errors of every method at ``budget`` numbers per row: a list of :class:`BudgetRow`."""
-    budget = check_positive_int(budget, "budget", minimum=4)
-    if q.shape[0] != k.shape[0]:
-        raise ValueError("q, k: the budget accounting here assumes T == S")
-    if budget > k.shape[0]:
-        raise ValueError(f"budget: {budget} exceeds the number of keys {k.shape[0]}")
-    gen = as_generator(rng)
-    P = attention_probabilities(q, k, scale=scale)
-    O = P @ v
-    nP, nO = np.linalg.norm(P), np.linalg.norm(O)
-    unknown = [m for m in methods if m not in REGISTRY]
-    if unknown:
-        raise ValueError(f"method: unknown {unknown[0]!r}; expected one of {sorted(REGISTRY)}")
-    rows = []
-    eye = np.eye(k.shape[0])  # P^ = the method applied to V = I (every entry is linear in V)
-    # one BLAS thread: the oracles' many small SVDs gain nothing from threads, and on a loaded
-    # 2-core machine OpenBLAS's spinning threads made them up to 300x slower
-    with threadpool_limits(limits=1, user_api="blas"):
-        for method in methods:
-            Ph = REGISTRY[method](q, k, eye, budget=budget, scale=scale, rng=gen)
-            rows.append(BudgetRow(method, float(np.linalg.norm(Ph - P) / nP),
-                                  float(np.linalg.norm(Ph @ v - O) / nO)))
-    return rows

@@ -25,23 +25,24 @@ from __future__ import annotations
 
 import time
 import tracemalloc
-import zlib
 from dataclasses import asdict, dataclass
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
 from refattn._validation import check_positive_int
-from refattn.evaluation.methods import REGISTRY, row_entropy
-from refattn.exact import attention_probabilities, softmax_attention
+from refattn.evaluation.budget import row_entropy
+from refattn.evaluation.methods import REGISTRY, method_rng, output_of
+from refattn.exact import attention_probabilities
 
 __all__ = ["MethodRow", "DEFAULT_METHODS", "EXACT_METHODS", "DEFAULT_TEMPERATURES", "run_comparison",
            "summarise", "format_comparison", "plot_error_vs_entropy", "rows_as_dicts", "summary_as_dicts"]
 
 #: The registry entries in the default report: all but the mixed sparse + low-rank oracle, whose
 #: alternating projections take about 30 s per head at T = 512 (ask for it with ``--methods``).
-DEFAULT_METHODS = tuple(m for m in REGISTRY if m != "sparse + low-rank")
-EXACT_METHODS = ("exact dense", "exact streaming numba")
+DEFAULT_METHODS = tuple(name for name, m in REGISTRY.items() if m.in_report)
+#: The exact oracle's own entries: always in the table (the time baseline).
+EXACT_METHODS = tuple(name for name, m in REGISTRY.items() if m.exact)
 DEFAULT_TEMPERATURES = (0.25, 0.5, 1.0, 2.0, 4.0)
 
 
@@ -79,22 +80,6 @@ def _seconds(fn):
 def _rel(a, b):
     nb = np.linalg.norm(b)
     return float(np.linalg.norm(a - b) / nb) if nb else float(np.linalg.norm(a))
-
-
-def _method_seed(seed, name, head_index):
-    """One independent stream per (seed, method, head), stable when the registry grows."""
-    return np.random.default_rng([seed, zlib.crc32(name.encode()), head_index])
-
-
-def _exact_rows(q, k, v, O, base):
-    rows = []
-    for name, impl in (("exact dense", "dense"), ("exact streaming numba", "numba")):
-        softmax_attention(q[:4], k[:4], v[:4], implementation=impl)  # warm-up (compile, caches)
-        out, mb = _peak_mb(lambda: softmax_attention(q, k, v, implementation=impl))
-        out, t = _seconds(lambda: softmax_attention(q, k, v, implementation=impl))
-        err_P = 0.0 if impl == "dense" else float("nan")  # the streaming kernel never forms P
-        rows.append(MethodRow(**base, method=name, error_P=err_P, error_O=_rel(out, O), peak_mb=mb, seconds=t))
-    return rows
 
 
 def run_comparison(data, *, budget=64, methods=DEFAULT_METHODS, temperatures=(1.0,), seed=0, progress=None):
@@ -137,7 +122,8 @@ def run_comparison(data, *, budget=64, methods=DEFAULT_METHODS, temperatures=(1.
     scale = 1.0 / np.sqrt(data.q.shape[-1])
     eye = np.eye(S)
     rows = []
-    total = len(temps) * data.q.shape[0] * (len(methods) + len(EXACT_METHODS))
+    names = EXACT_METHODS + tuple(m for m in methods if m not in EXACT_METHODS)
+    total = len(temps) * data.q.shape[0] * len(names)
     # BLAS on one thread (Numba kernels keep theirs): at these sizes BLAS threads only add overhead,
     # and on a shared 2-core machine OpenBLAS's spinning threads made SVDs up to 300x slower
     with threadpool_limits(limits=1, user_api="blas"), \
@@ -149,15 +135,16 @@ def run_comparison(data, *, budget=64, methods=DEFAULT_METHODS, temperatures=(1.
                 P = attention_probabilities(q, k)  # (T, S), the oracle
                 O = P @ v
                 base = dict(data=data.name, head=d.heads[h], temperature=temp, entropy=row_entropy(P), budget=budget)
-                rows.extend(_exact_rows(q, k, v, O, base))
-                bar.update(len(EXACT_METHODS))
-                for name in methods:
-                    run = REGISTRY[name]
+                for name in names:
+                    method = REGISTRY[name]
+
+                    def call(values):  # the same seeded draw for every call: one stream per (seed, method, head)
+                        return output_of(method.run(q, k, values, budget=budget, scale=scale,
+                                                    rng=method_rng(seed, name, h)))
                     # warm-up and memory, then the timed call, then P^ from the same draw applied to I
-                    _, mb = _peak_mb(lambda: run(q, k, v, budget=budget, scale=scale, rng=_method_seed(seed, name, h)))
-                    out, t = _seconds(lambda: run(q, k, v, budget=budget, scale=scale, rng=_method_seed(seed, name, h)))
-                    Ph = run(q, k, eye, budget=budget, scale=scale, rng=_method_seed(seed, name, h))
-                    rows.append(MethodRow(**base, method=name, error_P=_rel(Ph, P), error_O=_rel(out, O),
+                    _, mb = _peak_mb(lambda: call(v))
+                    out, t = _seconds(lambda: call(v))
+                    rows.append(MethodRow(**base, method=name, error_P=_rel(call(eye), P), error_O=_rel(out, O),
                                           peak_mb=mb, seconds=t))
                     bar.update(1)
     return rows

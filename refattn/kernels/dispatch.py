@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from refattn.kernels.cuda import backend
+
 __all__ = ["is_cupy", "on_gpu", "gpu_backend", "shadow", "shadow64"]
 
 
@@ -80,8 +82,4 @@ def gpu_backend(**arrays):
             check(shadow64(x), shadow64(planes))   # the CPU path's validation, on shadows
             return gpu.simhash(x, planes)          # values checked and the kernel run on the device
     """
-    if not on_gpu(**arrays):
-        return None
-    from refattn.kernels.cuda import backend  # imports CuPy lazily, on the first launch
-
-    return backend
+    return backend if on_gpu(**arrays) else None  # the backend imports CuPy on its first launch

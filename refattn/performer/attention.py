@@ -32,8 +32,8 @@ from refattn._validation import check_positive_int
 from refattn.kernels.dispatch import gpu_backend, shadow64
 from refattn.performer.features import FEATURE_KINDS, RandomFeatures
 from refattn.performer.projections import projection as _projection
+from refattn.performer.theory import favorpp_optimal_A, favorpp_phi
 from refattn.problem import attention_problem, causal_mask
-from refattn.theory import favorpp_optimal_A, favorpp_phi
 
 __all__ = ["PerformerResult", "performer_attention", "make_features", "causal_prefix_sums"]
 

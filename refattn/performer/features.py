@@ -36,7 +36,7 @@ from typing import Callable
 import numpy as np
 
 from refattn._validation import as_float_array
-from refattn.theory import relu_kernel
+from refattn.performer.theory import relu_kernel
 
 __all__ = ["RandomFeatures", "FEATURE_KINDS", "gauss_hermite_kernel"]
 
