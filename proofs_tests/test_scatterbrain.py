@@ -158,8 +158,8 @@ def test_bad_input():
 def test_correction_kernel_equals_numpy_twin(T, S, density):
     q, k, v = _qkv(T=T, S=S, norm=3.0)
     sup = Support.from_dense(np.random.default_rng(T).random((T, S)) < density)
-    a = scatterbrain_attention(q, k, v, sup, m=8, rng=2, implementation_sparse="numpy")
-    b = scatterbrain_attention(q, k, v, sup, m=8, rng=2, implementation_sparse="numba")
+    a = scatterbrain_attention(q, k, v, sup, m=8, rng=2, sparse_implementation="numpy")
+    b = scatterbrain_attention(q, k, v, sup, m=8, rng=2, sparse_implementation="numba")
     np.testing.assert_allclose(b.output, a.output, rtol=1e-12, atol=1e-13)
     np.testing.assert_allclose(b.correction, a.correction, rtol=1e-12, atol=1e-13)
     np.testing.assert_allclose(b.log_unit, a.log_unit, rtol=1e-13)

@@ -124,7 +124,7 @@ def test_chunked_support_kernel_equals_dense_twin(T, S, rounds, lookback, same):
     """The O(nnz) Numba builder gives exactly the support of the dense twin (union over rounds)."""
     rng = np.random.default_rng([T, S, rounds])
     qb, kb = rng.integers(0, 4, size=(rounds, T)), rng.integers(0, 4, size=(rounds, S))
-    a = chunked_bucket_support(qb, kb, 8, lookback=lookback, same_bucket=same, implementation="dense")
+    a = chunked_bucket_support(qb, kb, 8, lookback=lookback, same_bucket=same, implementation="numpy")
     b = chunked_bucket_support(qb, kb, 8, lookback=lookback, same_bucket=same)
     assert np.array_equal(a.indptr, b.indptr) and np.array_equal(a.indices, b.indices)
     Support.from_csr(b.indptr, b.indices, S)  # valid CSR: sorted, distinct, in range

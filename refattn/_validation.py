@@ -12,7 +12,11 @@ import numbers
 
 import numpy as np
 
+from refattn.kernels import numba_enabled
+
 __all__ = [
+    "IMPLEMENTATIONS",
+    "choose_implementation",
     "as_generator",
     "as_float_array",
     "check_scale",
@@ -81,3 +85,26 @@ def as_generator(rng) -> np.random.Generator:
         return np.random.default_rng(rng)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"rng: expected a Generator or an int seed ({exc})") from None
+
+
+#: The one vocabulary of ``implementation=`` across refattn: ``"auto"`` (the fastest path this
+#: machine has), ``"numpy"`` (the readable twin, the reference the fast paths are tested
+#: against), ``"numba"`` (the parallel CPU kernel), ``"cuda"`` (the GPU kernel: CuPy inputs select
+#: it). ``"dense"`` appears only where a path materialises the ``T x S`` matrix.
+IMPLEMENTATIONS = ("auto", "numpy", "numba", "cuda", "dense")
+
+
+def choose_implementation(implementation, allowed, *, name="implementation"):
+    """Validate ``implementation`` against ``allowed`` (a subset of :data:`IMPLEMENTATIONS`) and
+    resolve it for NumPy inputs: ``"auto"`` becomes ``"numba"`` when allowed and Numba is usable,
+    else the first of ``"numpy"``, ``"dense"`` allowed; ``"numba"`` falls back the same way when
+    Numba is disabled (``REFATTN_DISABLE_NUMBA``); ``"cuda"`` is an error (it needs CuPy inputs).
+    """
+    if not isinstance(implementation, str) or implementation not in allowed:
+        raise ValueError(f"{name}: expected one of {tuple(allowed)}, got {implementation!r}")
+    if implementation == "cuda":
+        raise ValueError(f"{name}: 'cuda' needs CuPy arrays (on the GPU); NumPy inputs take "
+                         f"{tuple(a for a in allowed if a != 'cuda')}")
+    if implementation in ("auto", "numba") and not ("numba" in allowed and numba_enabled()):
+        return next(a for a in ("numpy", "dense") if a in allowed)
+    return "numba" if implementation == "auto" else implementation

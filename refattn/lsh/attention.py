@@ -58,7 +58,7 @@ def _two_d(q, k, v, scale):
 
 
 def reformer_attention(q, k, v, *, n_buckets, chunk, rounds=1, rng, shared_qk=False, causal=False,
-                       lookback=1, same_bucket=True, scale=None, implementation="numba") -> LSHAttentionResult:
+                       lookback=1, same_bucket=True, scale=None, implementation="auto") -> LSHAttentionResult:
     """Reformer's LSH attention for one head.
 
     With ``shared_qk`` the keys are the unit-normalised queries (``k`` is ignored; T = S) and
@@ -75,7 +75,8 @@ def reformer_attention(q, k, v, *, n_buckets, chunk, rounds=1, rng, shared_qk=Fa
     R = angular_rotations(prob.H, n_buckets, as_generator(rng), rounds=rounds)
     hq = angular_hash(prob.q, R)  # (rounds, T)
     hk = hq if shared_qk else angular_hash(prob.k, R)
-    sup = chunked_bucket_support(hq, hk, chunk, lookback=lookback, same_bucket=same_bucket)  # union of rounds
+    sup = chunked_bucket_support(hq, hk, chunk, lookback=lookback, same_bucket=same_bucket,
+                                 implementation=implementation)  # union of rounds
     if causal:
         sup = sup.intersect(causal_mask(prob.T, prob.S, causal))
     bias = None
@@ -89,7 +90,7 @@ def reformer_attention(q, k, v, *, n_buckets, chunk, rounds=1, rng, shared_qk=Fa
     return LSHAttentionResult(out, lse, sup, hq)
 
 
-def smyrf_attention(q, k, v, *, n_clusters, rounds=1, rng, scale=None, implementation="numba") -> LSHAttentionResult:
+def smyrf_attention(q, k, v, *, n_clusters, rounds=1, rng, scale=None, implementation="auto") -> LSHAttentionResult:
     """SMYRF for one head: transform the scaled rows (so inner products are the logits), project
     on a Gaussian direction per round, cut sorted queries and keys into ``n_clusters`` equal
     clusters, and attend within clusters; rounds are merged as a union."""
@@ -160,7 +161,7 @@ def _merge(out_a, lse_a, out_b, lse_b):
 
 
 def hyper_attention(q, k, v, *, block_size, n_samples, bits=4, rng, causal=False, min_seq_len=None,
-                    scale=None, implementation="numba") -> LSHAttentionResult:
+                    scale=None, implementation="auto") -> LSHAttentionResult:
     """HyperAttention for one head (Han et al. 2023, Algorithms 1-3).
 
     ``block_size``: size of the diagonal blocks in the sortLSH order; ``n_samples``: uniformly

@@ -24,8 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from refattn._validation import as_float_array, check_positive_int, check_scale
-from refattn.kernels import numba_enabled
+from refattn._validation import as_float_array, check_positive_int, check_scale, choose_implementation
 from refattn.kernels.dispatch import gpu_backend, shadow64
 from refattn.kernels.numba import sparse_attention as kern
 from refattn.kernels.numba.lsh_support import union_support_numba
@@ -195,7 +194,7 @@ def _chunks_of_sorted(buckets, n_chunks):
 
 
 def chunked_bucket_support(q_buckets, k_buckets, chunk, *, lookback=1, same_bucket=True,
-                           implementation="numba") -> Support:
+                           implementation="auto") -> Support:
     """Reformer's chunked LSH attention pattern (Kitaev et al. 2020, section 2.2), over one or more rounds.
 
     Per round, queries and keys are sorted stably by (bucket, position) and cut into
@@ -204,8 +203,9 @@ def chunked_bucket_support(q_buckets, k_buckets, chunk, *, lookback=1, same_buck
     own bucket are kept (the paper's ``P_i``). ``q_buckets (T,)`` or ``(rounds, T)``; several
     rounds give the union of their supports, each entry once.
 
-    ``implementation``: ``"numba"`` builds the CSR in O(nnz) (refattn.kernels.numba.lsh_support);
-    ``"dense"`` is the readable twin (a ``T x S`` mask per round), for tests and small inputs.
+    ``implementation``: ``"numba"`` (or ``"auto"``) builds the CSR in O(nnz)
+    (:mod:`refattn.kernels.numba.lsh_support`); ``"numpy"`` is the readable twin, which forms a
+    ``T x S`` mask per round: for tests and small inputs.
     """
     qb = np.atleast_2d(np.asarray(q_buckets))
     kb = np.atleast_2d(np.asarray(k_buckets))
@@ -214,9 +214,7 @@ def chunked_bucket_support(q_buckets, k_buckets, chunk, *, lookback=1, same_buck
     chunk = check_positive_int(chunk, "chunk")
     lookback = check_positive_int(lookback, "lookback", minimum=0)
 
-    if implementation == "numba" and not numba_enabled():
-        implementation = "dense"  # REFATTN_DISABLE_NUMBA: the readable twin
-    if implementation == "dense":
+    if choose_implementation(implementation, ("auto", "numpy", "numba")) == "numpy":
         n_c = max(1, -(-qb.shape[1] // chunk))
         rounds = []
         for r in range(qb.shape[0]):
@@ -228,8 +226,6 @@ def chunked_bucket_support(q_buckets, k_buckets, chunk, *, lookback=1, same_buck
                 mask &= qb[r][:, None] == kb[r][None, :]
             rounds.append(Support.from_dense(mask))
         return union(*rounds)
-    if implementation != "numba":
-        raise ValueError(f"implementation: expected 'numba' or 'dense', got {implementation!r}")
 
     indptr, indices = union_support_numba(qb, kb, chunk, lookback, same_bucket)
     return Support(indptr, indices, kb.shape[1])
@@ -275,24 +271,26 @@ def _check_sparse(q, k, v, support, scale, entry_bias):
 
 
 def sparse_attention(q, k, v, support: Support, *, scale=None, entry_bias=None, return_lse=False,
-                     implementation="numba"):
+                     implementation="auto"):
     """Exact softmax attention restricted to ``support`` (SDDMM, row softmax, SpMM); see the module docstring.
 
     ``entry_bias (nnz,)`` is added to each stored logit (``-inf`` removes the entry).
-    ``implementation``: ``"numba"`` (parallel over rows) or ``"numpy"`` (the twin). CuPy arrays
-    ``q, k, v`` (and ``entry_bias``) run the CUDA kernels (``kernels/cuda/sparse.cu``) whatever
-    ``implementation`` says, and return CuPy arrays; the support stays a NumPy CSR.
+    ``implementation``: ``"auto"``, ``"numba"`` (parallel over rows), ``"numpy"`` (the twin) or
+    ``"cuda"``. CuPy arrays ``q, k, v`` (and ``entry_bias``) run the CUDA kernels
+    (``kernels/cuda/sparse.cu``) under ``"auto"`` or ``"cuda"`` and return CuPy arrays; the support
+    stays a NumPy CSR.
     """
-    if implementation not in ("numba", "numpy"):
-        raise ValueError(f"implementation: expected 'numba' or 'numpy', got {implementation!r}")
     gpu = gpu_backend(q=q, k=k, v=v, entry_bias=entry_bias)
     if gpu:
+        if implementation not in ("auto", "cuda"):
+            raise ValueError(f"implementation: {implementation!r} runs on the CPU; CuPy inputs take 'auto' or 'cuda'")
         *_, s, _ = _check_sparse(shadow64(q), shadow64(k), shadow64(v), support, scale,
                                  None if entry_bias is None else shadow64(entry_bias))
         out, lse = gpu.sparse_attention(q, k, v, support, s, entry_bias)
         return (out, lse) if return_lse else out
+    implementation = choose_implementation(implementation, ("auto", "numpy", "numba", "cuda"))
     q, k, v, s, eb = _check_sparse(q, k, v, support, scale, entry_bias)
-    fn = kern.sparse_numba if implementation == "numba" and numba_enabled() else kern.sparse_numpy
+    fn = kern.sparse_numba if implementation == "numba" else kern.sparse_numpy
     out, lse = fn(q, k, v, support.indptr, support.indices, s, eb)
     return (out, lse) if return_lse else out
 

@@ -9,8 +9,8 @@
 Derivations: the docs' Performer page.
 """
 
-from refattn.performer.attention import PerformerResult, causal_prefix_sums, make_features, performer_attention
-from refattn.performer.features import FEATURE_KINDS, RandomFeatures, gauss_hermite_kernel
+from refattn.performer.attention import PerformerResult, causal_prefix_sums, performer_attention
+from refattn.performer.features import FEATURE_KINDS, RandomFeatures, as_features, gauss_hermite_kernel, make_features
 from refattn.performer.projections import (
     PROJECTIONS,
     gaussian_projection,
@@ -22,8 +22,8 @@ from refattn.performer.projections import (
 )
 
 __all__ = [
-    "PerformerResult", "performer_attention", "make_features", "causal_prefix_sums",
-    "RandomFeatures", "FEATURE_KINDS", "gauss_hermite_kernel",
+    "PerformerResult", "performer_attention", "causal_prefix_sums",
+    "RandomFeatures", "make_features", "as_features", "FEATURE_KINDS", "gauss_hermite_kernel",
     "gaussian_projection", "orthogonal_projection", "regular_projection", "sorf_projection", "haar_orthogonal",
     "projection", "PROJECTIONS",
 ]

@@ -15,8 +15,8 @@ Causal (prefix sums): ``S_i = sum_{j visible to i} phi(k_j) v_j^T``, ``z_i = sum
 ``mask * (phi(Q) phi(K)^T)`` times ``V``. The causal alignment for ``T != S`` is the
 oracle's (:mod:`refattn.problem`: bottom-right by default).
 
-Two causal implementations: ``"naive"`` (the masked ``T x S`` product, the twin) and
-``"chunked"`` (queries in chunks: keys every query of a chunk sees enter a running state
+Two causal implementations: ``"dense"`` (the masked ``T x S`` product, the twin) and
+``"numpy"`` (``"auto"``; queries in chunks: keys every query of a chunk sees enter a running state
 ``(m, Hv)`` by one matrix product; the rest of the chunk's keys by a masked
 ``chunk x chunk`` product), ``O(T m Hv)`` work and no ``T x S`` or ``T x m x Hv`` array.
 """
@@ -28,14 +28,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from refattn._validation import check_positive_int
+from refattn._validation import check_positive_int, choose_implementation
 from refattn.kernels.dispatch import gpu_backend, shadow64
-from refattn.performer.features import FEATURE_KINDS, RandomFeatures
-from refattn.performer.projections import projection as _projection
-from refattn.performer.theory import favorpp_optimal_A, favorpp_phi
+from refattn.performer.features import RandomFeatures, as_features
 from refattn.problem import attention_problem, causal_mask
 
-__all__ = ["PerformerResult", "performer_attention", "make_features", "causal_prefix_sums"]
+__all__ = ["PerformerResult", "performer_attention", "causal_prefix_sums"]
 
 
 @dataclass
@@ -59,55 +57,40 @@ class PerformerResult:
     phi_k: np.ndarray
 
 
-def make_features(d, *, m=256, features="positive", projection="orthogonal", rng=None, W=None, A=None,
-                  fn=None, x=None, y=None) -> RandomFeatures:
-    """Build a :class:`RandomFeatures` from a name and a draw (``W``) or an ``rng``.
-
-    For ``favorpp`` with ``A=None`` the optimal ``A*`` is computed from the data ``x``, ``y``
-    (:func:`refattn.theory.favorpp_optimal_A` at the pair-average ``|x_i + y_j|^2``).
-    """
-    if features not in FEATURE_KINDS:
-        raise ValueError(f"features: unknown kind {features!r}; expected one of {FEATURE_KINDS}")
-    if W is None:
-        if rng is None:
-            raise ValueError("rng: pass a seed or Generator (or an explicit W); refattn has no global RNG")
-        W = _projection(projection, check_positive_int(m, "m"), d, rng)
-    else:
-        W = np.asarray(W, dtype=np.float64)
-        if W.ndim != 2 or W.shape[1] != d:
-            raise ValueError(f"W: expected shape (m, d) = (m, {d}), got {W.shape}")
-    if features == "favorpp" and A is None:
-        phi = float(np.mean(favorpp_phi(x, y))) if x is not None else 0.0
-        A = float(favorpp_optimal_A(phi, d))
-    return RandomFeatures(features, W, 0.0 if A is None else float(A), fn)
+def scaled_rows(prob):
+    """``x = s^{1/2} q``, ``y = s^{1/2} k`` in float64: the rows the features see."""
+    root = math.sqrt(prob.scale)
+    return prob.q.astype(np.float64) * root, prob.k.astype(np.float64) * root
 
 
-def feature_maps(prob, *, m=256, features="positive", projection="orthogonal", rng=None, W=None, A=None, fn=None,
-                 stabilize=True):
-    """``(features, phi_q (..., T, F), phi_k (..., S, F), log_scale (..., T))`` for a validated problem.
+def problem_features(prob, features="positive", **draw) -> RandomFeatures:
+    """:func:`~refattn.performer.features.as_features` for a validated problem: FAVOR++'s ``A*`` from its rows."""
+    x, y = scaled_rows(prob)
+    return as_features(features, prob.H, x=x.reshape(-1, prob.H) if x.size else None,
+                       y=y.reshape(-1, prob.H) if y.size else None, **draw)
+
+
+def feature_maps(prob, features: RandomFeatures, *, stabilize=True):
+    """``(phi_q (..., T, F), phi_k (..., S, F), log_scale (..., T))`` of the draw ``features`` for a validated problem.
 
     The stabilised features of :func:`performer_attention` (query shift per row, one shared key shift;
     padded keys get zero features): ``phi(q_i) . phi(k_j) * exp(log_scale_i)`` estimates
     ``exp(s q_i . k_j)``. Shared with :mod:`refattn.sea`, whose kernel estimate uses the same features.
     """
-    root = math.sqrt(prob.scale)
-    x = prob.q.astype(np.float64) * root  # (..., T, H)
-    y = prob.k.astype(np.float64) * root  # (..., S, H)
-    feats = make_features(prob.H, m=m, features=features, projection=projection, rng=rng, W=W, A=A, fn=fn,
-                          x=x.reshape(-1, prob.H) if x.size else None, y=y.reshape(-1, prob.H) if y.size else None)
-    phi_q, ls_q = feats(x, stabilize="query" if stabilize else None)  # (..., T, F), (..., T)
+    x, y = scaled_rows(prob)  # (..., T, H), (..., S, H)
+    phi_q, ls_q = features(x, stabilize="query" if stabilize else None)  # (..., T, F), (..., T)
     keep = None
     if prob.key_lengths is not None:
         keep = np.arange(prob.S) < prob.key_lengths[..., None]  # (..., S): padded keys get zero features
-    phi_k, ls_k = feats(y, stabilize="key" if stabilize else None, valid=keep)  # (..., S, F), (..., S)
+    phi_k, ls_k = features(y, stabilize="key" if stabilize else None, valid=keep)  # (..., S, F), (..., S)
     # the key shift is one constant per batch item: take it from any key position
     log_scale = ls_q + (ls_k[..., :1] if ls_k.shape[-1] else 0.0)  # (..., T)
-    return feats, phi_q, phi_k, log_scale
+    return phi_q, phi_k, log_scale
 
 
 def performer_attention(
     q, k, v, *, m=256, features="positive", projection="orthogonal", rng=None, W=None, A=None, fn=None,
-    scale=None, causal=False, key_lengths=None, stabilize=True, eps=0.0, implementation="chunked",
+    scale=None, causal=False, key_lengths=None, stabilize=True, eps=0.0, implementation="auto",
     chunk_size=128, dtype=None,
 ) -> PerformerResult:
     r"""Random-feature attention (Performer), bidirectional or causal.
@@ -117,7 +100,10 @@ def performer_attention(
     q, k, v : arrays (..., T, H), (..., S, H), (..., S, Hv); leading dims broadcast.
     m : int
         Number of projection rows (features: ``m``, or ``2m`` for hyperbolic/trigonometric).
-    features : {"positive", "hyperbolic", "trigonometric", "favorpp", "relu", "custom"}
+    features : RandomFeatures or {"positive", "hyperbolic", "trigonometric", "favorpp", "relu", "custom"}
+        The feature draw (:func:`refattn.performer.make_features`), or its kind: then the draw is
+        built from the convenience keywords below, in one place
+        (:func:`refattn.performer.features.as_features`).
     projection : {"orthogonal", "gaussian", "regular", "sorf"}
         Ignored when ``W`` is given. ``"regular"`` estimates SMREG, not softmax.
     rng : Generator or int
@@ -136,8 +122,9 @@ def performer_attention(
     eps : float
         Added to the denominator. Default 0: no hidden epsilon. A positive ``eps`` biases
         the output towards 0; it exists to reproduce implementations that use one.
-    implementation : {"chunked", "naive"}
-        Causal path (bidirectional is always the two matrix products).
+    implementation : {"auto", "numpy", "dense"}
+        Causal path: ``"auto"`` or ``"numpy"``, the chunked prefix sums; ``"dense"``, the masked
+        ``T x S`` product (the twin). Bidirectional attention is always the two matrix products.
     dtype : {float64, float32}
         Precision of the attention products (features are computed in float64).
 
@@ -151,8 +138,7 @@ def performer_attention(
     ((5, 2), (5,))
     """
     prob = attention_problem(q, k, v, scale=scale, causal=causal, key_lengths=key_lengths)
-    if implementation not in ("chunked", "naive"):
-        raise ValueError(f"implementation: expected 'chunked' or 'naive', got {implementation!r}")
+    implementation = choose_implementation(implementation, ("auto", "numpy", "dense"))
     chunk_size = check_positive_int(chunk_size, "chunk_size")
     eps = float(eps)
     if not math.isfinite(eps) or eps < 0:
@@ -161,8 +147,8 @@ def performer_attention(
     if dt not in (np.float64, np.float32):
         raise TypeError(f"dtype: must be float64 or float32, got {np.dtype(dt).name}")
 
-    feats, phi_q, phi_k, log_scale = feature_maps(prob, m=m, features=features, projection=projection, rng=rng,
-                                                  W=W, A=A, fn=fn, stabilize=stabilize)
+    feats = problem_features(prob, features, m=m, projection=projection, rng=rng, W=W, A=A, fn=fn)
+    phi_q, phi_k, log_scale = feature_maps(prob, feats, stabilize=stabilize)
 
     pq = phi_q.astype(dt, copy=False)
     pk = phi_k.astype(dt, copy=False)
@@ -172,7 +158,7 @@ def performer_attention(
         z = np.sum(pk, axis=-2)  # (..., F)
         num = pq @ kv  # (..., T, Hv)
         den = np.einsum("...tf,...f->...t", pq, z)  # (..., T)
-    elif implementation == "naive":
+    elif implementation == "dense":
         allowed = causal_mask(prob.T, prob.S, prob.causal)  # (T, S)
         a_hat = (pq @ np.swapaxes(pk, -1, -2)) * allowed  # (..., T, S)
         num = a_hat @ vv

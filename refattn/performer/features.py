@@ -35,10 +35,11 @@ from typing import Callable
 
 import numpy as np
 
-from refattn._validation import as_float_array
-from refattn.performer.theory import relu_kernel
+from refattn._validation import as_float_array, check_positive_int
+from refattn.performer.projections import projection as projection_rows
+from refattn.performer.theory import favorpp_optimal_A, favorpp_phi, relu_kernel
 
-__all__ = ["RandomFeatures", "FEATURE_KINDS", "gauss_hermite_kernel"]
+__all__ = ["RandomFeatures", "make_features", "as_features", "FEATURE_KINDS", "gauss_hermite_kernel"]
 
 FEATURE_KINDS = ("positive", "hyperbolic", "trigonometric", "favorpp", "relu", "custom")
 _SOFTMAX_KINDS = ("positive", "hyperbolic", "trigonometric", "favorpp")
@@ -183,3 +184,45 @@ def gauss_hermite_kernel(fn, x, y, n_nodes: int = 60):
     u = rho[..., None, None] * T1 + rest[..., None, None] * T2
     del sx
     return np.sum(W2 * np.asarray(fn(u)) * np.asarray(fn(v)), axis=(-2, -1))
+
+
+def make_features(d, *, m=256, kind="positive", projection="orthogonal", rng=None, W=None, A=None,
+                  fn=None, x=None, y=None) -> RandomFeatures:
+    """The one factory of a feature draw: :class:`RandomFeatures` of ``kind`` from an explicit draw
+    ``W (m, d)`` or ``m`` rows of ``projection`` drawn from ``rng`` (a seed or a Generator).
+
+    For ``favorpp`` with ``A=None`` the optimal ``A*`` is computed from the scaled data ``x``, ``y``
+    (:func:`refattn.performer.theory.favorpp_optimal_A` at the pair-average ``|x_i + y_j|^2``).
+    """
+    if kind not in FEATURE_KINDS:
+        raise ValueError(f"features: unknown kind {kind!r}; expected one of {FEATURE_KINDS}")
+    if W is None:
+        if rng is None:
+            raise ValueError("rng: pass a seed or Generator (or an explicit W); refattn has no global RNG")
+        W = projection_rows(projection, check_positive_int(m, "m"), d, rng)
+    else:
+        W = np.asarray(W, dtype=np.float64)
+        if W.ndim != 2 or W.shape[1] != d:
+            raise ValueError(f"W: expected shape (m, d) = (m, {d}), got {W.shape}")
+    if kind == "favorpp" and A is None:
+        phi = float(np.mean(favorpp_phi(x, y))) if x is not None else 0.0
+        A = float(favorpp_optimal_A(phi, d))
+    return RandomFeatures(kind, W, 0.0 if A is None else float(A), fn)
+
+
+def as_features(features, d, *, m=256, projection="orthogonal", rng=None, W=None, A=None, fn=None, x=None,
+                y=None) -> RandomFeatures:
+    """The estimators' one entry point for a feature draw: ``features`` is a :class:`RandomFeatures`
+    (used as it is: then ``W``, ``A`` and ``fn`` must not be given too) or a kind name, built by
+    :func:`make_features` from the convenience keywords."""
+    if isinstance(features, RandomFeatures):
+        given = [name for name, value in (("W", W), ("A", A), ("fn", fn)) if value is not None]
+        if given:
+            raise ValueError(f"{given[0]}: give either a RandomFeatures draw or {given[0]}, not both")
+        if features.W.ndim != 2 or features.d != d:
+            raise ValueError(f"features: a draw with W of shape (m, {d}) is needed, got {features.W.shape}")
+        return features
+    if not isinstance(features, str):
+        raise TypeError(f"features: expected a RandomFeatures or a kind name from {FEATURE_KINDS}, "
+                        f"got {type(features).__name__}")
+    return make_features(d, m=m, kind=features, projection=projection, rng=rng, W=W, A=A, fn=fn, x=x, y=y)

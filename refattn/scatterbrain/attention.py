@@ -27,10 +27,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from refattn.kernels import numba_enabled
+from refattn._validation import choose_implementation
 from refattn.kernels.numba import scatterbrain_correction as kern
 from refattn.lsh.sparse import Support
-from refattn.performer.attention import PerformerResult, performer_attention
+from refattn.performer.attention import PerformerResult, performer_attention, problem_features
 from refattn.problem import attention_problem, causal_mask
 
 __all__ = ["ScatterbrainResult", "scatterbrain_attention", "scatterbrain_matrix"]
@@ -52,16 +52,16 @@ class ScatterbrainResult:
 
 
 def scatterbrain_attention(q, k, v, support: Support, *, m=128, features="positive", projection="orthogonal",
-                           rng=None, W=None, scale=None, causal=False, implementation="chunked",
-                           implementation_sparse="numba") -> ScatterbrainResult:
+                           rng=None, W=None, scale=None, causal=False, implementation="auto",
+                           sparse_implementation="auto") -> ScatterbrainResult:
     """Scatterbrain attention for one head (``q (T, H)``, ``k (S, H)``, ``v (S, Hv)``).
 
     ``support`` must be drawn independently of the feature draw (``rng``/``W``) for the
     unbiasedness claim to hold: refattn cannot check independence, so it is the caller's
     contract (build the support from its own seed). With ``causal`` the support is
     intersected with the causal mask and the low-rank part uses prefix sums.
-    ``implementation`` picks the causal low-rank path (Performer's); ``implementation_sparse``
-    the correction kernel: ``"numba"`` (per row, no gathered copies) or ``"numpy"`` (the twin).
+    ``implementation`` picks the causal low-rank path (Performer's); ``sparse_implementation``
+    the correction kernel: ``"auto"``, ``"numba"`` (per row, no gathered copies) or ``"numpy"`` (the twin).
     """
     prob = attention_problem(q, k, v, scale=scale, causal=causal)
     if prob.batch_shape:
@@ -73,10 +73,13 @@ def scatterbrain_attention(q, k, v, support: Support, *, m=128, features="positi
                          f"({prob.T}, {prob.S})")
     if prob.causal is not None:
         support = support.intersect(causal_mask(prob.T, prob.S, prob.causal))
-    lr = performer_attention(prob.q, prob.k, prob.v, m=m, features=features, projection=projection, rng=rng, W=W,
-                             scale=prob.scale, causal=causal, implementation=implementation)
+    feats = problem_features(prob, features, m=m, projection=projection, rng=rng, W=W)  # the one draw
+    lr = performer_attention(prob.q, prob.k, prob.v, features=feats, scale=prob.scale, causal=causal,
+                             implementation=implementation)
 
-    fn = kern.correction_numba if implementation_sparse == "numba" and numba_enabled() else kern.correction_numpy
+    sparse_implementation = choose_implementation(sparse_implementation, ("auto", "numpy", "numba"),
+                                                  name="sparse_implementation")
+    fn = kern.correction_numba if sparse_implementation == "numba" else kern.correction_numpy
     u, corr, cv, c1 = fn(prob.q, prob.k, prob.v, lr.phi_q, lr.phi_k, lr.log_scale, support.indptr, support.indices,
                          prob.scale)
     shift = np.exp(lr.log_scale - u)  # (T,): the low-rank part from its units to exp(u)

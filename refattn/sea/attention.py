@@ -32,6 +32,7 @@ import numpy as np
 
 from refattn._validation import check_positive_int
 from refattn.lsh.sparse import Support, sparse_attention
+from refattn.performer.attention import problem_features
 from refattn.problem import attention_problem
 from refattn.sea.decoder import OracleDecoder, fixed_decoder
 from refattn.sea.estimate import compressed_softmax, kernel_estimate, row_lengths
@@ -65,7 +66,7 @@ class SEAResult:
 
 def sea_attention(q, k, v, *, n_bins=256, topk=64, m=256, decoder="fixed", grouped=False, causal=False,
                   scale=None, rng=None, W=None, features="positive", projection="orthogonal", n_basis=None,
-                  basis="bins", gate=None, mask_implementation="numba", sparse_implementation="numba",
+                  basis="bins", gate=None, mask_implementation="auto", sparse_implementation="auto",
                   estimate_implementation="auto", chunk_size=128) -> SEAResult:
     r"""SEA attention: estimate ``A~`` in linear time, keep its top-k keys, attend exactly on them.
 
@@ -94,7 +95,8 @@ def sea_attention(q, k, v, *, n_bins=256, topk=64, m=256, decoder="fixed", group
     gate : float in [0, 1], optional
         ``o = g o_sparse + (1 - g) mean_{j < l_i} v_j`` (the mean over the keys a row sees).
     mask_implementation, sparse_implementation, estimate_implementation
-        ``"numba"`` / ``"auto"`` or the twins (``"dense"``, ``"numpy"``, ``"performer"``).
+        Each step's path: ``"auto"`` (the fast one) or ``"numpy"`` (its twin); the mask and the
+        sparse attention also take ``"numba"``.
 
     Examples
     --------
@@ -141,9 +143,10 @@ def sea_attention(q, k, v, *, n_bins=256, topk=64, m=256, decoder="fixed", group
                          np.zeros(shape + (K,)), np.zeros(shape + (n_basis,)), [Support(np.zeros(T + 1, np.int64),
                          np.zeros(0, np.int64), S) for _ in range(N)], lengths, None)
 
-    E, feats = kernel_estimate(qh, kh, n_basis=n_basis, basis=basis, m=m, features=features,
-                               projection=projection, rng=rng, W=W, scale=prob.scale, causal=prob.causal or False,
-                               chunk_size=chunk_size, implementation=estimate_implementation)  # (N, T, n)
+    feats = problem_features(prob, features, m=m, projection=projection, rng=rng, W=W)  # the one draw
+    E, feats = kernel_estimate(qh, kh, n_basis=n_basis, basis=basis, features=feats, scale=prob.scale,
+                               causal=prob.causal or False, chunk_size=chunk_size,
+                               implementation=estimate_implementation)  # (N, T, n)
     logits = _call_decoder(decoder, E, lengths, S, K)  # (N, T, K)
     est = compressed_softmax(logits, lengths, K)  # (N, T, K)
     supports = sea_mask(est, lengths, S, budget, grouped=grouped, implementation=mask_implementation)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from refattn.kernels import numba_enabled
+from refattn._validation import choose_implementation
 from refattn.kernels.numba import sea_resample as kern
 from refattn.sea.estimate import bin_starts, binned_attention, kernel_estimate, row_lengths
 
@@ -38,23 +38,22 @@ __all__ = ["resample_bins", "fixed_decoder", "OracleDecoder", "LogLinearDecoder"
 LOG_FLOOR = -700.0
 
 
-def resample_bins(E, lengths, n_keys, n_bins, *, implementation="numba") -> np.ndarray:
+def resample_bins(E, lengths, n_keys, n_bins, *, implementation="auto") -> np.ndarray:
     """Masses ``(..., T, K)`` on each row's own bins from the basis-bin masses ``E (..., T, n)``.
 
     Basis bin ``c`` covers ``[g_c, g_{c+1})`` of the full length ``S`` (:func:`refattn.sea.attention.bin_starts`
     at ``l = S``); row ``i`` sees ``w_c = min(g_{c+1}, l_i) - g_c`` of it. A row bin gets, from every
     basis bin it overlaps, ``E_c * overlap / w_c`` (uniform spreading; derived in docs/sea.md).
     Sums are preserved: ``sum_b mass_b = sum_c E_c`` over the basis bins a row sees.
-    ``implementation``: ``"numba"`` or ``"numpy"`` (the twin), :mod:`refattn.kernels.numba.sea_resample`.
+    ``implementation``: ``"auto"``, ``"numba"`` or ``"numpy"`` (the twin), :mod:`refattn.kernels.numba.sea_resample`.
     """
     E = np.asarray(E, dtype=np.float64)
     lengths = np.asarray(lengths, dtype=np.int64)
-    if implementation not in ("numba", "numpy"):
-        raise ValueError(f"implementation: expected 'numba' or 'numpy', got {implementation!r}")
+    implementation = choose_implementation(implementation, ("auto", "numpy", "numba"))
     n = E.shape[-1]
     g = bin_starts(np.array([n_keys]), n)[0]  # (n+1,)
     flat = np.ascontiguousarray(E.reshape((-1,) + E.shape[-2:]))  # (R, T, n)
-    fn = kern.resample_numba if implementation == "numba" and numba_enabled() else kern.resample_numpy
+    fn = kern.resample_numba if implementation == "numba" else kern.resample_numpy
     return fn(flat, lengths, g, int(n_keys), int(n_bins)).reshape(E.shape[:-1] + (n_bins,))
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from refattn._validation import check_positive_int
 from refattn.exact import attention_probabilities
-from refattn.performer.attention import feature_maps, performer_attention
+from refattn.performer.attention import feature_maps, performer_attention, problem_features
 from refattn.problem import _causal_alignment, attention_problem, causal_offset
 
 __all__ = ["row_lengths", "bin_starts", "column_bins", "positional_basis", "kernel_estimate", "binned_attention",
@@ -113,31 +113,32 @@ def kernel_estimate(q, k, *, n_basis, basis="bins", m=256, features="positive", 
                     rng=None, W=None, scale=None, causal=False, chunk_size=128, implementation="auto"):
     r"""``E (..., T, n_basis)``: Performer attention with values ``P`` (MATH.md 5.1), linear in ``T``.
 
-    Returns ``(E, features)``, ``features`` the :class:`refattn.performer.features.RandomFeatures` draw. ``E``
+    ``features``: a :class:`refattn.performer.RandomFeatures` draw, or a kind name built with ``m``,
+    ``projection``, ``rng`` and ``W`` (:func:`refattn.performer.features.as_features`).
+    Returns ``(E, features)``, ``features`` the draw used. ``E``
     estimates :func:`binned_attention` at ``n_basis`` bins of the full length ``S`` (for the ``"bins"``
     basis); causal rows put no mass beyond their own length.
 
-    ``implementation``: ``"performer"`` (the twin: :func:`refattn.performer.attention.performer_attention` with the
-    ``(S, n)`` matrix ``P`` as values) or ``"bins"`` (the bin basis only; ``"auto"`` picks it there).
+    ``implementation``: ``"numpy"`` (the twin: :func:`refattn.performer.performer_attention` with the
+    ``(S, n)`` matrix ``P`` as values) or ``"auto"`` (the bin path below for the bin basis, the twin
+    otherwise).
     With a one-hot ``P``, ``phi(K)^T P`` is the per-bin sum ``Z_c = sum_{j in bin c} phi(k_j)``, and a
     causal row ``i`` sees whole bins ``c < p_i`` plus the prefix of bin ``p_i`` (the bin of its last key
     ``l_i - 1``): ``N_i[c] = phi(q_i) . Z_c`` for ``c < p_i``, ``phi(q_i) . C_{l_i - 1}`` for ``c = p_i``
     (``C`` the within-bin running sums), 0 beyond. Same features, same shifts: the two agree to
     rounding (``proofs_tests/test_sea.py``); the bin path does one ``T x F x n`` product, no chunk loop.
     """
-    if implementation not in ("auto", "bins", "performer"):
-        raise ValueError(f"implementation: expected 'auto', 'bins' or 'performer', got {implementation!r}")
-    if implementation == "bins" and basis != "bins":
-        raise ValueError("implementation: 'bins' needs basis='bins'")
+    if implementation not in ("auto", "numpy"):
+        raise ValueError(f"implementation: expected one of ('auto', 'numpy'), got {implementation!r}")
     S = np.shape(k)[-2] if np.ndim(k) >= 2 else 0
     P = positional_basis(S, n_basis, basis)  # (S, n) (validates n_basis and basis)
-    if implementation == "performer" or basis != "bins":
-        res = performer_attention(q, k, P, m=m, features=features, projection=projection, rng=rng, W=W,
-                                  scale=scale, causal=causal, chunk_size=chunk_size)
-        return res.output, res.features
-    del P
     prob = attention_problem(q, k, np.zeros(np.shape(k)[:-1] + (0,)), scale=scale, causal=causal)
-    feats, phi_q, phi_k, _ = feature_maps(prob, m=m, features=features, projection=projection, rng=rng, W=W)
+    feats = problem_features(prob, features, m=m, projection=projection, rng=rng, W=W)  # the one draw
+    if implementation == "numpy" or basis != "bins":
+        res = performer_attention(q, k, P, features=feats, scale=scale, causal=causal, chunk_size=chunk_size)
+        return res.output, feats
+    del P
+    phi_q, phi_k, _ = feature_maps(prob, feats)
     n = int(n_basis)
     g = bin_starts(np.array([S]), n)[0]  # (n+1,) basis edges, every bin non-empty (n <= S)
     phi_q = np.broadcast_to(phi_q, prob.batch_shape + phi_q.shape[-2:])

@@ -27,9 +27,8 @@ import numbers
 
 import numpy as np
 
-from refattn._validation import as_float_array, check_positive_int
+from refattn._validation import as_float_array, check_positive_int, choose_implementation
 from refattn.exact import softmax_attention
-from refattn.kernels import numba_enabled
 from refattn.kernels.numba import sea_mask as kern
 from refattn.lsh.sparse import Support, sparse_attention
 from refattn.problem import attention_problem
@@ -70,12 +69,12 @@ def _budgets(topk, lengths):
     return arr.astype(np.int64)
 
 
-def sea_mask(estimate, lengths, n_keys, topk, *, grouped=False, implementation="numba") -> list:
+def sea_mask(estimate, lengths, n_keys, topk, *, grouped=False, implementation="auto") -> list:
     """Top-k on ``A~`` upsampled to key columns (the pinned rule of the module docstring).
 
     ``estimate (T, K)`` or ``(N, T, K)``; returns one :class:`refattn.lsh.sparse.Support` per head
-    (a list of length ``N``, or 1). ``implementation``: ``"numba"`` (on bins, linear in ``T``) or
-    ``"dense"`` (the twin, upsampled rows and a stable sort).
+    (a list of length ``N``, or 1). ``implementation``: ``"auto"``, ``"numba"`` (on bins, linear in
+    ``T``) or ``"numpy"`` (the twin: upsampled ``T x S`` rows and a stable sort).
     """
     est = np.asarray(estimate, dtype=np.float64)
     if est.ndim == 2:
@@ -86,9 +85,8 @@ def sea_mask(estimate, lengths, n_keys, topk, *, grouped=False, implementation="
     if lengths.shape != (est.shape[1],):
         raise ValueError(f"lengths: expected shape ({est.shape[1]},), got {lengths.shape}")
     budget = _budgets(topk, lengths)
-    if implementation not in ("numba", "dense"):
-        raise ValueError(f"implementation: expected 'numba' or 'dense', got {implementation!r}")
-    fn = kern.mask_numba if implementation == "numba" and numba_enabled() else kern.mask_dense
+    implementation = choose_implementation(implementation, ("auto", "numpy", "numba"))
+    fn = kern.mask_numba if implementation == "numba" else kern.mask_dense
     heads = [est] if grouped else [est[h:h + 1] for h in range(est.shape[0])]
     csr = [pair for group in heads for pair in fn(np.ascontiguousarray(group), lengths, budget)]
     return [Support(indptr, indices, int(n_keys)) for indptr, indices in csr]
