@@ -2,7 +2,7 @@
 
 Ratios against baselines measured in the same run: the matrix-multiply rate of this machine
 (a 4096^3 GEMM in the same dtype) and, for each T, the bidirectional time (causal/bidirectional
-ratio; issue 3's goal: <= 2.5 at T = 65536). Flops counted: features 2 (T + S) m H, and the
+ratio; the goal in goals.json: <= 2.5 at T = 65536). Flops counted: features 2 (T + S) m H, and the
 products 2 S F Hv + 2 T F Hv (F = m features), plus the causal chunks' 2 T c (F + Hv).
 Each case runs in its own process, so its peak RSS is its own.
 

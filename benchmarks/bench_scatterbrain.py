@@ -3,7 +3,7 @@
 For T = 4096, 16384, 65536 (H = 64, m = 128, SimHash buckets of about 64 keys: r = log2(T/64)
 bits): times of Scatterbrain (features + support + correction), of Performer alone (the
 low-rank part) and of the exact streaming oracle, measured in one run; the correction's
-cost is Scatterbrain minus Performer (issue 5's goal: at most about the low-rank part's).
+cost is Scatterbrain minus Performer (expected: at most about the low-rank part's).
 RPCA on a 1024 x 1024 planted problem: iterations, time, and the time of one SVD measured
 in the same run (the expected dominant cost).
 

@@ -1,4 +1,4 @@
-"""Suite conventions (STYLE.md section 6).
+"""Suite conventions (the docs' testing page).
 
 - Hypothesis: no deadline (Numba compiles on first call); derandomised when ``CI`` is set,
   so CI is reproducible; ``REFATTN_HYPOTHESIS_PROFILE`` picks a profile by hand
@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
-import pytest
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
@@ -53,8 +51,3 @@ def pytest_generate_tests(metafunc):
         seeds = parse_seeds(os.environ.get("REFATTN_SEEDS", "0"))
         metafunc.parametrize("seed", seeds, ids=[f"seed{s}" for s in seeds])
 
-
-@pytest.fixture
-def rng(seed):
-    """A local generator for the test's own draws (never the global NumPy state)."""
-    return np.random.default_rng([seed, 20261125])

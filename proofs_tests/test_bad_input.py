@@ -1,4 +1,4 @@
-"""Bad input gets a clear TypeError/ValueError naming the argument (DESIGN.md), never a silent NaN."""
+"""Bad input gets a clear TypeError/ValueError naming the argument, never a silent NaN."""
 
 import numpy as np
 import pytest

@@ -1,6 +1,6 @@
 """The documentation site (docs/, mkdocs.yml), checked without mkdocs installed.
 
-- Every formula-to-test link ``[text][proofs_tests.MODULE.TEST]`` names a test function that
+- Every formula-to-test link ``[text][proofs_tests.PATH.MODULE.TEST]`` names a test function that
   exists (parsed with ``ast``), in a module the tests page renders (so the link resolves in
   the built site too).
 - Every test module is on the tests page; every page is in the nav and every nav entry exists.
@@ -25,7 +25,8 @@ METHOD_PAGES = ("exact.md", "performer.md", "lsh.md", "scatterbrain.md", "sea.md
 
 @lru_cache(maxsize=None)
 def _tests_in(module):
-    path = ROOT / "proofs_tests" / f"{module}.py"
+    """Test names in ``proofs_tests/<module with dots as folders>.py``."""
+    path = ROOT / "proofs_tests" / (module.replace(".", "/") + ".py")
     if not path.is_file():
         return frozenset()
     tree = ast.parse(path.read_text(encoding="utf-8"))
@@ -34,7 +35,7 @@ def _tests_in(module):
 
 
 def _rendered_modules():
-    return set(re.findall(r"^::: proofs_tests\.(\w+)", (DOCS / "tests.md").read_text(encoding="utf-8"), re.M))
+    return set(re.findall(r"^::: proofs_tests\.([\w.]+)", (DOCS / "tests.md").read_text(encoding="utf-8"), re.M))
 
 
 def bad_links(markdown):
@@ -43,12 +44,13 @@ def bad_links(markdown):
     bad = []
     for ident in LINK.findall(markdown):
         parts = ident.split(".")
-        if len(parts) != 3:
-            bad.append((ident, "expected proofs_tests.MODULE.TEST"))
-        elif parts[2] not in _tests_in(parts[1]):
-            bad.append((ident, f"no test {parts[2]} in proofs_tests/{parts[1]}.py"))
-        elif parts[1] not in rendered:
-            bad.append((ident, f"proofs_tests.{parts[1]} is not rendered on docs/tests.md"))
+        module, test = ".".join(parts[1:-1]), parts[-1]
+        if len(parts) < 3 or not test.startswith("test_") or not module.split(".")[-1].startswith("test_"):
+            bad.append((ident, "expected proofs_tests.[PATH.]MODULE.TEST"))
+        elif test not in _tests_in(module):
+            bad.append((ident, f"no test {test} in proofs_tests/{module.replace('.', '/')}.py"))
+        elif module not in rendered:
+            bad.append((ident, f"proofs_tests.{module} is not rendered on docs/tests.md"))
     return bad
 
 
@@ -68,14 +70,15 @@ def test_there_are_links_on_every_method_page():
 
 
 def test_the_link_checker_has_power():
-    planted = ("[`x`][proofs_tests.test_compare.test_no_such_thing] [`y`][proofs_tests.test_nowhere.test_a] "
-               "[`z`][proofs_tests.test_compare] [`ok`][proofs_tests.test_compare.test_bad_arguments]")
+    planted = ("[`x`][proofs_tests.evaluation.test_report.test_no_such_thing] [`y`][proofs_tests.test_nowhere.test_a] "
+               "[`z`][proofs_tests.evaluation.test_report] [`ok`][proofs_tests.evaluation.test_report.test_bad_arguments]")
     reasons = [r for _, r in bad_links(planted)]
     assert len(reasons) == 3 and "no test test_no_such_thing" in reasons[0], reasons
 
 
 def test_every_test_module_is_on_the_tests_page():
-    modules = {p.stem for p in (ROOT / "proofs_tests").glob("test_*.py")}
+    tests = ROOT / "proofs_tests"
+    modules = {".".join(p.relative_to(tests).with_suffix("").parts) for p in tests.rglob("test_*.py")}
     assert modules - _rendered_modules() == set(), "add '::: proofs_tests.MODULE' to docs/tests.md"
 
 

@@ -1,6 +1,6 @@
 r"""Exact softmax attention: the oracle every estimator in refattn is judged against.
 
-MATH.md section 1. With logits :math:`\ell = s\,QK^\top + B` (``B`` the additive bias,
+the docs' exact-attention page. With logits :math:`\ell = s\,QK^\top + B` (``B`` the additive bias,
 ``-inf`` where masked) the stable form is
 
 .. math::
@@ -36,7 +36,7 @@ from refattn._validation import as_float_array, check_positive_int
 from refattn.kernels import numba_enabled
 from refattn.kernels.dispatch import gpu_backend, is_cupy, shadow, shadow64
 from refattn.kernels.numba import streaming as _streaming
-from refattn.problem import attention_problem
+from refattn.problem import attention_problem, score_problem, sum_to_shape
 
 __all__ = [
     "softmax_attention",
@@ -100,11 +100,7 @@ def attention_probabilities(
     array([[1. , 0. , 0. ],
            [0.5, 0.5, 0. ]])
     """
-    k_arr = np.asarray(k)
-    v_dummy = np.zeros(k_arr.shape[:-1] + (0,)) if k_arr.ndim >= 2 else k_arr
-    prob = attention_problem(
-        q, k, v_dummy, scale=scale, causal=causal, mask=mask, bias=bias, key_lengths=key_lengths
-    )
+    prob = score_problem(q, k, scale=scale, causal=causal, mask=mask, bias=bias, key_lengths=key_lengths)
     p, lse = _softmax_rows(prob.logits(_compute_dtype(dtype)))
     return (p, lse) if return_lse else p
 
@@ -258,20 +254,12 @@ def _stream(prob, dt, implementation, block_q, block_k):
     return out, lse
 
 
-def _sum_to_shape(g, shape):
-    """Sum a broadcast gradient ``g`` back to an input's ``shape``."""
-    lead = g.ndim - len(shape)
-    g = g.sum(axis=tuple(range(lead))) if lead else g
-    axes = tuple(i for i, n in enumerate(shape) if n == 1 and g.shape[i] != 1)
-    return g.sum(axis=axes, keepdims=True) if axes else g
-
-
 def attention_backward(
     q, k, v, dout, *, scale=None, causal=False, mask=None, bias=None, key_lengths=None, dtype=None
 ):
     r"""Gradients ``(dq, dk, dv)`` of :func:`softmax_attention` for an upstream gradient ``dout``.
 
-    MATH.md section 1 (the FlashAttention backward):
+    the docs' exact-attention page (the FlashAttention backward):
 
     .. math::
 
@@ -313,9 +301,9 @@ def attention_backward(
     dq = s * np.matmul(ds, kd)  # (..., T, H)
     dk = s * np.matmul(np.swapaxes(ds, -1, -2), qd)  # (..., S, H)
     return (
-        _sum_to_shape(dq, prob.q.shape),
-        _sum_to_shape(dk, prob.k.shape),
-        _sum_to_shape(dv, prob.v.shape),
+        sum_to_shape(dq, prob.q.shape),
+        sum_to_shape(dk, prob.k.shape),
+        sum_to_shape(dv, prob.v.shape),
     )
 
 

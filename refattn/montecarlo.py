@@ -8,7 +8,7 @@ are evaluated for all of them with one batched product, in chunks that bound mem
 
 - :func:`kernel_samples`: ``(n_draws, P)`` samples of the softmax-kernel estimate
   ``SM^(x_p, y_p)`` for ``P`` pairs (each draw's ``W`` shared by all pairs), by the
-  estimator formulas of MATH.md section 2 (Lemma 1).
+  estimator formulas of the docs' Performer page (Lemma 1).
 - :func:`attention_samples`: ``(n_draws, T, Hv)`` normalised Performer outputs.
 - :func:`scatterbrain_samples`: ``(n_draws, P)`` samples of Scatterbrain's entry estimate
   (exact on an r-bit SimHash collision, iid positive features off it).
@@ -40,7 +40,7 @@ def kernel_samples(x, y, *, estimator="positive", projection="gaussian", m, n_dr
     r"""Independent samples of ``SM^(x_p, y_p)`` (scaled inputs), shape ``(n_draws, P)``.
 
     ``x``, ``y`` are ``(P, d)`` (or ``(d,)`` for one pair). Estimators (averages over the
-    ``m`` rows of one draw of ``W``, MATH.md section 2):
+    ``m`` rows of one draw of ``W``, the docs' Performer page):
 
     - positive: ``Lam mean_r exp(omega_r . z)``
     - hyperbolic: ``Lam mean_r cosh(omega_r . z)``
@@ -119,7 +119,7 @@ def scatterbrain_samples(x, y, *, m, r, n_draws, rng):
     Each draw has its own iid Gaussian positive features (``m`` rows; Performer Lemma 1) and,
     independently, its own ``r``-bit SimHash (one table) shared by all pairs: the estimate is
     ``exp(x . y)`` when ``x`` and ``y`` get the same code (the pair is on the support) and
-    ``phi(x) . phi(y)`` otherwise (Chen et al. 2021, Sec. 4; MATH.md section 4). Its mean is
+    ``phi(x) . phi(y)`` otherwise (Chen et al. 2021, Sec. 4; the docs' Scatterbrain page). Its mean is
     ``exp(x . y)`` and its variance ``(1 - P) Var_pfm`` with ``P = (1 - theta/pi)^r``
     (derived in docs/scatterbrain.md).
 

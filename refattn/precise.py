@@ -1,6 +1,6 @@
 r"""Arbitrary-precision attention (mpmath): the oracle for the float64 oracle.
 
-The same mathematics as :mod:`refattn.exact` (MATH.md section 1), evaluated with
+The same mathematics as :mod:`refattn.exact` (the docs' exact-attention page), evaluated with
 ``mpmath`` at ``dps`` significant decimal digits (default 50). Inputs are float arrays;
 every float is converted exactly (a binary float is an exact rational), the scale too,
 so the only rounding is mpmath's own, far below float64's. Results are returned rounded
@@ -21,8 +21,7 @@ import mpmath
 import numpy as np
 
 from refattn._validation import as_float_array, check_positive_int
-from refattn.exact import _sum_to_shape
-from refattn.problem import attention_problem
+from refattn.problem import attention_problem, sum_to_shape
 
 __all__ = ["softmax_attention_mp", "attention_backward_mp", "MAX_WORK"]
 
@@ -158,5 +157,5 @@ def attention_backward_mp(
                 for h in range(H):
                     dq[idx + (i, h)] = s * mpmath.fsum(ds[i][j] * km[j][h] for j in range(S))
         # sum broadcast dims in mp arithmetic, then round once
-        grads = (_sum_to_shape(dq, prob.q.shape), _sum_to_shape(dk, prob.k.shape), _sum_to_shape(dv, prob.v.shape))
+        grads = (sum_to_shape(dq, prob.q.shape), sum_to_shape(dk, prob.k.shape), sum_to_shape(dv, prob.v.shape))
     return tuple(_to_out(g, as_float) for g in grads)

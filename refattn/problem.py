@@ -20,7 +20,7 @@ Conventions
   ``T == S`` both are the usual lower-triangular mask. With ``bottom_right`` and
   ``T > S`` the first ``T - S`` queries see no key at all.
 - A query that sees no key (every logit masked) has no defined softmax; refattn returns
-  an output row of zeros and ``lse = -inf`` for it (MATH.md section 1).
+  an output row of zeros and ``lse = -inf`` for it (the docs' exact-attention page).
 """
 
 from __future__ import annotations
@@ -31,12 +31,12 @@ import numpy as np
 
 from refattn._validation import as_float_array, check_scale
 
-__all__ = ["AttentionProblem", "attention_problem", "causal_mask", "CAUSAL_ALIGNMENTS"]
+__all__ = ["AttentionProblem", "attention_problem", "score_problem", "sum_to_shape", "causal_alignment", "causal_mask", "causal_offset", "CAUSAL_ALIGNMENTS"]
 
 CAUSAL_ALIGNMENTS = ("bottom_right", "top_left")
 
 
-def _causal_alignment(causal) -> str | None:
+def causal_alignment(causal) -> str | None:
     if causal is False or causal is None:
         return None
     if causal is True:
@@ -65,7 +65,7 @@ def causal_mask(T: int, S: int, alignment: str | bool = "bottom_right") -> np.nd
     array([[1, 0, 0],
            [1, 1, 0]])
     """
-    alignment = _causal_alignment(alignment)
+    alignment = causal_alignment(alignment)
     if alignment is None:
         return np.ones((T, S), dtype=bool)
     off = causal_offset(T, S, alignment)
@@ -218,7 +218,7 @@ def attention_problem(
     q, k, v = _check_qkv(q, k, v)
     T, S, H = q.shape[-2], k.shape[-2], q.shape[-1]
     scale = check_scale(scale, H)
-    alignment = _causal_alignment(causal)
+    alignment = causal_alignment(causal)
     named = [("q", q.shape[:-2]), ("k", k.shape[:-2]), ("v", v.shape[:-2])]
 
     if mask is not None:
@@ -244,3 +244,19 @@ def attention_problem(
 
     batch_shape = tuple(_broadcast(named))
     return AttentionProblem(q, k, v, scale, alignment, mask, bias, key_lengths, batch_shape)
+
+
+def score_problem(q, k, *, scale=None, causal=False, mask=None, bias=None, key_lengths=None) -> AttentionProblem:
+    """:func:`attention_problem` for ``q`` and ``k`` alone (attention scores, no values): the same
+    checks and errors, with ``v`` a zero-width ``(..., S, 0)`` array."""
+    k_arr = np.asarray(k)
+    v = np.zeros(k_arr.shape[:-1] + (0,)) if k_arr.ndim >= 2 else k_arr  # k's own error if k is not (..., S, H)
+    return attention_problem(q, k, v, scale=scale, causal=causal, mask=mask, bias=bias, key_lengths=key_lengths)
+
+
+def sum_to_shape(g, shape):
+    """Sum a broadcast gradient ``g`` back to an input's ``shape`` (the reverse of broadcasting)."""
+    lead = g.ndim - len(shape)
+    g = g.sum(axis=tuple(range(lead))) if lead else g
+    axes = tuple(i for i, n in enumerate(shape) if n == 1 and g.shape[i] != 1)
+    return g.sum(axis=axes, keepdims=True) if axes else g

@@ -10,7 +10,7 @@ returns a result object with the numbers a reviewer needs (no hidden thresholds)
 - :func:`bootstrap_variance_interval`: percentile bootstrap interval for ``Var[X]``
   (Efron & Tibshirani 1993, ch. 13); coverage ``1 - alpha`` asymptotically. Use it instead
   of chi^2 intervals, which assume Gaussian samples and fail for the heavy-tailed
-  estimators of attention (STYLE.md section 6).
+  estimators of attention (the docs' testing page).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ strategies for attention inputs, and statistical assertions.
 
 >>> from refattn.testing import assert_close_to_reference, attention_inputs
 
-The tolerance rule (FlashAttention's test suite, STYLE.md section 1): a kernel that
+The tolerance rule (FlashAttention's test suite): a kernel that
 computes in precision ``lo`` passes iff
 
 .. math:: \max|O_\text{kernel} - O_{64}| \le 2 \max|O_\text{lo} - O_{64}| + \text{floor},

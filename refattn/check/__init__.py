@@ -4,7 +4,7 @@ r"""Checking other implementations: exact and statistical verdicts for a user's 
 >>> report = check("mypkg.attn:flash_forward", kind="exact")   # doctest: +SKIP
 >>> print(report.format_table()); report.passed                # doctest: +SKIP
 
-``kind`` and the callable contract (shared/DESIGN.md, "Checking other implementations"):
+``kind`` and the callable contract (the docs' check page):
 
 ==========  ==============================================  ==========================
 kind        callable                                        module
@@ -20,7 +20,7 @@ hash        ``fn(x, seed) -> bucket ids (T,)``              :mod:`refattn.check.
 Outputs may be anything :func:`numpy.asarray` converts (torch, cupy, jax arrays). Every
 statistical verdict of a run shares one family-wise false-alarm probability ``alpha``
 (default 1e-3; Bonferroni within a check, Holm across checks: :mod:`refattn.check.verdict`).
-Power against a catalogue of planted defects is measured in proofs_tests/test_check_power.py
+Power against a catalogue of planted defects is measured in proofs_tests/check/test_planted.py
 (:mod:`refattn.check.planted`).
 """
 

@@ -1,6 +1,6 @@
 r"""``--kind attention``: a random-feature attention estimator ``fn(q, k, v, seed) -> out (T, Hv)``.
 
-Checks (Performer, Choromanski et al. 2021, seed 002; MATH.md section 2):
+Checks (Performer, Choromanski et al. 2021; the docs' Performer page):
 
 1. **Constant values** (exact): with ``v = 1`` every normalised estimator ``N / D`` returns 1
    exactly (``N = D`` term by term). An epsilon floor in the denominator, a scaled output or an

@@ -1,6 +1,6 @@
 r"""``--kind exact``: an exact attention ``fn(q, k, v) -> out`` (and ``causal=``, ``mask=`` when it
 takes them), judged case by case against the float64 oracle by the FlashAttention rule
-(:func:`refattn.testing.tolerance_check`; STYLE.md section 1).
+(:func:`refattn.testing.tolerance_check`).
 
 The grid: ``T != S``; ``H = 1`` with ``T = 1``; odd sizes; leading batch dims (skipped when the
 callable does not take them); logits about 1000 apart (overflow without the max

@@ -3,7 +3,7 @@ the same hash (so queries and keys hashed with one seed share it), different see
 independent hashes.
 
 Checks over ``n`` seeds, on unit pairs at angles 15..165 degrees (E2LSH: at distances) in a
-random orientation (MATH.md section 3):
+random orientation (the docs' LSH page):
 
 1. **Identical points collide** (exact): a point and its copy get the same bucket.
 2. **Collision rate vs theory**: per pair, ``P[h(x) = h(y)]`` against the closed form, by exact

@@ -1,7 +1,7 @@
 r"""``--kind kernel``: a random-feature estimator ``fn(q, k, seed) -> K_hat (T, S)`` of the
 softmax kernel ``exp(s q k^T)``, ``s = 1/sqrt(H)``.
 
-Checks (Performer, Choromanski et al. 2021, seed 002; MATH.md section 2):
+Checks (Performer, Choromanski et al. 2021; the docs' Performer page):
 
 1. **Unbiased, entrywise** (Lemma 1): ``E[K_hat_ij] = exp(s q_i.k_j)`` for every pair, by
    z-tests with Bonferroni over the ``T S`` pairs. The probe rows are chosen to expose the
@@ -18,13 +18,13 @@ Checks (Performer, Choromanski et al. 2021, seed 002; MATH.md section 2):
 4. **Consistency** (when ``fn`` takes ``m=``): the same variance check at ``4 m``: the error
    must fall as the closed form says when the feature count grows.
 
-FAVOR++ (``method="favorpp"``, Likhosherstov et al. 2022; MATH.md section 2) is judged at its
+FAVOR++ (``method="favorpp"``, Likhosherstov et al. 2022; the docs' Performer page) is judged at its
 parameter ``A``: given, or (``A=None``) the optimal ``A*`` that refattn computes from the data
 (:func:`refattn.theory.favorpp_optimal_A` at the pair average of ``|x_i + y_j|^2`` of the probe
 rows, as :func:`refattn.performer.attention.performer_attention` does). The estimate is unbiased for every
 ``A < 1/8``, so the mean checks do not depend on it; the variance is
 :func:`refattn.theory.favorpp_variance` ``/ m`` for iid projections (derived, checked by Monte
-Carlo in proofs_tests/test_performer_stats.py) and refattn's own estimator otherwise.
+Carlo in proofs_tests/performer/test_features.py) and refattn's own estimator otherwise.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ whether the interval covers the closed form. Claims:
   ``min(draws, 20)`` trials per setting at ``n = 100``, exact binomial intervals of the rate.
 
 Inputs are pairs at a given norm and angle in ``d`` dimensions (scaled rows). Variance
-checks need moderate ``|z|^2`` (MATH.md: heavy tails), hence the default norm 0.5.
+checks need moderate ``|z|^2`` (the docs' Performer page: heavy tails), hence the default norm 0.5.
 """
 
 from __future__ import annotations

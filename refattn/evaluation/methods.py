@@ -259,7 +259,7 @@ def _run_sea(q, k, v, *, budget, scale, rng, causal=False, dtype=None):
 _EXACT_FLOPS = lambda T, H, b, r: 4.0 * T * T * H  # noqa: E731  two GEMMs, T = S, Hv = H
 
 register(Method("exact dense", _exact("dense"), "the oracle: the T x S matrix", exact=True, causal=True,
-                flops=_EXACT_FLOPS, peak_bytes=lambda T, H, itemsize, b: 4.0 * T * T * 8, expected_exponent=2.0))
+                flops=_EXACT_FLOPS, peak_bytes=lambda T, H, itemsize, b: 4.0 * T * T * itemsize, expected_exponent=2.0))
 register(Method("exact streaming", _exact("numba"), "the oracle, online softmax in O((T + S) H) memory",
                 exact=True, causal=True, flops=_EXACT_FLOPS, expected_exponent=2.0, max_T=131072))
 register(Method("best sparse", _dense_oracle(_topk), "b largest entries of each row of P", oracle=True,
@@ -268,7 +268,7 @@ register(Method("best low-rank", _dense_oracle(lambda P, b: _svd(P, b // 2)), "r
                 peak_bytes=lambda T, H, itemsize, b: 5.0 * T * T * 8, expected_exponent=3.0, max_T=2048))
 register(Method("sparse + low-rank", _dense_oracle(_best_mixed_split),
                 "rank r + (b - 2r) entries per row, the best r in {b/8, b/4, 3b/8}", oracle=True, in_report=False,
-                peak_bytes=lambda T, H, itemsize, b: 8.0 * T * T * 8, expected_exponent=3.0, max_T=512))
+                peak_bytes=lambda T, H, itemsize, b: 8.0 * T * T * 8, expected_exponent=3.0, max_T=1024))
 register(Method("performer", _run_performer, "m = b/2 features (orthogonal, positive)", causal=True,
                 flops=lambda T, H, b, r: _performer_flops(T, H, _half(b))))
 register(Method("scatterbrain", _run_scatterbrain, "m = b/4 features + SimHash buckets of about b/2 keys",

@@ -2,7 +2,7 @@ r"""LSH sparse attention estimators built on :mod:`refattn.lsh.hashes` and :mod:
 
 - :func:`reformer_attention` (Kitaev et al. 2020): angular-hash buckets, stable sort by
   (bucket, position), chunks with look-back; several rounds combined as the **union** of
-  their supports, each entry counted once (MATH.md section 3: without de-duplication the
+  their supports, each entry counted once (the docs' LSH page: without de-duplication the
   softmax over the union is wrong); shared-QK with unit keys and self-exclusion.
 - :func:`smyrf_attention` (Daras et al. 2020): the asymmetric transform, one Gaussian
   projection per round, sorted and cut into equal-size (balanced) clusters.

@@ -1,4 +1,4 @@
-r"""Locality-sensitive hash families, each with explicit draws (MATH.md section 3).
+r"""Locality-sensitive hash families, each with explicit draws (the docs' LSH page).
 
 Every family is a pair: a function that draws the random parameters from an ``rng`` (a
 Generator or an int seed), and a hash that applies them. Queries and keys hashed with the

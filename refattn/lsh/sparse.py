@@ -1,6 +1,6 @@
 r"""Sparse attention supports (CSR over query rows) and exact softmax attention on them.
 
-MATH.md section 3. A :class:`Support` lists, for each query row ``i``, the sorted, distinct
+the docs' LSH page. A :class:`Support` lists, for each query row ``i``, the sorted, distinct
 key indices it attends to: ``indices[indptr[i]:indptr[i+1]]``. Every sparse method in
 refattn (Reformer, SMYRF, local windows, top-k, Scatterbrain's correction, SEA's mask)
 produces one, and :func:`sparse_attention` computes
@@ -28,7 +28,7 @@ from refattn._validation import as_float_array, check_positive_int, check_scale,
 from refattn.kernels.dispatch import gpu_backend, shadow64
 from refattn.kernels.numba import sparse_attention as kern
 from refattn.kernels.numba.lsh_support import union_support_numba
-from refattn.problem import attention_problem
+from refattn.problem import score_problem
 
 __all__ = [
     "Support",
@@ -137,9 +137,13 @@ def local_window(T, S, left, right=0, *, causal=False) -> Support:
     S = check_positive_int(S, "S", minimum=0)
     left = check_positive_int(left, "left", minimum=0)
     right = 0 if causal else check_positive_int(right, "right", minimum=0)
-    c = np.arange(T)[:, None] + (S - T)
-    j = np.arange(S)[None, :]
-    return Support.from_dense((j >= c - left) & (j <= c + right))
+    c = np.arange(T, dtype=np.int64) + (S - T)  # (T,) each row's diagonal key
+    lo = np.clip(c - left, 0, S)  # (T,) first key, clipped to [0, S]
+    hi = np.clip(c + right + 1, 0, S)  # (T,) one past the last key
+    counts = np.maximum(hi - lo, 0)
+    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    rows = np.repeat(np.arange(T), counts)  # (nnz,) O(nnz): no T x S mask
+    return Support(indptr, (lo[rows] + np.arange(indptr[-1]) - indptr[:-1][rows]).astype(np.int64), S)
 
 
 def block_sparse(T, S, block, layout) -> Support:
@@ -155,7 +159,7 @@ def block_sparse(T, S, block, layout) -> Support:
 def topk_support(q, k, topk, *, scale=None, causal=False) -> Support:
     """The ``topk`` largest exact logits of each row (ties: the lower key index first): the best
     sparse support of that size, an oracle. Rows that see fewer keys keep all they see."""
-    prob = attention_problem(q, k, np.zeros(np.shape(k)[:-1] + (0,)), scale=scale, causal=causal)
+    prob = score_problem(q, k, scale=scale, causal=causal)
     if prob.batch_shape:
         raise ValueError("q: topk_support takes 2-D q and k (one head)")
     topk = check_positive_int(topk, "topk")

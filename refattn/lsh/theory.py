@@ -46,7 +46,7 @@ def angular_collision_mc(theta, n_buckets=None, *, n_draws=100_000, rng=0, d=2, 
     or of the cross-polytope hash (``family="cross_polytope"``, ``2d`` buckets) at angle ``theta``,
     by Monte Carlo.
 
-    No closed form fits at practical bucket counts (MATH.md section 3: the asymptotic formula of
+    No closed form fits at practical bucket counts (the docs' LSH page: the asymptotic formula of
     Andoni et al. 2015 is far off), so this returns ``(p, stderr)`` from ``n_draws`` independent
     hashes, with the binomial standard error. The angular hash's probability depends only on
     the angle and ``b``, not on ``d`` (Gaussian ``R``'s projections onto the plane of ``x``, ``y``

@@ -1,7 +1,7 @@
 r"""Performer (FAVOR+ family) attention: bidirectional and causal, with its pieces exposed.
 
-Choromanski et al. (2021), "Rethinking Attention with Performers" (seed 002), MATH.md
-section 2. With scaled rows ``x = s^{1/2} q``, ``y = s^{1/2} k`` and a feature map ``phi``:
+Choromanski et al. (2021), "Rethinking Attention with Performers", Sec. 2 (derivations: the
+docs' Performer page). With scaled rows ``x = s^{1/2} q``, ``y = s^{1/2} k`` and a feature map ``phi``:
 
 .. math::
 

@@ -1,6 +1,6 @@
 r"""Random feature maps for kernel (Performer) attention, with numerical stabilisers.
 
-Performer (Choromanski et al. 2021, seed 002), MATH.md section 2; FAVOR++ (Likhosherstov et
+Performer (Choromanski et al. 2021), the docs' Performer page; FAVOR++ (Likhosherstov et
 al. 2022). Inputs are *scaled* rows ``x = s^{1/2} q`` of shape ``(..., L, d)``; ``W`` holds
 the projection rows ``omega_r`` ``(..., m, d)`` (leading dims broadcast: the Monte Carlo
 engine passes many draws at once). Each map returns ``(phi, log_scale)`` with
@@ -45,7 +45,7 @@ FEATURE_KINDS = ("positive", "hyperbolic", "trigonometric", "favorpp", "relu", "
 _SOFTMAX_KINDS = ("positive", "hyperbolic", "trigonometric", "favorpp")
 
 
-def _shift(logf, stabilize, n_feature_axes=1):
+def _shift(logf, stabilize):
     """The shift to subtract from log-features ``logf (..., L, F)``; returns an array broadcastable to it."""
     if stabilize is None:
         return np.zeros(logf.shape[:-2] + (1, 1))
@@ -174,7 +174,6 @@ def gauss_hermite_kernel(fn, x, y, n_nodes: int = 60):
     wt = wt / np.sqrt(2 * np.pi)  # weights of E over N(0, 1)
     T1, T2 = np.meshgrid(t, t, indexing="ij")
     W2 = np.outer(wt, wt)
-    sx = np.sqrt(np.sum(x * x, -1))[..., None, None]
     sy = np.sqrt(np.sum(y * y, -1))
     with np.errstate(invalid="ignore", divide="ignore"):
         rho = np.where(sy > 0, np.sum(x * y, -1) / np.where(sy > 0, sy, 1), 0.0)  # x.y / |y|
@@ -182,7 +181,6 @@ def gauss_hermite_kernel(fn, x, y, n_nodes: int = 60):
     # v = w.y = |y| t1; u = w.x = rho t1 + rest t2 (a Cholesky factorisation of the covariance)
     v = sy[..., None, None] * T1
     u = rho[..., None, None] * T1 + rest[..., None, None] * T2
-    del sx
     return np.sum(W2 * np.asarray(fn(u)) * np.asarray(fn(v)), axis=(-2, -1))
 
 

@@ -1,6 +1,6 @@
 r"""Random projections for random-feature attention: the rows omega_r of W (m, d).
 
-Performer (Choromanski et al. 2021, seed 002), MATH.md section 2. Every sampler takes
+Performer (Choromanski et al. 2021), the docs' Performer page. Every sampler takes
 ``m`` (rows), ``d`` (input dim) and ``rng`` (a Generator or an int seed) and returns
 ``W`` of shape ``(m, d)``; ``size=n`` returns ``n`` independent draws ``(n, m, d)`` at once
 (the Monte Carlo engine uses it).
@@ -18,7 +18,7 @@ Performer (Choromanski et al. 2021, seed 002), MATH.md section 2. Every sampler 
   ``sqrt(p) H D_1 H D_2 H D_3`` blocks (``H`` the normalised Hadamard matrix of size
   ``p = 2^ceil(log2 d)``, ``D_i`` random signs), first ``d`` columns, times ``chi_d``
   norms. Not exactly Gaussian marginals: its bias is measured (``refattn theory``,
-  proofs_tests/test_projections.py), not assumed zero.
+  proofs_tests/performer/test_projections.py), not assumed zero.
 """
 
 from __future__ import annotations

@@ -65,7 +65,7 @@ def pair_at_angle(angle_deg, norm_x, norm_y, d):
 
 
 def softmax_kernel(x, y):
-    """``SM(x, y) = exp(x . y)`` (MATH.md section 0)."""
+    """``SM(x, y) = exp(x . y)`` (the docs' Performer page)."""
     x, y = _xy(x, y)
     return np.exp(np.sum(x * y, -1))
 
@@ -133,8 +133,8 @@ def smreg_ratio(x, y, d=None):
 def orthogonal_cross_moment(w, d):
     r"""``C(w, d) = E[exp(omega_1.z) exp(omega_2.z)]`` for an orthogonal pair with chi_d norms.
 
-    MATH.md (derived): ``C = sum_n (w^n/n!) sum_{t<=n} binom(n,t) P(t) P(n-t) / P(n)``, with
-    ``w = |z|^2/2``. Checked by Monte Carlo in proofs_tests/test_theory.py.
+    Derived on the docs' Performer page: ``C = sum_n (w^n/n!) sum_{t<=n} binom(n,t) P(t) P(n-t) / P(n)``, with
+    ``w = |z|^2/2``. Checked by Monte Carlo in proofs_tests/performer/test_theory.py.
     """
     d = check_positive_int(d, "d")
     w = float(w)
@@ -155,7 +155,7 @@ def orthogonal_cross_moment(w, d):
 def mse_orthogonal(x, y, m, d=None):
     r"""Exact MSE of the positive estimator with orthogonal features, one block (``m <= d``).
 
-    MATH.md (derived): ``Lam^2 [ (e^{4w} - e^{2w})/m + (1 - 1/m)(C(w, d) - e^{2w}) ]``. For
+    Derived on the docs' Performer page: ``Lam^2 [ (e^{4w} - e^{2w})/m + (1 - 1/m)(C(w, d) - e^{2w}) ]``. For
     ``m > d`` the rows form independent blocks of sizes ``b_1..b_k`` (``d`` each, the last
     truncated), and the mean's MSE is ``sum_i b_i^2 MSE_ort(b_i) / m^2``.
     """
@@ -193,7 +193,7 @@ def _check_A(A):
 def favorpp_variance(x, y, A):
     r"""Per-term variance of FAVOR++ positive features (m iid terms: divide by m).
 
-    MATH.md (Likhosherstov et al. 2022; derived and checked):
+    (Likhosherstov et al. 2022; derived on the docs' Performer page and checked):
     ``Lam^2 [((1-4A)^2/(1-8A))^{d/2} exp(2(1-4A)|z|^2/(1-8A)) - exp(|z|^2)]``; ``A = 0`` is
     FAVOR+ (``m MSE_pos``).
     """
@@ -207,7 +207,7 @@ def favorpp_variance(x, y, A):
 
 
 def favorpp_optimal_A(phi, d):
-    r"""The ``A`` minimising :func:`favorpp_variance` at ``|z|^2 = phi`` (MATH.md, derived):
+    r"""The ``A`` minimising :func:`favorpp_variance` at ``|z|^2 = phi`` (derived on the docs' Performer page):
     ``rho = (sqrt((2 phi + d)^2 + 8 d phi) - 2 phi - d) / (4 phi)``, ``A* = (1 - 1/rho)/8``.
     At ``phi = 0`` the limit ``rho -> 1``, ``A* -> 0`` (FAVOR+) is returned.
     """
@@ -224,7 +224,7 @@ def favorpp_optimal_A(phi, d):
 def favorpp_phi(x, y):
     """The pair average of ``|x_i + y_j|^2`` over all (i, j), in O((Lq + Lk) d).
 
-    ``mean|x|^2 + mean|y|^2 + 2 mean(x) . mean(y)`` (MATH.md section 2).
+    ``mean|x|^2 + mean|y|^2 + 2 mean(x) . mean(y)`` (the docs' Performer page).
     """
     x, y = _xy(x, y)
     return (np.mean(np.sum(x * x, -1), axis=-1) + np.mean(np.sum(y * y, -1), axis=-1)

@@ -1,6 +1,6 @@
-r"""Scatterbrain: sparse + low-rank attention, unbiased (Chen et al. 2021, seed 000).
+r"""Scatterbrain: sparse + low-rank attention, unbiased (Chen et al. 2021).
 
-MATH.md section 4. With random features ``phi`` (Performer, :mod:`refattn.performer.features`) and a
+the docs' Scatterbrain page. With random features ``phi`` (Performer, :mod:`refattn.performer.features`) and a
 sparse support ``S`` (LSH buckets, a local window, any :class:`refattn.lsh.sparse.Support`)
 **drawn independently of the features**:
 

@@ -1,4 +1,4 @@
-r"""Robust PCA: low-rank + sparse decompositions (Scatterbrain's motivation), MATH.md section 6.
+r"""Robust PCA: low-rank + sparse decompositions (Scatterbrain's motivation), the docs' Scatterbrain page (robust PCA).
 
 - :func:`robust_pca`: principal component pursuit (Candes, Li, Ma & Wright 2011),
 

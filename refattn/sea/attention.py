@@ -1,4 +1,4 @@
-r"""SEA: sparse attention on an estimated attention mask (Lee et al. 2024, seed 001; MATH.md section 5).
+r"""SEA: sparse attention on an estimated attention mask (Lee et al. 2024; the docs' SEA page).
 
 Shape legend: N heads (optional leading axis), T queries, S keys, H head dim, Hv value dim,
 K compressed bins, n basis bins, k keys kept per query.
@@ -9,7 +9,7 @@ The pipeline, one function per step, each usable on its own:
    (:func:`positional_basis`), ``E = softmax-kernel-estimate(Q, K) P (T, n)``, in linear time.
    With the bin-indicator basis, the exact ``A P`` *is* each attention row binned to ``n``
    position bins (:func:`binned_attention`), so ``E`` estimates the binned attention
-   (MATH.md 5.1). A decoder (:mod:`refattn.sea.decoder`) maps ``E`` to ``K`` logits per row,
+   (the docs' SEA page, the estimate). A decoder (:mod:`refattn.sea.decoder`) maps ``E`` to ``K`` logits per row,
    over the row's *own* bins (a causal row of length ``l_i`` is cut into ``K`` bins of ``l_i``),
    and :func:`compressed_softmax` gives the compressed estimate ``A~ (T, K)``.
 2.-3. :func:`~refattn.sea.mask.sea_mask`: top-k on ``A~`` upsampled to key columns, with one
@@ -18,7 +18,7 @@ The pipeline, one function per step, each usable on its own:
    (:func:`refattn.lsh.sparse.sparse_attention`), optionally mixed with the (causal) mean of ``V``
    by a gate.
 
-Facts the tests check (MATH.md section 5, derived there; the derivation is in docs/sea.md):
+Facts the tests check (derived on the docs' SEA page):
 ``KL(A_i || up(A~_i)) = KL(A_i^down || A~_i) + sum_b A_i^down[b] KL(A_{i|b} || U_b)``
 (:func:`kl_decomposition`), and a mask keeping mass ``m_i`` of row ``i`` has
 ``TV = 1 - m_i`` and ``|o_i - o_i^mask| <= 2 (1 - m_i) max_j |v_j|`` (:func:`captured_mass`).

@@ -1,6 +1,6 @@
 r"""SEA decoders: from the kernel estimate ``E (T, n)`` to ``K`` logits over each row's own bins.
 
-MATH.md section 5, steps 1 and 5. A decoder is any callable
+The docs' SEA page, steps 1 and 5. A decoder is any callable
 ``decoder(E, lengths, n_keys, n_bins) -> logits (..., T, K)`` (``E (..., T, n)`` over the ``n``
 basis bins of the full length ``S``; the logits over the ``K`` bins of each row's length ``l_i``,
 :func:`refattn.sea.attention.bin_starts`). Three are provided:
@@ -16,7 +16,7 @@ basis bins of the full length ``S``; the logits over the ``K`` bins of each row'
   ``t_b = (b + 1/2)/K``. It is a small stand-in for SEA's MLP + CNN decoder, chosen because the
   logits are linear in ``theta``: the KL part of the distillation loss is then convex (a log-linear
   model), and ``theta = (1, 0, 0, 0, 0)`` is exactly the fixed decoder, so distillation starts from
-  (b) and can only move to a lower training loss. The loss (SEA's distillation, MATH.md 5.5):
+  (b) and can only move to a lower training loss. The loss (SEA's distillation, the docs' SEA page, distillation):
   ``mean_i [KL(A_i^down || A~_i) + lam |A~_i - A_i^down|^2]`` on calibration inputs, minimised by
   ``scipy.optimize.minimize`` (L-BFGS-B) with the analytic gradient.
 """
@@ -140,7 +140,7 @@ def decoder_loss(theta, F, teacher, nonempty, valid, lam):
 
 def distill_decoder(calibration, *, n_bins, W, n_basis=None, basis="bins", scale=None, causal=False, lam=1.0,
                     maxiter=200) -> LogLinearDecoder:
-    """Learn a :class:`LogLinearDecoder` from a teacher's attention (SEA's distillation, MATH.md 5.5).
+    """Learn a :class:`LogLinearDecoder` from a teacher's attention (SEA's distillation, the docs' SEA page, distillation).
 
     ``calibration``: a list of ``(q, k)`` pairs (each ``(T, H)`` and ``(S, H)``, or with a heads axis).
     ``W (m, H)``: the feature draw the decoder will be used with (pass the same ``W`` to

@@ -20,7 +20,7 @@ import numpy as np
 from refattn._validation import check_positive_int
 from refattn.exact import attention_probabilities
 from refattn.performer.attention import feature_maps, performer_attention, problem_features
-from refattn.problem import _causal_alignment, attention_problem, causal_offset
+from refattn.problem import causal_alignment, causal_offset, score_problem
 
 __all__ = ["row_lengths", "bin_starts", "column_bins", "positional_basis", "kernel_estimate", "binned_attention",
            "compressed_softmax"]
@@ -38,7 +38,7 @@ def row_lengths(T: int, S: int, causal=False) -> np.ndarray:
     ``S`` for every row without a causal mask; with one (alignment as the oracle's,
     :mod:`refattn.problem`), ``l_i = clip(i + offset + 1, 0, S)`` (``l_i = i + 1`` when ``T = S``).
     """
-    alignment = _causal_alignment(causal)
+    alignment = causal_alignment(causal)
     if alignment is None:
         return np.full(T, S, dtype=np.int64)
     off = causal_offset(T, S, alignment)
@@ -111,7 +111,7 @@ def positional_basis(S: int, n: int, kind: str = "bins") -> np.ndarray:
 
 def kernel_estimate(q, k, *, n_basis, basis="bins", m=256, features="positive", projection="orthogonal",
                     rng=None, W=None, scale=None, causal=False, chunk_size=128, implementation="auto"):
-    r"""``E (..., T, n_basis)``: Performer attention with values ``P`` (MATH.md 5.1), linear in ``T``.
+    r"""``E (..., T, n_basis)``: Performer attention with values ``P`` (the docs' SEA page, the estimate), linear in ``T``.
 
     ``features``: a :class:`refattn.performer.RandomFeatures` draw, or a kind name built with ``m``,
     ``projection``, ``rng`` and ``W`` (:func:`refattn.performer.features.as_features`).
@@ -126,13 +126,13 @@ def kernel_estimate(q, k, *, n_basis, basis="bins", m=256, features="positive", 
     causal row ``i`` sees whole bins ``c < p_i`` plus the prefix of bin ``p_i`` (the bin of its last key
     ``l_i - 1``): ``N_i[c] = phi(q_i) . Z_c`` for ``c < p_i``, ``phi(q_i) . C_{l_i - 1}`` for ``c = p_i``
     (``C`` the within-bin running sums), 0 beyond. Same features, same shifts: the two agree to
-    rounding (``proofs_tests/test_sea.py``); the bin path does one ``T x F x n`` product, no chunk loop.
+    rounding (``proofs_tests/sea/``); the bin path does one ``T x F x n`` product, no chunk loop.
     """
     if implementation not in ("auto", "numpy"):
         raise ValueError(f"implementation: expected one of ('auto', 'numpy'), got {implementation!r}")
     S = np.shape(k)[-2] if np.ndim(k) >= 2 else 0
     P = positional_basis(S, n_basis, basis)  # (S, n) (validates n_basis and basis)
-    prob = attention_problem(q, k, np.zeros(np.shape(k)[:-1] + (0,)), scale=scale, causal=causal)
+    prob = score_problem(q, k, scale=scale, causal=causal)
     feats = problem_features(prob, features, m=m, projection=projection, rng=rng, W=W)  # the one draw
     if implementation == "numpy" or basis != "bins":
         res = performer_attention(q, k, P, features=feats, scale=scale, causal=causal, chunk_size=chunk_size)
@@ -167,7 +167,7 @@ def binned_attention(q, k, n_bins, *, scale=None, causal=False, lengths=None) ->
     the oracle decoder and of distillation). Computed in blocks of rows: ``O(T S)`` work, never a
     ``T x S`` array. ``lengths`` overrides the row lengths (default: :func:`row_lengths`).
     """
-    prob = attention_problem(q, k, np.zeros(np.shape(k)[:-1] + (0,)), scale=scale, causal=causal)
+    prob = score_problem(q, k, scale=scale, causal=causal)
     K = check_positive_int(n_bins, "n_bins")
     T, S = prob.T, prob.S
     if lengths is None:

@@ -31,7 +31,7 @@ from refattn._validation import as_float_array, check_positive_int, choose_imple
 from refattn.exact import softmax_attention
 from refattn.kernels.numba import sea_mask as kern
 from refattn.lsh.sparse import Support, sparse_attention
-from refattn.problem import attention_problem
+from refattn.problem import score_problem
 from refattn.sea.estimate import bin_starts, column_bins
 
 __all__ = ["upsample", "sea_mask", "kl_decomposition", "captured_mass"]
@@ -120,7 +120,7 @@ def _kl_rows(p, r):
 
 
 def kl_decomposition(teacher, estimate, lengths):
-    r"""The KL chain rule of MATH.md section 5 (derived, docs/sea.md), per row:
+    r"""The KL chain rule of the docs' SEA page (derived there), per row:
 
     .. math:: \mathrm{KL}(A_i \,\|\, \mathrm{up}(\tilde A_i)) = \mathrm{KL}(A_i^{\downarrow} \,\|\, \tilde A_i)
               + \sum_b A_i^{\downarrow}[b]\, \mathrm{KL}(A_{i|b} \,\|\, U_b)
@@ -158,9 +158,9 @@ def captured_mass(q, k, supports, *, scale=None, causal=False) -> np.ndarray:
     """``m_i``: the exact attention mass a mask keeps, ``exp(lse_mask - lse_exact)`` per row, ``(N, T)``.
 
     Linear memory: both log-sum-exps come from streaming kernels. With ``TV(p_i, p_i|mask) = 1 - m_i``
-    and ``|o_i - o_i^mask| <= 2 (1 - m_i) max_j |v_j|`` (MATH.md section 5).
+    and ``|o_i - o_i^mask| <= 2 (1 - m_i) max_j |v_j|`` (the docs' SEA page).
     """
-    prob = attention_problem(q, k, np.zeros(np.shape(k)[:-1] + (1,)), scale=scale, causal=causal)
+    prob = score_problem(q, k, scale=scale, causal=causal)
     N = len(supports)
     qh = np.broadcast_to(prob.q, (N, prob.T, prob.H)) if prob.q.ndim == 3 or N > 1 else prob.q[None]
     kh = np.broadcast_to(prob.k, (N, prob.S, prob.H)) if prob.k.ndim == 3 or N > 1 else prob.k[None]

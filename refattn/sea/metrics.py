@@ -1,5 +1,5 @@
 r"""SEA against the exact oracle: recall of the true top-k keys, captured mass, output error, and
-the comparison with Performer alone and sparse-only attention at the same memory (issue 6, item 7).
+the comparison with Performer alone and sparse-only attention at the same memory (Lee et al. 2024, Sec. 4).
 
 Memory accounting (numbers stored per query for the attention pattern, ``T = S``): SEA keeps the
 compressed estimate (``K``) and the mask (``k``): ``K + k``. At the same memory, Performer alone

@@ -1,5 +1,5 @@
 // FAVOR+ causal attention by chunked prefix sums (Choromanski et al. 2021, section 2.6;
-// refattn.performer, MATH.md section 2). With features phi_q (T, F), phi_k (S, F) and
+// refattn.performer, the docs' Performer page). With features phi_q (T, F), phi_k (S, F) and
 // V1 = [V | 1] (S, Hv + 1), query i sees keys j < e_i = min(S, i + offset + 1) and
 //   [num_i | den_i] = phi_q[i] . (P[c_i] + sum_{c_i C <= j < e_i} phi_k[j] V1[j]^T),
 // where c_i = floor(e_i / C) and P[c] = sum_{j < c C} phi_k[j] V1[j]^T (chunks of C keys).

@@ -1,4 +1,4 @@
-// LSH bucket ids (refattn.lsh; MATH.md section 3). One thread per (table or round, point).
+// LSH bucket ids (refattn.lsh; the docs' LSH page). One thread per (table or round, point).
 // x (n, d) float64 row-major; codes/buckets (tables, n) int64.
 #include "refattn_cuda.cuh"
 

@@ -1,4 +1,4 @@
-// Sparse attention on a CSR support (refattn.sparse; MATH.md section 3), float64:
+// Sparse attention on a CSR support (refattn.lsh.sparse; the docs' LSH page), float64:
 // SDDMM (one thread per stored entry), row softmax with lse (one thread per row), SpMM
 // (one thread per (row, output column)).
 #include "refattn_cuda.cuh"

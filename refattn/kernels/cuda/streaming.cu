@@ -1,6 +1,6 @@
 // Streaming exact attention (the oracle on the GPU): one thread per query row, online softmax
-// over tiles of TILE keys (Milakov & Gimelshein 2018; Dao et al. 2022, Algorithm 1; MATH.md
-// section 1; the CPU twin is refattn.kernels.streaming). Per tile with logits s:
+// over tiles of TILE keys (Milakov & Gimelshein 2018; Dao et al. 2022, Algorithm 1;
+// the docs' exact-attention page; the CPU twin is refattn.kernels.numba.streaming). Per tile with logits s:
 //   m' = max(m, max s),  l' = l e^{m - m'} + sum e^{s - m'},  o' = o e^{m - m'} + sum e^{s - m'} v.
 // The running o lives in the output row; out = o / l, lse = m + log l at the end. A row that
 // sees no key gets zeros and lse = -inf. Query i sees key j iff j < key_length,

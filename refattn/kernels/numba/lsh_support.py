@@ -2,7 +2,7 @@ r"""Build Reformer's chunked-LSH support in O(nnz), for several hash rounds at o
 
 The readable reference is :func:`refattn.lsh.sparse.chunked_bucket_support` with
 ``implementation="dense"`` (a ``T x S`` boolean mask per round, then a union): this kernel
-must give the same support (proofs_tests/test_sparse.py). Here each query row collects, over
+must give the same support (proofs_tests/lsh/test_sparse.py). Here each query row collects, over
 the rounds, the keys of its own chunk and the ``lookback`` chunks before it (in the sorted
 order of that round), optionally only those in its bucket; the row's candidates are sorted
 and de-duplicated (an entry found in several rounds counts once). Two passes (count, then

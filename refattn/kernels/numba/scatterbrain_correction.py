@@ -1,6 +1,6 @@
 r"""Scatterbrain's sparse correction on a CSR support, without materialising gathered rows.
 
-For each query row ``i`` (MATH.md section 4; the formula is in :mod:`refattn.scatterbrain.attention`):
+For each query row ``i`` (the docs' Scatterbrain page; the formula is in :mod:`refattn.scatterbrain.attention`):
 ``u_i = max(log_scale_i, max_{j in S_i} l_ij)`` with ``l_ij = s q_i.k_j``, then
 ``C_ij = exp(l_ij - u_i) - (phi_q[i].phi_k[j]) exp(log_scale_i - u_i)`` for ``j in S_i``, and
 the row's ``sum_j C_ij v_j`` and ``sum_j C_ij``. :func:`correction_numpy` is the twin

@@ -1,6 +1,6 @@
 r"""SEA's mask builder: top-k on the compressed estimate, upsampled to key columns.
 
-The rule (MATH.md section 5, steps 2-3; pinned in :mod:`refattn.sea`): row ``i`` has length
+The rule (the docs' SEA page, steps 2-3; pinned in :mod:`refattn.sea`): row ``i`` has length
 ``l_i``; bin ``b`` of ``K`` covers columns ``[start_b, start_{b+1})`` with
 ``start_b = floor(b l_i / K + 1/2)`` (integer arithmetic, :func:`refattn.sea.bin_starts`).
 Each column ``j`` of bin ``b`` carries the upsampled estimate (the density)
@@ -9,7 +9,7 @@ with the largest density, ties broken by (head, column) ascending, with ``B_i = 
 shared by the ``N`` heads of a query (grouped; ``N = 1`` is the per-head top-k) and at least one
 column per head (each head's best column is taken first).
 
-Two implementations that must agree exactly (``proofs_tests/test_sea.py``):
+Two implementations that must agree exactly (``proofs_tests/sea/``):
 
 * :func:`mask_dense` (the twin): upsamples every row to ``(N, S)`` densities and sorts columns
   with a stable sort. ``O(T N S log(N S))`` time, one row at a time.

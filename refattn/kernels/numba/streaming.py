@@ -1,7 +1,7 @@
 r"""Streaming (online-softmax) exact attention for one batch item: O((T + S) H) memory.
 
 Milakov & Gimelshein (2018), "Online normalizer calculation for softmax"; Dao et al.
-(2022), FlashAttention, Algorithm 1. MATH.md section 1. For each query block keep, per
+(2022), FlashAttention, Algorithm 1; derivation: the docs' exact-attention page. For each query block keep, per
 row, the running max ``m``, the running sum ``l`` and the running unnormalised output
 ``o``; for a new key block with logits ``b``:
 
@@ -27,6 +27,7 @@ so there are no races; no fastmath, so results match the twin to rounding).
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from refattn.kernels.numba.vexp import exp_nonpositive
@@ -78,81 +79,88 @@ def stream_numpy(q, k, v, scale, offset, mask, bias, key_length, block_q, block_
     return out, lse
 
 
-_numba_kernel = None
+@numba.njit(cache=True)
+def _shifted_row(s, r, i, j0, offset, scale, mask, has_mask, bias, has_bias, m, work):
+    """Row ``r`` (query ``i``) of a logits block ``s`` in place: scale, bias, mask and causal cut,
+    then ``exp(s - m')`` with the row's new running max ``m'``; returns ``alpha = exp(m - m')``.
+
+    Three passes LLVM can vectorise (scale, row max, shift), then the exponential row by row so the
+    row stays in L1."""
+    neg_inf = -np.inf
+    bk = s.shape[1]
+    c_last = min(bk - 1, i + offset - j0)  # last visible column (causal), may be < 0
+    for c in range(bk):
+        s[r, c] *= scale
+    if has_bias:
+        for c in range(bk):
+            s[r, c] += bias[i, j0 + c]
+    if has_mask:
+        for c in range(bk):
+            if not mask[i, j0 + c]:
+                s[r, c] = neg_inf
+    for c in range(max(0, c_last + 1), bk):
+        s[r, c] = neg_inf
+    row_max = neg_inf
+    for c in range(c_last + 1):
+        row_max = max(row_max, s[r, c])
+    m_new = max(m[r], row_max)
+    ref = m_new if m_new > neg_inf else 0.0  # rows that have seen nothing keep l = 0
+    alpha = np.exp(m[r] - ref)
+    m[r] = m_new
+    for c in range(bk):
+        s[r, c] -= ref
+    exp_nonpositive(s[r], s[r], work)
+    return alpha
 
 
-def _build_numba_kernel():
-    import numba
+@numba.njit(cache=True)
+def _query_block(q, k, v_ext, scale, offset, mask, has_mask, bias, has_bias, key_length, i0, i1, block_k,
+                 out, lse):
+    """The worker: queries ``[i0, i1)`` against every key block they may see, into ``out``, ``lse``.
 
-    @numba.njit(parallel=True, cache=True)
-    def kernel(q, k, v_ext, scale, offset, mask, has_mask, bias, has_bias, key_length, block_q, block_k, out, lse):
-        # v_ext = [V | 1] (S, Hv + 1): one matrix product updates the outputs and the row sums l.
-        T = q.shape[0]
-        Hv = v_ext.shape[1] - 1
-        n_blocks = (T + block_q - 1) // block_q
-        neg_inf = -np.inf
-        for t in numba.prange(n_blocks):
-            # interleave cheap and expensive blocks (causal) so the static schedule is balanced
-            b = t // 2 if t % 2 == 0 else n_blocks - 1 - t // 2
-            i0 = b * block_q
-            i1 = min(T, i0 + block_q)
-            bq = i1 - i0
-            qb = np.ascontiguousarray(q[i0:i1])  # (bq, H), this thread's own buffers from here on
-            m = np.full(bq, neg_inf, dtype=q.dtype)  # running max
-            acc = np.zeros((bq, Hv + 1), dtype=q.dtype)  # running [o | l]
-            work = np.empty(block_k, dtype=np.int64)
-            j_end = max(0, min(key_length, i1 + offset))
-            for j0 in range(0, j_end, block_k):
-                j1 = min(j_end, j0 + block_k)
-                bk = j1 - j0
-                s = np.dot(qb, np.ascontiguousarray(k[j0:j1].T))  # (bq, bk) logits / scale
-                for r in range(bq):
-                    i = i0 + r
-                    c_last = min(bk - 1, i + offset - j0)  # last visible column (causal), may be < 0
-                    # three passes that LLVM can vectorise: scale (+ bias, mask), row max, shift
-                    for c in range(bk):
-                        s[r, c] *= scale
-                    if has_bias:
-                        for c in range(bk):
-                            s[r, c] += bias[i, j0 + c]
-                    if has_mask:
-                        for c in range(bk):
-                            if not mask[i, j0 + c]:
-                                s[r, c] = neg_inf
-                    for c in range(max(0, c_last + 1), bk):
-                        s[r, c] = neg_inf
-                    row_max = neg_inf
-                    for c in range(c_last + 1):
-                        row_max = max(row_max, s[r, c])
-                    m_new = max(m[r], row_max)
-                    ref = m_new if m_new > neg_inf else 0.0  # rows that have seen nothing keep l = 0
-                    alpha = np.exp(m[r] - ref)
-                    m[r] = m_new
-                    for c in range(bk):
-                        s[r, c] -= ref
-                    exp_nonpositive(s[r], s[r], work)  # row by row: stays in L1
-                    for h in range(Hv + 1):
-                        acc[r, h] *= alpha
-                acc += np.dot(s, np.ascontiguousarray(v_ext[j0:j1]))
-            for r in range(bq):
-                l = acc[r, Hv]
-                if l > 0:
-                    for h in range(Hv):
-                        out[i0 + r, h] = acc[r, h] / l
-                    lse[i0 + r] = m[r] + np.log(l)
-                else:
-                    for h in range(Hv):
-                        out[i0 + r, h] = 0.0
-                    lse[i0 + r] = neg_inf
+    ``v_ext = [V | 1] (S, Hv + 1)``: one matrix product updates the outputs and the row sums ``l``.
+    Every buffer is this call's own, so parallel workers never share one."""
+    Hv = v_ext.shape[1] - 1
+    bq = i1 - i0
+    qb = np.ascontiguousarray(q[i0:i1])  # (bq, H)
+    m = np.full(bq, -np.inf, dtype=q.dtype)  # running max
+    acc = np.zeros((bq, Hv + 1), dtype=q.dtype)  # running [o | l]
+    work = np.empty(block_k, dtype=np.int64)
+    j_end = max(0, min(key_length, i1 + offset))
+    for j0 in range(0, j_end, block_k):
+        j1 = min(j_end, j0 + block_k)
+        s = np.dot(qb, np.ascontiguousarray(k[j0:j1].T))  # (bq, bk) logits / scale
+        for r in range(bq):
+            alpha = _shifted_row(s, r, i0 + r, j0, offset, scale, mask, has_mask, bias, has_bias, m, work)
+            for h in range(Hv + 1):
+                acc[r, h] *= alpha
+        acc += np.dot(s, np.ascontiguousarray(v_ext[j0:j1]))
+    for r in range(bq):
+        l = acc[r, Hv]
+        if l > 0:
+            for h in range(Hv):
+                out[i0 + r, h] = acc[r, h] / l
+            lse[i0 + r] = m[r] + np.log(l)
+        else:
+            for h in range(Hv):
+                out[i0 + r, h] = 0.0
+            lse[i0 + r] = -np.inf
 
-    return kernel
+
+@numba.njit(parallel=True, cache=True)
+def _all_blocks(q, k, v_ext, scale, offset, mask, has_mask, bias, has_bias, key_length, block_q, block_k, out, lse):
+    """The parallel loop over query blocks, interleaving cheap and expensive blocks (causal) so that
+    the static schedule is balanced."""
+    n_blocks = (q.shape[0] + block_q - 1) // block_q
+    for t in numba.prange(n_blocks):
+        b = t // 2 if t % 2 == 0 else n_blocks - 1 - t // 2
+        i0 = b * block_q
+        _query_block(q, k, v_ext, scale, offset, mask, has_mask, bias, has_bias, key_length, i0,
+                     min(q.shape[0], i0 + block_q), block_k, out, lse)
 
 
 def stream_numba(q, k, v, scale, offset, mask, bias, key_length, block_q, block_k):
-    """Parallel Numba kernel; same contract as :func:`stream_numpy`."""
-    global _numba_kernel
-    if _numba_kernel is None:
-        _numba_kernel = _build_numba_kernel()
+    """The driver of the parallel Numba kernel; same contract as :func:`stream_numpy`."""
     T, S = q.shape[0], k.shape[0]
     dtype = q.dtype
     out = np.empty((T, v.shape[1]), dtype=dtype)
@@ -170,7 +178,7 @@ def stream_numba(q, k, v, scale, offset, mask, bias, key_length, block_q, block_
     v_ext = np.empty((S, v.shape[1] + 1), dtype=dtype)  # [V | 1]
     v_ext[:, :-1] = v
     v_ext[:, -1] = 1
-    _numba_kernel(
+    _all_blocks(
         own(q, dtype), own(k, dtype), v_ext,
         dtype.type(scale), np.int64(offset), mask_arr, mask is not None, bias_arr, bias is not None,
         np.int64(key_length), np.int64(block_q), np.int64(block_k), out, lse,

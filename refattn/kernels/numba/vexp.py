@@ -4,7 +4,7 @@ Numba calls libm's scalar ``exp`` (about 10 ns here), which would dominate the s
 oracle: it evaluates ``T S`` exponentials against ``4 T S H`` flops of matrix products.
 This version has no calls and no branches, so LLVM vectorises it (AVX2: about 3 ns, see
 ``benchmarks/``), without ``fastmath``. It is accurate to 1 ulp (tested against mpmath
-in ``proofs_tests/test_kernels_vexp.py``), which the oracle's error bound allows for
+in ``proofs_tests/kernels/numba/test_vexp.py``), which the oracle's error bound allows for
 (``docs/exact.md``).
 
 Method (the classic one, e.g. Tang 1989; fdlibm's ``e_exp.c``): write

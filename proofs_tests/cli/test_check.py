@@ -1,0 +1,98 @@
+"""`refattn check` (refattn.cli.check): usage errors exit 2 in one line, pass / fail exit codes and
+JSON, a user's crash is a verdict, the progress bar goes to stderr.
+"""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from refattn.check import check
+from refattn.cli import main
+
+USER_MODULE = textwrap.dedent('''
+    import numpy as np
+    from refattn.check.planted import exact_attention
+
+    def good(q, k, v, causal=False, mask=None):
+        return exact_attention(q, k, v, causal=causal, mask=mask)
+
+    def top_left(q, k, v, causal=False, mask=None):
+        return exact_attention(q, k, v, causal=causal, mask=mask, alignment="top_left")
+
+    def raises(q, k, v):
+        raise RuntimeError("boom")
+
+    def nan(q, k, v):
+        return np.full((q.shape[-2], v.shape[-1]), np.nan)
+
+    def wrong_shape(q, k, v):
+        return np.zeros(3)
+
+    def ints(q, k, v):
+        return np.zeros((q.shape[-2], v.shape[-1]), dtype=int)
+
+    def not_array(q, k, v):
+        return object()
+
+    def exits(m, d, seed):
+        raise SystemExit(3)
+
+    def hash_floats(x, seed):
+        return np.random.default_rng(seed).random(x.shape[0])
+
+    not_callable = 3
+''')
+
+
+@pytest.fixture
+def user_file(tmp_path):
+    path = tmp_path / "user_impl.py"
+    path.write_text(USER_MODULE)
+    return path
+
+
+@pytest.mark.parametrize("argv", [
+    ["check", "x.py", "--kind", "exact"],
+    ["check", "no_such_file.py:fn", "--kind", "exact"],
+    ["check", "no_such_module_xyz:fn", "--kind", "exact"],
+    ["check", "refattn.check.planted:exact_attention", "--kind", "nope"],
+    ["check", "refattn.check.planted:exact_attention"],
+    ["check", "refattn.check.planted:projection_sampler", "--kind", "projection", "--draws", "5"],
+    ["check", "refattn.check.planted:exact_attention", "--kind", "exact", "--seed", "-1"],
+    ["check", "refattn.check.planted:favorpp_kernel", "--kind", "kernel", "--method", "favorpp", "--A", "0.2"],
+    ["check", "refattn.check.planted:favorpp_kernel", "--kind", "kernel", "--method", "favorpp", "--A", "nan"],
+    ["check", "refattn.check.planted:kernel_estimator", "--kind", "kernel", "--A", "-0.1"],
+])
+def test_cli_usage_errors_exit_2(argv, capsys):
+    """In-process (main() is what the console script runs): one line on stderr, exit 2."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and err[-1].startswith("refattn") and "Traceback" not in "\n".join(err)
+
+
+def test_cli_pass_fail_json(user_file, capsys):
+    assert main(["check", f"{user_file}:good", "--kind", "exact"]) == 0
+    assert "RESULT: PASS" in capsys.readouterr().out
+    assert main(["check", f"{user_file}:top_left", "--kind", "exact", "--json"]) == 1
+    out = json.loads(capsys.readouterr().out)
+    failed = {c["check"]: c for c in out["checks"] if c["verdict"] == "FAIL"}
+    assert "other causal alignment" in failed["causal T < S"]["meaning"]
+
+
+def test_cli_user_crash_is_a_verdict_not_a_traceback(user_file):
+    proc = subprocess.run([sys.executable, "-m", "refattn", "check", f"{user_file}:raises", "--kind", "exact"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr + proc.stdout
+    assert "raised RuntimeError: boom" in proc.stdout
+
+
+def test_progress_bar_goes_to_stderr(capsys):
+    from refattn.check.planted import projection_sampler
+
+    rep = check(projection_sampler, "projection", n_draws=50, progress=True)
+    captured = capsys.readouterr()
+    assert "projection draws" in captured.err and captured.out == ""
+    assert rep.verdicts

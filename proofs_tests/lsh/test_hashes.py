@@ -1,0 +1,81 @@
+"""Hash families (refattn.lsh.hashes): code packing, buckets, SMYRF's transform, the Gray-code order,
+bad input. Deterministic.
+"""
+
+import numpy as np
+import pytest
+
+from refattn import theory
+from refattn.lsh.attention import smyrf_attention
+from refattn.lsh.hashes import (
+    angular_hash,
+    angular_rotations,
+    cross_polytope_hash,
+    cross_polytope_rotations,
+    e2lsh_draw,
+    gray_rank,
+    simhash,
+    simhash_planes,
+    smyrf_transform,
+    sort_order,
+)
+
+
+def test_simhash_codes_pack_bits():
+    planes = simhash_planes(3, 4, 0, tables=2)
+    x = np.random.default_rng(1).normal(size=(6, 3))
+    codes = simhash(x, planes)
+    bits = np.einsum("trd,nd->tnr", planes, x) > 0
+    assert np.array_equal(codes, (bits * (1 << np.arange(4))).sum(-1))
+    with pytest.raises(ValueError, match="^r: at most 62"):
+        simhash_planes(3, 63, 0)
+
+
+def test_cross_polytope_buckets():
+    rot = cross_polytope_rotations(4, 0, rounds=3)
+    x = np.random.default_rng(2).normal(size=(7, 4))
+    h = cross_polytope_hash(x, rot)
+    assert h.shape == (3, 7) and h.min() >= 0 and h.max() < 8
+    assert np.array_equal(h, cross_polytope_hash(3 * x, rot))  # scale invariant
+
+
+def test_smyrf_identity_and_balanced_clusters():
+    """|F(q) - G(k)|^2 = 2 M^2 - 2 q.k exactly (to rounding), and SMYRF's clusters have equal sizes."""
+    rng = np.random.default_rng(4)
+    q, k = rng.normal(size=(12, 5)), rng.normal(size=(20, 5)) * 2
+    F, G, M = smyrf_transform(q, k)
+    d2 = np.sum((F[:, None, :] - G[None, :, :]) ** 2, -1)
+    np.testing.assert_allclose(d2, theory.smyrf_distance(q[:, None, :], k[None, :, :], M), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="^M: must satisfy"):
+        smyrf_transform(q, k, M=1.0)
+    v = rng.normal(size=(20, 3))
+    res = smyrf_attention(q, k, v, n_clusters=4, rng=5)
+    dense = res.support.to_dense()
+    assert np.all(dense.sum(1) == 5)  # 20 keys / 4 clusters
+    assert set(dense.sum(0)) == {3}  # 12 queries / 4 clusters
+
+
+def test_gray_code_order_and_stable_sort():
+    codes = np.arange(16)
+    order = np.argsort(gray_rank(codes))
+    seq = codes[order]
+    assert np.all([bin(a ^ b).count("1") == 1 for a, b in zip(seq[:-1], seq[1:])])  # neighbours differ by 1 bit
+    b = np.array([2, 1, 2, 1, 0])
+    assert np.array_equal(sort_order(b), [4, 1, 3, 0, 2])
+
+
+def test_lsh_bad_input():
+    with pytest.raises(ValueError, match="^n_buckets: must be even"):
+        angular_rotations(4, 5, 0)
+    with pytest.raises(ValueError, match="^n_buckets: must be >= 2"):
+        angular_rotations(4, 0, 0)
+    with pytest.raises(ValueError, match="^r: must be >= 1"):
+        simhash_planes(4, 0, 0)
+    with pytest.raises(ValueError, match="^width"):
+        e2lsh_draw(4, 0.0, 0)
+    with pytest.raises(ValueError, match="^x: contains NaN"):
+        angular_hash(np.full((2, 4), np.nan), angular_rotations(4, 4, 0))
+    with pytest.raises(ValueError, match="^R: expected shape"):
+        angular_hash(np.ones((2, 3)), angular_rotations(4, 4, 0))
+    with pytest.raises(ValueError, match="^theta"):
+        theory.simhash_collision(4.0)

@@ -1,0 +1,154 @@
+"""Scatterbrain (refattn.scatterbrain.attention; Chen et al. 2021, Sec. 3).
+
+Two layers: (1) deterministic: given the draws, scatterbrain_attention's estimate equals
+exp(s q.k) on the support and phi(q).phi(k) off it, and its output is that matrix row-normalised
+times V; (2) statistical: that estimator formula, evaluated for many independent draws of the
+features and of a SimHash support (vectorised here), is unbiased and has the variance
+(1 - P_ij) Var_pfm. Each statistical assertion at alpha = 1e-6, with a power twin.
+"""
+
+import math
+
+import numpy as np
+import pytest
+
+from refattn import softmax_attention, theory
+from refattn.lsh.hashes import simhash, simhash_planes
+from refattn.lsh.sparse import Support, bucket_support, local_window
+from refattn.montecarlo import scatterbrain_samples
+from refattn.scatterbrain.attention import scatterbrain_attention, scatterbrain_matrix
+from refattn.stats import z_test_mean
+from refattn.testing import assert_unbiased, assert_variance_matches
+
+ALPHA = 1e-6
+
+
+def _qkv(T=12, S=15, H=6, seed=0, norm=0.5):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(T, H)) * norm, rng.normal(size=(S, H)) * norm, rng.normal(size=(S, 3))
+
+
+def _draws(n, m, r, seed):
+    """Vectorised Scatterbrain estimates (n, P) for all pairs of a small problem, plus the truth,
+    P_ij and Var_pfm: iid Gaussian positive features, SimHash support with r bits (one table),
+    features and hash drawn independently."""
+    q, k, _ = _qkv(T=3, S=4, H=4, seed=5)
+    s = 1 / 2.0  # 1/sqrt(H)
+    # scaled rows of norm 0.5, so |z|^2 <= 1: the estimator's fourth moment stays moderate and the
+    # variance test is valid (the docs' Performer page: heavy tails; the seed sweep failed at norm ~1.3)
+    q = q / np.linalg.norm(q, axis=1, keepdims=True) * 0.5 / math.sqrt(s)
+    k = k / np.linalg.norm(k, axis=1, keepdims=True) * 0.5 / math.sqrt(s)
+    x, y = q * math.sqrt(s), k * math.sqrt(s)
+    X = np.repeat(x, 4, axis=0)  # pairs (i, j), i-major
+    Y = np.tile(y, (3, 1))
+    est, sparse_only = scatterbrain_samples(X, Y, m=m, r=r, n_draws=n, rng=seed)
+    A = np.exp(np.sum(X * Y, 1))
+    cos = np.sum(q.repeat(4, 0) * np.tile(k, (3, 1)), 1) / (
+        np.linalg.norm(q.repeat(4, 0), axis=1) * np.linalg.norm(np.tile(k, (3, 1)), axis=1))
+    P = theory.simhash_collision(np.arccos(np.clip(cos, -1, 1)), r)
+    return est, sparse_only, A, P, theory.mse_positive(X, Y, m)
+
+
+@pytest.mark.parametrize("kind", ["positive", "favorpp", "trigonometric"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_estimate_is_exact_on_support_and_lowrank_off(kind, causal):
+    q, k, v = _qkv()
+    rng = np.random.default_rng(1)
+    sup = Support.from_dense(rng.random((12, 15)) < 0.3)
+    res = scatterbrain_attention(q, k, v, sup, m=8, features=kind, rng=2, causal=causal)
+    A_hat = scatterbrain_matrix(res)
+    exact = np.exp(q @ k.T / math.sqrt(6))
+    on = res.support.to_dense()
+    lr = res.lowrank
+    lowrank = (lr.phi_q @ lr.phi_k.T) * np.exp(lr.log_scale)[:, None]
+    np.testing.assert_allclose(A_hat[on], exact[on], rtol=1e-12)
+    np.testing.assert_allclose(A_hat[~on], lowrank[~on], rtol=1e-12, atol=1e-300)
+    if causal:
+        A_hat = A_hat * np.tril(np.ones((12, 15), bool), 15 - 12)
+    ok = A_hat.sum(1) != 0
+    ref = (A_hat @ v) / np.where(ok, A_hat.sum(1), 1)[:, None]
+    np.testing.assert_allclose(res.output[ok], ref[ok], rtol=1e-10, atol=1e-12)
+
+
+def test_full_support_is_exact_attention_and_window_support_works():
+    q, k, v = _qkv()
+    full = Support.from_dense(np.ones((12, 15), bool))
+    np.testing.assert_allclose(scatterbrain_attention(q, k, v, full, m=2, rng=3).output, softmax_attention(q, k, v),
+                               rtol=1e-12, atol=1e-13)
+    res = scatterbrain_attention(q, k, v, local_window(12, 15, 2, 2), m=16, rng=3, causal=True)
+    assert np.all(np.isfinite(res.output))
+
+
+def test_large_logits_do_not_overflow():
+    q, k, v = _qkv(norm=40.0)
+    sup = local_window(12, 15, 3, 3)
+    res = scatterbrain_attention(q, k, v, sup, m=16, rng=4)
+    assert np.all(np.isfinite(res.output)) and np.all(np.isfinite(res.numerator))
+
+
+@pytest.mark.statistical
+def test_unbiased(seed):
+    """E[A^] = A for every entry (z-test over 12 pairs, false-failure 1e-6). Power twin: the
+    sparse-only estimate (0 off the support) is biased and is rejected."""
+    est, sparse_only, A, P, _ = _draws(60_000, 4, 1, [seed, 60])
+    assert_unbiased(est, A, alpha=ALPHA, name="scatterbrain")
+    assert not z_test_mean(sparse_only, A, alpha=ALPHA).passed
+
+
+@pytest.mark.statistical
+def test_sparse_only_entries_have_mean_P_A(seed):
+    """Reformer-like (sparse only): E = P_ij A_ij with P_ij the SimHash collision probability
+    (z-test, 1e-6). Power twin: P computed with theta/(2 pi) is rejected."""
+    _, sparse_only, A, P, _ = _draws(60_000, 4, 1, [seed, 61])
+    assert z_test_mean(sparse_only, P * A, alpha=ALPHA).passed
+    theta = np.pi * (1 - P)  # r = 1: P = 1 - theta/pi
+    assert not z_test_mean(sparse_only, (1 - theta / (2 * np.pi)) * A, alpha=ALPHA).passed
+
+
+@pytest.mark.statistical
+def test_variance_is_one_minus_P_times_performer_variance(seed):
+    """Var[A^_ij] = (1 - P_ij) Var_pfm(q_i, k_j) (derived on the docs' Scatterbrain page: the law of total
+    variance with E[A^ | S] = A): bootstrap interval (normal, alpha = 1e-6 over 12 entries).
+    Power twin: Var_pfm alone (the Performer variance) is rejected; and the empirical MSE is
+    below Performer's entrywise."""
+    est, _, A, P, var_pfm = _draws(100_000, 4, 1, [seed, 62])
+    rng = np.random.default_rng([seed, 63])
+    assert_variance_matches(est, (1 - P) * var_pfm, alpha=ALPHA, rng=rng, n_boot=200, name="scatterbrain")
+    with pytest.raises(AssertionError, match="outside"):
+        assert_variance_matches(est, var_pfm, alpha=ALPHA, rng=rng, n_boot=200)
+    assert np.all(np.mean((est - A) ** 2, axis=0) <= var_pfm * 1.05)
+
+
+@pytest.mark.statistical
+def test_output_error_falls_with_m(seed):
+    """The normalised output approaches the oracle as m grows (LSH support, 300 draws each):
+    z-test that the mean error at m = 4 exceeds the one at m = 256 (false-failure 1e-6); the
+    power twin compares m = 256 with itself."""
+    q, k, v = _qkv(T=16, S=16, H=8, seed=7, norm=0.6)
+    ex = softmax_attention(q, k, v)
+    gen = np.random.default_rng([seed, 64])
+
+    def errs(m):
+        out = []
+        for _ in range(300):
+            planes = simhash_planes(8, 2, gen)
+            sup = bucket_support(simhash(q, planes)[0], simhash(k, planes)[0])
+            out.append(np.abs(scatterbrain_attention(q, k, v, sup, m=m, rng=gen, projection="gaussian").output
+                              - ex).mean())
+        return np.array(out)
+
+    e4, e256, e256b = errs(4), errs(256), errs(256)
+    assert not z_test_mean(e4 - e256, 0.0, alpha=ALPHA).passed and (e4 - e256).mean() > 0
+    assert z_test_mean(e256 - e256b, 0.0, alpha=ALPHA).passed
+
+
+def test_bad_input():
+    q, k, v = _qkv()
+    with pytest.raises(ValueError, match="^support: shape"):
+        scatterbrain_attention(q, k, v, local_window(11, 15, 1, 1), m=4, rng=0)
+    with pytest.raises(TypeError, match="^support"):
+        scatterbrain_attention(q, k, v, np.ones((12, 15), bool), m=4, rng=0)
+    with pytest.raises(ValueError, match="^q: scatterbrain"):
+        scatterbrain_attention(q[None], k[None], v[None], local_window(12, 15, 1, 1), m=4, rng=0)
+    with pytest.raises(ValueError, match="^k: contains NaN"):
+        scatterbrain_attention(q, np.full_like(k, np.nan), v, local_window(12, 15, 1, 1), m=4, rng=0)

@@ -1,0 +1,158 @@
+"""SEA's decoders (refattn.sea.decoder): resampling basis bins to each row's bins, the fixed and
+oracle decoders, the log-linear decoder's loss and its distillation.
+
+The statistical claim (the distilled decoder beats the fixed one on held-out inputs) is a one-sided
+z-test at alpha = 1e-6 with a power twin.
+"""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from scipy import stats as _st
+
+from refattn.evaluation.datasets import local_sink_inputs
+from refattn.performer.projections import projection
+from refattn.sea import (
+    bin_starts,
+    binned_attention,
+    column_bins,
+    compressed_softmax,
+    kernel_estimate,
+    row_lengths,
+    sea_attention,
+)
+from refattn.sea.decoder import (
+    LogLinearDecoder,
+    OracleDecoder,
+    decoder_loss,
+    distill_decoder,
+    fixed_decoder,
+    resample_bins,
+)
+from refattn.sea.metrics import mask_recall
+
+ALPHA = 1e-6
+
+
+Z_ONE_SIDED = float(_st.norm.ppf(1 - ALPHA))  # 4.75
+
+
+def _qkv(N=None, T=20, S=20, H=6, Hv=3, seed=0, norm=1.0):
+    rng = np.random.default_rng(seed)
+    lead = () if N is None else (N,)
+    return (rng.normal(size=lead + (T, H)) * norm, rng.normal(size=lead + (S, H)) * norm,
+            rng.normal(size=lead + (S, Hv)))
+
+
+T_D, H_D, K_D, M_D = 256, 16, 16, 32  # the distillation study: T, head dim, bins, features
+
+
+def _held_out_gain(seed, decoder_for):
+    """Paired per-input differences KL(teacher || fixed) - KL(teacher || decoder) on 40 held-out inputs."""
+    rng = np.random.default_rng([seed, 606])
+    W = projection("orthogonal", M_D, H_D, np.random.default_rng([seed, 5]))
+    dec = decoder_for([local_sink_inputs(T_D, H_D, rng) for _ in range(4)], W)
+    L = row_lengths(T_D, T_D, True)
+    gains = []
+    for _ in range(40):
+        q, k = local_sink_inputs(T_D, H_D, rng)
+        E, _ = kernel_estimate(q, k, n_basis=K_D, W=W, causal=True)
+        t = binned_attention(q, k, K_D, causal=True)
+        kl = [_mean_kl(t, compressed_softmax(d(E, L, T_D, K_D), L, K_D)) for d in (fixed_decoder, dec)]
+        gains.append(kl[0] - kl[1])
+    gains = np.array(gains)
+    return gains.mean() / (gains.std(ddof=1) / math.sqrt(gains.size)), gains.mean()
+
+
+def _mean_kl(teacher, est):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return float(np.where(teacher > 0, teacher * (np.log(teacher) - np.log(est)), 0.0).sum(axis=1).mean())
+
+
+@pytest.mark.parametrize("implementation", ["numba", "numpy"])
+@given(T=st.integers(1, 30), extra=st.integers(0, 20), n=st.integers(1, 12), K=st.integers(1, 12),
+       causal=st.booleans(), seed=st.integers(0, 2**31))
+def test_resample_bins_matches_uniform_spreading(implementation, T, extra, n, K, causal, seed):
+    """Twin of the fixed decoder's re-binning: spread each basis bin's mass uniformly over the columns
+    the row sees, then bin by column_bins."""
+    S = T + extra
+    n, K = min(n, S), min(K, S)
+    rng = np.random.default_rng(seed)
+    L = row_lengths(T, S, causal)
+    g = bin_starts([S], n)[0]
+    E = rng.random((T, n)) * (g[None, :-1] < L[:, None])  # no mass on basis bins a row cannot see
+    got = resample_bins(E, L, S, K, implementation=implementation)
+    for i in range(T):
+        col = np.zeros(S)
+        for c in range(n):
+            lo, hi = g[c], min(g[c + 1], L[i])
+            if hi > lo:
+                col[lo:hi] = E[i, c] / (hi - lo)
+        want = np.zeros(K)
+        np.add.at(want, column_bins(np.arange(L[i]), max(L[i], 1), K), col[:L[i]])
+        np.testing.assert_allclose(got[i], want, rtol=1e-12, atol=1e-15)
+
+
+def test_oracle_decoder_estimate_is_the_binned_attention():
+    q, k, v = _qkv(N=2, T=18, S=18)
+    res = sea_attention(q, k, v, n_bins=5, topk=4, m=8, rng=0, causal=True, decoder="oracle")
+    np.testing.assert_allclose(res.estimate, binned_attention(q, k, 5, causal=True), rtol=1e-12, atol=1e-300)
+
+
+def test_oracle_decoder_with_K_equal_S_is_the_exact_topk():
+    q, k, v = _qkv(T=30, S=30, seed=4)
+    res = sea_attention(q, k, v, n_bins=30, topk=7, m=8, rng=0, causal=True, decoder="oracle")
+    np.testing.assert_array_equal(mask_recall(q, k, res.supports[0], 7, causal=True), 1.0)
+
+
+def test_loglinear_decoder_starts_at_the_fixed_decoder():
+    q, k, _ = _qkv(T=30, S=30)
+    L = row_lengths(30, 30, True)
+    E, _ = kernel_estimate(q, k, n_basis=6, m=8, rng=0, causal=True)
+    a = compressed_softmax(fixed_decoder(E, L, 30, 6), L, 6)
+    b = compressed_softmax(LogLinearDecoder()(E, L, 30, 6), L, 6)
+    np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-300)
+
+
+def test_decoder_loss_gradient_matches_finite_differences():
+    rng = np.random.default_rng(0)
+    R, K, p = 12, 5, 7
+    F = rng.normal(size=(R, K, p))
+    nonempty = rng.random((R, K)) < 0.85
+    nonempty[:, 0] = True
+    teacher = compressed_softmax(rng.normal(size=(R, K)), np.full(R, 50), K) * nonempty
+    teacher /= teacher.sum(axis=1, keepdims=True)
+    valid = np.ones(R, bool)
+    theta = rng.normal(size=p) * 0.3
+    _, g = decoder_loss(theta, F, teacher, nonempty, valid, 1.0)
+    h = 1e-6
+    num = [(decoder_loss(theta + h * e, F, teacher, nonempty, valid, 1.0)[0]
+            - decoder_loss(theta - h * e, F, teacher, nonempty, valid, 1.0)[0]) / (2 * h) for e in np.eye(p)]
+    np.testing.assert_allclose(g, num, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.statistical
+def test_distilled_decoder_beats_fixed_on_held_out_inputs(seed):
+    """Distillation (KL + MSE, L-BFGS-B) on 4 calibration inputs of the local + sink process lowers the
+    held-out KL(A^down || A~) below the fixed decoder's: one-sided paired z-test at alpha = 1e-6. Measured
+    over seeds 0-7 at 40 held-out inputs: mean gain 0.30 to 0.38 nats, z = 10.8 to 18.7, so a false
+    failure needs a 6-sigma low draw: probability far below 1e-6."""
+    z, gain = _held_out_gain(seed, lambda cal, W: distill_decoder(cal, n_bins=K_D, W=W, causal=True))
+    print(f"held-out KL gain {gain:.4g}, z = {z:.1f} (critical {Z_ONE_SIDED:.2f})")
+    assert z > Z_ONE_SIDED, (z, gain)
+
+
+@pytest.mark.statistical
+def test_distilled_decoder_comparison_has_power(seed):
+    """Power twin: a decoder that is not better (the fixed decoder sharpened, theta_0 = 1.3) fails."""
+    z, gain = _held_out_gain(seed, lambda cal, W: LogLinearDecoder(np.array([1.3, 0, 0, 0, 0, 0, 0.0])))
+    assert not z > Z_ONE_SIDED, (z, gain)
+
+
+def test_oracle_decoder_is_a_decoder():
+    q, k, _ = _qkv(T=8, S=8)
+    z = OracleDecoder(q, k)(None, np.full(8, 8), 8, 4)
+    np.testing.assert_allclose(np.exp(z), binned_attention(q, k, 4), rtol=1e-12)

@@ -1,0 +1,81 @@
+"""Statistical verdicts (refattn.stats): z_test_mean's false-rejection rate is alpha (calibration)
+and it rejects a 2% bias (power); bootstrap_variance_interval covers near 1 - alpha and rejects a
+wrong variance; proportion_test is calibrated and has power; bad input names the argument.
+Each statistical test states its false-failure probability; together <= 3e-6 per seed.
+"""
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from refattn.stats import bootstrap_variance_interval, z_test_mean
+
+ALPHA_FAMILY = 1e-6  # per statistical assertion below
+
+
+def _binomial_upper(n, p, alpha):
+    """Smallest c with P[Binomial(n, p) > c] <= alpha."""
+    return int(stats.binom.ppf(1 - alpha, n, p))
+
+
+@pytest.mark.statistical
+def test_z_test_is_calibrated(seed):
+    """Under H0 the z-test rejects with probability alpha = 0.05 (t-quantile, Gaussian samples).
+
+    400 independent tests; rejections ~ Binomial(400, 0.05). False-failure probability
+    <= 2e-6 (two one-sided binomial tails at 1e-6 each).
+    """
+    rng = np.random.default_rng([seed, 1])
+    rejections = sum(not z_test_mean(rng.normal(3.0, 2.0, size=30), 3.0, alpha=0.05).passed for _ in range(400))
+    lo = int(stats.binom.ppf(ALPHA_FAMILY, 400, 0.05))
+    hi = _binomial_upper(400, 0.05, ALPHA_FAMILY)
+    assert lo <= rejections <= hi, (rejections, lo, hi)
+
+
+@pytest.mark.statistical
+def test_bootstrap_variance_coverage(seed):
+    """The 90% percentile interval covers the true variance in about 90% of 200 Gaussian samples.
+
+    Percentile-bootstrap coverage is asymptotic and slightly below nominal for n = 400; we
+    allow a miss rate up to 0.15 (generous) and assert misses <= its binomial 1 - 1e-6
+    quantile; the lower side checks the interval is not uselessly wide (misses >= the 1e-6
+    quantile of Binomial(200, 0.05)). False-failure probability <= 2e-6.
+    """
+    rng = np.random.default_rng([seed, 3])
+    x = rng.normal(0.0, 1.5, size=(400, 200))
+    res = bootstrap_variance_interval(x, alpha=0.1, rng=rng, n_boot=400)
+    misses = int((~res.contains(1.5**2)).sum())
+    assert int(stats.binom.ppf(ALPHA_FAMILY, 200, 0.05)) <= misses <= _binomial_upper(200, 0.15, ALPHA_FAMILY), misses
+
+
+@pytest.mark.statistical
+def test_proportion_test_calibration_and_power(seed):
+    """Exact binomial tests: true proportions (including p near 0 and 1, where a z-test breaks)
+    pass at alpha = 1e-6; a 3-point shift at p = 0.5 with n = 20000 (8.5 sd) is rejected."""
+    from refattn.stats import proportion_test
+
+    rng = np.random.default_rng([seed, 5])
+    p = np.array([0.9999, 0.5, 0.001])
+    x = (rng.random((20000, 3)) < p).astype(float)
+    assert proportion_test(x, p, alpha=1e-6)[0]
+    assert not proportion_test(x, p + np.array([0, 0.03, 0]), alpha=1e-6)[0]
+    with pytest.raises(ValueError, match="^indicators"):
+        proportion_test(np.full((3, 1), 0.5), 0.5, alpha=0.1)
+
+
+def test_stats_bad_input():
+    with pytest.raises(ValueError, match="^alpha"):
+        z_test_mean(np.ones(5), 1.0, alpha=1.5)
+    with pytest.raises(ValueError, match="^samples: need at least 2"):
+        z_test_mean(np.ones(1), 1.0, alpha=0.1)
+    with pytest.raises(ValueError, match="^n_boot"):
+        bootstrap_variance_interval(np.ones(10), alpha=1e-6, rng=0, n_boot=100)
+    with pytest.raises(ValueError, match="^method"):
+        bootstrap_variance_interval(np.ones(10), alpha=0.1, rng=0, method="bca")
+    with pytest.raises(ValueError, match="^rng"):
+        bootstrap_variance_interval(np.ones(10), alpha=0.1, rng=None)
+    with pytest.raises(ValueError, match="^samples: contains NaN"):
+        z_test_mean(np.array([1.0, np.nan]), 1.0, alpha=0.1)
+    # constant samples: exact equality passes, anything else fails
+    assert z_test_mean(np.ones(5), 1.0, alpha=0.1).passed
+    assert not z_test_mean(np.ones(5), 1.0 + 1e-12, alpha=0.1).passed
