@@ -1,6 +1,6 @@
 """Shared pieces of the benchmark scripts: the machine's description and a median timer.
 
-Both live in :mod:`refattn.bench.suite` (the installed suite behind ``refattn bench``); this module
+Both live in :mod:`refattn.bench.measure` (the installed suite behind ``refattn bench``); this module
 re-exports them for the per-method scripts here.
 """
 

@@ -6,6 +6,7 @@
 - ``seed`` fixture: every statistical test takes its seed from here. ``REFATTN_SEEDS``
   sweeps it: ``"0-99"`` (a range), ``"3,7"`` (a list) or ``"5"``; the default is ``"0"``.
   A sweep shows a test is not tuned to one lucky seed.
+- ``user_file``: a module of user implementations for ``refattn check`` targets.
 - Markers (pyproject.toml): ``slow`` (left out of the default run), ``statistical``, ``gpu``.
 - Warnings are errors (pyproject.toml).
 """
@@ -13,7 +14,9 @@
 from __future__ import annotations
 
 import os
+import textwrap
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
@@ -51,3 +54,46 @@ def pytest_generate_tests(metafunc):
         seeds = parse_seeds(os.environ.get("REFATTN_SEEDS", "0"))
         metafunc.parametrize("seed", seeds, ids=[f"seed{s}" for s in seeds])
 
+
+#: Implementations a user might hand to ``refattn check``: correct, wrong, and broken in every way.
+USER_MODULE = textwrap.dedent('''
+    import numpy as np
+    from refattn.check.planted import exact_attention
+
+    def good(q, k, v, causal=False, mask=None):
+        return exact_attention(q, k, v, causal=causal, mask=mask)
+
+    def top_left(q, k, v, causal=False, mask=None):
+        return exact_attention(q, k, v, causal=causal, mask=mask, alignment="top_left")
+
+    def raises(q, k, v):
+        raise RuntimeError("boom")
+
+    def nan(q, k, v):
+        return np.full((q.shape[-2], v.shape[-1]), np.nan)
+
+    def wrong_shape(q, k, v):
+        return np.zeros(3)
+
+    def ints(q, k, v):
+        return np.zeros((q.shape[-2], v.shape[-1]), dtype=int)
+
+    def not_array(q, k, v):
+        return object()
+
+    def exits(m, d, seed):
+        raise SystemExit(3)
+
+    def hash_floats(x, seed):
+        return np.random.default_rng(seed).random(x.shape[0])
+
+    not_callable = 3
+''')
+
+
+@pytest.fixture
+def user_file(tmp_path):
+    """A file of user implementations, good and broken, as ``refattn check`` targets (``path:name``)."""
+    path = tmp_path / "user_impl.py"
+    path.write_text(USER_MODULE)
+    return path

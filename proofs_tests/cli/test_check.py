@@ -5,53 +5,11 @@ JSON, a user's crash is a verdict, the progress bar goes to stderr.
 import json
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
 from refattn.check import check
 from refattn.cli import main
-
-USER_MODULE = textwrap.dedent('''
-    import numpy as np
-    from refattn.check.planted import exact_attention
-
-    def good(q, k, v, causal=False, mask=None):
-        return exact_attention(q, k, v, causal=causal, mask=mask)
-
-    def top_left(q, k, v, causal=False, mask=None):
-        return exact_attention(q, k, v, causal=causal, mask=mask, alignment="top_left")
-
-    def raises(q, k, v):
-        raise RuntimeError("boom")
-
-    def nan(q, k, v):
-        return np.full((q.shape[-2], v.shape[-1]), np.nan)
-
-    def wrong_shape(q, k, v):
-        return np.zeros(3)
-
-    def ints(q, k, v):
-        return np.zeros((q.shape[-2], v.shape[-1]), dtype=int)
-
-    def not_array(q, k, v):
-        return object()
-
-    def exits(m, d, seed):
-        raise SystemExit(3)
-
-    def hash_floats(x, seed):
-        return np.random.default_rng(seed).random(x.shape[0])
-
-    not_callable = 3
-''')
-
-
-@pytest.fixture
-def user_file(tmp_path):
-    path = tmp_path / "user_impl.py"
-    path.write_text(USER_MODULE)
-    return path
 
 
 @pytest.mark.parametrize("argv", [

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+from proofs_tests.sea._draws import qkv
 from refattn import softmax_attention
 from refattn.exact import attention_probabilities
 from refattn.lsh.sparse import Support
@@ -15,13 +16,6 @@ from refattn.sea import (
     sea_attention,
     upsample,
 )
-
-
-def _qkv(N=None, T=20, S=20, H=6, Hv=3, seed=0, norm=1.0):
-    rng = np.random.default_rng(seed)
-    lead = () if N is None else (N,)
-    return (rng.normal(size=lead + (T, H)) * norm, rng.normal(size=lead + (S, H)) * norm,
-            rng.normal(size=lead + (S, Hv)))
 
 
 def _kernel_output(q, k, v, sup):
@@ -45,14 +39,14 @@ def _near_tie_at_cut(est_row, L, K, support_cols, rel=1e-9):
 @pytest.mark.parametrize("causal", [False, True, "top_left"])
 @pytest.mark.parametrize("T,S", [(20, 20), (12, 25), (25, 12)])
 def test_k_equal_S_is_exact_attention(causal, T, S):
-    q, k, v = _qkv(N=2, T=T, S=S)
+    q, k, v = qkv(N=2, T=T, S=S)
     res = sea_attention(q, k, v, n_bins=min(6, S), topk=S, m=8, rng=0, causal=causal)
     np.testing.assert_allclose(res.output, softmax_attention(q, k, v, causal=causal), rtol=1e-12, atol=1e-13)
 
 
 @pytest.mark.parametrize("decoder", ["fixed", "oracle"])
 def test_output_is_sparse_attention_on_the_mask(decoder):
-    q, k, v = _qkv(N=3, T=30, S=30)
+    q, k, v = qkv(N=3, T=30, S=30)
     res = sea_attention(q, k, v, n_bins=6, topk=5, m=16, rng=2, causal=True, decoder=decoder)
     for h in range(3):
         P = attention_probabilities(q[h], k[h], mask=res.supports[h].to_dense())
@@ -67,7 +61,7 @@ def test_causal_canary(decoder):
     except where the estimate has an exact tie at the cut (the fixed decoder makes ties: row bins inside
     one basis bin share a density), and their outputs agree where the masks do. NaN future values leave
     earlier rows bitwise equal."""
-    q, k, v = _qkv(N=2, T=40, S=40, seed=5)
+    q, k, v = qkv(N=2, T=40, S=40, seed=5)
     base = sea_attention(q, k, v, n_bins=8, topk=6, m=32, rng=1, causal=True, decoder=decoder)
     cut = 25
     k2, v2 = k.copy(), v.copy()
@@ -94,7 +88,7 @@ def test_causal_canary(decoder):
 
 def test_causal_canary_has_power():
     """Power twin: a mask that lets row i see key i + 1 (an off-by-one) breaks the NaN check."""
-    q, k, v = _qkv(T=12, S=12, seed=5)
+    q, k, v = qkv(T=12, S=12, seed=5)
     res = sea_attention(q, k, v, n_bins=4, topk=3, m=8, rng=1, causal=True)
     leaky = Support.from_dense(res.supports[0].to_dense() | np.eye(12, k=1, dtype=bool))
     v3 = v.copy()
@@ -104,7 +98,7 @@ def test_causal_canary_has_power():
 
 
 def test_gate_mixes_with_the_causal_mean_of_v():
-    q, k, v = _qkv(T=10, S=10)
+    q, k, v = qkv(T=10, S=10)
     plain = sea_attention(q, k, v, n_bins=4, topk=3, m=8, rng=0, causal=True)
     gated = sea_attention(q, k, v, n_bins=4, topk=3, m=8, rng=0, causal=True, gate=0.25)
     mean_v = np.cumsum(v, axis=0) / np.arange(1, 11)[:, None]
@@ -112,7 +106,7 @@ def test_gate_mixes_with_the_causal_mean_of_v():
 
 
 def test_heads_broadcast_and_empty_inputs():
-    q, k, v = _qkv(N=3, T=9, S=9)
+    q, k, v = qkv(N=3, T=9, S=9)
     res = sea_attention(q, k[0], v[0], n_bins=3, topk=2, m=8, rng=0)
     assert res.output.shape == (3, 9, 3) and len(res.supports) == 3
     empty = sea_attention(np.zeros((0, 6)), k[0], v[0], n_bins=3, topk=2, m=8, rng=0)
@@ -137,7 +131,7 @@ def test_heads_broadcast_and_empty_inputs():
     (dict(n_basis=50), ValueError, "n_basis"),
 ])
 def test_bad_input_names_the_argument(kwargs, exc, name):
-    q, k, v = _qkv()
+    q, k, v = qkv()
     args = dict(n_bins=4, topk=3, m=8, rng=0)
     args.update(kwargs)
     with pytest.raises(exc, match=name):

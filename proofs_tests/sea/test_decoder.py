@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from scipy import stats as _st
 
+from proofs_tests.sea._draws import Z_ONE_SIDED, qkv
 from refattn.evaluation.datasets import local_sink_inputs
 from refattn.performer.projections import projection
 from refattn.sea import (
@@ -33,19 +33,6 @@ from refattn.sea.decoder import (
     resample_bins,
 )
 from refattn.sea.metrics import mask_recall
-
-ALPHA = 1e-6
-
-
-Z_ONE_SIDED = float(_st.norm.ppf(1 - ALPHA))  # 4.75
-
-
-def _qkv(N=None, T=20, S=20, H=6, Hv=3, seed=0, norm=1.0):
-    rng = np.random.default_rng(seed)
-    lead = () if N is None else (N,)
-    return (rng.normal(size=lead + (T, H)) * norm, rng.normal(size=lead + (S, H)) * norm,
-            rng.normal(size=lead + (S, Hv)))
-
 
 T_D, H_D, K_D, M_D = 256, 16, 16, 32  # the distillation study: T, head dim, bins, features
 
@@ -97,19 +84,19 @@ def test_resample_bins_matches_uniform_spreading(implementation, T, extra, n, K,
 
 
 def test_oracle_decoder_estimate_is_the_binned_attention():
-    q, k, v = _qkv(N=2, T=18, S=18)
+    q, k, v = qkv(N=2, T=18, S=18)
     res = sea_attention(q, k, v, n_bins=5, topk=4, m=8, rng=0, causal=True, decoder="oracle")
     np.testing.assert_allclose(res.estimate, binned_attention(q, k, 5, causal=True), rtol=1e-12, atol=1e-300)
 
 
 def test_oracle_decoder_with_K_equal_S_is_the_exact_topk():
-    q, k, v = _qkv(T=30, S=30, seed=4)
+    q, k, v = qkv(T=30, S=30, seed=4)
     res = sea_attention(q, k, v, n_bins=30, topk=7, m=8, rng=0, causal=True, decoder="oracle")
     np.testing.assert_array_equal(mask_recall(q, k, res.supports[0], 7, causal=True), 1.0)
 
 
 def test_loglinear_decoder_starts_at_the_fixed_decoder():
-    q, k, _ = _qkv(T=30, S=30)
+    q, k, _ = qkv(T=30, S=30)
     L = row_lengths(30, 30, True)
     E, _ = kernel_estimate(q, k, n_basis=6, m=8, rng=0, causal=True)
     a = compressed_softmax(fixed_decoder(E, L, 30, 6), L, 6)
@@ -153,6 +140,6 @@ def test_distilled_decoder_comparison_has_power(seed):
 
 
 def test_oracle_decoder_is_a_decoder():
-    q, k, _ = _qkv(T=8, S=8)
+    q, k, _ = qkv(T=8, S=8)
     z = OracleDecoder(q, k)(None, np.full(8, 8), 8, 4)
     np.testing.assert_allclose(np.exp(z), binned_attention(q, k, 4), rtol=1e-12)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from scipy import stats as _st
 
+from proofs_tests.sea._draws import Z_ONE_SIDED, qkv
 from refattn import softmax_attention
 from refattn.exact import attention_probabilities
 from refattn.performer.projections import projection
@@ -24,18 +24,6 @@ from refattn.sea import (
     positional_basis,
     row_lengths,
 )
-
-ALPHA = 1e-6
-
-
-Z_ONE_SIDED = float(_st.norm.ppf(1 - ALPHA))  # 4.75
-
-
-def _qkv(N=None, T=20, S=20, H=6, Hv=3, seed=0, norm=1.0):
-    rng = np.random.default_rng(seed)
-    lead = () if N is None else (N,)
-    return (rng.normal(size=lead + (T, H)) * norm, rng.normal(size=lead + (S, H)) * norm,
-            rng.normal(size=lead + (S, Hv)))
 
 
 def _estimate_errors(q, k, target, m, draws, seed, defect=0.0):
@@ -53,7 +41,7 @@ def _estimate_errors(q, k, target, m, draws, seed, defect=0.0):
 
 
 def _convergence_z(seed, defect=0.0):
-    q, k, _ = _qkv(T=24, S=24, H=8, seed=seed + 11, norm=0.5)
+    q, k, _ = qkv(T=24, S=24, H=8, seed=seed + 11, norm=0.5)
     target = binned_attention(q, k, 6)  # = A P
     e8 = _estimate_errors(q, k, target, 8, 400, seed, defect)
     e64 = _estimate_errors(q, k, target, 64, 400, seed + 1000, defect)
@@ -113,14 +101,14 @@ def test_positional_basis_rows_sum_to_one_and_full_width_is_identity(kind):
 @pytest.mark.parametrize("T,S", [(20, 20), (13, 29)])
 def test_AP_is_the_binned_attention(T, S):
     """Bidirectional: softmax(QK^T) P with the bin basis equals the rows binned to K bins."""
-    q, k, _ = _qkv(T=T, S=S)
+    q, k, _ = qkv(T=T, S=S)
     P = positional_basis(S, 7)
     np.testing.assert_allclose(softmax_attention(q, k, P), binned_attention(q, k, 7), rtol=0, atol=1e-14)
 
 
 @pytest.mark.parametrize("causal", [True, "top_left"])
 def test_binned_attention_causal_uses_each_rows_length(causal):
-    q, k, _ = _qkv(T=17, S=23)
+    q, k, _ = qkv(T=17, S=23)
     A = attention_probabilities(q, k, causal=causal)  # (T, S) naive
     L = row_lengths(17, 23, causal)
     got = binned_attention(q, k, 5, causal=causal)
@@ -135,7 +123,7 @@ def test_binned_attention_causal_uses_each_rows_length(causal):
 @pytest.mark.parametrize("T,S,n", [(15, 15, 4), (9, 23, 23), (23, 9, 5), (30, 30, 1)])
 def test_bin_estimate_equals_performer_with_basis_values(causal, T, S, n):
     """The fast bin path and the twin (Performer with P as values, prefix sums when causal) agree."""
-    q, k, _ = _qkv(N=2, T=T, S=S)
+    q, k, _ = qkv(N=2, T=T, S=S)
     fast, _ = kernel_estimate(q, k, n_basis=n, m=16, rng=3, causal=causal, implementation="auto")
     twin, _ = kernel_estimate(q, k, n_basis=n, m=16, rng=3, causal=causal, implementation="numpy")
     np.testing.assert_allclose(fast, twin, rtol=1e-11, atol=1e-14)

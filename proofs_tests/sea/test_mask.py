@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from proofs_tests.sea._draws import mask_cases, qkv
 from refattn.exact import attention_probabilities
 from refattn.lsh.sparse import Support
 from refattn.sea import (
@@ -26,31 +27,6 @@ from refattn.sea.decoder import (
 )
 
 
-def _qkv(N=None, T=20, S=20, H=6, Hv=3, seed=0, norm=1.0):
-    rng = np.random.default_rng(seed)
-    lead = () if N is None else (N,)
-    return (rng.normal(size=lead + (T, H)) * norm, rng.normal(size=lead + (S, H)) * norm,
-            rng.normal(size=lead + (S, Hv)))
-
-
-@st.composite
-def _mask_case(draw):
-    N = draw(st.integers(1, 3))
-    T = draw(st.integers(1, 25))
-    S = draw(st.integers(1, 30))
-    K = draw(st.integers(1, S))
-    causal = draw(st.sampled_from([False, True, "top_left"]))
-    seed = draw(st.integers(0, 2**31))
-    ties = draw(st.booleans())
-    rng = np.random.default_rng(seed)
-    logits = rng.integers(0, 3, size=(N, T, K)).astype(float) if ties else rng.normal(size=(N, T, K))
-    L = row_lengths(T, S, causal)
-    est = compressed_softmax(logits, L, K)
-    per_row = draw(st.booleans())
-    topk = rng.integers(1, S + 3, size=T) if per_row else draw(st.integers(1, S + 2))
-    return est, L, S, topk
-
-
 @st.composite
 def _teacher_case(draw):
     T = draw(st.integers(1, 20))
@@ -66,7 +42,7 @@ def _teacher_case(draw):
     return p, est, L
 
 
-@given(case=_mask_case())
+@given(case=mask_cases())
 def test_mask_budget_invariants(case):
     est, L, S, topk = case
     N, T, K = est.shape
@@ -86,7 +62,7 @@ def test_mask_budget_invariants(case):
         assert not (sup.to_dense() & ~visible).any()
 
 
-@given(case=_mask_case())
+@given(case=mask_cases())
 def test_mask_cuts_at_most_one_bin_per_row(case):
     """Whole bins are taken in rank order; only the last one is cut to the budget (the cap)."""
     est, L, S, topk = case
@@ -102,7 +78,7 @@ def test_mask_cuts_at_most_one_bin_per_row(case):
             assert np.sum((taken > 0) & (taken < width)) <= 1
 
 
-@given(case=_mask_case())
+@given(case=mask_cases())
 def test_larger_budget_gives_a_superset(case):
     """Test-time k: the selection is a prefix of one ranking, so masks are nested in k."""
     est, L, S, topk = case
@@ -112,7 +88,7 @@ def test_larger_budget_gives_a_superset(case):
         assert not (a.to_dense() & ~b.to_dense()).any()
 
 
-@given(case=_mask_case())
+@given(case=mask_cases())
 def test_grouped_topk_captures_at_least_the_per_head_estimated_mass(case):
     """On the upsampled estimate, grouped selection solves the shared-budget (fractional knapsack)
     problem, of which the per-head selection is a feasible point (docs/sea.md)."""
@@ -134,7 +110,7 @@ def test_kl_chain_rule_and_floor(case):
 
 
 def test_oracle_estimate_reaches_the_floor():
-    q, k, v = _qkv(T=25, S=25, seed=3)
+    q, k, v = qkv(T=25, S=25, seed=3)
     res = sea_attention(q, k, v, n_bins=6, topk=5, m=8, rng=0, causal=True, decoder="oracle")
     P = attention_probabilities(q, k, causal=True)
     total, compressed, floor = kl_decomposition(P, res.estimate, res.lengths)
