@@ -88,6 +88,51 @@ USER_MODULE = textwrap.dedent('''
         return np.random.default_rng(seed).random(x.shape[0])
 
     not_callable = 3
+
+    # ways a callable can end, stall or damage the process that runs it
+    def ends_process(q, k, v):
+        import os
+        os._exit(0)
+
+    def hangs(q, k, v, causal=False, mask=None):
+        import time
+        time.sleep(10_000)
+
+    def segfaults(q, k, v):
+        import ctypes
+        return ctypes.string_at(0)
+
+    def allocates(q, k, v):
+        return np.ones(2**33)  # 64 GiB
+
+    def writes_into_v(q, k, v, causal=False, mask=None):
+        out = exact_attention(q, k, v, causal=causal, mask=mask)
+        v[...] = 0.0
+        return out
+
+    def writes_into_a_copy(q, k, v, causal=False, mask=None):
+        w = v.copy()
+        w[...] = 0.0
+        return exact_attention(q, k, v, causal=causal, mask=mask)
+
+    def prints(q, k, v, causal=False, mask=None):
+        import os
+        print("progress: 50%")
+        os.write(2, b"a C library writes here\\n")
+        return exact_attention(q, k, v, causal=causal, mask=mask)
+
+    class Unprintable(Exception):
+        def __str__(self):
+            raise RuntimeError("no message")
+
+    def raises_unprintable(q, k, v):
+        raise Unprintable()
+
+    def calls_sys_exit(q, k, v):
+        raise SystemExit(0)
+
+    def interrupts(q, k, v):
+        raise KeyboardInterrupt
 ''')
 
 

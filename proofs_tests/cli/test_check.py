@@ -54,3 +54,19 @@ def test_progress_bar_goes_to_stderr(capsys):
     captured = capsys.readouterr()
     assert "projection draws" in captured.err and captured.out == ""
     assert rep.verdicts
+
+
+def test_the_report_header_reruns_the_same_check(capsys):
+    """The table's first line is a command that reproduces the run: same options, same verdicts."""
+    import shlex
+
+    assert main(["check", "refattn.check.planted:kernel_estimator", "--kind", "kernel", "--features", "64",
+                 "--draws", "100", "--seed", "5", "--alpha", "0.01", "--no-progress"]) == 0
+    header = capsys.readouterr().out.splitlines()[0]
+    argv = shlex.split(header)
+    assert argv[:2] == ["refattn", "check"] and {"--features", "--draws", "--seed", "--alpha"} <= set(argv)
+    assert main([*argv[1:], "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["command"] == header and again["seed"] == 5 and again["alpha"] == 0.01
+    first = check("refattn.check.planted:kernel_estimator", "kernel", m=64, n_draws=100, seed=5, alpha=0.01)
+    assert [c["pvalue"] for c in again["checks"]] == [v.pvalue for v in first.verdicts]

@@ -26,6 +26,7 @@ Power against a catalogue of planted defects is measured in proofs_tests/check/t
 
 from __future__ import annotations
 
+import math
 import numbers
 import time
 
@@ -34,21 +35,30 @@ from refattn.check._run import Run
 from refattn.check.attention import check_attention
 from refattn.check.exact import check_exact
 from refattn.check.hashing import HASH_FAMILIES, check_hash
+from refattn.check.isolation import Worker, WorkerError, default_memory_limit
 from refattn.check.kernel import check_kernel
 from refattn.check.loader import LoadFailure, TargetError, describe_target, load_target
 from refattn.check.projection import check_projection
 from refattn.check.verdict import CheckReport, Verdict
 
-__all__ = ["check", "KINDS", "DEFAULT_DRAWS", "TargetError", "CheckReport", "Verdict"]
+__all__ = ["check", "KINDS", "DEFAULT_DRAWS", "DEFAULT_TIMEOUT", "TargetError", "CheckReport", "Verdict"]
 
 KINDS = ("exact", "kernel", "attention", "projection", "hash")
 DEFAULT_DRAWS = {"exact": 0, "kernel": 2000, "attention": 1000, "projection": 2000, "hash": 1000}
+#: Seconds one call of the callable may take (isolated runs).
+DEFAULT_TIMEOUT = 60.0
 
 
 def check(target, kind, *, method="positive", projection=None, m=None, A=None, family="simhash", bits=1, buckets=8,
           width=1.0, alignment="bottom_right", alpha=1e-3, seed=0, n_draws=None, budget=None,
-          progress=False) -> CheckReport:
+          progress=False, isolate=True, timeout=DEFAULT_TIMEOUT, memory_limit="auto") -> CheckReport:
     """Check the callable ``target`` (a callable, ``"pkg.mod:fn"`` or ``"path/file.py:fn"``).
+
+    ``target`` is imported and executed as code, with the rights of the user who runs the check:
+    check only code you would run. It runs in a worker process (:mod:`refattn.check.isolation`)
+    unless ``isolate=False``: a crash, a hang, an exit, an allocation beyond ``memory_limit`` or a
+    write into its inputs becomes a failing verdict, and what it prints is captured
+    (``report.output``), never mixed into the checker's output.
 
     Parameters
     ----------
@@ -83,6 +93,14 @@ def check(target, kind, *, method="positive", projection=None, m=None, A=None, f
         Seconds the sampling may take; when they run out, the draws so far are used (noted).
     progress : bool
         A progress bar (tqdm, on stderr) for the sampling.
+    isolate : bool
+        Run the callable in a worker process (default). ``False`` calls it in this process: faster
+        to start, but a crash or a hang of the callable is then the checker's.
+    timeout : float
+        Seconds one call may take before the worker is stopped and the call fails (isolated runs).
+    memory_limit : int, "auto" or None
+        Bytes of address space the worker may use (``"auto"``: half of the machine's memory;
+        ``None``: no limit). Isolated runs only.
 
     Returns
     -------
@@ -104,14 +122,88 @@ def check(target, kind, *, method="positive", projection=None, m=None, A=None, f
         raise ValueError(f"A: FAVOR++'s parameter applies to kind 'kernel' with method 'favorpp', not {kind!r}/{method!r}")
     if budget is not None and not float(budget) > 0:
         raise ValueError(f"budget: must be > 0 seconds, got {budget}")
+    if kind == "hash":
+        if family not in HASH_FAMILIES:
+            raise ValueError(f"family: expected one of {HASH_FAMILIES}, got {family!r}")
+        bits, buckets, width = check_positive_int(bits, "bits"), check_positive_int(buckets, "buckets", minimum=2), \
+            float(width)
+    timeout = _positive_number(timeout, "timeout")
+    if memory_limit == "auto":
+        memory_limit = default_memory_limit()
+    elif memory_limit is not None:
+        memory_limit = int(_positive_number(memory_limit, "memory_limit"))
     report = CheckReport(describe_target(target), kind, alpha, seed)
+    report.command = _command(report.target, kind, method=method, projection=projection, m=m, A=A, family=family,
+                              bits=bits, buckets=buckets, width=width, alignment=alignment, alpha=alpha, seed=seed,
+                              n_draws=n_draws, budget=budget, isolate=isolate, timeout=timeout,
+                              memory_limit=memory_limit)
     start = time.perf_counter()
+    worker = None
     try:
-        fn = load_target(target)
-    except LoadFailure as exc:
+        if isolate:
+            worker = Worker(target, timeout=timeout, memory_limit=memory_limit)
+            fn = None
+        else:
+            fn = load_target(target)
+    except (LoadFailure, WorkerError) as exc:
         report.add(Verdict("load", False, str(exc)))
         return report
-    run = Run(fn, report, n_draws=n_draws, budget_s=budget, progress=progress)
+    run = Run(fn, report, n_draws=n_draws, budget_s=budget, progress=progress, worker=worker)
+    try:
+        _dispatch(run, kind, method=method, projection=projection, m=m, A=A, family=family, bits=bits,
+                  buckets=buckets, width=width, alignment=alignment)
+    finally:
+        if worker is not None:
+            worker.close()
+            report.output = worker.output
+            if worker.restarts:
+                report.notes.append(f"the worker process was restarted {worker.restarts} time(s) after a crash "
+                                    "or a timeout")
+    report.elapsed_s = time.perf_counter() - start
+    return report.finalize()
+
+
+def _command(target, kind, *, method, projection, m, A, family, bits, buckets, width, alignment, alpha, seed,
+             n_draws, budget, isolate, timeout, memory_limit):
+    """The ``refattn check`` command line that reruns this check: every option that shapes it."""
+    flags = [f"--kind {kind}"]
+    if kind == "exact":
+        flags.append(f"--alignment {alignment}")
+    if kind in ("kernel", "attention"):
+        flags += [f"--method {method}", f"--projection {projection or 'orthogonal'}"]
+        if m is not None or kind == "attention":
+            flags.append(f"--features {64 if m is None else m}")
+        if A is not None:
+            flags.append(f"--A {A:g}")
+    if kind == "projection":
+        flags += [f"--projection {projection or 'gaussian'}", f"--features {16 if m is None else m}"]
+    if kind == "hash":
+        flags.append(f"--family {family}")
+        flags.append({"simhash": f"--bits {bits}", "angular": f"--buckets {buckets}", "e2lsh": f"--width {width:g}"}
+                     .get(family, ""))
+    if kind != "exact":
+        flags.append(f"--draws {n_draws}")
+    flags += [f"--alpha {alpha:g}", f"--seed {seed}"]
+    if budget is not None:
+        flags.append(f"--budget {float(budget):g}")
+    if isolate:
+        flags.append(f"--timeout {timeout:g}")
+        if memory_limit is not None and memory_limit != default_memory_limit():
+            flags.append(f"--memory-limit {memory_limit / 2**30:g}")
+    return " ".join(["refattn check", target] + [f for f in flags if f])
+
+
+def _positive_number(value, name):
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: expected a number, got {value!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name}: must be finite and > 0, got {value}")
+    return value
+
+
+def _dispatch(run, kind, *, method, projection, m, A, family, bits, buckets, width, alignment):
     if kind == "exact":
         check_exact(run, alignment=alignment)
     elif kind == "kernel":
@@ -121,9 +213,4 @@ def check(target, kind, *, method="positive", projection=None, m=None, A=None, f
     elif kind == "projection":
         check_projection(run, projection=projection or "gaussian", m=16 if m is None else m)
     else:
-        if family not in HASH_FAMILIES:
-            raise ValueError(f"family: expected one of {HASH_FAMILIES}, got {family!r}")
-        check_hash(run, family=family, bits=check_positive_int(bits, "bits"),
-                   buckets=check_positive_int(buckets, "buckets", minimum=2), width=float(width))
-    report.elapsed_s = time.perf_counter() - start
-    return report.finalize()
+        check_hash(run, family=family, bits=bits, buckets=buckets, width=width)

@@ -18,18 +18,25 @@ import time
 import numpy as np
 from scipy import stats as _st
 
-from refattn.check.loader import Sampler, call_safely
+from refattn.check.loader import Sampler, accepts, call_safely, judge_result
 from refattn.check.verdict import CheckReport, Verdict, bonferroni_p
 from refattn.stats import z_test_mean
 
-__all__ = ["Run"]
+__all__ = ["Run", "ARG_NAMES"]
+
+#: The positional arguments of each kind's callable contract (named in messages).
+ARG_NAMES = {"exact": ("q", "k", "v"), "kernel": ("q", "k", "seed"), "attention": ("q", "k", "v", "seed"),
+             "projection": ("m", "d", "seed"), "hash": ("x", "seed")}
 
 
 class Run:
-    """One run: ``fn`` under test, ``report``, master generator, budget, progress bar."""
+    """One run: ``fn`` under test (or the :class:`~refattn.check.isolation.Worker` that runs it),
+    ``report``, master generator, budget, progress bar."""
 
-    def __init__(self, fn, report: CheckReport, *, n_draws: int, budget_s=None, progress=False):
+    def __init__(self, fn, report: CheckReport, *, n_draws: int, budget_s=None, progress=False, worker=None):
         self.fn = fn
+        self.worker = worker
+        self.arg_names = ARG_NAMES.get(report.kind, ())
         self.report = report
         self.rng = np.random.default_rng([report.seed, 7_2026])
         self.n_draws = n_draws
@@ -41,8 +48,18 @@ class Run:
         """``n`` distinct non-negative int seeds (below 2^31, so any framework takes them)."""
         return self.rng.choice(2**31 - 2, size=n, replace=False)
 
+    def accepts(self, name) -> bool:
+        """Whether the callable takes the keyword ``name`` (explicitly; ``**kwargs`` does not count)."""
+        return name in self.worker.keywords if self.worker is not None else accepts(self.fn, name)
+
     def call(self, args, kwargs=None, *, shape=None, integer=False, finite=True):
-        return call_safely(self.fn, args, kwargs, shape=shape, integer=integer, finite=finite, name="fn")
+        """``(array, None)`` or ``(None, CallProblem)``: one call, in the worker when there is one."""
+        if self.worker is None:
+            return call_safely(self.fn, args, kwargs, shape=shape, integer=integer, finite=finite, name="fn")
+        arr, problem = self.worker.call(args, kwargs, names=self.arg_names)
+        if problem is not None:
+            return None, problem
+        return judge_result(arr, shape=shape, integer=integer, finite=finite, name="fn")
 
     def collect(self, draw, n, label, *, share=1.0):
         """Stack ``draw(seed)`` over ``n`` seeds; ``share`` of the remaining budget may be used."""

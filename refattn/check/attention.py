@@ -30,7 +30,6 @@ import numpy as np
 
 from refattn.check._run import tolerance
 from refattn.check.kernel import probe_rows
-from refattn.check.loader import accepts
 from refattn.exact import softmax_attention
 from refattn.montecarlo import attention_samples
 from refattn.performer.attention import performer_attention
@@ -57,7 +56,7 @@ def check_attention(run, *, method="positive", projection="orthogonal", m=64, T=
     q = probe_rows(T, H, norm, data_rng) / math.sqrt(s)
     k = probe_rows(S, H, norm, data_rng) / math.sqrt(s)
     v = data_rng.standard_normal((S, Hv)) + 0.5
-    kw = {"m": m} if accepts(run.fn, "m") else {}
+    kw = {"m": m} if run.accepts("m") else {}
 
     # 1. constant values
     ones, problem = run.call((q, k, np.ones((S, Hv)), int(run.seeds(1)[0])), kw, shape=(T, Hv))
@@ -83,11 +82,11 @@ def check_attention(run, *, method="positive", projection="orthogonal", m=64, T=
                          ((ref - exact) ** 2).mean(axis=(1, 2))[:, None],
                          "mean squared error against the exact oracle equals refattn's")
 
-    if accepts(run.fn, "causal"):
+    if run.accepts("causal"):
         _causal_checks(run, q[:T], k[:T], v[:T], kw, method, projection, m)
     else:
         run.skip("causal", "fn takes no causal= keyword")
-    if accepts(run.fn, "key_lengths"):
+    if run.accepts("key_lengths"):
         _padding_check(run, q, k, v, kw, data_rng)
     else:
         run.skip("padding", "fn takes no key_lengths= keyword")

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from refattn.check.loader import accepts
 from refattn.check.verdict import Verdict
 from refattn.exact import forward_error_bound, softmax_attention
 from refattn.problem import causal_mask, causal_offset
@@ -124,7 +123,7 @@ def check_exact(run, *, alignment="bottom_right"):
     """Run the grid on ``run.fn``; one verdict per case."""
     if alignment not in ("bottom_right", "top_left"):
         raise ValueError(f"alignment: expected 'bottom_right' or 'top_left', got {alignment!r}")
-    takes = {name: accepts(run.fn, name) for name in ("causal", "mask")}
+    takes = {name: run.accepts(name) for name in ("causal", "mask")}
     rng = np.random.default_rng([run.report.seed, 3])
     for case in CASES:
         need = "causal" if case.causal else "mask" if case.mask else None

@@ -33,7 +33,6 @@ import math
 
 import numpy as np
 
-from refattn.check.loader import accepts
 from refattn.montecarlo import kernel_samples
 from refattn.theory import (
     favorpp_optimal_A,
@@ -125,7 +124,7 @@ def check_kernel(run, *, method="positive", projection="orthogonal", m=None, A=N
     q, k = x / math.sqrt(s), y / math.sqrt(s)  # the callable sees raw q, k with the default scale
     truth = np.exp(x @ y.T)  # (T, S) = exp(s q k^T)
     A = favorpp_A(x, y, A) if method == "favorpp" else 0.0
-    takes_m = m is not None and _accepts_m(run.fn)
+    takes_m = m is not None and run.accepts("m")
 
     def sampler(mm):
         kw = {"m": mm} if takes_m else {}
@@ -153,6 +152,3 @@ def check_kernel(run, *, method="positive", projection="orthogonal", m=None, A=N
         return
     _variance_check(run, more, x, y, truth, method, projection, 4 * m, "consistency", A)
 
-
-def _accepts_m(fn):
-    return accepts(fn, "m")

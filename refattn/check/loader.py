@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["TargetError", "LoadFailure", "load_target", "CallProblem", "call_safely", "accepts", "Sampler",
-           "describe_target"]
+__all__ = ["TargetError", "LoadFailure", "load_target", "CallProblem", "call_safely", "judge_result",
+           "as_result_array", "safe_str", "accepts", "Sampler", "describe_target"]
 
 
 class TargetError(ValueError):
@@ -106,40 +106,39 @@ def accepts(fn, name: str) -> bool:
 class CallProblem:
     """Why a call's result cannot be judged: raised, wrong shape/dtype, non-finite."""
 
-    what: str  # "raised", "not an array", "shape", "dtype", "non-finite"
+    what: str  # "raised", "not an array", "shape", "dtype", "non-finite", "timeout", "crashed", "mutated"
     message: str
 
     def __str__(self) -> str:
         return self.message
 
 
-def call_safely(fn, args, kwargs=None, *, shape=None, integer=False, finite=True, name="fn"):
-    """Call ``fn(*args, **kwargs)``; return ``(array, None)`` or ``(None, CallProblem)``.
-
-    The result goes through :func:`numpy.asarray` (torch, cupy and jax arrays convert).
-    ``shape``: the expected shape. ``integer``: expect integer ids (hash buckets) instead of
-    real floats. ``finite=False`` lets NaN/Inf through (the caller judges them). Warnings the
-    function emits are swallowed (the verdict reports the result).
-    """
-    kwargs = kwargs or {}
-    try:
-        with warnings.catch_warnings(), np.errstate(all="ignore"):
-            warnings.simplefilter("ignore")
-            out = fn(*args, **kwargs)
-    except BaseException as exc:  # noqa: BLE001 - the user's bug must become a verdict
-        if isinstance(exc, KeyboardInterrupt):
-            raise
-        return None, CallProblem("raised", f"{name} raised {type(exc).__name__}: {exc}")
+def as_result_array(out):
+    """``(array, None)``: the result through :func:`numpy.asarray` (torch, cupy and jax arrays
+    convert; a copy, so later changes to the callable's buffers cannot touch it), or
+    ``(None, message)`` when it is not an array of numbers."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             arr = np.asarray(out.detach().cpu() if hasattr(out, "detach") else out)
     except Exception as exc:  # noqa: BLE001
-        return None, CallProblem("not an array", f"{name} returned {type(out).__name__}, which numpy.asarray "
-                                                 f"cannot convert ({exc})")
+        return None, f"returned {type(out).__name__}, which numpy.asarray cannot convert ({safe_str(exc)})"
     if arr.dtype == object:
-        return None, CallProblem("not an array", f"{name} returned {type(out).__name__}, which numpy.asarray "
-                                                 "converts only to an array of dtype object")
+        return None, f"returned {type(out).__name__}, which numpy.asarray converts only to an array of dtype object"
+    return np.array(arr, copy=True), None
+
+
+def safe_str(exc) -> str:
+    """``str(exc)``, or a note when the exception's ``__str__`` itself raises."""
+    try:
+        return str(exc)
+    except BaseException as inner:  # noqa: BLE001 - a user's __str__ may raise anything
+        return f"<a message that could not be printed: its __str__ raised {type(inner).__name__}>"
+
+
+def judge_result(arr, *, shape=None, integer=False, finite=True, name="fn"):
+    """``(array, None)`` or ``(None, CallProblem)`` for a result already converted to an array:
+    the expected ``shape``, integer ids (``integer``) or real floats, finite unless ``finite=False``."""
     if shape is not None and arr.shape != tuple(shape):
         return None, CallProblem("shape", f"{name} returned shape {arr.shape}, expected {tuple(shape)}")
     if integer:
@@ -153,6 +152,28 @@ def call_safely(fn, args, kwargs=None, *, shape=None, integer=False, finite=True
         bad = int(np.sum(~np.isfinite(arr)))
         return None, CallProblem("non-finite", f"{name} returned {bad} NaN/Inf entries of {arr.size}")
     return arr, None
+
+
+def call_safely(fn, args, kwargs=None, *, shape=None, integer=False, finite=True, name="fn"):
+    """Call ``fn(*args, **kwargs)`` in this process; return ``(array, None)`` or ``(None, CallProblem)``.
+
+    For callables the checker may run in its own process (``isolate=False``); a check run uses a
+    worker process (:mod:`refattn.check.isolation`). Warnings the function emits are swallowed
+    (the verdict reports the result); see :func:`judge_result` for the checks on the result.
+    """
+    kwargs = kwargs or {}
+    try:
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            out = fn(*args, **kwargs)
+    except BaseException as exc:  # noqa: BLE001 - the user's bug must become a verdict
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        return None, CallProblem("raised", f"{name} raised {type(exc).__name__}: {safe_str(exc)}")
+    arr, message = as_result_array(out)
+    if arr is None:
+        return None, CallProblem("not an array", f"{name} {message}")
+    return judge_result(arr, shape=shape, integer=integer, finite=finite, name=name)
 
 
 class Sampler:

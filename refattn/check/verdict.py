@@ -91,6 +91,10 @@ class CheckReport:
     verdicts: list = field(default_factory=list)
     notes: list = field(default_factory=list)
     elapsed_s: float = 0.0
+    #: What the callable printed (stdout and stderr, truncated), captured by its worker process.
+    output: str = ""
+    #: The ``refattn check`` command line that reruns this check (every option it used).
+    command: str = ""
 
     def add(self, verdict: Verdict) -> Verdict:
         self.verdicts.append(verdict)
@@ -126,8 +130,9 @@ class CheckReport:
 
         rows = [{k: clean(v) for k, v in asdict(v).items()} | {"verdict": v.label} for v in self.verdicts]
         return {"target": self.target, "kind": self.kind, "alpha": self.alpha, "seed": self.seed,
-                "passed": self.passed, "elapsed_s": round(self.elapsed_s, 3), "notes": list(self.notes),
-                "checks": rows}
+                "command": self.command, "passed": self.passed, "elapsed_s": round(self.elapsed_s, 3),
+                "notes": list(self.notes),
+                "output": self.output, "checks": rows}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -148,11 +153,15 @@ class CheckReport:
         def line(cells):
             return "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
 
-        out = [f"refattn check {self.target} --kind {self.kind}  (alpha = {self.alpha:g} family-wise, "
-               f"Holm over statistical checks; seed {self.seed}; {self.elapsed_s:.1f} s)",
+        out = [self.command or f"refattn check {self.target} --kind {self.kind}",
+               f"(alpha = {self.alpha:g} family-wise, Holm over statistical checks; seed {self.seed}; "
+               f"{self.elapsed_s:.1f} s)",
                line(head), line(tuple("-" * w for w in widths))]
         out += [line(r) for r in rows]
         out += [f"note: {n}" for n in self.notes]
+        if self.output:
+            shown = self.output if len(self.output) <= 800 else self.output[:800] + " [...]"
+            out.append("the callable printed:\n  " + shown.rstrip().replace("\n", "\n  "))
         n_fail = len(self.failures)
         out.append("RESULT: PASS" if self.passed else f"RESULT: FAIL ({n_fail} of {len(self.verdicts)} checks failed)")
         return "\n".join(out)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from refattn.check import KINDS, TargetError, check
+from refattn.check import DEFAULT_TIMEOUT, KINDS, TargetError, check
 from refattn.cli._args import UsageError, positive_float, positive_int, probability
 
 
@@ -29,6 +29,10 @@ def add_parser(sub):
     ck.add_argument("--seed", type=int, default=0, help="master seed (inputs and every seed passed to the callable)")
     ck.add_argument("--draws", type=positive_int, help="seeds per statistical check (>= 20; default per kind)")
     ck.add_argument("--budget", type=positive_float, metavar="SECONDS", help="time the sampling may take")
+    ck.add_argument("--timeout", type=positive_float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                    help=f"time one call may take before it fails (default {DEFAULT_TIMEOUT:g})")
+    ck.add_argument("--memory-limit", type=positive_float, metavar="GiB",
+                    help="address space the callable's worker process may use (default: half the machine's memory)")
     ck.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ck.add_argument("--no-progress", action="store_true", help="no progress bar")
     ck.set_defaults(func=run)
@@ -42,7 +46,8 @@ def run(args) -> int:
         report = check(args.target, args.kind, method=args.method, projection=args.projection, m=args.features,
                        A=args.A, family=args.family, bits=args.bits, buckets=args.buckets, width=args.width,
                        alignment=args.alignment, alpha=args.alpha, seed=args.seed, n_draws=args.draws,
-                       budget=args.budget, progress=not args.no_progress and not args.json and sys.stderr.isatty())
+                       budget=args.budget, timeout=args.timeout, progress=not args.no_progress and not args.json and sys.stderr.isatty(),
+                       memory_limit="auto" if args.memory_limit is None else int(args.memory_limit * 2**30))
     except TargetError as exc:
         raise UsageError(str(exc)) from None
     print(report.to_json() if args.json else report.format_table())
