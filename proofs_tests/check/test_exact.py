@@ -77,3 +77,41 @@ def test_correct_exact_implementations_pass(name, seed, passes):
 @pytest.mark.parametrize("name", sorted(n for n, p in CATALOGUE.items() if p.kind == "exact"))
 def test_planted_exact_defects_are_caught(name, seed, caught):
     caught(name, seed)
+
+
+def _kernel_at(precision, *, scale_power=0.5):
+    """A NumPy kernel that computes as a ``precision`` kernel does (refattn.precision), optionally
+    with a planted wrong scale."""
+    from refattn.precision import kernel_reference
+
+    def fn(q, k, v, causal=False, mask=None):
+        H = np.shape(q)[-1]
+        return kernel_reference(q, k, v, precision, scale=H ** -scale_power, mask=mask,
+                                causal="bottom_right" if causal else False).astype(np.float32)
+    return fn
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_a_low_precision_kernel_passes_with_its_claim_and_is_diagnosed_without_it(precision):
+    fn = _kernel_at(precision)
+    rep = check(fn, "exact", precision=precision)
+    assert rep.passed, rep.format_table()
+    assert "--precision " + precision in rep.command
+    rep = check(fn, "exact")  # claimed float64
+    assert not rep.passed
+    assert all(f"claim it with --precision {precision}" in v.meaning for v in rep.failures), rep.format_table()
+
+
+def test_a_fault_is_still_caught_at_the_claimed_precision():
+    """Power twin of the looser bound: a bfloat16 kernel with scale 1 fails its bfloat16 claim, diagnosed."""
+    rep = check(_kernel_at("bfloat16", scale_power=0.0), "exact", precision="bfloat16")
+    assert "T != S" in {v.check for v in rep.failures}
+    assert any("scale 1 instead of 1/sqrt(H)" in v.meaning for v in rep.failures), rep.format_table()
+
+
+@pytest.mark.parametrize("kwargs,match", [({"precision": "float8"}, "^precision: expected one of"),
+                                          ({"precision": "float32", "kind": "kernel"}, "^precision: a precision claim")])
+def test_bad_precision_claims_name_the_argument(kwargs, match):
+    kind = kwargs.pop("kind", "exact")
+    with pytest.raises(ValueError, match=match):
+        check(exact_attention, kind, **kwargs)

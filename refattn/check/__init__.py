@@ -40,6 +40,7 @@ from refattn.check.kernel import check_kernel
 from refattn.check.loader import LoadFailure, TargetError, describe_target, load_target
 from refattn.check.projection import check_projection
 from refattn.check.verdict import CheckReport, Verdict
+from refattn.precision import PRECISIONS
 
 __all__ = ["check", "KINDS", "DEFAULT_DRAWS", "DEFAULT_TIMEOUT", "TargetError", "CheckReport", "Verdict"]
 
@@ -51,7 +52,8 @@ DEFAULT_TIMEOUT = 60.0
 
 def check(target, kind, *, method="positive", projection=None, m=None, A=None, family="simhash", bits=1, buckets=8,
           width=1.0, alignment="bottom_right", alpha=1e-3, seed=0, n_draws=None, budget=None,
-          progress=False, isolate=True, timeout=DEFAULT_TIMEOUT, memory_limit="auto") -> CheckReport:
+          progress=False, isolate=True, timeout=DEFAULT_TIMEOUT, memory_limit="auto",
+          precision="float64") -> CheckReport:
     """Check the callable ``target`` (a callable, ``"pkg.mod:fn"`` or ``"path/file.py:fn"``).
 
     ``target`` is imported and executed as code, with the rights of the user who runs the check:
@@ -82,6 +84,10 @@ def check(target, kind, *, method="positive", projection=None, m=None, A=None, f
         ``cross_polytope``, ``e2lsh`` with ``width``).
     alignment : {"bottom_right", "top_left"}
         What ``causal=True`` means for ``fn`` (exact kind).
+    precision : {"float64", "float32", "float16", "bfloat16"}
+        The precision ``fn`` claims to compute in (exact kind): its cases get inputs in that
+        precision and are judged by the FlashAttention rule against what a kernel of that
+        precision computes (:func:`refattn.precision.kernel_reference`).
     alpha : float
         Family-wise false-alarm probability of the run's statistical checks.
     seed : int
@@ -122,6 +128,10 @@ def check(target, kind, *, method="positive", projection=None, m=None, A=None, f
         raise ValueError(f"A: FAVOR++'s parameter applies to kind 'kernel' with method 'favorpp', not {kind!r}/{method!r}")
     if budget is not None and not float(budget) > 0:
         raise ValueError(f"budget: must be > 0 seconds, got {budget}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
+    if precision != "float64" and kind != "exact":
+        raise ValueError(f"precision: a precision claim applies to --kind exact, not {kind!r}")
     if kind == "hash":
         if family not in HASH_FAMILIES:
             raise ValueError(f"family: expected one of {HASH_FAMILIES}, got {family!r}")
@@ -136,7 +146,7 @@ def check(target, kind, *, method="positive", projection=None, m=None, A=None, f
     report.command = _command(report.target, kind, method=method, projection=projection, m=m, A=A, family=family,
                               bits=bits, buckets=buckets, width=width, alignment=alignment, alpha=alpha, seed=seed,
                               n_draws=n_draws, budget=budget, isolate=isolate, timeout=timeout,
-                              memory_limit=memory_limit)
+                              memory_limit=memory_limit, precision=precision)
     start = time.perf_counter()
     worker = None
     try:
@@ -151,7 +161,7 @@ def check(target, kind, *, method="positive", projection=None, m=None, A=None, f
     run = Run(fn, report, n_draws=n_draws, budget_s=budget, progress=progress, worker=worker)
     try:
         _dispatch(run, kind, method=method, projection=projection, m=m, A=A, family=family, bits=bits,
-                  buckets=buckets, width=width, alignment=alignment)
+                  buckets=buckets, width=width, alignment=alignment, precision=precision)
     finally:
         if worker is not None:
             worker.close()
@@ -164,11 +174,11 @@ def check(target, kind, *, method="positive", projection=None, m=None, A=None, f
 
 
 def _command(target, kind, *, method, projection, m, A, family, bits, buckets, width, alignment, alpha, seed,
-             n_draws, budget, isolate, timeout, memory_limit):
+             n_draws, budget, isolate, timeout, memory_limit, precision):
     """The ``refattn check`` command line that reruns this check: every option that shapes it."""
     flags = [f"--kind {kind}"]
     if kind == "exact":
-        flags.append(f"--alignment {alignment}")
+        flags += [f"--alignment {alignment}", f"--precision {precision}"]
     if kind in ("kernel", "attention"):
         flags += [f"--method {method}", f"--projection {projection or 'orthogonal'}"]
         if m is not None or kind == "attention":
@@ -203,9 +213,9 @@ def _positive_number(value, name):
     return value
 
 
-def _dispatch(run, kind, *, method, projection, m, A, family, bits, buckets, width, alignment):
+def _dispatch(run, kind, *, method, projection, m, A, family, bits, buckets, width, alignment, precision):
     if kind == "exact":
-        check_exact(run, alignment=alignment)
+        check_exact(run, alignment=alignment, precision=precision)
     elif kind == "kernel":
         check_kernel(run, method=method, projection=projection or "orthogonal", m=m, A=A)
     elif kind == "attention":

@@ -15,6 +15,15 @@ diagonal shifted by one, the mask inverted, the softmax over the query axis), an
 non-finite output where the oracle is finite is reported as an overflow (missing max
 subtraction). The verdict names the fault the output matches within the rule's bound.
 
+**Precision claims** (``precision=``, ``--precision``): a kernel that computes in float32,
+float16 or bfloat16 is judged at that precision. Every case then hands it inputs in the claimed
+dtype (bfloat16 values in float32 arrays: NumPy has no bfloat16 that frameworks read) and the
+rule's low-precision reference is what a kernel of that precision computes
+(:func:`refattn.precision.kernel_reference`: float32 accumulation and softmax, probabilities
+rounded before the second product), with a floor of ``4 eps`` of the precision. A float64 claim
+that fails with errors at a lower precision's rounding level is diagnosed as such, naming the
+flag.
+
 For float64 inputs, where rounding alone can exceed the rule's allowance (logits far apart:
 the low-precision reference is then the oracle itself), the allowance is raised to twice the
 rigorous forward error bound of the oracle (:func:`refattn.exact.forward_error_bound`,
@@ -29,6 +38,7 @@ import numpy as np
 
 from refattn.check.verdict import Verdict
 from refattn.exact import forward_error_bound, softmax_attention
+from refattn.precision import eps, kernel_reference, round_to
 from refattn.problem import causal_mask, causal_offset
 from refattn.testing import tolerance_check
 
@@ -66,8 +76,9 @@ CASES = (
 )
 
 
-def _inputs(case, rng):
-    """q, k, v in the case's dtype, and the oracle's keyword arguments (without causal)."""
+def _inputs(case, rng, precision="float64"):
+    """q, k, v in the case's dtype (or the claimed precision's), and the oracle's keyword arguments
+    (without causal)."""
     b = case.batch
     # s q.k with q, k ~ N(0, I_H), s = 1/sqrt(H) has standard deviation 1: scale q by logit_std
     q = rng.standard_normal(b + (case.T, case.H)) * case.logit_std
@@ -78,6 +89,9 @@ def _inputs(case, rng):
         mask = rng.random((case.T, case.S)) < 0.6
         mask[np.arange(case.T), rng.integers(0, case.S, case.T)] = True  # every row sees a key
         kw["mask"] = mask
+    if precision != "float64":
+        carrier = np.float32 if precision == "bfloat16" else np.dtype(precision)
+        return tuple(round_to(a, precision).astype(carrier) for a in (q, k, v)), kw
     return tuple(a.astype(case.dtype) for a in (q, k, v)), kw
 
 
@@ -119,18 +133,20 @@ def _candidates(case, q, k, v, kw, alignment):
     return results
 
 
-def check_exact(run, *, alignment="bottom_right"):
-    """Run the grid on ``run.fn``; one verdict per case."""
+def check_exact(run, *, alignment="bottom_right", precision="float64"):
+    """Run the grid on ``run.fn``; one verdict per case. ``precision``: the claimed compute precision."""
     if alignment not in ("bottom_right", "top_left"):
         raise ValueError(f"alignment: expected 'bottom_right' or 'top_left', got {alignment!r}")
     takes = {name: run.accepts(name) for name in ("causal", "mask")}
     rng = np.random.default_rng([run.report.seed, 3])
     for case in CASES:
+        if precision != "float64" and case.dtype != np.float64:
+            continue  # the low-precision input cases of a float64 claim: every case is at the claim here
         need = "causal" if case.causal else "mask" if case.mask else None
         if need and not takes[need]:
             run.skip(case.name, f"fn takes no {need}= keyword")
             continue
-        (q, k, v), kw = _inputs(case, rng)
+        (q, k, v), kw = _inputs(case, rng, precision)
         call_kw = dict(kw)
         if case.causal:
             call_kw["causal"] = True
@@ -142,23 +158,30 @@ def check_exact(run, *, alignment="bottom_right"):
             else:
                 run.problem(case.name, problem)
             continue
-        _judge(run, case, out, q, k, v, kw, alignment)
+        _judge(run, case, out, q, k, v, kw, alignment, precision)
 
 
-def _judge(run, case, out, q, k, v, kw, alignment):
+def _judge(run, case, out, q, k, v, kw, alignment, precision="float64"):
     ref64 = softmax_attention(q, k, v, **kw)
-    ref_lo = softmax_attention(q, k, v, dtype=case.dtype, **kw)
     rows = np.ones(case.T, dtype=bool)
     if "causal" in kw:  # rows that see no key: conventions differ (0, NaN), not judged
         rows = causal_mask(case.T, case.S, alignment).any(axis=1)
     sel = (Ellipsis, rows, slice(None))
-    res = tolerance_check(out[sel], ref64[sel], ref_lo[sel])
+    if precision == "float64":
+        ref_lo = softmax_attention(q, k, v, dtype=case.dtype, **kw)
+        res = tolerance_check(out[sel], ref64[sel], ref_lo[sel])
+    else:
+        ref_lo = kernel_reference(q, k, v, precision, **kw)
+        floor = 4.0 * eps(precision) * float(np.max(np.abs(ref64[sel]), initial=0.0)) + float(np.finfo(float).tiny)
+        res = tolerance_check(out[sel], ref64[sel], ref_lo[sel], atol=floor)
     # ill-conditioned rows (logits far apart): rounding alone may exceed the rule's float64 allowance;
     # |out - ref64| <= |out - O| + |ref64 - O| <= 2 * the rigorous forward error bound (docs/exact.md)
     feb = 2.0 * float(np.max(forward_error_bound(q, k, v, **kw)[..., rows], initial=0.0))
     if case.dtype == np.float64 and feb > res.bound:
         res = tolerance_check(out[sel], ref64[sel], ref_lo[sel], atol=res.floor + feb)
-    meaning = f"FlashAttention rule vs the float64 oracle ({np.dtype(case.dtype).name} inputs)"
+    claimed = np.dtype(case.dtype).name if precision == "float64" else precision
+    meaning = f"FlashAttention rule vs the float64 oracle ({claimed} inputs" + (
+        f", claimed {precision} compute)" if precision != "float64" else ")")
     if res.passed:
         run.exact(case.name, res.error, res.bound, meaning, effect=f"max err {res.error:.2g}")
         return
@@ -172,6 +195,29 @@ def _judge(run, case, out, q, k, v, kw, alignment):
     else:
         matches = [name for name, cand in _candidates(case, q, k, v, kw, alignment)
                    if float(np.max(np.abs(o - cand[sel]))) <= res.bound]
-        fault = f"looks like: {matches[0]}" if matches else "no known fault matches"
+        fault = f"looks like: {matches[0]}" if matches else _precision_diagnosis(out[sel], q, k, v, kw, sel, precision)
     run.add(Verdict(case.name, False, f"{meaning}; {fault}", statistic=res.error, bound=res.bound,
                     effect=f"max err {res.error:.2g}"))
+
+
+def _precision_diagnosis(out, q, k, v, kw, sel, claimed):
+    """When no fault matches: is the output right at a lower precision than claimed? Names the flag.
+
+    Among the lower precisions whose rule the output passes, the coarsest in which every output
+    value is exactly representable (a bfloat16 kernel's outputs are bfloat16 numbers; a float16
+    kernel's are not), else the finest."""
+    ref64 = softmax_attention(q, k, v, **kw)[sel]
+    order = ("float32", "float16", "bfloat16")  # finer to coarser
+    passing = []
+    for p in order[order.index(claimed) + 1:] if claimed in order else order:
+        ref_lo = kernel_reference(q, k, v, p, **kw)[sel]
+        floor = 4.0 * eps(p) * float(np.max(np.abs(ref64), initial=0.0))
+        if tolerance_check(out, ref64, ref_lo, atol=floor).passed:
+            passing.append(p)
+    if not passing:
+        return "no known fault matches"
+    o = np.asarray(out, dtype=np.float64)
+    exact = [p for p in passing if np.array_equal(round_to(o, p), o)]
+    p = exact[-1] if exact else passing[0]
+    return (f"the errors are at {p}'s rounding level: a {p} kernel? claim it with --precision {p} "
+            f"(check(..., precision={p!r}))")

@@ -165,6 +165,18 @@ def _keywords(fn):
 
 
 # ----------------------------------------------------------------------------- the checker's side
+def _importable(module) -> bool:
+    """Whether a fresh process can import ``module`` by name (functions pickle by reference)."""
+    if not module or module == "__main__":
+        return False
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def _fresh_context():
     """Workers that share nothing with the checker's process: forked from a fresh server process that
     has imported this module once (so a restart after a crash takes milliseconds, not an import of
@@ -205,8 +217,10 @@ class Worker:
                 target = f"{Path(mod).resolve()}:{target.rpartition(':')[2]}"
             return ("target", target, path, os.getcwd()), _fresh_context()
         try:
+            if not _importable(getattr(target, "__module__", None)):
+                raise pickle.PicklingError("defined in __main__ or a module a new process cannot import")
             return ("pickled", pickle.dumps(target)), _fresh_context()
-        except Exception:  # noqa: BLE001 - lambdas, closures: inherit by fork where there is one
+        except Exception:  # noqa: BLE001 - lambdas, closures, __main__: inherit by fork where there is one
             if "fork" not in mp.get_all_start_methods():
                 raise WorkerError("fn: cannot be pickled into a worker process on this platform; pass a "
                                   "module-level function or a TARGET string, or check it with isolate=False") from None

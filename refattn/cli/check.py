@@ -7,6 +7,7 @@ import sys
 
 from refattn.check import DEFAULT_TIMEOUT, KINDS, TargetError, check
 from refattn.cli._args import UsageError, positive_float, positive_int, probability
+from refattn.precision import PRECISIONS
 
 
 def add_parser(sub):
@@ -23,6 +24,8 @@ def add_parser(sub):
     ck.add_argument("--bits", type=positive_int, default=1, help="SimHash bits per id")
     ck.add_argument("--buckets", type=positive_int, default=8, help="angular hash buckets")
     ck.add_argument("--width", type=positive_float, default=1.0, help="E2LSH bucket width")
+    ck.add_argument("--precision", default="float64", choices=PRECISIONS,
+                    help="the precision the callable computes in (exact kind): judged at that precision")
     ck.add_argument("--alignment", default="bottom_right", choices=("bottom_right", "top_left"),
                     help="what causal=True means for the callable (exact)")
     ck.add_argument("--alpha", type=probability, default=1e-3, help="family-wise false-alarm probability")
@@ -46,7 +49,7 @@ def run(args) -> int:
         report = check(args.target, args.kind, method=args.method, projection=args.projection, m=args.features,
                        A=args.A, family=args.family, bits=args.bits, buckets=args.buckets, width=args.width,
                        alignment=args.alignment, alpha=args.alpha, seed=args.seed, n_draws=args.draws,
-                       budget=args.budget, timeout=args.timeout, progress=not args.no_progress and not args.json and sys.stderr.isatty(),
+                       budget=args.budget, timeout=args.timeout, precision=args.precision, progress=not args.no_progress and not args.json and sys.stderr.isatty(),
                        memory_limit="auto" if args.memory_limit is None else int(args.memory_limit * 2**30))
     except TargetError as exc:
         raise UsageError(str(exc)) from None
