@@ -21,3 +21,37 @@ def test_correct_projection_implementations_pass(name, seed, passes):
 @pytest.mark.parametrize("name", sorted(n for n, p in CATALOGUE.items() if p.kind == "projection"))
 def test_planted_projection_defects_are_caught(name, seed, caught):
     caught(name, seed)
+
+
+def _float32(kind, *, skew=1.0):
+    """refattn's sampler of ``kind`` returning float32 (PyTorch's default dtype); ``skew`` stretches
+    the first column (a planted fault the float32 allowance must not hide)."""
+    import numpy as np
+
+    from refattn.performer import projection
+
+    def fn(m, d, seed):
+        W = projection(kind, m, d, np.random.default_rng(seed))
+        W[:, 0] *= skew
+        return W.astype(np.float32)
+    return fn
+
+
+@pytest.mark.statistical
+@pytest.mark.parametrize("kind", ["orthogonal", "regular", "gaussian"])
+def test_float32_samplers_pass_at_float32_rounding(kind, seed):
+    """Rounding to float32 moves orthogonality and norms by ~1e-7: allowed (1000 eps of float32).
+    False-failure probability <= 1e-6 per sampler (alpha = 1e-6)."""
+    from refattn.check import check
+
+    rep = check(_float32(kind), "projection", projection=kind, seed=seed, alpha=1e-6, isolate=False)
+    assert rep.passed, rep.format_table()
+
+
+def test_a_float32_sampler_that_is_not_orthogonal_still_fails():
+    """Power twin: 1% stretch of one column breaks orthogonality far beyond float32's allowance."""
+    from refattn.check import check
+
+    rep = check(_float32("orthogonal", skew=1.01), "projection", projection="orthogonal", n_draws=50,
+                isolate=False)
+    assert "orthogonal blocks" in {v.check for v in rep.failures}

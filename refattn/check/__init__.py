@@ -10,6 +10,8 @@ r"""Checking other implementations: exact and statistical verdicts for a user's 
 kind        callable                                        module
 ==========  ==============================================  ==========================
 exact       ``fn(q, k, v[, causal=, mask=]) -> out``        :mod:`refattn.check.exact`
+backward    ``fn(q, k, v, dout[, causal=, mask=]) -> (dq, dk, dv)``
+                                                            :mod:`refattn.check.backward`
 kernel      ``fn(q, k, seed[, m=]) -> K_hat (T, S)``        :mod:`refattn.check.kernel`
 attention   ``fn(q, k, v, seed[, m=, causal=, key_lengths=]) -> out (T, Hv)``
                                                             :mod:`refattn.check.attention`
@@ -33,6 +35,7 @@ import time
 from refattn._validation import check_positive_int
 from refattn.check._run import Run
 from refattn.check.attention import check_attention
+from refattn.check.backward import BACKWARD_PRECISIONS, check_backward
 from refattn.check.exact import check_exact
 from refattn.check.hashing import HASH_FAMILIES, check_hash
 from refattn.check.isolation import Worker, WorkerError, default_memory_limit
@@ -44,8 +47,8 @@ from refattn.precision import PRECISIONS
 
 __all__ = ["check", "KINDS", "DEFAULT_DRAWS", "DEFAULT_TIMEOUT", "TargetError", "CheckReport", "Verdict"]
 
-KINDS = ("exact", "kernel", "attention", "projection", "hash")
-DEFAULT_DRAWS = {"exact": 0, "kernel": 2000, "attention": 1000, "projection": 2000, "hash": 1000}
+KINDS = ("exact", "backward", "kernel", "attention", "projection", "hash")
+DEFAULT_DRAWS = {"exact": 0, "backward": 0, "kernel": 2000, "attention": 1000, "projection": 2000, "hash": 1000}
 #: Seconds one call of the callable may take (isolated runs).
 DEFAULT_TIMEOUT = 60.0
 
@@ -64,7 +67,7 @@ def check(target, kind, *, method="positive", projection=None, m=None, A=None, f
 
     Parameters
     ----------
-    kind : {"exact", "kernel", "attention", "projection", "hash"}
+    kind : {"exact", "backward", "kernel", "attention", "projection", "hash"}
     method : {"positive", "hyperbolic", "trigonometric", "favorpp"}
         The random-feature estimator ``fn`` implements (kernel, attention; ``favorpp``, FAVOR++,
         for the kernel kind).
@@ -130,8 +133,10 @@ def check(target, kind, *, method="positive", projection=None, m=None, A=None, f
         raise ValueError(f"budget: must be > 0 seconds, got {budget}")
     if precision not in PRECISIONS:
         raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
-    if precision != "float64" and kind != "exact":
-        raise ValueError(f"precision: a precision claim applies to --kind exact, not {kind!r}")
+    if precision != "float64" and kind not in ("exact", "backward"):
+        raise ValueError(f"precision: a precision claim applies to --kind exact or backward, not {kind!r}")
+    if kind == "backward" and precision not in BACKWARD_PRECISIONS:
+        raise ValueError(f"precision: the backward kind judges {BACKWARD_PRECISIONS} claims, got {precision!r}")
     if kind == "hash":
         if family not in HASH_FAMILIES:
             raise ValueError(f"family: expected one of {HASH_FAMILIES}, got {family!r}")
@@ -177,7 +182,7 @@ def _command(target, kind, *, method, projection, m, A, family, bits, buckets, w
              n_draws, budget, isolate, timeout, memory_limit, precision):
     """The ``refattn check`` command line that reruns this check: every option that shapes it."""
     flags = [f"--kind {kind}"]
-    if kind == "exact":
+    if kind in ("exact", "backward"):
         flags += [f"--alignment {alignment}", f"--precision {precision}"]
     if kind in ("kernel", "attention"):
         flags += [f"--method {method}", f"--projection {projection or 'orthogonal'}"]
@@ -191,7 +196,7 @@ def _command(target, kind, *, method, projection, m, A, family, bits, buckets, w
         flags.append(f"--family {family}")
         flags.append({"simhash": f"--bits {bits}", "angular": f"--buckets {buckets}", "e2lsh": f"--width {width:g}"}
                      .get(family, ""))
-    if kind != "exact":
+    if kind not in ("exact", "backward"):
         flags.append(f"--draws {n_draws}")
     flags += [f"--alpha {alpha:g}", f"--seed {seed}"]
     if budget is not None:
@@ -216,6 +221,8 @@ def _positive_number(value, name):
 def _dispatch(run, kind, *, method, projection, m, A, family, bits, buckets, width, alignment, precision):
     if kind == "exact":
         check_exact(run, alignment=alignment, precision=precision)
+    elif kind == "backward":
+        check_backward(run, alignment=alignment, precision=precision)
     elif kind == "kernel":
         check_kernel(run, method=method, projection=projection or "orthogonal", m=m, A=A)
     elif kind == "attention":

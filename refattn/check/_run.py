@@ -25,7 +25,7 @@ from refattn.stats import z_test_mean
 __all__ = ["Run", "ARG_NAMES"]
 
 #: The positional arguments of each kind's callable contract (named in messages).
-ARG_NAMES = {"exact": ("q", "k", "v"), "kernel": ("q", "k", "seed"), "attention": ("q", "k", "v", "seed"),
+ARG_NAMES = {"exact": ("q", "k", "v"), "backward": ("q", "k", "v", "dout"), "kernel": ("q", "k", "seed"), "attention": ("q", "k", "v", "seed"),
              "projection": ("m", "d", "seed"), "hash": ("x", "seed")}
 
 
@@ -52,11 +52,13 @@ class Run:
         """Whether the callable takes the keyword ``name`` (explicitly; ``**kwargs`` does not count)."""
         return name in self.worker.keywords if self.worker is not None else accepts(self.fn, name)
 
-    def call(self, args, kwargs=None, *, shape=None, integer=False, finite=True):
-        """``(array, None)`` or ``(None, CallProblem)``: one call, in the worker when there is one."""
+    def call(self, args, kwargs=None, *, shape=None, integer=False, finite=True, parts=None):
+        """``(array, None)`` or ``(None, CallProblem)``: one call, in the worker when there is one.
+        ``parts``: the result is a tuple of that many arrays (``shape`` a list of their shapes)."""
         if self.worker is None:
-            return call_safely(self.fn, args, kwargs, shape=shape, integer=integer, finite=finite, name="fn")
-        arr, problem = self.worker.call(args, kwargs, names=self.arg_names)
+            return call_safely(self.fn, args, kwargs, shape=shape, integer=integer, finite=finite, name="fn",
+                               parts=parts)
+        arr, problem = self.worker.call(args, kwargs, names=self.arg_names, parts=parts)
         if problem is not None:
             return None, problem
         return judge_result(arr, shape=shape, integer=integer, finite=finite, name="fn")
@@ -99,7 +101,7 @@ class Run:
         res = z_test_mean(samples, truth, alpha=0.5)  # alpha only sets res.critical; p-values below
         truth = np.broadcast_to(np.asarray(truth, dtype=float), res.mean.shape)
         p, z = _deterministic_entries(2 * _st.t.sf(np.abs(res.z), df=res.n - 1), np.abs(res.z), res.stderr,
-                                      res.mean, truth)
+                                      res.mean, truth, _eps_of(samples))
         w = int(np.argmax(z)) if z.size else 0
         diff = float(res.mean.ravel()[w] - truth.ravel()[w])
         ref = truth if relative_to is None else np.broadcast_to(relative_to, res.mean.shape)
@@ -119,7 +121,7 @@ class Run:
             t = np.where(se > 0, (ma - mb) / np.where(se > 0, se, 1), np.where(ma == mb, 0.0, np.inf))
             df = np.where(se > 0, (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1)), 1.0)
         df = np.where(np.isfinite(df), df, len(a) + len(b) - 2)
-        p, t = _deterministic_entries(2 * _st.t.sf(np.abs(t), df=df), t, se, ma, mb)
+        p, t = _deterministic_entries(2 * _st.t.sf(np.abs(t), df=df), t, se, ma, mb, _eps_of(a))
         w = int(np.argmax(np.abs(t))) if t.size else 0
         d = float((ma - mb).ravel()[w]) if t.size else 0.0
         base = float(np.abs(mb).ravel()[w]) if t.size else 0.0
@@ -130,12 +132,19 @@ class Run:
                                 f"{meaning} (n = {len(a)} vs {len(b)}, {np.size(t)} entries)")
 
 
-def _deterministic_entries(p, stat, se, mean, ref):
+def _eps_of(samples) -> float:
+    """Machine epsilon of the samples' dtype (float64 for anything else)."""
+    dt = np.asarray(samples).dtype
+    return float(np.finfo(dt if np.issubdtype(dt, np.floating) else np.float64).eps)
+
+
+def _deterministic_entries(p, stat, se, mean, ref, eps=float(np.finfo(float).eps)):
     """Entries that do not vary beyond rounding (a causal row that sees one key, a pair where the
-    estimator is exact) are identities: p = 1 if ``mean`` equals ``ref`` to rounding, else 0,
-    instead of a statistic blown up by a standard error near 0."""
-    flat = se <= 1e-10 * (1 + np.abs(ref))
-    same = np.abs(mean - ref) <= 1e-8 * (1 + np.abs(ref))
+    estimator is exact, the pooled norm of a fixed-norm float32 sampler) are identities: p = 1 if
+    ``mean`` equals ``ref`` to rounding, else 0, instead of a statistic blown up by a standard error
+    near 0. Rounding is that of the samples' dtype (``eps``)."""
+    flat = se <= max(1e-10, 10 * eps) * (1 + np.abs(ref))
+    same = np.abs(mean - ref) <= max(1e-8, 1000 * eps) * (1 + np.abs(ref))
     p = np.where(flat, np.where(same, 1.0, 0.0), p)
     return p, np.where(flat & same, 0.0, stat)
 

@@ -98,14 +98,14 @@ def _serve(conn, fn, capture):
             return
         if msg[0] == "stop":
             return
-        _, args, kwargs, names = msg
+        _, args, kwargs, names, parts = msg
         kept = [(name, a.copy()) for name, a in _arrays(args, kwargs, names)]
         start = capture.tell()
         try:
             with warnings.catch_warnings(), np.errstate(all="ignore"):
                 warnings.simplefilter("ignore")
                 out = fn(*args, **kwargs)
-            reply = ("ok", *as_result_array(out))
+            reply = ("ok", *as_result_array(out, parts))
         except BaseException as exc:  # noqa: BLE001 - the user's bug must become a verdict
             reply = ("raised", type(exc).__name__, safe_str(exc))
         changed = [name for (name, a), (_, b) in zip(_arrays(args, kwargs, names), kept)
@@ -264,14 +264,15 @@ class Worker:
         if printed and len(self.output) < OUTPUT_LIMIT:
             self.output = (self.output + printed)[:OUTPUT_LIMIT]
 
-    def call(self, args, kwargs=None, *, names=(), name="fn"):
+    def call(self, args, kwargs=None, *, names=(), name="fn", parts=None):
         """``(array, None)`` or ``(None, CallProblem)`` for ``fn(*args, **kwargs)`` in the worker
-        (``names``: the positional arguments' names, for the messages)."""
+        (``names``: the positional arguments' names, for the messages; ``parts``: the result is a
+        tuple of that many arrays)."""
         if self._proc is None:
             self.restarts += 1
             self._start()
         try:
-            self._conn.send(("call", tuple(args), dict(kwargs or {}), tuple(names)))
+            self._conn.send(("call", tuple(args), dict(kwargs or {}), tuple(names), parts))
         except (BrokenPipeError, OSError, EOFError):
             code = self._proc.exitcode if self._proc is not None else None
             self._kill()

@@ -113,10 +113,21 @@ class CallProblem:
         return self.message
 
 
-def as_result_array(out):
+def as_result_array(out, parts=None):
     """``(array, None)``: the result through :func:`numpy.asarray` (torch, cupy and jax arrays
     convert; a copy, so later changes to the callable's buffers cannot touch it), or
-    ``(None, message)`` when it is not an array of numbers."""
+    ``(None, message)`` when it is not an array of numbers. ``parts``: the result is a tuple of
+    that many arrays (a backward's ``(dq, dk, dv)``), returned as a tuple of arrays."""
+    if parts is not None:
+        if not isinstance(out, (tuple, list)) or len(out) != parts:
+            return None, f"returned {type(out).__name__}, expected a tuple of {parts} arrays"
+        arrays = []
+        for i, part in enumerate(out):
+            arr, message = as_result_array(part)
+            if arr is None:
+                return None, f"item {i}: {message}"
+            arrays.append(arr)
+        return tuple(arrays), None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -138,7 +149,16 @@ def safe_str(exc) -> str:
 
 def judge_result(arr, *, shape=None, integer=False, finite=True, name="fn"):
     """``(array, None)`` or ``(None, CallProblem)`` for a result already converted to an array:
-    the expected ``shape``, integer ids (``integer``) or real floats, finite unless ``finite=False``."""
+    the expected ``shape``, integer ids (``integer``) or real floats, finite unless ``finite=False``.
+    A tuple result is judged part by part, ``shape`` then a list of shapes."""
+    if isinstance(arr, tuple):
+        judged = []
+        for i, (part, want) in enumerate(zip(arr, shape)):
+            got, problem = judge_result(part, shape=want, integer=integer, finite=finite, name=f"{name}'s item {i}")
+            if problem is not None:
+                return None, problem
+            judged.append(got)
+        return tuple(judged), None
     if shape is not None and arr.shape != tuple(shape):
         return None, CallProblem("shape", f"{name} returned shape {arr.shape}, expected {tuple(shape)}")
     if integer:
@@ -154,7 +174,7 @@ def judge_result(arr, *, shape=None, integer=False, finite=True, name="fn"):
     return arr, None
 
 
-def call_safely(fn, args, kwargs=None, *, shape=None, integer=False, finite=True, name="fn"):
+def call_safely(fn, args, kwargs=None, *, shape=None, integer=False, finite=True, name="fn", parts=None):
     """Call ``fn(*args, **kwargs)`` in this process; return ``(array, None)`` or ``(None, CallProblem)``.
 
     For callables the checker may run in its own process (``isolate=False``); a check run uses a
@@ -170,7 +190,7 @@ def call_safely(fn, args, kwargs=None, *, shape=None, integer=False, finite=True
         if isinstance(exc, KeyboardInterrupt):
             raise
         return None, CallProblem("raised", f"{name} raised {type(exc).__name__}: {safe_str(exc)}")
-    arr, message = as_result_array(out)
+    arr, message = as_result_array(out, parts)
     if arr is None:
         return None, CallProblem("not an array", f"{name} {message}")
     return judge_result(arr, shape=shape, integer=integer, finite=finite, name=name)

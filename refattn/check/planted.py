@@ -25,7 +25,8 @@ from refattn.performer.projections import gaussian_projection, orthogonal_projec
 from refattn.problem import causal_mask
 from refattn.theory import favorpp_optimal_A, favorpp_phi
 
-__all__ = ["Planted", "CATALOGUE", "CORRECT", "measure", "exact_attention", "kernel_estimator", "performer_estimator",
+__all__ = ["Planted", "CATALOGUE", "CORRECT", "measure", "exact_attention", "attention_grads", "kernel_estimator",
+           "performer_estimator",
            "projection_sampler", "simhash_bits", "features_kernel", "favorpp_kernel"]
 
 
@@ -53,6 +54,31 @@ def exact_attention(q, k, v, causal=False, mask=None, *, scale_power=0.5, alignm
     den = p.sum(axis=axis, keepdims=True)
     p = np.where(den > 0, p / np.where(den > 0, den, 1), 0)
     return p @ v
+
+
+def attention_grads(q, k, v, dout, causal=False, mask=None, *, with_delta=True, scaled=True, normalised_dv=True,
+                    causal_in_backward=True):
+    """``(dq, dk, dv)`` of softmax attention in plain NumPy (the FlashAttention backward, Dao et al.
+    2022, Algorithm 2); the keywords after ``*`` plant faults: ``with_delta`` (the
+    ``rowsum(dO * O)`` term), ``scaled`` (the scale in dq, dk), ``normalised_dv`` (dv from the
+    normalised probabilities), ``causal_in_backward`` (the causal mask kept in the backward)."""
+    T, S, H = q.shape[-2], k.shape[-2], q.shape[-1]
+    scale = H ** -0.5
+    logits = (q @ np.swapaxes(k, -1, -2)) * scale  # (..., T, S)
+    allowed = causal_mask(T, S) if causal and causal_in_backward else np.ones((T, S), dtype=bool)
+    if mask is not None:
+        allowed = allowed & mask
+    logits = np.where(allowed, logits, -np.inf)
+    top = logits.max(axis=-1, keepdims=True)
+    e = np.exp(logits - np.where(np.isfinite(top), top, 0))  # unnormalised, row max 1
+    den = e.sum(axis=-1, keepdims=True)
+    p = np.where(den > 0, e / np.where(den > 0, den, 1), 0)  # (..., T, S)
+    o = p @ v
+    dv = np.swapaxes(p if normalised_dv else e, -1, -2) @ dout
+    dp = dout @ np.swapaxes(v, -1, -2)
+    ds = p * (dp - np.sum(dout * o, axis=-1, keepdims=True)) if with_delta else p * dp
+    s = scale if scaled else 1.0
+    return s * ds @ k, s * np.swapaxes(ds, -1, -2) @ q, dv
 
 
 # --- kernel estimators ------------------------------------------------------------------
@@ -177,6 +203,7 @@ _A = {"method": "positive", "projection": "orthogonal", "m": 64}
 
 CORRECT = {
     "exact attention": Planted(exact_attention, "exact"),
+    "attention backward": Planted(attention_grads, "backward"),
     "FAVOR+ kernel (orthogonal)": Planted(kernel_estimator, "kernel", _K),
     "FAVOR+ kernel (iid)": Planted(partial(kernel_estimator, projection="gaussian"), "kernel",
                                    dict(_K, projection="gaussian")),
@@ -207,6 +234,15 @@ CATALOGUE = {
                                        fails="logits far apart", bug="exp without subtracting the row max"),
     "softmax over the wrong axis": Planted(partial(exact_attention, axis=-2), "exact", fails="T != S",
                                            bug="softmax normalised over queries"),
+    # attention backward (deterministic)
+    "backward without rowsum(dO * O)": Planted(partial(attention_grads, with_delta=False), "backward", fails="T != S",
+                                               bug="the delta term of dS left out"),
+    "backward without the scale": Planted(partial(attention_grads, scaled=False), "backward", fails="T != S",
+                                          bug="dq and dk not multiplied by the softmax scale"),
+    "dv from unnormalised P": Planted(partial(attention_grads, normalised_dv=False), "backward", fails="T != S",
+                                      bug="dv from exp(l - max l) instead of P"),
+    "no causal mask in backward": Planted(partial(attention_grads, causal_in_backward=False), "backward",
+                                          fails="causal T = S", bug="the forward's causal mask dropped"),
     # kernel estimators
     "2% bias": Planted(partial(kernel_estimator, factor=1.02), "kernel", _K, "unbiased (pooled)",
                        "estimate multiplied by 1.02"),

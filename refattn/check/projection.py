@@ -15,6 +15,9 @@ Checks over ``n`` seeds (statistical unless said otherwise):
    with ``projection="regular"`` claimed, fixed norms ``sqrt(d)`` are required instead.
 5. **Orthogonality within blocks** (exact, when claimed with ``projection="orthogonal"``):
    rows ``[b d, (b + 1) d)`` are mutually orthogonal.
+
+The exact checks allow the rounding of the sampler's own dtype: ``1000 eps`` of the returned
+dtype (a float32 sampler, PyTorch's default, gets float32's allowance).
 """
 
 from __future__ import annotations
@@ -58,18 +61,23 @@ def check_projection(run, *, projection="gaussian", m=16, d=8):
             G = unit @ np.swapaxes(unit, -1, -2)  # (n, b, b)
             off = np.abs(G - np.eye(G.shape[-1]))
             worst_cos = max(worst_cos, float(off.max()))
-        run.exact("orthogonal blocks", worst_cos, 1e-8, f"rows within each block of d = {d} are orthogonal",
+        run.exact("orthogonal blocks", worst_cos, _allowance(W), f"rows within each block of d = {d} are orthogonal",
                   effect=f"max |cos| = {worst_cos:.2g}")
+
+
+def _allowance(W) -> float:
+    """Relative rounding allowance of the exact checks: ``1000 eps`` of the sampler's dtype."""
+    return 1000.0 * float(np.finfo(W.dtype if np.issubdtype(W.dtype, np.floating) else np.float64).eps)
 
 
 def _norm_check(run, W, projection):
     n, m, d = W.shape
     sq = np.sum(W * W, axis=-1)  # (n, m)
     spread = float(np.max(np.abs(sq - sq.mean(axis=0))))
-    fixed = spread <= 1e-8 * max(1.0, float(sq.max()))
+    fixed = spread <= _allowance(W) * max(1.0, float(sq.max()))
     if projection == "regular":
         err = float(np.max(np.abs(np.sqrt(sq) - np.sqrt(d))))
-        run.exact("norms sqrt(d)", err, 1e-8 * np.sqrt(d),
+        run.exact("norms sqrt(d)", err, _allowance(W) * np.sqrt(d),
                   "regular features: every row has norm sqrt(d) (they estimate SMREG, not softmax)",
                   effect=f"max |norm - sqrt(d)| = {err:.2g}")
         return

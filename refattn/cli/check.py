@@ -25,9 +25,9 @@ def add_parser(sub):
     ck.add_argument("--buckets", type=positive_int, default=8, help="angular hash buckets")
     ck.add_argument("--width", type=positive_float, default=1.0, help="E2LSH bucket width")
     ck.add_argument("--precision", default="float64", choices=PRECISIONS,
-                    help="the precision the callable computes in (exact kind): judged at that precision")
+                    help="the precision the callable computes in (exact, backward): judged at that precision")
     ck.add_argument("--alignment", default="bottom_right", choices=("bottom_right", "top_left"),
-                    help="what causal=True means for the callable (exact)")
+                    help="what causal=True means for the callable (exact, backward)")
     ck.add_argument("--alpha", type=probability, default=1e-3, help="family-wise false-alarm probability")
     ck.add_argument("--seed", type=int, default=0, help="master seed (inputs and every seed passed to the callable)")
     ck.add_argument("--draws", type=positive_int, help="seeds per statistical check (>= 20; default per kind)")

@@ -1,0 +1,66 @@
+"""The backward kind (refattn.check.backward): refattn's backward and the planted NumPy backward pass
+every case (in float64, and in float32 with its claim), and each common backward fault of the
+catalogue fails with its diagnosis: the missing rowsum(dO * O) term, the missing scale in dq and
+dk, dv from unnormalised probabilities, no causal mask in the backward. Deterministic.
+"""
+
+import numpy as np
+import pytest
+
+from refattn import attention_backward
+from refattn.check import check
+from refattn.check.planted import CATALOGUE, CORRECT
+
+
+def correct(q, k, v, dout, causal=False, mask=None):
+    return attention_backward(q, k, v, dout, causal=causal, mask=mask)
+
+
+def in_float32(q, k, v, dout, causal=False, mask=None):
+    return tuple(g.astype(np.float32) for g in attention_backward(q, k, v, dout, causal=causal, mask=mask,
+                                                                  dtype=np.float32))
+
+
+def test_refattns_backward_passes_every_case():
+    rep = check(correct, "backward")
+    assert rep.passed and len(rep.verdicts) == 9 and all(v.passed for v in rep.verdicts), rep.format_table()
+
+
+def test_a_float32_backward_passes_with_its_claim_and_is_diagnosed_without_it():
+    assert check(in_float32, "backward", precision="float32").passed
+    rep = check(in_float32, "backward")
+    assert not rep.passed and all("claim it with --precision float32" in v.meaning for v in rep.failures)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, p in CORRECT.items() if p.kind == "backward"))
+def test_correct_backward_implementations_pass(name, seed, passes):
+    passes(name, seed)
+
+
+@pytest.mark.parametrize("name,diagnosis", [
+    ("backward without rowsum(dO * O)", "the rowsum(dO * O) term left out of dS"),
+    ("backward without the scale", "the softmax scale left out of dq and dk"),
+    ("dv from unnormalised P", "dv from unnormalised probabilities"),
+    ("no causal mask in backward", "no causal mask in the backward"),
+])
+def test_planted_backward_defects_are_caught_and_named(name, diagnosis, seed, caught):
+    caught(name, seed)
+    p = CATALOGUE[name]
+    failed = {v.check: v for v in check(p.fn, p.kind, isolate=False).failures}
+    assert f"looks like: {diagnosis}" in failed[p.fails].meaning
+
+
+def test_every_backward_defect_of_the_catalogue_is_tested():
+    assert {n for n, p in CATALOGUE.items() if p.kind == "backward"} == {
+        "backward without rowsum(dO * O)", "backward without the scale", "dv from unnormalised P",
+        "no causal mask in backward"}
+
+
+def test_a_backward_that_returns_one_array_is_a_verdict():
+    rep = check(lambda q, k, v, dout: attention_backward(q, k, v, dout)[0], "backward")
+    assert not rep.passed and "expected a tuple of 3 arrays" in rep.failures[0].meaning
+
+
+def test_bad_backward_claims_name_the_argument():
+    with pytest.raises(ValueError, match="^precision: the backward kind judges"):
+        check(correct, "backward", precision="bfloat16")

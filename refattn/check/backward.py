@@ -1,0 +1,121 @@
+r"""``--kind backward``: an attention backward ``fn(q, k, v, dout) -> (dq, dk, dv)`` (and
+``causal=``, ``mask=`` when it takes them), judged case by case against
+:func:`refattn.attention_backward` by the FlashAttention rule, one verdict per case (every one of
+``dq``, ``dk``, ``dv`` within its bound).
+
+The grid is the exact kind's (:data:`refattn.check.exact.CASES`): ``T != S``, ``H = 1``, odd
+sizes, batch dims, logits far apart, causal ``T = S``, ``T < S``, ``T > S`` in the claimed
+alignment, a boolean mask; ``dout`` is standard normal. Claims: ``float64`` (default) and
+``float32`` (inputs in float32, judged against the backward computed in float32,
+``attention_backward(dtype=float32)``).
+
+A failing case is diagnosed against the common backward faults (Dao et al. 2022, Algorithm 2;
+the docs' exact-attention page, "Backward"), each computed from the dense formulas
+``dV = P^T dO``, ``dP = dO V^T``, ``dS = P (dP - delta)``, ``delta_i = dO_i . O_i``,
+``dQ = s dS K``, ``dK = s dS^T Q``:
+
+- the ``rowsum(dO * O)`` term ``delta`` left out (``dS = P dP``);
+- the softmax scale ``s`` left out of ``dq`` and ``dk``;
+- ``dv`` from the unnormalised probabilities ``exp(l - max l)``;
+- no causal mask in the backward (the forward's mask dropped).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from refattn.check.exact import CASES, _inputs
+from refattn.check.verdict import Verdict
+from refattn.exact import attention_backward, attention_probabilities
+from refattn.problem import score_problem
+from refattn.testing import tolerance_check
+
+__all__ = ["check_backward", "BACKWARD_PRECISIONS"]
+
+BACKWARD_PRECISIONS = ("float64", "float32")
+
+
+def _dense_backward(p, q, k, v, dout, scale, *, delta=True, scaled=True, p_dv=None):
+    """``(dq, dk, dv)`` from probabilities ``p`` by the dense formulas, with a fault switched in."""
+    o = p @ v
+    dv = np.swapaxes(p if p_dv is None else p_dv, -1, -2) @ dout
+    dp = dout @ np.swapaxes(v, -1, -2)
+    ds = p * (dp - np.sum(dout * o, axis=-1, keepdims=True)) if delta else p * dp
+    s = scale if scaled else 1.0
+    return s * ds @ k, s * np.swapaxes(ds, -1, -2) @ q, dv
+
+
+def _faults(q, k, v, dout, kw):
+    """``(name, (dq, dk, dv))`` under each common backward fault."""
+    q, k, v, dout = (np.asarray(a, dtype=np.float64) for a in (q, k, v, dout))
+    scale = 1.0 / np.sqrt(q.shape[-1])
+    p = attention_probabilities(q, k, **kw)
+    logits = score_problem(q, k, **kw).logits()  # (..., T, S), -inf where masked
+    top = np.max(logits, axis=-1, keepdims=True)
+    unnorm = np.exp(logits - np.where(np.isfinite(top), top, 0.0))  # rows' largest entry 1, masked 0
+    out = [("the rowsum(dO * O) term left out of dS", _dense_backward(p, q, k, v, dout, scale, delta=False)),
+           ("the softmax scale left out of dq and dk", _dense_backward(p, q, k, v, dout, scale, scaled=False)),
+           ("dv from unnormalised probabilities", _dense_backward(p, q, k, v, dout, scale, p_dv=unnorm))]
+    if "causal" in kw:
+        full = attention_probabilities(q, k, **{a: b for a, b in kw.items() if a != "causal"})
+        out.append(("no causal mask in the backward", _dense_backward(full, q, k, v, dout, scale)))
+    return out
+
+
+def check_backward(run, *, alignment="bottom_right", precision="float64"):
+    """Run the grid on ``run.fn``; one verdict per case."""
+    if alignment not in ("bottom_right", "top_left"):
+        raise ValueError(f"alignment: expected 'bottom_right' or 'top_left', got {alignment!r}")
+    if precision not in BACKWARD_PRECISIONS:
+        raise ValueError(f"precision: the backward kind judges {BACKWARD_PRECISIONS} claims, got {precision!r}")
+    takes = {name: run.accepts(name) for name in ("causal", "mask")}
+    rng = np.random.default_rng([run.report.seed, 5])
+    dt = np.dtype(precision)
+    for case in CASES:
+        if case.dtype != np.float64:
+            continue  # low-precision inputs: a claim of that precision covers them
+        need = "causal" if case.causal else "mask" if case.mask else None
+        if need and not takes[need]:
+            run.skip(case.name, f"fn takes no {need}= keyword")
+            continue
+        (q, k, v), kw = _inputs(case, rng)
+        dout = rng.standard_normal(case.batch + (case.T, case.Hv))
+        q, k, v, dout = (a.astype(dt) for a in (q, k, v, dout))
+        call_kw = dict(kw)
+        if case.causal:
+            call_kw["causal"] = True
+            kw["causal"] = alignment
+        shapes = [q.shape, k.shape, v.shape]
+        grads, problem = run.call((q, k, v, dout), call_kw, shape=shapes, parts=3)
+        if problem is not None:
+            if case.batch and problem.what in ("raised", "shape"):
+                run.skip(case.name, f"fn does not take batch dims ({problem})")
+            else:
+                run.problem(case.name, problem)
+            continue
+        _judge(run, case, grads, q, k, v, dout, kw, precision)
+
+
+def _judge(run, case, grads, q, k, v, dout, kw, precision):
+    ref64 = attention_backward(q, k, v, dout, **kw)
+    ref_lo = attention_backward(q, k, v, dout, dtype=np.dtype(precision).type, **kw)
+    results = [tolerance_check(g, r, lo) for g, r, lo in zip(grads, ref64, ref_lo)]
+    errors = ", ".join(f"{n} {r.error:.2g}" for n, r in zip(("dq", "dk", "dv"), results))
+    meaning = f"FlashAttention rule on dq, dk, dv vs attention_backward ({precision})"
+    worst = max(results, key=lambda r: r.error / r.bound if r.bound else np.inf)
+    if all(r.passed for r in results):
+        run.exact(case.name, worst.error, worst.bound, meaning, effect=f"max err {errors}")
+        return
+    fault = "no known fault matches"
+    if precision == "float64":
+        ref32 = attention_backward(q, k, v, dout, dtype=np.float32, **kw)
+        if all(tolerance_check(g, r, lo).passed for g, r, lo in zip(grads, ref64, ref32)):
+            fault = ("the errors are at float32's rounding level: a float32 backward? claim it with --precision "
+                     "float32 (check(..., precision='float32'))")
+    for name, cand in _faults(q, k, v, dout, kw):
+        if all(float(np.max(np.abs(np.asarray(g, np.float64) - c), initial=0.0)) <= r.bound
+               for g, c, r in zip(grads, cand, results)):
+            fault = f"looks like: {name}"
+            break
+    run.add(Verdict(case.name, False, f"{meaning}; {fault}", statistic=worst.error, bound=worst.bound,
+                    effect=f"max err {errors}"))
