@@ -23,7 +23,7 @@ def in_float32(q, k, v, dout, causal=False, mask=None):
 
 def test_refattns_backward_passes_every_case():
     rep = check(correct, "backward")
-    assert rep.passed and len(rep.verdicts) == 9 and all(v.passed for v in rep.verdicts), rep.format_table()
+    assert rep.passed and len(rep.verdicts) == 10 and all(v.passed for v in rep.verdicts), rep.format_table()
 
 
 def test_a_float32_backward_passes_with_its_claim_and_is_diagnosed_without_it():

@@ -15,7 +15,7 @@ def test_exact_correct_passes_every_case(user_file):
     rep = check(f"{user_file}:good", "exact")
     print(rep.format_table())
     assert rep.passed and all(v.passed for v in rep.verdicts), rep.format_table()
-    assert len(rep.verdicts) == 11
+    assert len(rep.verdicts) == 12
 
 
 @pytest.mark.parametrize("name, fault", [
@@ -112,6 +112,65 @@ def test_a_fault_is_still_caught_at_the_claimed_precision():
 @pytest.mark.parametrize("kwargs,match", [({"precision": "float8"}, "^precision: expected one of"),
                                           ({"precision": "float32", "kind": "kernel"}, "^precision: a precision claim")])
 def test_bad_precision_claims_name_the_argument(kwargs, match):
+    kind = kwargs.pop("kind", "exact")
+    with pytest.raises(ValueError, match=match):
+        check(exact_attention, kind, **kwargs)
+
+
+# ----------------------------------------------------------------------------- layouts, heads, grouped queries
+def _heads_first(q, k, v, causal=False, mask=None):
+    """Attention on (B, N, T, H) with grouped-query heads: query head h reads key/value head h // group."""
+    from refattn import softmax_attention
+
+    group = q.shape[1] // k.shape[1]
+    return softmax_attention(q, np.repeat(k, group, 1), np.repeat(v, group, 1), causal=causal, mask=mask)
+
+
+def _tokens_first(q, k, v, causal=False, mask=None):
+    """The same on (B, T, N, H)."""
+    return np.swapaxes(_heads_first(*(np.swapaxes(a, 1, 2) for a in (q, k, v)), causal=causal, mask=mask), 1, 2)
+
+
+@pytest.mark.parametrize("fn,layout,gqa", [(_heads_first, "BNTH", False), (_heads_first, "BNTH", True),
+                                           (_tokens_first, "BTNH", True)])
+def test_batched_multi_head_kernels_pass_in_their_layout(fn, layout, gqa):
+    rep = check(fn, "exact", layout=layout, gqa=gqa)
+    assert rep.passed and all("head by head" in v.meaning for v in rep.verdicts if v.passed), rep.format_table()
+    assert f"--layout {layout}" in rep.command
+
+
+def test_interleaved_grouped_query_heads_are_diagnosed():
+    """Power twin: key/value head h mod N_kv instead of h // group fails, and is named."""
+    def interleaved(q, k, v, causal=False, mask=None):
+        group = q.shape[1] // k.shape[1]
+        from refattn import softmax_attention
+
+        return softmax_attention(q, np.tile(k, (1, group, 1, 1)), np.tile(v, (1, group, 1, 1)), causal=causal,
+                                 mask=mask)
+    rep = check(interleaved, "exact", layout="BNTH", gqa=True)
+    assert not rep.passed and all("interleaved" in v.meaning for v in rep.failures), rep.format_table()
+
+
+def test_the_wrong_layout_is_a_failing_verdict():
+    """A (B, N, T, H) kernel checked as (B, T, N, H) gets outputs of the wrong shape or values: it fails."""
+    assert not check(_heads_first, "exact", layout="BTNH").passed
+
+
+def test_a_self_attention_kernel_skips_the_cross_attention_cases():
+    def self_only(q, k, v, causal=False, mask=None):
+        if q.shape[-2] != k.shape[-2]:
+            raise ValueError("T != S")
+        return exact_attention(q, k, v, causal=causal, mask=mask)
+    rep = check(self_only, "exact", self_attention=True)
+    assert rep.passed and {v.check for v in rep.verdicts if v.passed is None} == {"T != S", "causal T < S",
+                                                                                  "causal T > S"}
+    assert not check(self_only, "exact").passed  # without the claim, its T != S cases fail
+
+
+@pytest.mark.parametrize("kwargs,match", [({"layout": "NTH"}, "^layout: expected one of"),
+                                          ({"gqa": True}, "^gqa: grouped-query heads need"),
+                                          ({"layout": "BNTH", "kind": "backward"}, "^layout: layouts")])
+def test_bad_layout_claims_name_the_argument(kwargs, match):
     kind = kwargs.pop("kind", "exact")
     with pytest.raises(ValueError, match=match):
         check(exact_attention, kind, **kwargs)

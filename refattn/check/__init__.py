@@ -36,7 +36,7 @@ from refattn._validation import check_positive_int
 from refattn.check._run import Run
 from refattn.check.attention import check_attention
 from refattn.check.backward import BACKWARD_PRECISIONS, check_backward
-from refattn.check.exact import check_exact
+from refattn.check.exact import LAYOUTS, check_exact
 from refattn.check.hashing import HASH_FAMILIES, check_hash
 from refattn.check.isolation import Worker, WorkerError, default_memory_limit
 from refattn.check.kernel import check_kernel
@@ -56,7 +56,7 @@ DEFAULT_TIMEOUT = 60.0
 def check(target, kind, *, method="positive", projection=None, m=None, A=None, family="simhash", bits=1, buckets=8,
           width=1.0, alignment="bottom_right", alpha=1e-3, seed=0, n_draws=None, budget=None,
           progress=False, isolate=True, timeout=DEFAULT_TIMEOUT, memory_limit="auto",
-          precision="float64") -> CheckReport:
+          precision="float64", layout="TH", gqa=False, self_attention=False) -> CheckReport:
     """Check the callable ``target`` (a callable, ``"pkg.mod:fn"`` or ``"path/file.py:fn"``).
 
     ``target`` is imported and executed as code, with the rights of the user who runs the check:
@@ -87,6 +87,15 @@ def check(target, kind, *, method="positive", projection=None, m=None, A=None, f
         ``cross_polytope``, ``e2lsh`` with ``width``).
     alignment : {"bottom_right", "top_left"}
         What ``causal=True`` means for ``fn`` (exact kind).
+    layout : {"TH", "BTH", "BNTH", "BTNH"}
+        How the callable takes its arrays (exact kind): ``T`` tokens, ``H`` features, ``B`` batch,
+        ``N`` heads; cases then have 2 batch items and 4 heads, judged head by head.
+    gqa : bool
+        Grouped-query attention (exact kind, a layout with heads): ``k``, ``v`` have 2 heads for
+        the 4 query heads; query head ``h`` reads key/value head ``h // 2``.
+    self_attention : bool
+        The callable takes ``T = S`` only (exact kind): the cases whose point is ``T != S`` are
+        skipped, the rest run at ``S = T``.
     precision : {"float64", "float32", "float16", "bfloat16"}
         The precision ``fn`` claims to compute in (exact kind): its cases get inputs in that
         precision and are judged by the FlashAttention rule against what a kernel of that
@@ -135,6 +144,12 @@ def check(target, kind, *, method="positive", projection=None, m=None, A=None, f
         raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
     if precision != "float64" and kind not in ("exact", "backward"):
         raise ValueError(f"precision: a precision claim applies to --kind exact or backward, not {kind!r}")
+    if (layout != "TH" or gqa or self_attention) and kind != "exact":
+        raise ValueError(f"layout: layouts, gqa and self_attention apply to --kind exact, not {kind!r}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout: expected one of {LAYOUTS}, got {layout!r}")
+    if gqa and layout not in ("BNTH", "BTNH"):
+        raise ValueError(f"gqa: grouped-query heads need a layout with a heads axis (BNTH or BTNH), got {layout!r}")
     if kind == "backward" and precision not in BACKWARD_PRECISIONS:
         raise ValueError(f"precision: the backward kind judges {BACKWARD_PRECISIONS} claims, got {precision!r}")
     if kind == "hash":
@@ -151,7 +166,8 @@ def check(target, kind, *, method="positive", projection=None, m=None, A=None, f
     report.command = _command(report.target, kind, method=method, projection=projection, m=m, A=A, family=family,
                               bits=bits, buckets=buckets, width=width, alignment=alignment, alpha=alpha, seed=seed,
                               n_draws=n_draws, budget=budget, isolate=isolate, timeout=timeout,
-                              memory_limit=memory_limit, precision=precision)
+                              memory_limit=memory_limit, precision=precision, layout=layout, gqa=gqa,
+                              self_attention=self_attention)
     start = time.perf_counter()
     worker = None
     try:
@@ -166,7 +182,8 @@ def check(target, kind, *, method="positive", projection=None, m=None, A=None, f
     run = Run(fn, report, n_draws=n_draws, budget_s=budget, progress=progress, worker=worker)
     try:
         _dispatch(run, kind, method=method, projection=projection, m=m, A=A, family=family, bits=bits,
-                  buckets=buckets, width=width, alignment=alignment, precision=precision)
+                  buckets=buckets, width=width, alignment=alignment, precision=precision, layout=layout, gqa=gqa,
+                  self_attention=self_attention)
     finally:
         if worker is not None:
             worker.close()
@@ -179,11 +196,14 @@ def check(target, kind, *, method="positive", projection=None, m=None, A=None, f
 
 
 def _command(target, kind, *, method, projection, m, A, family, bits, buckets, width, alignment, alpha, seed,
-             n_draws, budget, isolate, timeout, memory_limit, precision):
+             n_draws, budget, isolate, timeout, memory_limit, precision, layout="TH", gqa=False,
+             self_attention=False):
     """The ``refattn check`` command line that reruns this check: every option that shapes it."""
     flags = [f"--kind {kind}"]
     if kind in ("exact", "backward"):
         flags += [f"--alignment {alignment}", f"--precision {precision}"]
+    if kind == "exact":
+        flags += [f"--layout {layout}"] + (["--gqa"] if gqa else []) + (["--self-attention"] if self_attention else [])
     if kind in ("kernel", "attention"):
         flags += [f"--method {method}", f"--projection {projection or 'orthogonal'}"]
         if m is not None or kind == "attention":
@@ -218,9 +238,11 @@ def _positive_number(value, name):
     return value
 
 
-def _dispatch(run, kind, *, method, projection, m, A, family, bits, buckets, width, alignment, precision):
+def _dispatch(run, kind, *, method, projection, m, A, family, bits, buckets, width, alignment, precision, layout,
+              gqa, self_attention):
     if kind == "exact":
-        check_exact(run, alignment=alignment, precision=precision)
+        check_exact(run, alignment=alignment, precision=precision, layout=layout, gqa=gqa,
+                    self_attention=self_attention)
     elif kind == "backward":
         check_backward(run, alignment=alignment, precision=precision)
     elif kind == "kernel":

@@ -2,7 +2,7 @@ r"""``--kind exact``: an exact attention ``fn(q, k, v) -> out`` (and ``causal=``
 takes them), judged case by case against the float64 oracle by the FlashAttention rule
 (:func:`refattn.testing.tolerance_check`).
 
-The grid: ``T != S``; ``H = 1`` with ``T = 1``; odd sizes; leading batch dims (skipped when the
+The grid: ``T != S``; ``T = S``; ``H = 1`` with ``T = 1``; odd sizes; leading batch dims (skipped when the
 callable does not take them); logits about 1000 apart (overflow without the max
 subtraction); float32 and float16 inputs (judged at their precision); when ``fn`` takes
 ``causal=True``: ``T = S``, ``T < S`` and ``T > S`` (judged against the claimed alignment,
@@ -32,7 +32,7 @@ docs/exact.md): ``|out - O64| <= |out - O| + |O64 - O|``, each within the bound.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -42,7 +42,7 @@ from refattn.precision import eps, kernel_reference, round_to
 from refattn.problem import causal_mask, causal_offset
 from refattn.testing import tolerance_check
 
-__all__ = ["check_exact", "CASES", "Case"]
+__all__ = ["check_exact", "CASES", "Case", "LAYOUTS"]
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,7 @@ class Case:
 
 CASES = (
     Case("T != S", 7, 13, 16, 8),
+    Case("T = S", 8, 8, 16, 8),
     Case("H = 1, T = 1", 1, 5, 1, 3),
     Case("odd sizes", 17, 31, 3, 7),
     Case("batch dims (2, 3)", 5, 9, 8, 4, batch=(2, 3)),
@@ -133,35 +134,83 @@ def _candidates(case, q, k, v, kw, alignment):
     return results
 
 
-def check_exact(run, *, alignment="bottom_right", precision="float64"):
-    """Run the grid on ``run.fn``; one verdict per case. ``precision``: the claimed compute precision."""
+#: Input layouts: ``T`` tokens, ``H`` features, ``B`` batch, ``N`` heads.
+LAYOUTS = ("TH", "BTH", "BNTH", "BTNH")
+#: Batch size, query heads and (with a grouped-query claim) key/value heads of the layout cases.
+BATCH, HEADS, KV_HEADS = 2, 4, 2
+#: The cases whose point is ``T != S``: skipped for a self-attention kernel (the rest run at ``S = T``).
+CROSS_CASES = ("T != S", "causal T < S", "causal T > S")
+
+
+def _to_layout(a, layout):
+    """Canonical ``(B, N, L, X)`` to ``layout``."""
+    return {"TH": lambda x: x[0, 0], "BTH": lambda x: x[:, 0], "BNTH": lambda x: x,
+            "BTNH": lambda x: np.swapaxes(x, 1, 2)}[layout](a)
+
+
+def _from_layout(a, layout):
+    """``layout`` to canonical ``(B, N, L, X)``."""
+    return {"TH": lambda x: x[None, None], "BTH": lambda x: x[:, None], "BNTH": lambda x: x,
+            "BTNH": lambda x: np.swapaxes(x, 1, 2)}[layout](a)
+
+
+def check_exact(run, *, alignment="bottom_right", precision="float64", layout="TH", gqa=False,
+                self_attention=False):
+    """Run the grid on ``run.fn``; one verdict per case. ``precision``: the claimed compute precision;
+    ``layout``: how the callable takes its arrays; ``gqa``: ``k``, ``v`` have fewer heads than ``q``
+    (``KV_HEADS`` of ``HEADS``); ``self_attention``: the callable takes ``T = S`` only."""
     if alignment not in ("bottom_right", "top_left"):
         raise ValueError(f"alignment: expected 'bottom_right' or 'top_left', got {alignment!r}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout: expected one of {LAYOUTS}, got {layout!r}")
+    if gqa and layout not in ("BNTH", "BTNH"):
+        raise ValueError(f"gqa: grouped-query heads need a layout with a heads axis (BNTH or BTNH), got {layout!r}")
     takes = {name: run.accepts(name) for name in ("causal", "mask")}
     rng = np.random.default_rng([run.report.seed, 3])
     for case in CASES:
         if precision != "float64" and case.dtype != np.float64:
             continue  # the low-precision input cases of a float64 claim: every case is at the claim here
+        if self_attention and case.name in CROSS_CASES:
+            run.skip(case.name, "a self-attention kernel (--self-attention) takes T = S only")
+            continue
+        if self_attention:
+            case = replace(case, S=case.T)
         need = "causal" if case.causal else "mask" if case.mask else None
         if need and not takes[need]:
             run.skip(case.name, f"fn takes no {need}= keyword")
             continue
+        if layout != "TH" and case.batch:
+            continue  # leading batch dims: the layout's own batch and heads axes cover them
+        group = HEADS // KV_HEADS if gqa else 1
+        if layout != "TH":
+            case = replace(case, batch=(BATCH, HEADS) if layout in ("BNTH", "BTNH") else (BATCH, 1))
         (q, k, v), kw = _inputs(case, rng, precision)
         call_kw = dict(kw)
         if case.causal:
             call_kw["causal"] = True
             kw["causal"] = alignment
-        out, problem = run.call((q, k, v), call_kw, shape=case.batch + (case.T, case.Hv), finite=False)
-        if problem is not None:
-            if case.batch and problem.what in ("raised", "shape"):
-                run.skip(case.name, f"fn does not take batch dims ({problem})")
-            else:
-                run.problem(case.name, problem)
+        if layout == "TH":
+            out, problem = run.call((q, k, v), call_kw, shape=case.batch + (case.T, case.Hv), finite=False)
+            if problem is not None:
+                if case.batch and problem.what in ("raised", "shape"):
+                    run.skip(case.name, f"fn does not take batch dims ({problem})")
+                else:
+                    run.problem(case.name, problem)
+                continue
+            _judge(run, case, out, q, k, v, kw, alignment, precision)
             continue
-        _judge(run, case, out, q, k, v, kw, alignment, precision)
+        k, v = k[:, ::group], v[:, ::group]  # (B, N / group, S, .): the key/value heads
+        want = _to_layout(np.empty(q.shape[:-1] + (case.Hv,)), layout).shape
+        out, problem = run.call(tuple(_to_layout(a, layout) for a in (q, k, v)), call_kw, shape=want, finite=False)
+        if problem is not None:
+            run.problem(case.name, problem)
+            continue
+        k_full, v_full = (np.repeat(a, group, axis=1) for a in (k, v))  # query head h reads key/value head h // group
+        _judge_heads(run, case, _from_layout(out, layout), q, k_full, v_full, kw, alignment, precision, group)
 
 
-def _judge(run, case, out, q, k, v, kw, alignment, precision="float64"):
+def _assess(case, out, q, k, v, kw, alignment, precision="float64"):
+    """``(result, meaning, fault)``: the rule on one problem, and the diagnosis when it fails (else None)."""
     ref64 = softmax_attention(q, k, v, **kw)
     rows = np.ones(case.T, dtype=bool)
     if "causal" in kw:  # rows that see no key: conventions differ (0, NaN), not judged
@@ -183,8 +232,7 @@ def _judge(run, case, out, q, k, v, kw, alignment, precision="float64"):
     meaning = f"FlashAttention rule vs the float64 oracle ({claimed} inputs" + (
         f", claimed {precision} compute)" if precision != "float64" else ")")
     if res.passed:
-        run.exact(case.name, res.error, res.bound, meaning, effect=f"max err {res.error:.2g}")
-        return
+        return res, meaning, None
     o = np.asarray(out[sel], dtype=np.float64)
     nonfinite = ~np.isfinite(o)
     if nonfinite.any():
@@ -196,8 +244,38 @@ def _judge(run, case, out, q, k, v, kw, alignment, precision="float64"):
         matches = [name for name, cand in _candidates(case, q, k, v, kw, alignment)
                    if float(np.max(np.abs(o - cand[sel]))) <= res.bound]
         fault = f"looks like: {matches[0]}" if matches else _precision_diagnosis(out[sel], q, k, v, kw, sel, precision)
-    run.add(Verdict(case.name, False, f"{meaning}; {fault}", statistic=res.error, bound=res.bound,
-                    effect=f"max err {res.error:.2g}"))
+    return res, meaning, fault
+
+
+def _judge(run, case, out, q, k, v, kw, alignment, precision="float64"):
+    res, meaning, fault = _assess(case, out, q, k, v, kw, alignment, precision)
+    if fault is None:
+        run.exact(case.name, res.error, res.bound, meaning, effect=f"max err {res.error:.2g}")
+    else:
+        run.add(Verdict(case.name, False, f"{meaning}; {fault}", statistic=res.error, bound=res.bound,
+                        effect=f"max err {res.error:.2g}"))
+
+
+def _judge_heads(run, case, out, q, k, v, kw, alignment, precision, group):
+    """Head by head on canonical ``(B, N, T, .)`` arrays (``k``, ``v`` already repeated to ``N`` heads):
+    the case passes iff every head passes; the verdict names the worst head."""
+    heads = list(np.ndindex(*out.shape[:2]))
+    assessed = [(idx, *_assess(case, out[idx], q[idx], k[idx], v[idx], kw, alignment, precision)) for idx in heads]
+    idx, res, meaning, fault = max(assessed, key=lambda a: a[1].error / a[1].bound if a[1].bound else np.inf)
+    meaning = meaning.replace("the float64 oracle", "the float64 oracle, head by head")
+    if all(a[3] is None for a in assessed):
+        run.exact(case.name, res.error, res.bound, meaning, effect=f"max err {res.error:.2g} at head {idx}")
+        return
+    idx, res, meaning_f, fault = next(a for a in assessed if a[3] is not None)
+    if group > 1:  # grouped-query heads mapped by h mod N_kv instead of h // group
+        n_kv = q.shape[1] // group
+        tiled = softmax_attention(q, np.tile(k[:, ::group], (1, group, 1, 1)), np.tile(v[:, ::group], (1, group, 1, 1)),
+                                  **kw)
+        if n_kv < q.shape[1] and all(float(np.max(np.abs(np.asarray(out[h], np.float64) - tiled[h]), initial=0.0))
+                                     <= a_res.bound for h, a_res, _, _ in assessed):
+            fault = "looks like: key/value heads interleaved (h mod N_kv) instead of grouped (h // group)"
+    run.add(Verdict(case.name, False, f"{meaning}; {fault} (head {idx})", statistic=res.error, bound=res.bound,
+                    effect=f"max err {res.error:.2g} at head {idx}"))
 
 
 def _precision_diagnosis(out, q, k, v, kw, sel, claimed):

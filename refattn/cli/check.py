@@ -6,6 +6,7 @@ import os
 import sys
 
 from refattn.check import DEFAULT_TIMEOUT, KINDS, TargetError, check
+from refattn.check.exact import LAYOUTS
 from refattn.cli._args import UsageError, positive_float, positive_int, probability
 from refattn.precision import PRECISIONS
 
@@ -26,6 +27,12 @@ def add_parser(sub):
     ck.add_argument("--width", type=positive_float, default=1.0, help="E2LSH bucket width")
     ck.add_argument("--precision", default="float64", choices=PRECISIONS,
                     help="the precision the callable computes in (exact, backward): judged at that precision")
+    ck.add_argument("--layout", default="TH", choices=LAYOUTS,
+                    help="how the callable takes its arrays (exact): T tokens, H features, B batch, N heads")
+    ck.add_argument("--gqa", action="store_true",
+                    help="grouped-query heads: k, v have fewer heads than q (exact, with BNTH or BTNH)")
+    ck.add_argument("--self-attention", action="store_true",
+                    help="the callable takes T = S only (exact): cases needing T != S are skipped")
     ck.add_argument("--alignment", default="bottom_right", choices=("bottom_right", "top_left"),
                     help="what causal=True means for the callable (exact, backward)")
     ck.add_argument("--alpha", type=probability, default=1e-3, help="family-wise false-alarm probability")
@@ -49,7 +56,8 @@ def run(args) -> int:
         report = check(args.target, args.kind, method=args.method, projection=args.projection, m=args.features,
                        A=args.A, family=args.family, bits=args.bits, buckets=args.buckets, width=args.width,
                        alignment=args.alignment, alpha=args.alpha, seed=args.seed, n_draws=args.draws,
-                       budget=args.budget, timeout=args.timeout, precision=args.precision, progress=not args.no_progress and not args.json and sys.stderr.isatty(),
+                       budget=args.budget, timeout=args.timeout, precision=args.precision, layout=args.layout,
+                       gqa=args.gqa, self_attention=args.self_attention, progress=not args.no_progress and not args.json and sys.stderr.isatty(),
                        memory_limit="auto" if args.memory_limit is None else int(args.memory_limit * 2**30))
     except TargetError as exc:
         raise UsageError(str(exc)) from None
