@@ -285,3 +285,80 @@ def test_finite_difference_check_has_power():
     wrong = (s * ds_wrong @ k, s * ds_wrong.T @ q, P.T @ dout)
     rel = _check(q, k, v, dout, wrong, {})
     assert max(rel) > 1e-3, rel
+
+
+# ----------------------------------------------------------------------------- flash-attn's options
+def _qkvh(seed=0, spread=3.0):
+    rng = np.random.default_rng([seed, 77])
+    return (rng.normal(size=(2, 3, 7, 8)) * spread, rng.normal(size=(2, 3, 11, 8)), rng.normal(size=(2, 3, 11, 4)))
+
+
+@pytest.mark.parametrize("window", [(2, 1), (0, 0), (3, -1), (-1, 2), (-1, -1), (20, 20)])
+def test_window_is_the_band_of_keys_around_the_aligned_diagonal(window):
+    """flash-attn's window_size: query i sees keys i + S - T - left <= j <= i + S - T + right (-1: unbounded)."""
+    from refattn.problem import window_mask
+
+    q, k, v = _qkvh()
+    left, right = window
+    i, j = np.arange(7)[:, None] + 11 - 7, np.arange(11)[None, :]
+    band = ((j >= i - left) if left >= 0 else True) & ((j <= i + right) if right >= 0 else True)
+    band = np.broadcast_to(band, (7, 11))
+    np.testing.assert_array_equal(window_mask(7, 11, window), band)
+    ref = softmax_attention(q, k, v, mask=band)
+    for impl in ("dense", "numpy", "numba"):
+        np.testing.assert_allclose(softmax_attention(q, k, v, window=window, implementation=impl), ref,
+                                   rtol=0, atol=TOL)
+
+
+def test_alibi_is_its_linear_bias():
+    """ALiBi (Press et al. 2022), flash-attn's convention: logits - m |i + S - T - j|, one slope per head."""
+    q, k, v = _qkvh()
+    slopes = np.array([0.5, 0.25, 0.125])
+    dist = np.abs(np.arange(7)[:, None] + 11 - 7 - np.arange(11)[None, :])
+    ref = softmax_attention(q, k, v, bias=-slopes[:, None, None] * dist)
+    for impl in ("dense", "numpy", "numba"):
+        np.testing.assert_allclose(softmax_attention(q, k, v, alibi_slopes=slopes, implementation=impl), ref,
+                                   rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize("cap", [0.5, 2.0, 50.0])
+def test_softcap_is_c_tanh_of_the_scaled_logits(cap):
+    """Gemma 2 / flash-attn softcapping: c tanh(s q.k / c) before bias and masks; every path agrees."""
+    q, k, v = _qkvh(seed=2)
+    logits = cap * np.tanh(8**-0.5 * q @ np.swapaxes(k, -1, -2) / cap)
+    logits = np.where(causal_mask(7, 11), logits, -np.inf)
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    ref = (p / p.sum(-1, keepdims=True)) @ v
+    for impl in ("dense", "numpy", "numba"):
+        np.testing.assert_allclose(softmax_attention(q, k, v, softcap=cap, causal=True, implementation=impl), ref,
+                                   rtol=0, atol=TOL)
+    assert np.max(np.abs(softmax_attention(q, k, v, softcap=cap) - softmax_attention(q, k, v))) > 1e-6 or cap > 10
+
+
+def test_softcap_zero_is_no_capping_and_bad_options_name_the_argument():
+    q, k, v = _qkvh()
+    np.testing.assert_array_equal(softmax_attention(q, k, v, softcap=0.0), softmax_attention(q, k, v))
+    for kw, match in [({"softcap": -1.0}, "^softcap: must be finite"), ({"softcap": "x"}, "^softcap: expected"),
+                      ({"window": (1,)}, "^window: expected"), ({"window": (-2, 0)}, "^window: expected"),
+                      ({"alibi_slopes": np.array([np.nan])}, "^alibi_slopes: contains NaN"),
+                      ({"alibi_slopes": np.ones(5)}, r"do not broadcast: .* alibi_slopes \(5,\)")]:
+        with pytest.raises((TypeError, ValueError), match=match):
+            softmax_attention(q, k, v, **kw)
+
+
+def test_backward_through_the_options_matches_finite_differences():
+    rng = np.random.default_rng(9)
+    q, k, v = rng.normal(size=(5, 4)) * 2, rng.normal(size=(6, 4)), rng.normal(size=(6, 3))
+    dout = rng.normal(size=(5, 3))
+    kw = dict(softcap=1.5, window=(2, 1), alibi_slopes=np.array(0.3))
+    grads = attention_backward(q, k, v, dout, **kw)
+    h = 1e-6
+    for g, x, idx in [(grads[0], q, (1, 2)), (grads[1], k, (3, 0)), (grads[2], v, (4, 1))]:
+        e = np.zeros_like(x)
+        e[idx] = h
+        args = [q, k, v]
+        which = [a is x for a in args].index(True)
+        plus, minus = list(args), list(args)
+        plus[which], minus[which] = x + e, x - e
+        num = (np.sum(dout * softmax_attention(*plus, **kw)) - np.sum(dout * softmax_attention(*minus, **kw))) / (2 * h)
+        assert abs(num - g[idx]) <= 1e-6 * max(1.0, abs(num)), (which, num, g[idx])

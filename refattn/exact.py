@@ -84,7 +84,8 @@ def _full(a, shape):
 
 
 def attention_probabilities(
-    q, k, *, scale=None, causal=False, mask=None, bias=None, key_lengths=None, return_lse=False, dtype=None
+    q, k, *, scale=None, causal=False, mask=None, bias=None, key_lengths=None, window=None, softcap=None,
+    alibi_slopes=None, return_lse=False, dtype=None
 ):
     r"""The attention probability matrix :math:`P = \operatorname{softmax}(s\,QK^\top + B)`.
 
@@ -100,7 +101,8 @@ def attention_probabilities(
     array([[1. , 0. , 0. ],
            [0.5, 0.5, 0. ]])
     """
-    prob = score_problem(q, k, scale=scale, causal=causal, mask=mask, bias=bias, key_lengths=key_lengths)
+    prob = score_problem(q, k, scale=scale, causal=causal, mask=mask, bias=bias, key_lengths=key_lengths,
+                         window=window, softcap=softcap, alibi_slopes=alibi_slopes)
     p, lse = _softmax_rows(prob.logits(_compute_dtype(dtype)))
     return (p, lse) if return_lse else p
 
@@ -115,6 +117,9 @@ def softmax_attention(
     mask=None,
     bias=None,
     key_lengths=None,
+    window=None,
+    softcap=None,
+    alibi_slopes=None,
     return_lse=False,
     implementation="auto",
     dtype=None,
@@ -189,14 +194,17 @@ def softmax_attention(
             key_lengths = key_lengths.get()  # (batch,) integers: validated and read on the host
         prob = attention_problem(shadow64(q), shadow64(k), shadow64(v), scale=scale, causal=causal,
                                  mask=None if mask is None else shadow(mask),
-                                 bias=None if bias is None else shadow64(bias), key_lengths=key_lengths)
+                                 bias=None if bias is None else shadow64(bias), key_lengths=key_lengths,
+                                 window=window, alibi_slopes=alibi_slopes)
+        if softcap:
+            raise ValueError("softcap: the CUDA streaming kernel does not cap logits; pass NumPy arrays")
         out, lse = gpu.softmax_attention(prob, q, k, v, mask, bias, _compute_dtype(dtype))
         return (out, lse) if return_lse else out
     if implementation == "cuda":
         raise ValueError("implementation: 'cuda' needs CuPy arrays q, k, v (on the GPU)")
     dt = _compute_dtype(dtype)
     prob = attention_problem(
-        q, k, v, scale=scale, causal=causal, mask=mask, bias=bias, key_lengths=key_lengths
+        q, k, v, scale=scale, causal=causal, mask=mask, bias=bias, key_lengths=key_lengths, window=window, softcap=softcap, alibi_slopes=alibi_slopes
     )
     block_q = _streaming.DEFAULT_BLOCK_Q if block_q is None else check_positive_int(block_q, "block_q")
     block_k = _streaming.DEFAULT_BLOCK_K if block_k is None else check_positive_int(block_k, "block_k")
@@ -244,7 +252,7 @@ def _stream(prob, dt, implementation, block_q, block_k):
             o, l = kernel(
                 q.astype(dt, copy=False), k.astype(dt, copy=False), v.astype(dt, copy=False),
                 prob.scale, offset, mask, None if bias is None else bias.astype(dt, copy=False),
-                klen, block_q, block_k,
+                klen, block_q, block_k, prob.softcap or 0.0,
             )
             out[idx] = o
             lse[idx] = l
@@ -255,7 +263,8 @@ def _stream(prob, dt, implementation, block_q, block_k):
 
 
 def attention_backward(
-    q, k, v, dout, *, scale=None, causal=False, mask=None, bias=None, key_lengths=None, dtype=None
+    q, k, v, dout, *, scale=None, causal=False, mask=None, bias=None, key_lengths=None, window=None, softcap=None,
+    alibi_slopes=None, dtype=None
 ):
     r"""Gradients ``(dq, dk, dv)`` of :func:`softmax_attention` for an upstream gradient ``dout``.
 
@@ -283,7 +292,7 @@ def attention_backward(
     """
     dt = _compute_dtype(dtype)
     prob = attention_problem(
-        q, k, v, scale=scale, causal=causal, mask=mask, bias=bias, key_lengths=key_lengths
+        q, k, v, scale=scale, causal=causal, mask=mask, bias=bias, key_lengths=key_lengths, window=window, softcap=softcap, alibi_slopes=alibi_slopes
     )
     out_shape = prob.batch_shape + (prob.T, prob.Hv)
     d_o = as_float_array(dout, "dout")
@@ -298,6 +307,9 @@ def attention_backward(
     dp = np.matmul(d_o, np.swapaxes(vd, -1, -2))  # (..., T, S)
     delta = np.sum(d_o * o, axis=-1, keepdims=True)  # (..., T, 1)
     ds = p * (dp - delta)  # (..., T, S)
+    if prob.softcap is not None:  # through the cap: d(c tanh(x / c))/dx = 1 - tanh^2(x / c)
+        raw = s * np.matmul(qd, np.swapaxes(kd, -1, -2))
+        ds = ds * (1 - np.tanh(raw / dt(prob.softcap)) ** 2)
     dq = s * np.matmul(ds, kd)  # (..., T, H)
     dk = s * np.matmul(np.swapaxes(ds, -1, -2), qd)  # (..., S, H)
     return (
@@ -312,7 +324,8 @@ def _gamma(n, u):
     return n * u / (1.0 - n * u)
 
 
-def forward_error_bound(q, k, v, *, scale=None, causal=False, mask=None, bias=None, key_lengths=None, dtype=None):
+def forward_error_bound(q, k, v, *, scale=None, causal=False, mask=None, bias=None, key_lengths=None, window=None,
+                        alibi_slopes=None, dtype=None):
     r"""A rigorous per-row bound on the rounding error of :func:`softmax_attention`.
 
     Derived in ``docs/exact.md`` ("Forward error of the oracle"). With unit roundoff
@@ -339,7 +352,8 @@ def forward_error_bound(q, k, v, *, scale=None, causal=False, mask=None, bias=No
     """
     dt = _compute_dtype(dtype)
     u = float(np.finfo(dt).eps) / 2.0
-    prob = attention_problem(q, k, v, scale=scale, causal=causal, mask=mask, bias=bias, key_lengths=key_lengths)
+    prob = attention_problem(q, k, v, scale=scale, causal=causal, mask=mask, bias=bias, key_lengths=key_lengths,
+                             window=window, alibi_slopes=alibi_slopes)
     S, H = prob.S, prob.H
     absdot = prob.scale * np.matmul(np.abs(prob.q), np.swapaxes(np.abs(prob.k), -1, -2))  # (..., T, S)
     logits = prob.logits()  # (..., T, S), -inf where masked

@@ -19,6 +19,13 @@ Conventions
   ``j <= i + S - T``, FlashAttention >= 2.1); or ``"top_left"`` (``j <= i``). For
   ``T == S`` both are the usual lower-triangular mask. With ``bottom_right`` and
   ``T > S`` the first ``T - S`` queries see no key at all.
+- ``window``: ``(left, right)``, a sliding window (flash-attn's ``window_size``): query ``i``
+  sees keys ``i + S - T - left <= j <= i + S - T + right``; ``-1`` leaves a side unbounded.
+  Folded into the mask.
+- ``softcap``: ``c > 0`` caps the scaled logits, ``c tanh(s q.k / c)``, before the bias and the
+  masks (Gemma 2, Team Gemma 2024; flash-attn's ``softcap``).
+- ``alibi_slopes``: slopes ``m`` broadcastable to the batch shape (per head); ALiBi (Press et al.
+  2022) adds ``-m |i + S - T - j|`` to the logits (flash-attn's convention). Folded into the bias.
 - A query that sees no key (every logit masked) has no defined softmax; refattn returns
   an output row of zeros and ``lse = -inf`` for it (the docs' exact-attention page).
 """
@@ -31,7 +38,8 @@ import numpy as np
 
 from refattn._validation import as_float_array, check_scale
 
-__all__ = ["AttentionProblem", "attention_problem", "score_problem", "sum_to_shape", "causal_alignment", "causal_mask", "causal_offset", "CAUSAL_ALIGNMENTS"]
+__all__ = ["AttentionProblem", "attention_problem", "score_problem", "sum_to_shape", "causal_alignment", "causal_mask",
+           "causal_offset", "window_mask", "alibi_bias", "CAUSAL_ALIGNMENTS"]
 
 CAUSAL_ALIGNMENTS = ("bottom_right", "top_left")
 
@@ -122,6 +130,7 @@ class AttentionProblem:
     bias: np.ndarray | None  # float64, broadcastable to (..., T, S)
     key_lengths: np.ndarray | None  # int64, broadcastable to batch_shape
     batch_shape: tuple
+    softcap: float | None = None  # c: logits c tanh(s q.k / c)
 
     @property
     def T(self) -> int:
@@ -167,6 +176,8 @@ class AttentionProblem:
         q = self.q.astype(dtype, copy=False)
         k = self.k.astype(dtype, copy=False)
         logits = np.matmul(q, np.swapaxes(k, -1, -2)) * dtype(self.scale)  # (..., T, S)
+        if self.softcap is not None:
+            logits = dtype(self.softcap) * np.tanh(logits / dtype(self.softcap))
         if self.bias is not None:
             logits = logits + self.bias.astype(dtype, copy=False)
         allowed = self.allowed()
@@ -207,7 +218,8 @@ class AttentionProblem:
 
 
 def attention_problem(
-    q, k, v, *, scale=None, causal=False, mask=None, bias=None, key_lengths=None
+    q, k, v, *, scale=None, causal=False, mask=None, bias=None, key_lengths=None, window=None, softcap=None,
+    alibi_slopes=None,
 ) -> AttentionProblem:
     """Validate attention inputs; see the module docstring for every convention.
 
@@ -242,16 +254,62 @@ def attention_problem(
         key_lengths = key_lengths.astype(np.int64)
         named.append(("key_lengths", key_lengths.shape))
 
+    if window is not None:
+        band = window_mask(T, S, window)
+        mask = band if mask is None else mask & band
+    if alibi_slopes is not None:
+        slopes = as_float_array(alibi_slopes, "alibi_slopes").astype(np.float64, copy=False)
+        named.append(("alibi_slopes", slopes.shape))
+        alibi = alibi_bias(slopes, T, S)  # (*slopes.shape, T, S)
+        bias = alibi if bias is None else bias + alibi
+    if softcap is not None:
+        try:
+            softcap = float(softcap)
+        except (TypeError, ValueError):
+            raise TypeError(f"softcap: expected a number, got {softcap!r}") from None
+        if not (np.isfinite(softcap) and softcap >= 0):
+            raise ValueError(f"softcap: must be finite and >= 0 (0: no capping), got {softcap}")
+        softcap = softcap or None
+
     batch_shape = tuple(_broadcast(named))
-    return AttentionProblem(q, k, v, scale, alignment, mask, bias, key_lengths, batch_shape)
+    return AttentionProblem(q, k, v, scale, alignment, mask, bias, key_lengths, batch_shape, softcap)
 
 
-def score_problem(q, k, *, scale=None, causal=False, mask=None, bias=None, key_lengths=None) -> AttentionProblem:
+def window_mask(T: int, S: int, window) -> np.ndarray:
+    """Boolean ``(T, S)``: query ``i`` sees keys ``c_i - left <= j <= c_i + right``, ``c_i = i + S - T``
+    (bottom-right aligned, as flash-attn's ``window_size``); ``-1`` leaves a side unbounded."""
+    try:
+        left, right = (int(w) for w in window)
+        ok = all(float(w) == int(w) for w in window) and len(tuple(window)) == 2
+    except (TypeError, ValueError):
+        ok = False
+    if not ok or left < -1 or right < -1:
+        raise ValueError(f"window: expected (left, right) with integers >= -1 (-1: unbounded), got {window!r}")
+    c = np.arange(T)[:, None] + (S - T)
+    j = np.arange(S)[None, :]
+    band = np.ones((T, S), dtype=bool)
+    if left >= 0:
+        band &= j >= c - left
+    if right >= 0:
+        band &= j <= c + right
+    return band
+
+
+def alibi_bias(slopes, T: int, S: int) -> np.ndarray:
+    """ALiBi (Press et al. 2022) as an additive bias ``(*slopes.shape, T, S)``: ``-m |i + S - T - j|``
+    (flash-attn's convention, bottom-right aligned)."""
+    distance = np.abs(np.arange(T)[:, None] + (S - T) - np.arange(S)[None, :]).astype(np.float64)  # (T, S)
+    return -np.asarray(slopes, dtype=np.float64)[..., None, None] * distance
+
+
+def score_problem(q, k, *, scale=None, causal=False, mask=None, bias=None, key_lengths=None, window=None, softcap=None,
+                  alibi_slopes=None) -> AttentionProblem:
     """:func:`attention_problem` for ``q`` and ``k`` alone (attention scores, no values): the same
     checks and errors, with ``v`` a zero-width ``(..., S, 0)`` array."""
     k_arr = np.asarray(k)
     v = np.zeros(k_arr.shape[:-1] + (0,)) if k_arr.ndim >= 2 else k_arr  # k's own error if k is not (..., S, H)
-    return attention_problem(q, k, v, scale=scale, causal=causal, mask=mask, bias=bias, key_lengths=key_lengths)
+    return attention_problem(q, k, v, scale=scale, causal=causal, mask=mask, bias=bias, key_lengths=key_lengths,
+                             window=window, softcap=softcap, alibi_slopes=alibi_slopes)
 
 
 def sum_to_shape(g, shape):

@@ -14,6 +14,9 @@ row, the running max ``m``, the running sum ``l`` and the running unnormalised o
 At the end ``out = o / l`` and ``lse = m + log l``. A row whose logits are all ``-inf``
 keeps ``m = -inf, l = 0`` and returns zeros and ``lse = -inf``.
 
+``softcap`` (0: none) replaces the scaled logits ``x`` by ``softcap tanh(x / softcap)`` before
+the bias and the masks.
+
 Masking inputs (already validated, see :mod:`refattn.problem`): ``offset`` (query ``i``
 sees keys ``j <= i + offset``; pass ``NO_CAUSAL`` for none), ``mask`` and ``bias``
 ``(T, S)`` views or ``None``, and ``key_length`` (keys ``j >= key_length`` are padding).
@@ -44,7 +47,7 @@ def _key_end(i1: int, offset: int, key_length: int) -> int:
     return max(0, min(key_length, i1 - 1 + offset + 1))
 
 
-def stream_numpy(q, k, v, scale, offset, mask, bias, key_length, block_q, block_k):
+def stream_numpy(q, k, v, scale, offset, mask, bias, key_length, block_q, block_k, softcap=0.0):
     """NumPy twin. ``q (T, H)``, ``k (S, H)``, ``v (S, Hv)`` -> ``out (T, Hv)``, ``lse (T,)``."""
     T, Hv = q.shape[0], v.shape[1]
     dt = q.dtype.type
@@ -59,6 +62,8 @@ def stream_numpy(q, k, v, scale, offset, mask, bias, key_length, block_q, block_
         for j0 in range(0, j_end, block_k):
             j1 = min(j_end, j0 + block_k)
             s = (q[i0:i1] @ k[j0:j1].T) * dt(scale)  # (bq, bk)
+            if softcap:
+                s = dt(softcap) * np.tanh(s / dt(softcap))
             if bias is not None:
                 s = s + bias[i0:i1, j0:j1]
             if mask is not None:
@@ -80,7 +85,7 @@ def stream_numpy(q, k, v, scale, offset, mask, bias, key_length, block_q, block_
 
 
 @numba.njit(cache=True)
-def _shifted_row(s, r, i, j0, offset, scale, mask, has_mask, bias, has_bias, m, work):
+def _shifted_row(s, r, i, j0, offset, scale, softcap, mask, has_mask, bias, has_bias, m, work):
     """Row ``r`` (query ``i``) of a logits block ``s`` in place: scale, bias, mask and causal cut,
     then ``exp(s - m')`` with the row's new running max ``m'``; returns ``alpha = exp(m - m')``.
 
@@ -91,6 +96,9 @@ def _shifted_row(s, r, i, j0, offset, scale, mask, has_mask, bias, has_bias, m, 
     c_last = min(bk - 1, i + offset - j0)  # last visible column (causal), may be < 0
     for c in range(bk):
         s[r, c] *= scale
+    if softcap > 0:
+        for c in range(bk):
+            s[r, c] = softcap * np.tanh(s[r, c] / softcap)
     if has_bias:
         for c in range(bk):
             s[r, c] += bias[i, j0 + c]
@@ -114,7 +122,7 @@ def _shifted_row(s, r, i, j0, offset, scale, mask, has_mask, bias, has_bias, m, 
 
 
 @numba.njit(cache=True)
-def _query_block(q, k, v_ext, scale, offset, mask, has_mask, bias, has_bias, key_length, i0, i1, block_k,
+def _query_block(q, k, v_ext, scale, softcap, offset, mask, has_mask, bias, has_bias, key_length, i0, i1, block_k,
                  out, lse):
     """The worker: queries ``[i0, i1)`` against every key block they may see, into ``out``, ``lse``.
 
@@ -131,7 +139,7 @@ def _query_block(q, k, v_ext, scale, offset, mask, has_mask, bias, has_bias, key
         j1 = min(j_end, j0 + block_k)
         s = np.dot(qb, np.ascontiguousarray(k[j0:j1].T))  # (bq, bk) logits / scale
         for r in range(bq):
-            alpha = _shifted_row(s, r, i0 + r, j0, offset, scale, mask, has_mask, bias, has_bias, m, work)
+            alpha = _shifted_row(s, r, i0 + r, j0, offset, scale, softcap, mask, has_mask, bias, has_bias, m, work)
             for h in range(Hv + 1):
                 acc[r, h] *= alpha
         acc += np.dot(s, np.ascontiguousarray(v_ext[j0:j1]))
@@ -148,18 +156,19 @@ def _query_block(q, k, v_ext, scale, offset, mask, has_mask, bias, has_bias, key
 
 
 @numba.njit(parallel=True, cache=True)
-def _all_blocks(q, k, v_ext, scale, offset, mask, has_mask, bias, has_bias, key_length, block_q, block_k, out, lse):
+def _all_blocks(q, k, v_ext, scale, softcap, offset, mask, has_mask, bias, has_bias, key_length, block_q, block_k,
+                out, lse):
     """The parallel loop over query blocks, interleaving cheap and expensive blocks (causal) so that
     the static schedule is balanced."""
     n_blocks = (q.shape[0] + block_q - 1) // block_q
     for t in numba.prange(n_blocks):
         b = t // 2 if t % 2 == 0 else n_blocks - 1 - t // 2
         i0 = b * block_q
-        _query_block(q, k, v_ext, scale, offset, mask, has_mask, bias, has_bias, key_length, i0,
+        _query_block(q, k, v_ext, scale, softcap, offset, mask, has_mask, bias, has_bias, key_length, i0,
                      min(q.shape[0], i0 + block_q), block_k, out, lse)
 
 
-def stream_numba(q, k, v, scale, offset, mask, bias, key_length, block_q, block_k):
+def stream_numba(q, k, v, scale, offset, mask, bias, key_length, block_q, block_k, softcap=0.0):
     """The driver of the parallel Numba kernel; same contract as :func:`stream_numpy`."""
     T, S = q.shape[0], k.shape[0]
     dtype = q.dtype
@@ -180,7 +189,7 @@ def stream_numba(q, k, v, scale, offset, mask, bias, key_length, block_q, block_
     v_ext[:, -1] = 1
     _all_blocks(
         own(q, dtype), own(k, dtype), v_ext,
-        dtype.type(scale), np.int64(offset), mask_arr, mask is not None, bias_arr, bias is not None,
+        dtype.type(scale), dtype.type(softcap), np.int64(offset), mask_arr, mask is not None, bias_arr, bias is not None,
         np.int64(key_length), np.int64(block_q), np.int64(block_k), out, lse,
     )
     return out, lse
