@@ -65,7 +65,7 @@ def _rounded(a, dt, name):
 
 
 def kernel_reference(q, k, v, precision, *, scale=None, causal=False, mask=None, bias=None, key_lengths=None,
-                     return_lse=False):
+                     window=None, softcap=None, alibi_slopes=None, return_lse=False):
     """Attention as a kernel of ``precision`` computes it (module docstring), as float64 values.
 
     Arguments as for :func:`refattn.softmax_attention`; inputs beyond the precision's range are a
@@ -76,11 +76,14 @@ def kernel_reference(q, k, v, precision, *, scale=None, causal=False, mask=None,
     dt = as_dtype(precision)
     if precision == "float64":
         return softmax_attention(q, k, v, scale=scale, causal=causal, mask=mask, bias=bias, key_lengths=key_lengths,
-                                 return_lse=return_lse)
-    prob = attention_problem(q, k, v, scale=scale, causal=causal, mask=mask, bias=bias, key_lengths=key_lengths)
+                                 window=window, softcap=softcap, alibi_slopes=alibi_slopes, return_lse=return_lse)
+    prob = attention_problem(q, k, v, scale=scale, causal=causal, mask=mask, bias=bias, key_lengths=key_lengths,
+                             window=window, softcap=softcap, alibi_slopes=alibi_slopes)
     f32 = np.float32
     qr, kr, vr = (_rounded(a, dt, name) for a, name in ((prob.q, "q"), (prob.k, "k"), (prob.v, "v")))
     logits = (f32(prob.scale) * (qr @ np.swapaxes(kr, -1, -2))).astype(f32)  # (..., T, S) accumulated in float32
+    if prob.softcap is not None:
+        logits = (f32(prob.softcap) * np.tanh(logits / f32(prob.softcap))).astype(f32)
     if prob.bias is not None:
         logits = (logits + prob.bias.astype(f32)).astype(f32)
     allowed = prob.allowed()

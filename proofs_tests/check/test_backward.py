@@ -21,9 +21,29 @@ def in_float32(q, k, v, dout, causal=False, mask=None):
                                                                   dtype=np.float32))
 
 
+OPTIONS = {"sliding window", "softcap", "ALiBi", "additive bias", "key padding"}
+
+
 def test_refattns_backward_passes_every_case():
     rep = check(correct, "backward")
-    assert rep.passed and len(rep.verdicts) == 10 and all(v.passed for v in rep.verdicts), rep.format_table()
+    assert rep.passed and len(rep.verdicts) == 15, rep.format_table()
+    assert all(v.passed for v in rep.verdicts if v.check not in OPTIONS)
+    assert {v.check for v in rep.verdicts if v.passed is None} == OPTIONS  # it takes none of them
+
+
+def test_a_backward_with_flash_attn_options_is_judged_on_them():
+    def with_options(q, k, v, dout, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None, bias=None,
+                     key_lengths=None):
+        slopes = None if alibi_slopes is None else np.asarray(alibi_slopes)[0]
+        return attention_backward(q, k, v, dout, causal=causal, window=window_size, softcap=softcap,
+                                  alibi_slopes=slopes, bias=bias, key_lengths=key_lengths)
+    rep = check(with_options, "backward")
+    assert rep.passed and OPTIONS <= {v.check for v in rep.verdicts if v.passed}, rep.format_table()
+
+    def no_softcap_gradient(q, k, v, dout, softcap=0.0):
+        return attention_backward(q, k, v, dout)  # the cap's derivative left out
+    failed = {v.check for v in check(no_softcap_gradient, "backward").failures}
+    assert failed == {"softcap"}
 
 
 def test_a_float32_backward_passes_with_its_claim_and_is_diagnosed_without_it():

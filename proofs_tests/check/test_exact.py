@@ -14,8 +14,9 @@ from refattn.check.planted import CATALOGUE, CORRECT, exact_attention
 def test_exact_correct_passes_every_case(user_file):
     rep = check(f"{user_file}:good", "exact")
     print(rep.format_table())
-    assert rep.passed and all(v.passed for v in rep.verdicts), rep.format_table()
-    assert len(rep.verdicts) == 12
+    options = {"sliding window", "softcap", "ALiBi", "additive bias", "key padding", "log-sum-exp"}
+    assert rep.passed and all(v.passed for v in rep.verdicts if v.check not in options), rep.format_table()
+    assert len(rep.verdicts) == 18 and {v.check for v in rep.verdicts if v.passed is None} == options
 
 
 @pytest.mark.parametrize("name, fault", [
@@ -162,8 +163,9 @@ def test_a_self_attention_kernel_skips_the_cross_attention_cases():
             raise ValueError("T != S")
         return exact_attention(q, k, v, causal=causal, mask=mask)
     rep = check(self_only, "exact", self_attention=True)
-    assert rep.passed and {v.check for v in rep.verdicts if v.passed is None} == {"T != S", "causal T < S",
-                                                                                  "causal T > S"}
+    skipped = {v.check for v in rep.verdicts if v.passed is None}
+    assert rep.passed and {"T != S", "causal T < S", "causal T > S"} <= skipped
+    assert not skipped & {"T = S", "odd sizes", "causal T = S", "mask"}  # run at S = T
     assert not check(self_only, "exact").passed  # without the claim, its T != S cases fail
 
 
@@ -174,3 +176,71 @@ def test_bad_layout_claims_name_the_argument(kwargs, match):
     kind = kwargs.pop("kind", "exact")
     with pytest.raises(ValueError, match=match):
         check(exact_attention, kind, **kwargs)
+
+
+# ----------------------------------------------------------------------------- flash-attn's options
+def flash_like(q, k, v, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None, bias=None,
+               key_lengths=None, return_lse=False, *, fault=""):
+    """flash-attn's interface on refattn's oracle (TH layout); ``fault`` plants one bug per option."""
+    from refattn import softmax_attention
+
+    if fault == "window swapped":
+        window_size = window_size[::-1]
+    if fault == "softcap doubled":
+        softcap = 2 * softcap
+    slopes = None if alibi_slopes is None else np.asarray(alibi_slopes)[0] * (-1 if fault == "alibi sign" else 1)
+    if fault == "bias ignored":
+        bias = None
+    if fault == "padding ignored":
+        key_lengths = None
+    out = softmax_attention(q, k, v, causal=causal, window=window_size, softcap=softcap, alibi_slopes=slopes,
+                            bias=bias, key_lengths=key_lengths, return_lse=True)
+    if not return_lse:
+        return out[0]
+    return (out[0], out[1] / np.log(2)) if fault == "lse in log2" else out
+
+
+def test_a_correct_flash_attn_interface_passes_every_option_case():
+    rep = check(flash_like, "exact")
+    options = {"sliding window", "softcap", "ALiBi", "additive bias", "key padding", "log-sum-exp"}
+    assert rep.passed and options <= {v.check for v in rep.verdicts if v.passed}, rep.format_table()
+
+
+def test_options_not_taken_are_skipped():
+    rep = check(exact_attention, "exact")
+    assert {v.check for v in rep.verdicts if v.passed is None} >= {"sliding window", "softcap", "log-sum-exp"}
+
+
+@pytest.mark.parametrize("fault,case,says", [
+    ("window swapped", "sliding window", "window_size read as (right, left)"),
+    ("softcap doubled", "softcap", "FlashAttention rule"),
+    ("alibi sign", "ALiBi", "FlashAttention rule"),
+    ("bias ignored", "additive bias", "FlashAttention rule"),
+    ("padding ignored", "key padding", "FlashAttention rule"),
+    ("lse in log2", "log-sum-exp", "the returned log-sum-exp differs"),
+])
+def test_each_option_case_catches_a_planted_fault(fault, case, says):
+    from functools import partial
+
+    rep = check(partial(flash_like, fault=fault), "exact")
+    failed = {v.check: v for v in rep.failures}
+    assert set(failed) == {case} and says in failed[case].meaning, rep.format_table()
+
+
+def test_new_diagnoses_inverted_causal_mask_and_padded_head_dim():
+    from refattn import softmax_attention
+    from refattn.problem import causal_mask
+
+    def inverted(q, k, v, causal=False):
+        T, S = q.shape[-2], k.shape[-2]
+        future = ~causal_mask(T, S) | (np.arange(S)[None] == np.arange(T)[:, None] + S - T)
+        return softmax_attention(q, k, v, mask=future if causal else None)
+
+    def padded(q, k, v):
+        return softmax_attention(q, k, v, scale=(-(-q.shape[-1] // 8) * 8) ** -0.5)
+
+    rep = check(inverted, "exact")
+    assert all("causal mask inverted" in v.meaning for v in rep.failures) and len(rep.failures) == 3
+    rep = check(padded, "exact")
+    assert {v.check for v in rep.failures} == {"H = 1, T = 1", "odd sizes"}
+    assert all("of the padded head dim" in v.meaning for v in rep.failures)

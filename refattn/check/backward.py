@@ -3,9 +3,10 @@ r"""``--kind backward``: an attention backward ``fn(q, k, v, dout) -> (dq, dk, d
 :func:`refattn.attention_backward` by the FlashAttention rule, one verdict per case (every one of
 ``dq``, ``dk``, ``dv`` within its bound).
 
-The grid is the exact kind's (:data:`refattn.check.exact.CASES`): ``T != S``, ``H = 1``, odd
-sizes, batch dims, logits far apart, causal ``T = S``, ``T < S``, ``T > S`` in the claimed
-alignment, a boolean mask; ``dout`` is standard normal. Claims: ``float64`` (default) and
+The grid is the exact kind's (:data:`refattn.check.exact.CASES`): ``T != S``, ``T = S``,
+``H = 1``, odd sizes, batch dims, logits far apart, causal ``T = S``, ``T < S``, ``T > S`` in the
+claimed alignment, a boolean mask, and flash-attn's options the callable takes (sliding window,
+softcap, ALiBi, additive bias, key padding); ``dout`` is standard normal. Claims: ``float64`` (default) and
 ``float32`` (inputs in float32, judged against the backward computed in float32,
 ``attention_backward(dtype=float32)``).
 
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from refattn.check.exact import CASES, _inputs
+from refattn.check.exact import CASES, _call_kwargs, _inputs
 from refattn.check.verdict import Verdict
 from refattn.exact import attention_backward, attention_probabilities
 from refattn.problem import score_problem
@@ -72,16 +73,16 @@ def check_backward(run, *, alignment="bottom_right", precision="float64"):
     rng = np.random.default_rng([run.report.seed, 5])
     dt = np.dtype(precision)
     for case in CASES:
-        if case.dtype != np.float64:
-            continue  # low-precision inputs: a claim of that precision covers them
-        need = "causal" if case.causal else "mask" if case.mask else None
-        if need and not takes[need]:
+        if case.dtype != np.float64 or case.option == "return_lse":
+            continue  # low-precision inputs: a claim of that precision covers them; lse is the forward's
+        need = "causal" if case.causal else "mask" if case.mask else case.option or None
+        if need and not (takes[need] if need in takes else run.accepts(need)):
             run.skip(case.name, f"fn takes no {need}= keyword")
             continue
         (q, k, v), kw = _inputs(case, rng)
         dout = rng.standard_normal(case.batch + (case.T, case.Hv))
         q, k, v, dout = (a.astype(dt) for a in (q, k, v, dout))
-        call_kw = dict(kw)
+        call_kw = _call_kwargs(kw)
         if case.causal:
             call_kw["causal"] = True
             kw["causal"] = alignment

@@ -59,6 +59,8 @@ class Case:
     causal: bool = False
     mask: bool = False
     logit_std: float = 2.0
+    #: a flash-attn option the case exercises (run only when the callable takes its keyword)
+    option: str = ""
 
 
 CASES = (
@@ -74,7 +76,17 @@ CASES = (
     Case("causal T < S", 5, 11, 8, 4, causal=True),
     Case("causal T > S", 11, 5, 8, 4, causal=True),
     Case("mask", 7, 9, 8, 4, mask=True),
+    Case("sliding window", 12, 12, 8, 4, option="window_size"),
+    Case("softcap", 9, 11, 8, 4, logit_std=8.0, option="softcap"),
+    Case("ALiBi", 9, 11, 8, 4, option="alibi_slopes"),
+    Case("additive bias", 9, 11, 8, 4, option="bias"),
+    Case("key padding", 9, 11, 8, 4, option="key_lengths"),
+    Case("log-sum-exp", 9, 11, 8, 4, option="return_lse"),
 )
+
+#: flash-attn's interface: the keyword a callable takes -> what the case passes it (the oracle's
+#: keyword is the same but for ``window_size``, which is the oracle's ``window``).
+WINDOW, SOFTCAP, ALIBI_SLOPE = (3, 2), 5.0, 0.5
 
 
 def _inputs(case, rng, precision="float64"):
@@ -86,6 +98,17 @@ def _inputs(case, rng, precision="float64"):
     k = rng.standard_normal(b + (case.S, case.H))
     v = rng.standard_normal(b + (case.S, case.Hv))
     kw = {}
+    if case.option == "window_size":
+        kw["window"] = WINDOW
+    elif case.option == "softcap":
+        kw["softcap"] = SOFTCAP
+    elif case.option == "alibi_slopes":
+        heads = b[1] if len(b) == 2 else 1
+        kw["alibi_slopes"] = ALIBI_SLOPE / 2.0 ** np.arange(heads) if b else np.float64(ALIBI_SLOPE)
+    elif case.option == "bias":
+        kw["bias"] = rng.standard_normal((case.T, case.S))
+    elif case.option == "key_lengths":
+        kw["key_lengths"] = np.array(case.S - 3) if not b else np.full(b[:1] + (1,) * (len(b) - 1), case.S - 3)
     if case.mask:
         mask = rng.random((case.T, case.S)) < 0.6
         mask[np.arange(case.T), rng.integers(0, case.S, case.T)] = True  # every row sees a key
@@ -117,6 +140,13 @@ def _candidates(case, q, k, v, kw, alignment):
     s = 1.0 / np.sqrt(H)
     out = [("scale 1 instead of 1/sqrt(H)", dict(kw, scale=1.0)),
            ("scale 1/H instead of 1/sqrt(H)", dict(kw, scale=1.0 / H))]
+    if "window" in kw:
+        left, right = kw["window"]
+        out.append(("window_size read as (right, left)", dict(kw, window=(right, left))))
+    padded = -(-H // 8) * 8  # head dims padded to a multiple of 8 (tensor-core tiles)
+    if padded != H:
+        out.append((f"scale 1/sqrt({padded}) of the padded head dim instead of 1/sqrt({H})",
+                    dict(kw, scale=1.0 / np.sqrt(padded))))
     if "causal" in kw:
         other = "top_left" if alignment == "bottom_right" else "bottom_right"
         out.append((f"the other causal alignment ({other})", dict(kw, causal=other)))
@@ -125,12 +155,14 @@ def _candidates(case, q, k, v, kw, alignment):
         base = {a: b for a, b in kw.items() if a != "causal"}
         out.append(("causal diagonal excluded (off by one)", dict(base, mask=j <= i + off - 1)))
         out.append(("causal mask one key too far (off by one)", dict(base, mask=j <= i + off + 1)))
+        out.append(("causal mask inverted (queries see the future, not the past)",
+                    dict(base, mask=(j >= i + off) & (kw.get("mask", True)))))
     if "mask" in kw:
         out.append(("mask inverted (True = masked, the PyTorch key_padding_mask convention)",
                     dict(kw, mask=~kw["mask"])))
     results = [(name, softmax_attention(q, k, v, **okw)) for name, okw in out]
     results.append(("softmax over the query axis instead of the key axis",
-                    _softmax_query_axis(q, k, v, s, **kw)))
+                    _softmax_query_axis(q, k, v, s, **{a: b for a, b in kw.items() if a in ("causal", "mask")})))
     return results
 
 
@@ -140,6 +172,37 @@ LAYOUTS = ("TH", "BTH", "BNTH", "BTNH")
 BATCH, HEADS, KV_HEADS = 2, 4, 2
 #: The cases whose point is ``T != S``: skipped for a self-attention kernel (the rest run at ``S = T``).
 CROSS_CASES = ("T != S", "causal T < S", "causal T > S")
+
+
+def _call_kwargs(kw):
+    """The callable's keywords (flash-attn's names and shapes) for the oracle's ``kw``."""
+    call = dict(kw)
+    if "window" in call:
+        call["window_size"] = call.pop("window")
+    if "alibi_slopes" in call:
+        call["alibi_slopes"] = np.atleast_1d(call["alibi_slopes"])  # (heads,)
+    if "key_lengths" in call and np.ndim(call["key_lengths"]):
+        call["key_lengths"] = np.asarray(call["key_lengths"]).reshape(-1)  # (B,): one length per batch item
+    return call
+
+
+def _judge_lse(run, case, lse, q, k, v, kw, alignment, precision):
+    """The log-sum-exp a kernel returns against the oracle's (the rule with the lse as the output);
+    a failing verdict for the case when it is wrong. True when it passed (the output is judged next)."""
+    rows = causal_mask(case.T, case.S, alignment).any(axis=1) if "causal" in kw else np.ones(case.T, dtype=bool)
+    _, ref64 = softmax_attention(q, k, v, return_lse=True, **kw)
+    lo = case.dtype if precision == "float64" else precision
+    _, ref_lo = kernel_reference(q, k, v, np.dtype(lo).name if precision == "float64" else precision,
+                                 return_lse=True, **kw)
+    sel = (Ellipsis, rows)
+    floor = 1000 * eps(np.dtype(lo).name if precision == "float64" else precision) * max(
+        1.0, float(np.max(np.abs(ref64[sel]), initial=0.0)))
+    res = tolerance_check(np.asarray(lse, np.float64)[sel], ref64[sel], ref_lo[sel], atol=floor)
+    if res.passed:
+        return True
+    run.add(Verdict(case.name, False, "the returned log-sum-exp differs from the oracle's (return_lse=True)",
+                    statistic=res.error, bound=res.bound, effect=f"max lse err {res.error:.2g}"))
+    return False
 
 
 def _to_layout(a, layout):
@@ -175,8 +238,8 @@ def check_exact(run, *, alignment="bottom_right", precision="float64", layout="T
             continue
         if self_attention:
             case = replace(case, S=case.T)
-        need = "causal" if case.causal else "mask" if case.mask else None
-        if need and not takes[need]:
+        need = "causal" if case.causal else "mask" if case.mask else case.option or None
+        if need and not (takes[need] if need in takes else run.accepts(need)):
             run.skip(case.name, f"fn takes no {need}= keyword")
             continue
         if layout != "TH" and case.batch:
@@ -185,26 +248,43 @@ def check_exact(run, *, alignment="bottom_right", precision="float64", layout="T
         if layout != "TH":
             case = replace(case, batch=(BATCH, HEADS) if layout in ("BNTH", "BTNH") else (BATCH, 1))
         (q, k, v), kw = _inputs(case, rng, precision)
-        call_kw = dict(kw)
+        call_kw = _call_kwargs(kw)
         if case.causal:
             call_kw["causal"] = True
             kw["causal"] = alignment
+        lse = case.option == "return_lse"
+        if lse:
+            call_kw["return_lse"] = True
         if layout == "TH":
-            out, problem = run.call((q, k, v), call_kw, shape=case.batch + (case.T, case.Hv), finite=False)
+            shape = case.batch + (case.T, case.Hv)
+            out, problem = run.call((q, k, v), call_kw, shape=[shape, shape[:-1]] if lse else shape, finite=False,
+                                    parts=2 if lse else None)
             if problem is not None:
                 if case.batch and problem.what in ("raised", "shape"):
                     run.skip(case.name, f"fn does not take batch dims ({problem})")
                 else:
                     run.problem(case.name, problem)
                 continue
+            if lse:
+                out, lse_out = out
+                if not _judge_lse(run, case, lse_out, q, k, v, kw, alignment, precision):
+                    continue
             _judge(run, case, out, q, k, v, kw, alignment, precision)
             continue
         k, v = k[:, ::group], v[:, ::group]  # (B, N / group, S, .): the key/value heads
         want = _to_layout(np.empty(q.shape[:-1] + (case.Hv,)), layout).shape
-        out, problem = run.call(tuple(_to_layout(a, layout) for a in (q, k, v)), call_kw, shape=want, finite=False)
+        want_lse = q.shape[:-1] if layout != "BTH" else (q.shape[0], q.shape[2])  # (B, N, T): flash-attn's lse
+        out, problem = run.call(tuple(_to_layout(a, layout) for a in (q, k, v)), call_kw,
+                                shape=[want, want_lse] if lse else want, finite=False, parts=2 if lse else None)
         if problem is not None:
             run.problem(case.name, problem)
             continue
+        if lse:
+            out, lse_out = out
+            lse_c = lse_out[:, None] if layout == "BTH" else lse_out
+            k_rep, v_rep = (np.repeat(a, group, axis=1) for a in (k, v))
+            if not _judge_lse(run, case, lse_c, q, k_rep, v_rep, kw, alignment, precision):
+                continue
         k_full, v_full = (np.repeat(a, group, axis=1) for a in (k, v))  # query head h reads key/value head h // group
         _judge_heads(run, case, _from_layout(out, layout), q, k_full, v_full, kw, alignment, precision, group)
 
@@ -225,7 +305,7 @@ def _assess(case, out, q, k, v, kw, alignment, precision="float64"):
         res = tolerance_check(out[sel], ref64[sel], ref_lo[sel], atol=floor)
     # ill-conditioned rows (logits far apart): rounding alone may exceed the rule's float64 allowance;
     # |out - ref64| <= |out - O| + |ref64 - O| <= 2 * the rigorous forward error bound (docs/exact.md)
-    feb = 2.0 * float(np.max(forward_error_bound(q, k, v, **kw)[..., rows], initial=0.0))
+    feb = 0.0 if "softcap" in kw else 2.0 * float(np.max(forward_error_bound(q, k, v, **kw)[..., rows], initial=0.0))
     if case.dtype == np.float64 and feb > res.bound:
         res = tolerance_check(out[sel], ref64[sel], ref_lo[sel], atol=res.floor + feb)
     claimed = np.dtype(case.dtype).name if precision == "float64" else precision
@@ -260,7 +340,13 @@ def _judge_heads(run, case, out, q, k, v, kw, alignment, precision, group):
     """Head by head on canonical ``(B, N, T, .)`` arrays (``k``, ``v`` already repeated to ``N`` heads):
     the case passes iff every head passes; the verdict names the worst head."""
     heads = list(np.ndindex(*out.shape[:2]))
-    assessed = [(idx, *_assess(case, out[idx], q[idx], k[idx], v[idx], kw, alignment, precision)) for idx in heads]
+
+    def head_kw(idx):  # per-batch-item and per-head options, at one head
+        return {a: (np.broadcast_to(b, out.shape[:2])[idx] if a in ("alibi_slopes", "key_lengths") and np.ndim(b)
+                    else b) for a, b in kw.items()}
+
+    assessed = [(idx, *_assess(case, out[idx], q[idx], k[idx], v[idx], head_kw(idx), alignment, precision))
+                for idx in heads]
     idx, res, meaning, fault = max(assessed, key=lambda a: a[1].error / a[1].bound if a[1].bound else np.inf)
     meaning = meaning.replace("the float64 oracle", "the float64 oracle, head by head")
     if all(a[3] is None for a in assessed):
