@@ -37,7 +37,7 @@ from refattn.check._run import Run
 from refattn.check.attention import check_attention
 from refattn.check.backward import BACKWARD_PRECISIONS, check_backward
 from refattn.check.exact import LAYOUTS, check_exact
-from refattn.check.hashing import HASH_FAMILIES, check_hash
+from refattn.check.hashing import HASH_FAMILIES, check_hash, hash_draws
 from refattn.check.isolation import Worker, WorkerError, default_memory_limit
 from refattn.check.kernel import check_kernel
 from refattn.check.loader import LoadFailure, TargetError, describe_target, load_target
@@ -48,7 +48,8 @@ from refattn.precision import PRECISIONS
 __all__ = ["check", "KINDS", "DEFAULT_DRAWS", "DEFAULT_TIMEOUT", "TargetError", "CheckReport", "Verdict"]
 
 KINDS = ("exact", "backward", "kernel", "attention", "projection", "hash")
-DEFAULT_DRAWS = {"exact": 0, "backward": 0, "kernel": 2000, "attention": 1000, "projection": 2000, "hash": 1000}
+DEFAULT_DRAWS = {"exact": 0, "backward": 0, "kernel": 2000, "attention": 1000, "projection": 2000,
+                 "hash": 1000}  # hash: at least; the default is chosen for power (refattn.check.hashing.hash_draws)
 #: Seconds one call of the callable may take (isolated runs).
 DEFAULT_TIMEOUT = 60.0
 
@@ -56,7 +57,7 @@ DEFAULT_TIMEOUT = 60.0
 def check(target, kind, *, method="positive", projection=None, m=None, A=None, family="simhash", bits=1, buckets=8,
           width=1.0, alignment="bottom_right", alpha=1e-3, seed=0, n_draws=None, budget=None,
           progress=False, isolate=True, timeout=DEFAULT_TIMEOUT, memory_limit="auto",
-          precision="float64", layout="TH", gqa=False, self_attention=False) -> CheckReport:
+          precision="float64", layout="TH", gqa=False, self_attention=False, rounds=None) -> CheckReport:
     """Check the callable ``target`` (a callable, ``"pkg.mod:fn"`` or ``"path/file.py:fn"``).
 
     ``target`` is imported and executed as code, with the rights of the user who runs the check:
@@ -85,6 +86,9 @@ def check(target, kind, *, method="positive", projection=None, m=None, A=None, f
     family, bits, buckets, width
         The hash family (``simhash`` with ``bits``, ``angular`` with ``buckets``,
         ``cross_polytope``, ``e2lsh`` with ``width``).
+    rounds : int, optional
+        A multi-round hash (hash kind): the callable returns ``(rounds, T)`` ids, and a pair collides
+        when it shares a bucket in any round.
     alignment : {"bottom_right", "top_left"}
         What ``causal=True`` means for ``fn`` (exact kind).
     layout : {"TH", "BTH", "BNTH", "BTNH"}
@@ -105,8 +109,9 @@ def check(target, kind, *, method="positive", projection=None, m=None, A=None, f
     seed : int
         Master seed: the inputs and every seed passed to ``fn`` derive from it.
     n_draws : int, optional
-        Seeds per statistical check (default :data:`DEFAULT_DRAWS`; the measured power holds
-        at the defaults).
+        Seeds per statistical check (default :data:`DEFAULT_DRAWS`; for hashes, enough to detect a
+        10% relative change of a collision rate with probability 0.99,
+        :func:`refattn.check.hashing.hash_draws`; the measured power holds at the defaults).
     budget : float, optional
         Seconds the sampling may take; when they run out, the draws so far are used (noted).
     progress : bool
@@ -133,6 +138,7 @@ def check(target, kind, *, method="positive", projection=None, m=None, A=None, f
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise ValueError(f"seed: expected an integer >= 0, got {seed!r}")
     seed = int(seed)
+    n_draws_given = n_draws
     n_draws = DEFAULT_DRAWS[kind] if n_draws is None else check_positive_int(n_draws, "n_draws", minimum=20)
     if m is not None:
         m = check_positive_int(m, "m")
@@ -152,11 +158,16 @@ def check(target, kind, *, method="positive", projection=None, m=None, A=None, f
         raise ValueError(f"gqa: grouped-query heads need a layout with a heads axis (BNTH or BTNH), got {layout!r}")
     if kind == "backward" and precision not in BACKWARD_PRECISIONS:
         raise ValueError(f"precision: the backward kind judges {BACKWARD_PRECISIONS} claims, got {precision!r}")
+    if rounds is not None and kind != "hash":
+        raise ValueError(f"rounds: a multi-round claim applies to --kind hash, not {kind!r}")
     if kind == "hash":
         if family not in HASH_FAMILIES:
             raise ValueError(f"family: expected one of {HASH_FAMILIES}, got {family!r}")
         bits, buckets, width = check_positive_int(bits, "bits"), check_positive_int(buckets, "buckets", minimum=2), \
             float(width)
+        rounds = None if rounds is None else check_positive_int(rounds, "rounds")
+        if n_draws_given is None:
+            n_draws = hash_draws(family, bits=bits, buckets=buckets, width=width, rounds=rounds, alpha=alpha)
     timeout = _positive_number(timeout, "timeout")
     if memory_limit == "auto":
         memory_limit = default_memory_limit()
@@ -167,7 +178,7 @@ def check(target, kind, *, method="positive", projection=None, m=None, A=None, f
                               bits=bits, buckets=buckets, width=width, alignment=alignment, alpha=alpha, seed=seed,
                               n_draws=n_draws, budget=budget, isolate=isolate, timeout=timeout,
                               memory_limit=memory_limit, precision=precision, layout=layout, gqa=gqa,
-                              self_attention=self_attention)
+                              self_attention=self_attention, rounds=rounds)
     start = time.perf_counter()
     worker = None
     try:
@@ -183,7 +194,7 @@ def check(target, kind, *, method="positive", projection=None, m=None, A=None, f
     try:
         _dispatch(run, kind, method=method, projection=projection, m=m, A=A, family=family, bits=bits,
                   buckets=buckets, width=width, alignment=alignment, precision=precision, layout=layout, gqa=gqa,
-                  self_attention=self_attention)
+                  self_attention=self_attention, rounds=rounds)
     finally:
         if worker is not None:
             worker.close()
@@ -197,7 +208,7 @@ def check(target, kind, *, method="positive", projection=None, m=None, A=None, f
 
 def _command(target, kind, *, method, projection, m, A, family, bits, buckets, width, alignment, alpha, seed,
              n_draws, budget, isolate, timeout, memory_limit, precision, layout="TH", gqa=False,
-             self_attention=False):
+             self_attention=False, rounds=None):
     """The ``refattn check`` command line that reruns this check: every option that shapes it."""
     flags = [f"--kind {kind}"]
     if kind in ("exact", "backward"):
@@ -216,6 +227,8 @@ def _command(target, kind, *, method, projection, m, A, family, bits, buckets, w
         flags.append(f"--family {family}")
         flags.append({"simhash": f"--bits {bits}", "angular": f"--buckets {buckets}", "e2lsh": f"--width {width:g}"}
                      .get(family, ""))
+        if rounds is not None:
+            flags.append(f"--rounds {rounds}")
     if kind not in ("exact", "backward"):
         flags.append(f"--draws {n_draws}")
     flags += [f"--alpha {alpha:g}", f"--seed {seed}"]
@@ -239,7 +252,7 @@ def _positive_number(value, name):
 
 
 def _dispatch(run, kind, *, method, projection, m, A, family, bits, buckets, width, alignment, precision, layout,
-              gqa, self_attention):
+              gqa, self_attention, rounds):
     if kind == "exact":
         check_exact(run, alignment=alignment, precision=precision, layout=layout, gqa=gqa,
                     self_attention=self_attention)
@@ -252,4 +265,4 @@ def _dispatch(run, kind, *, method, projection, m, A, family, bits, buckets, wid
     elif kind == "projection":
         check_projection(run, projection=projection or "gaussian", m=16 if m is None else m)
     else:
-        check_hash(run, family=family, bits=bits, buckets=buckets, width=width)
+        check_hash(run, family=family, bits=bits, buckets=buckets, width=width, rounds=rounds)

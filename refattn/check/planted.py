@@ -20,6 +20,7 @@ import numpy as np
 
 from refattn.check import check
 from refattn.check.hashing import reference_hash
+from refattn.lsh import hashes as lsh
 from refattn.performer.features import RandomFeatures
 from refattn.performer.projections import gaussian_projection, orthogonal_projection, regular_projection
 from refattn.problem import causal_mask
@@ -186,6 +187,18 @@ def simhash_bits(x, seed, *, bits=3, duplicate_round=False, seed_divisor=1):
     return ((x @ g.T) > 0).astype(np.int64) @ (1 << np.arange(bits))
 
 
+def angular_rounds(x, seed, *, buckets=8, rounds=2, duplicate_round=False, and_rounds=False):
+    """Reformer's angular hash over ``rounds`` independent rounds, ``(rounds, T)`` ids. Faults:
+    ``duplicate_round`` (every round repeats the first), ``and_rounds`` (the rounds packed into one
+    id ``(T,)``: a pair collides only when it collides in every round)."""
+    ids = lsh.angular_hash(x, lsh.angular_rotations(x.shape[1], buckets, seed, rounds=rounds))  # (rounds, T)
+    if duplicate_round:
+        ids = np.broadcast_to(ids[:1], ids.shape).copy()
+    if and_rounds:
+        return np.sum(ids * buckets ** np.arange(rounds)[:, None], axis=0)
+    return ids
+
+
 # --- the catalogue ----------------------------------------------------------------------
 @dataclass(frozen=True)
 class Planted:
@@ -220,6 +233,7 @@ CORRECT = {
     "cross-polytope hash": Planted(reference_hash("cross_polytope"), "hash", {"family": "cross_polytope"}),
     "e2lsh": Planted(reference_hash("e2lsh", width=1.0), "hash", {"family": "e2lsh", "width": 1.0}),
     "angular hash": Planted(reference_hash("angular", buckets=8), "hash", {"family": "angular", "buckets": 8}),
+    "angular hash, 2 rounds": Planted(angular_rounds, "hash", {"family": "angular", "buckets": 8, "rounds": 2}),
 }
 
 CATALOGUE = {
@@ -286,6 +300,12 @@ CATALOGUE = {
                                         "the last hyperplane repeats the first"),
     "correlated seeds": Planted(partial(simhash_bits, seed_divisor=2), "hash", {"family": "simhash", "bits": 3},
                                 "independent seeds", "draws from seed // 2"),
+    "2 rounds packed as one": Planted(partial(angular_rounds, and_rounds=True), "hash",
+                                      {"family": "angular", "buckets": 8}, "collision rate",
+                                      "two rounds packed into one id: pairs collide only in both"),
+    "repeated round": Planted(partial(angular_rounds, duplicate_round=True), "hash",
+                              {"family": "angular", "buckets": 8, "rounds": 2}, "collision rate",
+                              "the second round repeats the first"),
 }
 
 

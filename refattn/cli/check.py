@@ -25,6 +25,7 @@ def add_parser(sub):
     ck.add_argument("--bits", type=positive_int, default=1, help="SimHash bits per id")
     ck.add_argument("--buckets", type=positive_int, default=8, help="angular hash buckets")
     ck.add_argument("--width", type=positive_float, default=1.0, help="E2LSH bucket width")
+    ck.add_argument("--rounds", type=positive_int, help="a multi-round hash: fn(x, seed) -> (ROUNDS, T) ids")
     ck.add_argument("--precision", default="float64", choices=PRECISIONS,
                     help="the precision the callable computes in (exact, backward): judged at that precision")
     ck.add_argument("--layout", default="TH", choices=LAYOUTS,
@@ -57,7 +58,7 @@ def run(args) -> int:
                        A=args.A, family=args.family, bits=args.bits, buckets=args.buckets, width=args.width,
                        alignment=args.alignment, alpha=args.alpha, seed=args.seed, n_draws=args.draws,
                        budget=args.budget, timeout=args.timeout, precision=args.precision, layout=args.layout,
-                       gqa=args.gqa, self_attention=args.self_attention, progress=not args.no_progress and not args.json and sys.stderr.isatty(),
+                       gqa=args.gqa, self_attention=args.self_attention, rounds=args.rounds, progress=not args.no_progress and not args.json and sys.stderr.isatty(),
                        memory_limit="auto" if args.memory_limit is None else int(args.memory_limit * 2**30))
     except TargetError as exc:
         raise UsageError(str(exc)) from None
