@@ -171,7 +171,8 @@ def test_a_self_attention_kernel_skips_the_cross_attention_cases():
 
 @pytest.mark.parametrize("kwargs,match", [({"layout": "NTH"}, "^layout: expected one of"),
                                           ({"gqa": True}, "^gqa: grouped-query heads need"),
-                                          ({"layout": "BNTH", "kind": "backward"}, "^layout: layouts")])
+                                          ({"layout": "BNTH", "kind": "kernel"}, "^layout: layouts"),
+                                          ({"gqa": True, "layout": "BNTH", "kind": "backward"}, "^gqa: grouped-query")])
 def test_bad_layout_claims_name_the_argument(kwargs, match):
     kind = kwargs.pop("kind", "exact")
     with pytest.raises(ValueError, match=match):

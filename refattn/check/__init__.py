@@ -57,7 +57,8 @@ DEFAULT_TIMEOUT = 60.0
 def check(target, kind, *, method="positive", projection=None, m=None, A=None, family="simhash", bits=1, buckets=8,
           width=1.0, alignment="bottom_right", alpha=1e-3, seed=0, n_draws=None, budget=None,
           progress=False, isolate=True, timeout=DEFAULT_TIMEOUT, memory_limit="auto",
-          precision="float64", layout="TH", gqa=False, self_attention=False, rounds=None) -> CheckReport:
+          precision="float64", layout="TH", gqa=False, self_attention=False, equal_head_dims=False,
+          rounds=None) -> CheckReport:
     """Check the callable ``target`` (a callable, ``"pkg.mod:fn"`` or ``"path/file.py:fn"``).
 
     ``target`` is imported and executed as code, with the rights of the user who runs the check:
@@ -100,6 +101,9 @@ def check(target, kind, *, method="positive", projection=None, m=None, A=None, f
     self_attention : bool
         The callable takes ``T = S`` only (exact kind): the cases whose point is ``T != S`` are
         skipped, the rest run at ``S = T``.
+    equal_head_dims : bool
+        The callable needs values with the head dim of queries and keys (``Hv = H``, as most fused
+        kernels): every case uses it (exact and backward kinds).
     precision : {"float64", "float32", "float16", "bfloat16"}
         The precision ``fn`` claims to compute in (exact kind): its cases get inputs in that
         precision and are judged by the FlashAttention rule against what a kernel of that
@@ -150,8 +154,10 @@ def check(target, kind, *, method="positive", projection=None, m=None, A=None, f
         raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
     if precision != "float64" and kind not in ("exact", "backward"):
         raise ValueError(f"precision: a precision claim applies to --kind exact or backward, not {kind!r}")
-    if (layout != "TH" or gqa or self_attention) and kind != "exact":
-        raise ValueError(f"layout: layouts, gqa and self_attention apply to --kind exact, not {kind!r}")
+    if (gqa or self_attention) and kind != "exact":
+        raise ValueError(f"gqa: grouped-query and self-attention claims apply to --kind exact, not {kind!r}")
+    if (layout != "TH" or equal_head_dims) and kind not in ("exact", "backward"):
+        raise ValueError(f"layout: layouts and head-dim claims apply to --kind exact or backward, not {kind!r}")
     if layout not in LAYOUTS:
         raise ValueError(f"layout: expected one of {LAYOUTS}, got {layout!r}")
     if gqa and layout not in ("BNTH", "BTNH"):
@@ -178,7 +184,7 @@ def check(target, kind, *, method="positive", projection=None, m=None, A=None, f
                               bits=bits, buckets=buckets, width=width, alignment=alignment, alpha=alpha, seed=seed,
                               n_draws=n_draws, budget=budget, isolate=isolate, timeout=timeout,
                               memory_limit=memory_limit, precision=precision, layout=layout, gqa=gqa,
-                              self_attention=self_attention, rounds=rounds)
+                              self_attention=self_attention, equal_head_dims=equal_head_dims, rounds=rounds)
     start = time.perf_counter()
     worker = None
     try:
@@ -194,7 +200,7 @@ def check(target, kind, *, method="positive", projection=None, m=None, A=None, f
     try:
         _dispatch(run, kind, method=method, projection=projection, m=m, A=A, family=family, bits=bits,
                   buckets=buckets, width=width, alignment=alignment, precision=precision, layout=layout, gqa=gqa,
-                  self_attention=self_attention, rounds=rounds)
+                  self_attention=self_attention, equal_head_dims=equal_head_dims, rounds=rounds)
     finally:
         if worker is not None:
             worker.close()
@@ -208,13 +214,14 @@ def check(target, kind, *, method="positive", projection=None, m=None, A=None, f
 
 def _command(target, kind, *, method, projection, m, A, family, bits, buckets, width, alignment, alpha, seed,
              n_draws, budget, isolate, timeout, memory_limit, precision, layout="TH", gqa=False,
-             self_attention=False, rounds=None):
+             self_attention=False, equal_head_dims=False, rounds=None):
     """The ``refattn check`` command line that reruns this check: every option that shapes it."""
     flags = [f"--kind {kind}"]
     if kind in ("exact", "backward"):
         flags += [f"--alignment {alignment}", f"--precision {precision}"]
-    if kind == "exact":
+    if kind in ("exact", "backward"):
         flags += [f"--layout {layout}"] + (["--gqa"] if gqa else []) + (["--self-attention"] if self_attention else [])
+        flags += ["--equal-head-dims"] if equal_head_dims else []
     if kind in ("kernel", "attention"):
         flags += [f"--method {method}", f"--projection {projection or 'orthogonal'}"]
         if m is not None or kind == "attention":
@@ -252,12 +259,12 @@ def _positive_number(value, name):
 
 
 def _dispatch(run, kind, *, method, projection, m, A, family, bits, buckets, width, alignment, precision, layout,
-              gqa, self_attention, rounds):
+              gqa, self_attention, equal_head_dims, rounds):
     if kind == "exact":
         check_exact(run, alignment=alignment, precision=precision, layout=layout, gqa=gqa,
-                    self_attention=self_attention)
+                    self_attention=self_attention, equal_head_dims=equal_head_dims)
     elif kind == "backward":
-        check_backward(run, alignment=alignment, precision=precision)
+        check_backward(run, alignment=alignment, precision=precision, layout=layout, equal_head_dims=equal_head_dims)
     elif kind == "kernel":
         check_kernel(run, method=method, projection=projection or "orthogonal", m=m, A=A)
     elif kind == "attention":

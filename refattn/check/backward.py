@@ -23,9 +23,11 @@ the docs' exact-attention page, "Backward"), each computed from the dense formul
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
-from refattn.check.exact import CASES, _call_kwargs, _inputs
+from refattn.check.exact import BATCH, CASES, HEADS, _call_kwargs, _from_layout, _inputs, _to_layout
 from refattn.check.verdict import Verdict
 from refattn.exact import attention_backward, attention_probabilities
 from refattn.problem import score_problem
@@ -63,8 +65,10 @@ def _faults(q, k, v, dout, kw):
     return out
 
 
-def check_backward(run, *, alignment="bottom_right", precision="float64"):
-    """Run the grid on ``run.fn``; one verdict per case."""
+def check_backward(run, *, alignment="bottom_right", precision="float64", layout="TH", equal_head_dims=False):
+    """Run the grid on ``run.fn``; one verdict per case. ``layout`` and ``equal_head_dims`` as for the
+    exact kind (:func:`refattn.check.exact.check_exact`); with a layout the gradients are judged on
+    the whole batch."""
     if alignment not in ("bottom_right", "top_left"):
         raise ValueError(f"alignment: expected 'bottom_right' or 'top_left', got {alignment!r}")
     if precision not in BACKWARD_PRECISIONS:
@@ -75,6 +79,12 @@ def check_backward(run, *, alignment="bottom_right", precision="float64"):
     for case in CASES:
         if case.dtype != np.float64 or case.option == "return_lse":
             continue  # low-precision inputs: a claim of that precision covers them; lse is the forward's
+        if equal_head_dims:
+            case = replace(case, Hv=case.H)
+        if layout != "TH":
+            if case.batch:
+                continue  # leading batch dims: the layout's own axes cover them
+            case = replace(case, batch=(BATCH, HEADS) if layout in ("BNTH", "BTNH") else (BATCH, 1))
         need = "causal" if case.causal else "mask" if case.mask else case.option or None
         if need and not (takes[need] if need in takes else run.accepts(need)):
             run.skip(case.name, f"fn takes no {need}= keyword")
@@ -86,14 +96,17 @@ def check_backward(run, *, alignment="bottom_right", precision="float64"):
         if case.causal:
             call_kw["causal"] = True
             kw["causal"] = alignment
-        shapes = [q.shape, k.shape, v.shape]
-        grads, problem = run.call((q, k, v, dout), call_kw, shape=shapes, parts=3)
+        given = [_to_layout(a, layout) if layout != "TH" else a for a in (q, k, v, dout)]
+        shapes = [a.shape for a in given[:3]]
+        grads, problem = run.call(tuple(given), call_kw, shape=shapes, parts=3)
         if problem is not None:
             if case.batch and problem.what in ("raised", "shape"):
                 run.skip(case.name, f"fn does not take batch dims ({problem})")
             else:
                 run.problem(case.name, problem)
             continue
+        if layout != "TH":
+            grads = tuple(_from_layout(g, layout) for g in grads)
         _judge(run, case, grads, q, k, v, dout, kw, precision)
 
 

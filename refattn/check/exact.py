@@ -24,7 +24,8 @@ rounded before the second product), with a floor of ``4 eps`` of the precision. 
 that fails with errors at a lower precision's rounding level is diagnosed as such, naming the
 flag.
 
-For float64 inputs, where rounding alone can exceed the rule's allowance (logits far apart:
+For float64 inputs (and for low-precision claims, with float32's unit roundoff, since such kernels
+compute in float32), where rounding alone can exceed the rule's allowance (logits far apart:
 the low-precision reference is then the oracle itself), the allowance is raised to twice the
 rigorous forward error bound of the oracle (:func:`refattn.exact.forward_error_bound`,
 docs/exact.md): ``|out - O64| <= |out - O| + |O64 - O|``, each within the bound.
@@ -218,10 +219,11 @@ def _from_layout(a, layout):
 
 
 def check_exact(run, *, alignment="bottom_right", precision="float64", layout="TH", gqa=False,
-                self_attention=False):
+                self_attention=False, equal_head_dims=False):
     """Run the grid on ``run.fn``; one verdict per case. ``precision``: the claimed compute precision;
     ``layout``: how the callable takes its arrays; ``gqa``: ``k``, ``v`` have fewer heads than ``q``
-    (``KV_HEADS`` of ``HEADS``); ``self_attention``: the callable takes ``T = S`` only."""
+    (``KV_HEADS`` of ``HEADS``); ``self_attention``: the callable takes ``T = S`` only;
+    ``equal_head_dims``: values have the head dim of queries and keys (``Hv = H``)."""
     if alignment not in ("bottom_right", "top_left"):
         raise ValueError(f"alignment: expected 'bottom_right' or 'top_left', got {alignment!r}")
     if layout not in LAYOUTS:
@@ -238,6 +240,8 @@ def check_exact(run, *, alignment="bottom_right", precision="float64", layout="T
             continue
         if self_attention:
             case = replace(case, S=case.T)
+        if equal_head_dims:
+            case = replace(case, Hv=case.H)
         need = "causal" if case.causal else "mask" if case.mask else case.option or None
         if need and not (takes[need] if need in takes else run.accepts(need)):
             run.skip(case.name, f"fn takes no {need}= keyword")
@@ -305,8 +309,11 @@ def _assess(case, out, q, k, v, kw, alignment, precision="float64"):
         res = tolerance_check(out[sel], ref64[sel], ref_lo[sel], atol=floor)
     # ill-conditioned rows (logits far apart): rounding alone may exceed the rule's float64 allowance;
     # |out - ref64| <= |out - O| + |ref64 - O| <= 2 * the rigorous forward error bound (docs/exact.md)
-    feb = 0.0 if "softcap" in kw else 2.0 * float(np.max(forward_error_bound(q, k, v, **kw)[..., rows], initial=0.0))
-    if case.dtype == np.float64 and feb > res.bound:
+    # a low-precision claim computes in float32: its rounding alone is bounded the same way, with float32's u
+    work = np.float64 if precision == "float64" else np.float32
+    feb = 0.0 if "softcap" in kw else 2.0 * float(np.max(
+        forward_error_bound(q, k, v, dtype=work, **kw)[..., rows], initial=0.0))
+    if (case.dtype == np.float64 or precision != "float64") and feb > res.bound:
         res = tolerance_check(out[sel], ref64[sel], ref_lo[sel], atol=res.floor + feb)
     claimed = np.dtype(case.dtype).name if precision == "float64" else precision
     meaning = f"FlashAttention rule vs the float64 oracle ({claimed} inputs" + (

@@ -29,9 +29,11 @@ def add_parser(sub):
     ck.add_argument("--precision", default="float64", choices=PRECISIONS,
                     help="the precision the callable computes in (exact, backward): judged at that precision")
     ck.add_argument("--layout", default="TH", choices=LAYOUTS,
-                    help="how the callable takes its arrays (exact): T tokens, H features, B batch, N heads")
+                    help="how the callable takes its arrays (exact, backward): T tokens, H features, B batch, N heads")
     ck.add_argument("--gqa", action="store_true",
                     help="grouped-query heads: k, v have fewer heads than q (exact, with BNTH or BTNH)")
+    ck.add_argument("--equal-head-dims", action="store_true",
+                    help="values have the head dim of q and k (Hv = H), as most fused kernels need (exact, backward)")
     ck.add_argument("--self-attention", action="store_true",
                     help="the callable takes T = S only (exact): cases needing T != S are skipped")
     ck.add_argument("--alignment", default="bottom_right", choices=("bottom_right", "top_left"),
@@ -58,7 +60,8 @@ def run(args) -> int:
                        A=args.A, family=args.family, bits=args.bits, buckets=args.buckets, width=args.width,
                        alignment=args.alignment, alpha=args.alpha, seed=args.seed, n_draws=args.draws,
                        budget=args.budget, timeout=args.timeout, precision=args.precision, layout=args.layout,
-                       gqa=args.gqa, self_attention=args.self_attention, rounds=args.rounds, progress=not args.no_progress and not args.json and sys.stderr.isatty(),
+                       gqa=args.gqa, self_attention=args.self_attention,
+                       equal_head_dims=args.equal_head_dims, rounds=args.rounds, progress=not args.no_progress and not args.json and sys.stderr.isatty(),
                        memory_limit="auto" if args.memory_limit is None else int(args.memory_limit * 2**30))
     except TargetError as exc:
         raise UsageError(str(exc)) from None

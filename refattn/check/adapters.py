@@ -1,0 +1,141 @@
+r"""Adapters: a PyTorch or JAX attention function into the checker's contract, in one call.
+
+``refattn check`` hands a callable NumPy arrays (float64, or the claimed precision; bfloat16
+values arrive in float32 arrays) and reads NumPy arrays back. An adapter converts the inputs to
+the framework's tensors (dtype, device), renames the checker's keywords to the function's,
+converts the result back, and exposes a signature that tells the checker which keywords the
+function takes::
+
+    import torch.nn.functional as F
+    from refattn.check import check
+    from refattn.check.adapters import torch_forward
+
+    sdpa = torch_forward(F.scaled_dot_product_attention, dtype="float32", layout="BNTH",
+                         keywords={"causal": "is_causal", "mask": "attn_mask"})
+    check(sdpa, "exact", precision="float32", layout="BNTH", alignment="top_left")
+
+``keywords`` maps the checker's keyword names (``causal``, ``mask``, ``window_size``,
+``softcap``, ``alibi_slopes``, ``bias``, ``key_lengths``, ``return_lse``) to the function's. The
+frameworks import lazily: refattn does not depend on them (extras ``torch``, ``jax``).
+:func:`torch_backward` and :func:`jax_backward` turn a differentiable forward into the backward
+kind's ``fn(q, k, v, dout, ...) -> (dq, dk, dv)`` by autograd.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+
+__all__ = ["torch_forward", "torch_backward", "jax_forward", "jax_backward"]
+
+
+def _signature(names, keywords):
+    params = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names]
+    params += [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=None) for k in keywords]
+    return inspect.Signature(params)
+
+
+def _renamed(kw, keywords):
+    return {keywords[k]: v for k, v in kw.items() if v is not None and k in keywords}
+
+
+def _torch_tensor(torch, a, dtype, device, grad=False):
+    if not isinstance(a, np.ndarray):
+        return a
+    t = torch.as_tensor(np.ascontiguousarray(a), device=device)
+    if t.is_floating_point():
+        t = t.to(getattr(torch, dtype) if dtype else t.dtype)
+    return t.requires_grad_(grad) if grad else t
+
+
+def _from_torch(t):
+    t = t.detach().cpu()
+    return (t.float() if str(t.dtype) == "torch.bfloat16" else t).numpy()  # NumPy has no bfloat16
+
+
+def torch_forward(fn, *, dtype=None, device="cpu", keywords=None, layout="TH"):
+    """``fn(q, k, v, **kw)`` on torch tensors as the checker's ``fn(q, k, v, ...) -> out`` (under
+    ``torch.no_grad``). ``dtype``: the tensors' dtype name (``"float32"``, ``"bfloat16"``, ...;
+    None keeps the input's); ``layout`` is documentation only: pass the same to ``check``."""
+    keywords = dict(keywords or {})
+
+    def forward(q, k, v, **kw):
+        import torch
+
+        args = [_torch_tensor(torch, a, dtype, device) for a in (q, k, v)]
+        extra = {n: _torch_tensor(torch, a, None, device) for n, a in _renamed(kw, keywords).items()}
+        with torch.no_grad():
+            out = fn(*args, **extra)
+        return tuple(_from_torch(o) for o in out) if isinstance(out, tuple) else _from_torch(out)
+
+    forward.__signature__ = _signature(("q", "k", "v"), keywords)
+    forward.__name__ = forward.__qualname__ = f"torch_forward({getattr(fn, '__name__', 'fn')}, {layout})"
+    return forward
+
+
+def torch_backward(fn, *, dtype=None, device="cpu", keywords=None):
+    """The backward kind's ``fn(q, k, v, dout, ...) -> (dq, dk, dv)`` of a differentiable torch forward."""
+    keywords = dict(keywords or {})
+
+    def backward(q, k, v, dout, **kw):
+        import torch
+
+        args = [_torch_tensor(torch, a, dtype, device, grad=True) for a in (q, k, v)]
+        extra = {n: _torch_tensor(torch, a, None, device) for n, a in _renamed(kw, keywords).items()}
+        out = fn(*args, **extra)
+        out.backward(_torch_tensor(torch, dout, dtype, device).to(out.dtype))
+        return tuple(_from_torch(a.grad) for a in args)
+
+    backward.__signature__ = _signature(("q", "k", "v", "dout"), keywords)
+    backward.__name__ = backward.__qualname__ = f"torch_backward({getattr(fn, '__name__', 'fn')})"
+    return backward
+
+
+def _jax_array(jnp, a, dtype):
+    if not isinstance(a, np.ndarray):
+        return a
+    x = jnp.asarray(a)
+    return x.astype(dtype) if dtype and jnp.issubdtype(x.dtype, jnp.floating) else x
+
+
+def _from_jax(x):
+    a = np.asarray(x)
+    return a.astype(np.float32) if a.dtype.name == "bfloat16" else a
+
+
+def jax_forward(fn, *, dtype=None, keywords=None):
+    """``fn(q, k, v, **kw)`` on JAX arrays as the checker's ``fn(q, k, v, ...) -> out``.
+    ``dtype``: ``"float32"``, ``"bfloat16"``, ... (None keeps the input's; float64 needs
+    ``jax_enable_x64``)."""
+    keywords = dict(keywords or {})
+
+    def forward(q, k, v, **kw):
+        import jax.numpy as jnp
+
+        args = [_jax_array(jnp, a, dtype) for a in (q, k, v)]
+        extra = {n: _jax_array(jnp, a, None) for n, a in _renamed(kw, keywords).items()}
+        out = fn(*args, **extra)
+        return tuple(_from_jax(o) for o in out) if isinstance(out, tuple) else _from_jax(out)
+
+    forward.__signature__ = _signature(("q", "k", "v"), keywords)
+    forward.__name__ = forward.__qualname__ = f"jax_forward({getattr(fn, '__name__', 'fn')})"
+    return forward
+
+
+def jax_backward(fn, *, dtype=None, keywords=None):
+    """The backward kind's ``fn(q, k, v, dout, ...) -> (dq, dk, dv)`` of a JAX forward, by ``jax.vjp``."""
+    keywords = dict(keywords or {})
+
+    def backward(q, k, v, dout, **kw):
+        import jax
+        import jax.numpy as jnp
+
+        args = [_jax_array(jnp, a, dtype) for a in (q, k, v)]
+        extra = {n: _jax_array(jnp, a, None) for n, a in _renamed(kw, keywords).items()}
+        out, vjp = jax.vjp(lambda a, b, c: fn(a, b, c, **extra), *args)
+        return tuple(_from_jax(g) for g in vjp(_jax_array(jnp, dout, dtype).astype(out.dtype)))
+
+    backward.__signature__ = _signature(("q", "k", "v", "dout"), keywords)
+    backward.__name__ = backward.__qualname__ = f"jax_backward({getattr(fn, '__name__', 'fn')})"
+    return backward
