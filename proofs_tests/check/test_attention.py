@@ -22,3 +22,21 @@ def test_correct_attention_implementations_pass(name, seed, passes):
 @pytest.mark.parametrize("name", sorted(n for n, p in CATALOGUE.items() if p.kind == "attention"))
 def test_planted_attention_defects_are_caught(name, seed, caught):
     caught(name, seed)
+
+
+@pytest.mark.statistical
+def test_a_float32_estimator_needs_no_precision_claim(seed):
+    """A Performer computing in float32 passes the attention kind as it is: the statistical checks'
+    noise dwarfs float32 rounding and the deterministic ones allow the result dtype's rounding.
+    False-failure probability <= 1e-6 (alpha = 1e-6)."""
+    import numpy as np
+
+    from refattn.check import check
+    from refattn.check.planted import performer_estimator
+
+    def in_float32(q, k, v, seed, m=64, causal=False, key_lengths=None):
+        args = (a.astype(np.float32) for a in (q, k, v))
+        return performer_estimator(*args, seed, m=m, causal=causal, key_lengths=key_lengths).astype(np.float32)
+
+    rep = check(in_float32, "attention", m=64, seed=seed, alpha=1e-6, isolate=False)
+    assert rep.passed, rep.format_table()

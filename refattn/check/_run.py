@@ -112,6 +112,7 @@ class Run:
 
     def two_sample_check(self, check, a, b, meaning, *, relative=True):
         """Entrywise ``E[a] = E[b]`` for independent samples (Welch t-tests, Bonferroni)."""
+        eps = max(_eps_of(a), _eps_of(b))  # the coarser of the two samples' dtypes
         a = np.asarray(a, dtype=np.float64)
         b = np.asarray(b, dtype=np.float64)
         ma, mb = a.mean(axis=0), b.mean(axis=0)
@@ -121,7 +122,7 @@ class Run:
             t = np.where(se > 0, (ma - mb) / np.where(se > 0, se, 1), np.where(ma == mb, 0.0, np.inf))
             df = np.where(se > 0, (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1)), 1.0)
         df = np.where(np.isfinite(df), df, len(a) + len(b) - 2)
-        p, t = _deterministic_entries(2 * _st.t.sf(np.abs(t), df=df), t, se, ma, mb, _eps_of(a))
+        p, t = _deterministic_entries(2 * _st.t.sf(np.abs(t), df=df), t, se, ma, mb, eps)
         w = int(np.argmax(np.abs(t))) if t.size else 0
         d = float((ma - mb).ravel()[w]) if t.size else 0.0
         base = float(np.abs(mb).ravel()[w]) if t.size else 0.0
