@@ -166,3 +166,25 @@ def test_local_window_is_its_definition(T, S, left, right, causal):
     want = (j >= c - left) & (j <= c + (0 if causal else right))
     sup = local_window(T, S, left, right, causal=causal)
     assert np.array_equal(sup.to_dense(), want) and sup.nnz == want.sum()
+
+
+@pytest.mark.parametrize("indptr,indices,n_keys,error", [
+    ([0, 1, 2], [0, 10**6], 2, "indices: every key index must lie in"),
+    ([0, 1, 2], [0, -1], 2, "indices: every key index must lie in"),
+    ([0, 2, 1], [0, 1], 2, "indptr: must start at 0, be non-decreasing"),
+    ([1, 2], [0, 1], 2, "indptr: must start at 0"),
+    ([0.0, 1.0, 2.0], [0, 1], 2, "indptr: expected a 1-D integer array"),
+    ([0, 1, 2], [0, 1], -3, "n_keys: must be >= 0"),
+])
+def test_the_plain_constructor_validates_what_kernels_index_with(indptr, indices, n_keys, error):
+    """A Support built directly (not only through from_csr) can never make a kernel read out of
+    bounds: each of these segfaulted or aborted sparse_attention before it was validated. Run in a
+    subprocess, so a regression is a failing test, not a lost suite."""
+    import subprocess
+    import sys
+
+    code = ("import numpy as np\nfrom refattn.lsh.sparse import Support, sparse_attention\nq = np.ones((2, 4))\n"
+            f"try:\n    sparse_attention(q, q, q, Support(np.array({indptr}), np.array({indices}), {n_keys}))\n"
+            "except (TypeError, ValueError) as exc:\n    print(exc)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.startswith(error), (proc.returncode, proc.stdout, proc.stderr[-500:])

@@ -52,6 +52,26 @@ class Support:
     indices: np.ndarray
     n_keys: int
 
+    def __post_init__(self):
+        """Every construction is checked for what the kernels index with (so none reads out of
+        bounds): integer arrays, ``indptr`` from 0, non-decreasing, ending at ``len(indices)``, every
+        index in ``[0, n_keys)``. Sortedness within rows is :meth:`from_csr`'s (a user's CSR)."""
+        n_keys = check_positive_int(self.n_keys, "n_keys", minimum=0)
+        arrays = {}
+        for name in ("indptr", "indices"):
+            a = np.asarray(getattr(self, name))
+            if a.ndim != 1 or not (np.issubdtype(a.dtype, np.integer) and a.dtype != np.bool_):
+                raise TypeError(f"{name}: expected a 1-D integer array, got dtype {a.dtype} and shape {a.shape}")
+            arrays[name] = a.astype(np.int64, copy=False)
+        indptr, indices = arrays["indptr"], arrays["indices"]
+        if indptr.size == 0 or indptr[0] != 0 or np.any(np.diff(indptr) < 0) or indptr[-1] != indices.size:
+            raise ValueError("indptr: must start at 0, be non-decreasing and end at len(indices)")
+        if indices.size and (indices.min() < 0 or indices.max() >= n_keys):
+            raise ValueError(f"indices: every key index must lie in [0, n_keys) = [0, {n_keys})")
+        object.__setattr__(self, "indptr", indptr)
+        object.__setattr__(self, "indices", indices)
+        object.__setattr__(self, "n_keys", n_keys)
+
     @classmethod
     def from_csr(cls, indptr, indices, n_keys) -> "Support":
         """Validate a user CSR: monotone ``indptr`` from 0, indices in ``[0, n_keys)``, sorted, distinct per row."""
