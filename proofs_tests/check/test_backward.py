@@ -84,3 +84,22 @@ def test_a_backward_that_returns_one_array_is_a_verdict():
 def test_bad_backward_claims_name_the_argument():
     with pytest.raises(ValueError, match="^precision: the backward kind judges"):
         check(correct, "backward", precision="bfloat16")
+
+
+def _grouped_query_grads(q, k, v, dout, causal=False, mask=None, *, fold="sum"):
+    """(B, N, T, H) gradients of grouped-query attention; ``fold`` = "first" plants the fault of taking
+    the key/value gradients from one query head of each group instead of summing over it."""
+    group = q.shape[1] // k.shape[1]
+    dq, dk, dv = attention_backward(q, np.repeat(k, group, 1), np.repeat(v, group, 1), dout, causal=causal, mask=mask)
+    if fold == "first":
+        return dq, dk[:, ::group], dv[:, ::group]
+    return (dq, *(g.reshape(g.shape[0], g.shape[1] // group, group, *g.shape[2:]).sum(2) for g in (dk, dv)))
+
+
+def test_grouped_query_gradients_are_summed_over_the_shared_heads():
+    from functools import partial
+
+    assert check(_grouped_query_grads, "backward", layout="BNTH", gqa=True).passed
+    rep = check(partial(_grouped_query_grads, fold="first"), "backward", layout="BNTH", gqa=True)
+    assert not rep.passed
+    assert all("taken from one query head of each group" in v.meaning for v in rep.failures), rep.format_table()

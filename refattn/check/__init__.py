@@ -154,8 +154,10 @@ def check(target, kind, *, method="positive", projection=None, m=None, A=None, f
         raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
     if precision != "float64" and kind not in ("exact", "backward"):
         raise ValueError(f"precision: a precision claim applies to --kind exact or backward, not {kind!r}")
-    if (gqa or self_attention) and kind != "exact":
-        raise ValueError(f"gqa: grouped-query and self-attention claims apply to --kind exact, not {kind!r}")
+    if self_attention and kind != "exact":
+        raise ValueError(f"self_attention: a self-attention claim applies to --kind exact, not {kind!r}")
+    if gqa and kind not in ("exact", "backward"):
+        raise ValueError(f"gqa: a grouped-query claim applies to --kind exact or backward, not {kind!r}")
     if (layout != "TH" or equal_head_dims) and kind not in ("exact", "backward"):
         raise ValueError(f"layout: layouts and head-dim claims apply to --kind exact or backward, not {kind!r}")
     if layout not in LAYOUTS:
@@ -264,7 +266,8 @@ def _dispatch(run, kind, *, method, projection, m, A, family, bits, buckets, wid
         check_exact(run, alignment=alignment, precision=precision, layout=layout, gqa=gqa,
                     self_attention=self_attention, equal_head_dims=equal_head_dims)
     elif kind == "backward":
-        check_backward(run, alignment=alignment, precision=precision, layout=layout, equal_head_dims=equal_head_dims)
+        check_backward(run, alignment=alignment, precision=precision, layout=layout, equal_head_dims=equal_head_dims,
+                       gqa=gqa)
     elif kind == "kernel":
         check_kernel(run, method=method, projection=projection or "orthogonal", m=m, A=A)
     elif kind == "attention":

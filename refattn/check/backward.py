@@ -27,7 +27,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from refattn.check.exact import BATCH, CASES, HEADS, _call_kwargs, _from_layout, _inputs, _to_layout
+from refattn.check.exact import BATCH, CASES, HEADS, KV_HEADS, _call_kwargs, _from_layout, _inputs, _to_layout
 from refattn.check.verdict import Verdict
 from refattn.exact import attention_backward, attention_probabilities
 from refattn.problem import score_problem
@@ -65,10 +65,22 @@ def _faults(q, k, v, dout, kw):
     return out
 
 
-def check_backward(run, *, alignment="bottom_right", precision="float64", layout="TH", equal_head_dims=False):
-    """Run the grid on ``run.fn``; one verdict per case. ``layout`` and ``equal_head_dims`` as for the
-    exact kind (:func:`refattn.check.exact.check_exact`); with a layout the gradients are judged on
-    the whole batch."""
+def _grouped(grads, group):
+    """``(dq, dk, dv)`` with ``dk``, ``dv`` of the repeated key/value heads summed back over each group
+    (query head ``h`` reads key/value head ``h // group``: its gradient collects from every reader)."""
+    if group == 1:
+        return grads
+    dq, dk, dv = grads
+    fold = lambda g: g.reshape(g.shape[0], g.shape[1] // group, group, *g.shape[2:]).sum(axis=2)  # noqa: E731
+    return dq, fold(dk), fold(dv)
+
+
+def check_backward(run, *, alignment="bottom_right", precision="float64", layout="TH", equal_head_dims=False,
+                   gqa=False):
+    """Run the grid on ``run.fn``; one verdict per case. ``layout``, ``equal_head_dims`` and ``gqa`` as
+    for the exact kind (:func:`refattn.check.exact.check_exact`); with a layout the gradients are
+    judged on the whole batch. With ``gqa`` the key/value gradients must be summed over the query heads
+    that share each key/value head."""
     if alignment not in ("bottom_right", "top_left"):
         raise ValueError(f"alignment: expected 'bottom_right' or 'top_left', got {alignment!r}")
     if precision not in BACKWARD_PRECISIONS:
@@ -92,6 +104,8 @@ def check_backward(run, *, alignment="bottom_right", precision="float64", layout
         (q, k, v), kw = _inputs(case, rng)
         dout = rng.standard_normal(case.batch + (case.T, case.Hv))
         q, k, v, dout = (a.astype(dt) for a in (q, k, v, dout))
+        group = HEADS // KV_HEADS if gqa else 1
+        k, v = k[:, ::group] if gqa else k, v[:, ::group] if gqa else v  # (B, N / group, S, .)
         call_kw = _call_kwargs(kw)
         if case.causal:
             call_kw["causal"] = True
@@ -107,12 +121,13 @@ def check_backward(run, *, alignment="bottom_right", precision="float64", layout
             continue
         if layout != "TH":
             grads = tuple(_from_layout(g, layout) for g in grads)
-        _judge(run, case, grads, q, k, v, dout, kw, precision)
+        _judge(run, case, grads, q, k, v, dout, kw, precision, group)
 
 
-def _judge(run, case, grads, q, k, v, dout, kw, precision):
-    ref64 = attention_backward(q, k, v, dout, **kw)
-    ref_lo = attention_backward(q, k, v, dout, dtype=np.dtype(precision).type, **kw)
+def _judge(run, case, grads, q, k, v, dout, kw, precision, group=1):
+    kr, vr = (np.repeat(a, group, axis=1) if group > 1 else a for a in (k, v))
+    ref64 = _grouped(attention_backward(q, kr, vr, dout, **kw), group)
+    ref_lo = _grouped(attention_backward(q, kr, vr, dout, dtype=np.dtype(precision).type, **kw), group)
     results = [tolerance_check(g, r, lo) for g, r, lo in zip(grads, ref64, ref_lo)]
     errors = ", ".join(f"{n} {r.error:.2g}" for n, r in zip(("dq", "dk", "dv"), results))
     meaning = f"FlashAttention rule on dq, dk, dv vs attention_backward ({precision})"
@@ -122,11 +137,18 @@ def _judge(run, case, grads, q, k, v, dout, kw, precision):
         return
     fault = "no known fault matches"
     if precision == "float64":
-        ref32 = attention_backward(q, k, v, dout, dtype=np.float32, **kw)
+        ref32 = _grouped(attention_backward(q, kr, vr, dout, dtype=np.float32, **kw), group)
         if all(tolerance_check(g, r, lo).passed for g, r, lo in zip(grads, ref64, ref32)):
             fault = ("the errors are at float32's rounding level: a float32 backward? claim it with --precision "
                      "float32 (check(..., precision='float32'))")
-    for name, cand in _faults(q, k, v, dout, kw):
+    candidates = [(name, _grouped(c, group)) for name, c in _faults(q, kr, vr, dout, kw)]
+    if group > 1:
+        full = attention_backward(q, kr, vr, dout, **kw)
+        candidates += [("key/value gradients taken from one query head of each group, not summed over the group",
+                        (full[0], full[1][:, ::group], full[2][:, ::group])),
+                       ("key/value gradients averaged over each group instead of summed",
+                        (full[0], _grouped(full, group)[1] / group, _grouped(full, group)[2] / group))]
+    for name, cand in candidates:
         if all(float(np.max(np.abs(np.asarray(g, np.float64) - c), initial=0.0)) <= r.bound
                for g, c, r in zip(grads, cand, results)):
             fault = f"looks like: {name}"
