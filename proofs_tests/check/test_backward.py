@@ -103,3 +103,29 @@ def test_grouped_query_gradients_are_summed_over_the_shared_heads():
     rep = check(partial(_grouped_query_grads, fold="first"), "backward", layout="BNTH", gqa=True)
     assert not rep.passed
     assert all("taken from one query head of each group" in v.meaning for v in rep.failures), rep.format_table()
+
+
+def test_the_rounding_allowance_bounds_two_correct_backwards_and_no_fault():
+    """Derived bound, checked: on every case of the grid and 20 seeds, refattn's backward and the
+    independent NumPy one differ by at most twice the allowance (each within it); and the allowance
+    stays far below what the planted faults change, so it cannot hide them. Deterministic."""
+    from refattn.check.backward import rounding_allowance
+    from refattn.check.exact import CASES, _inputs
+    from refattn.check.planted import attention_grads
+
+    u = np.finfo(np.float64).eps / 2
+    for seed in range(20):
+        rng = np.random.default_rng([seed, 5])
+        for case in CASES:
+            if case.dtype != np.float64 or case.option:
+                continue
+            (q, k, v), kw = _inputs(case, rng)
+            dout = rng.standard_normal(case.batch + (case.T, case.Hv))
+            causal = {"causal": True} if case.causal else {}
+            ours = attention_backward(q, k, v, dout, **kw, **causal)
+            theirs = attention_grads(q, k, v, dout, **kw, **causal)
+            bounds = rounding_allowance(q, k, v, dout, dict(kw, **causal), u)
+            for a, b, e in zip(ours, theirs, bounds):
+                assert np.max(np.abs(a - b)) <= 2 * np.max(e), (case.name, seed)
+            faulty = attention_grads(q, k, v, dout, with_delta=False, **kw, **causal)
+            assert np.max(np.abs(faulty[0] - ours[0])) > 100 * np.max(bounds[0]) or case.name == "logits far apart"
