@@ -188,3 +188,20 @@ def test_the_plain_constructor_validates_what_kernels_index_with(indptr, indices
             "except (TypeError, ValueError) as exc:\n    print(exc)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.startswith(error), (proc.returncode, proc.stdout, proc.stderr[-500:])
+
+
+def test_topk_ties_keep_the_lower_key_index():
+    """The documented tie rule: among equal logits the lower key index is kept first. Row 0 ties all
+    six keys; row 1's best logit (1) is shared by keys 3 and 5, so top-1 keeps key 3."""
+    from refattn.lsh.sparse import topk_support
+
+    q = np.array([[0.0, 0.0], [1.0, 0.0]])
+    k = np.array([[0.0, 1.0], [0.0, -1.0], [-1.0, 0.0], [1.0, 0.0], [0.5, 0.0], [1.0, 0.0]])
+
+    def rows(topk):
+        sup = topk_support(q, k, topk, scale=1.0)
+        return [sup.indices[sup.indptr[i]:sup.indptr[i + 1]].tolist() for i in range(2)]
+
+    assert rows(1) == [[0], [3]]
+    assert rows(2) == [[0, 1], [3, 5]]
+    assert rows(3) == [[0, 1, 2], [3, 4, 5]]

@@ -152,3 +152,44 @@ def test_bad_input():
         scatterbrain_attention(q[None], k[None], v[None], local_window(12, 15, 1, 1), m=4, rng=0)
     with pytest.raises(ValueError, match="^k: contains NaN"):
         scatterbrain_attention(q, np.full_like(k, np.nan), v, local_window(12, 15, 1, 1), m=4, rng=0)
+
+
+def _future_leaks(T, S, fn=None):
+    """Entries (query, key) where changing key j moves a query that may not see it (bottom-right)."""
+    from refattn.lsh.sparse import local_window
+    from refattn.problem import causal_mask
+
+    fn = fn or scatterbrain_attention
+    rng = np.random.default_rng([T, S])
+    q, k, v = rng.normal(size=(T, 6)), rng.normal(size=(S, 6)), rng.normal(size=(S, 3))
+    sup = local_window(T, S, 3, 3)
+    base = fn(q, k, v, sup, m=8, rng=4, causal=True).output
+    sees = causal_mask(T, S)
+    leaks, moved = 0, 0
+    for j in range(S):
+        k2, v2 = k.copy(), v.copy()
+        k2[j] += 1.0
+        v2[j] += 1.0
+        changed = np.any(np.abs(fn(q, k2, v2, sup, m=8, rng=4, causal=True).output - base) > 1e-12, axis=1)
+        leaks += int(np.sum(changed & ~sees[:, j]))
+        moved += int(np.sum(changed & sees[:, j]))
+    return leaks, moved
+
+
+def test_a_support_cut_with_the_other_alignment_leaks(monkeypatch):
+    """Power twin of the canary below: the causal support cut top-left where bottom-right is meant
+    (T > S) lets 36 (query, key) pairs see the future, and the canary counts them."""
+    import refattn.scatterbrain.attention as sb
+    from refattn.problem import causal_mask
+
+    monkeypatch.setattr(sb, "causal_mask", lambda T, S, a: causal_mask(T, S, "top_left"))
+    assert _future_leaks(15, 12, sb.scatterbrain_attention)[0] > 0
+
+
+@pytest.mark.parametrize("T,S", [(15, 12), (12, 15), (9, 9)])
+def test_causal_canary_in_both_shapes(T, S):
+    """No leak from the future for T > S as well as T < S: changing key j changes only the queries that
+    may see it (bottom-right: i + S - T >= j), for the same draws of features and support; and the
+    queries that see it do move (the canary has power)."""
+    leaks, moved = _future_leaks(T, S)
+    assert leaks == 0 and moved > 0

@@ -127,3 +127,20 @@ def test_bad_input():
         fixed_budget_decomposition(np.ones((3, 4)), 1, 13)
     z = robust_pca(np.zeros((4, 4)))
     assert z.converged and np.all(z.L == 0)
+
+
+@pytest.mark.parametrize("shape", [(60, 120), (120, 60)])
+def test_rectangular_default_lambda_and_recovery(shape):
+    """Candes et al. (2011), Thm 1.1: lambda = 1/sqrt(max(n1, n2)) for an n1 x n2 matrix (the recovery
+    tests above are square, where min and max agree); a planted rank-2 + 5% sparse problem of each
+    orientation is recovered to 1e-5, and the transpose gives the transposed answer."""
+    from refattn.scatterbrain.rpca import planted_low_rank_plus_sparse
+
+    n = max(shape)
+    L0, S0 = planted_low_rank_plus_sparse(n, 2, 0.05, np.random.default_rng(3))
+    L0, S0 = L0[: shape[0], : shape[1]], S0[: shape[0], : shape[1]]
+    res = robust_pca(L0 + S0)
+    assert res.lam == pytest.approx(1 / np.sqrt(n))
+    assert np.linalg.norm(res.L - L0) <= 1e-5 * np.linalg.norm(L0)
+    res_t = robust_pca((L0 + S0).T)
+    np.testing.assert_allclose(res_t.L, res.L.T, atol=1e-6 * np.abs(L0).max())

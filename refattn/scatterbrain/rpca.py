@@ -103,8 +103,8 @@ def robust_pca(M, *, lam=None, tol=1e-7, max_iter=1000, rho=1.5) -> RPCAResult:
             converged = True
             break
     if not converged:
-        warnings.warn(f"robust_pca: not converged after {max_iter} iterations (residual {res:.3g} > tol {tol:g})",
-                      RPCANotConverged, stacklevel=2)
+        warnings.warn(f"robust_pca: not converged after {max_iter} iterations (primal residual {res:.3g}, dual "
+                      f"step {step:.3g}; both must fall to tol {tol:g} and sqrt(tol))", RPCANotConverged, stacklevel=2)
     return RPCAResult(L, S, Y, lam, it, converged, float(res))
 
 
