@@ -40,3 +40,21 @@ def test_a_float32_estimator_needs_no_precision_claim(seed):
 
     rep = check(in_float32, "attention", m=64, seed=seed, alpha=1e-6, isolate=False)
     assert rep.passed, rep.format_table()
+
+
+def test_a_float32_estimator_with_a_planted_defect_still_fails():
+    """Power twin of the test above: the same float32 Performer with half the features it claims is
+    caught at the defaults (the float32 allowance does not hide a real defect)."""
+    import numpy as np
+
+    from refattn.check import check
+    from refattn.check.planted import performer_estimator
+
+    def in_float32(q, k, v, seed, m=64, causal=False, key_lengths=None):
+        args = (a.astype(np.float32) for a in (q, k, v))
+        return performer_estimator(*args, seed, m=m, causal=causal, key_lengths=key_lengths,
+                                   feature_fraction=0.5).astype(np.float32)
+
+    for seed in (0, 1000):
+        rep = check(in_float32, "attention", m=64, seed=seed, isolate=False)
+        assert not rep.passed, rep.format_table()
