@@ -1,9 +1,11 @@
 """The Monte Carlo engine (refattn.montecarlo) computes what the shipped estimators compute.
 
 The engine vectorises many draws at once and is what the statistical tests and ``refattn theory``
-sample from, so each of its estimator formulas is held here to the product a user calls, on the
-same draw: ``kernel_samples`` to :class:`refattn.performer.RandomFeatures` (every softmax kind),
-``attention_samples`` to :func:`refattn.performer.performer_attention` with an explicit ``W``, and
+sample from. It draws through the shipped feature maps, and each estimator is held here, on the
+same draw, to the formula written out from its paper: ``kernel_samples`` (so
+:class:`refattn.performer.RandomFeatures`, every softmax kind, FAVOR++ at a given A and at A*)
+to Lemma 1 of Choromanski et al. (2021) and Likhosherstov et al. (2022, eq. 9);
+``attention_samples`` to :func:`refattn.performer.performer_attention` with an explicit ``W``; and
 ``scatterbrain_samples`` to its definition on the support. Power twin: a planted wrong kind is
 told apart. Deterministic (seeded draws, rounding-level tolerances).
 """
@@ -20,6 +22,25 @@ def _pairs(P=5, d=4, seed=0):
     return rng.normal(size=(P, d)) * 0.4, rng.normal(size=(P, d)) * 0.4
 
 
+def _from_formula(kind, W, x, y, A=0.0):
+    """SM^(x_p, y_p) for one draw W (m, d), written out from the papers (no refattn code):
+    positive Lam mean_r exp(w_r.z), hyperbolic Lam mean_r cosh(w_r.z), trigonometric
+    exp((|x|^2 + |y|^2)/2) mean_r cos(w_r.(x - y)), FAVOR++
+    Lam (1 - 4A)^{d/2} mean_r exp(2A |w_r|^2 + sqrt(1 - 4A) w_r.z), with z = x + y and
+    Lam = exp(-(|x|^2 + |y|^2)/2)."""
+    sx, sy = np.sum(x * x, -1), np.sum(y * y, -1)
+    lam, z, d = np.exp(-(sx + sy) / 2), x + y, x.shape[1]
+    if kind == "trigonometric":
+        return np.exp((sx + sy) / 2) * np.cos((x - y) @ W.T).mean(axis=1)
+    u = z @ W.T  # (P, m)
+    if kind == "positive":
+        return lam * np.exp(u).mean(axis=1)
+    if kind == "hyperbolic":
+        return lam * np.cosh(u).mean(axis=1)
+    w2 = np.sum(W * W, axis=-1)
+    return lam * (1 - 4 * A) ** (d / 2) * np.exp(2 * A * w2 + np.sqrt(1 - 4 * A) * u).mean(axis=1)
+
+
 def _from_features(kind, W, x, y, A=0.0):
     """phi(x_p) . phi(y_p) with refattn's feature maps, one draw W (m, d)."""
     f = RandomFeatures(kind, W, A)
@@ -31,21 +52,33 @@ def _from_features(kind, W, x, y, A=0.0):
 @pytest.mark.parametrize("estimator", ESTIMATORS)
 @pytest.mark.parametrize("proj", ["gaussian", "orthogonal"])
 def test_kernel_samples_are_the_shipped_feature_maps(estimator, proj):
+    """The engine's samples are the shipped features' stabilised product on the same draw, and
+    both are the paper's formula (FAVOR++ at a given A and at the optimal A* of these pairs)."""
+    from refattn.theory import favorpp_optimal_A, favorpp_phi
+
     x, y = _pairs()
-    m, n, A = 6, 7, (-0.2 if estimator == "favorpp" else 0.0)
-    samples = kernel_samples(x, y, estimator=estimator, projection=proj, m=m, n_draws=n, rng=3, A=A)
-    W = projection(proj, m, x.shape[1], np.random.default_rng(3), size=n)  # the engine's draws, in order
-    expected = np.stack([_from_features(estimator, W[i], x, y, A) for i in range(n)])
-    np.testing.assert_allclose(samples, expected, rtol=1e-12)
+    m, n = 6, 7
+    A_star = float(favorpp_optimal_A(favorpp_phi(x, y), x.shape[1]))
+    for A in ([-0.2, A_star, 0.1] if estimator == "favorpp" else [0.0]):
+        samples = kernel_samples(x, y, estimator=estimator, projection=proj, m=m, n_draws=n, rng=3, A=A)
+        W = projection(proj, m, x.shape[1], np.random.default_rng(3), size=n)  # the engine's draws, in order
+        shipped = np.stack([_from_features(estimator, W[i], x, y, A) for i in range(n)])
+        formula = np.stack([_from_formula(estimator, W[i], x, y, A) for i in range(n)])
+        np.testing.assert_allclose(samples, shipped, rtol=1e-12)
+        np.testing.assert_allclose(shipped, formula, rtol=1e-11)
 
 
 def test_a_wrong_estimator_is_told_apart():
-    """Power twin: positive samples are not the hyperbolic feature maps on the same draw."""
+    """Power twin: positive samples are not the hyperbolic formula on the same draw, and a FAVOR++
+    formula with the constant (1 - 4A)^{d/4} (half the exponent) is told apart."""
     x, y = _pairs()
     samples = kernel_samples(x, y, estimator="positive", m=6, n_draws=4, rng=3)
     W = projection("gaussian", 6, x.shape[1], np.random.default_rng(3), size=4)
-    other = np.stack([_from_features("hyperbolic", W[i], x, y) for i in range(4)])
+    other = np.stack([_from_formula("hyperbolic", W[i], x, y) for i in range(4)])
     assert np.max(np.abs(samples - other) / np.abs(other)) > 1e-3
+    pp = kernel_samples(x, y, estimator="favorpp", m=6, n_draws=4, rng=3, A=-0.2)
+    half = np.stack([_from_formula("favorpp", W[i], x, y, -0.2) for i in range(4)]) / 1.8 ** (x.shape[1] / 4)
+    assert np.max(np.abs(pp - half) / np.abs(half)) > 1e-3
 
 
 def test_attention_samples_are_performer_outputs():

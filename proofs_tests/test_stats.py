@@ -63,6 +63,50 @@ def test_proportion_test_calibration_and_power(seed):
         proportion_test(np.full((3, 1), 0.5), 0.5, alpha=0.1)
 
 
+N_FAMILIES, N_ENTRIES = 100, 40  # 100 null families of 40 entries each, tested at alpha = 0.05
+
+
+def _family_rejections(test_one_family, rng):
+    return sum(not test_one_family(rng) for _ in range(N_FAMILIES))
+
+
+def _z_family(rng, *, per_entry=False):
+    x = rng.normal(2.0, 1.0, size=(30, N_ENTRIES))
+    if per_entry:  # the power twin: each entry at alpha, no correction
+        return all(z_test_mean(x[:, e], 2.0, alpha=0.05).passed for e in range(N_ENTRIES))
+    return z_test_mean(x, 2.0, alpha=0.05).passed
+
+
+def _proportion_family(rng, *, per_entry=False):
+    from refattn.stats import proportion_test
+
+    x = (rng.random((200, N_ENTRIES)) < 0.3).astype(float)
+    if per_entry:
+        return all(proportion_test(x[:, e], 0.3, alpha=0.05)[0] for e in range(N_ENTRIES))
+    return proportion_test(x, 0.3, alpha=0.05)[0]
+
+
+@pytest.mark.statistical
+@pytest.mark.parametrize("family", [_z_family, _proportion_family], ids=["z_test_mean", "proportion_test"])
+def test_family_wise_rate_is_at_most_alpha(family, seed):
+    """The family-wise false-rejection rate over 40 null entries is at most alpha = 0.05 (the
+    Bonferroni correction at work): rejections of 100 independent families are at most the
+    1 - 1e-6 quantile of Binomial(100, 0.05) (17). Uncorrected, a family of 40 would be rejected with
+    probability 1 - 0.95^40 = 0.87 (the z-test; the exact binomial test is conservative, but
+    its per-entry level still compounds). False-failure probability <= 1e-6."""
+    rejections = _family_rejections(family, np.random.default_rng([seed, 11]))
+    assert rejections <= _binomial_upper(N_FAMILIES, 0.05, ALPHA_FAMILY), rejections
+
+
+@pytest.mark.statistical
+@pytest.mark.parametrize("family", [_z_family, _proportion_family], ids=["z_test_mean", "proportion_test"])
+def test_family_wise_test_has_power_against_a_missing_correction(family, seed):
+    """Power twin: the same families tested entry by entry at alpha (no correction) exceed the
+    bound above, so the test above would catch a deleted Bonferroni factor."""
+    rejections = _family_rejections(lambda g: family(g, per_entry=True), np.random.default_rng([seed, 11]))
+    assert rejections > _binomial_upper(N_FAMILIES, 0.05, ALPHA_FAMILY), rejections
+
+
 def test_stats_bad_input():
     with pytest.raises(ValueError, match="^alpha"):
         z_test_mean(np.ones(5), 1.0, alpha=1.5)

@@ -7,8 +7,9 @@ are evaluated for all of them with one batched product, in chunks that bound mem
 ``refattn theory`` use it.
 
 - :func:`kernel_samples`: ``(n_draws, P)`` samples of the softmax-kernel estimate
-  ``SM^(x_p, y_p)`` for ``P`` pairs (each draw's ``W`` shared by all pairs), by the
-  estimator formulas of the docs' Performer page (Lemma 1).
+  ``SM^(x_p, y_p)`` for ``P`` pairs (each draw's ``W`` shared by all pairs), computed by the
+  shipped feature maps (:class:`~refattn.performer.features.RandomFeatures`) on the stabilised
+  product ``phi(x).phi(y) exp(ls_x + ls_y)``, so the statistical tests test what ships.
 - :func:`attention_samples`: ``(n_draws, T, Hv)`` normalised Performer outputs.
 - :func:`scatterbrain_samples`: ``(n_draws, P)`` samples of Scatterbrain's entry estimate
   (exact on an r-bit SimHash collision, iid positive features off it).
@@ -39,8 +40,9 @@ def _chunks(n, per_draw, budget=4_000_000):
 def kernel_samples(x, y, *, estimator="positive", projection="gaussian", m, n_draws, rng, A=0.0):
     r"""Independent samples of ``SM^(x_p, y_p)`` (scaled inputs), shape ``(n_draws, P)``.
 
-    ``x``, ``y`` are ``(P, d)`` (or ``(d,)`` for one pair). Estimators (averages over the
-    ``m`` rows of one draw of ``W``, the docs' Performer page):
+    ``x``, ``y`` are ``(P, d)`` (or ``(d,)`` for one pair). Computed by
+    :class:`~refattn.performer.features.RandomFeatures`; what each estimator is (averages over
+    the ``m`` rows of one draw of ``W``, the docs' Performer page):
 
     - positive: ``Lam mean_r exp(omega_r . z)``
     - hyperbolic: ``Lam mean_r cosh(omega_r . z)``
@@ -60,27 +62,14 @@ def kernel_samples(x, y, *, estimator="positive", projection="gaussian", m, n_dr
         raise ValueError(f"A: FAVOR++ needs A < 1/8, got {A}")
     gen = as_generator(rng)
     P, d = x.shape
-    sx, sy = np.sum(x * x, -1), np.sum(y * y, -1)
-    lam = np.exp(-(sx + sy) / 2)  # (P,)
-    z = x + y
-    D = x - y
     out = np.empty((n_draws, P))
     row = 0
-    for c in _chunks(n_draws, m * (P + d)):
+    for c in _chunks(n_draws, 2 * m * (P + d)):
         W = _projection(projection, m, d, gen, size=c)  # (c, m, d)
-        if estimator == "trigonometric":
-            u = W @ D.T  # (c, m, P)
-            est = np.exp((sx + sy) / 2) * np.cos(u).mean(axis=1)
-        else:
-            u = W @ z.T  # (c, m, P)
-            if estimator == "positive":
-                est = lam * np.exp(u).mean(axis=1)
-            elif estimator == "hyperbolic":
-                est = lam * np.cosh(u).mean(axis=1)
-            else:
-                w2 = np.sum(W * W, axis=-1)[..., None]  # (c, m, 1)
-                logc = (d / 2) * math.log1p(-4 * A)
-                est = lam * np.exp(logc + 2 * A * w2 + math.sqrt(1 - 4 * A) * u).mean(axis=1)
+        feats = RandomFeatures(estimator, W, A)  # the shipped feature maps, one draw per batch item
+        px, lx = feats(x, stabilize="query")  # (c, P, F), (c, P): a shift per row, undone below
+        py, ly = feats(y, stabilize="query")
+        est = np.sum(px * py, axis=-1) * np.exp(lx + ly)  # phi(x).phi(y) exp(ls_x + ls_y)
         out[row:row + c] = est
         row += c
     return out

@@ -72,3 +72,45 @@ def test_the_budget_rules(budget):
     assert result("reformer").support.row_counts().max() <= budget
     window = REGISTRY["local window"].run(q, k, np.eye(64), budget=budget, scale=8**-0.5, rng=None)
     assert np.count_nonzero(window, axis=1).max() == budget
+
+
+def _future_weight(P, T, S):
+    """Largest |weight| a query puts on a key after it, bottom-right aligned: key j is visible
+    to query i iff j <= i + S - T."""
+    i, j = np.indices((T, S))
+    return float(np.max(np.abs(np.where(j > i + S - T, P, 0.0)), initial=0.0))
+
+
+@pytest.mark.parametrize("T, S", [(15, 12), (12, 15), (9, 9)])
+def test_causal_canary_for_every_causal_method(T, S):
+    """Every method that takes ``causal=True`` puts exactly zero weight on future keys, for
+    T > S as well as T < S: its matrix P^ = run(q, k, I) (linear in v given the draw) is read
+    entry by entry. HyperAttention's recursive causal form is defined for T == S only and says
+    so. Deterministic given the draw."""
+    rng = np.random.default_rng(7)
+    q, k = rng.standard_normal((T, 6)), rng.standard_normal((S, 6))
+    causal = [n for n, m in REGISTRY.items() if m.causal]
+    assert {"performer", "scatterbrain", "reformer", "hyperattention", "sea", "exact dense"} <= set(causal)
+    for name in causal:
+        if name == "hyperattention" and T != S:
+            with pytest.raises(ValueError, match="^causal: .*T == S"):
+                REGISTRY[name].run(q, k, np.eye(S), budget=8, scale=1.0, rng=method_rng(0, name), causal=True)
+            continue
+        P = output_of(REGISTRY[name].run(q, k, np.eye(S), budget=8, scale=6**-0.5,
+                                         rng=method_rng(0, name), causal=True))
+        assert P.shape == (T, S), name
+        assert _future_weight(P, T, S) == 0.0, (name, T, S)
+        assert np.abs(P).max() > 0, name  # and the canary reads a real matrix
+
+
+def test_causal_canary_has_power():
+    """The canary's power twin: the exact matrix with the other (top-left) alignment at T > S
+    puts weight on future keys, and the canary sees it."""
+    rng = np.random.default_rng(7)
+    T, S = 15, 12
+    q, k = rng.standard_normal((T, 6)), rng.standard_normal((S, 6))
+    from refattn.exact import attention_probabilities
+
+    top_left = attention_probabilities(q, k, causal="top_left")
+    assert _future_weight(top_left, T, S) > 0.01
+    assert _future_weight(attention_probabilities(q, k, causal=True), T, S) == 0.0
