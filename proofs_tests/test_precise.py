@@ -6,6 +6,8 @@ twins show the same comparison rejects a float32 computation and a naive (unshif
 softmax. Deterministic tests: no false-failure probability.
 """
 
+import math
+
 import mpmath
 import numpy as np
 import pytest
@@ -125,3 +127,27 @@ def test_backward_against_mp():
             assert g.shape == r.shape, n
             scale = max(1.0, np.abs(r).max())
             assert np.abs(g - r).max() <= 1e-12 * scale, (n, kw, np.abs(g - r).max())
+
+
+@pytest.mark.parametrize("a", [1.0, 30.0])
+def test_forward_error_bound_pinned_by_hand(a):
+    """The bound's value on one input, computed by hand from its formula, so no term can be
+    dropped or rescaled unnoticed (the mpmath cases above only show it is not too small).
+
+    q = [[a, 0]], k = I_2, v = [[1], [-1]], scale 1, float64 (u = 2^-53), H = S = 2: the
+    absolute-product term is max_j a |k_j1| = a, the logits are [a, 0] so the range is R = a,
+    Delta = gamma_4 a + 2 u a + gamma_14 and the bound is (exp(2 Delta) - 1 + 2 gamma_4) * 1.
+    At a = 1 the sum terms dominate, at a = 30 the conditioning term; halving any one of the four
+    terms moves the bound by far more than the 1e-12 the pin allows (checked below)."""
+    u = 2.0**-53
+    g = lambda n: n * u / (1 - n * u)  # noqa: E731
+    delta = g(4) * a + 2 * u * a + g(14)
+    by_hand = math.expm1(2 * delta) + 2 * g(4)
+    q, k, v = np.array([[a, 0.0]]), np.eye(2), np.array([[1.0], [-1.0]])
+    bound = forward_error_bound(q, k, v, scale=1.0)
+    assert bound.shape == (1,)
+    assert bound[0] == pytest.approx(by_hand, rel=1e-12)
+    for drop in range(4):  # the bound with term `drop` halved
+        t = [g(4) * a, 2 * u * a, g(14), 2 * g(4)]
+        t[drop] /= 2
+        assert abs(math.expm1(2 * (t[0] + t[1] + t[2])) + t[3] - by_hand) > 1e-3 * by_hand
