@@ -362,3 +362,19 @@ def test_backward_through_the_options_matches_finite_differences():
         plus[which], minus[which] = x + e, x - e
         num = (np.sum(dout * softmax_attention(*plus, **kw)) - np.sum(dout * softmax_attention(*minus, **kw))) / (2 * h)
         assert abs(num - g[idx]) <= 1e-6 * max(1.0, abs(num)), (which, num, g[idx])
+
+
+@pytest.mark.parametrize("implementation, runs", [("numba", "stream_numba"), ("numpy", "stream_numpy")])
+def test_each_implementation_runs_its_own_kernel(monkeypatch, implementation, runs):
+    """``implementation=`` selects the kernel it names (the paths agree to rounding, so only a spy
+    can tell which one ran). Deterministic."""
+    from refattn.kernels.numba import streaming
+
+    calls = []
+    for name in ("stream_numba", "stream_numpy"):
+        real = getattr(streaming, name)
+        monkeypatch.setattr(streaming, name, lambda *a, _real=real, _name=name, **kw: calls.append(_name) or _real(*a, **kw))
+    rng = np.random.default_rng(0)
+    softmax_attention(rng.standard_normal((4, 3)), rng.standard_normal((5, 3)), rng.standard_normal((5, 2)),
+                      implementation=implementation)
+    assert set(calls) == {runs}

@@ -3,6 +3,8 @@
 
 import json
 
+import numpy as np
+
 from refattn.check.verdict import CheckReport, Verdict, holm
 
 
@@ -22,3 +24,32 @@ def test_report_table_json_and_exit_code():
     assert rep.exit_code == 1 and "RESULT: FAIL (1 of 3" in rep.format_table()
     d = json.loads(rep.to_json())
     assert [c["verdict"] for c in d["checks"]] == ["FAIL", "PASS", "skip"] and d["passed"] is False
+
+
+def test_bonferroni_p_of_an_empty_family_is_one():
+    from refattn.check.verdict import bonferroni_p
+
+    assert bonferroni_p([]) == 1.0
+    assert bonferroni_p([0.01, 0.2]) == 0.02 and bonferroni_p([0.9, np.nan]) == 1.0
+
+
+def test_table_columns_line_up_and_printed_output_is_cut_at_800_characters():
+    """Every column starts at the same offset in the header and in each row (widths are the
+    longest cell); the last column is free text; what the callable printed is shown whole up
+    to 800 characters and cut (with a marker) beyond."""
+    rep = CheckReport("t", "kernel", 1e-3, 0)
+    rep.add(Verdict("a much longer check name", True, "short meaning", statistic=1.0, pvalue=0.5))
+    rep.add(Verdict("b", False, "a considerably longer meaning than the header", statistic=12345.678))
+    lines = rep.format_table().splitlines()
+    head = next(ln for ln in lines if ln.startswith("check"))
+    rows = [ln for ln in lines if ln.startswith("a much") or ln.startswith("b ")]
+    for col in ("verdict", "statistic", "what it means"):
+        at = head.index(col)
+        assert all(r[at - 2:at] == "  " and r[at] != " " for r in rows), (col, rows)
+    dashes = next(ln for ln in lines if ln.startswith("-"))
+    assert dashes.split()[-1] == "-" * len("what it means")  # the free-text column is not padded
+    assert [len(d) for d in dashes.split()][:5] == [len("a much longer check name"), 7, len("statistic"), 7, 6]
+    rep.output = "x" * 800
+    assert "x" * 800 in rep.format_table() and "[...]" not in rep.format_table()
+    rep.output = "x" * 801
+    assert "x" * 800 + " [...]" in rep.format_table() and "x" * 801 not in rep.format_table()

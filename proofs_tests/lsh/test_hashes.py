@@ -79,3 +79,24 @@ def test_lsh_bad_input():
         angular_hash(np.ones((2, 3)), angular_rotations(4, 4, 0))
     with pytest.raises(ValueError, match="^theta"):
         theory.simhash_collision(4.0)
+
+
+def test_cross_polytope_hash_rotates_by_the_matrix_not_its_transpose():
+    """Pinned by hand (Andoni et al. 2015: the bucket of x is the closest signed basis vector to
+    R x): with the 90-degree rotation R = [[0, -1], [1, 0]], R [1, 0] = [0, 1], the basis vector
+    e_2, bucket 1 (buckets 0..d-1 are +e_i, d..2d-1 are -e_i); R^T would give -e_2, bucket 3."""
+    R = np.array([[[0.0, -1.0], [1.0, 0.0]]])
+    assert cross_polytope_hash(np.array([[1.0, 0.0]]), R).tolist() == [[1]]
+    assert cross_polytope_hash(np.array([[0.0, -2.0]]), R).tolist() == [[0]]  # R [0, -2] = [2, 0]
+
+
+def test_smyrf_transform_maps_inner_products_to_distances():
+    """Daras et al. (2020), section 3: F(q) = [q, 0, sqrt(M^2 - |q|^2)], G(k) = [k, sqrt(M^2 - |k|^2), 0]
+    have d + 2 columns, F(q) . G(k) = q . k and |F(q) - G(k)|^2 = 2 M^2 - 2 q . k. Deterministic."""
+    rng = np.random.default_rng(4)
+    q, k = rng.standard_normal((5, 3)), rng.standard_normal((6, 3))
+    F, G, M = smyrf_transform(q, k)
+    assert F.shape == (5, 5) and G.shape == (6, 5)
+    np.testing.assert_allclose(F @ G.T, q @ k.T, atol=1e-12)
+    d2 = np.sum((F[:, None, :] - G[None, :, :]) ** 2, -1)
+    np.testing.assert_allclose(d2, 2 * M**2 - 2 * q @ k.T, atol=1e-10)

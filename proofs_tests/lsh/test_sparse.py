@@ -205,3 +205,46 @@ def test_topk_ties_keep_the_lower_key_index():
     assert rows(1) == [[0], [3]]
     assert rows(2) == [[0, 1], [3, 5]]
     assert rows(3) == [[0, 1, 2], [3, 4, 5]]
+
+
+def test_union_of_one_support_is_itself():
+    s = local_window(5, 6, 1, 1)
+    u = union(s)
+    np.testing.assert_array_equal(u.to_dense(), s.to_dense())
+
+
+def test_from_pairs_with_a_single_key():
+    """n_keys = 1: the pair code rows * n_keys + cols must decode with the same multiplier."""
+    s = Support.from_pairs(np.array([2, 0, 2]), np.array([0, 0, 0]), 3, 1)
+    assert s.indptr.tolist() == [0, 1, 1, 2] and s.indices.tolist() == [0, 0]
+
+
+@pytest.mark.parametrize("implementation", ["numpy", "numba"])
+def test_chunked_support_against_its_definition(implementation):
+    """Reformer's chunked support (Kitaev et al. 2020, section 2): sort by bucket, cut into
+    chunks; a query sees the keys of its own chunk and of the ``lookback`` chunks before it
+    (same bucket only when asked). Both implementations against a brute-force double loop."""
+    from refattn.lsh.hashes import sort_order
+
+    rng = np.random.default_rng(3)
+    qb, kb = rng.integers(0, 3, 12), rng.integers(0, 3, 12)
+    chunk, lookback = 3, 1
+    cq = np.empty(12, int)
+    ck = np.empty(12, int)
+    cq[sort_order(qb)] = np.arange(12) // chunk
+    ck[sort_order(kb)] = np.arange(12) // chunk
+    for same in (True, False):
+        want = np.array([[0 <= cq[i] - ck[j] <= lookback and (not same or qb[i] == kb[j]) for j in range(12)]
+                         for i in range(12)])
+        got = chunked_bucket_support(qb, kb, chunk, lookback=lookback, same_bucket=same,
+                                     implementation=implementation).to_dense()
+        np.testing.assert_array_equal(got, want)
+
+
+def test_numpy_sparse_kernel_gives_minus_inf_lse_for_an_empty_row():
+    rng = np.random.default_rng(0)
+    q, k, v = rng.standard_normal((3, 2)), rng.standard_normal((4, 2)), rng.standard_normal((4, 2))
+    s = Support.from_pairs(np.array([0, 2]), np.array([1, 3]), 3, 4)
+    for impl in ("numpy", "numba"):
+        out, lse = sparse_attention(q, k, v, s, return_lse=True, implementation=impl)
+        assert lse[1] == -np.inf and np.all(out[1] == 0) and np.all(np.isfinite(lse[[0, 2]])), impl

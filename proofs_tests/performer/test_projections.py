@@ -108,3 +108,14 @@ def test_projection_dispatch_and_bad_input():
         orthogonal_projection(3, 4.0, 0)
     with pytest.raises(ValueError, match="^rng"):
         orthogonal_projection(3, 4, None)
+
+
+def test_sorf_rows_are_orthogonal_directions_with_their_own_norms():
+    """SORF (Yu et al. 2016, section 4): within a block of p = d rows the directions are exactly
+    orthogonal (the product of Hadamard and sign matrices is orthogonal), and each row is then
+    rescaled as a whole, so normalising the rows recovers an orthogonal matrix. Deterministic."""
+    from refattn.performer.projections import sorf_projection
+
+    W = sorf_projection(8, 8, np.random.default_rng(3))
+    U = W / np.linalg.norm(W, axis=1, keepdims=True)
+    np.testing.assert_allclose(U @ U.T, np.eye(8), atol=1e-12)

@@ -142,3 +142,13 @@ def test_theory_bad_input():
         theory.mse_positive(np.ones(2), np.ones(3), 1)
     with pytest.raises(ValueError, match="^x: contains NaN"):
         theory.mse_trigonometric(np.array([np.nan, 1.0]), np.ones(2), 1)
+
+
+def test_uniform_convergence_features_by_hand():
+    """Performer Theorem 4's count at eps = 0.1, d = 16, R = 2, computed by hand:
+    l = R d^{-1/4} = 1, delta = eps e^{-1}, m = (d / delta^2) log(4 d^{3/4} R / delta)
+    = 1600 e^2 log(640 e). Deterministic."""
+    from refattn.theory import uniform_convergence_features
+
+    by_hand = 1600 * math.e**2 * math.log(640 * math.e)
+    assert uniform_convergence_features(0.1, 16, 2.0) == pytest.approx(by_hand, rel=1e-12)

@@ -193,3 +193,30 @@ def test_causal_canary_in_both_shapes(T, S):
     queries that see it do move (the canary has power)."""
     leaks, moved = _future_leaks(T, S)
     assert leaks == 0 and moved > 0
+
+
+@pytest.mark.parametrize("implementation, runs", [("numba", "correction_numba"), ("numpy", "correction_numpy")])
+def test_each_sparse_implementation_runs_its_own_kernel(monkeypatch, implementation, runs):
+    """``sparse_implementation=`` selects the correction kernel it names (a spy: the two agree to
+    rounding). Deterministic."""
+    from refattn.kernels.numba import scatterbrain_correction as kern
+
+    calls = []
+    for name in ("correction_numba", "correction_numpy"):
+        real = getattr(kern, name)
+        monkeypatch.setattr(kern, name, lambda *a, _real=real, _name=name, **kw: calls.append(_name) or _real(*a, **kw))
+    rng = np.random.default_rng(0)
+    q, k, v = rng.standard_normal((5, 3)), rng.standard_normal((5, 3)), rng.standard_normal((5, 2))
+    scatterbrain_attention(q, k, v, local_window(5, 5, 1, 1), m=4, rng=0, sparse_implementation=implementation)
+    assert set(calls) == {runs}
+
+
+def test_queries_that_see_no_key_get_zero_output():
+    """Causal with T > S (bottom-right): the first T - S queries see no key; their numerator and
+    denominator are exactly zero and the output is defined as zero (not 0/0). Deterministic."""
+    rng = np.random.default_rng(1)
+    T, S = 7, 4
+    q, k, v = rng.standard_normal((T, 3)), rng.standard_normal((S, 3)), rng.standard_normal((S, 2))
+    res = scatterbrain_attention(q, k, v, local_window(T, S, 1, 0), m=4, rng=0, causal=True)
+    assert np.all(res.denominator[: T - S] == 0) and np.all(res.output[: T - S] == 0)
+    assert np.all(np.isfinite(res.output)) and np.all(res.denominator[T - S:] > 0)

@@ -14,6 +14,7 @@ from refattn.scatterbrain.rpca import (
     fixed_budget_decomposition,
     planted_low_rank_plus_sparse,
     robust_pca,
+    svt,
 )
 
 
@@ -144,3 +145,18 @@ def test_rectangular_default_lambda_and_recovery(shape):
     assert np.linalg.norm(res.L - L0) <= 1e-5 * np.linalg.norm(L0)
     res_t = robust_pca((L0 + S0).T)
     np.testing.assert_allclose(res_t.L, res.L.T, atol=1e-6 * np.abs(L0).max())
+
+
+def test_svt_at_a_tie_drops_the_singular_value():
+    """Singular-value thresholding keeps sigma_i - tau for sigma_i > tau: a singular value equal to
+    tau contributes nothing and is not counted in the rank."""
+    D, rank = svt(np.diag([3.0, 1.0]), 1.0)
+    np.testing.assert_allclose(D, np.diag([2.0, 0.0]), atol=1e-15)
+    assert rank == 1
+
+
+def test_non_convergence_warning_points_at_the_caller():
+    """The warning is attributed to the line that called robust_pca (stacklevel), not to refattn."""
+    with pytest.warns(RPCANotConverged) as record:
+        robust_pca(np.random.default_rng(0).standard_normal((6, 5)), max_iter=2)
+    assert record[0].filename == __file__

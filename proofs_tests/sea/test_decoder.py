@@ -143,3 +143,40 @@ def test_oracle_decoder_is_a_decoder():
     q, k, _ = qkv(T=8, S=8)
     z = OracleDecoder(q, k)(None, np.full(8, 8), 8, 4)
     np.testing.assert_allclose(np.exp(z), binned_attention(q, k, 4), rtol=1e-12)
+
+
+def test_oracle_decoder_gives_minus_inf_to_empty_bins():
+    """Causal row 0 sees one key, so one of its 3 bins holds all the mass (log 1 = 0) and the
+    other two are empty; row 1 sees two keys, so one bin is empty. Empty bins get log-mass -inf
+    exactly (no hidden epsilon, never 0 = log 1)."""
+    q, k, _ = qkv(T=6, S=6, seed=2)
+    lengths = row_lengths(6, 6, True)
+    out = OracleDecoder(q, k, causal=True)(None, lengths, 6, 3)
+    assert np.sum(out[0] == -np.inf) == 2 and np.max(out[0]) == 0.0
+    assert np.sum(out[1] == -np.inf) == 1
+    assert np.all(np.isfinite(out[-1]))
+
+
+def test_decoder_loss_is_shift_invariant_at_large_logits():
+    """The distillation loss is a softmax of F theta: adding a constant to every logit (here 800,
+    where exp overflows) changes nothing, because the softmax is computed from z - max z."""
+    rng = np.random.default_rng(0)
+    F = rng.standard_normal((4, 3, 7))
+    teacher = rng.dirichlet(np.ones(3), size=4)
+    nonempty, valid = np.ones((4, 3), bool), np.ones(4, bool)
+    theta = rng.standard_normal(7)
+    shifted = F.copy()
+    shifted[..., 0] += 800.0 / theta[0]  # every logit moves by +800
+    base, g0 = decoder_loss(theta, F, teacher, nonempty, valid, 1.0)
+    big, _ = decoder_loss(theta, shifted, teacher, nonempty, valid, 1.0)
+    assert math.isfinite(big) and big == pytest.approx(base, rel=1e-9)
+
+
+def test_distill_decoder_with_fewer_bins_than_features():
+    """n_bins = 3 (below the decoder's 7 features): the teacher and the features line up per
+    bin, and distillation lowers the loss from the fixed decoder's starting point."""
+    q, k, _ = qkv(T=16, S=16, seed=5)
+    W = projection("orthogonal", 8, q.shape[-1], np.random.default_rng(1))
+    dec = distill_decoder([(q, k)], n_bins=3, W=W, maxiter=30)
+    assert dec.theta.shape == (7,) and np.all(np.isfinite(dec.theta))
+    assert not np.allclose(dec.theta, LogLinearDecoder().theta)
