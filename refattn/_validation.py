@@ -10,18 +10,32 @@ from __future__ import annotations
 import math
 import numbers
 
+import ml_dtypes
 import numpy as np
 
 from refattn.kernels import numba_enabled
 
+_BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+
 __all__ = [
     "IMPLEMENTATIONS",
+    "MAX_ELEMENTS",
     "choose_implementation",
     "as_generator",
     "as_float_array",
+    "as_index_array",
     "check_scale",
     "check_positive_int",
+    "check_real",
+    "check_bool",
+    "check_allocation",
+    "check_finite_result",
 ]
+
+#: The largest array (in elements) a size argument may ask refattn to allocate: 2^32 float64
+#: entries are 32 GiB. A larger request is a ValueError naming the argument, not a MemoryError
+#: from deep inside NumPy (or minutes of swapping). Raise it with ``REFATTN_MAX_ELEMENTS``.
+MAX_ELEMENTS = int(float(__import__("os").environ.get("REFATTN_MAX_ELEMENTS", 2**32)))
 
 
 def as_float_array(x, name: str, *, allow_neg_inf: bool = False) -> np.ndarray:
@@ -32,10 +46,14 @@ def as_float_array(x, name: str, *, allow_neg_inf: bool = False) -> np.ndarray:
     (``TypeError``) and NaN/Inf entries (``ValueError``). With ``allow_neg_inf``
     the value ``-inf`` is accepted (an additive bias uses it to mask).
     """
+    if x is None or isinstance(x, (str, bytes)):
+        raise TypeError(f"{name}: expected a real floating-point array, got {type(x).__name__}")
     try:
         arr = np.asarray(x)
     except Exception as exc:  # e.g. a ragged list
         raise TypeError(f"{name}: cannot be converted to an array ({exc})") from None
+    if arr.dtype == _BFLOAT16:  # ml_dtypes' bfloat16 is exact in float32 (NumPy has no bfloat16 kind)
+        arr = arr.astype(np.float32)
     if not np.issubdtype(arr.dtype, np.floating):
         raise TypeError(
             f"{name}: expected a real floating-point array, got dtype {arr.dtype}"
@@ -63,14 +81,93 @@ def check_scale(scale, head_dim: int) -> float:
     return scale
 
 
-def check_positive_int(value, name: str, *, minimum: int = 1) -> int:
-    """An integer ``>= minimum`` (bools rejected), or raise naming ``name``."""
+def check_positive_int(value, name: str, *, minimum: int = 1, maximum: int | None = None) -> int:
+    """An integer in ``[minimum, maximum]`` (bools rejected), or raise naming ``name``.
+
+    ``maximum`` defaults to :data:`MAX_ELEMENTS`: every size refattn takes drives an allocation
+    or a loop, so an absurd one (``2**40``) is the caller's mistake, reported as such.
+    """
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name}: expected an integer, got {type(value).__name__}")
     value = int(value)
     if value < minimum:
         raise ValueError(f"{name}: must be >= {minimum}, got {value}")
+    maximum = MAX_ELEMENTS if maximum is None else maximum
+    if value > maximum:
+        raise ValueError(f"{name}: must be <= {maximum}, got {value}")
     return value
+
+
+def check_real(value, name: str, *, minimum=None, maximum=None, low_open=False, high_open=False,
+               finite=True) -> float:
+    """A real number (bools, strings, complex and arrays rejected) in the given range, as a float.
+
+    ``minimum``/``maximum`` bound it (exclusive with ``low_open``/``high_open``); NaN is always
+    rejected, infinities unless ``finite=False``.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a real number, got {type(value).__name__}")
+    value = float(value)
+    if math.isnan(value) or (finite and math.isinf(value)):
+        raise ValueError(f"{name}: must be {'finite' if finite else 'a number'}, got {value!r}")
+    if minimum is not None and (value < minimum or (low_open and value == minimum)):
+        raise ValueError(f"{name}: must be {'>' if low_open else '>='} {minimum:g}, got {value!r}")
+    if maximum is not None and (value > maximum or (high_open and value == maximum)):
+        raise ValueError(f"{name}: must be {'<' if high_open else '<='} {maximum:g}, got {value!r}")
+    return value
+
+
+def check_bool(value, name: str) -> bool:
+    """``True``/``False`` (Python or NumPy bools only: ``"no"`` and ``2`` are mistakes)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected True or False, got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
+def as_index_array(x, name: str, *, ndim: int | None = 1, minimum: int = 0, maximum: int | None = None) -> np.ndarray:
+    """An integer array (int64) with entries in ``[minimum, maximum]``, or raise naming ``name``.
+
+    Integer dtypes only (floats, bools, strings rejected: an index is never ``1.5``); validated
+    before any kernel sees it, so no compiled loop can read out of bounds.
+    """
+    if x is None or isinstance(x, (str, bytes)):
+        raise TypeError(f"{name}: expected an integer array, got {type(x).__name__}")
+    try:
+        arr = np.asarray(x)
+    except Exception as exc:
+        raise TypeError(f"{name}: cannot be converted to an array ({exc})") from None
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"{name}: expected an integer array, got dtype {arr.dtype}")
+    if ndim is not None and arr.ndim != ndim:
+        raise ValueError(f"{name}: expected a {ndim}-D array, got shape {arr.shape}")
+    if arr.size:
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < minimum or (maximum is not None and hi > maximum):
+            bound = f"[{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
+            raise ValueError(f"{name}: entries must lie in {bound}, got [{lo}, {hi}]")
+    return arr.astype(np.int64, copy=False)
+
+
+def check_allocation(n_elements, names: str, what: str) -> None:
+    """Raise ``ValueError`` naming ``names`` when ``what`` would need more than :data:`MAX_ELEMENTS` entries."""
+    if n_elements > MAX_ELEMENTS:
+        raise ValueError(f"{names}: {what} would need {float(n_elements):.3g} entries, more than the "
+                         f"{MAX_ELEMENTS:.3g} refattn allocates (REFATTN_MAX_ELEMENTS)")
+
+
+def check_finite_result(result, names: str, what: str, *, allow_neg_inf: bool = False):
+    """Return ``result``, or raise ``ValueError`` naming the inputs when it overflowed to NaN/Inf.
+
+    For closed forms and estimators whose true value leaves float64 (``exp(x . y)`` at
+    ``|x||y| > 709``): an error naming the arguments and the limit instead of a silent NaN.
+    """
+    arr = np.asarray(result)
+    if arr.dtype.kind == "f":
+        bad = np.isnan(arr) | (arr == np.inf) | ((arr == -np.inf) if not allow_neg_inf else False)
+        if np.any(bad):
+            raise ValueError(f"{names}: {what} overflows float64 for these inputs ({int(np.sum(bad))} of "
+                             f"{arr.size} entries are not finite); scale them down")
+    return result
 
 
 def as_generator(rng) -> np.random.Generator:

@@ -36,7 +36,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from refattn._validation import as_float_array, check_scale
+from refattn._validation import (as_float_array, check_allocation, check_finite_result, check_positive_int,
+                                 check_scale)
 
 __all__ = ["AttentionProblem", "attention_problem", "score_problem", "sum_to_shape", "causal_alignment", "causal_mask",
            "causal_offset", "window_mask", "alibi_bias", "CAUSAL_ALIGNMENTS"]
@@ -44,18 +45,31 @@ __all__ = ["AttentionProblem", "attention_problem", "score_problem", "sum_to_sha
 CAUSAL_ALIGNMENTS = ("bottom_right", "top_left")
 
 
-def causal_alignment(causal) -> str | None:
+def causal_alignment(causal, name: str = "causal") -> str | None:
+    """``None`` (no causal mask), ``"bottom_right"`` (``True``) or ``"top_left"``; anything else is a
+    ``ValueError`` naming ``name``."""
     if causal is False or causal is None:
         return None
     if causal is True:
         return "bottom_right"
     if isinstance(causal, str) and causal in CAUSAL_ALIGNMENTS:
         return causal
-    raise ValueError(f"causal: expected False, True, 'bottom_right' or 'top_left', got {causal!r}")
+    raise ValueError(f"{name}: expected False, True, 'bottom_right' or 'top_left', got {causal!r}")
+
+
+def _sizes(T, S):
+    """``T, S`` as sizes of a ``(T, S)`` array refattn may allocate."""
+    T = check_positive_int(T, "T", minimum=0)
+    S = check_positive_int(S, "S", minimum=0)
+    check_allocation(T * S, "T, S", f"a ({T}, {S}) array")
+    return T, S
 
 
 def causal_offset(T: int, S: int, alignment: str) -> int:
     """Query ``i`` may see key ``j`` iff ``j <= i + offset``."""
+    T, S = (check_positive_int(n, name, minimum=0) for n, name in ((T, "T"), (S, "S")))
+    if not (isinstance(alignment, str) and alignment in CAUSAL_ALIGNMENTS):
+        raise ValueError(f"alignment: expected one of {CAUSAL_ALIGNMENTS}, got {alignment!r}")
     return S - T if alignment == "bottom_right" else 0
 
 
@@ -73,7 +87,8 @@ def causal_mask(T: int, S: int, alignment: str | bool = "bottom_right") -> np.nd
     array([[1, 0, 0],
            [1, 1, 0]])
     """
-    alignment = causal_alignment(alignment)
+    T, S = _sizes(T, S)
+    alignment = causal_alignment(alignment, "alignment")
     if alignment is None:
         return np.ones((T, S), dtype=bool)
     off = causal_offset(T, S, alignment)
@@ -278,6 +293,7 @@ def attention_problem(
 def window_mask(T: int, S: int, window) -> np.ndarray:
     """Boolean ``(T, S)``: query ``i`` sees keys ``c_i - left <= j <= c_i + right``, ``c_i = i + S - T``
     (bottom-right aligned, as flash-attn's ``window_size``); ``-1`` leaves a side unbounded."""
+    T, S = _sizes(T, S)
     try:
         left, right = (int(w) for w in window)
         ok = all(float(w) == int(w) for w in window) and len(tuple(window)) == 2
@@ -298,15 +314,18 @@ def window_mask(T: int, S: int, window) -> np.ndarray:
 def alibi_bias(slopes, T: int, S: int) -> np.ndarray:
     """ALiBi (Press et al. 2022) as an additive bias ``(*slopes.shape, T, S)``: ``-m |i + S - T - j|``
     (flash-attn's convention, bottom-right aligned)."""
+    slopes = as_float_array(slopes, "slopes").astype(np.float64)
+    T, S = _sizes(T, S)
+    check_allocation(slopes.size * T * S, "slopes, T, S", "the bias")
     distance = np.abs(np.arange(T)[:, None] + (S - T) - np.arange(S)[None, :]).astype(np.float64)  # (T, S)
-    return -np.asarray(slopes, dtype=np.float64)[..., None, None] * distance
+    return check_finite_result(-slopes[..., None, None] * distance, "slopes", "the ALiBi bias")
 
 
 def score_problem(q, k, *, scale=None, causal=False, mask=None, bias=None, key_lengths=None, window=None, softcap=None,
                   alibi_slopes=None) -> AttentionProblem:
     """:func:`attention_problem` for ``q`` and ``k`` alone (attention scores, no values): the same
     checks and errors, with ``v`` a zero-width ``(..., S, 0)`` array."""
-    k_arr = np.asarray(k)
+    k_arr = as_float_array(k, "k")
     v = np.zeros(k_arr.shape[:-1] + (0,)) if k_arr.ndim >= 2 else k_arr  # k's own error if k is not (..., S, H)
     return attention_problem(q, k, v, scale=scale, causal=causal, mask=mask, bias=bias, key_lengths=key_lengths,
                              window=window, softcap=softcap, alibi_slopes=alibi_slopes)
@@ -314,6 +333,16 @@ def score_problem(q, k, *, scale=None, causal=False, mask=None, bias=None, key_l
 
 def sum_to_shape(g, shape):
     """Sum a broadcast gradient ``g`` back to an input's ``shape`` (the reverse of broadcasting)."""
+    g = as_float_array(g, "g")
+    try:
+        shape = tuple(int(n) for n in shape)
+    except (TypeError, ValueError):
+        raise TypeError(f"shape: expected a tuple of ints, got {shape!r}") from None
+    try:
+        if np.broadcast_shapes(shape, g.shape) != g.shape or min(shape, default=0) < 0:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"shape: {shape} does not broadcast to g's shape {g.shape}") from None
     lead = g.ndim - len(shape)
     g = g.sum(axis=tuple(range(lead))) if lead else g
     axes = tuple(i for i, n in enumerate(shape) if n == 1 and g.shape[i] != 1)

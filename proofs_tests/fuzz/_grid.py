@@ -238,7 +238,7 @@ ENTRY_POINTS: dict[str, Entry] = {e.fn: e for e in [
     _e("refattn.sea.estimate:bin_starts", {"lengths": ("iarray", np.full(5, 6)), "n_bins": ("int", 3)}),
     _e("refattn.sea.estimate:column_bins", {"columns": ("iarray", np.arange(6)), "length": ("int", 6),
                                             "n_bins": ("int", 3)}),
-    _e("refattn.sea.estimate:positional_basis", {"S": ("int", 6), "n": ("int", 3)}, {"kind": ("str", "bins")}),
+    _e("refattn.sea.estimate:positional_basis", {"S": ("int", 6), "n_basis": ("int", 3)}, {"basis": ("str", "bins")}),
     _e("refattn.sea.estimate:kernel_estimate", {"q": ("farray", Q), "k": ("farray", K)},
        {"n_basis": ("int", 3), "m": ("int", 8), "rng": RNG, "causal": ("causal", False)}, expect_neg_inf=True),
     _e("refattn.sea.estimate:binned_attention", {"q": ("farray", Q), "k": ("farray", K), "n_bins": ("int", 3)},

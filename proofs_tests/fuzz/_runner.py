@@ -75,8 +75,8 @@ def run_one(case: Case) -> dict:
                 result = fn(*args, **kwargs)
     except (TypeError, ValueError) as exc:
         msg = str(exc)
-        m = re.match(r"^([A-Za-z_]\w*)(?=[:\[. ])", msg)
-        if m and m.group(1) in names:
+        m = re.match(r"^([A-Za-z_]\w*(?:, [A-Za-z_]\w*)*)(?=[:\[. ])", msg)  # "q:" or "eps, R:"
+        if m and names & set(m.group(1).split(", ")):
             return {"status": "clean-error", "detail": f"{type(exc).__name__}: {msg[:200]}"}
         return {"status": "unclean-error", "detail": f"{type(exc).__name__} naming no argument: {msg[:300]}"}
     except BaseException as exc:  # noqa: BLE001 - every other exception is a finding

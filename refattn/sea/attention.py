@@ -30,12 +30,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from refattn._validation import check_positive_int
+from refattn._validation import check_bool, check_positive_int
 from refattn.lsh.sparse import Support, sparse_attention
 from refattn.performer.attention import problem_features
 from refattn.problem import attention_problem
 from refattn.sea.decoder import OracleDecoder, fixed_decoder
-from refattn.sea.estimate import compressed_softmax, kernel_estimate, row_lengths
+from refattn.sea.estimate import bin_starts, compressed_softmax, kernel_estimate, row_lengths
 from refattn.sea.mask import _budgets, sea_mask
 
 __all__ = ["SEAResult", "sea_attention"]
@@ -120,6 +120,7 @@ def sea_attention(q, k, v, *, n_bins=256, topk=64, m=256, decoder="fixed", group
         raise ValueError(f"n_basis: must be <= S = {S}, got {n_basis}")
     lengths = row_lengths(T, S, prob.causal or False)
     budget = _budgets(topk, lengths)
+    grouped = check_bool(grouped, "grouped")
     if grouped and not prob.batch_shape:
         raise ValueError("grouped: needs a heads axis (q of shape (N, T, H))")
     if gate is not None:
@@ -175,4 +176,13 @@ def _call_decoder(decoder, E, lengths, S, K):
     want = E.shape[:-1] + (K,)
     if logits.shape != want:
         raise ValueError(f"decoder: returned logits of shape {logits.shape}; expected {want}")
+    if not np.issubdtype(logits.dtype, np.floating):
+        raise TypeError(f"decoder: returned logits of dtype {logits.dtype}; expected a real floating array")
+    if np.isnan(logits).any() or (logits == np.inf).any():
+        raise ValueError("decoder: returned NaN or +inf logits (only -inf is allowed, to rule a bin out)")
+    dead = ~np.isfinite(np.where(np.diff(bin_starts(lengths, K), axis=1) > 0, logits, -np.inf)).any(axis=-1) \
+        & (lengths > 0)
+    if dead.any():
+        i = np.argwhere(dead)[0]
+        raise ValueError(f"decoder: row {tuple(int(x) for x in i)} has no finite logit on a non-empty bin")
     return logits

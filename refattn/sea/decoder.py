@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from refattn._validation import choose_implementation
+from refattn._validation import as_float_array, as_index_array, check_allocation, check_positive_int, choose_implementation
 from refattn.kernels.numba import sea_resample as kern
 from refattn.sea.estimate import bin_starts, binned_attention, kernel_estimate, row_lengths
 
@@ -47,8 +47,14 @@ def resample_bins(E, lengths, n_keys, n_bins, *, implementation="auto") -> np.nd
     Sums are preserved: ``sum_b mass_b = sum_c E_c`` over the basis bins a row sees.
     ``implementation``: ``"auto"``, ``"numba"`` or ``"numpy"`` (the twin), :mod:`refattn.kernels.numba.sea_resample`.
     """
-    E = np.asarray(E, dtype=np.float64)
-    lengths = np.asarray(lengths, dtype=np.int64)
+    n_keys = check_positive_int(n_keys, "n_keys")
+    n_bins = check_positive_int(n_bins, "n_bins")
+    E = as_float_array(E, "E").astype(np.float64)
+    lengths = as_index_array(lengths, "lengths", maximum=n_keys)
+    if E.ndim < 2 or E.shape[-2] != lengths.size or not 1 <= E.shape[-1] <= n_keys:
+        raise ValueError(f"E: expected shape (..., T, n) with T = {lengths.size} rows and 1 <= n <= n_keys = "
+                         f"{n_keys} basis bins, got {E.shape}")
+    check_allocation(E[..., 0].size * n_bins, "E, n_bins", "the (..., T, n_bins) masses")
     implementation = choose_implementation(implementation, ("auto", "numpy", "numba"))
     n = E.shape[-1]
     g = bin_starts(np.array([n_keys]), n)[0]  # (n+1,)
@@ -148,19 +154,28 @@ def distill_decoder(calibration, *, n_bins, W, n_basis=None, basis="bins", scale
     """
     from scipy.optimize import minimize
 
-    if not calibration:
-        raise ValueError("calibration: need at least one (q, k) pair")
+    if not isinstance(calibration, (list, tuple)) or not calibration:
+        raise ValueError("calibration: need a non-empty list of (q, k) pairs")
+    n_bins = check_positive_int(n_bins, "n_bins")
+    maxiter = check_positive_int(maxiter, "maxiter", maximum=10**6)
+    W = as_float_array(W, "W").astype(np.float64)
+    if W.ndim != 2 or W.shape[0] < 1:
+        raise ValueError(f"W: expected a projection (m, H) with m >= 1, got shape {W.shape}")
     Fs, ts, nes, vals = [], [], [], []
     for item in calibration:
         try:
             q, k = item
         except (TypeError, ValueError):
             raise TypeError("calibration: expected a list of (q, k) pairs") from None
-        S = np.shape(k)[-2]
-        T = np.shape(q)[-2]
+        try:
+            E, _ = kernel_estimate(q, k, n_basis=n_bins if n_basis is None else n_basis, basis=basis, W=W,
+                                   scale=scale, causal=causal)
+        except (TypeError, ValueError) as exc:
+            if str(exc).startswith(("q:", "k:", "q, k:")):
+                raise type(exc)(f"calibration[{len(Fs) and len(Fs)}]: {exc}") from None
+            raise
+        S, T = np.shape(k)[-2], np.shape(q)[-2]
         lengths = row_lengths(T, S, causal)
-        E, _ = kernel_estimate(q, k, n_basis=n_bins if n_basis is None else n_basis, basis=basis, W=W,
-                               scale=scale, causal=causal)
         F, nonempty = _features(E, lengths, S, n_bins)
         teacher = binned_attention(q, k, n_bins, scale=scale, causal=causal)
         F = F.reshape(-1, T, n_bins, F.shape[-1])

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from refattn._validation import check_positive_int
+from refattn._validation import as_float_array, as_index_array, check_allocation, check_positive_int
 from refattn.exact import attention_probabilities
 from refattn.performer.attention import feature_maps, performer_attention, problem_features
 from refattn.problem import causal_alignment, causal_offset, score_problem
@@ -38,6 +38,8 @@ def row_lengths(T: int, S: int, causal=False) -> np.ndarray:
     ``S`` for every row without a causal mask; with one (alignment as the oracle's,
     :mod:`refattn.problem`), ``l_i = clip(i + offset + 1, 0, S)`` (``l_i = i + 1`` when ``T = S``).
     """
+    T = check_positive_int(T, "T", minimum=0)
+    S = check_positive_int(S, "S", minimum=0)
     alignment = causal_alignment(causal)
     if alignment is None:
         return np.full(T, S, dtype=np.int64)
@@ -57,8 +59,9 @@ def bin_starts(lengths, n_bins: int) -> np.ndarray:
     array([[0, 1, 3, 4, 5],
            [0, 1, 1, 2, 2]])
     """
-    lengths = np.asarray(lengths, dtype=np.int64)
+    lengths = as_index_array(lengths, "lengths")
     K = check_positive_int(n_bins, "n_bins")
+    check_allocation(lengths.size * (K + 1), "lengths, n_bins", "the bin edges")
     b = np.arange(K + 1, dtype=np.int64)
     return (2 * b[None, :] * lengths[:, None] + K) // (2 * K)
 
@@ -72,24 +75,31 @@ def column_bins(columns, length, n_bins: int) -> np.ndarray:
     >>> column_bins(np.arange(5), 5, 4)
     array([0, 1, 1, 2, 3])
     """
-    j = np.asarray(columns, dtype=np.int64)
-    length = np.asarray(length, dtype=np.int64)
+    j = as_index_array(columns, "columns", ndim=None)
+    length = as_index_array(length, "length", ndim=None, minimum=1)
+    n_bins = check_positive_int(n_bins, "n_bins")
+    try:
+        np.broadcast_shapes(j.shape, length.shape)
+    except ValueError:
+        raise ValueError(f"length: shape {length.shape} does not broadcast with columns' {j.shape}") from None
     return ((2 * j + 1) * n_bins - 1) // (2 * length)
 
 
-def positional_basis(S: int, n: int, kind: str = "bins") -> np.ndarray:
+def positional_basis(S: int, n_basis: int, basis: str = "bins") -> np.ndarray:
     r"""The positional basis ``P (S, n)``; every row sums to 1.
 
-    ``"bins"``: ``P[j, c] = 1`` iff column ``j`` lies in bin ``c`` of the full length ``S``
+    ``basis="bins"``: ``P[j, c] = 1`` iff column ``j`` lies in bin ``c`` of the full length ``S``
     (:func:`bin_starts`), so ``A P`` is the binned attention exactly. ``"linear"``: the identity
     ``I_n`` linearly interpolated to ``S`` positions (SEA's basis; half-pixel centres,
     ``t_j = (j + 1/2) n / S - 1/2`` clamped to ``[0, n-1]``, hat weights on ``floor(t_j)`` and
     ``floor(t_j) + 1``): a smoothed binning.
     """
     S = check_positive_int(S, "S")
-    n = check_positive_int(n, "n_basis")
+    n = check_positive_int(n_basis, "n_basis")
     if n > S:
         raise ValueError(f"n_basis: must be <= S = {S}, got {n}")
+    check_allocation(S * n, "S, n_basis", "the (S, n_basis) basis")
+    kind = basis
     P = np.zeros((S, n))
     j = np.arange(S)
     if kind == "bins":
@@ -130,9 +140,11 @@ def kernel_estimate(q, k, *, n_basis, basis="bins", m=256, features="positive", 
     """
     if implementation not in ("auto", "numpy"):
         raise ValueError(f"implementation: expected one of ('auto', 'numpy'), got {implementation!r}")
-    S = np.shape(k)[-2] if np.ndim(k) >= 2 else 0
-    P = positional_basis(S, n_basis, basis)  # (S, n) (validates n_basis and basis)
     prob = score_problem(q, k, scale=scale, causal=causal)
+    S = prob.S
+    if S == 0:
+        raise ValueError("k: the kernel estimate needs at least one key (S >= 1)")
+    P = positional_basis(S, n_basis, basis)  # (S, n) (validates n_basis and basis)
     feats = problem_features(prob, features, m=m, projection=projection, rng=rng, W=W)  # the one draw
     if implementation == "numpy" or basis != "bins":
         res = performer_attention(q, k, P, features=feats, scale=scale, causal=causal, chunk_size=chunk_size)
@@ -198,13 +210,11 @@ def compressed_softmax(logits, lengths, n_bins) -> np.ndarray:
     and a row with ``l > 0`` needs one finite logit on a non-empty bin: otherwise a ``ValueError``
     naming ``decoder`` (the logits come from one).
     """
-    K = n_bins
-    logits = np.asarray(logits)
-    if not np.issubdtype(logits.dtype, np.floating):
-        raise TypeError(f"decoder: returned logits of dtype {logits.dtype}; expected a real floating array")
-    if np.isnan(logits).any() or (logits == np.inf).any():
-        raise ValueError("decoder: returned NaN or +inf logits (only -inf is allowed, to rule a bin out)")
-    lengths = np.asarray(lengths, dtype=np.int64)
+    K = check_positive_int(n_bins, "n_bins")
+    logits = as_float_array(logits, "logits", allow_neg_inf=True)
+    lengths = as_index_array(lengths, "lengths")
+    if logits.ndim < 2 or logits.shape[-2:] != (lengths.size, K):
+        raise ValueError(f"logits: expected shape (..., T, K) = (..., {lengths.size}, {K}), got {logits.shape}")
     starts = bin_starts(lengths, K)
     nonempty = np.diff(starts, axis=1) > 0  # (T, K)
     z = np.where(nonempty, logits.astype(np.float64), -np.inf)  # (..., T, K)
@@ -212,7 +222,7 @@ def compressed_softmax(logits, lengths, n_bins) -> np.ndarray:
     dead = ~np.isfinite(zmax[..., 0]) & (lengths > 0)
     if dead.any():
         i = np.argwhere(dead)[0]
-        raise ValueError(f"decoder: row {tuple(int(x) for x in i)} has no finite logit on a non-empty bin")
+        raise ValueError(f"logits: row {tuple(int(x) for x in i)} has no finite logit on a non-empty bin")
     with np.errstate(invalid="ignore"):
         e = np.exp(z - np.where(np.isfinite(zmax), zmax, 0.0))
     total = e.sum(axis=-1, keepdims=True)

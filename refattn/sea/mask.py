@@ -27,7 +27,8 @@ import numbers
 
 import numpy as np
 
-from refattn._validation import as_float_array, check_positive_int, choose_implementation
+from refattn._validation import (as_float_array, as_index_array, check_allocation, check_bool, check_finite_result,
+                                 check_positive_int, choose_implementation)
 from refattn.exact import softmax_attention
 from refattn.kernels.numba import sea_mask as kern
 from refattn.lsh.sparse import Support, sparse_attention
@@ -40,8 +41,9 @@ __all__ = ["upsample", "sea_mask", "kl_decomposition", "captured_mass"]
 def upsample(estimate, lengths, n_keys) -> np.ndarray:
     """The ``(..., T, S)`` form of ``A~``: column ``j < l_i`` of bin ``b`` gets ``A~[i, b] / w_b``
     (zero beyond ``l_i``). Rows sum to 1. Dense: for inspection and plots at small sizes."""
-    estimate = np.asarray(estimate, dtype=np.float64)
-    lengths = np.asarray(lengths, dtype=np.int64)
+    n_keys = check_positive_int(n_keys, "n_keys", minimum=0)
+    estimate, lengths = _check_estimate(estimate, lengths, n_keys)
+    check_allocation(estimate[..., 0].size * max(n_keys, 1), "estimate, n_keys", "the upsampled (..., T, S) rows")
     K = estimate.shape[-1]
     starts = bin_starts(lengths, K)  # (T, K+1)
     width = np.diff(starts, axis=1)  # (T, K)
@@ -55,6 +57,16 @@ def upsample(estimate, lengths, n_keys) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- steps 2-3
+
+
+def _check_estimate(estimate, lengths, n_keys):
+    """``A~ (..., T, K)`` (finite, >= 0) and row lengths ``(T,)`` in ``[0, n_keys]``."""
+    est = as_float_array(estimate, "estimate").astype(np.float64)
+    lengths = as_index_array(lengths, "lengths", maximum=n_keys)
+    if est.ndim < 2 or est.shape[-2] != lengths.size or est.shape[-1] < 1:
+        raise ValueError(f"estimate: expected shape (..., T, K) with T = {lengths.size} rows and K >= 1 bins, "
+                         f"got {est.shape}")
+    return est, lengths
 
 
 def _budgets(topk, lengths):
@@ -76,14 +88,13 @@ def sea_mask(estimate, lengths, n_keys, topk, *, grouped=False, implementation="
     (a list of length ``N``, or 1). ``implementation``: ``"auto"``, ``"numba"`` (on bins, linear in
     ``T``) or ``"numpy"`` (the twin: upsampled ``T x S`` rows and a stable sort).
     """
-    est = np.asarray(estimate, dtype=np.float64)
+    n_keys = check_positive_int(n_keys, "n_keys", minimum=0)
+    est, lengths = _check_estimate(estimate, lengths, n_keys)
     if est.ndim == 2:
         est = est[None]
     if est.ndim != 3:
         raise ValueError(f"estimate: expected (T, K) or (N, T, K), got shape {np.shape(estimate)}")
-    lengths = np.asarray(lengths, dtype=np.int64)
-    if lengths.shape != (est.shape[1],):
-        raise ValueError(f"lengths: expected shape ({est.shape[1]},), got {lengths.shape}")
+    grouped = check_bool(grouped, "grouped")
     budget = _budgets(topk, lengths)
     implementation = choose_implementation(implementation, ("auto", "numpy", "numba"))
     fn = kern.mask_numba if implementation == "numba" else kern.mask_dense
@@ -129,7 +140,7 @@ def kl_decomposition(teacher, estimate, lengths):
     ``estimate (T, K)``: ``A~``. Returns ``(total, compressed, floor)``, each ``(T,)``: the left side,
     the first term (0 for the oracle decoder) and the floor (no width-``K`` estimate goes below).
     """
-    lengths = np.asarray(lengths, dtype=np.int64)
+    lengths = as_index_array(lengths, "lengths")
     p = _check_teacher(teacher, lengths)
     est = as_float_array(estimate, "estimate").astype(np.float64)
     T, S = p.shape
@@ -161,6 +172,14 @@ def captured_mass(q, k, supports, *, scale=None, causal=False) -> np.ndarray:
     and ``|o_i - o_i^mask| <= 2 (1 - m_i) max_j |v_j|`` (the docs' SEA page).
     """
     prob = score_problem(q, k, scale=scale, causal=causal)
+    if isinstance(supports, Support) or not isinstance(supports, (list, tuple)) or not supports:
+        raise TypeError("supports: expected a non-empty list of refattn.lsh.sparse.Support (one per head)")
+    for h, sup in enumerate(supports):
+        if not isinstance(sup, Support):
+            raise TypeError(f"supports[{h}]: expected a refattn.lsh.sparse.Support, got {type(sup).__name__}")
+        if (sup.n_queries, sup.n_keys) != (prob.T, prob.S):
+            raise ValueError(f"supports[{h}]: shape ({sup.n_queries}, {sup.n_keys}) does not match "
+                             f"(T, S) = ({prob.T}, {prob.S}) of q and k")
     N = len(supports)
     qh = np.broadcast_to(prob.q, (N, prob.T, prob.H)) if prob.q.ndim == 3 or N > 1 else prob.q[None]
     kh = np.broadcast_to(prob.k, (N, prob.S, prob.H)) if prob.k.ndim == 3 or N > 1 else prob.k[None]
@@ -171,4 +190,4 @@ def captured_mass(q, k, supports, *, scale=None, causal=False) -> np.ndarray:
         _, lse_mask = sparse_attention(qh[h], kh[h], zeros, sup, scale=prob.scale, return_lse=True)
         with np.errstate(invalid="ignore"):
             out[h] = np.where(np.isfinite(lse_exact), np.exp(lse_mask - lse_exact), 0.0)
-    return out
+    return check_finite_result(out, "q, k", "the captured mass (a ratio of exp(logit) sums)")
