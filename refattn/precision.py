@@ -29,6 +29,7 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 
+from refattn._validation import as_float_array
 from refattn.exact import softmax_attention
 from refattn.problem import attention_problem
 
@@ -50,8 +51,11 @@ def eps(precision) -> float:
 
 
 def round_to(x, precision) -> np.ndarray:
-    """``x`` rounded to ``precision`` (round to nearest even), returned as float64 values."""
-    return np.asarray(x, dtype=np.float64).astype(as_dtype(precision)).astype(np.float64)
+    """``x`` rounded to ``precision`` (round to nearest even), returned as float64 values; values
+    beyond the precision's range are a ``ValueError`` naming ``x`` (never a silent inf)."""
+    dt = as_dtype(precision)
+    return _rounded(as_float_array(x, "x"), dt, "x").astype(dt).astype(np.float64) if dt != np.float64 \
+        else as_float_array(x, "x").astype(np.float64)
 
 
 def _rounded(a, dt, name):
@@ -89,6 +93,9 @@ def kernel_reference(q, k, v, precision, *, scale=None, causal=False, mask=None,
     allowed = prob.allowed()
     if allowed is not None:
         logits = np.where(allowed, logits, f32(-np.inf))
+    if np.any(np.isnan(logits) | (logits == np.inf)):
+        raise ValueError("scale, q, k: the logits overflow float32 (a real kernel would produce NaN here); "
+                         "scale the inputs down")
     top = logits.max(axis=-1, keepdims=True) if logits.shape[-1] else np.full(logits.shape[:-1] + (1,), -np.inf, f32)
     seen = top > -np.inf  # (..., T, 1) rows with a visible key
     ref = np.where(seen, top, f32(0))

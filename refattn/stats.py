@@ -20,17 +20,34 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as _st
 
-from refattn._validation import as_float_array, as_generator, check_positive_int
+from refattn._validation import (as_float_array, as_generator, check_allocation, check_finite_result,
+                                 check_positive_int, check_real)
 
 __all__ = ["MeanTest", "VarianceInterval", "z_test_mean", "proportion_test", "bootstrap_variance_interval",
            "as_generator"]
 
 
 def _check_alpha(alpha) -> float:
-    alpha = float(alpha)
-    if not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha: must lie in (0, 1), got {alpha}")
-    return alpha
+    return check_real(alpha, "alpha", minimum=0.0, maximum=1.0, low_open=True, high_open=True)
+
+
+def _draws_first(samples, axis, name="samples"):
+    """``samples`` as float64 with the draws (``axis``) moved first."""
+    x = as_float_array(samples, name).astype(np.float64)
+    if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)):
+        raise TypeError(f"axis: expected an integer, got {type(axis).__name__}")
+    if not -x.ndim <= axis < x.ndim:
+        raise ValueError(f"axis: {axis} is out of range for {name} of shape {x.shape}")
+    return np.moveaxis(x, int(axis), 0)
+
+
+def _target(value, shape, name):
+    """``value`` (a float array) broadcast to the entries' ``shape``, or a ValueError naming ``name``."""
+    arr = as_float_array(value, name).astype(np.float64)
+    try:
+        return np.broadcast_to(arr, shape)
+    except ValueError:
+        raise ValueError(f"{name}: shape {arr.shape} does not broadcast to the entries' shape {shape}") from None
 
 
 @dataclass(frozen=True)
@@ -82,19 +99,24 @@ def z_test_mean(samples, truth, *, alpha: float, axis: int = 0) -> MeanTest:
     False
     """
     alpha = _check_alpha(alpha)
-    x = np.moveaxis(as_float_array(samples, "samples").astype(np.float64), axis, 0)
+    x = _draws_first(samples, axis)
     n = x.shape[0]
     if n < 2:
         raise ValueError(f"samples: need at least 2 draws along axis {axis}, got {n}")
-    truth = np.broadcast_to(as_float_array(np.asarray(truth, dtype=float), "truth"), x.shape[1:])
-    mean = x.mean(axis=0)
-    se = x.std(axis=0, ddof=1) / np.sqrt(n)
-    diff = mean - truth
+    truth = _target(truth, x.shape[1:], "truth")
+    # z is scale-free: standardise by the largest magnitude first, so 1e300 or 1e-300 samples neither
+    # overflow nor underflow, then report the mean and standard error in the samples' own units
+    c = max(float(np.max(np.abs(x), initial=0.0)), float(np.max(np.abs(truth), initial=0.0))) or 1.0
+    xs, ts = x / c, truth / c
+    mean_s = xs.mean(axis=0)
+    se_s = xs.std(axis=0, ddof=1) / np.sqrt(n)
+    mean, se = mean_s * c, se_s * c
+    diff, se = mean_s - ts, se_s
     with np.errstate(divide="ignore", invalid="ignore"):
         z = np.where(se > 0, diff / np.where(se > 0, se, 1.0), np.where(diff == 0, 0.0, np.inf))
     m = max(1, int(np.prod(x.shape[1:], dtype=np.int64)))
     crit = float(_st.t.ppf(1.0 - alpha / (2.0 * m), df=n - 1))
-    return MeanTest(np.asarray(mean), np.asarray(se), np.asarray(z), crit, alpha, n)
+    return MeanTest(np.asarray(mean), np.asarray(se_s * c), np.asarray(z), crit, alpha, n)
 
 
 def proportion_test(indicators, p, *, alpha: float, axis: int = 0):
@@ -107,12 +129,20 @@ def proportion_test(indicators, p, *, alpha: float, axis: int = 0):
     from scipy.stats import binomtest
 
     alpha = _check_alpha(alpha)
-    x = np.moveaxis(np.asarray(indicators), axis, 0)
+    try:
+        x = np.asarray(indicators)
+    except Exception as exc:
+        raise TypeError(f"indicators: cannot be converted to an array ({exc})") from None
+    if x.dtype == np.bool_ or x.dtype.kind in "iu":
+        x = x.astype(np.float64)
+    x = _draws_first(x, axis, "indicators")
     if not np.all((x == 0) | (x == 1)):
         raise ValueError("indicators: expected 0/1 outcomes")
     n = x.shape[0]
+    if n < 1:
+        raise ValueError(f"indicators: need at least 1 draw along axis {axis}")
     hits = x.sum(axis=0).astype(np.int64)
-    p = np.broadcast_to(np.asarray(p, dtype=float), hits.shape)
+    p = _target(p, hits.shape, "p")
     if np.any((p < 0) | (p > 1)):
         raise ValueError("p: probabilities must lie in [0, 1]")
     pv = np.array([binomtest(int(h), n, float(q)).pvalue for h, q in zip(hits.ravel(), p.ravel())]).reshape(hits.shape)
@@ -153,7 +183,7 @@ def bootstrap_variance_interval(
     (large ``n``, finite fourth moment).
     """
     alpha = _check_alpha(alpha)
-    n_boot = check_positive_int(n_boot, "n_boot")
+    n_boot = check_positive_int(n_boot, "n_boot", maximum=10**7)
     if method not in ("percentile", "normal"):
         raise ValueError(f"method: expected 'percentile' or 'normal', got {method!r}")
     if method == "percentile" and n_boot * alpha / 2 < 5:
@@ -162,10 +192,11 @@ def bootstrap_variance_interval(
             f"(need n_boot * alpha / 2 >= 5, i.e. n_boot >= {int(np.ceil(10 / alpha))})"
         )
     gen = as_generator(rng)
-    x = np.moveaxis(as_float_array(samples, "samples").astype(np.float64), axis, 0)
+    x = _draws_first(samples, axis)
     n = x.shape[0]
     if n < 2:
         raise ValueError(f"samples: need at least 2 draws along axis {axis}, got {n}")
+    check_allocation(n_boot * x.size, "n_boot, samples", "the bootstrap (n_boot resamples of every draw)")
     flat = x.reshape(n, -1)  # (n, E)
     chunk = max(1, int(4e6 // max(1, flat.size)))
     boots = []
@@ -174,7 +205,7 @@ def bootstrap_variance_interval(
         idx = gen.integers(0, n, size=(b, n))  # (b, n)
         boots.append(flat[idx].var(axis=1, ddof=1))  # (b, E)
     boot = np.concatenate(boots, axis=0)
-    var = flat.var(axis=0, ddof=1)
+    var = check_finite_result(flat.var(axis=0, ddof=1), "samples", "the sample variance")
     if method == "percentile":
         low, high = np.quantile(boot, [alpha / 2, 1 - alpha / 2], axis=0)
     else:

@@ -7,8 +7,10 @@ kind of each argument, which picks its mutations (:func:`mutations`). A case is
 ``(entry, argument, mutation)``: the base call with that one argument replaced.
 
 An outcome is clean when the call returns a valid result (every float array finite, ``-inf``
-allowed where refattn documents it: log-scales and log-sum-exps of empty rows) or raises a
-``TypeError``/``ValueError`` whose message starts with the name of one of its parameters.
+allowed where refattn documents it: log-scales and log-sum-exps of empty rows; ``+inf`` where it
+is the documented verdict on a non-finite kernel output) or raises a ``TypeError``/``ValueError``
+whose message starts with the name of one of its parameters (an ``AssertionError`` is the
+documented verdict of the checks in :mod:`refattn.testing`).
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ class Entry:
     args: dict
     positional: tuple = ()
     expect_neg_inf: bool = False  # -inf in the result is documented (log-scales, lse of empty rows)
+    asserts: bool = False  # an AssertionError is its documented verdict (refattn.testing's checks)
+    inf_fails: bool = False  # +inf in the result is its documented verdict (a non-finite kernel output)
     timeout: float = 60.0
 
     def resolve(self):
@@ -118,13 +122,13 @@ ENTRY_POINTS: dict[str, Entry] = {e.fn: e for e in [
     _e("refattn.stats:bootstrap_variance_interval", {"samples": ("farray", SAMPLES)},
        {"alpha": ("prob", 0.1), "rng": RNG, "n_boot": ("int", 200)}),
     _e("refattn.testing:assert_unbiased", {"samples": ("farray", SAMPLES), "truth": ("farray", np.zeros(3))},
-       {"alpha": ("prob", 1e-6)}),
+       {"alpha": ("prob", 1e-6)}, asserts=True),
     _e("refattn.testing:assert_variance_matches", {"samples": ("farray", SAMPLES), "expected": ("farray", np.ones(3))},
-       {"alpha": ("prob", 1e-3), "rng": RNG, "n_boot": ("int", 2000)}),
+       {"alpha": ("prob", 1e-3), "rng": RNG, "n_boot": ("int", 2000)}, asserts=True),
     _e("refattn.testing:tolerance_check", {"actual": ("farray", V), "ref64": ("farray", V), "ref_lo": ("farray", V)},
-       {"atol": ("opt_pfloat", None)}),
+       {"atol": ("opt_pfloat", None)}, asserts=True, inf_fails=True),
     _e("refattn.testing:check_close_to_reference", {"actual": ("farray", np.zeros((5, 3))), **QKV},
-       {"dtype": ("dtype", None), "atol": ("opt_pfloat", None)}),
+       {"dtype": ("dtype", None), "atol": ("opt_pfloat", None)}, asserts=True, inf_fails=True),
     # closed forms
     _e("refattn.performer.theory:pair_at_angle", {"angle_deg": ("float", 30.0), "norm_x": ("pfloat", 1.0),
                                                   "norm_y": ("pfloat", 0.5), "d": ("int", 4)}),

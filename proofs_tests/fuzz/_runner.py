@@ -34,7 +34,7 @@ def parameter_names(fn) -> set[str]:
         return set()
 
 
-def _nonfinite(x, allow_neg_inf, path="result", seen=None):
+def _nonfinite(x, allow_neg_inf, allow_inf=False, path="result", seen=None):
     """The path of the first NaN/+Inf (or disallowed -Inf) float in ``x``, else None."""
     seen = seen if seen is not None else set()
     if id(x) in seen:
@@ -43,19 +43,19 @@ def _nonfinite(x, allow_neg_inf, path="result", seen=None):
     if isinstance(x, np.ndarray) or np.isscalar(x):
         a = np.asarray(x)
         if a.dtype.kind == "f" or a.dtype.kind == "c":
-            bad = np.isnan(a) | (a == np.inf) | (False if allow_neg_inf else a == -np.inf)
+            bad = np.isnan(a) | ((a == np.inf) & (not allow_inf)) | (False if allow_neg_inf else a == -np.inf)
             if np.any(bad):
                 return f"{path} has {int(np.sum(bad))} NaN/Inf of {a.size}"
         return None
     if isinstance(x, (list, tuple)):
         for i, item in enumerate(x):
-            found = _nonfinite(item, allow_neg_inf, f"{path}[{i}]", seen)
+            found = _nonfinite(item, allow_neg_inf, allow_inf, f"{path}[{i}]", seen)
             if found:
                 return found
         return None
     if dataclasses.is_dataclass(x):
         for f in dataclasses.fields(x):
-            found = _nonfinite(getattr(x, f.name), allow_neg_inf, f"{path}.{f.name}", seen)
+            found = _nonfinite(getattr(x, f.name), allow_neg_inf, allow_inf, f"{path}.{f.name}", seen)
             if found:
                 return found
     return None
@@ -79,9 +79,13 @@ def run_one(case: Case) -> dict:
         if m and names & set(m.group(1).split(", ")):
             return {"status": "clean-error", "detail": f"{type(exc).__name__}: {msg[:200]}"}
         return {"status": "unclean-error", "detail": f"{type(exc).__name__} naming no argument: {msg[:300]}"}
+    except AssertionError as exc:
+        if entry.asserts:
+            return {"status": "clean-error", "detail": f"AssertionError (its verdict): {str(exc)[:200]}"}
+        return {"status": "unclean-error", "detail": f"AssertionError: {str(exc)[:300]}"}
     except BaseException as exc:  # noqa: BLE001 - every other exception is a finding
         return {"status": "unclean-error", "detail": f"{type(exc).__name__}: {str(exc)[:300]}"}
-    bad = _nonfinite(result, entry.expect_neg_inf)
+    bad = _nonfinite(result, entry.expect_neg_inf, entry.inf_fails)
     if bad:
         return {"status": "nonfinite", "detail": bad}
     return {"status": "clean-result", "detail": type(result).__name__}
