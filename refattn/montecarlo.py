@@ -21,7 +21,14 @@ import math
 
 import numpy as np
 
-from refattn._validation import as_float_array, as_generator, check_positive_int
+from refattn._validation import (
+    as_float_array,
+    as_generator,
+    check_allocation,
+    check_finite_result,
+    check_positive_int,
+    check_real,
+)
 from refattn.performer.features import RandomFeatures
 from refattn.performer.projections import projection as _projection
 from refattn.problem import attention_problem
@@ -57,7 +64,7 @@ def kernel_samples(x, y, *, estimator="positive", projection="gaussian", m, n_dr
         raise ValueError(f"y: shape {y.shape} differs from x's {x.shape} (pairs)")
     m = check_positive_int(m, "m")
     n_draws = check_positive_int(n_draws, "n_draws")
-    A = float(A)
+    A = check_real(A, "A")
     if estimator == "favorpp" and not A < 0.125:
         raise ValueError(f"A: FAVOR++ needs A < 1/8, got {A}")
     gen = as_generator(rng)
@@ -72,7 +79,7 @@ def kernel_samples(x, y, *, estimator="positive", projection="gaussian", m, n_dr
         est = np.sum(px * py, axis=-1) * np.exp(lx + ly)  # phi(x).phi(y) exp(ls_x + ls_y)
         out[row:row + c] = est
         row += c
-    return out
+    return check_finite_result(out, "x, y", "the kernel estimate (exp of the projections)")
 
 
 def attention_samples(q, k, v, *, m, n_draws, rng, features="positive", projection="gaussian", scale=None, A=0.0):
@@ -99,7 +106,7 @@ def attention_samples(q, k, v, *, m, n_draws, rng, features="positive", projecti
         den = pq @ pk.sum(axis=-2)[..., None]  # (c, T, 1)
         out[row:row + c] = num / den
         row += c
-    return out
+    return check_finite_result(out, "q, k", "the Performer output (exp of the projections)")
 
 
 def scatterbrain_samples(x, y, *, m, r, n_draws, rng):
@@ -126,10 +133,12 @@ def scatterbrain_samples(x, y, *, m, r, n_draws, rng):
     n_draws = check_positive_int(n_draws, "n_draws")
     gen = as_generator(rng)
     d = X.shape[1]
+    check_allocation(n_draws * m * max(d, X.shape[0]), "n_draws, m", "the feature draws")
     W = gen.standard_normal((n_draws, m, d))
     lam = np.exp(-(np.sum(X * X, 1) + np.sum(Y * Y, 1)) / 2)  # (P,)
     lowrank = lam * np.exp(W @ (X + Y).T).mean(axis=1)  # (n, P): phi(x).phi(y) = mean_w Lambda e^{w.(x+y)}
     planes = gen.standard_normal((n_draws, r, d))  # independent of W
     hit = np.all((planes @ X.T > 0) == (planes @ Y.T > 0), axis=1)  # (n, P): the same r-bit code
     A = np.exp(np.sum(X * Y, 1))
-    return np.where(hit, A, lowrank), np.where(hit, A, 0.0)
+    return (check_finite_result(np.where(hit, A, lowrank), "x, y", "exp(x . y) and its estimate"),
+            check_finite_result(np.where(hit, A, 0.0), "x, y", "exp(x . y)"))

@@ -36,8 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from refattn._validation import (as_float_array, check_allocation, check_finite_result, check_positive_int,
-                                 check_scale)
+from refattn._validation import as_float_array, check_allocation, check_finite_result, check_positive_int, check_scale
 
 __all__ = ["AttentionProblem", "attention_problem", "score_problem", "sum_to_shape", "causal_alignment", "causal_mask",
            "causal_offset", "window_mask", "alibi_bias", "CAUSAL_ALIGNMENTS"]

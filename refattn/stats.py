@@ -20,8 +20,14 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as _st
 
-from refattn._validation import (as_float_array, as_generator, check_allocation, check_finite_result,
-                                 check_positive_int, check_real)
+from refattn._validation import (
+    as_float_array,
+    as_generator,
+    check_allocation,
+    check_finite_result,
+    check_positive_int,
+    check_real,
+)
 
 __all__ = ["MeanTest", "VarianceInterval", "z_test_mean", "proportion_test", "bootstrap_variance_interval",
            "as_generator"]

@@ -145,9 +145,9 @@ ENTRY_POINTS: dict[str, Entry] = {e.fn: e for e in [
     _e("refattn.lsh.theory:simhash_collision", {"theta": ("farray", np.array([0.5, 1.0]))},
        {"r": ("int", 2), "tables": ("int", 2)}),
     _e("refattn.lsh.theory:e2lsh_collision", {"c": ("farray", np.array([0.5, 2.0])), "width": ("pfloat", 1.0)}),
-    _e("refattn.lsh.theory:angular_collision_mc", {"theta": ("farray", np.array([0.5])), "n_buckets": ("int", 4)},
+    _e("refattn.lsh.theory:angular_collision_mc", {"theta": ("float", 0.5), "n_buckets": ("int", 4)},
        {"n_draws": ("int", 1000), "rng": RNG, "d": ("int", 3)}),
-    _e("refattn.lsh.theory:smyrf_distance", {"q": ("farray", Q), "k": ("farray", K), "M": ("opt_pfloat", None)}),
+    _e("refattn.lsh.theory:smyrf_distance", {"q": ("farray", X), "k": ("farray", Y), "M": ("pfloat", 2.0)}),
     # Monte Carlo engine
     _e("refattn.montecarlo:kernel_samples", {"x": ("farray", X), "y": ("farray", Y)},
        {"estimator": ("str", "positive"), "m": ("int", 8), "n_draws": ("int", 20), "rng": RNG, "A": ("float", 0.0)}),

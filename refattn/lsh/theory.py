@@ -10,7 +10,7 @@ import math
 import numpy as np
 from scipy.stats import norm
 
-from refattn._validation import as_generator, check_positive_int
+from refattn._validation import as_float_array, as_generator, check_finite_result, check_positive_int, check_real
 from refattn.lsh.hashes import angular_hash, angular_rotations, cross_polytope_hash, cross_polytope_rotations
 from refattn.performer.theory import _xy, pair_at_angle
 
@@ -21,7 +21,7 @@ def simhash_collision(theta, r=1, tables=1):
     """SimHash (Charikar 2002): ``1 - (1 - (1 - theta/pi)^r)^L``: r bits AND, L tables OR."""
     r = check_positive_int(r, "r")
     tables = check_positive_int(tables, "tables")
-    theta = np.asarray(theta, dtype=np.float64)
+    theta = as_float_array(theta, "theta").astype(np.float64)
     if np.any((theta < 0) | (theta > np.pi)):
         raise ValueError("theta: angles must lie in [0, pi]")
     p = (1 - theta / np.pi) ** r
@@ -31,10 +31,10 @@ def simhash_collision(theta, r=1, tables=1):
 def e2lsh_collision(c, width):
     """E2LSH (Datar et al. 2004, eq. for the Gaussian case): with ``u = width / c``,
     ``P = 1 - 2 Phi(-u) - (2 / (sqrt(2 pi) u)) (1 - exp(-u^2/2))``; ``c = 0`` gives 1."""
-    c = np.asarray(c, dtype=np.float64)
+    c = as_float_array(c, "c").astype(np.float64)
     if np.any(c < 0):
         raise ValueError("c: distances must be >= 0")
-    width = float(width)
+    width = check_real(width, "width", minimum=0.0, low_open=True)
     with np.errstate(divide="ignore", invalid="ignore"):
         u = width / c
         p = 1 - 2 * norm.cdf(-u) - 2 / (np.sqrt(2 * np.pi) * u) * (1 - np.exp(-u * u / 2))
@@ -54,7 +54,11 @@ def angular_collision_mc(theta, n_buckets=None, *, n_draws=100_000, rng=0, d=2, 
     """
     if family not in ("angular", "cross_polytope"):
         raise ValueError(f"family: expected 'angular' or 'cross_polytope', got {family!r}")
-    n_draws = check_positive_int(n_draws, "n_draws")
+    n_draws = check_positive_int(n_draws, "n_draws", maximum=10**9)
+    d = check_positive_int(d, "d")
+    theta = check_real(theta, "theta", minimum=0.0, maximum=math.pi)
+    if family == "angular":
+        check_positive_int(n_buckets, "n_buckets", minimum=2)
     gen = as_generator(rng)
     x, y = pair_at_angle(float(np.degrees(theta)), 1.0, 1.0, max(2, d))
     xy = np.stack([x, y])
@@ -74,5 +78,6 @@ def angular_collision_mc(theta, n_buckets=None, *, n_draws=100_000, rng=0, d=2, 
 
 def smyrf_distance(q, k, M):
     """The SMYRF identity's right side: ``|F(q) - G(k)|^2 = 2 M^2 - 2 q . k`` (Daras et al. 2020)."""
-    q, k = _xy(q, k)
-    return 2 * float(M) ** 2 - 2 * np.sum(q * k, -1)
+    q, k = _xy(q, k, ("q", "k"))
+    M = check_real(M, "M", minimum=0.0, maximum=1e150)
+    return check_finite_result(2 * M**2 - 2 * np.sum(q * k, -1), "q, k, M", "2 M^2 - 2 q . k")

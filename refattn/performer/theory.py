@@ -14,7 +14,7 @@ import math
 import numpy as np
 from scipy.special import gammaln
 
-from refattn._validation import as_float_array, check_positive_int
+from refattn._validation import as_float_array, check_finite_result, check_positive_int, check_real
 from refattn.problem import attention_problem
 
 __all__ = [
@@ -36,12 +36,27 @@ __all__ = [
 ]
 
 
-def _xy(x, y):
-    x = as_float_array(x, "x").astype(np.float64)
-    y = as_float_array(y, "y").astype(np.float64)
-    if x.shape[-1:] != y.shape[-1:]:
-        raise ValueError(f"y: last dim {y.shape[-1:]} does not match x's {x.shape[-1:]}")
+def _xy(x, y, names=("x", "y"), *, pairs=True):
+    x = as_float_array(x, names[0]).astype(np.float64)
+    y = as_float_array(y, names[1]).astype(np.float64)
+    if x.ndim == 0 or x.shape[-1:] != y.shape[-1:]:
+        raise ValueError(f"{names[1]}: last dim {y.shape[-1:]} does not match {names[0]}'s {x.shape[-1:]}")
+    if pairs:  # row i of x goes with row i of y
+        try:
+            np.broadcast_shapes(x.shape, y.shape)
+        except ValueError:
+            raise ValueError(f"{names[1]}: shape {y.shape} does not broadcast with {names[0]}'s {x.shape}") from None
     return x, y
+
+
+def _finite(value, what):
+    """The closed form's value, or a ValueError naming x, y when it left float64."""
+    return check_finite_result(value, "x, y", what)
+
+
+#: Largest w = |x + y|^2 / 2 for the orthogonal closed forms: C(w, d) >= e^{2w} and the MSE holds
+#: e^{4w}, which overflow float64 beyond w = 709.78 / 4.
+_W_MAX = 177.0
 
 
 def _parts(x, y):
@@ -56,6 +71,9 @@ def pair_at_angle(angle_deg, norm_x, norm_y, d):
     """Scaled rows ``x = norm_x e_1`` and ``y`` at ``angle_deg`` degrees from it with norm ``norm_y``,
     in ``d >= 2`` dimensions: the inputs of Lemma 2's tables."""
     d = check_positive_int(d, "d", minimum=2)
+    angle_deg = check_real(angle_deg, "angle_deg")
+    norm_x = check_real(norm_x, "norm_x", minimum=0.0)
+    norm_y = check_real(norm_y, "norm_y", minimum=0.0)
     x = np.zeros(d)
     y = np.zeros(d)
     x[0] = norm_x
@@ -67,28 +85,28 @@ def pair_at_angle(angle_deg, norm_x, norm_y, d):
 def softmax_kernel(x, y):
     """``SM(x, y) = exp(x . y)`` (the docs' Performer page)."""
     x, y = _xy(x, y)
-    return np.exp(np.sum(x * y, -1))
+    return _finite(np.exp(np.sum(x * y, -1)), "SM(x, y) = exp(x . y)")
 
 
 def mse_trigonometric(x, y, m):
     """Lemma 2: ``MSE_trig = (1/(2m)) exp(|x|^2 + |y|^2) (1 - exp(-|D|^2))^2`` (iid omegas)."""
     m = check_positive_int(m, "m")
     sx, sy, _, d2, _ = _parts(x, y)
-    return np.exp(sx + sy) * (1.0 - np.exp(-d2)) ** 2 / (2.0 * m)
+    return _finite(np.exp(sx + sy) * (1.0 - np.exp(-d2)) ** 2 / (2.0 * m), "MSE_trig")
 
 
 def mse_positive(x, y, m):
     """Lemma 2: ``MSE_pos = (1/m) SM^2 (exp(|z|^2) - 1)`` (iid omegas)."""
     m = check_positive_int(m, "m")
     _, _, z2, _, xy = _parts(x, y)
-    return np.exp(2 * xy) * np.expm1(z2) / m
+    return _finite(np.exp(2 * xy) * np.expm1(z2) / m, "MSE_pos")
 
 
 def mse_hyperbolic(x, y, m):
     """Lemma 2: ``MSE_hyp = (1/(2m)) Lam^2 (exp(|z|^2) - 1)^2`` (m omegas, 2m features)."""
     m = check_positive_int(m, "m")
     sx, sy, z2, _, _ = _parts(x, y)
-    return np.exp(-(sx + sy)) * np.expm1(z2) ** 2 / (2.0 * m)
+    return _finite(np.exp(-(sx + sy)) * np.expm1(z2) ** 2 / (2.0 * m), "MSE_hyp")
 
 
 def _log_P(t, d):
@@ -120,6 +138,8 @@ def smreg_ratio(x, y, d=None):
     x, y = _xy(x, y)
     d = x.shape[-1] if d is None else check_positive_int(d, "d")
     w_all = np.sum((x + y) ** 2, -1) / 2.0
+    if np.any(w_all > 1e5):
+        raise ValueError(f"x, y: |x + y|^2 / 2 = {np.max(w_all):.3g} is beyond the series' reach (1e5)")
     out = np.empty(w_all.shape)
     for idx, w in np.ndenumerate(w_all):
         if w == 0:
@@ -137,7 +157,9 @@ def orthogonal_cross_moment(w, d):
     ``w = |z|^2/2``. Checked by Monte Carlo in proofs_tests/performer/test_theory.py.
     """
     d = check_positive_int(d, "d")
-    w = float(w)
+    w = check_real(w, "w", minimum=0.0)
+    if w > 2 * _W_MAX:
+        raise ValueError(f"w: C(w, d) >= e^(2w) overflows float64 for w > {2 * _W_MAX:g}, got {w:g}")
     if w == 0:
         return 1.0
     lw = math.log(w)
@@ -167,6 +189,8 @@ def mse_orthogonal(x, y, m, d=None):
         return sum(count * b * b * mse_orthogonal(x, y, b, d) for b, count in sizes.items()) / m**2
     sx, sy = np.sum(x * x, -1), np.sum(y * y, -1)
     w_all = np.sum((x + y) ** 2, -1) / 2.0
+    if np.any(w_all > _W_MAX):
+        raise ValueError(f"x, y: MSE_ort holds e^(4w), which overflows float64 for w = |x + y|^2 / 2 > {_W_MAX:g}")
     lam2 = np.exp(-(sx + sy))
     C = np.vectorize(lambda w: orthogonal_cross_moment(w, d))(w_all)
     return lam2 * ((np.exp(4 * w_all) - np.exp(2 * w_all)) / m + (1 - 1 / m) * (C - np.exp(2 * w_all)))
@@ -180,11 +204,11 @@ def theorem2_bound(x, y, m, d=None):
     sx, sy = np.sum(x * x, -1), np.sum(y * y, -1)
     sm = np.exp(np.sum(x * y, -1))
     lam = np.exp(-(sx + sy) / 2)
-    return mse_positive(x, y, m) - 2 * (m - 1) / (m * (d + 2)) * (sm - lam) ** 2
+    return _finite(mse_positive(x, y, m) - 2 * (m - 1) / (m * (d + 2)) * (sm - lam) ** 2, "the Theorem 2 bound")
 
 
 def _check_A(A):
-    A = float(A)
+    A = check_real(A, "A")
     if not A < 0.125:
         raise ValueError(f"A: FAVOR++ needs A < 1/8, got {A}")
     return A
@@ -203,7 +227,7 @@ def favorpp_variance(x, y, A):
     sx, sy = np.sum(x * x, -1), np.sum(y * y, -1)
     z2 = np.sum((x + y) ** 2, -1)
     log_second = (d / 2) * (2 * math.log1p(-4 * A) - math.log1p(-8 * A)) + 2 * (1 - 4 * A) * z2 / (1 - 8 * A)
-    return np.exp(-(sx + sy)) * (np.exp(log_second) - np.exp(z2))
+    return _finite(np.exp(-(sx + sy)) * (np.exp(log_second) - np.exp(z2)), "the FAVOR++ variance")
 
 
 def favorpp_optimal_A(phi, d):
@@ -212,12 +236,13 @@ def favorpp_optimal_A(phi, d):
     At ``phi = 0`` the limit ``rho -> 1``, ``A* -> 0`` (FAVOR+) is returned.
     """
     d = check_positive_int(d, "d")
-    phi = np.asarray(phi, dtype=np.float64)
-    if np.any(phi < 0) or not np.all(np.isfinite(phi)):
+    phi = as_float_array(phi, "phi").astype(np.float64)
+    if np.any(phi < 0):
         raise ValueError("phi: must be finite and >= 0")
-    # the same rho without cancellation (multiply by the conjugate): 2d / (sqrt(a^2 + 8 d phi) + a)
+    # the same rho without cancellation (multiply by the conjugate): 2d / (sqrt(a^2 + 8 d phi) + a),
+    # with sqrt(a^2 + 8 d phi) = a sqrt(1 + (8 d phi / a) / a) so that a^2 never overflows
     a = 2 * phi + d
-    rho = 2 * d / (np.sqrt(a * a + 8 * d * phi) + a)
+    rho = 2 * d / (a * np.sqrt(1 + (8 * d * phi / a) / a) + a)
     return (1 - 1 / rho) / 8
 
 
@@ -226,9 +251,12 @@ def favorpp_phi(x, y):
 
     ``mean|x|^2 + mean|y|^2 + 2 mean(x) . mean(y)`` (the docs' Performer page).
     """
-    x, y = _xy(x, y)
-    return (np.mean(np.sum(x * x, -1), axis=-1) + np.mean(np.sum(y * y, -1), axis=-1)
-            + 2 * np.sum(x.mean(axis=-2) * y.mean(axis=-2), -1))
+    x, y = _xy(x, y, pairs=False)
+    for a, name in ((x, "x"), (y, "y")):
+        if a.ndim < 2 or a.shape[-2] == 0:
+            raise ValueError(f"{name}: expected rows (..., L, d) with L >= 1, got shape {a.shape}")
+    return _finite(np.mean(np.sum(x * x, -1), axis=-1) + np.mean(np.sum(y * y, -1), axis=-1)
+                   + 2 * np.sum(x.mean(axis=-2) * y.mean(axis=-2), -1), "phi")
 
 
 def uniform_convergence_features(eps, d, R):
@@ -238,12 +266,14 @@ def uniform_convergence_features(eps, d, R):
     Omega statement): use the value for scaling, not as a guarantee.
     """
     d = check_positive_int(d, "d")
-    eps, R = float(eps), float(R)
-    if not eps > 0 or not R > 0:
-        raise ValueError("eps, R: must be > 0")
+    eps = check_real(eps, "eps", minimum=0.0, low_open=True)
+    R = check_real(R, "R", minimum=0.0, low_open=True)
     ell = R * d ** -0.25
-    delta = eps * math.exp(-(ell**2))
-    return d / delta**2 * math.log(max(4 * d**0.75 * R / delta, math.e))
+    try:
+        delta = eps * math.exp(-(ell**2))
+        return _finite(d / delta**2 * math.log(max(4 * d**0.75 * R / delta, math.e)), "the feature count")
+    except (OverflowError, ZeroDivisionError):
+        raise ValueError(f"eps, R: the feature count overflows float64 (eps = {eps:g}, R = {R:g})") from None
 
 
 def relu_kernel(x, y):
@@ -254,7 +284,7 @@ def relu_kernel(x, y):
     with np.errstate(invalid="ignore", divide="ignore"):
         c = np.clip(np.sum(x * y, -1) / (nx * ny), -1.0, 1.0)
     t = np.arccos(np.where(nx * ny > 0, c, 1.0))
-    return nx * ny * (np.sin(t) + (np.pi - t) * np.cos(t)) / (2 * np.pi)
+    return _finite(nx * ny * (np.sin(t) + (np.pi - t) * np.cos(t)) / (2 * np.pi), "the arc-cosine kernel")
 
 
 def positive_output_moments(q, k, v, m, *, scale=None):
@@ -299,4 +329,5 @@ def positive_output_moments(q, k, v, m, *, scale=None):
         var_res = np.einsum("jl,jh,lh->h", M, r, r)
         bias[i] = (O * var_d / muD**2 - cov_nd / muD**2) / m
         var[i] = var_res / muD**2 / m
-    return bias, var
+    check_finite_result(bias, "q, k, v", "the delta-method moments (exp(|z|^2) terms)")
+    return bias, check_finite_result(var, "q, k, v", "the delta-method moments (exp(|z|^2) terms)")

@@ -27,7 +27,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from refattn._validation import as_float_array, as_index_array, check_allocation, check_positive_int, choose_implementation
+from refattn._validation import (
+    as_float_array,
+    as_index_array,
+    check_allocation,
+    check_positive_int,
+    choose_implementation,
+)
 from refattn.kernels.numba import sea_resample as kern
 from refattn.sea.estimate import bin_starts, binned_attention, kernel_estimate, row_lengths
 

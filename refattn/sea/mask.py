@@ -27,8 +27,15 @@ import numbers
 
 import numpy as np
 
-from refattn._validation import (as_float_array, as_index_array, check_allocation, check_bool, check_finite_result,
-                                 check_positive_int, choose_implementation)
+from refattn._validation import (
+    as_float_array,
+    as_index_array,
+    check_allocation,
+    check_bool,
+    check_finite_result,
+    check_positive_int,
+    choose_implementation,
+)
 from refattn.exact import softmax_attention
 from refattn.kernels.numba import sea_mask as kern
 from refattn.lsh.sparse import Support, sparse_attention
