@@ -30,6 +30,8 @@ __all__ = [
     "check_bool",
     "check_allocation",
     "check_finite_result",
+    "as_dtype_arg",
+    "renamed_errors",
 ]
 
 #: The largest array (in elements) a size argument may ask refattn to allocate: 2^32 float64
@@ -146,6 +148,41 @@ def as_index_array(x, name: str, *, ndim: int | None = 1, minimum: int = 0, maxi
             bound = f"[{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
             raise ValueError(f"{name}: entries must lie in {bound}, got [{lo}, {hi}]")
     return arr.astype(np.int64, copy=False)
+
+
+def as_dtype_arg(dtype, allowed, name: str = "dtype"):
+    """``np.dtype(dtype).type`` if it is one of ``allowed`` (NumPy scalar types), else a TypeError naming ``name``."""
+    try:
+        dt = np.dtype(dtype).type
+    except TypeError:
+        raise TypeError(f"{name}: not a NumPy dtype: {dtype!r}") from None
+    if dt not in allowed:
+        raise TypeError(f"{name}: must be one of {[np.dtype(a).name for a in allowed]}, got {np.dtype(dt).name}")
+    return dt
+
+
+class renamed_errors:
+    """Context manager: a TypeError/ValueError whose message starts with one of ``mapping``'s names
+    (``"q: ..."``) is re-raised under the caller's argument name (``"phi_q: ..."``), so a function
+    that validates through a shared helper still names its own arguments."""
+
+    def __init__(self, **mapping):
+        self.mapping = mapping
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if exc is None or not isinstance(exc, (TypeError, ValueError)):
+            return False
+        msg = str(exc)
+        head, sep, rest = msg.partition(":")
+        if not sep:
+            return False
+        names = [self.mapping.get(n.strip(), n.strip()) for n in head.split(",")]
+        for old, new in self.mapping.items():
+            rest = rest.replace(f" {old}'s ", f" {new}'s ")
+        raise type(exc)(", ".join(names) + ":" + rest) from None
 
 
 def check_allocation(n_elements, names: str, what: str) -> None:

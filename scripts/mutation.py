@@ -108,6 +108,8 @@ EQUIVALENT: dict[tuple, str] = {
         "many, so the intervals are identical (measured: max difference 0.0); only memory and time change",
     ("refattn/stats.py", "chunk = max(1, int(4e6 // max(1, flat.size)))", "max(1, flat.size)", "min(1, flat.size)"):
         "the bootstrap's batch size again (the divisor of the memory budget): same stream, same intervals",
+    ("refattn/kernels/numba/sparse_attention.py", "m = np.full(T, -np.inf)", "-np.inf", "np.inf"):
+        "the initial row maximum of empty rows, which np.where(np.isfinite(m), m, 0.0) replaces by 0 before use",
     ("refattn/sea/mask.py", "zeros = np.zeros((prob.S, 1))", "1", "2"):
         "the placeholder values passed to the kernels only for their log-sum-exp, which does not read v",
     ("refattn/scatterbrain/rpca.py", "mu_max = 1e7 * mu", "10000000.0", "20000000.0"):

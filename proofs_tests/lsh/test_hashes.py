@@ -94,9 +94,12 @@ def test_smyrf_transform_maps_inner_products_to_distances():
     """Daras et al. (2020), section 3: F(q) = [q, 0, sqrt(M^2 - |q|^2)], G(k) = [k, sqrt(M^2 - |k|^2), 0]
     have d + 2 columns, F(q) . G(k) = q . k and |F(q) - G(k)|^2 = 2 M^2 - 2 q . k. Deterministic."""
     rng = np.random.default_rng(4)
-    q, k = rng.standard_normal((5, 3)), rng.standard_normal((6, 3))
-    F, G, M = smyrf_transform(q, k)
-    assert F.shape == (5, 5) and G.shape == (6, 5)
-    np.testing.assert_allclose(F @ G.T, q @ k.T, atol=1e-12)
-    d2 = np.sum((F[:, None, :] - G[None, :, :]) ** 2, -1)
-    np.testing.assert_allclose(d2, 2 * M**2 - 2 * q @ k.T, atol=1e-10)
+    for size in (1.0, 0.1):  # norms near 2, and below 1 (where M^2 - |k|^2 < 1)
+        q, k = size * rng.standard_normal((5, 3)), size * rng.standard_normal((6, 3))
+        F, G, M = smyrf_transform(q, k)
+        assert F.shape == (5, 5) and G.shape == (6, 5)
+        np.testing.assert_allclose(F @ G.T, q @ k.T, atol=1e-12)
+        np.testing.assert_allclose(np.linalg.norm(F, axis=1), M, rtol=1e-12)
+        np.testing.assert_allclose(np.linalg.norm(G, axis=1), M, rtol=1e-12)
+        d2 = np.sum((F[:, None, :] - G[None, :, :]) ** 2, -1)
+        np.testing.assert_allclose(d2, 2 * M**2 - 2 * q @ k.T, atol=1e-10)

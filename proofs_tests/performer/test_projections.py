@@ -100,7 +100,7 @@ def test_sorf_structure():
 
 def test_projection_dispatch_and_bad_input():
     assert projection("iid", 3, 4, 0).shape == (3, 4)
-    with pytest.raises(ValueError, match="^projection: unknown"):
+    with pytest.raises(ValueError, match="^name: unknown projection"):
         projection("hadamard", 3, 4, 0)
     with pytest.raises(ValueError, match="^m: must be >= 1"):
         gaussian_projection(0, 4, 0)

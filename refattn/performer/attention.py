@@ -28,7 +28,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from refattn._validation import check_positive_int, choose_implementation
+from refattn._validation import (
+    as_dtype_arg,
+    check_bool,
+    check_positive_int,
+    check_real,
+    choose_implementation,
+    renamed_errors,
+)
 from refattn.kernels.dispatch import gpu_backend, shadow64
 from refattn.performer.features import RandomFeatures, as_features
 from refattn.problem import attention_problem, causal_mask
@@ -140,12 +147,9 @@ def performer_attention(
     prob = attention_problem(q, k, v, scale=scale, causal=causal, key_lengths=key_lengths)
     implementation = choose_implementation(implementation, ("auto", "numpy", "dense"))
     chunk_size = check_positive_int(chunk_size, "chunk_size")
-    eps = float(eps)
-    if not math.isfinite(eps) or eps < 0:
-        raise ValueError(f"eps: must be finite and >= 0, got {eps}")
-    dt = np.float64 if dtype is None else np.dtype(dtype).type
-    if dt not in (np.float64, np.float32):
-        raise TypeError(f"dtype: must be float64 or float32, got {np.dtype(dt).name}")
+    eps = check_real(eps, "eps", minimum=0.0)
+    stabilize = check_bool(stabilize, "stabilize")
+    dt = np.float64 if dtype is None else as_dtype_arg(dtype, (np.float64, np.float32))
 
     feats = problem_features(prob, features, m=m, projection=projection, rng=rng, W=W, A=A, fn=fn)
     phi_q, phi_k, log_scale = feature_maps(prob, feats, stabilize=stabilize)
@@ -205,7 +209,8 @@ def causal_prefix_sums(phi_q, phi_k, v, *, causal=True, chunk_size=128):
         prob = attention_problem(shadow64(phi_q), shadow64(phi_k), shadow64(v), causal=causal)
         return gpu.causal_prefix_sums(phi_q, phi_k, v, offset=prob.causal_offset(), chunk=chunk,
                                       batch_shape=prob.batch_shape)
-    prob = attention_problem(phi_q, phi_k, v, causal=causal)
+    with renamed_errors(q="phi_q", k="phi_k"):
+        prob = attention_problem(phi_q, phi_k, v, causal=causal)
     return _causal_chunked(prob.q, prob.k, prob.v, prob.causal_offset(), chunk)
 
 

@@ -35,7 +35,8 @@ from typing import Callable
 
 import numpy as np
 
-from refattn._validation import as_float_array, check_positive_int
+from refattn._validation import as_float_array, check_finite_result, check_positive_int, check_real
+from refattn.performer.projections import check_projection_name
 from refattn.performer.projections import projection as projection_rows
 from refattn.performer.theory import favorpp_optimal_A, favorpp_phi, relu_kernel
 
@@ -73,14 +74,15 @@ class RandomFeatures:
     fn: Callable | None = None
 
     def __post_init__(self):
-        if self.kind not in FEATURE_KINDS:
-            raise ValueError(f"features: unknown kind {self.kind!r}; expected one of {FEATURE_KINDS}")
+        if not isinstance(self.kind, str) or self.kind not in FEATURE_KINDS:
+            raise ValueError(f"kind: unknown feature kind {self.kind!r}; expected one of {FEATURE_KINDS}")
         W = as_float_array(self.W, "W")
         if W.ndim < 2:
             raise ValueError(f"W: expected shape (..., m, d), got {W.shape}")
-        if W.shape[-2] < 1:
-            raise ValueError("m: need at least one projection row (m >= 1)")
+        if W.shape[-2] < 1 or W.shape[-1] < 1:
+            raise ValueError(f"W: need at least one projection row and column (m, d >= 1), got shape {W.shape}")
         object.__setattr__(self, "W", W.astype(np.float64, copy=False))
+        object.__setattr__(self, "A", check_real(self.A, "A"))
         if self.kind == "favorpp" and not float(self.A) < 0.125:
             raise ValueError(f"A: FAVOR++ needs A < 1/8, got {self.A}")
         if self.kind == "custom" and not callable(self.fn):
@@ -168,8 +170,17 @@ def gauss_hermite_kernel(fn, x, y, n_nodes: int = 60):
     """
     from numpy.polynomial.hermite_e import hermegauss
 
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
+    if not callable(fn):
+        raise TypeError(f"fn: expected a callable, got {type(fn).__name__}")
+    x = as_float_array(x, "x").astype(np.float64)
+    y = as_float_array(y, "y").astype(np.float64)
+    if x.ndim == 0 or x.shape[-1:] != y.shape[-1:]:
+        raise ValueError(f"y: shape {y.shape} does not match x's {x.shape} (rows of the same dimension)")
+    try:
+        np.broadcast_shapes(x.shape[:-1], y.shape[:-1])
+    except ValueError:
+        raise ValueError(f"y: shape {y.shape} does not broadcast with x's {x.shape}") from None
+    n_nodes = check_positive_int(n_nodes, "n_nodes", maximum=1000)
     t, wt = hermegauss(n_nodes)
     wt = wt / np.sqrt(2 * np.pi)  # weights of E over N(0, 1)
     T1, T2 = np.meshgrid(t, t, indexing="ij")
@@ -181,7 +192,10 @@ def gauss_hermite_kernel(fn, x, y, n_nodes: int = 60):
     # v = w.y = |y| t1; u = w.x = rho t1 + rest t2 (a Cholesky factorisation of the covariance)
     v = sy[..., None, None] * T1
     u = rho[..., None, None] * T1 + rest[..., None, None] * T2
-    return np.sum(W2 * np.asarray(fn(u)) * np.asarray(fn(v)), axis=(-2, -1))
+    fu, fv = np.asarray(fn(u), dtype=np.float64), np.asarray(fn(v), dtype=np.float64)
+    if fu.shape != u.shape:
+        raise ValueError(f"fn: must map u elementwise (shape {u.shape}), returned {fu.shape}")
+    return check_finite_result(np.sum(W2 * fu * fv, axis=(-2, -1)), "fn, x, y", "E[fn(w.x) fn(w.y)]")
 
 
 def make_features(d, *, m=256, kind="positive", projection="orthogonal", rng=None, W=None, A=None,
@@ -192,11 +206,12 @@ def make_features(d, *, m=256, kind="positive", projection="orthogonal", rng=Non
     For ``favorpp`` with ``A=None`` the optimal ``A*`` is computed from the scaled data ``x``, ``y``
     (:func:`refattn.performer.theory.favorpp_optimal_A` at the pair-average ``|x_i + y_j|^2``).
     """
-    if kind not in FEATURE_KINDS:
-        raise ValueError(f"features: unknown kind {kind!r}; expected one of {FEATURE_KINDS}")
+    if not isinstance(kind, str) or kind not in FEATURE_KINDS:
+        raise ValueError(f"kind: unknown feature kind {kind!r}; expected one of {FEATURE_KINDS}")
     if W is None:
         if rng is None:
             raise ValueError("rng: pass a seed or Generator (or an explicit W); refattn has no global RNG")
+        check_projection_name(projection)
         W = projection_rows(projection, check_positive_int(m, "m"), d, rng)
     else:
         W = np.asarray(W, dtype=np.float64)
@@ -223,4 +238,6 @@ def as_features(features, d, *, m=256, projection="orthogonal", rng=None, W=None
     if not isinstance(features, str):
         raise TypeError(f"features: expected a RandomFeatures or a kind name from {FEATURE_KINDS}, "
                         f"got {type(features).__name__}")
+    if features not in FEATURE_KINDS:
+        raise ValueError(f"features: unknown kind {features!r}; expected one of {FEATURE_KINDS}")
     return make_features(d, m=m, kind=features, projection=projection, rng=rng, W=W, A=A, fn=fn, x=x, y=y)

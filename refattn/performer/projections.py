@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from refattn._validation import as_generator, check_positive_int
+from refattn._validation import as_generator, check_allocation, check_positive_int
 
 __all__ = [
     "gaussian_projection",
@@ -42,6 +42,7 @@ def _args(m, d, size):
     m = check_positive_int(m, "m")
     d = check_positive_int(d, "d")
     n = 1 if size is None else check_positive_int(size, "size")
+    check_allocation(n * max(m, d) * d, "m, d, size", "the projection rows")
     return m, d, n
 
 
@@ -57,6 +58,9 @@ def haar_orthogonal(n: int, d: int, rng, *, sign_correction: bool = True) -> np.
     ``sign_correction=False`` gives LAPACK's plain ``Q``, which is not Haar (kept only so
     the tests can show the difference).
     """
+    n = check_positive_int(n, "n")
+    d = check_positive_int(d, "d")
+    check_allocation(n * d * d, "n, d", "the (n, d, d) matrices")
     gen = as_generator(rng)
     G = gen.standard_normal((n, d, d))
     Q, R = np.linalg.qr(G)  # batched, (n, d, d)
@@ -148,6 +152,12 @@ PROJECTIONS = {
 
 def projection(name: str, m, d, rng, *, size=None) -> np.ndarray:
     """Dispatch by name: one of ``gaussian`` (alias ``iid``), ``orthogonal``, ``regular``, ``sorf``."""
-    if name not in PROJECTIONS:
-        raise ValueError(f"projection: unknown name {name!r}; expected one of {sorted(PROJECTIONS)}")
+    check_projection_name(name, "name")
     return PROJECTIONS[name](m, d, rng, size=size)
+
+
+def check_projection_name(value, name: str = "projection") -> str:
+    """``value`` if it names a projection (:data:`PROJECTIONS`), else a ValueError naming ``name``."""
+    if not isinstance(value, str) or value not in PROJECTIONS:
+        raise ValueError(f"{name}: unknown projection {value!r}; expected one of {sorted(PROJECTIONS)}")
+    return value
