@@ -128,6 +128,7 @@ class Mutant:
     operator: str
     before: str
     after: str
+    source_line: str = ""  # the mutated line's text (stripped), as enumerated
     status: str = "not run"  # killed | survived | timeout | equivalent
     seconds: float = 0.0
     detail: str = ""
@@ -139,8 +140,7 @@ class Mutant:
     @property
     def key(self) -> tuple:
         """``(module, source line, before, after)``: the :data:`EQUIVALENT` key."""
-        text = (ROOT / self.module).read_text().splitlines()[self.line - 1].strip()
-        return self.module, text, self.before, self.after
+        return self.module, self.source_line, self.before, self.after
 
 
 _SWAP_BIN = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mult, ast.Pow: ast.Mult}
@@ -170,6 +170,11 @@ def _skipped_nodes(tree) -> set[int]:
             mark(node)
         if isinstance(node, ast.JoinedStr):
             mark(node)
+        if isinstance(node, ast.Call):  # the validation helpers' arguments (bounds, names)
+            f = node.func
+            fname = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ""
+            if fname.startswith(("check_", "as_float_array", "as_index_array", "as_dtype_arg", "_check")):
+                mark(node)
     return skip
 
 
@@ -245,6 +250,7 @@ def _replace(tree, target, new):
 
 def enumerate_mutants(module: str) -> list[Mutant]:
     source = (ROOT / module).read_text()
+    lines = source.splitlines()
     tree = ast.parse(source)
     out = []
     for index, operator in _candidates(tree):
@@ -252,12 +258,14 @@ def enumerate_mutants(module: str) -> list[Mutant]:
         before = ast.unparse(node)
         clone = copy.deepcopy(node)
         after = ast.unparse(_mutate(clone, operator))
-        out.append(Mutant(module, index, node.lineno, operator, before[:80], after[:80]))
+        out.append(Mutant(module, index, node.lineno, operator, before[:80], after[:80],
+                          lines[node.lineno - 1].strip()))
     return out
 
 
-def mutated_source(m: Mutant) -> str:
-    tree = ast.parse((ROOT / m.module).read_text())
+def mutated_source(m: Mutant, source: str) -> str:
+    """``source`` (the module as enumerated) with mutant ``m`` applied."""
+    tree = ast.parse(source)
     node = list(ast.walk(tree))[m.index]
     new = _mutate(node, m.operator)
     if new is not node:
@@ -315,7 +323,7 @@ def run(mutants, *, jobs, timeout, progress=True):
         target = d / m.module
         original = target.read_text()
         try:
-            target.write_text(mutated_source(m))
+            target.write_text(mutated_source(m, original))
             limit = min(timeout, max(60.0, 10 * base_seconds[m.module]))  # 10x the unmutated run
             m.status, m.seconds, m.detail = _pytest(d, covering_tests(m.module), limit)
         finally:
