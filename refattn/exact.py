@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from refattn._validation import as_float_array, check_positive_int
+from refattn._validation import as_float_array, check_bool, check_finite_result, check_positive_int
 from refattn.kernels import numba_enabled
 from refattn.kernels.dispatch import gpu_backend, is_cupy, shadow, shadow64
 from refattn.kernels.numba import streaming as _streaming
@@ -101,6 +101,7 @@ def attention_probabilities(
     array([[1. , 0. , 0. ],
            [0.5, 0.5, 0. ]])
     """
+    return_lse = check_bool(return_lse, "return_lse")
     prob = score_problem(q, k, scale=scale, causal=causal, mask=mask, bias=bias, key_lengths=key_lengths,
                          window=window, softcap=softcap, alibi_slopes=alibi_slopes)
     p, lse = _softmax_rows(prob.logits(_compute_dtype(dtype)))
@@ -186,6 +187,7 @@ def softmax_attention(
     """
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"implementation: expected one of {IMPLEMENTATIONS}, got {implementation!r}")
+    return_lse = check_bool(return_lse, "return_lse")
     gpu = gpu_backend(q=q, k=k, v=v, mask=mask, bias=bias)
     if gpu:
         if implementation not in ("auto", "cuda"):
@@ -370,4 +372,5 @@ def forward_error_bound(q, k, v, *, scale=None, causal=False, mask=None, bias=No
     vmax = np.abs(np.broadcast_to(prob.v, prob.batch_shape + (S, prob.Hv))).max(axis=-1, initial=0.0)  # (..., S)
     vmax_vis = np.where(visible, vmax[..., None, :], 0.0).max(axis=-1, initial=0.0)  # (..., T)
     bound = (np.expm1(2 * delta) + 2 * _gamma(S + 2, u)) * vmax_vis
-    return np.where(any_vis, bound, 0.0)
+    return check_finite_result(np.where(any_vis, bound, 0.0), "q, k, scale",
+                               "the forward error bound (exp of 2 Delta: the logits are too large for a finite bound)")

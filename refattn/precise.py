@@ -20,7 +20,7 @@ from __future__ import annotations
 import mpmath
 import numpy as np
 
-from refattn._validation import as_float_array, check_positive_int
+from refattn._validation import as_float_array, check_bool, check_positive_int
 from refattn.problem import attention_problem, sum_to_shape
 
 __all__ = ["softmax_attention_mp", "attention_backward_mp", "MAX_WORK"]
@@ -104,7 +104,8 @@ def softmax_attention_mp(
     array([[1. ],
            [1.5]])
     """
-    dps = check_positive_int(dps, "dps", minimum=20)
+    dps = check_positive_int(dps, "dps", minimum=20, maximum=10_000)
+    as_float = check_bool(as_float, "as_float")
     prob = attention_problem(q, k, v, scale=scale, causal=causal, mask=mask, bias=bias, key_lengths=key_lengths)
     _check_work(prob)
     out = np.empty(prob.batch_shape + (prob.T, prob.Hv), dtype=object)
@@ -128,7 +129,8 @@ def attention_backward_mp(
 
     Gradients of broadcast inputs are summed back to the input's shape, as there.
     """
-    dps = check_positive_int(dps, "dps", minimum=20)
+    dps = check_positive_int(dps, "dps", minimum=20, maximum=10_000)
+    as_float = check_bool(as_float, "as_float")
     prob = attention_problem(q, k, v, scale=scale, causal=causal, mask=mask, bias=bias, key_lengths=key_lengths)
     _check_work(prob)
     d_o = as_float_array(dout, "dout")

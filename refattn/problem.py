@@ -47,6 +47,8 @@ CAUSAL_ALIGNMENTS = ("bottom_right", "top_left")
 def causal_alignment(causal, name: str = "causal") -> str | None:
     """``None`` (no causal mask), ``"bottom_right"`` (``True``) or ``"top_left"``; anything else is a
     ``ValueError`` naming ``name``."""
+    if isinstance(causal, np.bool_):
+        causal = bool(causal)
     if causal is False or causal is None:
         return None
     if causal is True:
@@ -286,7 +288,29 @@ def attention_problem(
         softcap = softcap or None
 
     batch_shape = tuple(_broadcast(named))
+    _check_logit_range(q, k, scale, bias)
     return AttentionProblem(q, k, v, scale, alignment, mask, bias, key_lengths, batch_shape, softcap)
+
+
+#: Logits whose magnitude may reach this cannot be formed in float64 (``exp`` differences of them
+#: would be ``inf - inf``); inputs that could produce them are refused up front.
+LOGIT_LIMIT = 1e300
+
+
+def _check_logit_range(q, k, scale, bias):
+    """Refuse inputs whose logits could overflow float64: ``s H max|q| max|k| (+ max|bias|)`` bounds
+    every ``|s q.k + b|`` (a sufficient condition, so no overflow can reach a kernel)."""
+    if not (q.size and k.size):
+        return
+    qmax, kmax = float(np.max(np.abs(q))), float(np.max(np.abs(k)))
+    with np.errstate(over="ignore"):
+        bound = scale * q.shape[-1] * qmax * kmax
+        if bias is not None and bias.size:
+            finite = np.isfinite(bias)
+            bound = bound + (float(np.max(np.abs(bias[finite]))) if finite.any() else 0.0)
+    if not bound <= LOGIT_LIMIT:
+        raise ValueError(f"q, k, scale: logits could reach {bound:.3g} (scale * H * max|q| * max|k|), beyond the "
+                         f"{LOGIT_LIMIT:g} refattn can exponentiate safely; rescale the inputs")
 
 
 def window_mask(T: int, S: int, window) -> np.ndarray:
@@ -332,7 +356,14 @@ def score_problem(q, k, *, scale=None, causal=False, mask=None, bias=None, key_l
 
 def sum_to_shape(g, shape):
     """Sum a broadcast gradient ``g`` back to an input's ``shape`` (the reverse of broadcasting)."""
-    g = as_float_array(g, "g")
+    try:
+        g = np.asarray(g)
+    except Exception as exc:
+        raise TypeError(f"g: cannot be converted to an array ({exc})") from None
+    if g.dtype.kind not in "fO":  # float, or mpmath's object arrays
+        raise TypeError(f"g: expected a floating-point (or mpmath object) array, got dtype {g.dtype}")
+    if g.dtype.kind == "f" and not np.all(np.isfinite(g)):
+        raise ValueError("g: contains NaN or Inf")
     try:
         shape = tuple(int(n) for n in shape)
     except (TypeError, ValueError):

@@ -145,7 +145,7 @@ def test_csr_validation():
     with pytest.raises(ValueError, match="^n_clusters"):
         balanced_clusters(np.arange(3.0), np.arange(3.0), 4)
     with pytest.raises(ValueError, match="^chunk"):
-        chunked_bucket_support(np.zeros(4), np.zeros(4), 0)
+        chunked_bucket_support(np.zeros(4, dtype=int), np.zeros(4, dtype=int), 0)
 
 
 def test_bucket_support_matches_dense_definition():

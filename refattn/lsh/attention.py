@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from refattn._validation import as_generator, check_positive_int
+from refattn._validation import as_float_array, as_generator, check_bool, check_positive_int
 from refattn.lsh.hashes import (
     angular_hash,
     angular_rotations,
@@ -35,7 +35,7 @@ from refattn.lsh.hashes import (
     sort_order,
 )
 from refattn.lsh.sparse import Support, balanced_clusters, chunked_bucket_support, sparse_attention, union
-from refattn.problem import attention_problem, causal_mask
+from refattn.problem import attention_problem, causal_alignment, causal_mask
 
 __all__ = ["LSHAttentionResult", "reformer_attention", "smyrf_attention", "hyper_attention"]
 
@@ -66,8 +66,10 @@ def reformer_attention(q, k, v, *, n_buckets, chunk, rounds=1, rng, shared_qk=Fa
     (Kitaev et al. 2020, section 2.2). ``causal`` intersects the support with the causal
     mask (bottom-right alignment).
     """
+    shared_qk = check_bool(shared_qk, "shared_qk")
+    causal = causal_alignment(causal)
     if shared_qk:
-        qa = np.asarray(q, dtype=np.float64)
+        qa = as_float_array(q, "q").astype(np.float64)
         norms = np.linalg.norm(qa, axis=-1, keepdims=True)
         k = qa / np.where(norms > 0, norms, 1.0)
     prob = _two_d(q, k, v, scale)
@@ -173,6 +175,7 @@ def hyper_attention(q, k, v, *, block_size, n_samples, bits=4, rng, causal=False
     non-causal estimate (``None`` for causal).
     """
     prob = _two_d(q, k, v, scale)
+    causal = causal_alignment(causal)
     block_size = check_positive_int(block_size, "block_size")
     n_samples = check_positive_int(n_samples, "n_samples", minimum=0)
     gen = as_generator(rng)

@@ -23,7 +23,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from refattn._validation import as_float_array, as_generator, check_positive_int
+from refattn._validation import (
+    as_float_array,
+    as_generator,
+    as_index_array,
+    check_allocation,
+    check_positive_int,
+    check_real,
+)
 from refattn.kernels.dispatch import gpu_backend, shadow64
 from refattn.performer.projections import haar_orthogonal
 
@@ -147,9 +154,10 @@ def e2lsh_draw(d, width, rng, *, tables=1):
     """``(a (tables, d) Gaussian, b (tables,) uniform on [0, width))`` for :func:`e2lsh`."""
     d = check_positive_int(d, "d")
     tables = check_positive_int(tables, "tables")
-    width = float(width)
+    width = check_real(width, "width", minimum=0.0, low_open=True)
     if not width > 0 or not np.isfinite(width):
         raise ValueError(f"width: must be finite and > 0, got {width}")
+    check_allocation(tables * d, "tables, d", "the projections")
     gen = as_generator(rng)
     return gen.standard_normal((tables, d)), gen.uniform(0, width, size=tables)
 
@@ -159,7 +167,7 @@ def _check_e2lsh(x, a, width):
     a = as_float_array(a, "a")
     if a.ndim != 2 or a.shape[1] != x.shape[1]:
         raise ValueError(f"a: expected shape (tables, d = {x.shape[1]}), got {a.shape}")
-    width = float(width)
+    width = check_real(width, "width", minimum=0.0, low_open=True)
     if not width > 0:
         raise ValueError(f"width: must be > 0, got {width}")
     return x, a, width
@@ -189,6 +197,10 @@ def smyrf_transform(q, k, M=None):
         raise ValueError(f"k: dim {k.shape[1]} does not match q's {q.shape[1]}")
     nq, nk = np.sum(q * q, 1), np.sum(k * k, 1)
     need = (nq.max(initial=0.0) + nk.max(initial=0.0)) ** 0.5
+    if not np.isfinite(need) or need > 1e150:
+        raise ValueError(f"q, k: norms up to {need:.3g} leave float64 in the transform (M^2 = max|q|^2 + max|k|^2)")
+    if M is not None:
+        M = check_real(M, "M", minimum=0.0, maximum=1e150)
     if M is None:
         M = need
     elif not float(M) >= need * (1 - 1e-12):
@@ -202,7 +214,7 @@ def smyrf_transform(q, k, M=None):
 def gray_rank(codes):
     """Position of each code in the reflected Gray-code order (inverse Gray code): buckets that are
     neighbours in this order differ in one bit (HyperAttention's sortLSH)."""
-    c = np.asarray(codes).astype(np.int64)
+    c = as_index_array(codes, "codes", ndim=None)
     rank = c.copy()
     shift = 1
     while shift < 64:
@@ -216,5 +228,5 @@ def sort_order(buckets):
     gpu = gpu_backend(buckets=buckets)
     if gpu:
         return gpu.sort_order(buckets)
-    b = np.asarray(buckets)
+    b = as_index_array(buckets, "buckets", minimum=-(2**62))
     return np.lexsort((np.arange(b.size), b))

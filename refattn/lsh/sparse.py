@@ -24,7 +24,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from refattn._validation import as_float_array, check_positive_int, check_scale, choose_implementation
+from refattn._validation import (
+    as_float_array,
+    as_index_array,
+    check_allocation,
+    check_bool,
+    check_positive_int,
+    check_scale,
+    choose_implementation,
+)
 from refattn.kernels.dispatch import gpu_backend, shadow64
 from refattn.kernels.numba import sparse_attention as kern
 from refattn.kernels.numba.lsh_support import union_support_numba
@@ -104,8 +112,12 @@ class Support:
     @classmethod
     def from_pairs(cls, rows, cols, n_queries, n_keys) -> "Support":
         """From (row, col) pairs, duplicates counted once."""
-        rows = np.asarray(rows, dtype=np.int64)
-        cols = np.asarray(cols, dtype=np.int64)
+        n_queries = check_positive_int(n_queries, "n_queries", minimum=0)
+        n_keys = check_positive_int(n_keys, "n_keys", minimum=0)
+        rows = as_index_array(rows, "rows", maximum=n_queries - 1)
+        cols = as_index_array(cols, "cols", maximum=n_keys - 1)
+        if rows.shape != cols.shape:
+            raise ValueError(f"cols: shape {cols.shape} differs from rows' {rows.shape} (pairs)")
         key = np.unique(rows * max(1, n_keys) + cols)
         r, c = key // max(1, n_keys), key % max(1, n_keys)
         indptr = np.concatenate([[0], np.cumsum(np.bincount(r, minlength=n_queries))])
@@ -156,6 +168,7 @@ def local_window(T, S, left, right=0, *, causal=False) -> Support:
     T = check_positive_int(T, "T", minimum=0)
     S = check_positive_int(S, "S", minimum=0)
     left = check_positive_int(left, "left", minimum=0)
+    causal = check_bool(causal, "causal")
     right = 0 if causal else check_positive_int(right, "right", minimum=0)
     c = np.arange(T, dtype=np.int64) + (S - T)  # (T,) each row's diagonal key
     lo = np.clip(c - left, 0, S)  # (T,) first key, clipped to [0, S]
@@ -168,7 +181,10 @@ def local_window(T, S, left, right=0, *, causal=False) -> Support:
 
 def block_sparse(T, S, block, layout) -> Support:
     """Blocks of ``block x block``: query block ``a`` sees key block ``b`` iff ``layout[a, b]``."""
+    T = check_positive_int(T, "T", minimum=0)
+    S = check_positive_int(S, "S", minimum=0)
     block = check_positive_int(block, "block")
+    check_allocation(T * S, "T, S", "the dense block mask")
     layout = np.asarray(layout)
     nq, nk = -(-T // block), -(-S // block)
     if layout.dtype != np.bool_ or layout.shape != (nq, nk):
@@ -195,8 +211,8 @@ def topk_support(q, k, topk, *, scale=None, causal=False) -> Support:
 def bucket_support(q_buckets, k_buckets) -> Support:
     """All (i, j) with ``q_buckets[i] == k_buckets[j]`` (one hash round), built in O(T log S + nnz):
     keys sorted stably by bucket, each query's row is the contiguous run of its bucket."""
-    qb = np.asarray(q_buckets).ravel()
-    kb = np.asarray(k_buckets).ravel()
+    qb = as_index_array(q_buckets, "q_buckets", minimum=-(2**62))
+    kb = as_index_array(k_buckets, "k_buckets", minimum=-(2**62))
     order = np.lexsort((np.arange(kb.size), kb))  # by bucket, then position: rows come out sorted
     sorted_b = kb[order]
     lo = np.searchsorted(sorted_b, qb, side="left")
@@ -231,8 +247,9 @@ def chunked_bucket_support(q_buckets, k_buckets, chunk, *, lookback=1, same_buck
     (:mod:`refattn.kernels.numba.lsh_support`); ``"numpy"`` is the readable twin, which forms a
     ``T x S`` mask per round: for tests and small inputs.
     """
-    qb = np.atleast_2d(np.asarray(q_buckets))
-    kb = np.atleast_2d(np.asarray(k_buckets))
+    qb = np.atleast_2d(as_index_array(q_buckets, "q_buckets", ndim=None, minimum=-(2**62)))
+    kb = np.atleast_2d(as_index_array(k_buckets, "k_buckets", ndim=None, minimum=-(2**62)))
+    same_bucket = check_bool(same_bucket, "same_bucket")
     if qb.ndim != 2 or kb.ndim != 2 or qb.shape[0] != kb.shape[0]:
         raise ValueError(f"k_buckets: expected (rounds, S) matching q_buckets' rounds, got {kb.shape} and {qb.shape}")
     chunk = check_positive_int(chunk, "chunk")
@@ -261,6 +278,9 @@ def balanced_clusters(q_keys, k_keys, n_clusters) -> Support:
     n_clusters = check_positive_int(n_clusters, "n_clusters")
     qk = as_float_array(q_keys, "q_keys")
     kk = as_float_array(k_keys, "k_keys")
+    for a, name in ((qk, "q_keys"), (kk, "k_keys")):
+        if a.ndim != 1:
+            raise ValueError(f"{name}: expected one scalar per row, shape (L,), got {a.shape}")
     if n_clusters > min(qk.size, kk.size):
         raise ValueError(f"n_clusters: {n_clusters} exceeds the number of queries or keys ({qk.size}, {kk.size})")
     cq = _chunks_of_sorted(qk, n_clusters)
@@ -304,6 +324,7 @@ def sparse_attention(q, k, v, support: Support, *, scale=None, entry_bias=None, 
     (``kernels/cuda/sparse.cu``) under ``"auto"`` or ``"cuda"`` and return CuPy arrays; the support
     stays a NumPy CSR.
     """
+    return_lse = check_bool(return_lse, "return_lse")
     gpu = gpu_backend(q=q, k=k, v=v, entry_bias=entry_bias)
     if gpu:
         if implementation not in ("auto", "cuda"):
@@ -324,7 +345,9 @@ def support_probabilities(q, k, support: Support, *, scale=None) -> np.ndarray:
     ``lse_i`` the row's log-sum-exp over its support (what :func:`sparse_attention` normalises by)."""
     q = as_float_array(q, "q").astype(np.float64)
     k = as_float_array(k, "k").astype(np.float64)
-    zeros = np.zeros((k.shape[0], 1)) if k.ndim == 2 else None
+    if k.ndim != 2:
+        raise ValueError(f"k: expected shape (S, H), got {k.shape}")
+    zeros = np.zeros((k.shape[0], 1))
     _, lse = sparse_attention(q, k, zeros, support, scale=scale, return_lse=True)
     s = check_scale(scale, q.shape[1])
     rows = support.rows()

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from refattn._validation import as_float_array, as_generator, check_positive_int
+from refattn._validation import as_float_array, as_generator, check_allocation, check_positive_int, check_real
 
 __all__ = ["RPCAResult", "RPCANotConverged", "robust_pca", "fixed_budget_decomposition", "shrink", "svt",
            "planted_low_rank_plus_sparse"]
@@ -50,11 +50,17 @@ class RPCAResult:
 
 def shrink(X, tau):
     """Entrywise soft thresholding ``sign(X) max(|X| - tau, 0)`` (the prox of ``tau |.|_1``)."""
+    X = as_float_array(X, "X").astype(np.float64)
+    tau = check_real(tau, "tau", minimum=0.0)
     return np.sign(X) * np.maximum(np.abs(X) - tau, 0.0)
 
 
 def svt(X, tau):
     """Singular-value thresholding (the prox of ``tau |.|_*``); returns ``(D, rank)``."""
+    X = as_float_array(X, "X").astype(np.float64)
+    if X.ndim != 2:
+        raise ValueError(f"X: expected a 2-D matrix, got shape {X.shape}")
+    tau = check_real(tau, "tau", minimum=0.0)
     U, sig, Vt = np.linalg.svd(X, full_matrices=False)
     keep = sig > tau
     return (U[:, keep] * (sig[keep] - tau)) @ Vt[keep], int(keep.sum())
@@ -67,18 +73,35 @@ def _matrix(M):
     return M
 
 
-def robust_pca(M, *, lam=None, tol=1e-7, max_iter=1000, rho=1.5) -> RPCAResult:
-    """Principal component pursuit by inexact ALM (see the module docstring)."""
+def robust_pca(M, *, lam=None, tol=1e-7, max_iter=1000, rho=1.5, time_limit=600.0) -> RPCAResult:
+    """Principal component pursuit by inexact ALM (see the module docstring).
+
+    Stops after ``max_iter`` iterations or ``time_limit`` seconds, whichever comes first; either
+    way a run that did not converge says so (``converged=False`` and an :class:`RPCANotConverged`
+    warning). PCP is scale-equivariant, so ``M`` is solved at unit scale and ``L``, ``S`` scaled
+    back (``Y``, a subgradient certificate, is scale-free): entries near 1e300 do not overflow.
+    """
     M = _matrix(M)
     n1, n2 = M.shape
-    lam = 1.0 / np.sqrt(max(n1, n2)) if lam is None else float(lam)
-    if not lam > 0:
-        raise ValueError(f"lam: must be > 0, got {lam}")
-    max_iter = check_positive_int(max_iter, "max_iter")
-    normM = np.linalg.norm(M)
-    if normM == 0:
+    lam = 1.0 / np.sqrt(max(n1, n2)) if lam is None else check_real(lam, "lam", minimum=0.0, low_open=True)
+    tol = check_real(tol, "tol", minimum=0.0, low_open=True)
+    rho = check_real(rho, "rho", minimum=1.0, low_open=True)
+    max_iter = check_positive_int(max_iter, "max_iter", maximum=10**7)
+    time_limit = check_real(time_limit, "time_limit", minimum=0.0, low_open=True)
+    c = float(np.abs(M).max())
+    if c == 0:
         Z = np.zeros_like(M)
         return RPCAResult(Z, Z.copy(), Z.copy(), lam, 0, True, 0.0)
+    res = _pcp(M / c, lam, tol, max_iter, rho, time_limit)
+    return RPCAResult(res.L * c, res.S * c, res.Y, lam, res.n_iter, res.converged, res.residual)
+
+
+def _pcp(M, lam, tol, max_iter, rho, time_limit) -> RPCAResult:
+    """Inexact ALM on ``M`` (max |M_ij| = 1)."""
+    import time
+
+    start = time.monotonic()
+    normM = np.linalg.norm(M)
     two = np.linalg.norm(M, 2)
     Y = M / max(two, np.abs(M).max() / lam)
     mu = 1.25 / two
@@ -102,9 +125,11 @@ def robust_pca(M, *, lam=None, tol=1e-7, max_iter=1000, rho=1.5) -> RPCAResult:
         if res <= tol and step <= np.sqrt(tol):
             converged = True
             break
+        if time.monotonic() - start > time_limit:
+            break
     if not converged:
-        warnings.warn(f"robust_pca: not converged after {max_iter} iterations (primal residual {res:.3g}, dual "
-                      f"step {step:.3g}; both must fall to tol {tol:g} and sqrt(tol))", RPCANotConverged, stacklevel=2)
+        warnings.warn(f"robust_pca: not converged after {it} iterations (primal residual {res:.3g}, dual "
+                      f"step {step:.3g}; both must fall to tol {tol:g} and sqrt(tol))", RPCANotConverged, stacklevel=3)
     return RPCAResult(L, S, Y, lam, it, converged, float(res))
 
 
@@ -120,7 +145,7 @@ def fixed_budget_decomposition(M, rank, nnz, *, n_iter=50):
         raise ValueError(f"nnz: at most M.size = {M.size}, got {nnz}")
     S = np.zeros_like(M)
     L = np.zeros_like(M)
-    for _ in range(check_positive_int(n_iter, "n_iter")):
+    for _ in range(check_positive_int(n_iter, "n_iter", maximum=10**5)):
         U, sig, Vt = np.linalg.svd(M - S, full_matrices=False)
         L = (U[:, :rank] * sig[:rank]) @ Vt[:rank]
         R = M - L
@@ -137,8 +162,8 @@ def planted_low_rank_plus_sparse(n, rank, frac, rng, *, coherent=False):
     ``frac`` by a random sign (or, with ``coherent``, by ``sign(L0)``). Returns ``(L0, S0)``."""
     n = check_positive_int(n, "n")
     rank = check_positive_int(rank, "rank")
-    if not 0 <= frac <= 1:
-        raise ValueError(f"frac: must lie in [0, 1], got {frac}")
+    frac = check_real(frac, "frac", minimum=0.0, maximum=1.0)
+    check_allocation(n * n, "n", "the (n, n) matrices")
     gen = as_generator(rng)
     X, Y = gen.normal(size=(n, rank)) / np.sqrt(n), gen.normal(size=(n, rank)) / np.sqrt(n)
     L0 = X @ Y.T
