@@ -17,7 +17,19 @@ from refattn.kernels import numba_enabled
 
 _BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 
+
+class InputError(ValueError):
+    """A caller's mistake caught at refattn's boundary: a ``ValueError`` whose message starts with
+    the argument's name. ``refattn`` (the CLI) reports it in one line with exit code 2; any other
+    exception is refattn's own bug (exit 3, with the traceback)."""
+
+
+class InputTypeError(TypeError):
+    """The ``TypeError`` twin of :class:`InputError` (an argument of the wrong type)."""
+
 __all__ = [
+    "InputError",
+    "InputTypeError",
     "IMPLEMENTATIONS",
     "MAX_ELEMENTS",
     "choose_implementation",
@@ -49,11 +61,11 @@ def as_float_array(x, name: str, *, allow_neg_inf: bool = False) -> np.ndarray:
     the value ``-inf`` is accepted (an additive bias uses it to mask).
     """
     if x is None or isinstance(x, (str, bytes)):
-        raise TypeError(f"{name}: expected a real floating-point array, got {type(x).__name__}")
+        raise InputTypeError(f"{name}: expected a real floating-point array, got {type(x).__name__}")
     try:
         arr = np.asarray(x)
     except Exception as exc:  # e.g. a ragged list
-        raise TypeError(f"{name}: cannot be converted to an array ({exc})") from None
+        raise InputTypeError(f"{name}: cannot be converted to an array ({exc})") from None
     if arr.dtype == _BFLOAT16:  # ml_dtypes' bfloat16 is exact in float32 (NumPy has no bfloat16 kind)
         arr = arr.astype(np.float32)
     if not np.issubdtype(arr.dtype, np.floating):
@@ -65,9 +77,9 @@ def as_float_array(x, name: str, *, allow_neg_inf: bool = False) -> np.ndarray:
         if allow_neg_inf:
             bad = np.isnan(arr) | (arr == np.inf)
             if bad.any():
-                raise ValueError(f"{name}: contains NaN or +Inf (only -inf is allowed, as a mask)")
+                raise InputError(f"{name}: contains NaN or +Inf (only -inf is allowed, as a mask)")
         elif not np.isfinite(arr).all():
-            raise ValueError(f"{name}: contains NaN or Inf")
+            raise InputError(f"{name}: contains NaN or Inf")
     return arr
 
 
@@ -76,10 +88,10 @@ def check_scale(scale, head_dim: int) -> float:
     if scale is None:
         return 1.0 / math.sqrt(head_dim)
     if isinstance(scale, (bool, np.bool_)) or not isinstance(scale, numbers.Real):
-        raise TypeError(f"scale: expected a real number, got {type(scale).__name__}")
+        raise InputTypeError(f"scale: expected a real number, got {type(scale).__name__}")
     scale = float(scale)
     if not math.isfinite(scale) or scale <= 0.0:
-        raise ValueError(f"scale: must be finite and > 0, got {scale!r}")
+        raise InputError(f"scale: must be finite and > 0, got {scale!r}")
     return scale
 
 
@@ -90,13 +102,13 @@ def check_positive_int(value, name: str, *, minimum: int = 1, maximum: int | Non
     or a loop, so an absurd one (``2**40``) is the caller's mistake, reported as such.
     """
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name}: expected an integer, got {type(value).__name__}")
+        raise InputTypeError(f"{name}: expected an integer, got {type(value).__name__}")
     value = int(value)
     if value < minimum:
-        raise ValueError(f"{name}: must be >= {minimum}, got {value}")
+        raise InputError(f"{name}: must be >= {minimum}, got {value}")
     maximum = MAX_ELEMENTS if maximum is None else maximum
     if value > maximum:
-        raise ValueError(f"{name}: must be <= {maximum}, got {value}")
+        raise InputError(f"{name}: must be <= {maximum}, got {value}")
     return value
 
 
@@ -108,21 +120,21 @@ def check_real(value, name: str, *, minimum=None, maximum=None, low_open=False, 
     rejected, infinities unless ``finite=False``.
     """
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name}: expected a real number, got {type(value).__name__}")
+        raise InputTypeError(f"{name}: expected a real number, got {type(value).__name__}")
     value = float(value)
     if math.isnan(value) or (finite and math.isinf(value)):
-        raise ValueError(f"{name}: must be {'finite' if finite else 'a number'}, got {value!r}")
+        raise InputError(f"{name}: must be {'finite' if finite else 'a number'}, got {value!r}")
     if minimum is not None and (value < minimum or (low_open and value == minimum)):
-        raise ValueError(f"{name}: must be {'>' if low_open else '>='} {minimum:g}, got {value!r}")
+        raise InputError(f"{name}: must be {'>' if low_open else '>='} {minimum:g}, got {value!r}")
     if maximum is not None and (value > maximum or (high_open and value == maximum)):
-        raise ValueError(f"{name}: must be {'<' if high_open else '<='} {maximum:g}, got {value!r}")
+        raise InputError(f"{name}: must be {'<' if high_open else '<='} {maximum:g}, got {value!r}")
     return value
 
 
 def check_bool(value, name: str) -> bool:
     """``True``/``False`` (Python or NumPy bools only: ``"no"`` and ``2`` are mistakes)."""
     if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name}: expected True or False, got {type(value).__name__} {value!r}")
+        raise InputTypeError(f"{name}: expected True or False, got {type(value).__name__} {value!r}")
     return bool(value)
 
 
@@ -133,20 +145,20 @@ def as_index_array(x, name: str, *, ndim: int | None = 1, minimum: int = 0, maxi
     before any kernel sees it, so no compiled loop can read out of bounds.
     """
     if x is None or isinstance(x, (str, bytes)):
-        raise TypeError(f"{name}: expected an integer array, got {type(x).__name__}")
+        raise InputTypeError(f"{name}: expected an integer array, got {type(x).__name__}")
     try:
         arr = np.asarray(x)
     except Exception as exc:
-        raise TypeError(f"{name}: cannot be converted to an array ({exc})") from None
+        raise InputTypeError(f"{name}: cannot be converted to an array ({exc})") from None
     if arr.dtype.kind not in "iu":
-        raise TypeError(f"{name}: expected an integer array, got dtype {arr.dtype}")
+        raise InputTypeError(f"{name}: expected an integer array, got dtype {arr.dtype}")
     if ndim is not None and arr.ndim != ndim:
-        raise ValueError(f"{name}: expected a {ndim}-D array, got shape {arr.shape}")
+        raise InputError(f"{name}: expected a {ndim}-D array, got shape {arr.shape}")
     if arr.size:
         lo, hi = int(arr.min()), int(arr.max())
         if lo < minimum or (maximum is not None and hi > maximum):
             bound = f"[{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
-            raise ValueError(f"{name}: entries must lie in {bound}, got [{lo}, {hi}]")
+            raise InputError(f"{name}: entries must lie in {bound}, got [{lo}, {hi}]")
     return arr.astype(np.int64, copy=False)
 
 
@@ -155,9 +167,9 @@ def as_dtype_arg(dtype, allowed, name: str = "dtype"):
     try:
         dt = np.dtype(dtype).type
     except TypeError:
-        raise TypeError(f"{name}: not a NumPy dtype: {dtype!r}") from None
+        raise InputTypeError(f"{name}: not a NumPy dtype: {dtype!r}") from None
     if dt not in allowed:
-        raise TypeError(f"{name}: must be one of {[np.dtype(a).name for a in allowed]}, got {np.dtype(dt).name}")
+        raise InputTypeError(f"{name}: must be one of {[np.dtype(a).name for a in allowed]}, got {np.dtype(dt).name}")
     return dt
 
 
@@ -188,7 +200,7 @@ class renamed_errors:
 def check_allocation(n_elements, names: str, what: str) -> None:
     """Raise ``ValueError`` naming ``names`` when ``what`` would need more than :data:`MAX_ELEMENTS` entries."""
     if n_elements > MAX_ELEMENTS:
-        raise ValueError(f"{names}: {what} would need {float(n_elements):.3g} entries, more than the "
+        raise InputError(f"{names}: {what} would need {float(n_elements):.3g} entries, more than the "
                          f"{MAX_ELEMENTS:.3g} refattn allocates (REFATTN_MAX_ELEMENTS)")
 
 
@@ -202,7 +214,7 @@ def check_finite_result(result, names: str, what: str, *, allow_neg_inf: bool = 
     if arr.dtype.kind == "f":
         bad = np.isnan(arr) | (arr == np.inf) | ((arr == -np.inf) if not allow_neg_inf else False)
         if np.any(bad):
-            raise ValueError(f"{names}: {what} overflows float64 for these inputs ({int(np.sum(bad))} of "
+            raise InputError(f"{names}: {what} overflows float64 for these inputs ({int(np.sum(bad))} of "
                              f"{arr.size} entries are not finite); scale them down")
     return result
 
@@ -212,13 +224,13 @@ def as_generator(rng) -> np.random.Generator:
     if isinstance(rng, np.random.Generator):
         return rng
     if rng is None:
-        raise ValueError("rng: pass a numpy Generator or an int seed (refattn never uses global RNG state)")
+        raise InputError("rng: pass a numpy Generator or an int seed (refattn never uses global RNG state)")
     if isinstance(rng, (bool, np.bool_)):
-        raise TypeError("rng: expected a Generator or an int seed, got a bool")
+        raise InputTypeError("rng: expected a Generator or an int seed, got a bool")
     try:
         return np.random.default_rng(rng)
     except (TypeError, ValueError) as exc:
-        raise TypeError(f"rng: expected a Generator or an int seed ({exc})") from None
+        raise InputTypeError(f"rng: expected a Generator or an int seed ({exc})") from None
 
 
 #: The one vocabulary of ``implementation=`` across refattn: ``"auto"`` (the fastest path this
@@ -235,9 +247,9 @@ def choose_implementation(implementation, allowed, *, name="implementation"):
     Numba is disabled (``REFATTN_DISABLE_NUMBA``); ``"cuda"`` is an error (it needs CuPy inputs).
     """
     if not isinstance(implementation, str) or implementation not in allowed:
-        raise ValueError(f"{name}: expected one of {tuple(allowed)}, got {implementation!r}")
+        raise InputError(f"{name}: expected one of {tuple(allowed)}, got {implementation!r}")
     if implementation == "cuda":
-        raise ValueError(f"{name}: 'cuda' needs CuPy arrays (on the GPU); NumPy inputs take "
+        raise InputError(f"{name}: 'cuda' needs CuPy arrays (on the GPU); NumPy inputs take "
                          f"{tuple(a for a in allowed if a != 'cuda')}")
     if implementation in ("auto", "numba") and not ("numba" in allowed and numba_enabled()):
         return next(a for a in ("numpy", "dense") if a in allowed)

@@ -32,7 +32,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from refattn._validation import as_float_array, check_bool, check_finite_result, check_positive_int
+from refattn._validation import (
+    InputError,
+    InputTypeError,
+    as_float_array,
+    check_bool,
+    check_finite_result,
+    check_positive_int,
+)
 from refattn.kernels import numba_enabled
 from refattn.kernels.dispatch import gpu_backend, is_cupy, shadow, shadow64
 from refattn.kernels.numba import streaming as _streaming
@@ -59,9 +66,9 @@ def _compute_dtype(dtype):
     try:
         dt = np.dtype(dtype).type
     except TypeError:
-        raise TypeError(f"dtype: not a NumPy dtype: {dtype!r}") from None
+        raise InputTypeError(f"dtype: not a NumPy dtype: {dtype!r}") from None
     if dt not in _DTYPES:
-        raise TypeError(f"dtype: must be float64, float32 or float16, got {np.dtype(dt).name}")
+        raise InputTypeError(f"dtype: must be float64, float32 or float16, got {np.dtype(dt).name}")
     return dt
 
 
@@ -186,12 +193,12 @@ def softmax_attention(
     True
     """
     if implementation not in IMPLEMENTATIONS:
-        raise ValueError(f"implementation: expected one of {IMPLEMENTATIONS}, got {implementation!r}")
+        raise InputError(f"implementation: expected one of {IMPLEMENTATIONS}, got {implementation!r}")
     return_lse = check_bool(return_lse, "return_lse")
     gpu = gpu_backend(q=q, k=k, v=v, mask=mask, bias=bias)
     if gpu:
         if implementation not in ("auto", "cuda"):
-            raise ValueError(f"implementation: {implementation!r} runs on the CPU; CuPy inputs take 'auto' or 'cuda'")
+            raise InputError(f"implementation: {implementation!r} runs on the CPU; CuPy inputs take 'auto' or 'cuda'")
         if is_cupy(key_lengths):
             key_lengths = key_lengths.get()  # (batch,) integers: validated and read on the host
         prob = attention_problem(shadow64(q), shadow64(k), shadow64(v), scale=scale, causal=causal,
@@ -199,11 +206,11 @@ def softmax_attention(
                                  bias=None if bias is None else shadow64(bias), key_lengths=key_lengths,
                                  window=window, alibi_slopes=alibi_slopes)
         if softcap:
-            raise ValueError("softcap: the CUDA streaming kernel does not cap logits; pass NumPy arrays")
+            raise InputError("softcap: the CUDA streaming kernel does not cap logits; pass NumPy arrays")
         out, lse = gpu.softmax_attention(prob, q, k, v, mask, bias, _compute_dtype(dtype))
         return (out, lse) if return_lse else out
     if implementation == "cuda":
-        raise ValueError("implementation: 'cuda' needs CuPy arrays q, k, v (on the GPU)")
+        raise InputError("implementation: 'cuda' needs CuPy arrays q, k, v (on the GPU)")
     dt = _compute_dtype(dtype)
     prob = attention_problem(
         q, k, v, scale=scale, causal=causal, mask=mask, bias=bias, key_lengths=key_lengths, window=window, softcap=softcap, alibi_slopes=alibi_slopes
@@ -299,7 +306,7 @@ def attention_backward(
     out_shape = prob.batch_shape + (prob.T, prob.Hv)
     d_o = as_float_array(dout, "dout")
     if d_o.shape != out_shape:
-        raise ValueError(f"dout: expected the output's shape {out_shape}, got {d_o.shape}")
+        raise InputError(f"dout: expected the output's shape {out_shape}, got {d_o.shape}")
     d_o = d_o.astype(dt, copy=False)
     qd, kd, vd = (a.astype(dt, copy=False) for a in (prob.q, prob.k, prob.v))
     s = dt(prob.scale)

@@ -22,6 +22,7 @@ import math
 import numpy as np
 
 from refattn._validation import (
+    InputError,
     as_float_array,
     as_generator,
     check_allocation,
@@ -57,16 +58,16 @@ def kernel_samples(x, y, *, estimator="positive", projection="gaussian", m, n_dr
     - favorpp: ``Lam (1-4A)^{d/2} mean_r exp(2A |omega_r|^2 + sqrt(1-4A) omega_r . z)``
     """
     if estimator not in ESTIMATORS:
-        raise ValueError(f"estimator: expected one of {ESTIMATORS}, got {estimator!r}")
+        raise InputError(f"estimator: expected one of {ESTIMATORS}, got {estimator!r}")
     x = np.atleast_2d(as_float_array(x, "x")).astype(np.float64)
     y = np.atleast_2d(as_float_array(y, "y")).astype(np.float64)
     if x.shape != y.shape:
-        raise ValueError(f"y: shape {y.shape} differs from x's {x.shape} (pairs)")
+        raise InputError(f"y: shape {y.shape} differs from x's {x.shape} (pairs)")
     m = check_positive_int(m, "m")
     n_draws = check_positive_int(n_draws, "n_draws")
     A = check_real(A, "A")
     if estimator == "favorpp" and not A < 0.125:
-        raise ValueError(f"A: FAVOR++ needs A < 1/8, got {A}")
+        raise InputError(f"A: FAVOR++ needs A < 1/8, got {A}")
     gen = as_generator(rng)
     P, d = x.shape
     out = np.empty((n_draws, P))
@@ -89,7 +90,7 @@ def attention_samples(q, k, v, *, m, n_draws, rng, features="positive", projecti
     """
     prob = attention_problem(q, k, v, scale=scale)
     if prob.batch_shape:
-        raise ValueError("q: attention_samples takes 2-D q, k, v")
+        raise InputError("q: attention_samples takes 2-D q, k, v")
     m = check_positive_int(m, "m")
     n_draws = check_positive_int(n_draws, "n_draws")
     gen = as_generator(rng)
@@ -127,7 +128,7 @@ def scatterbrain_samples(x, y, *, m, r, n_draws, rng):
     X = np.atleast_2d(as_float_array(x, "x")).astype(np.float64)  # (P, d)
     Y = np.atleast_2d(as_float_array(y, "y")).astype(np.float64)
     if X.shape != Y.shape or X.ndim != 2:
-        raise ValueError(f"x, y: expected equal shapes (P, d) or (d,), got {X.shape} and {Y.shape}")
+        raise InputError(f"x, y: expected equal shapes (P, d) or (d,), got {X.shape} and {Y.shape}")
     m = check_positive_int(m, "m")
     r = check_positive_int(r, "r")
     n_draws = check_positive_int(n_draws, "n_draws")

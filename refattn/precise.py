@@ -20,7 +20,7 @@ from __future__ import annotations
 import mpmath
 import numpy as np
 
-from refattn._validation import as_float_array, check_bool, check_positive_int
+from refattn._validation import InputError, as_float_array, check_bool, check_positive_int
 from refattn.problem import attention_problem, sum_to_shape
 
 __all__ = ["softmax_attention_mp", "attention_backward_mp", "MAX_WORK"]
@@ -136,7 +136,7 @@ def attention_backward_mp(
     d_o = as_float_array(dout, "dout")
     out_shape = prob.batch_shape + (prob.T, prob.Hv)
     if d_o.shape != out_shape:
-        raise ValueError(f"dout: expected the output's shape {out_shape}, got {d_o.shape}")
+        raise InputError(f"dout: expected the output's shape {out_shape}, got {d_o.shape}")
     T, S, H, Hv = prob.T, prob.S, prob.H, prob.Hv
     dq = np.empty(prob.batch_shape + (T, H), dtype=object)
     dk = np.empty(prob.batch_shape + (S, H), dtype=object)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 
-from refattn._validation import as_float_array
+from refattn._validation import InputError, as_float_array
 from refattn.exact import softmax_attention
 from refattn.problem import attention_problem
 
@@ -41,7 +41,7 @@ PRECISIONS = ("float64", "float32", "float16", "bfloat16")
 def as_dtype(precision) -> np.dtype:
     """The NumPy dtype of a precision name (bfloat16: ``ml_dtypes.bfloat16``)."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
+        raise InputError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
     return np.dtype(ml_dtypes.bfloat16) if precision == "bfloat16" else np.dtype(precision)
 
 
@@ -63,7 +63,7 @@ def _rounded(a, dt, name):
     big = float(ml_dtypes.finfo(dt).max)
     a = np.asarray(a, dtype=np.float64)
     if a.size and np.max(np.abs(a)) > big:
-        raise ValueError(f"{name}: values up to {np.max(np.abs(a)):.3g} exceed the {dt.name} range ({big:.5g}); "
+        raise InputError(f"{name}: values up to {np.max(np.abs(a)):.3g} exceed the {dt.name} range ({big:.5g}); "
                          f"a {dt.name} kernel cannot be given them")
     return a.astype(dt).astype(np.float32)
 
@@ -94,7 +94,7 @@ def kernel_reference(q, k, v, precision, *, scale=None, causal=False, mask=None,
     if allowed is not None:
         logits = np.where(allowed, logits, f32(-np.inf))
     if np.any(np.isnan(logits) | (logits == np.inf)):
-        raise ValueError("scale, q, k: the logits overflow float32 (a real kernel would produce NaN here); "
+        raise InputError("scale, q, k: the logits overflow float32 (a real kernel would produce NaN here); "
                          "scale the inputs down")
     top = logits.max(axis=-1, keepdims=True) if logits.shape[-1] else np.full(logits.shape[:-1] + (1,), -np.inf, f32)
     seen = top > -np.inf  # (..., T, 1) rows with a visible key

@@ -36,7 +36,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from refattn._validation import as_float_array, check_allocation, check_finite_result, check_positive_int, check_scale
+from refattn._validation import (
+    InputError,
+    InputTypeError,
+    as_float_array,
+    check_allocation,
+    check_finite_result,
+    check_positive_int,
+    check_scale,
+)
 
 __all__ = ["AttentionProblem", "attention_problem", "score_problem", "sum_to_shape", "causal_alignment", "causal_mask",
            "causal_offset", "window_mask", "alibi_bias", "CAUSAL_ALIGNMENTS"]
@@ -55,7 +63,7 @@ def causal_alignment(causal, name: str = "causal") -> str | None:
         return "bottom_right"
     if isinstance(causal, str) and causal in CAUSAL_ALIGNMENTS:
         return causal
-    raise ValueError(f"{name}: expected False, True, 'bottom_right' or 'top_left', got {causal!r}")
+    raise InputError(f"{name}: expected False, True, 'bottom_right' or 'top_left', got {causal!r}")
 
 
 def _sizes(T, S):
@@ -70,7 +78,7 @@ def causal_offset(T: int, S: int, alignment: str) -> int:
     """Query ``i`` may see key ``j`` iff ``j <= i + offset``."""
     T, S = (check_positive_int(n, name, minimum=0) for n, name in ((T, "T"), (S, "S")))
     if not (isinstance(alignment, str) and alignment in CAUSAL_ALIGNMENTS):
-        raise ValueError(f"alignment: expected one of {CAUSAL_ALIGNMENTS}, got {alignment!r}")
+        raise InputError(f"alignment: expected one of {CAUSAL_ALIGNMENTS}, got {alignment!r}")
     return S - T if alignment == "bottom_right" else 0
 
 
@@ -102,13 +110,13 @@ def _check_qkv(q, k, v):
     v = as_float_array(v, "v")
     for name, a in (("q", q), ("k", k), ("v", v)):
         if a.ndim < 2:
-            raise ValueError(f"{name}: expected shape (..., L, H) with at least 2 dims, got {a.shape}")
+            raise InputError(f"{name}: expected shape (..., L, H) with at least 2 dims, got {a.shape}")
     if q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"k: head dim {k.shape[-1]} does not match q's head dim {q.shape[-1]}")
+        raise InputError(f"k: head dim {k.shape[-1]} does not match q's head dim {q.shape[-1]}")
     if q.shape[-1] == 0:
-        raise ValueError("q: head dim H must be >= 1")
+        raise InputError("q: head dim H must be >= 1")
     if k.shape[-2] != v.shape[-2]:
-        raise ValueError(f"v: has {v.shape[-2]} keys (axis -2) but k has {k.shape[-2]}")
+        raise InputError(f"v: has {v.shape[-2]} keys (axis -2) but k has {k.shape[-2]}")
     return q, k, v
 
 
@@ -129,7 +137,7 @@ def _as_pair_array(a, name, T, S):
     except ValueError:
         ok = False
     if not ok:
-        raise ValueError(f"{name}: shape {a.shape} does not broadcast to (..., T, S) = (..., {T}, {S})")
+        raise InputError(f"{name}: shape {a.shape} does not broadcast to (..., T, S) = (..., {T}, {S})")
     return a
 
 
@@ -252,7 +260,7 @@ def attention_problem(
     if mask is not None:
         mask = np.asarray(mask)
         if mask.dtype != np.bool_:
-            raise TypeError(f"mask: expected a boolean array (True = may attend), got dtype {mask.dtype}")
+            raise InputTypeError(f"mask: expected a boolean array (True = may attend), got dtype {mask.dtype}")
         mask = _as_pair_array(mask, "mask", T, S)
         named.append(("mask", mask.shape[:-2]))
 
@@ -264,9 +272,9 @@ def attention_problem(
     if key_lengths is not None:
         key_lengths = np.asarray(key_lengths)
         if key_lengths.dtype == np.bool_ or not np.issubdtype(key_lengths.dtype, np.integer):
-            raise TypeError(f"key_lengths: expected integers, got dtype {key_lengths.dtype}")
+            raise InputTypeError(f"key_lengths: expected integers, got dtype {key_lengths.dtype}")
         if key_lengths.size and (key_lengths.min() < 0 or key_lengths.max() > S):
-            raise ValueError(f"key_lengths: every entry must lie in [0, S] = [0, {S}]")
+            raise InputError(f"key_lengths: every entry must lie in [0, S] = [0, {S}]")
         key_lengths = key_lengths.astype(np.int64)
         named.append(("key_lengths", key_lengths.shape))
 
@@ -282,9 +290,9 @@ def attention_problem(
         try:
             softcap = float(softcap)
         except (TypeError, ValueError):
-            raise TypeError(f"softcap: expected a number, got {softcap!r}") from None
+            raise InputTypeError(f"softcap: expected a number, got {softcap!r}") from None
         if not (np.isfinite(softcap) and softcap >= 0):
-            raise ValueError(f"softcap: must be finite and >= 0 (0: no capping), got {softcap}")
+            raise InputError(f"softcap: must be finite and >= 0 (0: no capping), got {softcap}")
         softcap = softcap or None
 
     batch_shape = tuple(_broadcast(named))
@@ -309,7 +317,7 @@ def _check_logit_range(q, k, scale, bias):
             finite = np.isfinite(bias)
             bound = bound + (float(np.max(np.abs(bias[finite]))) if finite.any() else 0.0)
     if not bound <= LOGIT_LIMIT:
-        raise ValueError(f"q, k, scale: logits could reach {bound:.3g} (scale * H * max|q| * max|k|), beyond the "
+        raise InputError(f"q, k, scale: logits could reach {bound:.3g} (scale * H * max|q| * max|k|), beyond the "
                          f"{LOGIT_LIMIT:g} refattn can exponentiate safely; rescale the inputs")
 
 
@@ -323,7 +331,7 @@ def window_mask(T: int, S: int, window) -> np.ndarray:
     except (TypeError, ValueError):
         ok = False
     if not ok or left < -1 or right < -1:
-        raise ValueError(f"window: expected (left, right) with integers >= -1 (-1: unbounded), got {window!r}")
+        raise InputError(f"window: expected (left, right) with integers >= -1 (-1: unbounded), got {window!r}")
     c = np.arange(T)[:, None] + (S - T)
     j = np.arange(S)[None, :]
     band = np.ones((T, S), dtype=bool)
@@ -359,20 +367,20 @@ def sum_to_shape(g, shape):
     try:
         g = np.asarray(g)
     except Exception as exc:
-        raise TypeError(f"g: cannot be converted to an array ({exc})") from None
+        raise InputTypeError(f"g: cannot be converted to an array ({exc})") from None
     if g.dtype.kind not in "fO":  # float, or mpmath's object arrays
-        raise TypeError(f"g: expected a floating-point (or mpmath object) array, got dtype {g.dtype}")
+        raise InputTypeError(f"g: expected a floating-point (or mpmath object) array, got dtype {g.dtype}")
     if g.dtype.kind == "f" and not np.all(np.isfinite(g)):
-        raise ValueError("g: contains NaN or Inf")
+        raise InputError("g: contains NaN or Inf")
     try:
         shape = tuple(int(n) for n in shape)
     except (TypeError, ValueError):
-        raise TypeError(f"shape: expected a tuple of ints, got {shape!r}") from None
+        raise InputTypeError(f"shape: expected a tuple of ints, got {shape!r}") from None
     try:
         if np.broadcast_shapes(shape, g.shape) != g.shape or min(shape, default=0) < 0:
             raise ValueError
     except ValueError:
-        raise ValueError(f"shape: {shape} does not broadcast to g's shape {g.shape}") from None
+        raise InputError(f"shape: {shape} does not broadcast to g's shape {g.shape}") from None
     lead = g.ndim - len(shape)
     g = g.sum(axis=tuple(range(lead))) if lead else g
     axes = tuple(i for i, n in enumerate(shape) if n == 1 and g.shape[i] != 1)

@@ -21,6 +21,8 @@ import numpy as np
 from scipy import stats as _st
 
 from refattn._validation import (
+    InputError,
+    InputTypeError,
     as_float_array,
     as_generator,
     check_allocation,
@@ -41,9 +43,9 @@ def _draws_first(samples, axis, name="samples"):
     """``samples`` as float64 with the draws (``axis``) moved first."""
     x = as_float_array(samples, name).astype(np.float64)
     if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)):
-        raise TypeError(f"axis: expected an integer, got {type(axis).__name__}")
+        raise InputTypeError(f"axis: expected an integer, got {type(axis).__name__}")
     if not -x.ndim <= axis < x.ndim:
-        raise ValueError(f"axis: {axis} is out of range for {name} of shape {x.shape}")
+        raise InputError(f"axis: {axis} is out of range for {name} of shape {x.shape}")
     return np.moveaxis(x, int(axis), 0)
 
 
@@ -53,7 +55,7 @@ def _target(value, shape, name):
     try:
         return np.broadcast_to(arr, shape)
     except ValueError:
-        raise ValueError(f"{name}: shape {arr.shape} does not broadcast to the entries' shape {shape}") from None
+        raise InputError(f"{name}: shape {arr.shape} does not broadcast to the entries' shape {shape}") from None
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,7 @@ def z_test_mean(samples, truth, *, alpha: float, axis: int = 0) -> MeanTest:
     x = _draws_first(samples, axis)
     n = x.shape[0]
     if n < 2:
-        raise ValueError(f"samples: need at least 2 draws along axis {axis}, got {n}")
+        raise InputError(f"samples: need at least 2 draws along axis {axis}, got {n}")
     truth = _target(truth, x.shape[1:], "truth")
     # z is scale-free: standardise by the largest magnitude first, so 1e300 or 1e-300 samples neither
     # overflow nor underflow, then report the mean and standard error in the samples' own units
@@ -138,19 +140,19 @@ def proportion_test(indicators, p, *, alpha: float, axis: int = 0):
     try:
         x = np.asarray(indicators)
     except Exception as exc:
-        raise TypeError(f"indicators: cannot be converted to an array ({exc})") from None
+        raise InputTypeError(f"indicators: cannot be converted to an array ({exc})") from None
     if x.dtype == np.bool_ or x.dtype.kind in "iu":
         x = x.astype(np.float64)
     x = _draws_first(x, axis, "indicators")
     if not np.all((x == 0) | (x == 1)):
-        raise ValueError("indicators: expected 0/1 outcomes")
+        raise InputError("indicators: expected 0/1 outcomes")
     n = x.shape[0]
     if n < 1:
-        raise ValueError(f"indicators: need at least 1 draw along axis {axis}")
+        raise InputError(f"indicators: need at least 1 draw along axis {axis}")
     hits = x.sum(axis=0).astype(np.int64)
     p = _target(p, hits.shape, "p")
     if np.any((p < 0) | (p > 1)):
-        raise ValueError("p: probabilities must lie in [0, 1]")
+        raise InputError("p: probabilities must lie in [0, 1]")
     pv = np.array([binomtest(int(h), n, float(q)).pvalue for h, q in zip(hits.ravel(), p.ravel())]).reshape(hits.shape)
     m = max(1, hits.size)
     return bool(np.all(pv > alpha / m)), pv
@@ -191,7 +193,7 @@ def bootstrap_variance_interval(
     alpha = _check_alpha(alpha)
     n_boot = check_positive_int(n_boot, "n_boot", maximum=10**7)
     if method not in ("percentile", "normal"):
-        raise ValueError(f"method: expected 'percentile' or 'normal', got {method!r}")
+        raise InputError(f"method: expected 'percentile' or 'normal', got {method!r}")
     if method == "percentile" and n_boot * alpha / 2 < 5:
         raise ValueError(
             f"n_boot: {n_boot} resamples cannot resolve alpha = {alpha:g} "
@@ -201,7 +203,7 @@ def bootstrap_variance_interval(
     x = _draws_first(samples, axis)
     n = x.shape[0]
     if n < 2:
-        raise ValueError(f"samples: need at least 2 draws along axis {axis}, got {n}")
+        raise InputError(f"samples: need at least 2 draws along axis {axis}, got {n}")
     check_allocation(n_boot * x.size, "n_boot, samples", "the bootstrap (n_boot resamples of every draw)")
     flat = x.reshape(n, -1)  # (n, E)
     chunk = max(1, int(4e6 // max(1, flat.size)))

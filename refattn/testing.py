@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from refattn._validation import as_float_array, check_real
+from refattn._validation import InputError, InputTypeError, as_float_array, check_real
 from refattn.exact import softmax_attention
 from refattn.stats import bootstrap_variance_interval, z_test_mean
 
@@ -68,11 +68,11 @@ def _kernel_output(actual):
     try:
         a = np.asarray(actual)
     except Exception as exc:
-        raise TypeError(f"actual: cannot be converted to an array ({exc})") from None
+        raise InputTypeError(f"actual: cannot be converted to an array ({exc})") from None
     if a.dtype == np.dtype("V2"):  # a bfloat16 output without ml_dtypes' dtype object: refuse, do not guess
-        raise TypeError("actual: dtype V2 (pass bfloat16 through ml_dtypes)")
+        raise InputTypeError("actual: dtype V2 (pass bfloat16 through ml_dtypes)")
     if a.dtype.kind != "f" and str(a.dtype) != "bfloat16":
-        raise TypeError(f"actual: expected a real floating-point array, got dtype {a.dtype}")
+        raise InputTypeError(f"actual: expected a real floating-point array, got dtype {a.dtype}")
     return a
 
 
@@ -81,9 +81,9 @@ def _lo_dtype(actual, dtype):
         try:
             dt = np.dtype(dtype)
         except TypeError:
-            raise TypeError(f"dtype: not a NumPy dtype: {dtype!r}") from None
+            raise InputTypeError(f"dtype: not a NumPy dtype: {dtype!r}") from None
         if dt not in (np.float16, np.float32, np.float64):
-            raise TypeError(f"dtype: expected float16, float32 or float64, got {dt}")
+            raise InputTypeError(f"dtype: expected float16, float32 or float64, got {dt}")
         return dt
     dt = _kernel_output(actual).dtype
     return dt if dt in (np.float16, np.float32, np.float64) else np.dtype(np.float64)
@@ -101,7 +101,7 @@ def tolerance_check(actual, ref64, ref_lo, *, atol=None) -> ToleranceCheck:
     if a.shape != r.shape:
         raise AssertionError(f"actual: shape mismatch: actual {a.shape} vs reference {r.shape}")
     if lo.shape != r.shape:
-        raise ValueError(f"ref_lo: shape {lo.shape} differs from ref64's {r.shape}")
+        raise InputError(f"ref_lo: shape {lo.shape} differs from ref64's {r.shape}")
     if atol is not None:
         atol = check_real(atol, "atol", minimum=0.0)
     a64 = a.astype(np.float64)
@@ -174,7 +174,7 @@ def assert_variance_matches(samples, expected, *, alpha: float, rng, n_boot: int
     alpha = check_real(alpha, "alpha", minimum=0.0, maximum=1.0, low_open=True, high_open=True)
     x = as_float_array(samples, "samples")
     if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)) or not -x.ndim <= axis < x.ndim:
-        raise ValueError(f"axis: expected an axis of samples (shape {x.shape}), got {axis!r}")
+        raise InputError(f"axis: expected an axis of samples (shape {x.shape}), got {axis!r}")
     m = max(1, x.size // max(1, x.shape[axis]))  # entries tested
     res = bootstrap_variance_interval(x, alpha=alpha / m, rng=rng, n_boot=n_boot, axis=axis, method=method)
     expected = as_float_array(expected, "expected")
@@ -182,7 +182,7 @@ def assert_variance_matches(samples, expected, *, alpha: float, rng, n_boot: int
         if np.broadcast_shapes(expected.shape, np.shape(res.variance)) != np.shape(res.variance):
             raise ValueError
     except ValueError:
-        raise ValueError(f"expected: shape {expected.shape} does not broadcast to the entries' "
+        raise InputError(f"expected: shape {expected.shape} does not broadcast to the entries' "
                          f"{np.shape(res.variance)}") from None
     inside = res.contains(expected)
     if not np.all(inside):

@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 
+from refattn._validation import InputError
 from refattn.evaluation.methods import REGISTRY, method_rng, output_of
 
 __all__ = ["machine", "median_time", "PeakMemory", "gemm_rate", "entry", "build", "measure_point", "run_case",
@@ -122,7 +123,7 @@ def entry(name):
     base, causal = (name[: -len(CAUSAL)], True) if name.endswith(CAUSAL) else (name, False)
     if base not in REGISTRY or (causal and not REGISTRY[base].causal):
         known = [*REGISTRY, *(n + CAUSAL for n, m in REGISTRY.items() if m.causal)]
-        raise ValueError(f"methods: unknown {name!r}; known: {', '.join(known)}")
+        raise InputError(f"methods: unknown {name!r}; known: {', '.join(known)}")
     return REGISTRY[base], causal
 
 

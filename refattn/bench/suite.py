@@ -27,6 +27,7 @@ import time
 
 import numpy as np
 
+from refattn._validation import InputError
 from refattn.bench.measure import CAUSAL, entry, machine, run_case
 from refattn.evaluation.methods import REGISTRY
 
@@ -185,13 +186,13 @@ def fit_exponent(lengths, times):
     T = np.asarray(lengths, dtype=np.float64).ravel()
     t = np.asarray(times, dtype=np.float64).ravel()
     if T.size != t.size:
-        raise ValueError(f"times: {t.size} values for {T.size} lengths")
+        raise InputError(f"times: {t.size} values for {T.size} lengths")
     if not (np.all(np.isfinite(T)) and np.all(T > 0)):
-        raise ValueError("lengths: must be positive and finite")
+        raise InputError("lengths: must be positive and finite")
     if not (np.all(np.isfinite(t)) and np.all(t > 0)):
-        raise ValueError("times: must be positive and finite")
+        raise InputError("times: must be positive and finite")
     if np.unique(T).size < 2:
-        raise ValueError("lengths: need at least two distinct T to fit an exponent")
+        raise InputError("lengths: need at least two distinct T to fit an exponent")
     p, logc = np.polyfit(np.log(T), np.log(t), 1)
     return float(p), float(logc)
 
@@ -230,7 +231,7 @@ def _bound(expr, names):
             return names[node.id]
         if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
             return _OPS[type(node.op)](ev(node.left), ev(node.right))
-        raise ValueError(f"bound: {expr!r} may use numbers, + - * / ** and {sorted(names)} only")
+        raise InputError(f"bound: {expr!r} may use numbers, + - * / ** and {sorted(names)} only")
     return float(ev(ast.parse(str(expr), mode="eval")))
 
 
@@ -310,7 +311,7 @@ def evaluate_goals(suite, goals) -> list:
                 out.append(_verdict(goal, dt, T, below, f"peak {p['peak_bytes'] / 2**20:.0f} MiB "
                                     f"{'<' if below else '>='} {goal['bound']} = {bound / 2**20:.0f} MiB"))
             else:
-                raise ValueError(f"goals: unknown kind {kind!r} in {goal.get('goal')!r}")
+                raise InputError(f"goals: unknown kind {kind!r} in {goal.get('goal')!r}")
     return out
 
 
@@ -319,5 +320,5 @@ def load_goals(path) -> list:
     with open(path) as f:
         goals = json.load(f)
     if not isinstance(goals, list) or not all(isinstance(g, dict) and "goal" in g and "kind" in g for g in goals):
-        raise ValueError(f"goals: {path} must hold a JSON list of objects with 'goal' and 'kind'")
+        raise InputError(f"goals: {path} must hold a JSON list of objects with 'goal' and 'kind'")
     return goals

@@ -32,7 +32,7 @@ import math
 import numbers
 import time
 
-from refattn._validation import check_positive_int
+from refattn._validation import InputError, InputTypeError, check_positive_int
 from refattn.check._run import Run
 from refattn.check.attention import check_attention
 from refattn.check.backward import BACKWARD_PRECISIONS, check_backward
@@ -135,42 +135,42 @@ def check(target, kind, *, method="positive", projection=None, m=None, A=None, f
         ``.passed``, ``.exit_code``, ``.format_table()``, ``.to_json()``.
     """
     if kind not in KINDS:
-        raise ValueError(f"kind: expected one of {KINDS}, got {kind!r}")
+        raise InputError(f"kind: expected one of {KINDS}, got {kind!r}")
     alpha = float(alpha)
     if not 0 < alpha < 1:
-        raise ValueError(f"alpha: must lie in (0, 1), got {alpha}")
+        raise InputError(f"alpha: must lie in (0, 1), got {alpha}")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise ValueError(f"seed: expected an integer >= 0, got {seed!r}")
+        raise InputError(f"seed: expected an integer >= 0, got {seed!r}")
     seed = int(seed)
     n_draws_given = n_draws
     n_draws = DEFAULT_DRAWS[kind] if n_draws is None else check_positive_int(n_draws, "n_draws", minimum=20)
     if m is not None:
         m = check_positive_int(m, "m")
     if A is not None and (kind != "kernel" or method != "favorpp"):
-        raise ValueError(f"A: FAVOR++'s parameter applies to kind 'kernel' with method 'favorpp', not {kind!r}/{method!r}")
+        raise InputError(f"A: FAVOR++'s parameter applies to kind 'kernel' with method 'favorpp', not {kind!r}/{method!r}")
     if budget is not None and not float(budget) > 0:
-        raise ValueError(f"budget: must be > 0 seconds, got {budget}")
+        raise InputError(f"budget: must be > 0 seconds, got {budget}")
     if precision not in PRECISIONS:
-        raise ValueError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
+        raise InputError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
     if precision != "float64" and kind not in ("exact", "backward"):
-        raise ValueError(f"precision: a precision claim applies to --kind exact or backward, not {kind!r}")
+        raise InputError(f"precision: a precision claim applies to --kind exact or backward, not {kind!r}")
     if self_attention and kind != "exact":
-        raise ValueError(f"self_attention: a self-attention claim applies to --kind exact, not {kind!r}")
+        raise InputError(f"self_attention: a self-attention claim applies to --kind exact, not {kind!r}")
     if gqa and kind not in ("exact", "backward"):
-        raise ValueError(f"gqa: a grouped-query claim applies to --kind exact or backward, not {kind!r}")
+        raise InputError(f"gqa: a grouped-query claim applies to --kind exact or backward, not {kind!r}")
     if (layout != "TH" or equal_head_dims) and kind not in ("exact", "backward"):
-        raise ValueError(f"layout: layouts and head-dim claims apply to --kind exact or backward, not {kind!r}")
+        raise InputError(f"layout: layouts and head-dim claims apply to --kind exact or backward, not {kind!r}")
     if layout not in LAYOUTS:
-        raise ValueError(f"layout: expected one of {LAYOUTS}, got {layout!r}")
+        raise InputError(f"layout: expected one of {LAYOUTS}, got {layout!r}")
     if gqa and layout not in ("BNTH", "BTNH"):
-        raise ValueError(f"gqa: grouped-query heads need a layout with a heads axis (BNTH or BTNH), got {layout!r}")
+        raise InputError(f"gqa: grouped-query heads need a layout with a heads axis (BNTH or BTNH), got {layout!r}")
     if kind == "backward" and precision not in BACKWARD_PRECISIONS:
-        raise ValueError(f"precision: the backward kind judges {BACKWARD_PRECISIONS} claims, got {precision!r}")
+        raise InputError(f"precision: the backward kind judges {BACKWARD_PRECISIONS} claims, got {precision!r}")
     if rounds is not None and kind != "hash":
-        raise ValueError(f"rounds: a multi-round claim applies to --kind hash, not {kind!r}")
+        raise InputError(f"rounds: a multi-round claim applies to --kind hash, not {kind!r}")
     if kind == "hash":
         if family not in HASH_FAMILIES:
-            raise ValueError(f"family: expected one of {HASH_FAMILIES}, got {family!r}")
+            raise InputError(f"family: expected one of {HASH_FAMILIES}, got {family!r}")
         bits, buckets, width = check_positive_int(bits, "bits"), check_positive_int(buckets, "buckets", minimum=2), \
             float(width)
         rounds = None if rounds is None else check_positive_int(rounds, "rounds")
@@ -254,9 +254,9 @@ def _positive_number(value, name):
     try:
         value = float(value)
     except (TypeError, ValueError):
-        raise TypeError(f"{name}: expected a number, got {value!r}") from None
+        raise InputTypeError(f"{name}: expected a number, got {value!r}") from None
     if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name}: must be finite and > 0, got {value}")
+        raise InputError(f"{name}: must be finite and > 0, got {value}")
     return value
 
 

@@ -28,6 +28,7 @@ import math
 
 import numpy as np
 
+from refattn._validation import InputError
 from refattn.check._run import tolerance
 from refattn.check.kernel import probe_rows
 from refattn.exact import softmax_attention
@@ -48,9 +49,9 @@ def _exact_pair(run, check, a, b, meaning):
 def check_attention(run, *, method="positive", projection="orthogonal", m=64, T=8, S=12, H=8, Hv=4, norm=0.6):
     """Run the attention checks on ``run.fn``; verdicts go to ``run.report``."""
     if method not in ATTENTION_METHODS:
-        raise ValueError(f"method: expected one of {ATTENTION_METHODS} for --kind attention, got {method!r}")
+        raise InputError(f"method: expected one of {ATTENTION_METHODS} for --kind attention, got {method!r}")
     if m is None:
-        raise ValueError("m: --kind attention needs the callable's feature count (--features M)")
+        raise InputError("m: --kind attention needs the callable's feature count (--features M)")
     data_rng = np.random.default_rng([run.report.seed, 2])
     s = 1.0 / math.sqrt(H)
     q = probe_rows(T, H, norm, data_rng) / math.sqrt(s)

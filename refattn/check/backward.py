@@ -27,6 +27,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from refattn._validation import InputError
 from refattn.check.exact import BATCH, CASES, HEADS, KV_HEADS, _call_kwargs, _from_layout, _inputs, _to_layout
 from refattn.check.verdict import Verdict
 from refattn.exact import attention_backward, attention_probabilities
@@ -82,9 +83,9 @@ def check_backward(run, *, alignment="bottom_right", precision="float64", layout
     judged on the whole batch. With ``gqa`` the key/value gradients must be summed over the query heads
     that share each key/value head."""
     if alignment not in ("bottom_right", "top_left"):
-        raise ValueError(f"alignment: expected 'bottom_right' or 'top_left', got {alignment!r}")
+        raise InputError(f"alignment: expected 'bottom_right' or 'top_left', got {alignment!r}")
     if precision not in BACKWARD_PRECISIONS:
-        raise ValueError(f"precision: the backward kind judges {BACKWARD_PRECISIONS} claims, got {precision!r}")
+        raise InputError(f"precision: the backward kind judges {BACKWARD_PRECISIONS} claims, got {precision!r}")
     takes = {name: run.accepts(name) for name in ("causal", "mask")}
     rng = np.random.default_rng([run.report.seed, 5])
     dt = np.dtype(precision)

@@ -37,6 +37,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from refattn._validation import InputError
 from refattn.check.verdict import Verdict
 from refattn.exact import forward_error_bound, softmax_attention
 from refattn.precision import eps, kernel_reference, round_to
@@ -225,11 +226,11 @@ def check_exact(run, *, alignment="bottom_right", precision="float64", layout="T
     (``KV_HEADS`` of ``HEADS``); ``self_attention``: the callable takes ``T = S`` only;
     ``equal_head_dims``: values have the head dim of queries and keys (``Hv = H``)."""
     if alignment not in ("bottom_right", "top_left"):
-        raise ValueError(f"alignment: expected 'bottom_right' or 'top_left', got {alignment!r}")
+        raise InputError(f"alignment: expected 'bottom_right' or 'top_left', got {alignment!r}")
     if layout not in LAYOUTS:
-        raise ValueError(f"layout: expected one of {LAYOUTS}, got {layout!r}")
+        raise InputError(f"layout: expected one of {LAYOUTS}, got {layout!r}")
     if gqa and layout not in ("BNTH", "BTNH"):
-        raise ValueError(f"gqa: grouped-query heads need a layout with a heads axis (BNTH or BTNH), got {layout!r}")
+        raise InputError(f"gqa: grouped-query heads need a layout with a heads axis (BNTH or BTNH), got {layout!r}")
     takes = {name: run.accepts(name) for name in ("causal", "mask")}
     rng = np.random.default_rng([run.report.seed, 3])
     for case in CASES:

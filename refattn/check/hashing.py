@@ -36,6 +36,7 @@ import math
 import numpy as np
 from scipy import stats as _st
 
+from refattn._validation import InputError
 from refattn.check.verdict import bonferroni_p
 from refattn.lsh import hashes as lsh
 from refattn.performer.projections import haar_orthogonal
@@ -73,7 +74,7 @@ def reference_hash(family, *, bits=1, buckets=8, width=1.0, rounds=None):
             a, b = lsh.e2lsh_draw(x.shape[1], width, seed, tables=R)
             return lsh.e2lsh(x, a, b, width)
     else:
-        raise ValueError(f"family: expected one of {HASH_FAMILIES}, got {family!r}")
+        raise InputError(f"family: expected one of {HASH_FAMILIES}, got {family!r}")
     return fn if rounds is not None else (lambda x, seed: fn(x, seed)[0])
 
 

@@ -33,6 +33,7 @@ import math
 
 import numpy as np
 
+from refattn._validation import InputError
 from refattn.montecarlo import kernel_samples
 from refattn.theory import (
     favorpp_optimal_A,
@@ -82,7 +83,7 @@ def favorpp_A(x, y, A=None):
     if A is not None:
         A = float(A)
         if not (math.isfinite(A) and A < 0.125):
-            raise ValueError(f"A: FAVOR++ needs a finite A < 1/8, got {A}")
+            raise InputError(f"A: FAVOR++ needs a finite A < 1/8, got {A}")
         return A
     return float(favorpp_optimal_A(float(favorpp_phi(x, y)), x.shape[-1]))
 
@@ -114,9 +115,9 @@ def _variance_check(run, samples, x, y, truth, method, projection, m, label, A=0
 def check_kernel(run, *, method="positive", projection="orthogonal", m=None, A=None, T=8, S=8, H=8, norm=0.6):
     """Run the kernel checks on ``run.fn`` (see the module docstring); verdicts go to ``run.report``."""
     if method not in KERNEL_METHODS:
-        raise ValueError(f"method: expected one of {KERNEL_METHODS} for --kind kernel, got {method!r}")
+        raise InputError(f"method: expected one of {KERNEL_METHODS} for --kind kernel, got {method!r}")
     if A is not None and method != "favorpp":
-        raise ValueError(f"A: only FAVOR++ (method 'favorpp') has a parameter A, not {method!r}")
+        raise InputError(f"A: only FAVOR++ (method 'favorpp') has a parameter A, not {method!r}")
     data_rng = np.random.default_rng([run.report.seed, 1])
     s = 1.0 / math.sqrt(H)
     x = probe_rows(T, H, norm, data_rng)  # scaled rows

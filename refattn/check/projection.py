@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats as _st
 
+from refattn._validation import InputError
 from refattn.check.verdict import Verdict, bonferroni_p
 from refattn.stats import proportion_test
 
@@ -34,7 +35,7 @@ __all__ = ["check_projection"]
 def check_projection(run, *, projection="gaussian", m=16, d=8):
     """Run the projection checks on ``run.fn``; verdicts go to ``run.report``."""
     if projection not in ("gaussian", "orthogonal", "regular"):
-        raise ValueError(f"projection: expected 'gaussian', 'orthogonal' or 'regular' for --kind projection, "
+        raise InputError(f"projection: expected 'gaussian', 'orthogonal' or 'regular' for --kind projection, "
                          f"got {projection!r}")
     W, problem = run.collect(lambda seed: run.call((m, d, seed), shape=(m, d)), run.n_draws, "projection draws")
     if problem is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["UsageError", "positive_int", "positive_float", "probability", "temperatures"]
+__all__ = ["UsageError", "seed", "positive_int", "positive_float", "probability", "temperatures"]
 
 
 class UsageError(Exception):
@@ -22,6 +22,14 @@ def positive_int(text):
     value = _number(text, int, "an integer")
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def seed(text):
+    """A master seed: an integer in [0, 2^63) (what numpy.random.default_rng accepts)."""
+    value = _number(text, int, "an integer")
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2^63), got {value}")
     return value
 
 

@@ -9,7 +9,7 @@ import sys
 from refattn.bench.format import format_suite, plot_suite
 from refattn.bench.measure import CAUSAL
 from refattn.bench.suite import GIB, default_entries, default_lengths, load_goals, refresh, run_suite
-from refattn.cli._args import UsageError, positive_float, positive_int
+from refattn.cli._args import UsageError, positive_float, positive_int, seed
 from refattn.evaluation.methods import REGISTRY
 
 QUICK = {"lengths": [128, 256], "H": 16, "repeats": 1, "gemm_n": 256, "isolate": False, "fit_from": 0}
@@ -35,7 +35,7 @@ def add_parser(sub):
     b.add_argument("--max-memory-gib", type=positive_float, default=4.0,
                    help="skip points whose predicted peak memory exceeds this (recorded as skipped)")
     b.add_argument("--gemm-n", type=positive_int, default=4096, help="size of the square GEMM baseline")
-    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--seed", type=seed, default=0)
     b.add_argument("--no-isolate", action="store_true", help="measure in this process, not one subprocess per point")
     b.add_argument("--note", help="free text stored in the JSON (e.g. 'machine shared with 3 other jobs')")
     b.add_argument("--out", help="write the JSON here")

@@ -7,7 +7,7 @@ import sys
 
 from refattn.check import DEFAULT_TIMEOUT, KINDS, TargetError, check
 from refattn.check.exact import LAYOUTS
-from refattn.cli._args import UsageError, positive_float, positive_int, probability
+from refattn.cli._args import UsageError, positive_float, positive_int, probability, seed
 from refattn.precision import PRECISIONS
 
 
@@ -39,7 +39,7 @@ def add_parser(sub):
     ck.add_argument("--alignment", default="bottom_right", choices=("bottom_right", "top_left"),
                     help="what causal=True means for the callable (exact, backward)")
     ck.add_argument("--alpha", type=probability, default=1e-3, help="family-wise false-alarm probability")
-    ck.add_argument("--seed", type=int, default=0, help="master seed (inputs and every seed passed to the callable)")
+    ck.add_argument("--seed", type=seed, default=0, help="master seed (inputs and every seed passed to the callable)")
     ck.add_argument("--draws", type=positive_int, help="seeds per statistical check (>= 20; default per kind)")
     ck.add_argument("--budget", type=positive_float, metavar="SECONDS", help="time the sampling may take")
     ck.add_argument("--timeout", type=positive_float, default=DEFAULT_TIMEOUT, metavar="SECONDS",

@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from refattn.cli._args import positive_int, temperatures
+from refattn.cli._args import positive_int, seed, temperatures
 from refattn.evaluation import exact_paths
 from refattn.evaluation import report as compare
 from refattn.evaluation.datasets import embedded_attention, load_qkv
@@ -31,7 +31,7 @@ def add_parser(sub):
                      help="also compare the oracle's own paths (streaming, low precision, mpmath)")
     rep.add_argument("--seq-len", type=positive_int, default=512,
                      help="use the first SEQ_LEN tokens (and the exact-path problems' length)")
-    rep.add_argument("--seed", type=int, default=0, help="seed of the methods' draws (default 0)")
+    rep.add_argument("--seed", type=seed, default=0, help="seed of the methods' draws (default 0)")
     rep.add_argument("--json", action="store_true", help="print JSON instead of a table")
     rep.set_defaults(func=run)
     return rep

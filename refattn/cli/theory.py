@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from refattn.cli._args import positive_float, positive_int, probability
+from refattn.cli._args import positive_float, positive_int, probability, seed
 from refattn.evaluation.claims import CLAIMS, format_claim, rows_as_dicts, run_claim
 
 
@@ -16,7 +16,7 @@ def add_parser(sub):
     th.add_argument("--features", type=positive_int, default=16, help="projection rows m")
     th.add_argument("--norm", type=positive_float, default=0.5, help="norm of the scaled rows x, y")
     th.add_argument("--alpha", type=probability, default=1e-3, help="1 - confidence of the intervals")
-    th.add_argument("--seed", type=int, default=0)
+    th.add_argument("--seed", type=seed, default=0)
     th.add_argument("--json", action="store_true")
     th.set_defaults(func=run)
     return th

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from refattn._validation import as_generator, check_positive_int
+from refattn._validation import InputError, as_generator, check_positive_int
 from refattn.evaluation.methods import REGISTRY, method_rng, output_of
 from refattn.exact import attention_probabilities
 
@@ -48,13 +48,13 @@ def matched_budget(q, k, v, *, budget, scale, rng, methods=None):
     """
     budget = check_positive_int(budget, "budget", minimum=4)
     if q.shape[0] != k.shape[0]:
-        raise ValueError("q, k: the budget accounting here assumes T == S")
+        raise InputError("q, k: the budget accounting here assumes T == S")
     if budget > k.shape[0]:
-        raise ValueError(f"budget: {budget} exceeds the number of keys {k.shape[0]}")
+        raise InputError(f"budget: {budget} exceeds the number of keys {k.shape[0]}")
     methods = tuple(m for m in REGISTRY if not REGISTRY[m].exact) if methods is None else tuple(methods)
     unknown = [m for m in methods if m not in REGISTRY]
     if unknown:
-        raise ValueError(f"method: unknown {unknown[0]!r}; expected one of {sorted(REGISTRY)}")
+        raise InputError(f"method: unknown {unknown[0]!r}; expected one of {sorted(REGISTRY)}")
     seed = int(as_generator(rng).integers(2**63))
     P = attention_probabilities(q, k, scale=scale)
     O = P @ v

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from refattn import theory
-from refattn._validation import as_generator
+from refattn._validation import InputError, as_generator
 from refattn.lsh.hashes import e2lsh, e2lsh_draw, simhash, simhash_planes
 from refattn.montecarlo import kernel_samples, scatterbrain_samples
 from refattn.scatterbrain import rpca  # looked up at call time: the power twin patches rpca.robust_pca
@@ -207,7 +207,7 @@ def run_claim(name, *, draws=20_000, d=16, m=16, norm=0.5, alpha=1e-3, seed=0, p
     from tqdm.auto import tqdm
 
     if name not in CLAIMS:
-        raise ValueError(f"claim: unknown {name!r}; expected one of {sorted(CLAIMS)}")
+        raise InputError(f"claim: unknown {name!r}; expected one of {sorted(CLAIMS)}")
     gen = as_generator(seed)
     bar = (lambda it: tqdm(it, desc=name, leave=False, disable=None)) if progress is None else progress
     return CLAIMS[name](draws, d, m, norm, alpha, gen, bar)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from refattn._validation import as_float_array, as_generator, check_positive_int
+from refattn._validation import InputError, as_float_array, as_generator, check_positive_int
 
 __all__ = ["AttentionData", "embedded_attention", "load_qkv", "gaussian_inputs", "clustered_inputs", "local_sink_inputs",
            "EMBEDDED_PATH"]
@@ -57,17 +57,17 @@ def _flatten_heads(q, k, v, source):
     """``(..., T, H)`` arrays -> ``(N, T, H)`` with the leading dims broadcast and flattened."""
     for name, a in (("q", q), ("k", k), ("v", v)):
         if a.ndim < 2:
-            raise ValueError(f"{source}: {name} must have at least 2 dims (..., T, H), got shape {a.shape}")
+            raise InputError(f"{source}: {name} must have at least 2 dims (..., T, H), got shape {a.shape}")
         if 0 in a.shape:
-            raise ValueError(f"{source}: {name} is empty (shape {a.shape})")
+            raise InputError(f"{source}: {name} is empty (shape {a.shape})")
     if q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"{source}: q and k head dims differ: q {q.shape}, k {k.shape}")
+        raise InputError(f"{source}: q and k head dims differ: q {q.shape}, k {k.shape}")
     if k.shape[-2] != v.shape[-2]:
-        raise ValueError(f"{source}: k and v key counts differ: k {k.shape}, v {v.shape}")
+        raise InputError(f"{source}: k and v key counts differ: k {k.shape}, v {v.shape}")
     try:
         lead = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
     except ValueError:
-        raise ValueError(f"{source}: leading (batch, head) dims do not broadcast: q {q.shape}, k {k.shape}, "
+        raise InputError(f"{source}: leading (batch, head) dims do not broadcast: q {q.shape}, k {k.shape}, "
                          f"v {v.shape}") from None
     q, k, v = (np.broadcast_to(a, lead + a.shape[-2:]).reshape((-1,) + a.shape[-2:]) for a in (q, k, v))
     return q, k, v, [f"head {idx}" for idx in np.ndindex(*lead)] if lead else ["head"]
@@ -96,19 +96,19 @@ def load_qkv(path, *, name=None) -> AttentionData:
     try:
         archive = np.load(p, allow_pickle=False)
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise ValueError(f"{source}: not a readable .npz archive ({type(exc).__name__})") from None
+        raise InputError(f"{source}: not a readable .npz archive ({type(exc).__name__})") from None
     if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise ValueError(f"{source}: a single .npy array, expected an .npz archive with q, k, v")
+        raise InputError(f"{source}: a single .npy array, expected an .npz archive with q, k, v")
     with archive:
         missing = [n for n in ("q", "k", "v") if n not in archive.files]
         if missing:
-            raise ValueError(f"{source}: missing array(s) {', '.join(missing)} (found: {', '.join(archive.files) or 'none'})")
+            raise InputError(f"{source}: missing array(s) {', '.join(missing)} (found: {', '.join(archive.files) or 'none'})")
         arrays = {}
         for n in ("q", "k", "v"):
             try:
                 arrays[n] = archive[n]
             except ValueError:  # object arrays need pickles, which are disabled
-                raise ValueError(f"{source}: {n} is an object array (pickles are disabled)") from None
+                raise InputError(f"{source}: {n} is an object array (pickles are disabled)") from None
         extra = {}
         for n in ("provenance", "tokens"):
             if n in archive.files:
@@ -149,7 +149,7 @@ def gaussian_inputs(T, H, rng, *, temperature=1.0, n_heads=1, Hv=None) -> Attent
     n_heads = check_positive_int(n_heads, "n_heads")
     temperature = float(temperature)
     if not (math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature: must be finite and > 0, got {temperature}")
+        raise InputError(f"temperature: must be finite and > 0, got {temperature}")
     gen = as_generator(rng)
     q = gen.standard_normal((n_heads, T, H)) / temperature
     k = gen.standard_normal((n_heads, T, H))

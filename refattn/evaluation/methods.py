@@ -46,6 +46,7 @@ from typing import Callable
 
 import numpy as np
 
+from refattn._validation import InputError, InputTypeError
 from refattn.exact import attention_probabilities, softmax_attention
 from refattn.lsh.attention import hyper_attention, reformer_attention, smyrf_attention
 from refattn.lsh.hashes import simhash, simhash_planes
@@ -110,7 +111,7 @@ REGISTRY: dict[str, Method] = {}
 def register(method: Method) -> Method:
     """Add ``method`` to :data:`REGISTRY` (replacing one of the same name) and return it."""
     if not isinstance(method, Method):
-        raise TypeError(f"method: expected a refattn.evaluation.methods.Method, got {type(method).__name__}")
+        raise InputTypeError(f"method: expected a refattn.evaluation.methods.Method, got {type(method).__name__}")
     REGISTRY[method.name] = method
     return method
 
@@ -130,7 +131,7 @@ def run_heads(method: Method, q, k, v, *, budget, seed, scale=None, causal=False
     """``method`` on every head of ``q (..., T, H)``, ``k (..., S, H)``, ``v (..., S, Hv)``: head
     ``i`` (in C order over the leading dims) draws from ``method_rng(seed, method.name, i)``."""
     if causal and not method.causal:
-        raise ValueError(f"causal: the method {method.name!r} has no causal form")
+        raise InputError(f"causal: the method {method.name!r} has no causal form")
     q, k, v = np.asarray(q), np.asarray(k), np.asarray(v)
     out = np.empty(q.shape[:-1] + v.shape[-1:])
     for i, idx in enumerate(np.ndindex(*q.shape[:-2])):

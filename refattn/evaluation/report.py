@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from refattn._validation import check_positive_int
+from refattn._validation import InputError, check_positive_int
 from refattn.evaluation.budget import row_entropy
 from refattn.evaluation.methods import REGISTRY, method_rng, output_of
 from refattn.exact import attention_probabilities
@@ -104,20 +104,20 @@ def run_comparison(data, *, budget=64, methods=DEFAULT_METHODS, temperatures=(1.
 
     T, S = data.q.shape[1], data.k.shape[1]
     if T != S:
-        raise ValueError(f"q, k: the matched-budget comparison assumes as many queries as keys, got T = {T}, S = {S}")
+        raise InputError(f"q, k: the matched-budget comparison assumes as many queries as keys, got T = {T}, S = {S}")
     if S < 4:
-        raise ValueError(f"k: the comparison needs at least 4 keys, got {S}")
+        raise InputError(f"k: the comparison needs at least 4 keys, got {S}")
     budget = check_positive_int(budget, "budget", minimum=4)
     if budget > S:
-        raise ValueError(f"budget: {budget} exceeds the number of keys {S}")
+        raise InputError(f"budget: {budget} exceeds the number of keys {S}")
     unknown = [m for m in methods if m not in REGISTRY]
     if unknown:
-        raise ValueError(f"methods: unknown {unknown[0]!r}; expected names from {sorted(REGISTRY)}")
+        raise InputError(f"methods: unknown {unknown[0]!r}; expected names from {sorted(REGISTRY)}")
     temps = []
     for t in temperatures:
         t = float(t)
         if not (np.isfinite(t) and t > 0):
-            raise ValueError(f"temperature: must be finite and > 0, got {t}")
+            raise InputError(f"temperature: must be finite and > 0, got {t}")
         temps.append(t)
     scale = 1.0 / np.sqrt(data.q.shape[-1])
     eye = np.eye(S)

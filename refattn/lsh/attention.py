@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from refattn._validation import as_float_array, as_generator, check_bool, check_positive_int
+from refattn._validation import InputError, as_float_array, as_generator, check_bool, check_positive_int
 from refattn.lsh.hashes import (
     angular_hash,
     angular_rotations,
@@ -53,7 +53,7 @@ class LSHAttentionResult:
 def _two_d(q, k, v, scale):
     prob = attention_problem(q, k, v, scale=scale)
     if prob.batch_shape:
-        raise ValueError("q: LSH attention takes 2-D (T, H) inputs (one head); loop over heads")
+        raise InputError("q: LSH attention takes 2-D (T, H) inputs (one head); loop over heads")
     return prob
 
 
@@ -186,7 +186,7 @@ def hyper_attention(q, k, v, *, block_size, n_samples, bits=4, rng, causal=False
                                             implementation)
         return LSHAttentionResult(out, lse, sup, simhash(qq, planes))
     if prob.T != prob.S:
-        raise ValueError("causal: HyperAttention's recursive causal form needs T == S")
+        raise InputError("causal: HyperAttention's recursive causal form needs T == S")
     base = block_size if min_seq_len is None else check_positive_int(min_seq_len, "min_seq_len")
 
     def rec(lo, hi):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from refattn._validation import (
+    InputError,
     as_float_array,
     as_generator,
     as_index_array,
@@ -54,7 +55,7 @@ MAX_BITS = 62  # codes are packed into int64
 def _x(x, name="x"):
     x = as_float_array(x, name).astype(np.float64, copy=False)
     if x.ndim != 2:
-        raise ValueError(f"{name}: expected shape (n, d), got {x.shape}")
+        raise InputError(f"{name}: expected shape (n, d), got {x.shape}")
     return x
 
 
@@ -63,7 +64,7 @@ def simhash_planes(d, r, rng, *, tables=1):
     d = check_positive_int(d, "d")
     r = check_positive_int(r, "r")
     if r > MAX_BITS:
-        raise ValueError(f"r: at most {MAX_BITS} bits fit the int64 codes, got {r}")
+        raise InputError(f"r: at most {MAX_BITS} bits fit the int64 codes, got {r}")
     tables = check_positive_int(tables, "tables")
     return as_generator(rng).standard_normal((tables, r, d))
 
@@ -72,7 +73,7 @@ def _check_simhash(x, planes):
     x = _x(x)
     planes = as_float_array(planes, "planes")
     if planes.ndim != 3 or planes.shape[2] != x.shape[1]:
-        raise ValueError(f"planes: expected shape (tables, r, d = {x.shape[1]}), got {planes.shape}")
+        raise InputError(f"planes: expected shape (tables, r, d = {x.shape[1]}), got {planes.shape}")
     return x, planes
 
 
@@ -92,7 +93,7 @@ def simhash(x, planes):
 def _check_buckets(n_buckets):
     n_buckets = check_positive_int(n_buckets, "n_buckets", minimum=2)
     if n_buckets % 2:
-        raise ValueError(f"n_buckets: must be even (argmax over [xR; -xR]), got {n_buckets}")
+        raise InputError(f"n_buckets: must be even (argmax over [xR; -xR]), got {n_buckets}")
     return n_buckets
 
 
@@ -108,7 +109,7 @@ def _check_angular(x, R):
     x = _x(x)
     R = as_float_array(R, "R")
     if R.ndim != 3 or R.shape[1] != x.shape[1]:
-        raise ValueError(f"R: expected shape (rounds, d = {x.shape[1]}, b/2), got {R.shape}")
+        raise InputError(f"R: expected shape (rounds, d = {x.shape[1]}, b/2), got {R.shape}")
     return x, R
 
 
@@ -134,7 +135,7 @@ def _check_cross_polytope(x, rotations):
     x = _x(x)
     rotations = as_float_array(rotations, "rotations")
     if rotations.ndim != 3 or rotations.shape[1:] != (x.shape[1], x.shape[1]):
-        raise ValueError(f"rotations: expected shape (rounds, d, d) with d = {x.shape[1]}, got {rotations.shape}")
+        raise InputError(f"rotations: expected shape (rounds, d, d) with d = {x.shape[1]}, got {rotations.shape}")
     return x, rotations
 
 
@@ -156,7 +157,7 @@ def e2lsh_draw(d, width, rng, *, tables=1):
     tables = check_positive_int(tables, "tables")
     width = check_real(width, "width", minimum=0.0, low_open=True)
     if not width > 0 or not np.isfinite(width):
-        raise ValueError(f"width: must be finite and > 0, got {width}")
+        raise InputError(f"width: must be finite and > 0, got {width}")
     check_allocation(tables * d, "tables, d", "the projections")
     gen = as_generator(rng)
     return gen.standard_normal((tables, d)), gen.uniform(0, width, size=tables)
@@ -166,10 +167,10 @@ def _check_e2lsh(x, a, width):
     x = _x(x)
     a = as_float_array(a, "a")
     if a.ndim != 2 or a.shape[1] != x.shape[1]:
-        raise ValueError(f"a: expected shape (tables, d = {x.shape[1]}), got {a.shape}")
+        raise InputError(f"a: expected shape (tables, d = {x.shape[1]}), got {a.shape}")
     width = check_real(width, "width", minimum=0.0, low_open=True)
     if not width > 0:
-        raise ValueError(f"width: must be > 0, got {width}")
+        raise InputError(f"width: must be > 0, got {width}")
     return x, a, width
 
 
@@ -194,17 +195,17 @@ def smyrf_transform(q, k, M=None):
     q = _x(q, "q")
     k = _x(k, "k")
     if q.shape[1] != k.shape[1]:
-        raise ValueError(f"k: dim {k.shape[1]} does not match q's {q.shape[1]}")
+        raise InputError(f"k: dim {k.shape[1]} does not match q's {q.shape[1]}")
     nq, nk = np.sum(q * q, 1), np.sum(k * k, 1)
     need = (nq.max(initial=0.0) + nk.max(initial=0.0)) ** 0.5
     if not np.isfinite(need) or need > 1e150:
-        raise ValueError(f"q, k: norms up to {need:.3g} leave float64 in the transform (M^2 = max|q|^2 + max|k|^2)")
+        raise InputError(f"q, k: norms up to {need:.3g} leave float64 in the transform (M^2 = max|q|^2 + max|k|^2)")
     if M is not None:
         M = check_real(M, "M", minimum=0.0, maximum=1e150)
     if M is None:
         M = need
     elif not float(M) >= need * (1 - 1e-12):
-        raise ValueError(f"M: must satisfy M^2 >= max|q|^2 + max|k|^2 = {need**2:.6g}, got M = {M}")
+        raise InputError(f"M: must satisfy M^2 >= max|q|^2 + max|k|^2 = {need**2:.6g}, got M = {M}")
     M = float(M)
     F = np.concatenate([q, np.zeros((q.shape[0], 1)), np.sqrt(np.maximum(M * M - nq, 0))[:, None]], axis=1)
     G = np.concatenate([k, np.sqrt(np.maximum(M * M - nk, 0))[:, None], np.zeros((k.shape[0], 1))], axis=1)

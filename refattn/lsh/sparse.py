@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from refattn._validation import (
+    InputError,
+    InputTypeError,
     as_float_array,
     as_index_array,
     check_allocation,
@@ -69,13 +71,13 @@ class Support:
         for name in ("indptr", "indices"):
             a = np.asarray(getattr(self, name))
             if a.ndim != 1 or not (np.issubdtype(a.dtype, np.integer) and a.dtype != np.bool_):
-                raise TypeError(f"{name}: expected a 1-D integer array, got dtype {a.dtype} and shape {a.shape}")
+                raise InputTypeError(f"{name}: expected a 1-D integer array, got dtype {a.dtype} and shape {a.shape}")
             arrays[name] = a.astype(np.int64, copy=False)
         indptr, indices = arrays["indptr"], arrays["indices"]
         if indptr.size == 0 or indptr[0] != 0 or np.any(np.diff(indptr) < 0) or indptr[-1] != indices.size:
-            raise ValueError("indptr: must start at 0, be non-decreasing and end at len(indices)")
+            raise InputError("indptr: must start at 0, be non-decreasing and end at len(indices)")
         if indices.size and (indices.min() < 0 or indices.max() >= n_keys):
-            raise ValueError(f"indices: every key index must lie in [0, n_keys) = [0, {n_keys})")
+            raise InputError(f"indices: every key index must lie in [0, n_keys) = [0, {n_keys})")
         object.__setattr__(self, "indptr", indptr)
         object.__setattr__(self, "indices", indices)
         object.__setattr__(self, "n_keys", n_keys)
@@ -88,15 +90,15 @@ class Support:
         indices = np.asarray(indices)
         for name, a in (("indptr", indptr), ("indices", indices)):
             if a.ndim != 1 or not (np.issubdtype(a.dtype, np.integer) and a.dtype != np.bool_):
-                raise TypeError(f"{name}: expected a 1-D integer array, got dtype {a.dtype} and shape {a.shape}")
+                raise InputTypeError(f"{name}: expected a 1-D integer array, got dtype {a.dtype} and shape {a.shape}")
         if indptr.size == 0 or indptr[0] != 0 or np.any(np.diff(indptr) < 0) or indptr[-1] != indices.size:
-            raise ValueError("indptr: must start at 0, be non-decreasing and end at len(indices)")
+            raise InputError("indptr: must start at 0, be non-decreasing and end at len(indices)")
         if indices.size and (indices.min() < 0 or indices.max() >= n_keys):
-            raise ValueError(f"indices: every key index must lie in [0, n_keys) = [0, {n_keys})")
+            raise InputError(f"indices: every key index must lie in [0, n_keys) = [0, {n_keys})")
         starts = np.zeros(indices.size, dtype=bool)
         starts[indptr[:-1][np.diff(indptr) > 0]] = True
         if indices.size > 1 and np.any((np.diff(indices) <= 0) & ~starts[1:]):
-            raise ValueError("indices: each row's key indices must be sorted and distinct")
+            raise InputError("indices: each row's key indices must be sorted and distinct")
         return cls(indptr.astype(np.int64), indices.astype(np.int64), n_keys)
 
     @classmethod
@@ -104,7 +106,7 @@ class Support:
         """From a boolean ``(T, S)`` mask (True = attend)."""
         mask = np.asarray(mask)
         if mask.dtype != np.bool_ or mask.ndim != 2:
-            raise TypeError(f"mask: expected a 2-D boolean array, got dtype {mask.dtype} and shape {mask.shape}")
+            raise InputTypeError(f"mask: expected a 2-D boolean array, got dtype {mask.dtype} and shape {mask.shape}")
         rows, cols = np.nonzero(mask)  # row-major: sorted by row, then column
         indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=mask.shape[0]))])
         return cls(indptr.astype(np.int64), cols.astype(np.int64), mask.shape[1])
@@ -117,7 +119,7 @@ class Support:
         rows = as_index_array(rows, "rows", maximum=n_queries - 1)
         cols = as_index_array(cols, "cols", maximum=n_keys - 1)
         if rows.shape != cols.shape:
-            raise ValueError(f"cols: shape {cols.shape} differs from rows' {rows.shape} (pairs)")
+            raise InputError(f"cols: shape {cols.shape} differs from rows' {rows.shape} (pairs)")
         key = np.unique(rows * max(1, n_keys) + cols)
         r, c = key // max(1, n_keys), key % max(1, n_keys)
         indptr = np.concatenate([[0], np.cumsum(np.bincount(r, minlength=n_queries))])
@@ -153,11 +155,11 @@ class Support:
 def union(*supports: Support) -> Support:
     """The union of supports of the same shape; an entry found in several counts once."""
     if not supports:
-        raise ValueError("supports: need at least one")
+        raise InputError("supports: need at least one")
     T, S = supports[0].n_queries, supports[0].n_keys
     for s in supports:
         if (s.n_queries, s.n_keys) != (T, S):
-            raise ValueError(f"supports: shapes differ ({s.n_queries}, {s.n_keys}) vs ({T}, {S})")
+            raise InputError(f"supports: shapes differ ({s.n_queries}, {s.n_keys}) vs ({T}, {S})")
     return Support.from_pairs(np.concatenate([s.rows() for s in supports]),
                               np.concatenate([s.indices for s in supports]), T, S)
 
@@ -188,7 +190,7 @@ def block_sparse(T, S, block, layout) -> Support:
     layout = np.asarray(layout)
     nq, nk = -(-T // block), -(-S // block)
     if layout.dtype != np.bool_ or layout.shape != (nq, nk):
-        raise ValueError(f"layout: expected a boolean ({nq}, {nk}) array for T={T}, S={S}, block={block}")
+        raise InputError(f"layout: expected a boolean ({nq}, {nk}) array for T={T}, S={S}, block={block}")
     return Support.from_dense(np.repeat(np.repeat(layout, block, 0), block, 1)[:T, :S])
 
 
@@ -197,7 +199,7 @@ def topk_support(q, k, topk, *, scale=None, causal=False) -> Support:
     sparse support of that size, an oracle. Rows that see fewer keys keep all they see."""
     prob = score_problem(q, k, scale=scale, causal=causal)
     if prob.batch_shape:
-        raise ValueError("q: topk_support takes 2-D q and k (one head)")
+        raise InputError("q: topk_support takes 2-D q and k (one head)")
     topk = check_positive_int(topk, "topk")
     logits = prob.logits()  # (T, S), -inf where masked
     kk = min(topk, prob.S)
@@ -251,7 +253,7 @@ def chunked_bucket_support(q_buckets, k_buckets, chunk, *, lookback=1, same_buck
     kb = np.atleast_2d(as_index_array(k_buckets, "k_buckets", ndim=None, minimum=-(2**62)))
     same_bucket = check_bool(same_bucket, "same_bucket")
     if qb.ndim != 2 or kb.ndim != 2 or qb.shape[0] != kb.shape[0]:
-        raise ValueError(f"k_buckets: expected (rounds, S) matching q_buckets' rounds, got {kb.shape} and {qb.shape}")
+        raise InputError(f"k_buckets: expected (rounds, S) matching q_buckets' rounds, got {kb.shape} and {qb.shape}")
     chunk = check_positive_int(chunk, "chunk")
     lookback = check_positive_int(lookback, "lookback", minimum=0)
 
@@ -280,9 +282,9 @@ def balanced_clusters(q_keys, k_keys, n_clusters) -> Support:
     kk = as_float_array(k_keys, "k_keys")
     for a, name in ((qk, "q_keys"), (kk, "k_keys")):
         if a.ndim != 1:
-            raise ValueError(f"{name}: expected one scalar per row, shape (L,), got {a.shape}")
+            raise InputError(f"{name}: expected one scalar per row, shape (L,), got {a.shape}")
     if n_clusters > min(qk.size, kk.size):
-        raise ValueError(f"n_clusters: {n_clusters} exceeds the number of queries or keys ({qk.size}, {kk.size})")
+        raise InputError(f"n_clusters: {n_clusters} exceeds the number of queries or keys ({qk.size}, {kk.size})")
     cq = _chunks_of_sorted(qk, n_clusters)
     ck = _chunks_of_sorted(kk, n_clusters)
     return Support.from_dense(cq[:, None] == ck[None, :])
@@ -294,15 +296,15 @@ def _check_sparse(q, k, v, support, scale, entry_bias):
     k = as_float_array(k, "k").astype(np.float64, copy=False)
     v = as_float_array(v, "v").astype(np.float64, copy=False)
     if q.ndim != 2 or k.ndim != 2 or v.ndim != 2:
-        raise ValueError("q, k, v: sparse_attention takes 2-D (T, H), (S, H), (S, Hv) arrays (one head)")
+        raise InputError("q, k, v: sparse_attention takes 2-D (T, H), (S, H), (S, Hv) arrays (one head)")
     if q.shape[1] != k.shape[1]:
-        raise ValueError(f"k: head dim {k.shape[1]} does not match q's {q.shape[1]}")
+        raise InputError(f"k: head dim {k.shape[1]} does not match q's {q.shape[1]}")
     if k.shape[0] != v.shape[0]:
-        raise ValueError(f"v: has {v.shape[0]} keys but k has {k.shape[0]}")
+        raise InputError(f"v: has {v.shape[0]} keys but k has {k.shape[0]}")
     if not isinstance(support, Support):
-        raise TypeError(f"support: expected a refattn.lsh.sparse.Support, got {type(support).__name__}")
+        raise InputTypeError(f"support: expected a refattn.lsh.sparse.Support, got {type(support).__name__}")
     if support.n_queries != q.shape[0] or support.n_keys != k.shape[0]:
-        raise ValueError(f"support: shape ({support.n_queries}, {support.n_keys}) does not match (T, S) = "
+        raise InputError(f"support: shape ({support.n_queries}, {support.n_keys}) does not match (T, S) = "
                          f"({q.shape[0]}, {k.shape[0]})")
     s = check_scale(scale, q.shape[1])
     if entry_bias is None:
@@ -310,7 +312,7 @@ def _check_sparse(q, k, v, support, scale, entry_bias):
     else:
         eb = as_float_array(entry_bias, "entry_bias", allow_neg_inf=True).astype(np.float64, copy=False)
         if eb.shape != (support.nnz,):
-            raise ValueError(f"entry_bias: expected shape (nnz,) = ({support.nnz},), got {eb.shape}")
+            raise InputError(f"entry_bias: expected shape (nnz,) = ({support.nnz},), got {eb.shape}")
     return q, k, v, s, eb
 
 
@@ -328,7 +330,7 @@ def sparse_attention(q, k, v, support: Support, *, scale=None, entry_bias=None, 
     gpu = gpu_backend(q=q, k=k, v=v, entry_bias=entry_bias)
     if gpu:
         if implementation not in ("auto", "cuda"):
-            raise ValueError(f"implementation: {implementation!r} runs on the CPU; CuPy inputs take 'auto' or 'cuda'")
+            raise InputError(f"implementation: {implementation!r} runs on the CPU; CuPy inputs take 'auto' or 'cuda'")
         *_, s, _ = _check_sparse(shadow64(q), shadow64(k), shadow64(v), support, scale,
                                  None if entry_bias is None else shadow64(entry_bias))
         out, lse = gpu.sparse_attention(q, k, v, support, s, entry_bias)
@@ -346,7 +348,7 @@ def support_probabilities(q, k, support: Support, *, scale=None) -> np.ndarray:
     q = as_float_array(q, "q").astype(np.float64)
     k = as_float_array(k, "k").astype(np.float64)
     if k.ndim != 2:
-        raise ValueError(f"k: expected shape (S, H), got {k.shape}")
+        raise InputError(f"k: expected shape (S, H), got {k.shape}")
     zeros = np.zeros((k.shape[0], 1))
     _, lse = sparse_attention(q, k, zeros, support, scale=scale, return_lse=True)
     s = check_scale(scale, q.shape[1])

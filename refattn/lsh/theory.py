@@ -10,7 +10,14 @@ import math
 import numpy as np
 from scipy.stats import norm
 
-from refattn._validation import as_float_array, as_generator, check_finite_result, check_positive_int, check_real
+from refattn._validation import (
+    InputError,
+    as_float_array,
+    as_generator,
+    check_finite_result,
+    check_positive_int,
+    check_real,
+)
 from refattn.lsh.hashes import angular_hash, angular_rotations, cross_polytope_hash, cross_polytope_rotations
 from refattn.performer.theory import _xy, pair_at_angle
 
@@ -23,7 +30,7 @@ def simhash_collision(theta, r=1, tables=1):
     tables = check_positive_int(tables, "tables")
     theta = as_float_array(theta, "theta").astype(np.float64)
     if np.any((theta < 0) | (theta > np.pi)):
-        raise ValueError("theta: angles must lie in [0, pi]")
+        raise InputError("theta: angles must lie in [0, pi]")
     p = (1 - theta / np.pi) ** r
     return 1 - (1 - p) ** tables
 
@@ -33,7 +40,7 @@ def e2lsh_collision(c, width):
     ``P = 1 - 2 Phi(-u) - (2 / (sqrt(2 pi) u)) (1 - exp(-u^2/2))``; ``c = 0`` gives 1."""
     c = as_float_array(c, "c").astype(np.float64)
     if np.any(c < 0):
-        raise ValueError("c: distances must be >= 0")
+        raise InputError("c: distances must be >= 0")
     width = check_real(width, "width", minimum=0.0, low_open=True)
     with np.errstate(divide="ignore", invalid="ignore"):
         u = width / c
@@ -53,7 +60,7 @@ def angular_collision_mc(theta, n_buckets=None, *, n_draws=100_000, rng=0, d=2, 
     are all that matter); the cross-polytope's depends on ``d`` through its ``2d`` buckets.
     """
     if family not in ("angular", "cross_polytope"):
-        raise ValueError(f"family: expected 'angular' or 'cross_polytope', got {family!r}")
+        raise InputError(f"family: expected 'angular' or 'cross_polytope', got {family!r}")
     n_draws = check_positive_int(n_draws, "n_draws", maximum=10**9)
     d = check_positive_int(d, "d")
     theta = check_real(theta, "theta", minimum=0.0, maximum=math.pi)

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from refattn._validation import (
+    InputError,
     as_dtype_arg,
     check_bool,
     check_positive_int,
@@ -202,7 +203,7 @@ def causal_prefix_sums(phi_q, phi_k, v, *, causal=True, chunk_size=128):
     """
     chunk = check_positive_int(chunk_size, "chunk_size")
     if causal is False:
-        raise ValueError("causal: the prefix sums are causal (True, 'bottom_right' or 'top_left'); "
+        raise InputError("causal: the prefix sums are causal (True, 'bottom_right' or 'top_left'); "
                          "bidirectional attention is two matrix products")
     gpu = gpu_backend(phi_q=phi_q, phi_k=phi_k, v=v)
     if gpu:

@@ -35,7 +35,14 @@ from typing import Callable
 
 import numpy as np
 
-from refattn._validation import as_float_array, check_finite_result, check_positive_int, check_real
+from refattn._validation import (
+    InputError,
+    InputTypeError,
+    as_float_array,
+    check_finite_result,
+    check_positive_int,
+    check_real,
+)
 from refattn.performer.projections import check_projection_name
 from refattn.performer.projections import projection as projection_rows
 from refattn.performer.theory import favorpp_optimal_A, favorpp_phi, relu_kernel
@@ -56,7 +63,7 @@ def _shift(logf, stabilize):
         if logf.shape[-2] == 0:
             return np.zeros(logf.shape[:-2] + (1, 1))
         return logf.max(axis=(-2, -1), keepdims=True)  # (..., 1, 1)
-    raise ValueError(f"stabilize: expected None, 'query' or 'key', got {stabilize!r}")
+    raise InputError(f"stabilize: expected None, 'query' or 'key', got {stabilize!r}")
 
 
 @dataclass(frozen=True)
@@ -75,18 +82,18 @@ class RandomFeatures:
 
     def __post_init__(self):
         if not isinstance(self.kind, str) or self.kind not in FEATURE_KINDS:
-            raise ValueError(f"kind: unknown feature kind {self.kind!r}; expected one of {FEATURE_KINDS}")
+            raise InputError(f"kind: unknown feature kind {self.kind!r}; expected one of {FEATURE_KINDS}")
         W = as_float_array(self.W, "W")
         if W.ndim < 2:
-            raise ValueError(f"W: expected shape (..., m, d), got {W.shape}")
+            raise InputError(f"W: expected shape (..., m, d), got {W.shape}")
         if W.shape[-2] < 1 or W.shape[-1] < 1:
-            raise ValueError(f"W: need at least one projection row and column (m, d >= 1), got shape {W.shape}")
+            raise InputError(f"W: need at least one projection row and column (m, d >= 1), got shape {W.shape}")
         object.__setattr__(self, "W", W.astype(np.float64, copy=False))
         object.__setattr__(self, "A", check_real(self.A, "A"))
         if self.kind == "favorpp" and not float(self.A) < 0.125:
-            raise ValueError(f"A: FAVOR++ needs A < 1/8, got {self.A}")
+            raise InputError(f"A: FAVOR++ needs A < 1/8, got {self.A}")
         if self.kind == "custom" and not callable(self.fn):
-            raise TypeError("fn: the 'custom' kind needs a callable fn(u) applied to u = omega . x")
+            raise InputTypeError("fn: the 'custom' kind needs a callable fn(u) applied to u = omega . x")
 
     @property
     def m(self) -> int:
@@ -112,7 +119,7 @@ class RandomFeatures:
         """
         x = np.asarray(x, dtype=np.float64)
         if x.shape[-1] != self.d:
-            raise ValueError(f"x: last dim {x.shape[-1]} does not match W's d = {self.d}")
+            raise InputError(f"x: last dim {x.shape[-1]} does not match W's d = {self.d}")
         u = x @ np.swapaxes(self.W, -1, -2)  # (..., L, m)
         sq = np.sum(x * x, axis=-1)[..., None] / 2  # (..., L, 1)
         m = self.m
@@ -141,7 +148,7 @@ class RandomFeatures:
             return phi, c[..., 0] * np.ones(phi.shape[:-1])
         f = np.maximum(u, 0.0) if self.kind == "relu" else np.asarray(self.fn(u), dtype=np.float64)
         if f.shape != u.shape:
-            raise ValueError(f"fn: must map u elementwise (shape {u.shape}), returned {f.shape}")
+            raise InputError(f"fn: must map u elementwise (shape {u.shape}), returned {f.shape}")
         f = f / math.sqrt(m)
         if valid is not None:
             f = np.where(valid[..., None], f, 0.0)
@@ -171,15 +178,15 @@ def gauss_hermite_kernel(fn, x, y, n_nodes: int = 60):
     from numpy.polynomial.hermite_e import hermegauss
 
     if not callable(fn):
-        raise TypeError(f"fn: expected a callable, got {type(fn).__name__}")
+        raise InputTypeError(f"fn: expected a callable, got {type(fn).__name__}")
     x = as_float_array(x, "x").astype(np.float64)
     y = as_float_array(y, "y").astype(np.float64)
     if x.ndim == 0 or x.shape[-1:] != y.shape[-1:]:
-        raise ValueError(f"y: shape {y.shape} does not match x's {x.shape} (rows of the same dimension)")
+        raise InputError(f"y: shape {y.shape} does not match x's {x.shape} (rows of the same dimension)")
     try:
         np.broadcast_shapes(x.shape[:-1], y.shape[:-1])
     except ValueError:
-        raise ValueError(f"y: shape {y.shape} does not broadcast with x's {x.shape}") from None
+        raise InputError(f"y: shape {y.shape} does not broadcast with x's {x.shape}") from None
     n_nodes = check_positive_int(n_nodes, "n_nodes", maximum=1000)
     t, wt = hermegauss(n_nodes)
     wt = wt / np.sqrt(2 * np.pi)  # weights of E over N(0, 1)
@@ -194,7 +201,7 @@ def gauss_hermite_kernel(fn, x, y, n_nodes: int = 60):
     u = rho[..., None, None] * T1 + rest[..., None, None] * T2
     fu, fv = np.asarray(fn(u), dtype=np.float64), np.asarray(fn(v), dtype=np.float64)
     if fu.shape != u.shape:
-        raise ValueError(f"fn: must map u elementwise (shape {u.shape}), returned {fu.shape}")
+        raise InputError(f"fn: must map u elementwise (shape {u.shape}), returned {fu.shape}")
     return check_finite_result(np.sum(W2 * fu * fv, axis=(-2, -1)), "fn, x, y", "E[fn(w.x) fn(w.y)]")
 
 
@@ -207,16 +214,16 @@ def make_features(d, *, m=256, kind="positive", projection="orthogonal", rng=Non
     (:func:`refattn.performer.theory.favorpp_optimal_A` at the pair-average ``|x_i + y_j|^2``).
     """
     if not isinstance(kind, str) or kind not in FEATURE_KINDS:
-        raise ValueError(f"kind: unknown feature kind {kind!r}; expected one of {FEATURE_KINDS}")
+        raise InputError(f"kind: unknown feature kind {kind!r}; expected one of {FEATURE_KINDS}")
     if W is None:
         if rng is None:
-            raise ValueError("rng: pass a seed or Generator (or an explicit W); refattn has no global RNG")
+            raise InputError("rng: pass a seed or Generator (or an explicit W); refattn has no global RNG")
         check_projection_name(projection)
         W = projection_rows(projection, check_positive_int(m, "m"), d, rng)
     else:
         W = np.asarray(W, dtype=np.float64)
         if W.ndim != 2 or W.shape[1] != d:
-            raise ValueError(f"W: expected shape (m, d) = (m, {d}), got {W.shape}")
+            raise InputError(f"W: expected shape (m, d) = (m, {d}), got {W.shape}")
     if kind == "favorpp" and A is None:
         phi = float(np.mean(favorpp_phi(x, y))) if x is not None else 0.0
         A = float(favorpp_optimal_A(phi, d))
@@ -231,13 +238,13 @@ def as_features(features, d, *, m=256, projection="orthogonal", rng=None, W=None
     if isinstance(features, RandomFeatures):
         given = [name for name, value in (("W", W), ("A", A), ("fn", fn)) if value is not None]
         if given:
-            raise ValueError(f"{given[0]}: give either a RandomFeatures draw or {given[0]}, not both")
+            raise InputError(f"{given[0]}: give either a RandomFeatures draw or {given[0]}, not both")
         if features.W.ndim != 2 or features.d != d:
-            raise ValueError(f"features: a draw with W of shape (m, {d}) is needed, got {features.W.shape}")
+            raise InputError(f"features: a draw with W of shape (m, {d}) is needed, got {features.W.shape}")
         return features
     if not isinstance(features, str):
-        raise TypeError(f"features: expected a RandomFeatures or a kind name from {FEATURE_KINDS}, "
+        raise InputTypeError(f"features: expected a RandomFeatures or a kind name from {FEATURE_KINDS}, "
                         f"got {type(features).__name__}")
     if features not in FEATURE_KINDS:
-        raise ValueError(f"features: unknown kind {features!r}; expected one of {FEATURE_KINDS}")
+        raise InputError(f"features: unknown kind {features!r}; expected one of {FEATURE_KINDS}")
     return make_features(d, m=m, kind=features, projection=projection, rng=rng, W=W, A=A, fn=fn, x=x, y=y)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from refattn._validation import as_generator, check_allocation, check_positive_int
+from refattn._validation import InputError, as_generator, check_allocation, check_positive_int
 
 __all__ = [
     "gaussian_projection",
@@ -159,5 +159,5 @@ def projection(name: str, m, d, rng, *, size=None) -> np.ndarray:
 def check_projection_name(value, name: str = "projection") -> str:
     """``value`` if it names a projection (:data:`PROJECTIONS`), else a ValueError naming ``name``."""
     if not isinstance(value, str) or value not in PROJECTIONS:
-        raise ValueError(f"{name}: unknown projection {value!r}; expected one of {sorted(PROJECTIONS)}")
+        raise InputError(f"{name}: unknown projection {value!r}; expected one of {sorted(PROJECTIONS)}")
     return value

@@ -14,7 +14,7 @@ import math
 import numpy as np
 from scipy.special import gammaln
 
-from refattn._validation import as_float_array, check_finite_result, check_positive_int, check_real
+from refattn._validation import InputError, as_float_array, check_finite_result, check_positive_int, check_real
 from refattn.problem import attention_problem
 
 __all__ = [
@@ -40,12 +40,12 @@ def _xy(x, y, names=("x", "y"), *, pairs=True):
     x = as_float_array(x, names[0]).astype(np.float64)
     y = as_float_array(y, names[1]).astype(np.float64)
     if x.ndim == 0 or x.shape[-1:] != y.shape[-1:]:
-        raise ValueError(f"{names[1]}: last dim {y.shape[-1:]} does not match {names[0]}'s {x.shape[-1:]}")
+        raise InputError(f"{names[1]}: last dim {y.shape[-1:]} does not match {names[0]}'s {x.shape[-1:]}")
     if pairs:  # row i of x goes with row i of y
         try:
             np.broadcast_shapes(x.shape, y.shape)
         except ValueError:
-            raise ValueError(f"{names[1]}: shape {y.shape} does not broadcast with {names[0]}'s {x.shape}") from None
+            raise InputError(f"{names[1]}: shape {y.shape} does not broadcast with {names[0]}'s {x.shape}") from None
     return x, y
 
 
@@ -139,7 +139,7 @@ def smreg_ratio(x, y, d=None):
     d = x.shape[-1] if d is None else check_positive_int(d, "d")
     w_all = np.sum((x + y) ** 2, -1) / 2.0
     if np.any(w_all > 1e5):
-        raise ValueError(f"x, y: |x + y|^2 / 2 = {np.max(w_all):.3g} is beyond the series' reach (1e5)")
+        raise InputError(f"x, y: |x + y|^2 / 2 = {np.max(w_all):.3g} is beyond the series' reach (1e5)")
     out = np.empty(w_all.shape)
     for idx, w in np.ndenumerate(w_all):
         if w == 0:
@@ -159,7 +159,7 @@ def orthogonal_cross_moment(w, d):
     d = check_positive_int(d, "d")
     w = check_real(w, "w", minimum=0.0)
     if w > 2 * _W_MAX:
-        raise ValueError(f"w: C(w, d) >= e^(2w) overflows float64 for w > {2 * _W_MAX:g}, got {w:g}")
+        raise InputError(f"w: C(w, d) >= e^(2w) overflows float64 for w > {2 * _W_MAX:g}, got {w:g}")
     if w == 0:
         return 1.0
     lw = math.log(w)
@@ -190,7 +190,7 @@ def mse_orthogonal(x, y, m, d=None):
     sx, sy = np.sum(x * x, -1), np.sum(y * y, -1)
     w_all = np.sum((x + y) ** 2, -1) / 2.0
     if np.any(w_all > _W_MAX):
-        raise ValueError(f"x, y: MSE_ort holds e^(4w), which overflows float64 for w = |x + y|^2 / 2 > {_W_MAX:g}")
+        raise InputError(f"x, y: MSE_ort holds e^(4w), which overflows float64 for w = |x + y|^2 / 2 > {_W_MAX:g}")
     lam2 = np.exp(-(sx + sy))
     C = np.vectorize(lambda w: orthogonal_cross_moment(w, d))(w_all)
     return lam2 * ((np.exp(4 * w_all) - np.exp(2 * w_all)) / m + (1 - 1 / m) * (C - np.exp(2 * w_all)))
@@ -210,7 +210,7 @@ def theorem2_bound(x, y, m, d=None):
 def _check_A(A):
     A = check_real(A, "A")
     if not A < 0.125:
-        raise ValueError(f"A: FAVOR++ needs A < 1/8, got {A}")
+        raise InputError(f"A: FAVOR++ needs A < 1/8, got {A}")
     return A
 
 
@@ -238,7 +238,7 @@ def favorpp_optimal_A(phi, d):
     d = check_positive_int(d, "d")
     phi = as_float_array(phi, "phi").astype(np.float64)
     if np.any(phi < 0):
-        raise ValueError("phi: must be finite and >= 0")
+        raise InputError("phi: must be finite and >= 0")
     # the same rho without cancellation (multiply by the conjugate): 2d / (sqrt(a^2 + 8 d phi) + a),
     # with sqrt(a^2 + 8 d phi) = a sqrt(1 + (8 d phi / a) / a) so that a^2 never overflows
     a = 2 * phi + d
@@ -254,7 +254,7 @@ def favorpp_phi(x, y):
     x, y = _xy(x, y, pairs=False)
     for a, name in ((x, "x"), (y, "y")):
         if a.ndim < 2 or a.shape[-2] == 0:
-            raise ValueError(f"{name}: expected rows (..., L, d) with L >= 1, got shape {a.shape}")
+            raise InputError(f"{name}: expected rows (..., L, d) with L >= 1, got shape {a.shape}")
     return _finite(np.mean(np.sum(x * x, -1), axis=-1) + np.mean(np.sum(y * y, -1), axis=-1)
                    + 2 * np.sum(x.mean(axis=-2) * y.mean(axis=-2), -1), "phi")
 
@@ -273,7 +273,7 @@ def uniform_convergence_features(eps, d, R):
         delta = eps * math.exp(-(ell**2))
         return _finite(d / delta**2 * math.log(max(4 * d**0.75 * R / delta, math.e)), "the feature count")
     except (OverflowError, ZeroDivisionError):
-        raise ValueError(f"eps, R: the feature count overflows float64 (eps = {eps:g}, R = {R:g})") from None
+        raise InputError(f"eps, R: the feature count overflows float64 (eps = {eps:g}, R = {R:g})") from None
 
 
 def relu_kernel(x, y):
@@ -307,7 +307,7 @@ def positive_output_moments(q, k, v, m, *, scale=None):
     m = check_positive_int(m, "m")
     prob = attention_problem(q, k, v, scale=scale)
     if prob.batch_shape:
-        raise ValueError("q: positive_output_moments takes 2-D q, k, v")
+        raise InputError("q: positive_output_moments takes 2-D q, k, v")
     s = math.sqrt(prob.scale)
     x, y, vv = prob.q * s, prob.k * s, prob.v.astype(np.float64)
     T = x.shape[0]

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from refattn._validation import choose_implementation
+from refattn._validation import InputError, InputTypeError, choose_implementation
 from refattn.kernels.numba import scatterbrain_correction as kern
 from refattn.lsh.sparse import Support
 from refattn.performer.attention import PerformerResult, performer_attention, problem_features
@@ -65,11 +65,11 @@ def scatterbrain_attention(q, k, v, support: Support, *, m=128, features="positi
     """
     prob = attention_problem(q, k, v, scale=scale, causal=causal)
     if prob.batch_shape:
-        raise ValueError("q: scatterbrain_attention takes 2-D (T, H) inputs (one head)")
+        raise InputError("q: scatterbrain_attention takes 2-D (T, H) inputs (one head)")
     if not isinstance(support, Support):
-        raise TypeError(f"support: expected a refattn.lsh.sparse.Support, got {type(support).__name__}")
+        raise InputTypeError(f"support: expected a refattn.lsh.sparse.Support, got {type(support).__name__}")
     if (support.n_queries, support.n_keys) != (prob.T, prob.S):
-        raise ValueError(f"support: shape ({support.n_queries}, {support.n_keys}) does not match (T, S) = "
+        raise InputError(f"support: shape ({support.n_queries}, {support.n_keys}) does not match (T, S) = "
                          f"({prob.T}, {prob.S})")
     if prob.causal is not None:
         support = support.intersect(causal_mask(prob.T, prob.S, prob.causal))

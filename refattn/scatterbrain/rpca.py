@@ -27,7 +27,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from refattn._validation import as_float_array, as_generator, check_allocation, check_positive_int, check_real
+from refattn._validation import (
+    InputError,
+    as_float_array,
+    as_generator,
+    check_allocation,
+    check_positive_int,
+    check_real,
+)
 
 __all__ = ["RPCAResult", "RPCANotConverged", "robust_pca", "fixed_budget_decomposition", "shrink", "svt",
            "planted_low_rank_plus_sparse"]
@@ -59,7 +66,7 @@ def svt(X, tau):
     """Singular-value thresholding (the prox of ``tau |.|_*``); returns ``(D, rank)``."""
     X = as_float_array(X, "X").astype(np.float64)
     if X.ndim != 2:
-        raise ValueError(f"X: expected a 2-D matrix, got shape {X.shape}")
+        raise InputError(f"X: expected a 2-D matrix, got shape {X.shape}")
     tau = check_real(tau, "tau", minimum=0.0)
     U, sig, Vt = np.linalg.svd(X, full_matrices=False)
     keep = sig > tau
@@ -69,7 +76,7 @@ def svt(X, tau):
 def _matrix(M):
     M = as_float_array(M, "M").astype(np.float64)
     if M.ndim != 2 or 0 in M.shape:
-        raise ValueError(f"M: expected a non-empty 2-D matrix, got shape {M.shape}")
+        raise InputError(f"M: expected a non-empty 2-D matrix, got shape {M.shape}")
     return M
 
 
@@ -140,9 +147,9 @@ def fixed_budget_decomposition(M, rank, nnz, *, n_iter=50):
     rank = check_positive_int(rank, "rank", minimum=0)
     nnz = check_positive_int(nnz, "nnz", minimum=0)
     if rank > min(M.shape):
-        raise ValueError(f"rank: at most min(M.shape) = {min(M.shape)}, got {rank}")
+        raise InputError(f"rank: at most min(M.shape) = {min(M.shape)}, got {rank}")
     if nnz > M.size:
-        raise ValueError(f"nnz: at most M.size = {M.size}, got {nnz}")
+        raise InputError(f"nnz: at most M.size = {M.size}, got {nnz}")
     S = np.zeros_like(M)
     L = np.zeros_like(M)
     for _ in range(check_positive_int(n_iter, "n_iter", maximum=10**5)):

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from refattn._validation import check_bool, check_positive_int
+from refattn._validation import InputError, InputTypeError, check_bool, check_positive_int
 from refattn.lsh.sparse import Support, sparse_attention
 from refattn.performer.attention import problem_features
 from refattn.problem import attention_problem
@@ -110,27 +110,27 @@ def sea_attention(q, k, v, *, n_bins=256, topk=64, m=256, decoder="fixed", group
 
     prob = attention_problem(q, k, v, scale=scale, causal=causal)
     if len(prob.batch_shape) > 1:
-        raise ValueError(f"q: expected (T, H) or (N, T, H) (one heads axis), got batch shape {prob.batch_shape}")
+        raise InputError(f"q: expected (T, H) or (N, T, H) (one heads axis), got batch shape {prob.batch_shape}")
     T, S = prob.T, prob.S
     K = check_positive_int(n_bins, "n_bins")
     if K > max(S, 1):
-        raise ValueError(f"n_bins: must be <= S = {S}, got {K}")
+        raise InputError(f"n_bins: must be <= S = {S}, got {K}")
     n_basis = K if n_basis is None else check_positive_int(n_basis, "n_basis")
     if n_basis > max(S, 1):
-        raise ValueError(f"n_basis: must be <= S = {S}, got {n_basis}")
+        raise InputError(f"n_basis: must be <= S = {S}, got {n_basis}")
     lengths = row_lengths(T, S, prob.causal or False)
     budget = _budgets(topk, lengths)
     grouped = check_bool(grouped, "grouped")
     if grouped and not prob.batch_shape:
-        raise ValueError("grouped: needs a heads axis (q of shape (N, T, H))")
+        raise InputError("grouped: needs a heads axis (q of shape (N, T, H))")
     if gate is not None:
         gate = float(gate)
         if not 0.0 <= gate <= 1.0:
-            raise ValueError(f"gate: must lie in [0, 1], got {gate}")
+            raise InputError(f"gate: must lie in [0, 1], got {gate}")
     if decoder == "fixed":
         decoder = fixed_decoder
     elif isinstance(decoder, str) and decoder != "oracle" or not isinstance(decoder, str) and not callable(decoder):
-        raise TypeError(f"decoder: expected 'fixed', 'oracle' or a callable, got {decoder!r}")
+        raise InputTypeError(f"decoder: expected 'fixed', 'oracle' or a callable, got {decoder!r}")
 
     N = prob.batch_shape[0] if prob.batch_shape else 1
     qh = np.broadcast_to(prob.q, (N, T, prob.H))
@@ -172,17 +172,17 @@ def _call_decoder(decoder, E, lengths, S, K):
     try:
         logits = np.asarray(logits)
     except Exception as exc:  # noqa: BLE001 - a user's decoder may return anything
-        raise TypeError(f"decoder: returned something that is not an array ({exc})") from None
+        raise InputTypeError(f"decoder: returned something that is not an array ({exc})") from None
     want = E.shape[:-1] + (K,)
     if logits.shape != want:
-        raise ValueError(f"decoder: returned logits of shape {logits.shape}; expected {want}")
+        raise InputError(f"decoder: returned logits of shape {logits.shape}; expected {want}")
     if not np.issubdtype(logits.dtype, np.floating):
-        raise TypeError(f"decoder: returned logits of dtype {logits.dtype}; expected a real floating array")
+        raise InputTypeError(f"decoder: returned logits of dtype {logits.dtype}; expected a real floating array")
     if np.isnan(logits).any() or (logits == np.inf).any():
-        raise ValueError("decoder: returned NaN or +inf logits (only -inf is allowed, to rule a bin out)")
+        raise InputError("decoder: returned NaN or +inf logits (only -inf is allowed, to rule a bin out)")
     dead = ~np.isfinite(np.where(np.diff(bin_starts(lengths, K), axis=1) > 0, logits, -np.inf)).any(axis=-1) \
         & (lengths > 0)
     if dead.any():
         i = np.argwhere(dead)[0]
-        raise ValueError(f"decoder: row {tuple(int(x) for x in i)} has no finite logit on a non-empty bin")
+        raise InputError(f"decoder: row {tuple(int(x) for x in i)} has no finite logit on a non-empty bin")
     return logits

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from refattn._validation import (
+    InputError,
+    InputTypeError,
     as_float_array,
     as_index_array,
     check_allocation,
@@ -58,7 +60,7 @@ def resample_bins(E, lengths, n_keys, n_bins, *, implementation="auto") -> np.nd
     E = as_float_array(E, "E").astype(np.float64)
     lengths = as_index_array(lengths, "lengths", maximum=n_keys)
     if E.ndim < 2 or E.shape[-2] != lengths.size or not 1 <= E.shape[-1] <= n_keys:
-        raise ValueError(f"E: expected shape (..., T, n) with T = {lengths.size} rows and 1 <= n <= n_keys = "
+        raise InputError(f"E: expected shape (..., T, n) with T = {lengths.size} rows and 1 <= n <= n_keys = "
                          f"{n_keys} basis bins, got {E.shape}")
     check_allocation(E[..., 0].size * n_bins, "E, n_bins", "the (..., T, n_bins) masses")
     implementation = choose_implementation(implementation, ("auto", "numpy", "numba"))
@@ -161,18 +163,18 @@ def distill_decoder(calibration, *, n_bins, W, n_basis=None, basis="bins", scale
     from scipy.optimize import minimize
 
     if not isinstance(calibration, (list, tuple)) or not calibration:
-        raise ValueError("calibration: need a non-empty list of (q, k) pairs")
+        raise InputError("calibration: need a non-empty list of (q, k) pairs")
     n_bins = check_positive_int(n_bins, "n_bins")
     maxiter = check_positive_int(maxiter, "maxiter", maximum=10**6)
     W = as_float_array(W, "W").astype(np.float64)
     if W.ndim != 2 or W.shape[0] < 1:
-        raise ValueError(f"W: expected a projection (m, H) with m >= 1, got shape {W.shape}")
+        raise InputError(f"W: expected a projection (m, H) with m >= 1, got shape {W.shape}")
     Fs, ts, nes, vals = [], [], [], []
     for item in calibration:
         try:
             q, k = item
         except (TypeError, ValueError):
-            raise TypeError("calibration: expected a list of (q, k) pairs") from None
+            raise InputTypeError("calibration: expected a list of (q, k) pairs") from None
         try:
             E, _ = kernel_estimate(q, k, n_basis=n_bins if n_basis is None else n_basis, basis=basis, W=W,
                                    scale=scale, causal=causal)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from refattn._validation import as_float_array, as_index_array, check_allocation, check_positive_int
+from refattn._validation import InputError, as_float_array, as_index_array, check_allocation, check_positive_int
 from refattn.exact import attention_probabilities
 from refattn.performer.attention import feature_maps, performer_attention, problem_features
 from refattn.problem import causal_alignment, causal_offset, score_problem
@@ -81,7 +81,7 @@ def column_bins(columns, length, n_bins: int) -> np.ndarray:
     try:
         np.broadcast_shapes(j.shape, length.shape)
     except ValueError:
-        raise ValueError(f"length: shape {length.shape} does not broadcast with columns' {j.shape}") from None
+        raise InputError(f"length: shape {length.shape} does not broadcast with columns' {j.shape}") from None
     return ((2 * j + 1) * n_bins - 1) // (2 * length)
 
 
@@ -97,7 +97,7 @@ def positional_basis(S: int, n_basis: int, basis: str = "bins") -> np.ndarray:
     S = check_positive_int(S, "S")
     n = check_positive_int(n_basis, "n_basis")
     if n > S:
-        raise ValueError(f"n_basis: must be <= S = {S}, got {n}")
+        raise InputError(f"n_basis: must be <= S = {S}, got {n}")
     check_allocation(S * n, "S, n_basis", "the (S, n_basis) basis")
     kind = basis
     P = np.zeros((S, n))
@@ -112,7 +112,7 @@ def positional_basis(S: int, n_basis: int, basis: str = "bins") -> np.ndarray:
         np.add.at(P, (j, lo), 1.0 - frac)
         np.add.at(P, (j, hi), frac)
     else:
-        raise ValueError(f"basis: expected 'bins' or 'linear', got {kind!r}")
+        raise InputError(f"basis: expected 'bins' or 'linear', got {kind!r}")
     return P
 
 
@@ -139,11 +139,11 @@ def kernel_estimate(q, k, *, n_basis, basis="bins", m=256, features="positive", 
     rounding (``proofs_tests/sea/``); the bin path does one ``T x F x n`` product, no chunk loop.
     """
     if implementation not in ("auto", "numpy"):
-        raise ValueError(f"implementation: expected one of ('auto', 'numpy'), got {implementation!r}")
+        raise InputError(f"implementation: expected one of ('auto', 'numpy'), got {implementation!r}")
     prob = score_problem(q, k, scale=scale, causal=causal)
     S = prob.S
     if S == 0:
-        raise ValueError("k: the kernel estimate needs at least one key (S >= 1)")
+        raise InputError("k: the kernel estimate needs at least one key (S >= 1)")
     P = positional_basis(S, n_basis, basis)  # (S, n) (validates n_basis and basis)
     feats = problem_features(prob, features, m=m, projection=projection, rng=rng, W=W)  # the one draw
     if implementation == "numpy" or basis != "bins":
@@ -214,7 +214,7 @@ def compressed_softmax(logits, lengths, n_bins) -> np.ndarray:
     logits = as_float_array(logits, "logits", allow_neg_inf=True)
     lengths = as_index_array(lengths, "lengths")
     if logits.ndim < 2 or logits.shape[-2:] != (lengths.size, K):
-        raise ValueError(f"logits: expected shape (..., T, K) = (..., {lengths.size}, {K}), got {logits.shape}")
+        raise InputError(f"logits: expected shape (..., T, K) = (..., {lengths.size}, {K}), got {logits.shape}")
     starts = bin_starts(lengths, K)
     nonempty = np.diff(starts, axis=1) > 0  # (T, K)
     z = np.where(nonempty, logits.astype(np.float64), -np.inf)  # (..., T, K)
@@ -222,7 +222,7 @@ def compressed_softmax(logits, lengths, n_bins) -> np.ndarray:
     dead = ~np.isfinite(zmax[..., 0]) & (lengths > 0)
     if dead.any():
         i = np.argwhere(dead)[0]
-        raise ValueError(f"logits: row {tuple(int(x) for x in i)} has no finite logit on a non-empty bin")
+        raise InputError(f"logits: row {tuple(int(x) for x in i)} has no finite logit on a non-empty bin")
     with np.errstate(invalid="ignore"):
         e = np.exp(z - np.where(np.isfinite(zmax), zmax, 0.0))
     total = e.sum(axis=-1, keepdims=True)

@@ -28,6 +28,8 @@ import numbers
 import numpy as np
 
 from refattn._validation import (
+    InputError,
+    InputTypeError,
     as_float_array,
     as_index_array,
     check_allocation,
@@ -71,7 +73,7 @@ def _check_estimate(estimate, lengths, n_keys):
     est = as_float_array(estimate, "estimate").astype(np.float64)
     lengths = as_index_array(lengths, "lengths", maximum=n_keys)
     if est.ndim < 2 or est.shape[-2] != lengths.size or est.shape[-1] < 1:
-        raise ValueError(f"estimate: expected shape (..., T, K) with T = {lengths.size} rows and K >= 1 bins, "
+        raise InputError(f"estimate: expected shape (..., T, K) with T = {lengths.size} rows and K >= 1 bins, "
                          f"got {est.shape}")
     return est, lengths
 
@@ -82,9 +84,9 @@ def _budgets(topk, lengths):
         return np.full(T, check_positive_int(topk, "topk"), dtype=np.int64)
     arr = np.asarray(topk)
     if arr.shape != (T,) or not np.issubdtype(arr.dtype, np.integer):
-        raise TypeError(f"topk: expected a positive int or a ({T},) integer array, got {arr.dtype} {arr.shape}")
+        raise InputTypeError(f"topk: expected a positive int or a ({T},) integer array, got {arr.dtype} {arr.shape}")
     if T and arr.min() < 1:
-        raise ValueError(f"topk: every budget must be >= 1, got min {int(arr.min())}")
+        raise InputError(f"topk: every budget must be >= 1, got min {int(arr.min())}")
     return arr.astype(np.int64)
 
 
@@ -100,7 +102,7 @@ def sea_mask(estimate, lengths, n_keys, topk, *, grouped=False, implementation="
     if est.ndim == 2:
         est = est[None]
     if est.ndim != 3:
-        raise ValueError(f"estimate: expected (T, K) or (N, T, K), got shape {np.shape(estimate)}")
+        raise InputError(f"estimate: expected (T, K) or (N, T, K), got shape {np.shape(estimate)}")
     grouped = check_bool(grouped, "grouped")
     budget = _budgets(topk, lengths)
     implementation = choose_implementation(implementation, ("auto", "numpy", "numba"))
@@ -116,17 +118,17 @@ def sea_mask(estimate, lengths, n_keys, topk, *, grouped=False, implementation="
 def _check_teacher(teacher, lengths):
     p = as_float_array(teacher, "teacher")
     if p.ndim != 2 or p.shape[0] != lengths.size:
-        raise ValueError(f"teacher: expected a (T, S) probability matrix with T = {lengths.size}, got {p.shape}")
+        raise InputError(f"teacher: expected a (T, S) probability matrix with T = {lengths.size}, got {p.shape}")
     if (p < 0).any():
-        raise ValueError("teacher: has negative entries; expected a probability matrix")
+        raise InputError("teacher: has negative entries; expected a probability matrix")
     beyond = np.arange(p.shape[1])[None, :] >= lengths[:, None]
     if (p[beyond] != 0).any():
-        raise ValueError("teacher: puts mass on keys beyond a row's length (the causal mask)")
+        raise InputError("teacher: puts mass on keys beyond a row's length (the causal mask)")
     sums = p.sum(axis=1)
     want = (lengths > 0).astype(np.float64)
     if np.abs(sums - want).max(initial=0.0) > 1e-9:
         i = int(np.argmax(np.abs(sums - want)))
-        raise ValueError(f"teacher: row {i} sums to {sums[i]!r}; expected {want[i]} (rows with l > 0 sum to 1)")
+        raise InputError(f"teacher: row {i} sums to {sums[i]!r}; expected {want[i]} (rows with l > 0 sum to 1)")
     return p.astype(np.float64)
 
 
@@ -153,7 +155,7 @@ def kl_decomposition(teacher, estimate, lengths):
     T, S = p.shape
     K = est.shape[-1]
     if est.shape != (T, K):
-        raise ValueError(f"estimate: expected shape ({T}, K), got {est.shape}")
+        raise InputError(f"estimate: expected shape ({T}, K), got {est.shape}")
     up = upsample(est, lengths, S)  # (T, S)
     total = _kl_rows(p, up)
     cols = np.arange(S)
@@ -180,12 +182,12 @@ def captured_mass(q, k, supports, *, scale=None, causal=False) -> np.ndarray:
     """
     prob = score_problem(q, k, scale=scale, causal=causal)
     if isinstance(supports, Support) or not isinstance(supports, (list, tuple)) or not supports:
-        raise TypeError("supports: expected a non-empty list of refattn.lsh.sparse.Support (one per head)")
+        raise InputTypeError("supports: expected a non-empty list of refattn.lsh.sparse.Support (one per head)")
     for h, sup in enumerate(supports):
         if not isinstance(sup, Support):
-            raise TypeError(f"supports[{h}]: expected a refattn.lsh.sparse.Support, got {type(sup).__name__}")
+            raise InputTypeError(f"supports[{h}]: expected a refattn.lsh.sparse.Support, got {type(sup).__name__}")
         if (sup.n_queries, sup.n_keys) != (prob.T, prob.S):
-            raise ValueError(f"supports[{h}]: shape ({sup.n_queries}, {sup.n_keys}) does not match "
+            raise InputError(f"supports[{h}]: shape ({sup.n_queries}, {sup.n_keys}) does not match "
                              f"(T, S) = ({prob.T}, {prob.S}) of q and k")
     N = len(supports)
     qh = np.broadcast_to(prob.q, (N, prob.T, prob.H)) if prob.q.ndim == 3 or N > 1 else prob.q[None]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from refattn._validation import InputError
 from refattn.exact import attention_probabilities, softmax_attention
 from refattn.lsh.sparse import local_window, sparse_attention, support_probabilities, topk_support
 from refattn.performer.attention import performer_attention
@@ -68,7 +69,7 @@ def compare_at_memory(q, k, v, *, n_bins, topk, m=64, rng=None, scale=None, caus
     top-k oracle, at the memory of the module docstring. One head: ``q (T, H)``, ``k (S, H)``, ``v (S, Hv)``."""
     prob = attention_problem(q, k, v, scale=scale, causal=causal)
     if prob.batch_shape:
-        raise ValueError("q: compare_at_memory takes one head (2-D q, k, v)")
+        raise InputError("q: compare_at_memory takes one head (2-D q, k, v)")
     s = prob.scale
     o = softmax_attention(q, k, v, scale=s, causal=causal)
     mem = int(n_bins) + int(topk)
