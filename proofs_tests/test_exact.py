@@ -378,3 +378,62 @@ def test_each_implementation_runs_its_own_kernel(monkeypatch, implementation, ru
     softmax_attention(rng.standard_normal((4, 3)), rng.standard_normal((5, 3)), rng.standard_normal((5, 2)),
                       implementation=implementation)
     assert set(calls) == {runs}
+
+
+LOW = [np.float16, "bfloat16"]
+
+
+def _ulp(dtype):
+    import ml_dtypes
+
+    return float(ml_dtypes.finfo(ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype).eps)
+
+
+@pytest.mark.parametrize("dtype", LOW, ids=["float16", "bfloat16"])
+def test_low_precision_has_kernel_semantics_on_every_path(dtype):
+    """float16 / bfloat16 as real kernels compute them: inputs rounded to the dtype, float32
+    accumulation and softmax, output rounded to the dtype. Every path (dense, NumPy and Numba
+    streaming) gives the same answer to within one ulp of the dtype, and that answer is the exact
+    attention of the rounded inputs, rounded (within one ulp: the float32 arithmetic in between).
+    Logits of 1e4 and more (beyond float16's 65504 once squared) stay finite. Deterministic."""
+    import ml_dtypes
+
+    low = np.dtype(ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype)
+    rng = np.random.default_rng(3)
+    q, k = rng.standard_normal((2, 40, 16)) * 40, rng.standard_normal((2, 48, 16)) * 40  # logits ~ 1e4
+    v = rng.standard_normal((2, 48, 8))
+    outs = {impl: softmax_attention(q, k, v, dtype=dtype, implementation=impl, causal=True)
+            for impl in ("dense", "numpy", "numba")}
+    rounded = [a.astype(low).astype(np.float64) for a in (q, k, v)]
+    want = softmax_attention(*rounded, causal=True).astype(low).astype(np.float64)
+    tol = _ulp(dtype) * np.abs(v).max()
+    for impl, out in outs.items():
+        assert out.dtype == low, impl
+        got = out.astype(np.float64)
+        assert np.all(np.isfinite(got)), impl
+        assert np.abs(got - want).max() <= tol, (impl, np.abs(got - want).max(), tol)
+
+
+@pytest.mark.parametrize("dtype", LOW, ids=["float16", "bfloat16"])
+def test_low_precision_backward_is_finite_and_close(dtype):
+    """The backward in low precision (float32 inside, gradients rounded) is finite and within a few
+    ulps of the dtype of the float64 backward of the rounded inputs. Deterministic."""
+    import ml_dtypes
+
+    low = np.dtype(ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype)
+    rng = np.random.default_rng(4)
+    q, k, v, do = (rng.standard_normal(s) for s in ((12, 8), (14, 8), (14, 4), (12, 4)))
+    got = attention_backward(q * 30, k * 30, v, do, dtype=dtype)
+    ref = attention_backward(*(a.astype(low).astype(np.float64) for a in (q * 30, k * 30, v, do)))
+    for g, r in zip(got, ref):
+        assert g.dtype == low and np.all(np.isfinite(g.astype(np.float64)))
+        scale = max(1.0, np.abs(r).max())
+        assert np.abs(g.astype(np.float64) - r).max() <= 8 * _ulp(dtype) * scale
+
+
+def test_low_precision_inputs_beyond_the_range_name_the_argument():
+    q = np.ones((2, 3))
+    with pytest.raises(ValueError, match=r"^k: values up to 1e\+05 exceed the float16 range"):
+        softmax_attention(q, q * 1e5, q, dtype=np.float16)
+    with pytest.raises(TypeError, match="^dtype: must be float64, float32, float16 or bfloat16"):
+        softmax_attention(q, q, q, dtype=np.int8)

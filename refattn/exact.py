@@ -26,10 +26,21 @@ Three forward implementations share one signature (``implementation=``):
 All paths compute in float64 whatever the input dtype (``dtype=`` may lower that, to
 reproduce a low-precision kernel's own rounding, as the FlashAttention tolerance rule
 needs). They agree to about 1e-15 relative (tested at 1e-12).
+
+**Low precision** (``dtype=np.float16`` or ``"bfloat16"``, through ``ml_dtypes``) has the semantics
+real kernels have (FlashAttention, cuDNN, XLA): ``q``, ``k``, ``v`` (and ``dout``) are rounded to
+the dtype (values beyond its range are a ``ValueError`` naming the argument), products are
+accumulated and the softmax computed in float32, and the outputs are rounded to the dtype (``lse``
+stays float32, as kernels keep it). Finite inputs never give NaN, and every path (dense, NumPy and
+Numba streaming) runs the same float32 computation, so they agree to float32 rounding before the
+final rounding to the dtype.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
+import ml_dtypes
 import numpy as np
 
 from refattn._validation import (
@@ -57,19 +68,43 @@ __all__ = [
 #: ``"auto"`` uses the dense path while batch * T * S is at most this (64 MiB of float64 logits).
 DENSE_LIMIT = 1 << 23
 IMPLEMENTATIONS = ("auto", "dense", "numpy", "numba", "cuda")
-_DTYPES = (np.float64, np.float32, np.float16)
+_DTYPES = (np.float64, np.float32, np.float16, ml_dtypes.bfloat16)
+#: The low-precision dtypes: stored at that precision, computed in float32 (module docstring).
+LOW_PRECISION = (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
+
+
+def _precision(dtype):
+    """``(compute type, storage dtype or None)`` of ``dtype=``: float64 and float32 compute at
+    themselves; float16 and bfloat16 store at themselves and compute in float32."""
+    if dtype is None:
+        return np.float64, None
+    if isinstance(dtype, str) and dtype == "bfloat16":
+        dtype = ml_dtypes.bfloat16
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise InputTypeError(f"dtype: not a NumPy dtype: {dtype!r}") from None
+    if dt.type not in _DTYPES:
+        raise InputTypeError(f"dtype: must be float64, float32, float16 or bfloat16, got {dt.name}")
+    return (np.float32, dt) if dt in LOW_PRECISION else (dt.type, None)
 
 
 def _compute_dtype(dtype):
-    if dtype is None:
-        return np.float64
-    try:
-        dt = np.dtype(dtype).type
-    except TypeError:
-        raise InputTypeError(f"dtype: not a NumPy dtype: {dtype!r}") from None
-    if dt not in _DTYPES:
-        raise InputTypeError(f"dtype: must be float64, float32 or float16, got {np.dtype(dt).name}")
-    return dt
+    return _precision(dtype)[0]
+
+
+def _round_inputs(prob, low, extra=()):
+    """``prob`` with q, k, v (and ``extra`` ``(name, array)`` pairs) rounded to ``low``, as float32 values."""
+    big = float(ml_dtypes.finfo(low).max)
+
+    def rounded(a, name):
+        if a.size and float(np.max(np.abs(a))) > big:
+            raise InputError(f"{name}: values up to {float(np.max(np.abs(a))):.3g} exceed the {low.name} range "
+                             f"({big:.5g}); a {low.name} kernel cannot be given them")
+        return np.asarray(a, dtype=np.float64).astype(low).astype(np.float32)
+
+    new = dataclasses.replace(prob, q=rounded(prob.q, "q"), k=rounded(prob.k, "k"), v=rounded(prob.v, "v"))
+    return (new, *(rounded(a, name) for name, a in extra))
 
 
 def _softmax_rows(logits):
@@ -111,7 +146,12 @@ def attention_probabilities(
     return_lse = check_bool(return_lse, "return_lse")
     prob = score_problem(q, k, scale=scale, causal=causal, mask=mask, bias=bias, key_lengths=key_lengths,
                          window=window, softcap=softcap, alibi_slopes=alibi_slopes)
-    p, lse = _softmax_rows(prob.logits(_compute_dtype(dtype)))
+    dt, low = _precision(dtype)
+    if low is not None:
+        prob = _round_inputs(prob, low)[0]
+    p, lse = _softmax_rows(prob.logits(dt))
+    if low is not None:
+        p = p.astype(low)
     return (p, lse) if return_lse else p
 
 
@@ -158,8 +198,9 @@ def softmax_attention(
         Also return ``lse = log sum_j exp(logit_ij)`` of shape ``(..., T)``.
     implementation : {"auto", "dense", "numpy", "numba", "cuda"}
         See the module docstring.
-    dtype : {float64, float32, float16}, optional
-        Precision of the computation (default float64, the oracle).
+    dtype : {float64, float32, float16, "bfloat16"}, optional
+        Precision of the computation (default float64, the oracle); float16 and bfloat16 have
+        real kernels' semantics (module docstring).
     block_q, block_k : int, optional
         Block sizes of the streaming paths.
 
@@ -207,14 +248,18 @@ def softmax_attention(
                                  window=window, alibi_slopes=alibi_slopes)
         if softcap:
             raise InputError("softcap: the CUDA streaming kernel does not cap logits; pass NumPy arrays")
+        if _precision(dtype)[1] is not None:
+            raise InputError("dtype: float16 and bfloat16 references run on NumPy inputs (pass cupy.asnumpy arrays)")
         out, lse = gpu.softmax_attention(prob, q, k, v, mask, bias, _compute_dtype(dtype))
         return (out, lse) if return_lse else out
     if implementation == "cuda":
         raise InputError("implementation: 'cuda' needs CuPy arrays q, k, v (on the GPU)")
-    dt = _compute_dtype(dtype)
+    dt, low = _precision(dtype)
     prob = attention_problem(
         q, k, v, scale=scale, causal=causal, mask=mask, bias=bias, key_lengths=key_lengths, window=window, softcap=softcap, alibi_slopes=alibi_slopes
     )
+    if low is not None:
+        prob = _round_inputs(prob, low)[0]
     block_q = _streaming.DEFAULT_BLOCK_Q if block_q is None else check_positive_int(block_q, "block_q")
     block_k = _streaming.DEFAULT_BLOCK_K if block_k is None else check_positive_int(block_k, "block_k")
     batch = int(np.prod(prob.batch_shape, dtype=np.int64))
@@ -231,6 +276,8 @@ def softmax_attention(
         lse = _full(lse, prob.batch_shape + (prob.T,))  # v's batch dims may be missing from P
     else:
         out, lse = _stream(prob, dt, implementation, block_q, block_k)
+    if low is not None:
+        out = out.astype(low)
     return (out, lse) if return_lse else out
 
 
@@ -299,7 +346,7 @@ def attention_backward(
     >>> dq.shape, dk.shape, dv.shape
     ((3, 4), (5, 4), (5, 2))
     """
-    dt = _compute_dtype(dtype)
+    dt, low = _precision(dtype)
     prob = attention_problem(
         q, k, v, scale=scale, causal=causal, mask=mask, bias=bias, key_lengths=key_lengths, window=window, softcap=softcap, alibi_slopes=alibi_slopes
     )
@@ -307,6 +354,8 @@ def attention_backward(
     d_o = as_float_array(dout, "dout")
     if d_o.shape != out_shape:
         raise InputError(f"dout: expected the output's shape {out_shape}, got {d_o.shape}")
+    if low is not None:
+        prob, d_o = _round_inputs(prob, low, [("dout", d_o)])
     d_o = d_o.astype(dt, copy=False)
     qd, kd, vd = (a.astype(dt, copy=False) for a in (prob.q, prob.k, prob.v))
     s = dt(prob.scale)
@@ -321,11 +370,8 @@ def attention_backward(
         ds = ds * (1 - np.tanh(raw / dt(prob.softcap)) ** 2)
     dq = s * np.matmul(ds, kd)  # (..., T, H)
     dk = s * np.matmul(np.swapaxes(ds, -1, -2), qd)  # (..., S, H)
-    return (
-        sum_to_shape(dq, prob.q.shape),
-        sum_to_shape(dk, prob.k.shape),
-        sum_to_shape(dv, prob.v.shape),
-    )
+    grads = (sum_to_shape(dq, prob.q.shape), sum_to_shape(dk, prob.k.shape), sum_to_shape(dv, prob.v.shape))
+    return grads if low is None else tuple(g.astype(low) for g in grads)
 
 
 def _gamma(n, u):
@@ -353,13 +399,16 @@ def forward_error_bound(q, k, v, *, scale=None, causal=False, mask=None, bias=No
         \max_h |\hat O_{ih} - O_{ih}| \le \bigl(e^{2\Delta_i} - 1 + 2\gamma_{S+2}\bigr)
         \max_{j\ \text{visible}} \max_h |v_{jh}| .
 
+    With ``dtype`` float16 or bfloat16 it bounds the distance from the exact attention of the
+    *rounded* inputs (the float32 computation, then half an ulp of the final rounding).
+
     The first term is the conditioning of softmax (a logit error ``eps`` moves each
     probability by a factor within ``e^{+-2 eps}``), the second the rounding of the sums.
     (the ``5S`` covers the streaming paths' rescaling, one per key block, block_k >= 1).
     Returns the bound of shape ``(..., T)`` (0 for a query that sees no key, whose output
     is exactly zero). ``tests`` check it against the mpmath oracle on adversarial inputs.
     """
-    dt = _compute_dtype(dtype)
+    dt, low = _precision(dtype)
     u = float(np.finfo(dt).eps) / 2.0
     prob = attention_problem(q, k, v, scale=scale, causal=causal, mask=mask, bias=bias, key_lengths=key_lengths,
                              window=window, alibi_slopes=alibi_slopes)
@@ -379,5 +428,7 @@ def forward_error_bound(q, k, v, *, scale=None, causal=False, mask=None, bias=No
     vmax = np.abs(np.broadcast_to(prob.v, prob.batch_shape + (S, prob.Hv))).max(axis=-1, initial=0.0)  # (..., S)
     vmax_vis = np.where(visible, vmax[..., None, :], 0.0).max(axis=-1, initial=0.0)  # (..., T)
     bound = (np.expm1(2 * delta) + 2 * _gamma(S + 2, u)) * vmax_vis
+    if low is not None:  # the float32 result is then rounded to the storage dtype: half an ulp of it
+        bound = bound + float(ml_dtypes.finfo(low).eps) / 2 * (vmax_vis + bound)
     return check_finite_result(np.where(any_vis, bound, 0.0), "q, k, scale",
                                "the forward error bound (exp of 2 Delta: the logits are too large for a finite bound)")
