@@ -248,8 +248,10 @@ def softmax_attention(
                                  window=window, alibi_slopes=alibi_slopes)
         if softcap:
             raise InputError("softcap: the CUDA streaming kernel does not cap logits; pass NumPy arrays")
-        if _precision(dtype)[1] is not None:
-            raise InputError("dtype: float16 and bfloat16 references run on NumPy inputs (pass cupy.asnumpy arrays)")
+        low = _precision(dtype)[1]
+        if low is not None:
+            raise InputTypeError(f"dtype: the CUDA streaming kernel supports float64 and float32, got {low.name} "
+                                 "(float16 and bfloat16 references run on NumPy inputs)")
         out, lse = gpu.softmax_attention(prob, q, k, v, mask, bias, _compute_dtype(dtype))
         return (out, lse) if return_lse else out
     if implementation == "cuda":
