@@ -69,7 +69,7 @@ def as_float_array(x, name: str, *, allow_neg_inf: bool = False) -> np.ndarray:
     if arr.dtype == _BFLOAT16:  # ml_dtypes' bfloat16 is exact in float32 (NumPy has no bfloat16 kind)
         arr = arr.astype(np.float32)
     if not np.issubdtype(arr.dtype, np.floating):
-        raise TypeError(
+        raise InputTypeError(
             f"{name}: expected a real floating-point array, got dtype {arr.dtype}"
             + (" (cast integer inputs to float explicitly)" if np.issubdtype(arr.dtype, np.integer) else "")
         )

@@ -32,7 +32,7 @@ MAX_WORK = 2_000_000
 def _check_work(prob):
     work = int(np.prod(prob.batch_shape, dtype=np.int64)) * prob.T * prob.S * (prob.H + prob.Hv)
     if work > MAX_WORK:
-        raise ValueError(
+        raise InputError(
             f"q, k, v: too large for the arbitrary-precision oracle (batch*T*S*(H+Hv) = {work} > {MAX_WORK})"
         )
 

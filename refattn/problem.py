@@ -125,7 +125,7 @@ def _broadcast(shapes_named):
         return np.broadcast_shapes(*(s for _, s in shapes_named))
     except ValueError:
         desc = ", ".join(f"{n} {s}" for n, s in shapes_named)
-        raise ValueError(f"leading (batch) dims do not broadcast: {desc}") from None
+        raise InputError(f"q, k, v: leading (batch) dims do not broadcast: {desc}") from None
 
 
 def _as_pair_array(a, name, T, S):
@@ -296,7 +296,7 @@ def attention_problem(
         softcap = softcap or None
 
     batch_shape = tuple(_broadcast(named))
-    _check_logit_range(q, k, scale, bias)
+    check_logit_range(q, k, scale, bias)
     return AttentionProblem(q, k, v, scale, alignment, mask, bias, key_lengths, batch_shape, softcap)
 
 
@@ -305,7 +305,7 @@ def attention_problem(
 LOGIT_LIMIT = 1e300
 
 
-def _check_logit_range(q, k, scale, bias):
+def check_logit_range(q, k, scale, bias):
     """Refuse inputs whose logits could overflow float64: ``s H max|q| max|k| (+ max|bias|)`` bounds
     every ``|s q.k + b|`` (a sufficient condition, so no overflow can reach a kernel)."""
     if not (q.size and k.size):

@@ -195,7 +195,7 @@ def bootstrap_variance_interval(
     if method not in ("percentile", "normal"):
         raise InputError(f"method: expected 'percentile' or 'normal', got {method!r}")
     if method == "percentile" and n_boot * alpha / 2 < 5:
-        raise ValueError(
+        raise InputError(
             f"n_boot: {n_boot} resamples cannot resolve alpha = {alpha:g} "
             f"(need n_boot * alpha / 2 >= 5, i.e. n_boot >= {int(np.ceil(10 / alpha))})"
         )

@@ -200,7 +200,7 @@ def pyplot_or_error():
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise ValueError("--plot: needs matplotlib (pip install 'refattn[plots]')") from None
+        raise InputError("--plot: needs matplotlib (pip install 'refattn[plots]')") from None
     return plt
 
 

@@ -38,7 +38,7 @@ from refattn._validation import (
 from refattn.kernels.dispatch import gpu_backend, shadow64
 from refattn.kernels.numba import sparse_attention as kern
 from refattn.kernels.numba.lsh_support import union_support_numba
-from refattn.problem import score_problem
+from refattn.problem import check_logit_range, score_problem
 
 __all__ = [
     "Support",
@@ -307,6 +307,7 @@ def _check_sparse(q, k, v, support, scale, entry_bias):
         raise InputError(f"support: shape ({support.n_queries}, {support.n_keys}) does not match (T, S) = "
                          f"({q.shape[0]}, {k.shape[0]})")
     s = check_scale(scale, q.shape[1])
+    check_logit_range(q, k, s, None)
     if entry_bias is None:
         eb = np.zeros(support.nnz)
     else:

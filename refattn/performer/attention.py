@@ -32,6 +32,7 @@ from refattn._validation import (
     InputError,
     as_dtype_arg,
     check_bool,
+    check_finite_result,
     check_positive_int,
     check_real,
     choose_implementation,
@@ -176,6 +177,9 @@ def performer_attention(
     degenerate = den_eps == 0
     with np.errstate(divide="ignore", invalid="ignore"):
         out = np.where(degenerate[..., None], dt(0), num / np.where(degenerate, dt(1), den_eps)[..., None])
+    if not np.all(np.isfinite(out)):  # unbounded features (relu, custom) can overflow; never return NaN silently
+        bad = "fn" if feats.kind == "custom" else "q, k, W"
+        check_finite_result(out, bad, f"the {feats.kind} features' products")
     return PerformerResult(out, np.array(num), np.array(den), np.broadcast_to(log_scale, prob.batch_shape + (prob.T,)).copy(),
                            degenerate, feats, phi_q, phi_k)
 

@@ -227,7 +227,7 @@ def make_features(d, *, m=256, kind="positive", projection="orthogonal", rng=Non
     if kind == "favorpp" and A is None:
         phi = float(np.mean(favorpp_phi(x, y))) if x is not None else 0.0
         A = float(favorpp_optimal_A(phi, d))
-    return RandomFeatures(kind, W, 0.0 if A is None else float(A), fn)
+    return RandomFeatures(kind, W, 0.0 if A is None else check_real(A, "A"), fn)
 
 
 def as_features(features, d, *, m=256, projection="orthogonal", rng=None, W=None, A=None, fn=None, x=None,
