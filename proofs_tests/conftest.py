@@ -3,11 +3,13 @@
 - Hypothesis: no deadline (Numba compiles on first call); derandomised when ``CI`` is set,
   so CI is reproducible; ``REFATTN_HYPOTHESIS_PROFILE`` picks a profile by hand
   (``thorough`` runs 500 examples).
-- ``seed`` fixture: every statistical test takes its seed from here. ``REFATTN_SEEDS``
+- ``seed`` fixture: every statistical test takes its seed from refattn's own pytest plugin
+  (:mod:`refattn.pytest_plugin`, the product users get): ``--refattn-seeds`` or ``REFATTN_SEEDS``
   sweeps it: ``"0-99"`` (a range), ``"3,7"`` (a list) or ``"5"``; the default is ``"0"``.
   A sweep shows a test is not tuned to one lucky seed.
 - ``user_file``: a module of user implementations for ``refattn check`` targets.
-- Markers (pyproject.toml): ``slow`` (left out of the default run), ``statistical``, ``gpu``.
+- Markers (pyproject.toml): ``slow`` (left out of the default run), ``statistical``, ``gpu``,
+  ``fuzz`` (the whole fuzz grid), ``mutation``.
 - Warnings are errors (pyproject.toml).
 """
 
@@ -30,29 +32,6 @@ settings.register_profile(
     "thorough", deadline=None, max_examples=500, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.load_profile(os.environ.get("REFATTN_HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
-
-
-def parse_seeds(text: str) -> list[int]:
-    """``"0-3"`` -> [0, 1, 2, 3]; ``"3,7"`` -> [3, 7]; ``"5"`` -> [5]."""
-    seeds: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        if "-" in part:
-            lo, hi = part.split("-", 1)
-            seeds.extend(range(int(lo), int(hi) + 1))
-        else:
-            seeds.append(int(part))
-    if not seeds:
-        raise ValueError(f"REFATTN_SEEDS: no seeds in {text!r}")
-    return seeds
-
-
-def pytest_generate_tests(metafunc):
-    if "seed" in metafunc.fixturenames:
-        seeds = parse_seeds(os.environ.get("REFATTN_SEEDS", "0"))
-        metafunc.parametrize("seed", seeds, ids=[f"seed{s}" for s in seeds])
 
 
 #: Implementations a user might hand to ``refattn check``: correct, wrong, and broken in every way.

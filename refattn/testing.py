@@ -17,6 +17,8 @@ the low-precision reference is exact by luck (for example float64 kernels).
 
 from __future__ import annotations
 
+import contextvars
+import inspect
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -151,18 +153,51 @@ def assert_close_to_reference(actual, q, k, v, *, dtype=None, atol=None, name="o
     return result
 
 
-def assert_unbiased(samples, truth, *, alpha: float, axis: int = 0, name: str = "estimate"):
+class _SessionAlpha:
+    """A statistical test's share of the session budget (set by refattn's pytest plugin)."""
+
+    def __init__(self, alpha, declared):
+        self.alpha, self.declared, self.used = alpha, declared, 0
+
+    def take(self, name):
+        if self.used >= self.declared:
+            raise AssertionError(f"{name}: this test made {self.used + 1} statistical assertions but declared "
+                                 f"{self.declared} (@pytest.mark.statistical(assertions=N)): its share of the "
+                                 f"session's false-failure budget would be overspent")
+        self.used += 1
+        return self.alpha
+
+
+#: The running statistical test's budget share, or None outside a marked test (refattn.pytest_plugin).
+_SESSION_ALPHA: contextvars.ContextVar = contextvars.ContextVar("refattn_session_alpha", default=None)
+
+
+def _alpha(alpha, name):
+    """``alpha`` as given, else the running test's share of the session budget."""
+    if alpha is not None:
+        return check_real(alpha, "alpha", minimum=0.0, maximum=1.0, low_open=True, high_open=True)
+    state = _SESSION_ALPHA.get()
+    if state is None:
+        raise InputTypeError("alpha: pass alpha=..., or call this inside a test marked @pytest.mark.statistical "
+                             "in a run with --refattn-alpha (the session's budget)")
+    return state.take(name)
+
+
+def assert_unbiased(samples, truth, *, alpha: float | None = None, axis: int = 0, name: str = "estimate"):
     """Assert ``E[samples] == truth`` entrywise (:func:`refattn.stats.z_test_mean`).
 
-    The false-failure probability of this assertion is at most ``alpha`` (family-wise).
+    The false-failure probability of this assertion is at most ``alpha`` (family-wise). Without
+    ``alpha``, inside a test marked ``statistical`` of a run with ``--refattn-alpha``, it takes the
+    test's share of the session's budget (:mod:`refattn.pytest_plugin`).
     """
+    alpha = _alpha(alpha, name)
     result = z_test_mean(samples, truth, alpha=alpha, axis=axis)
     if not result.passed:
         raise AssertionError(f"{name}: mean differs from truth: {result.summary()}")
     return result
 
 
-def assert_variance_matches(samples, expected, *, alpha: float, rng, n_boot: int = 2000, axis: int = 0,
+def assert_variance_matches(samples, expected, *, alpha: float | None = None, rng, n_boot: int = 2000, axis: int = 0,
                             method: str = "normal", name: str = "estimate"):
     """Assert the bootstrap ``1 - alpha`` interval of ``Var[samples]`` contains ``expected``.
 
@@ -171,7 +206,7 @@ def assert_variance_matches(samples, expected, *, alpha: float, rng, n_boot: int
     :func:`refattn.stats.bootstrap_variance_interval`. Coverage is asymptotic: use inputs
     whose fourth moment is finite and moderate, and a large sample.
     """
-    alpha = check_real(alpha, "alpha", minimum=0.0, maximum=1.0, low_open=True, high_open=True)
+    alpha = _alpha(alpha, name)
     x = as_float_array(samples, "samples")
     if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)) or not -x.ndim <= axis < x.ndim:
         raise InputError(f"axis: expected an axis of samples (shape {x.shape}), got {axis!r}")
@@ -210,12 +245,49 @@ class AttentionInputs:
     k: np.ndarray
     v: np.ndarray
     kwargs: dict = field(default_factory=dict)
+    #: The same options under the kernel's keyword names (``attention_inputs(for_kernel=..., names=...)``).
+    kernel_kwargs: dict | None = None
+
+    def __post_init__(self):
+        if self.kernel_kwargs is None:
+            self.kernel_kwargs = dict(self.kwargs)
 
     def __repr__(self) -> str:  # Hypothesis prints this on failure: keep it readable
         return (
             f"AttentionInputs(q{self.q.shape} {self.q.dtype}, k{self.k.shape}, v{self.v.shape}, "
             f"kwargs={ {k: (v.shape if hasattr(v, 'shape') else v) for k, v in self.kwargs.items()} })"
         )
+
+
+#: The oracle's options a kernel may take, and how attention_inputs draws each.
+KERNEL_OPTIONS = ("causal", "mask", "key_lengths", "window", "softcap")
+
+
+def _kernel_options(fn, names):
+    """``{option: how}`` for the options ``fn`` takes (all of them without ``fn``)."""
+    if names is not None and not (isinstance(names, dict) and all(isinstance(a, str) and isinstance(b, str)
+                                                                    for a, b in names.items())):
+        raise InputTypeError(f"names: expected a dict of refattn option -> kernel keyword, got {names!r}")
+    unknown = set(names or {}) - set(KERNEL_OPTIONS)
+    if unknown:
+        raise InputError(f"names: unknown refattn options {sorted(unknown)}; expected some of {KERNEL_OPTIONS}")
+    if fn is None:
+        return {"causal": "name", "mask": True, "key_lengths": True}
+    if not callable(fn):
+        raise InputTypeError(f"for_kernel: expected the kernel (a callable), got {type(fn).__name__}")
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError) as exc:
+        raise InputTypeError(f"for_kernel: cannot read the signature of {fn!r} ({exc}); pass names= and "
+                             "masks=/causal= instead") from None
+    anything = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    takes = {}
+    for option in KERNEL_OPTIONS:
+        keyword = (names or {}).get(option, option)
+        if keyword in params or anything:
+            default = params[keyword].default if keyword in params else None
+            takes[option] = ("bool" if isinstance(default, bool) else "name") if option == "causal" else True
+    return takes
 
 
 def attention_inputs(
@@ -228,6 +300,8 @@ def attention_inputs(
     masks: bool = True,
     causal: bool = True,
     allow_empty: bool = False,
+    for_kernel=None,
+    names=None,
 ):
     """Hypothesis strategy for attention problems (:class:`AttentionInputs`).
 
@@ -239,9 +313,24 @@ def attention_inputs(
     control; 0 gives uniform attention, 8 nearly one-hot). With ``masks``: optional boolean
     mask (possibly fully masking rows), key lengths; with ``causal``: an alignment.
     Arrays are drawn from a NumPy generator seeded by Hypothesis, so examples shrink by seed.
+
+    ``for_kernel``: the kernel under test. Its signature is read and only the options it takes are
+    drawn (``causal``, ``mask``, ``key_lengths``, ``window``, ``softcap``), ``causal`` as a bool
+    when its default is one (``True`` = bottom-right, as flash-attn) and by alignment name
+    otherwise; ``names`` maps refattn's option names to the kernel's keywords
+    (``{"key_lengths": "seqlens_k", "causal": "is_causal"}``). The drawn case then holds
+    ``kwargs`` for the oracle and ``kernel_kwargs`` for the kernel::
+
+        @given(attention_inputs(for_kernel=my_kernel))
+        def test_my_kernel(x):
+            out = my_kernel(x.q, x.k, x.v, **x.kernel_kwargs)
+            assert_close_to_reference(out, x.q, x.k, x.v, **x.kwargs)
+
+    ``dtypes`` may include ``"bfloat16"`` (arrays of ``ml_dtypes.bfloat16``).
     """
     from hypothesis import strategies as st
 
+    takes = _kernel_options(for_kernel, names)
     lo_len = 0 if allow_empty else 1
 
     @st.composite
@@ -258,6 +347,10 @@ def attention_inputs(
 
         seed = draw(st.integers(0, 2**32 - 1))
         dtype = draw(st.sampled_from(list(dtypes)))
+        if isinstance(dtype, str) and dtype == "bfloat16":
+            import ml_dtypes
+
+            dtype = ml_dtypes.bfloat16
         if isinstance(logit_std, tuple):
             std = draw(st.floats(*logit_std, allow_nan=False, allow_infinity=False))
         else:
@@ -268,13 +361,20 @@ def attention_inputs(
         k = rng.standard_normal(bshape((S, H))).astype(dtype)
         v = rng.standard_normal(bshape((S, Hv))).astype(dtype)
         kwargs = {}
-        if causal and draw(st.booleans()):
-            kwargs["causal"] = draw(st.sampled_from([True, "bottom_right", "top_left"]))
-        if masks and draw(st.booleans()):
+        if causal and takes.get("causal") and draw(st.booleans()):
+            kind = takes["causal"]
+            kwargs["causal"] = True if kind == "bool" else draw(st.sampled_from([True, "bottom_right", "top_left"]))
+        if masks and takes.get("mask") and draw(st.booleans()):
             density = draw(st.sampled_from([0.0, 0.3, 0.7, 1.0]))
             kwargs["mask"] = rng.random(bshape((T, S))) < density
-        if masks and draw(st.booleans()):
+        if masks and takes.get("key_lengths") and draw(st.booleans()):
             kwargs["key_lengths"] = rng.integers(0, S + 1, size=bshape(()))
-        return AttentionInputs(q, k, v, kwargs)
+        if for_kernel is not None and takes.get("window") and draw(st.booleans()):
+            kwargs["window"] = (draw(st.integers(-1, 4)), draw(st.integers(-1, 4)))
+        if for_kernel is not None and takes.get("softcap") and draw(st.booleans()):
+            kwargs["softcap"] = draw(st.sampled_from([5.0, 30.0]))
+        rename = dict(names or {})
+        kernel_kwargs = {rename.get(key, key): value for key, value in kwargs.items()}
+        return AttentionInputs(q, k, v, kwargs, kernel_kwargs)
 
     return strategy()
