@@ -78,3 +78,15 @@ def test_neg_inf_bias_is_a_documented_mask():
     assert np.all(out[0] == 0) and lse[0] == -np.inf
     np.testing.assert_allclose(out[1], np.arange(10.0).reshape(5, 2)[2:].mean(axis=0), rtol=1e-15)
     assert np.all(np.isfinite(out))
+
+
+@pytest.mark.parametrize("fn", ALL[:3] + [lambda q, k, v, **kw: attention_probabilities(q, k, **kw)],
+                         ids=["oracle", "mp", "bound", "probabilities"])
+def test_logits_that_could_overflow_are_refused(fn):
+    """Finite inputs whose logits could leave float64 (1e200 x 1e200) get an error naming q, k and
+    scale and the limit, never inf - inf = NaN inside the softmax."""
+    q = np.full((2, 3), 1e200)
+    with pytest.raises(ValueError, match=r"^q, k, scale: logits could reach .* beyond the 1e\+300"):
+        fn(q, q, np.ones((2, 1)))
+    with pytest.raises(ValueError, match=r"^q, k, scale: logits could reach"):
+        fn(np.ones((2, 3)), np.ones((2, 3)), np.ones((2, 1)), scale=1e301)
