@@ -130,7 +130,7 @@ def test_bad_input():
     assert z.converged and np.all(z.L == 0)
 
 
-@pytest.mark.parametrize("shape", [(60, 120), (120, 60)])
+@pytest.mark.parametrize("shape", [(60, 120), (120, 60), (200, 50)])
 def test_rectangular_default_lambda_and_recovery(shape):
     """Candes et al. (2011), Thm 1.1: lambda = 1/sqrt(max(n1, n2)) for an n1 x n2 matrix (the recovery
     tests above are square, where min and max agree); a planted rank-2 + 5% sparse problem of each
