@@ -147,6 +147,8 @@ def test_forward_error_bound_pinned_by_hand(a):
     bound = forward_error_bound(q, k, v, scale=1.0)
     assert bound.shape == (1,)
     assert bound[0] == pytest.approx(by_hand, rel=1e-12, abs=0.0)  # ~48 u: no absolute slack
+    # the bound scales with max |v_j| over the visible keys (here 0.5, not 1)
+    assert forward_error_bound(q, k, v * 0.5, scale=1.0)[0] == pytest.approx(by_hand / 2, rel=1e-12, abs=0.0)
     for drop in range(4):  # the bound with term `drop` halved
         t = [g(4) * a, 2 * u * a, g(14), 2 * g(4)]
         t[drop] /= 2

@@ -123,3 +123,36 @@ def test_stats_bad_input():
     # constant samples: exact equality passes, anything else fails
     assert z_test_mean(np.ones(5), 1.0, alpha=0.1).passed
     assert not z_test_mean(np.ones(5), 1.0 + 1e-12, alpha=0.1).passed
+
+
+def test_z_test_mean_with_a_vector_of_truths_and_at_any_scale():
+    """truth broadcasts entry by entry; the verdict and z are scale-free (samples of 1e300 or 1e-300
+    give the z of samples near 1, with no overflow or underflow)."""
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(400, 3)) + np.array([0.0, 1.0, 2.0])
+    assert z_test_mean(x, np.array([0.0, 1.0, 2.0]), alpha=1e-6).passed
+    assert not z_test_mean(x, np.array([0.0, 1.0, 2.5]), alpha=1e-6).passed
+    base = z_test_mean(x, np.array([0.0, 1.0, 2.0]), alpha=1e-6)
+    for c in (1e300, 1e-300):
+        scaled = z_test_mean(x * c, np.array([0.0, 1.0, 2.0]) * c, alpha=1e-6)
+        np.testing.assert_allclose(scaled.z, base.z, rtol=1e-9)
+        np.testing.assert_allclose(scaled.stderr / c, base.stderr, rtol=1e-9)
+
+
+def test_proportion_test_takes_boolean_and_integer_indicators():
+    from refattn.stats import proportion_test
+
+    x = np.random.default_rng(3).random((500, 2)) < 0.5
+    assert proportion_test(x, 0.5, alpha=1e-6)[0]
+    assert proportion_test(x.astype(np.int8), 0.5, alpha=1e-6)[0]
+
+
+def test_bootstrap_methods_are_what_they_say():
+    """method="normal" is the sample variance plus or minus z bootstrap standard errors (symmetric
+    about it); method="percentile" takes the bootstrap quantiles, a different interval from the same
+    resamples."""
+    x = np.random.default_rng(4).exponential(size=(300, 1))
+    normal = bootstrap_variance_interval(x, alpha=0.1, rng=1, n_boot=1000, method="normal")
+    pct = bootstrap_variance_interval(x, alpha=0.1, rng=1, n_boot=1000, method="percentile")
+    np.testing.assert_allclose((normal.low + normal.high) / 2, normal.variance, rtol=1e-12)
+    assert abs(pct.low[0] - normal.low[0]) > 1e-3 * normal.variance[0]

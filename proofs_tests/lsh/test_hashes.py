@@ -103,3 +103,23 @@ def test_smyrf_transform_maps_inner_products_to_distances():
         np.testing.assert_allclose(np.linalg.norm(G, axis=1), M, rtol=1e-12)
         d2 = np.sum((F[:, None, :] - G[None, :, :]) ** 2, -1)
         np.testing.assert_allclose(d2, 2 * M**2 - 2 * q @ k.T, atol=1e-10)
+
+
+def test_e2lsh_pinned_by_hand():
+    """Datar et al. (2004): h(x) = floor((a . x + b) / w). With a = (1, 0), b = 0.5, w = 2:
+    x = (3, 7) gives floor(3.5 / 2) = 1 and x = (-0.6, 0) gives floor(-0.05) = -1."""
+    from refattn.lsh.hashes import e2lsh
+
+    h = e2lsh(np.array([[3.0, 7.0], [-0.6, 0.0]]), np.array([[1.0, 0.0]]), np.array([0.5]), 2.0)
+    assert h.tolist() == [[1, -1]]
+
+
+@pytest.mark.statistical
+def test_e2lsh_offsets_are_uniform_on_the_width(seed):
+    """The offsets b of e2lsh_draw are uniform on [0, width) (Kolmogorov-Smirnov over 2000 tables,
+    alpha = 1e-6). Power twin: offsets shifted by a quarter width are rejected."""
+    from scipy import stats
+
+    _, b = e2lsh_draw(3, 4.0, np.random.default_rng([seed, 41]), tables=2000)
+    assert stats.kstest(b, stats.uniform(0, 4.0).cdf).pvalue > 1e-6
+    assert stats.kstest(np.minimum(b + 1.0, 3.999), stats.uniform(0, 4.0).cdf).pvalue < 1e-6

@@ -99,3 +99,10 @@ def test_angular_collision_mc_reports_its_error():
     assert pc + 5 * sc < theory.simhash_collision(np.radians(60)) and pc > 0
     with pytest.raises(ValueError, match="^family"):
         theory.angular_collision_mc(0.5, 8, family="e2")
+
+
+def test_angular_collision_mc_standard_error_is_binomial():
+    """The reported error is the binomial standard error sqrt(p (1 - p) / n) of the returned p."""
+    p, se = theory.angular_collision_mc(np.radians(75), 4, n_draws=5000, rng=9)
+    assert 0.05 < p < 0.95
+    assert se == pytest.approx(math.sqrt(p * (1 - p) / 5000), rel=1e-12)

@@ -231,3 +231,13 @@ def test_a_draw_and_its_keywords_conflict():
         as_features(3, 4)
     with pytest.raises(ValueError, match="^features: unknown kind"):
         as_features("softplus", 4, rng=0)
+
+
+def test_gauss_hermite_kernel_on_batched_pairs_matches_the_closed_form():
+    """For fn = exp, E[exp(w.x) exp(w.y)] = exp(|x + y|^2 / 2) (the Gaussian moment generating
+    function), pair by pair over a batch of rows, including y = 0. Deterministic (quadrature)."""
+    rng = np.random.default_rng(5)
+    x, y = rng.standard_normal((3, 4)) * 0.4, rng.standard_normal((3, 4)) * 0.4
+    y[2] = 0.0
+    got = gauss_hermite_kernel(np.exp, x, y)
+    np.testing.assert_allclose(got, np.exp(np.sum((x + y) ** 2, -1) / 2), rtol=1e-10)

@@ -152,3 +152,11 @@ def test_uniform_convergence_features_by_hand():
 
     by_hand = 1600 * math.e**2 * math.log(640 * math.e)
     assert uniform_convergence_features(0.1, 16, 2.0) == pytest.approx(by_hand, rel=1e-12)
+
+
+def test_favorpp_phi_is_the_pair_average():
+    """favorpp_phi = mean over all (i, j) of |x_i + y_j|^2, against the double loop."""
+    rng = np.random.default_rng(6)
+    x, y = rng.standard_normal((5, 3)), rng.standard_normal((7, 3)) + 0.5
+    brute = np.mean([np.sum((a + b) ** 2) for a in x for b in y])
+    assert theory.favorpp_phi(x, y) == pytest.approx(brute, rel=1e-12)

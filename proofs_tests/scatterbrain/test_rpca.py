@@ -160,3 +160,8 @@ def test_non_convergence_warning_points_at_the_caller():
     with pytest.warns(RPCANotConverged) as record:
         robust_pca(np.random.default_rng(0).standard_normal((6, 5)), max_iter=2)
     assert record[0].filename == __file__
+
+
+def test_zero_matrix_takes_no_iteration():
+    z = robust_pca(np.zeros((3, 5)))
+    assert z.converged and z.n_iter == 0 and z.residual == 0.0

@@ -180,3 +180,22 @@ def test_distill_decoder_with_fewer_bins_than_features():
     dec = distill_decoder([(q, k)], n_bins=3, W=W, maxiter=30)
     assert dec.theta.shape == (7,) and np.all(np.isfinite(dec.theta))
     assert not np.allclose(dec.theta, LogLinearDecoder().theta)
+
+
+def test_fixed_decoder_dead_rows_fall_back_to_uniform_row_by_row():
+    """A row whose resampled masses are all zero gets logit 0 on every bin (the documented
+    fallback); the other rows keep their own log masses."""
+    E = np.array([[0.0, 0.0, 0.0], [0.2, 0.3, 0.5], [0.6, 0.3, 0.1]])
+    z = fixed_decoder(E, np.full(3, 6), 6, 3)
+    assert np.all(z[0] == 0.0)
+    np.testing.assert_allclose(z[1:], np.log(E[1:]), rtol=1e-12)
+
+
+def test_distill_decoder_with_a_heads_axis():
+    """Calibration pairs with a heads axis (N, T, H): every head's rows enter the fit (the teacher
+    and the features are reshaped per head alike)."""
+    q, k, _ = qkv(T=12, S=12, seed=7)
+    qh, kh = np.stack([q, q[::-1]]), np.stack([k, k * 0.5])
+    W = projection("orthogonal", 8, q.shape[-1], np.random.default_rng(2))
+    dec = distill_decoder([(qh, kh)], n_bins=3, W=W, maxiter=20)
+    assert dec.theta.shape == (7,) and np.all(np.isfinite(dec.theta))

@@ -147,3 +147,17 @@ def test_kernel_estimate_convergence_has_power(seed):
     """Power twin: an estimate with a fixed bias that does not shrink with m fails the same test."""
     z, a, b = _convergence_z(seed, defect=0.15)
     assert not z > Z_ONE_SIDED, (z, a, b)
+
+
+def test_compressed_softmax_is_shift_invariant_at_large_logits():
+    """The softmax of logits near 800 (where exp overflows) equals that of the same logits minus
+    800: the estimate is computed from z - max z."""
+    from refattn.sea import compressed_softmax
+
+    rng = np.random.default_rng(2)
+    logits = rng.standard_normal((4, 3))
+    lengths = np.array([6, 6, 2, 0])
+    base = compressed_softmax(logits, lengths, 3)
+    big = compressed_softmax(logits + 800.0, lengths, 3)
+    assert np.all(np.isfinite(big))
+    np.testing.assert_allclose(big, base, rtol=1e-12, atol=1e-15)
