@@ -122,6 +122,11 @@ EQUIVALENT: dict[tuple, str] = {
         "pass unchanged (measured), only the path differs",
     ("refattn/scatterbrain/rpca.py", "Y = M / max(two, np.abs(M).max() / lam)", "np.abs(M).max()", "np.abs(M).min()"):
         "the same starting dual, scaled differently: same argument and measurement as above",
+    ("refattn/performer/features.py",
+     "rho = np.where(sy > 0, np.sum(x * y, -1) / np.where(sy > 0, sy, 1), 0.0)  # x.y / |y|", "1", "2"):
+        "the placeholder divisor of rows with y = 0, whose rho the outer np.where sets to 0.0 anyway",
+    ("refattn/sea/decoder.py", "teacher = teacher.reshape(-1, T, n_bins)", "1", "2"):
+        "reshape(-2, T, n_bins): NumPy infers a negative dimension whatever its value, so the array is the same",
     ("refattn/check/verdict.py", "return json.dumps(self.to_dict(), indent=2)", "2", "3"):
         "JSON indentation: every parser reads the same object; whitespace is not part of the report's contract",
 }
@@ -377,7 +382,25 @@ def main(argv=None) -> int:
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per mutant before it counts as timed out")
     p.add_argument("--list", action="store_true", help="print the sampled mutants and exit")
     p.add_argument("--out", type=Path, help="write the results as JSON")
+    p.add_argument("--rescore", type=Path, metavar="JSON",
+                   help="re-read a results file, apply the current EQUIVALENT list, print the summary")
     a = p.parse_args(argv)
+    if a.rescore:
+        data = json.loads(a.rescore.read_text())
+        fields = {f for f in Mutant.__dataclass_fields__}
+        results = [Mutant(**{k: v for k, v in m.items() if k in fields}) for m in data["mutants"]]
+        for m in results:
+            if m.status == "survived" and m.key in EQUIVALENT:
+                m.status, m.detail = "equivalent", EQUIVALENT[m.key]
+        summary = {**data["summary"], **summarize(results), "rescored": True}
+        print(json.dumps(summary, indent=2))
+        for m in results:
+            if m.status in ("survived", "timeout"):
+                print(f"{m.status.upper()}: {m.id}")
+        if a.out:
+            a.out.write_text(json.dumps({"summary": summary, "mutants": [asdict(m) | {"id": m.id} for m in results]},
+                                        indent=1) + "\n")
+        return 0
     if a.per_module < 0 or a.jobs < 1 or a.timeout <= 0:
         p.error("--per-module must be >= 0, --jobs >= 1, --timeout > 0")
     sample = []
