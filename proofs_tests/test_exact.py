@@ -407,6 +407,9 @@ def test_low_precision_has_kernel_semantics_on_every_path(dtype):
     rounded = [a.astype(low).astype(np.float64) for a in (q, k, v)]
     want = softmax_attention(*rounded, causal=True).astype(low).astype(np.float64)
     tol = _ulp(dtype) * np.abs(v).max()
+    P = attention_probabilities(q, k, dtype=dtype, causal=True)  # the probabilities, same semantics
+    assert P.dtype == low and np.all(np.isfinite(P.astype(np.float64)))
+    np.testing.assert_allclose(P.astype(np.float64).sum(-1), 1.0, atol=8 * _ulp(dtype))
     for impl, out in outs.items():
         assert out.dtype == low, impl
         got = out.astype(np.float64)

@@ -156,3 +156,14 @@ def test_bootstrap_methods_are_what_they_say():
     pct = bootstrap_variance_interval(x, alpha=0.1, rng=1, n_boot=1000, method="percentile")
     np.testing.assert_allclose((normal.low + normal.high) / 2, normal.variance, rtol=1e-12)
     assert abs(pct.low[0] - normal.low[0]) > 1e-3 * normal.variance[0]
+
+
+def test_z_test_critical_value_and_zero_entries_at_large_scale():
+    """The critical value is the Student-t quantile t_{n-1}(1 - alpha / (2m)), by scipy; samples of
+    1e300 that include exact zeros standardise without overflow."""
+    x = np.random.default_rng(5).normal(size=(30, 4))
+    res = z_test_mean(x, 0.0, alpha=0.05)
+    assert res.critical == stats.t.ppf(1 - 0.05 / 8, 29)
+    x[0, 0] = 0.0
+    big = z_test_mean(x * 1e300, 0.0, alpha=0.05)
+    np.testing.assert_allclose(big.z, z_test_mean(x, 0.0, alpha=0.05).z, rtol=1e-9)

@@ -127,6 +127,30 @@ EQUIVALENT: dict[tuple, str] = {
         "the placeholder divisor of rows with y = 0, whose rho the outer np.where sets to 0.0 anyway",
     ("refattn/sea/decoder.py", "teacher = teacher.reshape(-1, T, n_bins)", "1", "2"):
         "reshape(-2, T, n_bins): NumPy infers a negative dimension whatever its value, so the array is the same",
+    ("refattn/performer/projections.py", "return H / np.sqrt(p)", "H / np.sqrt(p)", "H * np.sqrt(p)"):
+        "the Hadamard matrix's scale: SORF renormalises every row to its own chi_d norm afterwards",
+    ("refattn/performer/projections.py", "rownorm[rownorm == 0] = 1.0", "1.0", "2.0"):
+        "the placeholder norm of an all-zero row, which stays zero whatever it is divided by",
+    ("refattn/performer/projections.py", "Q = Q * sgn[:, None, :]", "Q * sgn[:, None, :]", "Q / sgn[:, None, :]"):
+        "sgn = sign(R_jj) is +-1 (R_jj = 0 has probability zero): dividing by it is multiplying by it",
+    ("refattn/performer/theory.py", "if n > 2 * w + 10 and t < peak and math.exp(t) < rtol * total:", "t < peak",
+     "t <= peak"):
+        "at t = peak the last condition fails anyway: the largest term is at least total / (n + 1), far above "
+        "rtol * total",
+    ("refattn/kernels/numba/sparse_attention.py", "if x > m:", "x > m", "x >= m"):
+        "on a tie the online softmax rescales by exp(m - x) = 1 exactly: the same sums",
+    ("refattn/scatterbrain/rpca.py", "if time.monotonic() - start > time_limit:", "time.monotonic() - start > time_limit",
+     "time.monotonic() - start >= time_limit"):
+        "equality of two clock readings to the last bit: a boundary no test can reach",
+    ("refattn/sea/mask.py",
+     "qh = np.broadcast_to(prob.q, (N, prob.T, prob.H)) if prob.q.ndim == 3 or N > 1 else prob.q[None]",
+     "N > 1", "N >= 1"):
+        "at N = 1 broadcasting q to (1, T, H) and q[None] are the same array",
+    ("refattn/sea/mask.py", "if np.abs(sums - want).max(initial=0.0) > 1e-9:",
+     "np.abs(sums - want).max(initial=0.0) > 1e-09", "np.abs(sums - want).max(initial=0.0) >= 1e-09"):
+        "a row sum off by exactly 1e-9: a tolerance boundary no input can be built to hit",
+    ("refattn/sea/mask.py", "K = est.shape[-1]", "-1", "1"):
+        "est is checked to be (T, K) on the next line, where shape[1] is shape[-1]",
     ("refattn/check/verdict.py", "return json.dumps(self.to_dict(), indent=2)", "2", "3"):
         "JSON indentation: every parser reads the same object; whitespace is not part of the report's contract",
 }

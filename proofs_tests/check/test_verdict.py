@@ -53,3 +53,12 @@ def test_table_columns_line_up_and_printed_output_is_cut_at_800_characters():
     assert "x" * 800 in rep.format_table() and "[...]" not in rep.format_table()
     rep.output = "x" * 801
     assert "x" * 800 + " [...]" in rep.format_table() and "x" * 801 not in rep.format_table()
+
+
+def test_only_statistical_verdicts_are_decided_by_holm():
+    """A deterministic verdict that carries a p-value keeps its own pass/fail through finalize."""
+    rep = CheckReport("t", "kernel", 1e-3, 0)
+    rep.add(Verdict("exact", True, "a bound", statistic=1.0, pvalue=1e-12))
+    rep.add(Verdict("stat", None, "random", statistic=5.0, pvalue=1e-12, statistical=True))
+    rep.finalize()
+    assert [v.passed for v in rep.verdicts] == [True, False]

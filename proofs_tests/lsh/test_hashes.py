@@ -123,3 +123,12 @@ def test_e2lsh_offsets_are_uniform_on_the_width(seed):
     _, b = e2lsh_draw(3, 4.0, np.random.default_rng([seed, 41]), tables=2000)
     assert stats.kstest(b, stats.uniform(0, 4.0).cdf).pvalue > 1e-6
     assert stats.kstest(np.minimum(b + 1.0, 3.999), stats.uniform(0, 4.0).cdf).pvalue < 1e-6
+
+
+def test_angular_hash_pinned_by_hand():
+    """Reformer (Kitaev et al. 2020, section 2.2): h(x) = argmax([x R; -x R]). With R = I_2
+    (b = 4 buckets): x = (0.2, 3) gives xR = (0.2, 3), bucket 1; x = (-5, 1) gives -xR = (5, -1),
+    bucket 2; two rows and two rounds (the second R = -I_2 swaps the halves)."""
+    R = np.stack([np.eye(2), -np.eye(2)])
+    h = angular_hash(np.array([[0.2, 3.0], [-5.0, 1.0]]), R)
+    assert h.tolist() == [[1, 2], [3, 0]]

@@ -248,3 +248,18 @@ def test_numpy_sparse_kernel_gives_minus_inf_lse_for_an_empty_row():
     for impl in ("numpy", "numba"):
         out, lse = sparse_attention(q, k, v, s, return_lse=True, implementation=impl)
         assert lse[1] == -np.inf and np.all(out[1] == 0) and np.all(np.isfinite(lse[[0, 2]])), impl
+
+
+@pytest.mark.parametrize("implementation, runs", [("numba", "sparse_numba"), ("numpy", "sparse_numpy")])
+def test_each_implementation_runs_its_own_sparse_kernel(monkeypatch, implementation, runs):
+    """implementation= selects the kernel it names (a spy: the two agree to rounding)."""
+    from refattn.kernels.numba import sparse_attention as kern
+
+    calls = []
+    for name in ("sparse_numba", "sparse_numpy"):
+        real = getattr(kern, name)
+        monkeypatch.setattr(kern, name, lambda *a, _real=real, _name=name, **kw: calls.append(_name) or _real(*a, **kw))
+    rng = np.random.default_rng(0)
+    q, k, v = rng.standard_normal((5, 3)), rng.standard_normal((6, 3)), rng.standard_normal((6, 2))
+    sparse_attention(q, k, v, local_window(5, 6, 1, 1), implementation=implementation)
+    assert set(calls) == {runs}

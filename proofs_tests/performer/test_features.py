@@ -241,3 +241,11 @@ def test_gauss_hermite_kernel_on_batched_pairs_matches_the_closed_form():
     y[2] = 0.0
     got = gauss_hermite_kernel(np.exp, x, y)
     np.testing.assert_allclose(got, np.exp(np.sum((x + y) ** 2, -1) / 2), rtol=1e-10)
+
+
+def test_target_kernel_on_batched_pairs():
+    """RandomFeatures.target_kernel is exp(x . y) pair by pair for the softmax kinds."""
+    rng = np.random.default_rng(9)
+    x, y = rng.standard_normal((4, 3)) * 0.5, rng.standard_normal((4, 3)) * 0.5
+    f = RandomFeatures("positive", rng.standard_normal((8, 3)))
+    np.testing.assert_allclose(f.target_kernel(x, y), np.exp(np.sum(x * y, -1)), rtol=1e-14)

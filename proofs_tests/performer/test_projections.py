@@ -123,3 +123,17 @@ def test_sorf_row_norms_are_chi_d(seed):
     norms = np.linalg.norm(W, axis=-1).ravel()
     assert stats.kstest(norms, stats.chi(6).cdf).pvalue > 1e-6
     assert stats.kstest(norms * np.sqrt(6 / 8), stats.chi(6).cdf).pvalue < 1e-6
+
+
+@pytest.mark.parametrize("d", [1, 2, 3, 5, 8, 9])
+def test_sorf_shapes_and_orthogonal_blocks(d):
+    """SORF pads d up to the next power of two p (Yu et al. 2016): every d gives (m, d) rows, and at
+    d = p = 8 the rows of one block are exactly orthogonal directions (the structured product is
+    an orthogonal matrix; a larger p truncated to d columns would not be). Deterministic."""
+    from refattn.performer.projections import sorf_projection
+
+    W = sorf_projection(min(d, 8), d, np.random.default_rng(3))
+    assert W.shape == (min(d, 8), d) and np.all(np.isfinite(W))
+    if d == 8:
+        U = W / np.linalg.norm(W, axis=1, keepdims=True)
+        np.testing.assert_allclose(U @ U.T, np.eye(8), atol=1e-12)

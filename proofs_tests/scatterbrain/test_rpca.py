@@ -165,3 +165,24 @@ def test_non_convergence_warning_points_at_the_caller():
 def test_zero_matrix_takes_no_iteration():
     z = robust_pca(np.zeros((3, 5)))
     assert z.converged and z.n_iter == 0 and z.residual == 0.0
+
+
+def test_fixed_budget_keeps_the_largest_residuals():
+    """With rank 0 the sparse part is exactly the nnz entries of M of largest magnitude."""
+    M = np.random.default_rng(4).standard_normal((6, 7))
+    L, S = fixed_budget_decomposition(M, 0, 5)
+    assert np.all(L == 0)
+    top = np.argsort(np.abs(M).ravel())[-5:]
+    assert set(np.flatnonzero(S.ravel())) == set(top)
+    np.testing.assert_array_equal(S.ravel()[top], M.ravel()[top])
+
+
+def test_planted_sparse_part_has_random_signs_of_unit_size():
+    """Candes et al. (2011), Sec. 4: the corruptions are +-1 with random signs (or sign(L0) when
+    coherent)."""
+    L0, S0 = planted_low_rank_plus_sparse(40, 2, 0.2, np.random.default_rng(5))
+    vals = S0[S0 != 0]
+    assert set(np.unique(vals)) == {-1.0, 1.0}
+    assert 0.35 < np.mean(vals > 0) < 0.65  # 320 expected entries: 5 standard deviations
+    L1, S1 = planted_low_rank_plus_sparse(40, 2, 0.2, np.random.default_rng(5), coherent=True)
+    assert np.all(S1[S1 != 0] == np.sign(L1[S1 != 0]))

@@ -161,3 +161,14 @@ def test_compressed_softmax_is_shift_invariant_at_large_logits():
     big = compressed_softmax(logits + 800.0, lengths, 3)
     assert np.all(np.isfinite(big))
     np.testing.assert_allclose(big, base, rtol=1e-12, atol=1e-15)
+
+
+def test_compressed_softmax_names_the_first_dead_row():
+    """A row with l > 0 and no finite logit on a non-empty bin is named in the error, even when it
+    is the only one."""
+    from refattn.sea import compressed_softmax
+
+    logits = np.zeros((3, 2))
+    logits[1] = -np.inf
+    with pytest.raises(ValueError, match=r"^logits: row \(1,\) has no finite logit"):
+        compressed_softmax(logits, np.array([4, 4, 4]), 2)

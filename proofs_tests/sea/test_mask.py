@@ -153,3 +153,15 @@ def test_bad_teacher_names_the_argument():
         kl_decomposition(np.array([[0.5, 0.5, 0.0], [0.0, 0.5, 0.5]]), est, np.array([1, 3]))  # beyond l_0
     with pytest.raises(ValueError, match="calibration"):
         distill_decoder([], n_bins=2, W=np.ones((2, 6)))
+
+
+def test_upsample_with_a_heads_axis():
+    """upsample on (N, T, K) estimates: each head upsampled as alone (K read from the last axis)."""
+    from refattn.sea import upsample
+
+    rng = np.random.default_rng(1)
+    est = rng.dirichlet(np.ones(3), size=(2, 5))  # (N, T, K)
+    lengths = np.array([6, 6, 3, 1, 6])
+    both = upsample(est, lengths, 6)
+    for h in range(2):
+        np.testing.assert_allclose(both[h], upsample(est[h], lengths, 6), rtol=1e-15)
