@@ -197,8 +197,25 @@ def assert_unbiased(samples, truth, *, alpha: float | None = None, axis: int = 0
     return result
 
 
-def assert_variance_matches(samples, expected, *, alpha: float | None = None, rng, n_boot: int = 2000, axis: int = 0,
-                            method: str = "normal", name: str = "estimate"):
+def _example_rng(rng):
+    """``rng`` as given; ``None`` inside a Hypothesis example: a generator seeded from Python's ``random``, which
+    Hypothesis seeds for every example and replays, so a failing example replays its resamples too."""
+    if rng is not None:
+        return rng
+    try:
+        from hypothesis.control import currently_in_test_context
+    except ImportError:  # pragma: no cover - hypothesis is a test dependency
+        currently_in_test_context = None
+    if currently_in_test_context is not None and currently_in_test_context():
+        import random
+
+        return np.random.default_rng(random.getrandbits(64))
+    raise InputTypeError("rng: pass a Generator or an int seed (None draws from the Hypothesis example, inside "
+                         "a @given test only)")
+
+
+def assert_variance_matches(samples, expected, *, alpha: float | None = None, rng=None, n_boot: int = 2000,
+                            axis: int = 0, method: str = "normal", name: str = "estimate"):
     """Assert the bootstrap ``1 - alpha`` interval of ``Var[samples]`` contains ``expected``.
 
     ``alpha`` is split over the entries (Bonferroni). The default ``method="normal"``
@@ -211,7 +228,8 @@ def assert_variance_matches(samples, expected, *, alpha: float | None = None, rn
     if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)) or not -x.ndim <= axis < x.ndim:
         raise InputError(f"axis: expected an axis of samples (shape {x.shape}), got {axis!r}")
     m = max(1, x.size // max(1, x.shape[axis]))  # entries tested
-    res = bootstrap_variance_interval(x, alpha=alpha / m, rng=rng, n_boot=n_boot, axis=axis, method=method)
+    res = bootstrap_variance_interval(x, alpha=alpha / m, rng=_example_rng(rng), n_boot=n_boot, axis=axis,
+                                      method=method)
     expected = as_float_array(expected, "expected")
     try:
         if np.broadcast_shapes(expected.shape, np.shape(res.variance)) != np.shape(res.variance):
@@ -247,10 +265,14 @@ class AttentionInputs:
     kwargs: dict = field(default_factory=dict)
     #: The same options under the kernel's keyword names (``attention_inputs(for_kernel=..., names=...)``).
     kernel_kwargs: dict | None = None
+    #: ``(q, k, v)`` in the kernel's layout (``attention_inputs(layout="BTNH")``); the oracle's otherwise.
+    kernel_args: tuple | None = None
 
     def __post_init__(self):
         if self.kernel_kwargs is None:
             self.kernel_kwargs = dict(self.kwargs)
+        if self.kernel_args is None:
+            self.kernel_args = (self.q, self.k, self.v)
 
     def __repr__(self) -> str:  # Hypothesis prints this on failure: keep it readable
         return (
@@ -260,7 +282,7 @@ class AttentionInputs:
 
 
 #: The oracle's options a kernel may take, and how attention_inputs draws each.
-KERNEL_OPTIONS = ("causal", "mask", "key_lengths", "window", "softcap")
+KERNEL_OPTIONS = ("causal", "mask", "key_lengths", "window", "softcap", "bias")
 
 
 def _kernel_options(fn, names):
@@ -302,6 +324,7 @@ def attention_inputs(
     allow_empty: bool = False,
     for_kernel=None,
     names=None,
+    layout: str = "BNTH",
 ):
     """Hypothesis strategy for attention problems (:class:`AttentionInputs`).
 
@@ -326,8 +349,14 @@ def attention_inputs(
             out = my_kernel(x.q, x.k, x.v, **x.kernel_kwargs)
             assert_close_to_reference(out, x.q, x.k, x.v, **x.kwargs)
 
-    ``dtypes`` may include ``"bfloat16"`` (arrays of ``ml_dtypes.bfloat16``).
+    ``dtypes`` may include ``"bfloat16"`` (arrays of ``ml_dtypes.bfloat16``). ``layout`` is the
+    kernel's: ``"BNTH"`` (refattn's ``(..., T, H)``, the default) or ``"BTNH"`` (flash-attn's
+    ``(batch, T, heads, H)``): with ``"BTNH"`` every case has one batch and one heads axis, no mask
+    (flash-style kernels take none), and ``x.kernel_args`` holds ``q, k, v`` in that layout (the
+    oracle's ``x.q, x.k, x.v`` stay ``(B, N, T, H)``; compare ``np.swapaxes(out, -3, -2)``).
     """
+    if layout not in ("BNTH", "BTNH"):
+        raise InputError(f"layout: expected 'BNTH' or 'BTNH', got {layout!r}")
     from hypothesis import strategies as st
 
     takes = _kernel_options(for_kernel, names)
@@ -339,10 +368,12 @@ def attention_inputs(
         S = draw(st.integers(lo_len, max_len))
         H = draw(st.integers(1, max_head_dim))
         Hv = draw(st.integers(1, max_head_dim))
-        nb = draw(st.integers(0, max_batch_dims))
+        nb = 2 if layout == "BTNH" else draw(st.integers(0, max_batch_dims))
         batch = tuple(draw(st.integers(1, 3)) for _ in range(nb))
         # each of q, k, v may broadcast over some batch dims
         def bshape(tail):
+            if layout == "BTNH":  # whole (B, N): a flash-style kernel does not broadcast
+                return batch + tail
             return tuple(draw(st.sampled_from([b, 1])) for b in batch) + tail
 
         seed = draw(st.integers(0, 2**32 - 1))
@@ -364,17 +395,22 @@ def attention_inputs(
         if causal and takes.get("causal") and draw(st.booleans()):
             kind = takes["causal"]
             kwargs["causal"] = True if kind == "bool" else draw(st.sampled_from([True, "bottom_right", "top_left"]))
-        if masks and takes.get("mask") and draw(st.booleans()):
+        if masks and takes.get("mask") and layout == "BNTH" and draw(st.booleans()):
             density = draw(st.sampled_from([0.0, 0.3, 0.7, 1.0]))
             kwargs["mask"] = rng.random(bshape((T, S))) < density
-        if masks and takes.get("key_lengths") and draw(st.booleans()):
-            kwargs["key_lengths"] = rng.integers(0, S + 1, size=bshape(()))
+        if masks and takes.get("key_lengths") and draw(st.booleans()):  # per batch item (all heads) in BTNH
+            kwargs["key_lengths"] = rng.integers(0, S + 1, size=(batch[0], 1) if layout == "BTNH" else bshape(()))
         if for_kernel is not None and takes.get("window") and draw(st.booleans()):
             kwargs["window"] = (draw(st.integers(-1, 4)), draw(st.integers(-1, 4)))
         if for_kernel is not None and takes.get("softcap") and draw(st.booleans()):
             kwargs["softcap"] = draw(st.sampled_from([5.0, 30.0]))
+        if for_kernel is not None and takes.get("bias") and draw(st.booleans()):
+            kwargs["bias"] = rng.standard_normal(bshape((T, S)))  # an additive bias (ALiBi-like, relative positions)
         rename = dict(names or {})
         kernel_kwargs = {rename.get(key, key): value for key, value in kwargs.items()}
-        return AttentionInputs(q, k, v, kwargs, kernel_kwargs)
+        if layout == "BTNH" and "key_lengths" in kwargs:
+            kernel_kwargs[rename.get("key_lengths", "key_lengths")] = kwargs["key_lengths"][:, 0]  # (B,)
+        args = None if layout == "BNTH" else tuple(np.swapaxes(a, -3, -2) for a in (q, k, v))
+        return AttentionInputs(q, k, v, kwargs, kernel_kwargs, args)
 
     return strategy()
