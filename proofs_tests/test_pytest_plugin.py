@@ -252,3 +252,24 @@ def test_layout_bad_input():
     with pytest.raises(ValueError, match="^layout: expected 'BNTH' or 'BTNH'"):
         attention_inputs(layout="NHD")
 
+
+def _gqa_kernel(q, k, v, causal=False):
+    """Grouped-query attention in the (B, N, T, H) layout: query head h reads kv head h // (N / N_kv)."""
+    from refattn import softmax_attention
+
+    group = q.shape[1] // k.shape[1]
+    return softmax_attention(q, np.repeat(k, group, axis=1), np.repeat(v, group, axis=1), causal=causal)
+
+
+@settings(max_examples=30, deadline=None)
+@given(attention_inputs(for_kernel=_gqa_kernel, grouped_heads=True, dtypes=(np.float64,), max_len=8,
+                        max_head_dim=4))
+def test_grouped_heads_give_the_kernel_fewer_kv_heads(x):
+    """grouped_heads=True: the kernel's k, v have N_kv heads dividing the N query heads; the oracle's
+    are those heads repeated per group, so a correct GQA kernel matches it."""
+    from refattn.testing import assert_close_to_reference
+
+    q, k, v = x.kernel_args
+    assert q.shape[1] % k.shape[1] == 0 and x.k.shape[1] == q.shape[1]
+    assert_close_to_reference(_gqa_kernel(q, k, v, **x.kernel_kwargs), x.q, x.k, x.v, **x.kwargs)
+

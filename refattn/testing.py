@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from refattn._validation import InputError, InputTypeError, as_float_array, check_real
+from refattn._validation import InputError, InputTypeError, as_float_array, check_bool, check_real
 from refattn.exact import softmax_attention
 from refattn.stats import bootstrap_variance_interval, z_test_mean
 
@@ -325,6 +325,7 @@ def attention_inputs(
     for_kernel=None,
     names=None,
     layout: str = "BNTH",
+    grouped_heads: bool = False,
 ):
     """Hypothesis strategy for attention problems (:class:`AttentionInputs`).
 
@@ -354,9 +355,13 @@ def attention_inputs(
     ``(batch, T, heads, H)``): with ``"BTNH"`` every case has one batch and one heads axis, no mask
     (flash-style kernels take none), and ``x.kernel_args`` holds ``q, k, v`` in that layout (the
     oracle's ``x.q, x.k, x.v`` stay ``(B, N, T, H)``; compare ``np.swapaxes(out, -3, -2)``).
+    ``grouped_heads``: grouped-query attention: the kernel's ``k``, ``v`` have ``N_kv`` heads, a
+    divisor of the ``N`` query heads (query head ``h`` reads kv head ``h // (N / N_kv)``); the
+    oracle's ``x.k``, ``x.v`` have them repeated to ``N``.
     """
     if layout not in ("BNTH", "BTNH"):
         raise InputError(f"layout: expected 'BNTH' or 'BTNH', got {layout!r}")
+    grouped_heads = check_bool(grouped_heads, "grouped_heads")
     from hypothesis import strategies as st
 
     takes = _kernel_options(for_kernel, names)
@@ -368,11 +373,14 @@ def attention_inputs(
         S = draw(st.integers(lo_len, max_len))
         H = draw(st.integers(1, max_head_dim))
         Hv = draw(st.integers(1, max_head_dim))
-        nb = 2 if layout == "BTNH" else draw(st.integers(0, max_batch_dims))
+        nb = 2 if layout == "BTNH" or grouped_heads else draw(st.integers(0, max_batch_dims))
         batch = tuple(draw(st.integers(1, 3)) for _ in range(nb))
+        if grouped_heads:  # N query heads, N_kv | N kv heads
+            n_kv = draw(st.integers(1, 2))
+            batch = (batch[0], n_kv * draw(st.integers(1, 3)))
         # each of q, k, v may broadcast over some batch dims
         def bshape(tail):
-            if layout == "BTNH":  # whole (B, N): a flash-style kernel does not broadcast
+            if layout == "BTNH" or grouped_heads:  # whole (B, N): such kernels do not broadcast
                 return batch + tail
             return tuple(draw(st.sampled_from([b, 1])) for b in batch) + tail
 
@@ -410,7 +418,14 @@ def attention_inputs(
         kernel_kwargs = {rename.get(key, key): value for key, value in kwargs.items()}
         if layout == "BTNH" and "key_lengths" in kwargs:
             kernel_kwargs[rename.get("key_lengths", "key_lengths")] = kwargs["key_lengths"][:, 0]  # (B,)
-        args = None if layout == "BNTH" else tuple(np.swapaxes(a, -3, -2) for a in (q, k, v))
+        args = (q, k, v)
+        if grouped_heads:  # the kernel gets every group's first head; the oracle the repeated kv heads
+            group = batch[1] // n_kv
+            kk, vv = k[:, ::group], v[:, ::group]
+            k, v = np.repeat(kk, group, axis=1), np.repeat(vv, group, axis=1)
+            args = (q, kk, vv)
+        if layout == "BTNH":
+            args = tuple(np.swapaxes(a, -3, -2) for a in args)
         return AttentionInputs(q, k, v, kwargs, kernel_kwargs, args)
 
     return strategy()
