@@ -107,3 +107,17 @@ def test_every_displayed_formula_links_to_a_test(page):
     text = (DOCS / page).read_text(encoding="utf-8")
     missing = [s.splitlines()[0] for s in _sections(text) if "$$" in s and not LINK.search(s)]
     assert missing == [], f"{page}: sections with a display formula and no test link: {missing}"
+
+
+def test_display_math_stands_in_its_own_paragraph():
+    """A one-line $$...$$ display needs a blank line before and after it, or Markdown keeps it inside
+    the paragraph and it renders inline with stray dollar signs."""
+    bad = []
+    for page in sorted(DOCS.glob("*.md")):
+        lines = page.read_text(encoding="utf-8").split("\n")
+        for i, line in enumerate(lines):
+            s = line.strip()
+            if s.startswith("$$") and s.endswith("$$") and len(s) > 4:
+                if (i and lines[i - 1].strip()) or (i + 1 < len(lines) and lines[i + 1].strip()):
+                    bad.append(f"{page.name}:{i + 1}")
+    assert bad == [], bad
