@@ -86,6 +86,13 @@ class Run:
     def skip(self, check, reason) -> Verdict:
         return self.add(Verdict(check, None, reason))
 
+    def batched_problem(self, case, problem) -> Verdict:
+        """A call on a batched case that raised or returned the wrong shape: the callable does not take
+        batch dims (a skip, not a failure); any other problem fails as :meth:`problem` does."""
+        if case.batch and problem.what in ("raised", "shape"):
+            return self.skip(case.name, f"fn does not take batch dims ({problem})")
+        return self.problem(case.name, problem)
+
     def exact(self, check, error, bound, meaning, effect=""):
         """A deterministic verdict: passes iff ``error <= bound``."""
         return self.add(Verdict(check, bool(error <= bound), meaning, statistic=float(error), bound=float(bound),

@@ -115,10 +115,7 @@ def check_backward(run, *, alignment="bottom_right", precision="float64", layout
         shapes = [a.shape for a in given[:3]]
         grads, problem = run.call(tuple(given), call_kw, shape=shapes, parts=3)
         if problem is not None:
-            if case.batch and problem.what in ("raised", "shape"):
-                run.skip(case.name, f"fn does not take batch dims ({problem})")
-            else:
-                run.problem(case.name, problem)
+            run.batched_problem(case, problem)
             continue
         if layout != "TH":
             grads = tuple(_from_layout(g, layout) for g in grads)

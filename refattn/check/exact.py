@@ -265,10 +265,7 @@ def check_exact(run, *, alignment="bottom_right", precision="float64", layout="T
             out, problem = run.call((q, k, v), call_kw, shape=[shape, shape[:-1]] if lse else shape, finite=False,
                                     parts=2 if lse else None)
             if problem is not None:
-                if case.batch and problem.what in ("raised", "shape"):
-                    run.skip(case.name, f"fn does not take batch dims ({problem})")
-                else:
-                    run.problem(case.name, problem)
+                run.batched_problem(case, problem)
                 continue
             if lse:
                 out, lse_out = out
