@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from proofs_tests._spies import record_calls
 from refattn import attention_backward, attention_probabilities, causal_mask, softmax_attention
 from refattn.testing import attention_inputs
 
@@ -370,10 +371,7 @@ def test_each_implementation_runs_its_own_kernel(monkeypatch, implementation, ru
     can tell which one ran). Deterministic."""
     from refattn.kernels.numba import streaming
 
-    calls = []
-    for name in ("stream_numba", "stream_numpy"):
-        real = getattr(streaming, name)
-        monkeypatch.setattr(streaming, name, lambda *a, _real=real, _name=name, **kw: calls.append(_name) or _real(*a, **kw))
+    calls = record_calls(monkeypatch, streaming, ("stream_numba", "stream_numpy"))
     rng = np.random.default_rng(0)
     softmax_attention(rng.standard_normal((4, 3)), rng.standard_normal((5, 3)), rng.standard_normal((5, 2)),
                       implementation=implementation)

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from proofs_tests._spies import record_calls
 from refattn import causal_mask, softmax_attention
 from refattn.kernels.numba.sparse_attention import sparse_numba, sparse_numpy
 from refattn.lsh.sparse import (
@@ -255,10 +256,7 @@ def test_each_implementation_runs_its_own_sparse_kernel(monkeypatch, implementat
     """implementation= selects the kernel it names (a spy: the two agree to rounding)."""
     from refattn.kernels.numba import sparse_attention as kern
 
-    calls = []
-    for name in ("sparse_numba", "sparse_numpy"):
-        real = getattr(kern, name)
-        monkeypatch.setattr(kern, name, lambda *a, _real=real, _name=name, **kw: calls.append(_name) or _real(*a, **kw))
+    calls = record_calls(monkeypatch, kern, ("sparse_numba", "sparse_numpy"))
     rng = np.random.default_rng(0)
     q, k, v = rng.standard_normal((5, 3)), rng.standard_normal((6, 3)), rng.standard_normal((6, 2))
     sparse_attention(q, k, v, local_window(5, 6, 1, 1), implementation=implementation)

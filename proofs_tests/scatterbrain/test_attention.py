@@ -12,6 +12,7 @@ import math
 import numpy as np
 import pytest
 
+from proofs_tests._spies import record_calls
 from refattn import softmax_attention, theory
 from refattn.lsh.hashes import simhash, simhash_planes
 from refattn.lsh.sparse import Support, bucket_support, local_window
@@ -201,10 +202,7 @@ def test_each_sparse_implementation_runs_its_own_kernel(monkeypatch, implementat
     rounding). Deterministic."""
     from refattn.kernels.numba import scatterbrain_correction as kern
 
-    calls = []
-    for name in ("correction_numba", "correction_numpy"):
-        real = getattr(kern, name)
-        monkeypatch.setattr(kern, name, lambda *a, _real=real, _name=name, **kw: calls.append(_name) or _real(*a, **kw))
+    calls = record_calls(monkeypatch, kern, ("correction_numba", "correction_numpy"))
     rng = np.random.default_rng(0)
     q, k, v = rng.standard_normal((5, 3)), rng.standard_normal((5, 3)), rng.standard_normal((5, 2))
     scatterbrain_attention(q, k, v, local_window(5, 5, 1, 1), m=4, rng=0, sparse_implementation=implementation)
