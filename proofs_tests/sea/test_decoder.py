@@ -199,3 +199,12 @@ def test_distill_decoder_with_a_heads_axis():
     W = projection("orthogonal", 8, q.shape[-1], np.random.default_rng(2))
     dec = distill_decoder([(qh, kh)], n_bins=3, W=W, maxiter=20)
     assert dec.theta.shape == (7,) and np.all(np.isfinite(dec.theta))
+
+
+def test_distill_decoder_names_the_bad_calibration_pair():
+    """A bad (q, k) pair is named by its position in the calibration list, not by the heads read so far."""
+    q, k, _ = qkv(T=8, S=8, seed=1)
+    W = projection("orthogonal", 8, q.shape[-1], np.random.default_rng(0))
+    good = (np.stack([q, q]), np.stack([k, k]))  # two heads, so a head count would say 2
+    with pytest.raises(ValueError, match=r"^calibration\[1\]: k: head dim"):
+        distill_decoder([good, (q, k[:, :3])], n_bins=2, W=W, maxiter=2)

@@ -170,7 +170,7 @@ def distill_decoder(calibration, *, n_bins, W, n_basis=None, basis="bins", scale
     if W.ndim != 2 or W.shape[0] < 1:
         raise InputError(f"W: expected a projection (m, H) with m >= 1, got shape {W.shape}")
     Fs, ts, nes, vals = [], [], [], []
-    for item in calibration:
+    for index, item in enumerate(calibration):
         try:
             q, k = item
         except (TypeError, ValueError):
@@ -180,7 +180,7 @@ def distill_decoder(calibration, *, n_bins, W, n_basis=None, basis="bins", scale
                                    scale=scale, causal=causal)
         except (TypeError, ValueError) as exc:
             if str(exc).startswith(("q:", "k:", "q, k:")):
-                raise type(exc)(f"calibration[{len(Fs) and len(Fs)}]: {exc}") from None
+                raise type(exc)(f"calibration[{index}]: {exc}") from None
             raise
         S, T = np.shape(k)[-2], np.shape(q)[-2]
         lengths = row_lengths(T, S, causal)
