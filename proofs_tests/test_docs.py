@@ -12,6 +12,8 @@
 
 import ast
 import re
+import subprocess
+import sys
 from functools import lru_cache
 from pathlib import Path
 
@@ -35,7 +37,8 @@ def _tests_in(module):
 
 
 def _rendered_modules():
-    return set(re.findall(r"^::: proofs_tests\.([\w.]+)", (DOCS / "tests.md").read_text(encoding="utf-8"), re.M))
+    return {m for page in (DOCS / "tests").glob("*.md")
+            for m in re.findall(r"^::: proofs_tests\.([\w.]+)", page.read_text(encoding="utf-8"), re.M)}
 
 
 def bad_links(markdown):
@@ -50,15 +53,15 @@ def bad_links(markdown):
         elif test not in _tests_in(module):
             bad.append((ident, f"no test {test} in proofs_tests/{module.replace('.', '/')}.py"))
         elif module not in rendered:
-            bad.append((ident, f"proofs_tests.{module} is not rendered on docs/tests.md"))
+            bad.append((ident, f"proofs_tests.{module} is not rendered on the tests pages (docs/tests/)"))
     return bad
 
 
 def _pages():
-    return sorted(DOCS.glob("*.md"))
+    return sorted(DOCS.rglob("*.md"))
 
 
-@pytest.mark.parametrize("page", _pages(), ids=lambda p: p.name)
+@pytest.mark.parametrize("page", _pages(), ids=lambda p: str(p.relative_to(DOCS)))
 def test_every_test_link_resolves(page):
     text = page.read_text(encoding="utf-8")
     assert bad_links(text) == []
@@ -79,13 +82,22 @@ def test_the_link_checker_has_power():
 def test_every_test_module_is_on_the_tests_page():
     tests = ROOT / "proofs_tests"
     modules = {".".join(p.relative_to(tests).with_suffix("").parts) for p in tests.rglob("test_*.py")}
-    assert modules - _rendered_modules() == set(), "add '::: proofs_tests.MODULE' to docs/tests.md"
+    assert modules - _rendered_modules() == set(), "run python scripts/docs_pages.py"
+
+
+def test_the_generated_reference_pages_are_current():
+    """The API pages (one per public module), the tests pages (one per folder) and their nav entries
+    are what scripts/docs_pages.py generates from the package and proofs_tests as they are now."""
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "docs_pages.py"), "--check"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr + "\nrun python scripts/docs_pages.py"
 
 
 def test_nav_and_pages_agree():
-    nav = re.findall(r"^\s+- [^:]+: (\S+\.md)\s*$", (ROOT / "mkdocs.yml").read_text(encoding="utf-8"), re.M)
+    nav = re.findall(r"^\s+- (?:[^:\n]+: )?(\S+\.md)\s*$", (ROOT / "mkdocs.yml").read_text(encoding="utf-8"), re.M)
     assert nav and len(nav) == len(set(nav))
-    assert set(nav) == {p.name for p in _pages()}
+    generated = {str(p.relative_to(DOCS)) for p in DOCS.rglob("*.md") if "generated" not in p.parts}
+    assert set(nav) == generated
 
 
 def _sections(text):
@@ -110,10 +122,10 @@ def test_every_displayed_formula_links_to_a_test(page):
 
 
 def test_display_math_stands_in_its_own_paragraph():
-    """A one-line $$...$$ display needs a blank line before and after it, or Markdown keeps it inside
+    """A one-line display (double dollar signs) needs a blank line before and after it, or Markdown keeps it inside
     the paragraph and it renders inline with stray dollar signs."""
     bad = []
-    for page in sorted(DOCS.glob("*.md")):
+    for page in _pages():
         lines = page.read_text(encoding="utf-8").split("\n")
         for i, line in enumerate(lines):
             s = line.strip()

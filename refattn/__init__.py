@@ -1,8 +1,8 @@
 """refattn: a reference implementation of efficient attention, and its theory test suite.
 
-The exact oracle (:mod:`refattn.exact`), its arbitrary-precision judge
-(:mod:`refattn.precise`), input conventions (:mod:`refattn.problem`), statistical
-verdicts (:mod:`refattn.stats`) and tools for your own tests (:mod:`refattn.testing`).
+The exact oracle ([`refattn.exact`][refattn.exact]), its arbitrary-precision judge
+([`refattn.precise`][refattn.precise]), input conventions ([`refattn.problem`][refattn.problem]), statistical
+verdicts ([`refattn.stats`][refattn.stats]) and tools for your own tests ([`refattn.testing`][refattn.testing]).
 """
 
 from refattn.exact import attention_backward, attention_probabilities, softmax_attention

@@ -25,7 +25,7 @@ class InputError(ValueError):
 
 
 class InputTypeError(TypeError):
-    """The ``TypeError`` twin of :class:`InputError` (an argument of the wrong type)."""
+    """The ``TypeError`` twin of [`InputError`][refattn._validation.InputError] (an argument of the wrong type)."""
 
 __all__ = [
     "InputError",
@@ -98,7 +98,7 @@ def check_scale(scale, head_dim: int) -> float:
 def check_positive_int(value, name: str, *, minimum: int = 1, maximum: int | None = None) -> int:
     """An integer in ``[minimum, maximum]`` (bools rejected), or raise naming ``name``.
 
-    ``maximum`` defaults to :data:`MAX_ELEMENTS`: every size refattn takes drives an allocation
+    ``maximum`` defaults to [`MAX_ELEMENTS`][refattn._validation.MAX_ELEMENTS]: every size refattn takes drives an allocation
     or a loop, so an absurd one (``2**40``) is the caller's mistake, reported as such.
     """
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
@@ -198,7 +198,7 @@ class renamed_errors:
 
 
 def check_allocation(n_elements, names: str, what: str) -> None:
-    """Raise ``ValueError`` naming ``names`` when ``what`` would need more than :data:`MAX_ELEMENTS` entries."""
+    """Raise ``ValueError`` naming ``names`` when ``what`` would need more than [`MAX_ELEMENTS`][refattn._validation.MAX_ELEMENTS] entries."""
     if n_elements > MAX_ELEMENTS:
         raise InputError(f"{names}: {what} would need {float(n_elements):.3g} entries, more than the "
                          f"{MAX_ELEMENTS:.3g} refattn allocates (REFATTN_MAX_ELEMENTS)")
@@ -241,7 +241,7 @@ IMPLEMENTATIONS = ("auto", "numpy", "numba", "cuda", "dense")
 
 
 def choose_implementation(implementation, allowed, *, name="implementation"):
-    """Validate ``implementation`` against ``allowed`` (a subset of :data:`IMPLEMENTATIONS`) and
+    """Validate ``implementation`` against ``allowed`` (a subset of [`IMPLEMENTATIONS`][refattn._validation.IMPLEMENTATIONS]) and
     resolve it for NumPy inputs: ``"auto"`` becomes ``"numba"`` when allowed and Numba is usable,
     else the first of ``"numpy"``, ``"dense"`` allowed; ``"numba"`` falls back the same way when
     Numba is disabled (``REFATTN_DISABLE_NUMBA``); ``"cuda"`` is an error (it needs CuPy inputs).

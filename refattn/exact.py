@@ -1,23 +1,23 @@
 r"""Exact softmax attention: the oracle every estimator in refattn is judged against.
 
-the docs' exact-attention page. With logits :math:`\ell = s\,QK^\top + B` (``B`` the additive bias,
+the docs' exact-attention page. With logits $\ell = s\,QK^\top + B$ (``B`` the additive bias,
 ``-inf`` where masked) the stable form is
 
-.. math::
-
-    P_{ij} = \frac{e^{\ell_{ij} - \max_j \ell_{ij}}}{\sum_j e^{\ell_{ij} - \max_j \ell_{ij}}},
-    \qquad O = P V, \qquad \mathrm{lse}_i = \log \textstyle\sum_j e^{\ell_{ij}} .
+$$
+P_{ij} = \frac{e^{\ell_{ij} - \max_j \ell_{ij}}}{\sum_j e^{\ell_{ij} - \max_j \ell_{ij}}},
+\qquad O = P V, \qquad \mathrm{lse}_i = \log \textstyle\sum_j e^{\ell_{ij}} .
+$$
 
 Shape legend: ``...`` batch dims (broadcast across q, k, v, mask, bias, key_lengths),
 ``T`` queries, ``S`` keys, ``H`` head dim, ``Hv`` value dim. Masking conventions (causal
-alignment, mask polarity, key padding, fully masked rows) are in :mod:`refattn.problem`.
+alignment, mask polarity, key padding, fully masked rows) are in [`refattn.problem`][refattn.problem].
 
 Three forward implementations share one signature (``implementation=``):
 
 - ``"dense"``: materialises the ``(..., T, S)`` matrix, the readable reference;
-- ``"numpy"``: blockwise online softmax in NumPy (:mod:`refattn.kernels.numba.streaming`);
+- ``"numpy"``: blockwise online softmax in NumPy ([`refattn.kernels.numba.streaming`][refattn.kernels.numba.streaming]);
 - ``"numba"``: the same algorithm as a parallel Numba kernel, ``O((T + S) H)`` memory;
-- ``"auto"`` (default): ``"dense"`` while the logits fit in :data:`DENSE_LIMIT` entries, else
+- ``"auto"`` (default): ``"dense"`` while the logits fit in `DENSE_LIMIT` entries, else
   ``"numba"``;
 - ``"cuda"``: the streaming kernel on the GPU (``kernels/cuda/streaming.cu``), float64 or
   float32. CuPy arrays ``q, k, v`` (and ``mask``, ``bias``) select it under ``"auto"`` too, and
@@ -129,9 +129,9 @@ def attention_probabilities(
     q, k, *, scale=None, causal=False, mask=None, bias=None, key_lengths=None, window=None, softcap=None,
     alibi_slopes=None, return_lse=False, dtype=None
 ):
-    r"""The attention probability matrix :math:`P = \operatorname{softmax}(s\,QK^\top + B)`.
+    r"""The attention probability matrix $P = \operatorname{softmax}(s\,QK^\top + B)$.
 
-    Parameters are those of :func:`softmax_attention` (without ``v``). Returns ``P`` of shape
+    Parameters are those of [`softmax_attention`][refattn.exact.softmax_attention] (without ``v``). Returns ``P`` of shape
     ``(..., T, S)`` (rows sum to 1; a fully masked row is all zeros) and, with
     ``return_lse``, ``lse`` of shape ``(..., T)``.
 
@@ -176,7 +176,9 @@ def softmax_attention(
 ):
     r"""Exact softmax attention, computed in float64.
 
-    .. math:: O = \operatorname{softmax}(s\,QK^\top + B)\,V, \qquad s = 1/\sqrt{H}
+    $$
+    O = \operatorname{softmax}(s\,QK^\top + B)\,V, \qquad s = 1/\sqrt{H}
+    $$
 
     Parameters
     ----------
@@ -324,15 +326,15 @@ def attention_backward(
     q, k, v, dout, *, scale=None, causal=False, mask=None, bias=None, key_lengths=None, window=None, softcap=None,
     alibi_slopes=None, dtype=None
 ):
-    r"""Gradients ``(dq, dk, dv)`` of :func:`softmax_attention` for an upstream gradient ``dout``.
+    r"""Gradients ``(dq, dk, dv)`` of [`softmax_attention`][refattn.exact.softmax_attention] for an upstream gradient ``dout``.
 
     the docs' exact-attention page (the FlashAttention backward):
 
-    .. math::
-
-        dV = P^\top dO, \quad dP = dO\,V^\top, \quad
-        dS_{ij} = P_{ij}(dP_{ij} - \delta_i),\ \delta_i = dO_i \cdot O_i, \quad
-        dQ = s\,dS\,K, \quad dK = s\,dS^\top Q .
+    $$
+    dV = P^\top dO, \quad dP = dO\,V^\top, \quad
+    dS_{ij} = P_{ij}(dP_{ij} - \delta_i),\ \delta_i = dO_i \cdot O_i, \quad
+    dQ = s\,dS\,K, \quad dK = s\,dS^\top Q .
+    $$
 
     ``dout`` has the output's shape ``(..., T, Hv)``. Each gradient has the shape of its
     input: gradients of broadcast inputs are summed over the broadcast dims. Masked
@@ -383,23 +385,23 @@ def _gamma(n, u):
 
 def forward_error_bound(q, k, v, *, scale=None, causal=False, mask=None, bias=None, key_lengths=None, window=None,
                         alibi_slopes=None, dtype=None):
-    r"""A rigorous per-row bound on the rounding error of :func:`softmax_attention`.
+    r"""A rigorous per-row bound on the rounding error of [`softmax_attention`][refattn.exact.softmax_attention].
 
     Derived in ``docs/exact.md`` ("Forward error of the oracle"). With unit roundoff
-    ``u`` of the compute dtype, :math:`\gamma_n = nu/(1-nu)`, ``R_i`` the range of row
+    ``u`` of the compute dtype, $\gamma_n = nu/(1-nu)$, ``R_i`` the range of row
     ``i``'s visible logits and
 
-    .. math::
-
-        \Delta_i = \gamma_{H+2} \max_j \bigl(s \textstyle\sum_h |q_{ih} k_{jh}| + |b_{ij}|\bigr)
-                   + 2u R_i + \gamma_{5S+4},
+    $$
+    \Delta_i = \gamma_{H+2} \max_j \bigl(s \textstyle\sum_h |q_{ih} k_{jh}| + |b_{ij}|\bigr)
+               + 2u R_i + \gamma_{5S+4},
+    $$
 
     every implementation (dense and streaming) satisfies
 
-    .. math::
-
-        \max_h |\hat O_{ih} - O_{ih}| \le \bigl(e^{2\Delta_i} - 1 + 2\gamma_{S+2}\bigr)
-        \max_{j\ \text{visible}} \max_h |v_{jh}| .
+    $$
+    \max_h |\hat O_{ih} - O_{ih}| \le \bigl(e^{2\Delta_i} - 1 + 2\gamma_{S+2}\bigr)
+    \max_{j\ \text{visible}} \max_h |v_{jh}| .
+    $$
 
     With ``dtype`` float16 or bfloat16 it bounds the distance from the exact attention of the
     *rounded* inputs (the float32 computation, then half an ulp of the final rounding).

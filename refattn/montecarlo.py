@@ -1,17 +1,17 @@
 r"""A Monte Carlo engine for random-feature estimators, vectorised over draws.
 
 Many independent draws of the projection ``W`` are made at once (``size=`` of the
-samplers in :mod:`refattn.performer.projections`, batched QR for orthogonal ones) and the estimators
+samplers in [`refattn.performer.projections`][refattn.performer.projections], batched QR for orthogonal ones) and the estimators
 are evaluated for all of them with one batched product, in chunks that bound memory.
 10^5 draws at ``d = 64`` take seconds (``benchmarks/``). The statistical tests and
 ``refattn theory`` use it.
 
-- :func:`kernel_samples`: ``(n_draws, P)`` samples of the softmax-kernel estimate
+- [`kernel_samples`][refattn.montecarlo.kernel_samples]: ``(n_draws, P)`` samples of the softmax-kernel estimate
   ``SM^(x_p, y_p)`` for ``P`` pairs (each draw's ``W`` shared by all pairs), computed by the
-  shipped feature maps (:class:`~refattn.performer.features.RandomFeatures`) on the stabilised
+  shipped feature maps ([`RandomFeatures`][refattn.performer.features.RandomFeatures]) on the stabilised
   product ``phi(x).phi(y) exp(ls_x + ls_y)``, so the statistical tests test what ships.
-- :func:`attention_samples`: ``(n_draws, T, Hv)`` normalised Performer outputs.
-- :func:`scatterbrain_samples`: ``(n_draws, P)`` samples of Scatterbrain's entry estimate
+- [`attention_samples`][refattn.montecarlo.attention_samples]: ``(n_draws, T, Hv)`` normalised Performer outputs.
+- [`scatterbrain_samples`][refattn.montecarlo.scatterbrain_samples]: ``(n_draws, P)`` samples of Scatterbrain's entry estimate
   (exact on an r-bit SimHash collision, iid positive features off it).
 """
 
@@ -49,7 +49,7 @@ def kernel_samples(x, y, *, estimator="positive", projection="gaussian", m, n_dr
     r"""Independent samples of ``SM^(x_p, y_p)`` (scaled inputs), shape ``(n_draws, P)``.
 
     ``x``, ``y`` are ``(P, d)`` (or ``(d,)`` for one pair). Computed by
-    :class:`~refattn.performer.features.RandomFeatures`; what each estimator is (averages over
+    [`RandomFeatures`][refattn.performer.features.RandomFeatures]; what each estimator is (averages over
     the ``m`` rows of one draw of ``W``, the docs' Performer page):
 
     - positive: ``Lam mean_r exp(omega_r . z)``

@@ -1,6 +1,6 @@
 r"""Arbitrary-precision attention (mpmath): the oracle for the float64 oracle.
 
-The same mathematics as :mod:`refattn.exact` (the docs' exact-attention page), evaluated with
+The same mathematics as [`refattn.exact`][refattn.exact] (the docs' exact-attention page), evaluated with
 ``mpmath`` at ``dps`` significant decimal digits (default 50). Inputs are float arrays;
 every float is converted exactly (a binary float is an exact rational), the scale too,
 so the only rounding is mpmath's own, far below float64's. Results are returned rounded
@@ -12,7 +12,7 @@ for adversarial inputs (logits 1e4 apart, near-ties, huge and tiny scales, long 
 equal logits) on which a float64 implementation might lose accuracy.
 
 Cost is ``O(T S (H + Hv))`` mpmath operations per batch item, so only tiny shapes are
-accepted (:data:`MAX_WORK`).
+accepted (`MAX_WORK`).
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def softmax_attention_mp(
     q, k, v, *, scale=None, causal=False, mask=None, bias=None, key_lengths=None,
     return_lse=False, dps=50, as_float=True,
 ):
-    """Exact softmax attention at ``dps`` decimal digits; arguments as :func:`refattn.softmax_attention`.
+    """Exact softmax attention at ``dps`` decimal digits; arguments as [`refattn.softmax_attention`][refattn.exact.softmax_attention].
 
     Returns float64 arrays (each entry the correctly rounded mp value) or, with
     ``as_float=False``, object arrays of ``mpmath.mpf``.
@@ -125,7 +125,7 @@ def softmax_attention_mp(
 def attention_backward_mp(
     q, k, v, dout, *, scale=None, causal=False, mask=None, bias=None, key_lengths=None, dps=50, as_float=True,
 ):
-    """``(dq, dk, dv)`` at ``dps`` digits, by the formulas of :func:`refattn.attention_backward`.
+    """``(dq, dk, dv)`` at ``dps`` digits, by the formulas of [`refattn.attention_backward`][refattn.exact.attention_backward].
 
     Gradients of broadcast inputs are summed back to the input's shape, as there.
     """

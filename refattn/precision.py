@@ -6,15 +6,15 @@ bfloat16, accumulate both matrix products in float32, keep the softmax statistic
 max and sum) in float32, round the probabilities to the input dtype before the second product,
 and write the output in the input dtype. A float32 kernel does everything in float32. This
 module computes exactly that, so that a kernel claiming a precision is judged against what that
-precision can deliver (the FlashAttention test rule, :func:`refattn.testing.tolerance_check`,
+precision can deliver (the FlashAttention test rule, [`refattn.testing.tolerance_check`][refattn.testing.tolerance_check],
 with this as ``ref_lo``):
 
-.. math::
-
-    \tilde q, \tilde k, \tilde v = \mathrm{rd}_p(q, k, v), \quad
-    \ell = \mathrm{rd}_{32}(s\,\tilde q \tilde k^\top + B), \quad
-    P = \mathrm{softmax}_{32}(\ell), \quad
-    O = \mathrm{rd}_p\big(\mathrm{rd}_{32}(\mathrm{rd}_p(P)\,\tilde v)\big),
+$$
+\tilde q, \tilde k, \tilde v = \mathrm{rd}_p(q, k, v), \quad
+\ell = \mathrm{rd}_{32}(s\,\tilde q \tilde k^\top + B), \quad
+P = \mathrm{softmax}_{32}(\ell), \quad
+O = \mathrm{rd}_p\big(\mathrm{rd}_{32}(\mathrm{rd}_p(P)\,\tilde v)\big),
+$$
 
 with ``rd_p`` rounding to the claimed precision ``p`` (bfloat16 through ``ml_dtypes``, the
 library JAX uses) and the softmax subtracting the row max before ``exp`` (so a finite input never
@@ -72,7 +72,7 @@ def kernel_reference(q, k, v, precision, *, scale=None, causal=False, mask=None,
                      window=None, softcap=None, alibi_slopes=None, return_lse=False):
     """Attention as a kernel of ``precision`` computes it (module docstring), as float64 values.
 
-    Arguments as for :func:`refattn.softmax_attention`; inputs beyond the precision's range are a
+    Arguments as for [`refattn.softmax_attention`][refattn.exact.softmax_attention]; inputs beyond the precision's range are a
     ``ValueError`` naming the argument. Fully masked rows give zeros and
     ``lse = -inf``, as the oracle. ``return_lse``: also the float32 log-sum-exp (the statistic a
     kernel keeps), as float64 values.

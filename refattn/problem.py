@@ -1,7 +1,7 @@
 r"""The attention problem: validated inputs and the masks that define which keys a query sees.
 
 Every implementation in refattn (dense, streaming, arbitrary precision, backward) takes
-its inputs through :func:`attention_problem`, so they all agree on shapes, on the causal
+its inputs through [`attention_problem`][refattn.problem.attention_problem], so they all agree on shapes, on the causal
 alignment and on what a mask means.
 
 Shape legend: ``...`` leading batch dims (broadcast), ``T`` queries, ``S`` keys,
@@ -354,7 +354,7 @@ def alibi_bias(slopes, T: int, S: int) -> np.ndarray:
 
 def score_problem(q, k, *, scale=None, causal=False, mask=None, bias=None, key_lengths=None, window=None, softcap=None,
                   alibi_slopes=None) -> AttentionProblem:
-    """:func:`attention_problem` for ``q`` and ``k`` alone (attention scores, no values): the same
+    """[`attention_problem`][refattn.problem.attention_problem] for ``q`` and ``k`` alone (attention scores, no values): the same
     checks and errors, with ``v`` a zero-width ``(..., S, 0)`` array."""
     k_arr = as_float_array(k, "k")
     v = np.zeros(k_arr.shape[:-1] + (0,)) if k_arr.ndim >= 2 else k_arr  # k's own error if k is not (..., S, H)

@@ -9,12 +9,12 @@ suite that neither requests its fixtures nor marks tests ``statistical``.
 - ``statistical`` marker and ``--refattn-alpha A``: the marked tests of the session share one
   family-wise false-failure budget ``A``, split equally (Bonferroni) over the marked tests that
   run, and within a test over its declared assertions (``@pytest.mark.statistical(assertions=3)``).
-  :func:`refattn.testing.assert_unbiased` and :func:`~refattn.testing.assert_variance_matches`
+  [`refattn.testing.assert_unbiased`][refattn.testing.assert_unbiased] and [`assert_variance_matches`][refattn.testing.assert_variance_matches]
   called without ``alpha`` take their share; a test that makes more statistical assertions than it
   declared fails (its share would be overspent). The run ends with a summary: how many statistical
   assertions ran, the budget each got, the family-wise bound (their sum, at most ``A``).
 - ``oracle`` fixture: ``oracle(q, k, v, **kwargs)`` returns the exact reference as
-  :class:`OracleResult` (``out``, ``lse`` and ``grads(dout)``): refattn's float64 oracle.
+  [`OracleResult`][refattn.pytest_plugin.OracleResult] (``out``, ``lse`` and ``grads(dout)``): refattn's float64 oracle.
 
 Bad options are one-line usage errors naming the option.
 """
@@ -159,7 +159,7 @@ class OracleResult:
 
 @pytest.fixture
 def oracle():
-    """``oracle(q, k, v, **kwargs)``: refattn's float64 oracle (:func:`refattn.softmax_attention`) with
+    """``oracle(q, k, v, **kwargs)``: refattn's float64 oracle ([`refattn.softmax_attention`][refattn.exact.softmax_attention]) with
     its log-sum-exp and gradients, for a kernel's test."""
     from refattn.exact import softmax_attention
 

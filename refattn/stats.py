@@ -1,13 +1,13 @@
 r"""Statistical verdicts for random estimators: means by z-tests, variances by bootstrap.
 
-The helpers the whole suite uses, and :mod:`refattn.testing` wraps as assertions. Each
+The helpers the whole suite uses, and [`refattn.testing`][refattn.testing] wraps as assertions. Each
 returns a result object with the numbers a reviewer needs (no hidden thresholds).
 
-- :func:`z_test_mean`: is ``E[X] = truth`` entrywise? Studentised mean with a Student-t
+- [`z_test_mean`][refattn.stats.z_test_mean]: is ``E[X] = truth`` entrywise? Studentised mean with a Student-t
   critical value, two-sided, Bonferroni over the entries tested, so the family-wise
   false-failure probability is at most ``alpha`` (exact for Gaussian samples, asymptotic
   otherwise: keep the estimator's variance finite and the sample large).
-- :func:`bootstrap_variance_interval`: percentile bootstrap interval for ``Var[X]``
+- [`bootstrap_variance_interval`][refattn.stats.bootstrap_variance_interval]: percentile bootstrap interval for ``Var[X]``
   (Efron & Tibshirani 1993, ch. 13); coverage ``1 - alpha`` asymptotically. Use it instead
   of chi^2 intervals, which assume Gaussian samples and fail for the heavy-tailed
   estimators of attention (the docs' testing page).
@@ -60,7 +60,7 @@ def _target(value, shape, name):
 
 @dataclass(frozen=True)
 class MeanTest:
-    """Result of :func:`z_test_mean` (arrays have the entries' shape)."""
+    """Result of [`z_test_mean`][refattn.stats.z_test_mean] (arrays have the entries' shape)."""
 
     mean: np.ndarray
     stderr: np.ndarray
@@ -94,8 +94,8 @@ def z_test_mean(samples, truth, *, alpha: float, axis: int = 0) -> MeanTest:
     r"""Two-sided test of ``E[samples] == truth`` for every entry, family-wise level ``alpha``.
 
     ``samples`` has the draws along ``axis``; ``truth`` broadcasts to the remaining shape.
-    The statistic is :math:`z = (\bar X - \mu)/(s/\sqrt n)`; an entry fails when
-    :math:`|z| > t_{n-1}^{-1}(1 - \alpha/(2m))`, ``m`` the number of entries. An entry whose
+    The statistic is $z = (\bar X - \mu)/(s/\sqrt n)$; an entry fails when
+    $|z| > t_{n-1}^{-1}(1 - \alpha/(2m))$, ``m`` the number of entries. An entry whose
     samples are all equal has ``z = 0`` if that value equals ``truth`` and ``inf`` otherwise.
 
     Examples
@@ -160,7 +160,7 @@ def proportion_test(indicators, p, *, alpha: float, axis: int = 0):
 
 @dataclass(frozen=True)
 class VarianceInterval:
-    """Result of :func:`bootstrap_variance_interval`."""
+    """Result of [`bootstrap_variance_interval`][refattn.stats.bootstrap_variance_interval]."""
 
     variance: np.ndarray
     low: np.ndarray

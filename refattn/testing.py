@@ -6,9 +6,11 @@ strategies for attention inputs, and statistical assertions.
 The tolerance rule (FlashAttention's test suite): a kernel that
 computes in precision ``lo`` passes iff
 
-.. math:: \max|O_\text{kernel} - O_{64}| \le 2 \max|O_\text{lo} - O_{64}| + \text{floor},
+$$
+\max|O_\text{kernel} - O_{64}| \le 2 \max|O_\text{lo} - O_{64}| + \text{floor},
+$$
 
-where :math:`O_{64}` is the float64 oracle and :math:`O_\text{lo}` the same reference math
+where $O_{64}$ is the float64 oracle and $O_\text{lo}$ the same reference math
 done in precision ``lo``. The factor 2 allows the kernel to be twice as far from the truth
 as a straightforward implementation in its own precision. ``floor`` (default
 ``4 eps_lo max|O_64|``) is rounding noise at the reference's magnitude: it matters only when
@@ -120,7 +122,7 @@ def tolerance_check(actual, ref64, ref_lo, *, atol=None) -> ToleranceCheck:
 
 
 def check_close_to_reference(actual, q, k, v, *, dtype=None, atol=None, **attention_kwargs) -> ToleranceCheck:
-    """Compute ``ref64`` and ``ref_lo`` with :func:`refattn.softmax_attention` and apply the rule.
+    """Compute ``ref64`` and ``ref_lo`` with [`refattn.softmax_attention`][refattn.exact.softmax_attention] and apply the rule.
 
     ``dtype`` is the kernel's compute precision (default: ``actual``'s dtype);
     ``attention_kwargs`` (``scale``, ``causal``, ``mask``, ``bias``, ``key_lengths``) are
@@ -184,11 +186,11 @@ def _alpha(alpha, name):
 
 
 def assert_unbiased(samples, truth, *, alpha: float | None = None, axis: int = 0, name: str = "estimate"):
-    """Assert ``E[samples] == truth`` entrywise (:func:`refattn.stats.z_test_mean`).
+    """Assert ``E[samples] == truth`` entrywise ([`refattn.stats.z_test_mean`][refattn.stats.z_test_mean]).
 
     The false-failure probability of this assertion is at most ``alpha`` (family-wise). Without
     ``alpha``, inside a test marked ``statistical`` of a run with ``--refattn-alpha``, it takes the
-    test's share of the session's budget (:mod:`refattn.pytest_plugin`).
+    test's share of the session's budget ([`refattn.pytest_plugin`][refattn.pytest_plugin]).
     """
     alpha = _alpha(alpha, name)
     result = z_test_mean(samples, truth, alpha=alpha, axis=axis)
@@ -220,7 +222,7 @@ def assert_variance_matches(samples, expected, *, alpha: float | None = None, rn
 
     ``alpha`` is split over the entries (Bonferroni). The default ``method="normal"``
     (bootstrap standard error) serves the small ``alpha`` of a test suite; see
-    :func:`refattn.stats.bootstrap_variance_interval`. Coverage is asymptotic: use inputs
+    [`refattn.stats.bootstrap_variance_interval`][refattn.stats.bootstrap_variance_interval]. Coverage is asymptotic: use inputs
     whose fourth moment is finite and moderate, and a large sample.
     """
     alpha = _alpha(alpha, name)
@@ -327,7 +329,7 @@ def attention_inputs(
     layout: str = "BNTH",
     grouped_heads: bool = False,
 ):
-    """Hypothesis strategy for attention problems (:class:`AttentionInputs`).
+    """Hypothesis strategy for attention problems ([`AttentionInputs`][refattn.testing.AttentionInputs]).
 
     Shapes: ``T``, ``S`` in ``[1, max_len]`` (``[0, max_len]`` with ``allow_empty``), head
     dims in ``[1, max_head_dim]``, 0 to ``max_batch_dims`` leading dims of size 1 to 3 (with

@@ -1,10 +1,10 @@
 """The index of every closed form refattn checks, re-exported from the method families so that
 one import finds them:
 
-- :mod:`refattn.performer.theory`: the softmax-kernel estimators (FAVOR+, hyperbolic,
+- [`refattn.performer.theory`][refattn.performer.theory]: the softmax-kernel estimators (FAVOR+, hyperbolic,
   trigonometric, orthogonal features, FAVOR++, SMREG, ReLU), their MSEs and bounds, and the
   output's delta-method moments;
-- :mod:`refattn.lsh.theory`: collision probabilities (SimHash, E2LSH, angular, cross-polytope)
+- [`refattn.lsh.theory`][refattn.lsh.theory]: collision probabilities (SimHash, E2LSH, angular, cross-polytope)
   and SMYRF's distance identity.
 """
 

@@ -1,16 +1,16 @@
 r"""The benchmark suite (``refattn bench``): speed, memory and scaling of every method of the one
-registry (:mod:`refattn.evaluation.methods`), as ratios measured in one run.
+registry ([`refattn.evaluation.methods`][refattn.evaluation.methods]), as ratios measured in one run.
 
 Every point runs a registry method at ``budget`` stored numbers per query row (its budget rule,
 capped at ``T``), on ``q, k, v (T, H)`` standard normal times 0.5, in a dtype;
-:func:`~refattn.bench.suite.run_suite` measures every (entry, dtype, T) point and, in the same
+[`run_suite`][refattn.bench.suite.run_suite] measures every (entry, dtype, T) point and, in the same
 run, the matrix-multiply (GEMM) rate of this machine, so every figure is also a ratio: a fraction
 of the GEMM rate (useful flops / time / GEMM rate) and a speed-up over the exact streaming oracle
 at the same T and dtype. The machines are shared and noisy: a ratio of two figures measured
 minutes apart on the same machine is what can be compared across runs, never an absolute time.
 Nothing here asserts on time.
 
-Per point (in a fresh subprocess unless ``isolate=False``; :mod:`refattn.bench.measure`):
+Per point (in a fresh subprocess unless ``isolate=False``; [`refattn.bench.measure`][refattn.bench.measure]):
 
 - **first call**: the method at ``T_warm = min(T, 256)``, run twice; ``first_call_s`` is the
   first call minus the second, i.e. Numba compilation (or loading its on-disk cache) and
@@ -35,7 +35,7 @@ Scaling: the exponent ``p`` of ``time ~ c T^p``, the least-squares slope of ``lo
 ``log T`` over the measured points with ``T >= fit_from`` (the range is stored with it);
 linear-time methods should give about 1, exact attention about 2.
 
-Goals are data, not code (:func:`~refattn.bench.suite.evaluate_goals`).
+Goals are data, not code ([`evaluate_goals`][refattn.bench.suite.evaluate_goals]).
 """
 
 from refattn.bench.format import format_suite, plot_suite, validate_suite

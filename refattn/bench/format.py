@@ -1,4 +1,4 @@
-"""A suite's structure check, its tables and its figure (:mod:`refattn.bench`)."""
+"""A suite's structure check, its tables and its figure ([`refattn.bench`][refattn.bench])."""
 
 from __future__ import annotations
 

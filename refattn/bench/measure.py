@@ -1,5 +1,5 @@
 """Measuring one point: the machine's facts, wall time, peak memory and the GEMM rate, in this
-process or a fresh subprocess (:mod:`refattn.bench`)."""
+process or a fresh subprocess ([`refattn.bench`][refattn.bench])."""
 
 from __future__ import annotations
 
@@ -138,7 +138,7 @@ def build(name, q, k, v, dtype, seed, budget):
 
 
 def measure_point(name, T, H, dtype, *, seed=0, repeats=3, warm_T=256, budget=128) -> dict:
-    """Measure one (entry, T, dtype) point in this process: see :mod:`refattn.bench`."""
+    """Measure one (entry, T, dtype) point in this process: see [`refattn.bench`][refattn.bench]."""
     method, _ = entry(name)
     dt = np.dtype(dtype)
     small = build(name, *_inputs(min(T, warm_T), H, dt, seed), dt, seed, budget)

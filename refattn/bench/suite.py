@@ -1,5 +1,5 @@
 """The sweep: every bench entry at every (T, dtype), ratios measured in the same run, fitted
-exponents, and goals given as data (:mod:`refattn.bench`).
+exponents, and goals given as data ([`refattn.bench`][refattn.bench]).
 
 Goals are never built in: a project states its own (refattn's are in ``benchmarks/goals.json``)
 as a list of dicts, each with ``goal`` (the sentence shown) and ``kind``:
@@ -64,12 +64,12 @@ def run_suite(*, methods=None, lengths=None, dtypes=("float64", "float32"), H=64
               timeout=1800, fit_from=4096, note=None, progress=None, checkpoint=None, goals=None) -> dict:
     """Run the sweep; return the JSON-ready suite (results, skipped, GEMM rates, exponents, goals).
 
-    ``methods``: bench entries (default :func:`default_entries`: every registry method, and
+    ``methods``: bench entries (default [`default_entries`][refattn.bench.suite.default_entries]: every registry method, and
     Performer's causal form); ``budget``: stored numbers per query row (each method's budget rule,
-    capped at ``T``); ``goals``: goal definitions (:func:`evaluate_goals`); ``lengths``: the T values (default
+    capped at ``T``); ``goals``: goal definitions ([`evaluate_goals`][refattn.bench.suite.evaluate_goals]); ``lengths``: the T values (default
     1024 .. 131072, each method up to its ``max_T``); ``progress``: a callable given one line
     per finished point; ``checkpoint``: a path where the partial suite (``"complete": false``,
-    re-derivable with :func:`refresh`) is rewritten after every point, so a long sweep that is
+    re-derivable with [`refresh`][refattn.bench.suite.refresh]) is rewritten after every point, so a long sweep that is
     stopped keeps what it measured.
     """
     names = default_entries() if methods is None else list(methods)

@@ -6,24 +6,20 @@ r"""Checking other implementations: exact and statistical verdicts for a user's 
 
 ``kind`` and the callable contract (the docs' check page):
 
-==========  ==============================================  ==========================
-kind        callable                                        module
-==========  ==============================================  ==========================
-exact       ``fn(q, k, v[, causal=, mask=]) -> out``        :mod:`refattn.check.exact`
-backward    ``fn(q, k, v, dout[, causal=, mask=]) -> (dq, dk, dv)``
-                                                            :mod:`refattn.check.backward`
-kernel      ``fn(q, k, seed[, m=]) -> K_hat (T, S)``        :mod:`refattn.check.kernel`
-attention   ``fn(q, k, v, seed[, m=, causal=, key_lengths=]) -> out (T, Hv)``
-                                                            :mod:`refattn.check.attention`
-projection  ``fn(m, d, seed) -> W (m, d)``                  :mod:`refattn.check.projection`
-hash        ``fn(x, seed) -> bucket ids (T,)``              :mod:`refattn.check.hashing`
-==========  ==============================================  ==========================
+| kind | callable | module |
+|---|---|---|
+| exact | ``fn(q, k, v[, causal=, mask=]) -> out`` | [`refattn.check.exact`][refattn.check.exact] |
+| backward | ``fn(q, k, v, dout[, causal=, mask=]) -> (dq, dk, dv)`` | [`refattn.check.backward`][refattn.check.backward] |
+| kernel | ``fn(q, k, seed[, m=]) -> K_hat (T, S)`` | [`refattn.check.kernel`][refattn.check.kernel] |
+| attention | ``fn(q, k, v, seed[, m=, causal=, key_lengths=]) -> out (T, Hv)`` | [`refattn.check.attention`][refattn.check.attention] |
+| projection | ``fn(m, d, seed) -> W (m, d)`` | [`refattn.check.projection`][refattn.check.projection] |
+| hash | ``fn(x, seed) -> bucket ids (T,)`` | [`refattn.check.hashing`][refattn.check.hashing] |
 
-Outputs may be anything :func:`numpy.asarray` converts (torch, cupy, jax arrays). Every
+Outputs may be anything `numpy.asarray` converts (torch, cupy, jax arrays). Every
 statistical verdict of a run shares one family-wise false-alarm probability ``alpha``
-(default 1e-3; Bonferroni within a check, Holm across checks: :mod:`refattn.check.verdict`).
+(default 1e-3; Bonferroni within a check, Holm across checks: [`refattn.check.verdict`][refattn.check.verdict]).
 Power against a catalogue of planted defects is measured in proofs_tests/check/test_planted.py
-(:mod:`refattn.check.planted`).
+([`refattn.check.planted`][refattn.check.planted]).
 """
 
 from __future__ import annotations
@@ -62,7 +58,7 @@ def check(target, kind, *, method="positive", projection=None, m=None, A=None, f
     """Check the callable ``target`` (a callable, ``"pkg.mod:fn"`` or ``"path/file.py:fn"``).
 
     ``target`` is imported and executed as code, with the rights of the user who runs the check:
-    check only code you would run. It runs in a worker process (:mod:`refattn.check.isolation`)
+    check only code you would run. It runs in a worker process ([`refattn.check.isolation`][refattn.check.isolation])
     unless ``isolate=False``: a crash, a hang, an exit, an allocation beyond ``memory_limit`` or a
     write into its inputs becomes a failing verdict, and what it prints is captured
     (``report.output``), never mixed into the checker's output.
@@ -83,7 +79,7 @@ def check(target, kind, *, method="positive", projection=None, m=None, A=None, f
         rows for ``kind="projection"``.
     A : float, optional
         FAVOR++'s parameter (``A < 1/8``); default: the optimal ``A*`` of the probe inputs, as
-        refattn computes it from the data (:func:`refattn.check.kernel.favorpp_A`).
+        refattn computes it from the data ([`refattn.check.kernel.favorpp_A`][refattn.check.kernel.favorpp_A]).
     family, bits, buckets, width
         The hash family (``simhash`` with ``bits``, ``angular`` with ``buckets``,
         ``cross_polytope``, ``e2lsh`` with ``width``).
@@ -107,15 +103,15 @@ def check(target, kind, *, method="positive", projection=None, m=None, A=None, f
     precision : {"float64", "float32", "float16", "bfloat16"}
         The precision ``fn`` claims to compute in (exact kind): its cases get inputs in that
         precision and are judged by the FlashAttention rule against what a kernel of that
-        precision computes (:func:`refattn.precision.kernel_reference`).
+        precision computes ([`refattn.precision.kernel_reference`][refattn.precision.kernel_reference]).
     alpha : float
         Family-wise false-alarm probability of the run's statistical checks.
     seed : int
         Master seed: the inputs and every seed passed to ``fn`` derive from it.
     n_draws : int, optional
-        Seeds per statistical check (default :data:`DEFAULT_DRAWS`; for hashes, enough to detect a
+        Seeds per statistical check (default `DEFAULT_DRAWS`; for hashes, enough to detect a
         10% relative change of a collision rate with probability 0.99,
-        :func:`refattn.check.hashing.hash_draws`; the measured power holds at the defaults).
+        [`refattn.check.hashing.hash_draws`][refattn.check.hashing.hash_draws]; the measured power holds at the defaults).
     budget : float, optional
         Seconds the sampling may take; when they run out, the draws so far are used (noted).
     progress : bool

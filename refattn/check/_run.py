@@ -1,13 +1,13 @@
 r"""The state of one ``refattn check`` run, shared by the per-kind modules.
 
-:class:`Run` holds the callable, the report being written, the master generator (every seed
+[`Run`][refattn.check._run.Run] holds the callable, the report being written, the master generator (every seed
 passed to the callable is drawn from it, so ``--seed`` reproduces a run), the time budget and
 the helpers that turn test results into verdicts:
 
-- :meth:`Run.mean_check`: ``E[X_e] = truth_e`` for every entry ``e``, by the Studentised
-  z-test of :func:`refattn.stats.z_test_mean`; per-entry p-values ``2 t_{n-1}(-|z|)``,
+- [`Run.mean_check`][refattn.check._run.Run.mean_check]: ``E[X_e] = truth_e`` for every entry ``e``, by the Studentised
+  z-test of [`refattn.stats.z_test_mean`][refattn.stats.z_test_mean]; per-entry p-values ``2 t_{n-1}(-|z|)``,
   Bonferroni over entries.
-- :meth:`Run.two_sample_check`: ``E[X_e] = E[Y_e]`` for two independent samples, Welch's
+- [`Run.two_sample_check`][refattn.check._run.Run.two_sample_check]: ``E[X_e] = E[Y_e]`` for two independent samples, Welch's
   t-test per entry (Welch 1947), Bonferroni over entries.
 """
 
@@ -30,7 +30,7 @@ ARG_NAMES = {"exact": ("q", "k", "v"), "backward": ("q", "k", "v", "dout"), "ker
 
 
 class Run:
-    """One run: ``fn`` under test (or the :class:`~refattn.check.isolation.Worker` that runs it),
+    """One run: ``fn`` under test (or the [`Worker`][refattn.check.isolation.Worker] that runs it),
     ``report``, master generator, budget, progress bar."""
 
     def __init__(self, fn, report: CheckReport, *, n_draws: int, budget_s=None, progress=False, worker=None):
@@ -88,7 +88,7 @@ class Run:
 
     def batched_problem(self, case, problem) -> Verdict:
         """A call on a batched case that raised or returned the wrong shape: the callable does not take
-        batch dims (a skip, not a failure); any other problem fails as :meth:`problem` does."""
+        batch dims (a skip, not a failure); any other problem fails as `problem` does."""
         if case.batch and problem.what in ("raised", "shape"):
             return self.skip(case.name, f"fn does not take batch dims ({problem})")
         return self.problem(case.name, problem)

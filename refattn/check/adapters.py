@@ -17,7 +17,7 @@ function takes::
 ``keywords`` maps the checker's keyword names (``causal``, ``mask``, ``window_size``,
 ``softcap``, ``alibi_slopes``, ``bias``, ``key_lengths``, ``return_lse``) to the function's. The
 frameworks import lazily: refattn does not depend on them (extras ``torch``, ``jax``).
-:func:`torch_backward` and :func:`jax_backward` turn a differentiable forward into the backward
+[`torch_backward`][refattn.check.adapters.torch_backward] and [`jax_backward`][refattn.check.adapters.jax_backward] turn a differentiable forward into the backward
 kind's ``fn(q, k, v, dout, ...) -> (dq, dk, dv)`` by autograd.
 """
 

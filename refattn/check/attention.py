@@ -7,8 +7,8 @@ Checks (Performer, Choromanski et al. 2021; the docs' Performer page):
    unnormalised estimator fails it, whatever the draw.
 2. **Mean** (statistical): per output entry, Welch's two-sample test of ``fn``'s outputs against
    refattn's estimator of the same method, projection and ``m``
-   (:func:`refattn.montecarlo.attention_samples`), Bonferroni over entries. The ratio
-   estimator's ``O(1/m)`` bias (:func:`refattn.theory.positive_output_moments`) is part of both
+   ([`refattn.montecarlo.attention_samples`][refattn.montecarlo.attention_samples]), Bonferroni over entries. The ratio
+   estimator's ``O(1/m)`` bias ([`refattn.theory.positive_output_moments`][refattn.performer.theory.positive_output_moments]) is part of both
    means, so a correct implementation with the same ``m`` passes and a different bias fails.
 3. **Mean squared error** (statistical): the per-draw ``mean_e (out_e - O_e)^2`` (``O`` the exact
    oracle) has the same mean as refattn's (Welch): catches too few features, a wrong

@@ -1,9 +1,9 @@
 r"""``--kind backward``: an attention backward ``fn(q, k, v, dout) -> (dq, dk, dv)`` (and
 ``causal=``, ``mask=`` when it takes them), judged case by case against
-:func:`refattn.attention_backward` by the FlashAttention rule, one verdict per case (every one of
+[`refattn.attention_backward`][refattn.exact.attention_backward] by the FlashAttention rule, one verdict per case (every one of
 ``dq``, ``dk``, ``dv`` within its bound).
 
-The grid is the exact kind's (:data:`refattn.check.exact.CASES`): ``T != S``, ``T = S``,
+The grid is the exact kind's (`refattn.check.exact.CASES`): ``T != S``, ``T = S``,
 ``H = 1``, odd sizes, batch dims, logits far apart, causal ``T = S``, ``T < S``, ``T > S`` in the
 claimed alignment, a boolean mask, and flash-attn's options the callable takes (sliding window,
 softcap, ALiBi, additive bias, key padding); ``dout`` is standard normal. Claims: ``float64`` (default) and
@@ -79,7 +79,7 @@ def _grouped(grads, group):
 def check_backward(run, *, alignment="bottom_right", precision="float64", layout="TH", equal_head_dims=False,
                    gqa=False):
     """Run the grid on ``run.fn``; one verdict per case. ``layout``, ``equal_head_dims`` and ``gqa`` as
-    for the exact kind (:func:`refattn.check.exact.check_exact`); with a layout the gradients are
+    for the exact kind ([`refattn.check.exact.check_exact`][refattn.check.exact.check_exact]); with a layout the gradients are
     judged on the whole batch. With ``gqa`` the key/value gradients must be summed over the query heads
     that share each key/value head."""
     if alignment not in ("bottom_right", "top_left"):
@@ -127,7 +127,7 @@ def rounding_allowance(q, k, v, dout, kw, u):
     ``u`` by the dense formulas in any order (derived: the product bound ``|fl(AB) - AB| <= gamma_n
     |A| |B|``, ``gamma_n = n u / (1 - n u)``, Higham 2002, Sec. 3.5, chained through the backward;
     the probabilities' error is the forward bound's, ``(e^{2 Delta_i} - 1 + 2 gamma_{S+2}) P``, with
-    ``Delta_i`` the logits' error, as :func:`refattn.exact.forward_error_bound`).
+    ``Delta_i`` the logits' error, as [`refattn.exact.forward_error_bound`][refattn.exact.forward_error_bound]).
 
     Two implementations that each meet it differ by at most twice it: the allowance the rule adds for
     ill-conditioned cases, where two correct float64 backwards differ by more than the rule's floor."""

@@ -1,6 +1,6 @@
 r"""``--kind exact``: an exact attention ``fn(q, k, v) -> out`` (and ``causal=``, ``mask=`` when it
 takes them), judged case by case against the float64 oracle by the FlashAttention rule
-(:func:`refattn.testing.tolerance_check`).
+([`refattn.testing.tolerance_check`][refattn.testing.tolerance_check]).
 
 The grid: ``T != S``; ``T = S``; ``H = 1`` with ``T = 1``; odd sizes; leading batch dims (skipped when the
 callable does not take them); logits about 1000 apart (overflow without the max
@@ -19,7 +19,7 @@ subtraction). The verdict names the fault the output matches within the rule's b
 float16 or bfloat16 is judged at that precision. Every case then hands it inputs in the claimed
 dtype (bfloat16 values in float32 arrays: NumPy has no bfloat16 that frameworks read) and the
 rule's low-precision reference is what a kernel of that precision computes
-(:func:`refattn.precision.kernel_reference`: float32 accumulation and softmax, probabilities
+([`refattn.precision.kernel_reference`][refattn.precision.kernel_reference]: float32 accumulation and softmax, probabilities
 rounded before the second product), with a floor of ``4 eps`` of the precision. A float64 claim
 that fails with errors at a lower precision's rounding level is diagnosed as such, naming the
 flag.
@@ -27,7 +27,7 @@ flag.
 For float64 inputs (and for low-precision claims, with float32's unit roundoff, since such kernels
 compute in float32), where rounding alone can exceed the rule's allowance (logits far apart:
 the low-precision reference is then the oracle itself), the allowance is raised to twice the
-rigorous forward error bound of the oracle (:func:`refattn.exact.forward_error_bound`,
+rigorous forward error bound of the oracle ([`refattn.exact.forward_error_bound`][refattn.exact.forward_error_bound],
 docs/exact.md): ``|out - O64| <= |out - O| + |O64 - O|``, each within the bound.
 """
 

@@ -20,7 +20,7 @@ relative change of the collision rate at the most sensitive pair is detected wit
 least 0.99 at the run's ``alpha`` (Bonferroni over the pairs and the three statistical checks):
 the normal-approximation sample size of the one-sample binomial test (two-sample test for the
 families judged against refattn's own hash), at the reference rates (closed forms, or refattn's
-Monte Carlo for the angular and cross-polytope hashes). :func:`draws_for_power`.
+Monte Carlo for the angular and cross-polytope hashes). [`draws_for_power`][refattn.check.hashing.draws_for_power].
 
 3. **Independence across seeds**: a point hashed with seeds ``s`` and ``s + 1`` collides with
    probability ``1 / buckets`` for the symmetric families (SimHash ``2^-r``, angular ``1/b``,
@@ -113,7 +113,7 @@ def _reference_rates(family, bits, buckets, width, rounds, d):
 
 
 def hash_draws(family, *, bits=1, buckets=8, width=1.0, rounds=None, alpha=1e-3, d=8):
-    """The hash kind's default draws for this family and claim (:func:`draws_for_power`)."""
+    """The hash kind's default draws for this family and claim ([`draws_for_power`][refattn.check.hashing.draws_for_power])."""
     rates = _reference_rates(family, bits, buckets, width, rounds, d)
     P = len(E2LSH_DISTANCES) if family == "e2lsh" else len(ANGLES)
     n = draws_for_power(rates, alpha=alpha, n_tests=P * N_STATISTICAL, two_sample=family in ("angular", "cross_polytope"))

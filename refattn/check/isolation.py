@@ -1,26 +1,19 @@
 r"""Running the callable under test in a worker process that fails closed.
 
-``refattn check`` imports and executes a user's code. :class:`Worker` keeps it out of the
+``refattn check`` imports and executes a user's code. [`Worker`][refattn.check.isolation.Worker] keeps it out of the
 checker's process: one worker per check run loads the TARGET (a file TARGET's folder is on its
 ``sys.path``, so sibling modules import) and answers calls over a pipe; the checker only sees
-arrays and messages. Whatever the callable does becomes a :class:`~refattn.check.loader.CallProblem`,
+arrays and messages. Whatever the callable does becomes a [`CallProblem`][refattn.check.loader.CallProblem],
 and so a failing verdict, never a hang, a crash or a pass by default:
 
-==========================================  ============================================
-the callable                                the verdict says
-==========================================  ============================================
-raises (any ``BaseException``: ``SystemExit``,  ``raised TYPE: message`` (a message whose
-``KeyboardInterrupt``, ...)                 ``__str__`` raises is reported as unprintable)
-returns after ``timeout`` seconds            ``timeout``: the worker is stopped and restarted
-ends the process (``os._exit``), crashes    ``crashed``: the exit code or the signal
-(a segfault), is killed (out of memory)     (``SIGSEGV``, ``SIGKILL``), the worker restarted
-allocates beyond ``memory_limit`` bytes      ``raised MemoryError`` (the worker's address
-                                            space is capped with ``RLIMIT_AS``)
-writes into its inputs                      ``mutated``: the argument it changed
-prints                                      nothing: stdout and stderr (Python's and the C
-                                            library's) are captured and kept in
-                                            :attr:`Worker.output`, never mixed into ``--json``
-==========================================  ============================================
+| the callable | the verdict says |
+|---|---|
+| raises (any `BaseException`: `SystemExit`, `KeyboardInterrupt`, ...) | `raised TYPE: message` (a message whose `__str__` raises is reported as unprintable) |
+| returns after `timeout` seconds | `timeout`: the worker is stopped and restarted |
+| ends the process (`os._exit`), crashes (a segfault), is killed (out of memory) | `crashed`: the exit code or the signal (`SIGSEGV`, `SIGKILL`), the worker restarted |
+| allocates beyond `memory_limit` bytes | `raised MemoryError` (the worker's address space is capped with `RLIMIT_AS`) |
+| writes into its inputs | `mutated`: the argument it changed |
+| prints | nothing: stdout and stderr (Python's and the C library's) are captured and kept in `Worker.output`, never mixed into `--json` |
 
 Every call gets fresh copies of its inputs (they are pickled across the pipe), and the worker
 compares them after the call with the copies it kept. The worker is forked from a fresh server
@@ -191,10 +184,10 @@ def _fresh_context():
 
 class Worker:
     """One worker process for one check run: ``call(args, kwargs)`` returns ``(result, None)`` or
-    ``(None, CallProblem)``; :meth:`close` stops it. ``keywords`` lists what the callable takes.
+    ``(None, CallProblem)``; `close` stops it. ``keywords`` lists what the callable takes.
 
-    Raises :class:`~refattn.check.loader.LoadFailure` when the TARGET cannot be loaded (a failing
-    verdict), :class:`~refattn.check.loader.TargetError` for a malformed TARGET (a usage error)."""
+    Raises [`LoadFailure`][refattn.check.loader.LoadFailure] when the TARGET cannot be loaded (a failing
+    verdict), [`TargetError`][refattn.check.loader.TargetError] for a malformed TARGET (a usage error)."""
 
     def __init__(self, target, *, timeout=60.0, memory_limit=None):
         self.timeout = float(timeout)

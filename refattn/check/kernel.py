@@ -13,17 +13,17 @@ Checks (Performer, Choromanski et al. 2021; the docs' Performer page):
 3. **Variance** (needs the feature count ``m``): the per-draw statistic
    ``u = mean_ij (K_hat_ij - K_ij)^2 / MSE_ij`` has mean 1, where ``MSE`` is Lemma 2's closed
    form (iid Gaussian projections) or the exact orthogonal-feature MSE
-   (:func:`refattn.theory.mse_orthogonal`); for combinations without a closed form, ``u``
+   ([`refattn.theory.mse_orthogonal`][refattn.performer.theory.mse_orthogonal]); for combinations without a closed form, ``u``
    (normalised by ``K^2``) is compared with refattn's own estimator by a Welch two-sample test.
 4. **Consistency** (when ``fn`` takes ``m=``): the same variance check at ``4 m``: the error
    must fall as the closed form says when the feature count grows.
 
 FAVOR++ (``method="favorpp"``, Likhosherstov et al. 2022; the docs' Performer page) is judged at its
 parameter ``A``: given, or (``A=None``) the optimal ``A*`` that refattn computes from the data
-(:func:`refattn.theory.favorpp_optimal_A` at the pair average of ``|x_i + y_j|^2`` of the probe
-rows, as :func:`refattn.performer.attention.performer_attention` does). The estimate is unbiased for every
+([`refattn.theory.favorpp_optimal_A`][refattn.performer.theory.favorpp_optimal_A] at the pair average of ``|x_i + y_j|^2`` of the probe
+rows, as [`refattn.performer.attention.performer_attention`][refattn.performer.attention.performer_attention] does). The estimate is unbiased for every
 ``A < 1/8``, so the mean checks do not depend on it; the variance is
-:func:`refattn.theory.favorpp_variance` ``/ m`` for iid projections (derived, checked by Monte
+[`refattn.theory.favorpp_variance`][refattn.performer.theory.favorpp_variance] ``/ m`` for iid projections (derived, checked by Monte
 Carlo in proofs_tests/performer/test_features.py) and refattn's own estimator otherwise.
 """
 

@@ -3,10 +3,10 @@ r"""Load the callable under test and call it safely.
 ``TARGET`` is ``package.module:function`` or ``path/to/file.py:function`` (the function may
 be a dotted attribute path, ``mod:Class.method``). A callable object is accepted as is.
 
-:func:`call_safely` turns every way a user's function can go wrong (it raises, returns
-something :func:`numpy.asarray` cannot convert, the wrong shape or dtype, NaN or Inf) into a
-:class:`CallProblem` naming the problem: the checker never crashes on a user's bug.
-:class:`Sampler` calls a random estimator for many seeds, under a time budget, with an
+[`call_safely`][refattn.check.loader.call_safely] turns every way a user's function can go wrong (it raises, returns
+something `numpy.asarray` cannot convert, the wrong shape or dtype, NaN or Inf) into a
+[`CallProblem`][refattn.check.loader.CallProblem] naming the problem: the checker never crashes on a user's bug.
+[`Sampler`][refattn.check.loader.Sampler] calls a random estimator for many seeds, under a time budget, with an
 optional progress bar.
 """
 
@@ -44,8 +44,8 @@ def describe_target(target) -> str:
 def load_target(target):
     """The callable named by ``target`` (a string ``module:function`` / ``file.py:function``, or a callable).
 
-    Raises :class:`TargetError` for a malformed string or a missing file (usage errors) and
-    :class:`LoadFailure` when the module raises on import, lacks the attribute, or the
+    Raises [`TargetError`][refattn.check.loader.TargetError] for a malformed string or a missing file (usage errors) and
+    [`LoadFailure`][refattn.check.loader.LoadFailure] when the module raises on import, lacks the attribute, or the
     attribute is not callable.
     """
     if callable(target) and not isinstance(target, str):
@@ -114,7 +114,7 @@ class CallProblem:
 
 
 def as_result_array(out, parts=None):
-    """``(array, None)``: the result through :func:`numpy.asarray` (torch, cupy and jax arrays
+    """``(array, None)``: the result through `numpy.asarray` (torch, cupy and jax arrays
     convert; a copy, so later changes to the callable's buffers cannot touch it), or
     ``(None, message)`` when it is not an array of numbers. ``parts``: the result is a tuple of
     that many arrays (a backward's ``(dq, dk, dv)``), returned as a tuple of arrays."""
@@ -178,8 +178,8 @@ def call_safely(fn, args, kwargs=None, *, shape=None, integer=False, finite=True
     """Call ``fn(*args, **kwargs)`` in this process; return ``(array, None)`` or ``(None, CallProblem)``.
 
     For callables the checker may run in its own process (``isolate=False``); a check run uses a
-    worker process (:mod:`refattn.check.isolation`). Warnings the function emits are swallowed
-    (the verdict reports the result); see :func:`judge_result` for the checks on the result.
+    worker process ([`refattn.check.isolation`][refattn.check.isolation]). Warnings the function emits are swallowed
+    (the verdict reports the result); see [`judge_result`][refattn.check.loader.judge_result] for the checks on the result.
     """
     kwargs = kwargs or {}
     try:
@@ -199,9 +199,9 @@ def call_safely(fn, args, kwargs=None, *, shape=None, integer=False, finite=True
 class Sampler:
     """Calls ``draw(seed)`` for many seeds under a time budget; stops at the first problem.
 
-    ``seeds`` come from the run's master generator (:meth:`seeds`), so a run is reproducible
+    ``seeds`` come from the run's master generator (`seeds`), so a run is reproducible
     from its ``--seed``. ``budget_s`` is the time this sampler may use (None: no limit); when
-    it runs out, the draws collected so far are used and :attr:`truncated` says so.
+    it runs out, the draws collected so far are used and `truncated` says so.
     """
 
     def __init__(self, *, budget_s=None, progress=False, min_draws=20):

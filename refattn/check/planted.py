@@ -5,9 +5,9 @@ implementations measure the false-alarm rate, the defects the power. Every funct
 written out in plain NumPy on top of refattn's projections and hashes (the draws), so each
 defect is a one-line change of a correct implementation, as it would be in a user's code.
 
-:data:`CATALOGUE` maps a defect's name to a :class:`Planted`: the callable, the ``kind`` and
+`CATALOGUE` maps a defect's name to a [`Planted`][refattn.check.planted.Planted]: the callable, the ``kind`` and
 options to check it with, the check expected to fail, and what the bug is.
-:data:`CORRECT` does the same for the correct implementations (every check should pass).
+`CORRECT` does the same for the correct implementations (every check should pass).
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ def favorpp_kernel(q, k, seed, m=64, *, A=None, projection="gaussian", normalise
 
 
 def features_kernel(q, k, seed, m=64, *, kind="trigonometric"):
-    """``phi(x) . phi(y)`` with refattn's :class:`~refattn.performer.features.RandomFeatures` of ``kind`` (iid rows)."""
+    """``phi(x) . phi(y)`` with refattn's [`RandomFeatures`][refattn.performer.features.RandomFeatures] of ``kind`` (iid rows)."""
     H = q.shape[-1]
     f = RandomFeatures(kind, gaussian_projection(m, H, seed))
     (a, la), (b, lb) = f(q * H**-0.25), f(k * H**-0.25)  # features and their log-scales
@@ -310,7 +310,7 @@ CATALOGUE = {
 
 
 def measure(entries, seeds, *, alpha=1e-3):
-    """Run the checker on each :class:`Planted` of ``entries`` (name -> Planted) for every seed.
+    """Run the checker on each [`Planted`][refattn.check.planted.Planted] of ``entries`` (name -> Planted) for every seed.
 
     Returns ``{name: {"runs": n, "failed": runs that failed, "caught": runs whose expected check
     failed, "largest_p": the largest p-value of the expected check, "failing_checks": ...}}``:

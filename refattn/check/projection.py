@@ -7,7 +7,7 @@ Checks over ``n`` seeds (statistical unless said otherwise):
 2. **Covariance I**: ``E[w_r w_r^T] = I`` per row ``r``, z-tests per entry of the upper
    triangle, Bonferroni; and pooled, ``E[mean_r |w_r|^2 / d] = 1`` (a rescaled sampler).
 3. **Sign symmetry**: ``P(W_rc > 0) = 1/2`` per entry, exact binomial tests
-   (:func:`refattn.stats.proportion_test`). Plain (LAPACK) QR without Mezzadri's sign
+   ([`refattn.stats.proportion_test`][refattn.stats.proportion_test]). Plain (LAPACK) QR without Mezzadri's sign
    correction fails: its rows have a fixed sign on the leading coordinates (Mezzadri 2007).
 4. **Norms chi_d**: per row index, the Kolmogorov-Smirnov test of ``|w_r|^2`` against
    ``chi^2_d``, Bonferroni over rows. Norms that never vary are reported as fixed-norm

@@ -1,8 +1,8 @@
 r"""Verdicts and reports of ``refattn check``: one row per check, a table, JSON, exit codes.
 
-A :class:`Verdict` is one check: its name, whether it passed, the statistic and p-value
+A [`Verdict`][refattn.check.verdict.Verdict] is one check: its name, whether it passed, the statistic and p-value
 (statistical checks) or the measured error and its bound (exact checks), an effect size and
-one line of what it means. A :class:`CheckReport` gathers the verdicts of one run.
+one line of what it means. A [`CheckReport`][refattn.check.verdict.CheckReport] gathers the verdicts of one run.
 
 False alarms are controlled over the whole run. Each statistical check tests a family of
 entries and reports a Bonferroni-adjusted p-value ``p = min(1, E min_e p_e)`` (``E``
@@ -29,7 +29,7 @@ class Verdict:
     """One check. ``passed`` is True/False, or None for a check that was skipped (with a reason).
 
     ``statistical`` verdicts take part in the Holm procedure: their ``passed`` is set by
-    :meth:`CheckReport.finalize` from ``pvalue``. Deterministic (exact) verdicts set
+    [`CheckReport.finalize`][refattn.check.verdict.CheckReport.finalize] from ``pvalue``. Deterministic (exact) verdicts set
     ``passed`` themselves, and ``statistic`` is the measured error, ``bound`` its allowance.
     """
 

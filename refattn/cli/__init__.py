@@ -3,8 +3,8 @@
 
 Exit codes: 0 success, 1 a failed check, 2 bad usage (a one-line message, no traceback),
 3 an internal error of refattn (the traceback and a request to report it). Only validation counts as
-bad usage: the command line's own (argparse, :class:`UsageError`, a missing file, a TARGET that
-cannot be loaded) and the library's boundary checks (:class:`refattn._validation.InputError`, raised
+bad usage: the command line's own (argparse, [`UsageError`][refattn.cli._args.UsageError], a missing file, a TARGET that
+cannot be loaded) and the library's boundary checks ([`refattn._validation.InputError`][refattn._validation.InputError], raised
 when a user's value reaches a public function); any other exception is refattn's bug.
 """
 

@@ -1,5 +1,5 @@
 """``refattn bench``: speed, memory and scaling of every method, as ratios measured in one run
-(:mod:`refattn.bench`)."""
+([`refattn.bench`][refattn.bench])."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``refattn check TARGET --kind KIND``: judge an external implementation (:mod:`refattn.check`)."""
+"""``refattn check TARGET --kind KIND``: judge an external implementation ([`refattn.check`][refattn.check])."""
 
 from __future__ import annotations
 

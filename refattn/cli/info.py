@@ -1,4 +1,4 @@
-"""``refattn info``: versions and usable backends (:mod:`refattn.info`)."""
+"""``refattn info``: versions and usable backends ([`refattn.info`][refattn.info])."""
 
 from __future__ import annotations
 

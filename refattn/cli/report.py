@@ -1,5 +1,5 @@
 """``refattn report``: every method at a matched budget against the exact oracle, on the embedded
-MiniLM attention or ``--data`` (:mod:`refattn.evaluation.report`)."""
+MiniLM attention or ``--data`` ([`refattn.evaluation.report`][refattn.evaluation.report])."""
 
 from __future__ import annotations
 

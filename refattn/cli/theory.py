@@ -1,4 +1,4 @@
-"""``refattn theory CLAIM``: Monte Carlo against a closed form, with intervals (:mod:`refattn.evaluation.claims`)."""
+"""``refattn theory CLAIM``: Monte Carlo against a closed form, with intervals ([`refattn.evaluation.claims`][refattn.evaluation.claims])."""
 
 from __future__ import annotations
 

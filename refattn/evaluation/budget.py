@@ -1,12 +1,12 @@
 r"""The matched-budget study on synthetic data (Scatterbrain's main figure, Chen et al. 2021, Sec. 3 and 5).
 
 At a budget of ``b`` stored numbers per query row, every method of the registry
-(:mod:`refattn.evaluation.methods`, which states each method's budget rule) approximates the
-attention matrix ``P`` (and the output ``O = P V``); :func:`matched_budget` reports the relative
-Frobenius errors ``|P^ - P|_F / |P|_F`` and ``|O^ - O|_F / |O|_F``, and :func:`row_entropy` the
+([`refattn.evaluation.methods`][refattn.evaluation.methods], which states each method's budget rule) approximates the
+attention matrix ``P`` (and the output ``O = P V``); [`matched_budget`][refattn.evaluation.budget.matched_budget] reports the relative
+Frobenius errors ``|P^ - P|_F / |P|_F`` and ``|O^ - O|_F / |O|_F``, and [`row_entropy`][refattn.evaluation.budget.row_entropy] the
 mean row entropy of ``P``.
 
-On Scatterbrain's clustered process (:func:`refattn.evaluation.datasets.clustered_inputs`) the
+On Scatterbrain's clustered process ([`refattn.evaluation.datasets.clustered_inputs`][refattn.evaluation.datasets.clustered_inputs]) the
 inverse temperature ``beta`` moves attention from diffuse (high entropy: low-rank wins) to peaked
 (low entropy: sparse wins), with sparse + low-rank best in between: the tests check the ordering,
 not constants. The oracles materialise ``T x S``: this is a small-``T`` study tool.
@@ -41,10 +41,10 @@ def row_entropy(P):
 
 
 def matched_budget(q, k, v, *, budget, scale, rng, methods=None):
-    """Errors of every method at ``budget`` numbers per row: a list of :class:`BudgetRow`.
+    """Errors of every method at ``budget`` numbers per row: a list of `BudgetRow`.
 
     ``methods``: registry names (default: every non-exact method). ``rng`` draws one master seed;
-    each method then draws from its own stream (:func:`refattn.evaluation.methods.method_rng`).
+    each method then draws from its own stream ([`refattn.evaluation.methods.method_rng`][refattn.evaluation.methods.method_rng]).
     """
     budget = check_positive_int(budget, "budget", minimum=4)
     if q.shape[0] != k.shape[0]:

@@ -1,7 +1,7 @@
 """`refattn theory CLAIM`: Monte Carlo estimates next to the closed forms of refattn.theory.
 
 Each claim is a table: the closed-form value, the empirical value from
-:mod:`refattn.montecarlo` with a bootstrap (normal) interval at level ``1 - alpha``, and
+[`refattn.montecarlo`][refattn.montecarlo] with a bootstrap (normal) interval at level ``1 - alpha``, and
 whether the interval covers the closed form. Claims:
 
 - ``lemma2``: MSE of the positive, hyperbolic and trigonometric estimators (iid) by angle.
@@ -203,7 +203,7 @@ CLAIMS = {"lemma2": _lemma2, "orthogonal": _orthogonal, "favorpp": _favorpp, "sm
 
 
 def run_claim(name, *, draws=20_000, d=16, m=16, norm=0.5, alpha=1e-3, seed=0, progress=None):
-    """Rows of one claim's table (:class:`ClaimRow`)."""
+    """Rows of one claim's table (`ClaimRow`)."""
     from tqdm.auto import tqdm
 
     if name not in CLAIMS:

@@ -3,11 +3,11 @@
 The report compares the implementations of exact attention with each other (the dense
 float64 oracle, the NumPy and Numba streaming kernels, the low-precision dense paths, the
 float64 oracle against the arbitrary-precision mpmath oracle on small adversarial
-problems) and every method of the registry (:mod:`refattn.evaluation.methods`) that is neither
-the oracle nor an oracle bound against it, at :data:`ESTIMATOR_BUDGET` numbers per row, one
+problems) and every method of the registry ([`refattn.evaluation.methods`][refattn.evaluation.methods]) that is neither
+the oracle nor an oracle bound against it, at `ESTIMATOR_BUDGET` numbers per row, one
 seeded draw per head (causal problems: the methods with a causal form).
 
-The embedded inputs are generated from fixed seeds (:func:`default_problems`), so every
+The embedded inputs are generated from fixed seeds ([`default_problems`][refattn.evaluation.exact_paths.default_problems]), so every
 machine reports on the same numbers.
 """
 
@@ -74,7 +74,7 @@ def _row(problem, method, reference, out, ref, seconds):
 
 
 def run_report(seq_len: int = 512, seed: int = 0, progress: bool | None = None):
-    """Compute the report rows (a list of :class:`ReportRow`)."""
+    """Compute the report rows (a list of `ReportRow`)."""
     from tqdm.auto import tqdm
 
     # compile the Numba kernel outside the timings
@@ -105,12 +105,12 @@ def run_report(seq_len: int = 512, seed: int = 0, progress: bool | None = None):
 
 
 #: Stored numbers per query row for the estimators' rows (each method's budget rule:
-#: :mod:`refattn.evaluation.methods`).
+#: [`refattn.evaluation.methods`][refattn.evaluation.methods]).
 ESTIMATOR_BUDGET = 128
 
 
 def _estimator_rows(name, q, k, v, kw, base, ref_name, seed):
-    """Every non-oracle method of the registry at :data:`ESTIMATOR_BUDGET`, head by head (one draw per
+    """Every non-oracle method of the registry at `ESTIMATOR_BUDGET`, head by head (one draw per
     head); causal problems use the methods with a causal form, padded keys are cut off per sequence."""
     rows = []
     causal = bool(kw.get("causal", False))

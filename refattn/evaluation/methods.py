@@ -1,29 +1,29 @@
 r"""The one method registry: every attention method refattn compares, its budget rule and its seed stream.
 
-``refattn report`` (:mod:`refattn.evaluation.report`), the oracle's path comparison
-(:mod:`refattn.evaluation.exact_paths`), the matched-budget study on synthetic data
-(:mod:`refattn.evaluation.budget`) and ``refattn bench`` (:mod:`refattn.bench`) all read
-:data:`REGISTRY`; a new method joins all four with one :func:`register` call (the docs' report
+``refattn report`` ([`refattn.evaluation.report`][refattn.evaluation.report]), the oracle's path comparison
+([`refattn.evaluation.exact_paths`][refattn.evaluation.exact_paths]), the matched-budget study on synthetic data
+([`refattn.evaluation.budget`][refattn.evaluation.budget]) and ``refattn bench`` ([`refattn.bench`][refattn.bench]) all read
+`REGISTRY`; a new method joins all four with one [`register`][refattn.evaluation.methods.register] call (the docs' report
 page, "Adding a method").
 
 **Budget rule.** At a budget of ``b`` stored numbers per query row (``T = S``):
 
-==============================  ===============================================
-exact dense, exact streaming    the oracle itself (no budget: every ``S`` entry)
-best sparse (top-k, oracle)     ``b`` largest entries of each row of ``P`` (truncated)
-best low-rank (SVD, oracle)     rank ``b/2`` (``r (T + S)`` numbers)
-sparse + low-rank (oracle)      best of rank ``r`` + ``b - 2r`` entries per row, ``r`` in {b/8, b/4, 3b/8}
-performer                       ``m = b/2`` features (orthogonal, positive)
-scatterbrain                    ``m = b/4`` features + SimHash buckets of about ``b/2`` keys
-nystrom                         ``b/2`` segment-mean landmarks (Xiong et al. 2021)
-local window                    ``b`` keys around the diagonal
-reformer                        chunks of ``b/2`` with look-back 1, buckets of about ``b/2``
-smyrf                           balanced clusters of about ``b/2`` keys (one hash round)
-hyperattention                  blocks of ``b/2`` plus ``b/2`` sampled columns
-sea                             ``K = b/2`` compressed bins + top ``k = b/2`` keys (``m = b/2`` features)
-==============================  ===============================================
+|   |   |
+|---|---|
+| exact dense, exact streaming | the oracle itself (no budget: every ``S`` entry) |
+| best sparse (top-k, oracle) | ``b`` largest entries of each row of ``P`` (truncated) |
+| best low-rank (SVD, oracle) | rank ``b/2`` (``r (T + S)`` numbers) |
+| sparse + low-rank (oracle) | best of rank ``r`` + ``b - 2r`` entries per row, ``r`` in {b/8, b/4, 3b/8} |
+| performer | ``m = b/2`` features (orthogonal, positive) |
+| scatterbrain | ``m = b/4`` features + SimHash buckets of about ``b/2`` keys |
+| nystrom | ``b/2`` segment-mean landmarks (Xiong et al. 2021) |
+| local window | ``b`` keys around the diagonal |
+| reformer | chunks of ``b/2`` with look-back 1, buckets of about ``b/2`` |
+| smyrf | balanced clusters of about ``b/2`` keys (one hash round) |
+| hyperattention | blocks of ``b/2`` plus ``b/2`` sampled columns |
+| sea | ``K = b/2`` compressed bins + top ``k = b/2`` keys (``m = b/2`` features) |
 
-**Seed stream.** Every draw of a method comes from :func:`method_rng` ``(seed, name, *stream)``:
+**Seed stream.** Every draw of a method comes from [`method_rng`][refattn.evaluation.methods.method_rng] ``(seed, name, *stream)``:
 ``numpy.random.default_rng([seed, crc32(name), *stream])``, one independent stream per seed,
 method and head (``stream``), stable when the registry grows. A method with several independent
 draws (Scatterbrain's hash and features) splits its stream with ``Generator.spawn`` in a fixed
@@ -31,7 +31,7 @@ order (hash first).
 
 **Contract.** ``method.run(q, k, v, *, budget, scale, rng, causal=False, dtype=None)`` takes one
 head ``q (T, H)``, ``k (S, H)``, ``v (S, Hv)`` and returns the output ``(T, Hv)`` or a result
-object with ``.output`` (:func:`output_of`). ``dtype`` asks for a lower working precision; the
+object with ``.output`` ([`output_of`][refattn.evaluation.methods.output_of]). ``dtype`` asks for a lower working precision; the
 methods with a low-precision path (the exact oracle, Performer) honour it, the others compute in
 float64. Every entry is linear in ``v`` given its draw, so
 ``run(q, k, I)`` with the same draw is its effective attention matrix ``P^``.
@@ -104,12 +104,12 @@ class Method:
     max_T: int = 65536
 
 
-#: name -> :class:`Method`, in table order (exact, oracles, then the methods).
+#: name -> [`Method`][refattn.evaluation.methods.Method], in table order (exact, oracles, then the methods).
 REGISTRY: dict[str, Method] = {}
 
 
 def register(method: Method) -> Method:
-    """Add ``method`` to :data:`REGISTRY` (replacing one of the same name) and return it."""
+    """Add ``method`` to `REGISTRY` (replacing one of the same name) and return it."""
     if not isinstance(method, Method):
         raise InputTypeError(f"method: expected a refattn.evaluation.methods.Method, got {type(method).__name__}")
     REGISTRY[method.name] = method
@@ -157,7 +157,7 @@ def _svd(P, r):
 
 def _best_mixed_split(P, b):
     """The sparse + low-rank oracle: the best of the strictly mixed splits rank r + (b - 2r) entries
-    per row, r in {b/8, b/4, 3b/8} (:func:`refattn.scatterbrain.fixed_budget_decomposition`)."""
+    per row, r in {b/8, b/4, 3b/8} ([`refattn.scatterbrain.fixed_budget_decomposition`][refattn.scatterbrain.rpca.fixed_budget_decomposition])."""
     best, err = None, np.inf
     for r in sorted({max(1, b // 8), max(1, b // 4), max(1, 3 * b // 8)}):
         L, Sp = fixed_budget_decomposition(P, r, P.shape[0] * max(0, b - 2 * r), n_iter=20)

@@ -1,9 +1,9 @@
 r"""`refattn report`'s main table: every method at a matched budget against the exact oracle.
 
-For each head of an :class:`refattn.evaluation.datasets.AttentionData` (by default the embedded MiniLM
-attention) and each temperature, every method of the registry :data:`refattn.evaluation.methods.REGISTRY`
-runs at ``budget`` stored numbers per query row (the accounting is in :mod:`refattn.evaluation.methods`)
-and is compared with the exact oracle :func:`refattn.exact.attention_probabilities`:
+For each head of an [`refattn.evaluation.datasets.AttentionData`][refattn.evaluation.datasets.AttentionData] (by default the embedded MiniLM
+attention) and each temperature, every method of the registry `refattn.evaluation.methods.REGISTRY`
+runs at ``budget`` stored numbers per query row (the accounting is in [`refattn.evaluation.methods`][refattn.evaluation.methods])
+and is compared with the exact oracle [`refattn.exact.attention_probabilities`][refattn.exact.attention_probabilities]:
 
 - ``error_P = |P^ - P|_F / |P|_F``, where ``P^ = run(q, k, I)`` is the method's effective
   attention matrix (every registered method is linear in ``v`` given its draw, so the same
@@ -18,7 +18,7 @@ and is compared with the exact oracle :func:`refattn.exact.attention_probabiliti
 The exact baselines join the table: the dense oracle (the reference itself, error 0) and the
 streaming Numba kernel (online softmax, ``O((T + S) H)`` memory), whose error shows rounding.
 The mean row entropy of ``P`` (nats) is recorded for every head: Scatterbrain's figure (Chen et
-al. 2021, Fig. 1) plots error against it (:func:`plot_error_vs_entropy`).
+al. 2021, Fig. 1) plots error against it ([`plot_error_vs_entropy`][refattn.evaluation.report.plot_error_vs_entropy]).
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def _rel(a, b):
 
 
 def run_comparison(data, *, budget=64, methods=DEFAULT_METHODS, temperatures=(1.0,), seed=0, progress=None):
-    """Rows (:class:`MethodRow`) for every temperature x head x method.
+    """Rows (`MethodRow`) for every temperature x head x method.
 
     Parameters
     ----------
@@ -92,7 +92,7 @@ def run_comparison(data, *, budget=64, methods=DEFAULT_METHODS, temperatures=(1.
     budget : int
         Stored numbers per query row, ``4 <= budget <= S``.
     methods : sequence of str
-        Names in :data:`refattn.evaluation.methods.REGISTRY`.
+        Names in `refattn.evaluation.methods.REGISTRY`.
     temperatures : sequence of float
         Logits are divided by each (queries scaled by ``1/temperature``).
     seed : int

@@ -1,7 +1,7 @@
 """Hand-written kernels: for each loop a NumPy twin (the readable reference) and a
 parallel Numba CPU version; a test asserts that the two agree (proofs_tests/test_kernels_*).
 
-Modules here take plain 2-D arrays that :mod:`refattn.problem` has already validated;
+Modules here take plain 2-D arrays that [`refattn.problem`][refattn.problem] has already validated;
 they do no input checking of their own. Setting ``REFATTN_DISABLE_NUMBA=1`` makes every
 dispatcher fall back to the NumPy twin.
 """

@@ -58,7 +58,7 @@ def on_gpu(**arrays) -> bool:
 def shadow(a):
     """A read-only NumPy stand-in for a device array: same shape and dtype, zero strides, no copy.
 
-    The CPU validators (:mod:`refattn.problem`, :mod:`refattn._validation`) check shapes,
+    The CPU validators ([`refattn.problem`][refattn.problem], `refattn._validation`) check shapes,
     broadcasting and dtypes on shadows, so the GPU path has the CPU path's errors; values
     (NaN/Inf) are checked on the device.
     """
@@ -66,14 +66,14 @@ def shadow(a):
 
 
 def shadow64(a):
-    """:func:`shadow` in float64 when ``a`` is floating (the CPU validators cast floats to float64,
+    """[`shadow`][refattn.kernels.dispatch.shadow] in float64 when ``a`` is floating (the CPU validators cast floats to float64,
     so they then make no copy), else in ``a``'s own dtype."""
     return np.broadcast_to(np.zeros((), np.float64), a.shape) if np.dtype(a.dtype).kind == "f" else shadow(a)
 
 
 def gpu_backend(**arrays):
-    """The CUDA backend (:mod:`refattn.kernels.cuda.backend`) when the (non-None) arguments are
-    CuPy arrays on one device, None when none is; the errors of :func:`on_gpu` otherwise.
+    """The CUDA backend ([`refattn.kernels.cuda.backend`][refattn.kernels.cuda.backend]) when the (non-None) arguments are
+    CuPy arrays on one device, None when none is; the errors of [`on_gpu`][refattn.kernels.dispatch.on_gpu] otherwise.
 
     The one dispatch idiom of the public functions::
 

@@ -1,11 +1,11 @@
 """Locality-sensitive hashing and the sparse attention built on it.
 
-- :mod:`~refattn.lsh.hashes`: SimHash, Reformer's angular hash, cross-polytope, E2LSH, SMYRF's
+- [`hashes`][refattn.lsh.hashes]: SimHash, Reformer's angular hash, cross-polytope, E2LSH, SMYRF's
   asymmetric transform, sortLSH's order;
-- :mod:`~refattn.lsh.sparse`: the CSR :class:`Support`, its builders (windows, blocks, top-k,
+- [`sparse`][refattn.lsh.sparse]: the CSR [`Support`][refattn.lsh.sparse.Support], its builders (windows, blocks, top-k,
   buckets, chunks, balanced clusters, unions) and exact attention on a support;
-- :mod:`~refattn.lsh.attention`: Reformer, SMYRF and HyperAttention;
-- :mod:`~refattn.lsh.theory`: collision probabilities.
+- [`attention`][refattn.lsh.attention]: Reformer, SMYRF and HyperAttention;
+- [`theory`][refattn.lsh.theory]: collision probabilities.
 
 Derivations: the docs' LSH page.
 """

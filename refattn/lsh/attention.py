@@ -1,19 +1,19 @@
-r"""LSH sparse attention estimators built on :mod:`refattn.lsh.hashes` and :mod:`refattn.lsh.sparse`.
+r"""LSH sparse attention estimators built on [`refattn.lsh.hashes`][refattn.lsh.hashes] and [`refattn.lsh.sparse`][refattn.lsh.sparse].
 
-- :func:`reformer_attention` (Kitaev et al. 2020): angular-hash buckets, stable sort by
+- [`reformer_attention`][refattn.lsh.attention.reformer_attention] (Kitaev et al. 2020): angular-hash buckets, stable sort by
   (bucket, position), chunks with look-back; several rounds combined as the **union** of
   their supports, each entry counted once (the docs' LSH page: without de-duplication the
   softmax over the union is wrong); shared-QK with unit keys and self-exclusion.
-- :func:`smyrf_attention` (Daras et al. 2020): the asymmetric transform, one Gaussian
+- [`smyrf_attention`][refattn.lsh.attention.smyrf_attention] (Daras et al. 2020): the asymmetric transform, one Gaussian
   projection per round, sorted and cut into equal-size (balanced) clusters.
-- :func:`hyper_attention` (Han et al. 2023): sortLSH blocks (SimHash codes in Gray-code
+- [`hyper_attention`][refattn.lsh.attention.hyper_attention] (Han et al. 2023): sortLSH blocks (SimHash codes in Gray-code
   order, stable sort, exact attention on the diagonal blocks) plus ``s`` key columns
   sampled uniformly with replacement, weighted ``S/s``, block entries excluded; merged in
   log space. Given the hash, the estimated row sums are unbiased. Causal by recursive
   halving.
 
 Given the draws, both are exact softmax attention on their support (the kernels of
-:mod:`refattn.lsh.sparse`), so they are as deterministic as their hashes: their error against
+[`refattn.lsh.sparse`][refattn.lsh.sparse]), so they are as deterministic as their hashes: their error against
 the oracle is the probability mass outside the support.
 """
 

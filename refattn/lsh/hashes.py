@@ -14,9 +14,9 @@ differently before one shared hash.
 - E2LSH (Datar et al. 2004): ``floor((a . x + b)/r)``.
 - SMYRF (Daras et al. 2020): the asymmetric transform ``F(q) = [q, 0, sqrt(M^2 - |q|^2)]``,
   ``G(k) = [k, sqrt(M^2 - |k|^2), 0]``, then a Gaussian projection sorted and cut into equal
-  clusters (:func:`refattn.lsh.sparse.balanced_clusters`).
+  clusters ([`refattn.lsh.sparse.balanced_clusters`][refattn.lsh.sparse.balanced_clusters]).
 - HyperAttention's sortLSH (Han et al. 2023): SimHash codes ordered by Gray code
-  (:func:`gray_rank`), stable sort.
+  ([`gray_rank`][refattn.lsh.hashes.gray_rank]), stable sort.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def _x(x, name="x"):
 
 
 def simhash_planes(d, r, rng, *, tables=1):
-    """Gaussian hyperplanes ``(tables, r, d)`` for :func:`simhash`."""
+    """Gaussian hyperplanes ``(tables, r, d)`` for [`simhash`][refattn.lsh.hashes.simhash]."""
     d = check_positive_int(d, "d")
     r = check_positive_int(r, "r")
     if r > MAX_BITS:
@@ -125,7 +125,7 @@ def angular_hash(x, R):
 
 
 def cross_polytope_rotations(d, rng, *, rounds=1):
-    """Haar rotations ``(rounds, d, d)`` for :func:`cross_polytope_hash`."""
+    """Haar rotations ``(rounds, d, d)`` for [`cross_polytope_hash`][refattn.lsh.hashes.cross_polytope_hash]."""
     d = check_positive_int(d, "d")
     rounds = check_positive_int(rounds, "rounds")
     return haar_orthogonal(rounds, d, as_generator(rng))
@@ -152,7 +152,7 @@ def cross_polytope_hash(x, rotations):
 
 
 def e2lsh_draw(d, width, rng, *, tables=1):
-    """``(a (tables, d) Gaussian, b (tables,) uniform on [0, width))`` for :func:`e2lsh`."""
+    """``(a (tables, d) Gaussian, b (tables,) uniform on [0, width))`` for [`e2lsh`][refattn.lsh.hashes.e2lsh]."""
     d = check_positive_int(d, "d")
     tables = check_positive_int(tables, "tables")
     width = check_real(width, "width", minimum=0.0, low_open=True)

@@ -1,14 +1,14 @@
 r"""Sparse attention supports (CSR over query rows) and exact softmax attention on them.
 
-the docs' LSH page. A :class:`Support` lists, for each query row ``i``, the sorted, distinct
+the docs' LSH page. A [`Support`][refattn.lsh.sparse.Support] lists, for each query row ``i``, the sorted, distinct
 key indices it attends to: ``indices[indptr[i]:indptr[i+1]]``. Every sparse method in
 refattn (Reformer, SMYRF, local windows, top-k, Scatterbrain's correction, SEA's mask)
-produces one, and :func:`sparse_attention` computes
+produces one, and [`sparse_attention`][refattn.lsh.sparse.sparse_attention] computes
 
-.. math::
-
-    O_i = \sum_{j \in S_i} \frac{e^{\ell_{ij}}}{\sum_{j' \in S_i} e^{\ell_{ij'}}} v_j, \qquad
-    \ell_{ij} = s\, q_i \cdot k_j + b_{ij},
+$$
+O_i = \sum_{j \in S_i} \frac{e^{\ell_{ij}}}{\sum_{j' \in S_i} e^{\ell_{ij'}}} v_j, \qquad
+\ell_{ij} = s\, q_i \cdot k_j + b_{ij},
+$$
 
 (SDDMM for the logits on the support, a row softmax with its lse, SpMM with ``V``), where
 ``b`` is an optional per-entry bias (e.g. ``-log(count)`` to de-duplicate rounds, or
@@ -65,7 +65,7 @@ class Support:
     def __post_init__(self):
         """Every construction is checked for what the kernels index with (so none reads out of
         bounds): integer arrays, ``indptr`` from 0, non-decreasing, ending at ``len(indices)``, every
-        index in ``[0, n_keys)``. Sortedness within rows is :meth:`from_csr`'s (a user's CSR)."""
+        index in ``[0, n_keys)``. Sortedness within rows is `from_csr`'s (a user's CSR)."""
         n_keys = check_positive_int(self.n_keys, "n_keys", minimum=0)
         arrays = {}
         for name in ("indptr", "indices"):
@@ -246,7 +246,7 @@ def chunked_bucket_support(q_buckets, k_buckets, chunk, *, lookback=1, same_buck
     rounds give the union of their supports, each entry once.
 
     ``implementation``: ``"numba"`` (or ``"auto"``) builds the CSR in O(nnz)
-    (:mod:`refattn.kernels.numba.lsh_support`); ``"numpy"`` is the readable twin, which forms a
+    ([`refattn.kernels.numba.lsh_support`][refattn.kernels.numba.lsh_support]); ``"numpy"`` is the readable twin, which forms a
     ``T x S`` mask per round: for tests and small inputs.
     """
     qb = np.atleast_2d(as_index_array(q_buckets, "q_buckets", ndim=None, minimum=-(2**62)))
@@ -291,7 +291,7 @@ def balanced_clusters(q_keys, k_keys, n_clusters) -> Support:
 
 
 def _check_sparse(q, k, v, support, scale, entry_bias):
-    """Validated ``(q, k, v, scale, entry_bias)`` of :func:`sparse_attention` (float64; zeros for no bias)."""
+    """Validated ``(q, k, v, scale, entry_bias)`` of [`sparse_attention`][refattn.lsh.sparse.sparse_attention] (float64; zeros for no bias)."""
     q = as_float_array(q, "q").astype(np.float64, copy=False)
     k = as_float_array(k, "k").astype(np.float64, copy=False)
     v = as_float_array(v, "v").astype(np.float64, copy=False)
@@ -345,7 +345,7 @@ def sparse_attention(q, k, v, support: Support, *, scale=None, entry_bias=None, 
 
 def support_probabilities(q, k, support: Support, *, scale=None) -> np.ndarray:
     """The attention probabilities on ``support``, ``(nnz,)`` in CSR order: ``exp(s q_i.k_j - lse_i)``,
-    ``lse_i`` the row's log-sum-exp over its support (what :func:`sparse_attention` normalises by)."""
+    ``lse_i`` the row's log-sum-exp over its support (what [`sparse_attention`][refattn.lsh.sparse.sparse_attention] normalises by)."""
     q = as_float_array(q, "q").astype(np.float64)
     k = as_float_array(k, "k").astype(np.float64)
     if k.ndim != 2:

@@ -1,10 +1,10 @@
 """Performer: softmax attention estimated with random features (Choromanski et al. 2021).
 
-- :mod:`~refattn.performer.projections`: the projection matrices (iid Gaussian, orthogonal, regular, SORF);
-- :mod:`~refattn.performer.features`: the feature maps (FAVOR+, hyperbolic, trigonometric, FAVOR++, ReLU)
-  as one :class:`RandomFeatures` draw;
-- :mod:`~refattn.performer.attention`: bidirectional and causal attention on those features;
-- :mod:`~refattn.performer.theory`: the closed forms (means, variances, MSEs) the tests check.
+- [`projections`][refattn.performer.projections]: the projection matrices (iid Gaussian, orthogonal, regular, SORF);
+- [`features`][refattn.performer.features]: the feature maps (FAVOR+, hyperbolic, trigonometric, FAVOR++, ReLU)
+  as one [`RandomFeatures`][refattn.performer.features.RandomFeatures] draw;
+- [`attention`][refattn.performer.attention]: bidirectional and causal attention on those features;
+- [`theory`][refattn.performer.theory]: the closed forms (means, variances, MSEs) the tests check.
 
 Derivations: the docs' Performer page.
 """

@@ -3,17 +3,17 @@ r"""Performer (FAVOR+ family) attention: bidirectional and causal, with its piec
 Choromanski et al. (2021), "Rethinking Attention with Performers", Sec. 2 (derivations: the
 docs' Performer page). With scaled rows ``x = s^{1/2} q``, ``y = s^{1/2} k`` and a feature map ``phi``:
 
-.. math::
-
-    N = \phi(Q)\,(\phi(K)^\top V), \qquad D = \phi(Q)\,(\phi(K)^\top \mathbf 1), \qquad
-    \hat O = N / D .
+$$
+N = \phi(Q)\,(\phi(K)^\top V), \qquad D = \phi(Q)\,(\phi(K)^\top \mathbf 1), \qquad
+\hat O = N / D .
+$$
 
 ``N`` and ``D`` are unbiased for the exact ``A V`` and ``A 1`` (``A_ij = exp(s q_i.k_j)``);
-``O^`` is a ratio estimator with ``O(1/m)`` bias (:func:`refattn.theory.positive_output_moments`).
+``O^`` is a ratio estimator with ``O(1/m)`` bias ([`refattn.theory.positive_output_moments`][refattn.performer.theory.positive_output_moments]).
 Causal (prefix sums): ``S_i = sum_{j visible to i} phi(k_j) v_j^T``, ``z_i = sum phi(k_j)``,
 ``O_i = phi(q_i)^T S_i / phi(q_i)^T z_i``, which equals the row-normalised masked product
 ``mask * (phi(Q) phi(K)^T)`` times ``V``. The causal alignment for ``T != S`` is the
-oracle's (:mod:`refattn.problem`: bottom-right by default).
+oracle's ([`refattn.problem`][refattn.problem]: bottom-right by default).
 
 Two causal implementations: ``"dense"`` (the masked ``T x S`` product, the twin) and
 ``"numpy"`` (``"auto"``; queries in chunks: keys every query of a chunk sees enter a running state
@@ -73,7 +73,7 @@ def scaled_rows(prob):
 
 
 def problem_features(prob, features="positive", **draw) -> RandomFeatures:
-    """:func:`~refattn.performer.features.as_features` for a validated problem: FAVOR++'s ``A*`` from its rows."""
+    """[`as_features`][refattn.performer.features.as_features] for a validated problem: FAVOR++'s ``A*`` from its rows."""
     x, y = scaled_rows(prob)
     return as_features(features, prob.H, x=x.reshape(-1, prob.H) if x.size else None,
                        y=y.reshape(-1, prob.H) if y.size else None, **draw)
@@ -82,9 +82,9 @@ def problem_features(prob, features="positive", **draw) -> RandomFeatures:
 def feature_maps(prob, features: RandomFeatures, *, stabilize=True):
     """``(phi_q (..., T, F), phi_k (..., S, F), log_scale (..., T))`` of the draw ``features`` for a validated problem.
 
-    The stabilised features of :func:`performer_attention` (query shift per row, one shared key shift;
+    The stabilised features of [`performer_attention`][refattn.performer.attention.performer_attention] (query shift per row, one shared key shift;
     padded keys get zero features): ``phi(q_i) . phi(k_j) * exp(log_scale_i)`` estimates
-    ``exp(s q_i . k_j)``. Shared with :mod:`refattn.sea`, whose kernel estimate uses the same features.
+    ``exp(s q_i . k_j)``. Shared with [`refattn.sea`][refattn.sea], whose kernel estimate uses the same features.
     """
     x, y = scaled_rows(prob)  # (..., T, H), (..., S, H)
     phi_q, ls_q = features(x, stabilize="query" if stabilize else None)  # (..., T, F), (..., T)
@@ -110,9 +110,9 @@ def performer_attention(
     m : int
         Number of projection rows (features: ``m``, or ``2m`` for hyperbolic/trigonometric).
     features : RandomFeatures or {"positive", "hyperbolic", "trigonometric", "favorpp", "relu", "custom"}
-        The feature draw (:func:`refattn.performer.make_features`), or its kind: then the draw is
+        The feature draw ([`refattn.performer.make_features`][refattn.performer.features.make_features]), or its kind: then the draw is
         built from the convenience keywords below, in one place
-        (:func:`refattn.performer.features.as_features`).
+        ([`refattn.performer.features.as_features`][refattn.performer.features.as_features]).
     projection : {"orthogonal", "gaussian", "regular", "sorf"}
         Ignored when ``W`` is given. ``"regular"`` estimates SMREG, not softmax.
     rng : Generator or int
@@ -124,10 +124,10 @@ def performer_attention(
     fn : callable, optional
         For ``features="custom"``: ``phi(x) = m^-1/2 fn(omega . x)``.
     scale, causal, key_lengths
-        As for :func:`refattn.softmax_attention`. Padded keys get zero features, so they
+        As for [`refattn.softmax_attention`][refattn.exact.softmax_attention]. Padded keys get zero features, so they
         leave numerator and denominator.
     stabilize : bool
-        Query shift and shared key shift (cancel in the output; see :mod:`refattn.performer.features`).
+        Query shift and shared key shift (cancel in the output; see [`refattn.performer.features`][refattn.performer.features]).
     eps : float
         Added to the denominator. Default 0: no hidden epsilon. A positive ``eps`` biases
         the output towards 0; it exists to reproduce implementations that use one.
@@ -187,10 +187,10 @@ def performer_attention(
 def causal_prefix_sums(phi_q, phi_k, v, *, causal=True, chunk_size=128):
     r"""Causal linear attention's numerator and denominator from features (the FAVOR+ prefix sums).
 
-    .. math::
-
-        N_i = \sum_{j \le i + o} (\phi_q[i] \cdot \phi_k[j])\, v_j, \qquad
-        D_i = \sum_{j \le i + o} \phi_q[i] \cdot \phi_k[j]
+    $$
+    N_i = \sum_{j \le i + o} (\phi_q[i] \cdot \phi_k[j])\, v_j, \qquad
+    D_i = \sum_{j \le i + o} \phi_q[i] \cdot \phi_k[j]
+    $$
 
     (Choromanski et al. 2021, section 2.6; ``o`` the causal offset of ``causal``, as the oracle's).
     ``phi_q (..., T, F)``, ``phi_k (..., S, F)``, ``v (..., S, Hv)``; leading dims broadcast.

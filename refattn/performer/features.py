@@ -8,16 +8,14 @@ engine passes many draws at once). Each map returns ``(phi, log_scale)`` with
 
 Kinds (``phi(x) . phi(y)`` estimates the target kernel):
 
-==============  =====================================================================  =========
-kind            features                                                               target
-==============  =====================================================================  =========
-positive        ``m^-1/2 exp(omega.x - |x|^2/2)`` (FAVOR+)                             SM
-hyperbolic      ``(2m)^-1/2 exp(-|x|^2/2) [exp(omega.x), exp(-omega.x)]``              SM
-trigonometric   ``m^-1/2 exp(|x|^2/2) [sin(omega.x), cos(omega.x)]``                   SM
-favorpp         ``m^-1/2 (1-4A)^{d/4} exp(A|omega|^2 + sqrt(1-4A) omega.x - |x|^2/2)``  SM
-relu            ``m^-1/2 relu(omega.x)``                                               arc-cosine
-custom          ``m^-1/2 fn(omega.x)``                                                 E[fn(w.x) fn(w.y)]
-==============  =====================================================================  =========
+| kind | features | target |
+|---|---|---|
+| positive | ``m^-1/2 exp(omega.x - |x|^2/2)`` (FAVOR+) | SM |
+| hyperbolic | ``(2m)^-1/2 exp(-|x|^2/2) [exp(omega.x), exp(-omega.x)]`` | SM |
+| trigonometric | ``m^-1/2 exp(|x|^2/2) [sin(omega.x), cos(omega.x)]`` | SM |
+| favorpp | ``m^-1/2 (1-4A)^{d/4} exp(A|omega|^2 + sqrt(1-4A) omega.x - |x|^2/2)`` | SM |
+| relu | ``m^-1/2 relu(omega.x)`` | arc-cosine |
+| custom | ``m^-1/2 fn(omega.x)`` | E[fn(w.x) fn(w.y)] |
 
 Stabilisers (``stabilize=``): ``"query"`` subtracts a per-row shift (the row's largest
 log-feature), which multiplies a query's numerator and denominator by the same factor;
@@ -207,11 +205,11 @@ def gauss_hermite_kernel(fn, x, y, n_nodes: int = 60):
 
 def make_features(d, *, m=256, kind="positive", projection="orthogonal", rng=None, W=None, A=None,
                   fn=None, x=None, y=None) -> RandomFeatures:
-    """The one factory of a feature draw: :class:`RandomFeatures` of ``kind`` from an explicit draw
+    """The one factory of a feature draw: [`RandomFeatures`][refattn.performer.features.RandomFeatures] of ``kind`` from an explicit draw
     ``W (m, d)`` or ``m`` rows of ``projection`` drawn from ``rng`` (a seed or a Generator).
 
     For ``favorpp`` with ``A=None`` the optimal ``A*`` is computed from the scaled data ``x``, ``y``
-    (:func:`refattn.performer.theory.favorpp_optimal_A` at the pair-average ``|x_i + y_j|^2``).
+    ([`refattn.performer.theory.favorpp_optimal_A`][refattn.performer.theory.favorpp_optimal_A] at the pair-average ``|x_i + y_j|^2``).
     """
     if not isinstance(kind, str) or kind not in FEATURE_KINDS:
         raise InputError(f"kind: unknown feature kind {kind!r}; expected one of {FEATURE_KINDS}")
@@ -232,9 +230,9 @@ def make_features(d, *, m=256, kind="positive", projection="orthogonal", rng=Non
 
 def as_features(features, d, *, m=256, projection="orthogonal", rng=None, W=None, A=None, fn=None, x=None,
                 y=None) -> RandomFeatures:
-    """The estimators' one entry point for a feature draw: ``features`` is a :class:`RandomFeatures`
+    """The estimators' one entry point for a feature draw: ``features`` is a [`RandomFeatures`][refattn.performer.features.RandomFeatures]
     (used as it is: then ``W``, ``A`` and ``fn`` must not be given too) or a kind name, built by
-    :func:`make_features` from the convenience keywords."""
+    [`make_features`][refattn.performer.features.make_features] from the convenience keywords."""
     if isinstance(features, RandomFeatures):
         given = [name for name, value in (("W", W), ("A", A), ("fn", fn)) if value is not None]
         if given:

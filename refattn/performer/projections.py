@@ -5,16 +5,16 @@ Performer (Choromanski et al. 2021), the docs' Performer page. Every sampler tak
 ``W`` of shape ``(m, d)``; ``size=n`` returns ``n`` independent draws ``(n, m, d)`` at once
 (the Monte Carlo engine uses it).
 
-- :func:`gaussian_projection`: iid ``N(0, I_d)`` rows.
-- :func:`orthogonal_projection`: orthogonal random features (ORF). Directions are Haar:
+- [`gaussian_projection`][refattn.performer.projections.gaussian_projection]: iid ``N(0, I_d)`` rows.
+- [`orthogonal_projection`][refattn.performer.projections.orthogonal_projection]: orthogonal random features (ORF). Directions are Haar:
   QR of a Gaussian ``d x d`` block with column ``j`` of ``Q`` multiplied by
   ``sign(R_jj)`` (Mezzadri 2007; a plain LAPACK QR is *not* Haar, ``P(Q_00 < 0) = 1``).
   Norms are independent ``chi_d``, so each row is marginally ``N(0, I_d)``; blocks of
   ``d`` rows are independent and stacked, the last truncated.
-- :func:`regular_projection`: Haar directions with **fixed norms** ``sqrt(d)``. The
+- [`regular_projection`][refattn.performer.projections.regular_projection]: Haar directions with **fixed norms** ``sqrt(d)``. The
   features then estimate ``SMREG``, not the softmax kernel ``SM`` (Performer Theorem 1,
-  :func:`refattn.theory.smreg_ratio`): a biased estimator of softmax attention.
-- :func:`sorf_projection`: structured orthogonal random features (Yu et al. 2016):
+  [`refattn.theory.smreg_ratio`][refattn.performer.theory.smreg_ratio]): a biased estimator of softmax attention.
+- [`sorf_projection`][refattn.performer.projections.sorf_projection]: structured orthogonal random features (Yu et al. 2016):
   ``sqrt(p) H D_1 H D_2 H D_3`` blocks (``H`` the normalised Hadamard matrix of size
   ``p = 2^ceil(log2 d)``, ``D_i`` random signs), first ``d`` columns, times ``chi_d``
   norms. Not exactly Gaussian marginals: its bias is measured (``refattn theory``,
@@ -103,7 +103,7 @@ def regular_projection(m, d, rng, *, size=None) -> np.ndarray:
 
     Warning: with these rows the Performer features estimate ``SMREG``, not the softmax
     kernel: ``E[estimate] = SMREG(x, y) <= SM(x, y)`` (Performer Theorem 1,
-    :func:`refattn.theory.smreg_ratio`). Use it to reproduce that estimator, not as softmax.
+    [`refattn.theory.smreg_ratio`][refattn.performer.theory.smreg_ratio]). Use it to reproduce that estimator, not as softmax.
     """
     m, d, n = _args(m, d, size)
     return _out(_stacked_directions(m, d, n, as_generator(rng)) * np.sqrt(d), size)
@@ -157,7 +157,7 @@ def projection(name: str, m, d, rng, *, size=None) -> np.ndarray:
 
 
 def check_projection_name(value, name: str = "projection") -> str:
-    """``value`` if it names a projection (:data:`PROJECTIONS`), else a ValueError naming ``name``."""
+    """``value`` if it names a projection (`PROJECTIONS`), else a ValueError naming ``name``."""
     if not isinstance(value, str) or value not in PROJECTIONS:
         raise InputError(f"{name}: unknown projection {value!r}; expected one of {sorted(PROJECTIONS)}")
     return value

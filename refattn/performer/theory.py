@@ -231,7 +231,7 @@ def favorpp_variance(x, y, A):
 
 
 def favorpp_optimal_A(phi, d):
-    r"""The ``A`` minimising :func:`favorpp_variance` at ``|z|^2 = phi`` (derived on the docs' Performer page):
+    r"""The ``A`` minimising [`favorpp_variance`][refattn.performer.theory.favorpp_variance] at ``|z|^2 = phi`` (derived on the docs' Performer page):
     ``rho = (sqrt((2 phi + d)^2 + 8 d phi) - 2 phi - d) / (4 phi)``, ``A* = (1 - 1/rho)/8``.
     At ``phi = 0`` the limit ``rho -> 1``, ``A* -> 0`` (FAVOR+) is returned.
     """
@@ -294,11 +294,11 @@ def positive_output_moments(q, k, v, m, *, scale=None):
     ``n_r = sum_j f_r(q, k_j) v_j``, ``d_r = sum_j f_r(q, k_j)``, ``f_r = Lam_j exp(omega_r.z_j)``,
     the estimate is ``O^ = mean_r n_r / mean_r d_r`` and (derived in docs/performer.md)
 
-    .. math::
-
-        E[O^] - O \approx \frac1m\Bigl(\frac{\mu_N \mathrm{Var}(d)}{\mu_D^3}
-            - \frac{\mathrm{Cov}(n, d)}{\mu_D^2}\Bigr),\quad
-        \mathrm{Var}[O^] \approx \frac1m \frac{\mathrm{Var}(n - O d)}{\mu_D^2},
+    $$
+    E[O^] - O \approx \frac1m\Bigl(\frac{\mu_N \mathrm{Var}(d)}{\mu_D^3}
+        - \frac{\mathrm{Cov}(n, d)}{\mu_D^2}\Bigr),\quad
+    \mathrm{Var}[O^] \approx \frac1m \frac{\mathrm{Var}(n - O d)}{\mu_D^2},
+    $$
 
     with the exact second moments ``E[f(q,k_j) f(q,k_l)] = Lam_j Lam_l exp(|z_j + z_l|^2/2)``.
     ``q (T, H)``, ``k (S, H)``, ``v (S, Hv)``; returns ``(bias, variance)`` each ``(T, Hv)``.

@@ -1,8 +1,8 @@
 """Scatterbrain: sparse (LSH) + low-rank (random features) attention, unbiased (Chen et al. 2021),
 and the robust PCA that motivates it.
 
-- :mod:`~refattn.scatterbrain.attention`: the estimator and its matrix;
-- :mod:`~refattn.scatterbrain.rpca`: principal component pursuit and the fixed-budget decomposition.
+- [`attention`][refattn.scatterbrain.attention]: the estimator and its matrix;
+- [`rpca`][refattn.scatterbrain.rpca]: principal component pursuit and the fixed-budget decomposition.
 
 Derivations: the docs' Scatterbrain page.
 """

@@ -1,13 +1,13 @@
 r"""Scatterbrain: sparse + low-rank attention, unbiased (Chen et al. 2021).
 
-the docs' Scatterbrain page. With random features ``phi`` (Performer, :mod:`refattn.performer.features`) and a
-sparse support ``S`` (LSH buckets, a local window, any :class:`refattn.lsh.sparse.Support`)
+the docs' Scatterbrain page. With random features ``phi`` (Performer, [`refattn.performer.features`][refattn.performer.features]) and a
+sparse support ``S`` (LSH buckets, a local window, any [`refattn.lsh.sparse.Support`][refattn.lsh.sparse.Support])
 **drawn independently of the features**:
 
-.. math::
-
-    \hat A = \phi(Q)\phi(K)^\top + C, \qquad
-    C_{ij} = \bigl(e^{s q_i\cdot k_j} - \phi(q_i)\cdot\phi(k_j)\bigr)\,[(i,j)\in S],
+$$
+\hat A = \phi(Q)\phi(K)^\top + C, \qquad
+C_{ij} = \bigl(e^{s q_i\cdot k_j} - \phi(q_i)\cdot\phi(k_j)\bigr)\,[(i,j)\in S],
+$$
 
 so ``A^_ij = exp(s q_i.k_j)`` on ``S`` and ``phi(q_i).phi(k_j)`` off it: given ``S``,
 ``E[A^_ij] = A_ij`` (the features are unbiased), and
@@ -15,7 +15,7 @@ so ``A^_ij = exp(s q_i.k_j)`` on ``S`` and ``phi(q_i).phi(k_j)`` off it: given `
 docs/scatterbrain.md). The output is ``O = (phi(Q)(phi(K)^T V) + C V) / (phi(Q)(phi(K)^T 1) + C 1)``.
 
 Cost ``O(T m H + nnz(S) (H + m))``: the low-rank part as in Performer, the correction on the
-support's entries only (no ``T x S`` array outside the naive twin :func:`scatterbrain_matrix`).
+support's entries only (no ``T x S`` array outside the naive twin [`scatterbrain_matrix`][refattn.scatterbrain.attention.scatterbrain_matrix]).
 All sums are kept per row in units of ``exp(u_i)``, ``u_i`` the larger of the row's feature
 scale and its largest exact logit on the support, so nothing overflows; the numerator and
 denominator are returned in those units with ``log_unit``.

@@ -1,11 +1,13 @@
 r"""Robust PCA: low-rank + sparse decompositions (Scatterbrain's motivation), the docs' Scatterbrain page (robust PCA).
 
-- :func:`robust_pca`: principal component pursuit (Candes, Li, Ma & Wright 2011),
+- [`robust_pca`][refattn.scatterbrain.rpca.robust_pca]: principal component pursuit (Candes, Li, Ma & Wright 2011),
 
-  .. math:: \min_{L,S}\ \|L\|_* + \lambda \|S\|_1 \ \text{s.t.}\ L + S = M,
-     \qquad \lambda = 1/\sqrt{\max(n_1, n_2)},
+    $$
+    \min_{L,S}\ \|L\|_* + \lambda \|S\|_1 \ \text{s.t.}\ L + S = M,
+    \qquad \lambda = 1/\sqrt{\max(n_1, n_2)},
+    $$
 
-  solved by the inexact augmented Lagrangian method (Lin, Chen & Ma 2010, Algorithm 5):
+    solved by the inexact augmented Lagrangian method (Lin, Chen & Ma 2010, Algorithm 5):
   ``Y0 = M / max(|M|_2, max|M_ij| / lambda)``, ``mu0 = 1.25 / |M|_2``, ``rho = 1.5``, ``mu``
   capped at ``1e7 mu0``; alternate singular-value thresholding at ``1/mu`` and entrywise
   shrinkage at ``lambda/mu``; stop at ``|M - L - S|_F <= tol |M|_F`` and, in addition, a
@@ -14,7 +16,7 @@ r"""Robust PCA: low-rank + sparse decompositions (Scatterbrain's motivation), th
   the induced norm), ``lambda`` from ``max(n1, n2)`` (so the problem is transpose
   equivariant), float64. Non-convergence within ``max_iter`` is reported by a warning and
   the ``converged`` flag, never silently.
-- :func:`fixed_budget_decomposition`: rank ``r`` plus ``s`` nonzeros by alternating
+- [`fixed_budget_decomposition`][refattn.scatterbrain.rpca.fixed_budget_decomposition]: rank ``r`` plus ``s`` nonzeros by alternating
   projections (truncated SVD of ``M - S``; the ``s`` largest entries of ``M - L``), the
   budget-matched sparse + low-rank oracle for attention matrices, which are only
   approximately low-rank plus sparse.
@@ -84,7 +86,7 @@ def robust_pca(M, *, lam=None, tol=1e-7, max_iter=1000, rho=1.5, time_limit=600.
     """Principal component pursuit by inexact ALM (see the module docstring).
 
     Stops after ``max_iter`` iterations or ``time_limit`` seconds, whichever comes first; either
-    way a run that did not converge says so (``converged=False`` and an :class:`RPCANotConverged`
+    way a run that did not converge says so (``converged=False`` and an [`RPCANotConverged`][refattn.scatterbrain.rpca.RPCANotConverged]
     warning). PCP is scale-equivariant, so ``M`` is solved at unit scale and ``L``, ``S`` scaled
     back (``Y``, a subgradient certificate, is scale-free): entries near 1e300 do not overflow.
     """

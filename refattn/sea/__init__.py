@@ -1,10 +1,10 @@
 """SEA: sparse attention on an estimated attention mask (Lee et al. 2024).
 
-- :mod:`~refattn.sea.estimate`: the compressed estimate ``A~`` in linear time (step 1);
-- :mod:`~refattn.sea.decoder`: decoders from the estimate to compressed logits (fixed, oracle, learned);
-- :mod:`~refattn.sea.mask`: top-k on the estimate, upsampled to key columns, and what a mask loses (steps 2-3);
-- :mod:`~refattn.sea.attention`: the whole pipeline, exact attention on the mask (step 4);
-- :mod:`~refattn.sea.metrics`: SEA against Performer and a window at the same memory, and its figure.
+- [`estimate`][refattn.sea.estimate]: the compressed estimate ``A~`` in linear time (step 1);
+- [`decoder`][refattn.sea.decoder]: decoders from the estimate to compressed logits (fixed, oracle, learned);
+- [`mask`][refattn.sea.mask]: top-k on the estimate, upsampled to key columns, and what a mask loses (steps 2-3);
+- [`attention`][refattn.sea.attention]: the whole pipeline, exact attention on the mask (step 4);
+- [`metrics`][refattn.sea.metrics]: SEA against Performer and a window at the same memory, and its figure.
 
 Derivations: the docs' SEA page.
 """

@@ -5,23 +5,23 @@ K compressed bins, n basis bins, k keys kept per query.
 
 The pipeline, one function per step, each usable on its own:
 
-1. :func:`kernel_estimate`: Performer attention with the positional basis ``P (S, n)`` as values
-   (:func:`positional_basis`), ``E = softmax-kernel-estimate(Q, K) P (T, n)``, in linear time.
+1. [`kernel_estimate`][refattn.sea.estimate.kernel_estimate]: Performer attention with the positional basis ``P (S, n)`` as values
+   (`positional_basis`), ``E = softmax-kernel-estimate(Q, K) P (T, n)``, in linear time.
    With the bin-indicator basis, the exact ``A P`` *is* each attention row binned to ``n``
-   position bins (:func:`binned_attention`), so ``E`` estimates the binned attention
-   (the docs' SEA page, the estimate). A decoder (:mod:`refattn.sea.decoder`) maps ``E`` to ``K`` logits per row,
+   position bins (`binned_attention`), so ``E`` estimates the binned attention
+   (the docs' SEA page, the estimate). A decoder ([`refattn.sea.decoder`][refattn.sea.decoder]) maps ``E`` to ``K`` logits per row,
    over the row's *own* bins (a causal row of length ``l_i`` is cut into ``K`` bins of ``l_i``),
-   and :func:`compressed_softmax` gives the compressed estimate ``A~ (T, K)``.
-2.-3. :func:`~refattn.sea.mask.sea_mask`: top-k on ``A~`` upsampled to key columns, with one
-   pinned rounding rule (:mod:`refattn.sea.mask`).
-4. :func:`sea_attention`: exact softmax attention on that mask with the sparse kernels
-   (:func:`refattn.lsh.sparse.sparse_attention`), optionally mixed with the (causal) mean of ``V``
+   and [`compressed_softmax`][refattn.sea.estimate.compressed_softmax] gives the compressed estimate ``A~ (T, K)``.
+2.-3. [`sea_mask`][refattn.sea.mask.sea_mask]: top-k on ``A~`` upsampled to key columns, with one
+   pinned rounding rule ([`refattn.sea.mask`][refattn.sea.mask]).
+4. [`sea_attention`][refattn.sea.attention.sea_attention]: exact softmax attention on that mask with the sparse kernels
+   ([`refattn.lsh.sparse.sparse_attention`][refattn.lsh.sparse.sparse_attention]), optionally mixed with the (causal) mean of ``V``
    by a gate.
 
 Facts the tests check (derived on the docs' SEA page):
 ``KL(A_i || up(A~_i)) = KL(A_i^down || A~_i) + sum_b A_i^down[b] KL(A_{i|b} || U_b)``
-(:func:`kl_decomposition`), and a mask keeping mass ``m_i`` of row ``i`` has
-``TV = 1 - m_i`` and ``|o_i - o_i^mask| <= 2 (1 - m_i) max_j |v_j|`` (:func:`captured_mass`).
+(`kl_decomposition`), and a mask keeping mass ``m_i`` of row ``i`` has
+``TV = 1 - m_i`` and ``|o_i - o_i^mask| <= 2 (1 - m_i) max_j |v_j|`` (`captured_mass`).
 """
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ class SEAResult:
 
     ``output (..., T, Hv)``; ``lse (..., T)`` of the sparse attention; ``estimate`` the compressed
     ``A~ (..., T, K)``; ``logits`` the decoder's; ``kernel`` the Performer estimate
-    ``E (..., T, n_basis)``; ``supports`` one :class:`~refattn.lsh.sparse.Support` per head;
-    ``lengths (T,)``; ``features`` the :class:`~refattn.performer.features.RandomFeatures` (the draw).
+    ``E (..., T, n_basis)``; ``supports`` one [`Support`][refattn.lsh.sparse.Support] per head;
+    ``lengths (T,)``; ``features`` the [`RandomFeatures`][refattn.performer.features.RandomFeatures] (the draw).
     """
 
     output: np.ndarray
@@ -81,17 +81,17 @@ def sea_attention(q, k, v, *, n_bins=256, topk=64, m=256, decoder="fixed", group
         Random features of the kernel estimate (one draw shared by all heads).
     decoder : "fixed", "oracle" or callable
         Maps the kernel estimate to logits: ``decoder(E, lengths, S, K) -> (..., T, K)``.
-        ``"fixed"`` is :func:`refattn.sea.decoder.fixed_decoder`; ``"oracle"`` uses the exact
+        ``"fixed"`` is [`refattn.sea.decoder.fixed_decoder`][refattn.sea.decoder.fixed_decoder]; ``"oracle"`` uses the exact
         binned attention (the best any width-``K`` estimate can do); a learned one comes from
-        :func:`refattn.sea.decoder.distill_decoder`.
+        [`refattn.sea.decoder.distill_decoder`][refattn.sea.decoder.distill_decoder].
     grouped : bool
         One budget shared by the heads of a query (needs the heads axis).
     causal, scale
-        As for :func:`refattn.softmax_attention`.
+        As for [`refattn.softmax_attention`][refattn.exact.softmax_attention].
     rng, W, features, projection
-        The Performer draw (:func:`refattn.performer.attention.performer_attention`).
+        The Performer draw ([`refattn.performer.attention.performer_attention`][refattn.performer.attention.performer_attention]).
     n_basis : int, optional
-        Bins of the positional basis (default ``K``); ``basis`` its kind (:func:`positional_basis`).
+        Bins of the positional basis (default ``K``); ``basis`` its kind (`positional_basis`).
     gate : float in [0, 1], optional
         ``o = g o_sparse + (1 - g) mean_{j < l_i} v_j`` (the mean over the keys a row sees).
     mask_implementation, sparse_implementation, estimate_implementation

@@ -3,14 +3,14 @@ r"""SEA decoders: from the kernel estimate ``E (T, n)`` to ``K`` logits over eac
 The docs' SEA page, steps 1 and 5. A decoder is any callable
 ``decoder(E, lengths, n_keys, n_bins) -> logits (..., T, K)`` (``E (..., T, n)`` over the ``n``
 basis bins of the full length ``S``; the logits over the ``K`` bins of each row's length ``l_i``,
-:func:`refattn.sea.attention.bin_starts`). Three are provided:
+[`refattn.sea.attention.bin_starts`][refattn.sea.estimate.bin_starts]). Three are provided:
 
-* :class:`OracleDecoder`: the exact binned attention (``log A^down``): the best any width-``K``
-  estimate can do; by the KL chain rule (:func:`refattn.sea.attention.kl_decomposition`) it reaches the floor.
-* :func:`fixed_decoder`: untrained. :func:`resample_bins` spreads each basis bin's estimated mass
+* [`OracleDecoder`][refattn.sea.decoder.OracleDecoder]: the exact binned attention (``log A^down``): the best any width-``K``
+  estimate can do; by the KL chain rule (`refattn.sea.attention.kl_decomposition`) it reaches the floor.
+* [`fixed_decoder`][refattn.sea.decoder.fixed_decoder]: untrained. [`resample_bins`][refattn.sea.decoder.resample_bins] spreads each basis bin's estimated mass
   uniformly over the part of it the row sees and re-bins to the row's ``K`` bins;
   the logits are ``log`` of those masses.
-* :class:`LogLinearDecoder`, learned by :func:`distill_decoder`: a one-layer convolution over the
+* [`LogLinearDecoder`][refattn.sea.decoder.LogLinearDecoder], learned by [`distill_decoder`][refattn.sea.decoder.distill_decoder]: a one-layer convolution over the
   fixed decoder's log masses plus a relative-position term,
   ``z_b = theta_0 f_b + theta_1 f_{b-1} + theta_2 f_{b+1} + theta_3 t_b + theta_4 t_b^2``,
   ``t_b = (b + 1/2)/K``. It is a small stand-in for SEA's MLP + CNN decoder, chosen because the
@@ -49,11 +49,11 @@ LOG_FLOOR = -700.0
 def resample_bins(E, lengths, n_keys, n_bins, *, implementation="auto") -> np.ndarray:
     """Masses ``(..., T, K)`` on each row's own bins from the basis-bin masses ``E (..., T, n)``.
 
-    Basis bin ``c`` covers ``[g_c, g_{c+1})`` of the full length ``S`` (:func:`refattn.sea.attention.bin_starts`
+    Basis bin ``c`` covers ``[g_c, g_{c+1})`` of the full length ``S`` ([`refattn.sea.attention.bin_starts`][refattn.sea.estimate.bin_starts]
     at ``l = S``); row ``i`` sees ``w_c = min(g_{c+1}, l_i) - g_c`` of it. A row bin gets, from every
     basis bin it overlaps, ``E_c * overlap / w_c`` (uniform spreading; derived in docs/sea.md).
     Sums are preserved: ``sum_b mass_b = sum_c E_c`` over the basis bins a row sees.
-    ``implementation``: ``"auto"``, ``"numba"`` or ``"numpy"`` (the twin), :mod:`refattn.kernels.numba.sea_resample`.
+    ``implementation``: ``"auto"``, ``"numba"`` or ``"numpy"`` (the twin), [`refattn.kernels.numba.sea_resample`][refattn.kernels.numba.sea_resample].
     """
     n_keys = check_positive_int(n_keys, "n_keys")
     n_bins = check_positive_int(n_bins, "n_bins")
@@ -78,7 +78,7 @@ def _log_masses(mass):
 
 
 def fixed_decoder(E, lengths, n_keys, n_bins) -> np.ndarray:
-    """Untrained decoder (b): ``log`` of :func:`resample_bins`.
+    """Untrained decoder (b): ``log`` of [`resample_bins`][refattn.sea.decoder.resample_bins].
 
     A row whose resampled masses are all ``<= 0`` (possible only with signed features, e.g.
     trigonometric, or when every feature underflowed) gets logit 0 on every bin (uniform): a
@@ -104,7 +104,7 @@ class OracleDecoder:
 
 
 def _features(E, lengths, n_keys, n_bins):
-    """``F (..., T, K, 5)`` of :class:`LogLinearDecoder` and the non-empty bins ``(T, K)``."""
+    """``F (..., T, K, 5)`` of [`LogLinearDecoder`][refattn.sea.decoder.LogLinearDecoder] and the non-empty bins ``(T, K)``."""
     lengths = np.asarray(lengths, dtype=np.int64)
     f = np.maximum(_log_masses(resample_bins(E, lengths, n_keys, n_bins)), LOG_FLOOR)  # (..., T, K)
     nonempty = np.diff(bin_starts(lengths, n_bins), axis=1) > 0  # (T, K)
@@ -154,11 +154,11 @@ def decoder_loss(theta, F, teacher, nonempty, valid, lam):
 
 def distill_decoder(calibration, *, n_bins, W, n_basis=None, basis="bins", scale=None, causal=False, lam=1.0,
                     maxiter=200) -> LogLinearDecoder:
-    """Learn a :class:`LogLinearDecoder` from a teacher's attention (SEA's distillation, the docs' SEA page, distillation).
+    """Learn a [`LogLinearDecoder`][refattn.sea.decoder.LogLinearDecoder] from a teacher's attention (SEA's distillation, the docs' SEA page, distillation).
 
     ``calibration``: a list of ``(q, k)`` pairs (each ``(T, H)`` and ``(S, H)``, or with a heads axis).
     ``W (m, H)``: the feature draw the decoder will be used with (pass the same ``W`` to
-    :func:`refattn.sea.attention.sea_attention`). The teacher is :func:`refattn.sea.attention.binned_attention`.
+    [`refattn.sea.attention.sea_attention`][refattn.sea.attention.sea_attention]). The teacher is `refattn.sea.attention.binned_attention`.
     """
     from scipy.optimize import minimize
 

@@ -3,13 +3,13 @@ r"""SEA, step 1: the compressed estimate of each attention row in linear time (L
 Shape legend: N heads (optional leading axis), T queries, S keys, H head dim, K compressed
 bins, n basis bins.
 
-:func:`kernel_estimate` is Performer attention with the positional basis ``P (S, n)`` as values
-(:func:`positional_basis`): ``E = softmax-kernel-estimate(Q, K) P (T, n)``. With the
+[`kernel_estimate`][refattn.sea.estimate.kernel_estimate] is Performer attention with the positional basis ``P (S, n)`` as values
+([`positional_basis`][refattn.sea.estimate.positional_basis]): ``E = softmax-kernel-estimate(Q, K) P (T, n)``. With the
 bin-indicator basis the exact ``A P`` *is* each attention row binned to ``n`` position bins
-(:func:`binned_attention`), so ``E`` estimates the binned attention. A decoder
-(:mod:`refattn.sea.decoder`) maps ``E`` to ``K`` logits per row over the row's own bins (a causal
-row of length ``l_i`` is cut into ``K`` bins of ``l_i``: :func:`row_lengths`, :func:`bin_starts`),
-and :func:`compressed_softmax` gives the compressed estimate ``A~ (T, K)``. Derivation: the docs'
+([`binned_attention`][refattn.sea.estimate.binned_attention]), so ``E`` estimates the binned attention. A decoder
+([`refattn.sea.decoder`][refattn.sea.decoder]) maps ``E`` to ``K`` logits per row over the row's own bins (a causal
+row of length ``l_i`` is cut into ``K`` bins of ``l_i``: [`row_lengths`][refattn.sea.estimate.row_lengths], [`bin_starts`][refattn.sea.estimate.bin_starts]),
+and [`compressed_softmax`][refattn.sea.estimate.compressed_softmax] gives the compressed estimate ``A~ (T, K)``. Derivation: the docs'
 SEA page, "The estimate".
 """
 
@@ -36,7 +36,7 @@ def row_lengths(T: int, S: int, causal=False) -> np.ndarray:
     """``l_i``: the number of keys query ``i`` sees, ``(T,)`` int64.
 
     ``S`` for every row without a causal mask; with one (alignment as the oracle's,
-    :mod:`refattn.problem`), ``l_i = clip(i + offset + 1, 0, S)`` (``l_i = i + 1`` when ``T = S``).
+    [`refattn.problem`][refattn.problem]), ``l_i = clip(i + offset + 1, 0, S)`` (``l_i = i + 1`` when ``T = S``).
     """
     T = check_positive_int(T, "T", minimum=0)
     S = check_positive_int(S, "S", minimum=0)
@@ -68,7 +68,7 @@ def bin_starts(lengths, n_bins: int) -> np.ndarray:
 
 def column_bins(columns, length, n_bins: int) -> np.ndarray:
     """The bin of column ``j < l``: ``ceil((2j+1) K / (2l)) - 1 = ((2j+1) K - 1) // (2l)`` (derived:
-    ``start_b <= j  <=>  b < (2j+1) K / (2l)``; docs/sea.md), the exact inverse of :func:`bin_starts`.
+    ``start_b <= j  <=>  b < (2j+1) K / (2l)``; docs/sea.md), the exact inverse of [`bin_starts`][refattn.sea.estimate.bin_starts].
 
     Examples
     --------
@@ -89,7 +89,7 @@ def positional_basis(S: int, n_basis: int, basis: str = "bins") -> np.ndarray:
     r"""The positional basis ``P (S, n)``; every row sums to 1.
 
     ``basis="bins"``: ``P[j, c] = 1`` iff column ``j`` lies in bin ``c`` of the full length ``S``
-    (:func:`bin_starts`), so ``A P`` is the binned attention exactly. ``"linear"``: the identity
+    ([`bin_starts`][refattn.sea.estimate.bin_starts]), so ``A P`` is the binned attention exactly. ``"linear"``: the identity
     ``I_n`` linearly interpolated to ``S`` positions (SEA's basis; half-pixel centres,
     ``t_j = (j + 1/2) n / S - 1/2`` clamped to ``[0, n-1]``, hat weights on ``floor(t_j)`` and
     ``floor(t_j) + 1``): a smoothed binning.
@@ -123,13 +123,13 @@ def kernel_estimate(q, k, *, n_basis, basis="bins", m=256, features="positive", 
                     rng=None, W=None, scale=None, causal=False, chunk_size=128, implementation="auto"):
     r"""``E (..., T, n_basis)``: Performer attention with values ``P`` (the docs' SEA page, the estimate), linear in ``T``.
 
-    ``features``: a :class:`refattn.performer.RandomFeatures` draw, or a kind name built with ``m``,
-    ``projection``, ``rng`` and ``W`` (:func:`refattn.performer.features.as_features`).
+    ``features``: a [`refattn.performer.RandomFeatures`][refattn.performer.features.RandomFeatures] draw, or a kind name built with ``m``,
+    ``projection``, ``rng`` and ``W`` ([`refattn.performer.features.as_features`][refattn.performer.features.as_features]).
     Returns ``(E, features)``, ``features`` the draw used. ``E``
-    estimates :func:`binned_attention` at ``n_basis`` bins of the full length ``S`` (for the ``"bins"``
+    estimates [`binned_attention`][refattn.sea.estimate.binned_attention] at ``n_basis`` bins of the full length ``S`` (for the ``"bins"``
     basis); causal rows put no mass beyond their own length.
 
-    ``implementation``: ``"numpy"`` (the twin: :func:`refattn.performer.performer_attention` with the
+    ``implementation``: ``"numpy"`` (the twin: [`refattn.performer.performer_attention`][refattn.performer.attention.performer_attention] with the
     ``(S, n)`` matrix ``P`` as values) or ``"auto"`` (the bin path below for the bin basis, the twin
     otherwise).
     With a one-hot ``P``, ``phi(K)^T P`` is the per-bin sum ``Z_c = sum_{j in bin c} phi(k_j)``, and a
@@ -177,7 +177,7 @@ def kernel_estimate(q, k, *, n_basis, basis="bins", m=256, features="positive", 
 def binned_attention(q, k, n_bins, *, scale=None, causal=False, lengths=None) -> np.ndarray:
     """The exact attention binned to each row's own ``K`` bins, ``(..., T, K)`` (the teacher of
     the oracle decoder and of distillation). Computed in blocks of rows: ``O(T S)`` work, never a
-    ``T x S`` array. ``lengths`` overrides the row lengths (default: :func:`row_lengths`).
+    ``T x S`` array. ``lengths`` overrides the row lengths (default: [`row_lengths`][refattn.sea.estimate.row_lengths]).
     """
     prob = score_problem(q, k, scale=scale, causal=causal)
     K = check_positive_int(n_bins, "n_bins")

@@ -1,11 +1,11 @@
 r"""SEA, steps 2-3: top-k on the compressed estimate, upsampled to key columns (Lee et al. 2024,
 Sec. 3), and the facts that bound what a mask loses.
 
-:func:`sea_mask`: top-k on ``A~`` upsampled to key columns. **The pinned rule.** Bin ``b``
+[`sea_mask`][refattn.sea.mask.sea_mask]: top-k on ``A~`` upsampled to key columns. **The pinned rule.** Bin ``b``
 of a row of length ``l`` covers columns ``[start_b, start_{b+1})``,
 ``start_b = floor(b l / K + 1/2)`` (round half up, computed in integers: no float ties;
-:func:`bin_starts`; the inverse map is :func:`column_bins`). Every column of bin ``b`` gets
-the upsampled estimate ``A~_b / w_b`` (:func:`upsample`). A row keeps the ``min(k, l)``
+[`bin_starts`][refattn.sea.estimate.bin_starts]; the inverse map is [`column_bins`][refattn.sea.estimate.column_bins]). Every column of bin ``b`` gets
+the upsampled estimate ``A~_b / w_b`` ([`upsample`][refattn.sea.mask.upsample]). A row keeps the ``min(k, l)``
 columns with the largest upsampled estimate, ties to the lower column. Equivalently, on
 bins: the bins are ranked by ``A~_b / w_b`` (ties: lower bin), whole bins are taken until
 ``k`` columns are reached, and the last bin is cut to the budget (its lower columns kept):
@@ -17,8 +17,8 @@ choice (an int, or one per row): nothing upstream depends on it.
 
 Facts the tests check (derived on the docs' SEA page):
 ``KL(A_i || up(A~_i)) = KL(A_i^down || A~_i) + sum_b A_i^down[b] KL(A_{i|b} || U_b)``
-(:func:`kl_decomposition`), and a mask keeping mass ``m_i`` of row ``i`` has
-``TV = 1 - m_i`` and ``|o_i - o_i^mask| <= 2 (1 - m_i) max_j |v_j|`` (:func:`captured_mass`).
+([`kl_decomposition`][refattn.sea.mask.kl_decomposition]), and a mask keeping mass ``m_i`` of row ``i`` has
+``TV = 1 - m_i`` and ``|o_i - o_i^mask| <= 2 (1 - m_i) max_j |v_j|`` ([`captured_mass`][refattn.sea.mask.captured_mass]).
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def _budgets(topk, lengths):
 def sea_mask(estimate, lengths, n_keys, topk, *, grouped=False, implementation="auto") -> list:
     """Top-k on ``A~`` upsampled to key columns (the pinned rule of the module docstring).
 
-    ``estimate (T, K)`` or ``(N, T, K)``; returns one :class:`refattn.lsh.sparse.Support` per head
+    ``estimate (T, K)`` or ``(N, T, K)``; returns one [`refattn.lsh.sparse.Support`][refattn.lsh.sparse.Support] per head
     (a list of length ``N``, or 1). ``implementation``: ``"auto"``, ``"numba"`` (on bins, linear in
     ``T``) or ``"numpy"`` (the twin: upsampled ``T x S`` rows and a stable sort).
     """
@@ -142,8 +142,10 @@ def _kl_rows(p, r):
 def kl_decomposition(teacher, estimate, lengths):
     r"""The KL chain rule of the docs' SEA page (derived there), per row:
 
-    .. math:: \mathrm{KL}(A_i \,\|\, \mathrm{up}(\tilde A_i)) = \mathrm{KL}(A_i^{\downarrow} \,\|\, \tilde A_i)
-              + \sum_b A_i^{\downarrow}[b]\, \mathrm{KL}(A_{i|b} \,\|\, U_b)
+    $$
+    \mathrm{KL}(A_i \,\|\, \mathrm{up}(\tilde A_i)) = \mathrm{KL}(A_i^{\downarrow} \,\|\, \tilde A_i)
+                  + \sum_b A_i^{\downarrow}[b]\, \mathrm{KL}(A_{i|b} \,\|\, U_b)
+    $$
 
     ``teacher (T, S)``: the exact attention rows (a probability matrix, zero beyond ``l_i``);
     ``estimate (T, K)``: ``A~``. Returns ``(total, compressed, floor)``, each ``(T,)``: the left side,

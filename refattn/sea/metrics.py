@@ -58,7 +58,7 @@ def _row(method, memory, q, k, o_hat, o_exact, support, topk, scale, causal):
 
 
 def sea_metrics(q, k, v, result, topk, *, scale=None, causal=False) -> SEAMetricsRow:
-    """The figures of one single-head :class:`refattn.sea.attention.SEAResult` against the oracle."""
+    """The figures of one single-head [`refattn.sea.attention.SEAResult`][refattn.sea.attention.SEAResult] against the oracle."""
     o = softmax_attention(q, k, v, scale=scale, causal=causal)
     K = result.estimate.shape[-1]
     return _row("sea", K + int(topk), q, k, result.output, o, result.supports[0], topk, scale, causal)

@@ -1,2 +1,2 @@
-"""GPU kernels: the CUDA sources (``*.cu``), their nvcc/NVRTC build (:mod:`.build`), the launch
-logic shared with the host emulation (:mod:`.ops`) and the CuPy backend (:mod:`.backend`)."""
+"""GPU kernels: the CUDA sources (``*.cu``), their nvcc/NVRTC build (`.build`), the launch
+logic shared with the host emulation (`.ops`) and the CuPy backend (`.backend`)."""

@@ -1,19 +1,19 @@
 """The GPU backend: the kernels of ``cuda/*.cu`` on CuPy arrays (CuPy in, CuPy out).
 
-The public functions (:func:`refattn.lsh.simhash`, :func:`refattn.lsh.sparse_attention`,
-:func:`refattn.performer.causal_prefix_sums`, :func:`refattn.softmax_attention`, ...) call the
-functions here when their arrays are CuPy arrays (:func:`refattn.kernels.dispatch.gpu_backend`),
+The public functions ([`refattn.lsh.simhash`][refattn.lsh.hashes.simhash], [`refattn.lsh.sparse_attention`][refattn.lsh.sparse.sparse_attention],
+[`refattn.performer.causal_prefix_sums`][refattn.performer.attention.causal_prefix_sums], [`refattn.softmax_attention`][refattn.exact.softmax_attention], ...) call the
+functions here when their arrays are CuPy arrays ([`refattn.kernels.dispatch.gpu_backend`][refattn.kernels.dispatch.gpu_backend]),
 after validating shapes and dtypes exactly as the CPU path does, on shadows of the device arrays
-(same shape and dtype, no copy; :func:`~refattn.kernels.dispatch.shadow64`). The functions here
-check values (NaN/Inf) on the device, then run :mod:`refattn.kernels.cuda.ops` with
-:class:`CupyLauncher` on the arrays' device. Like everything under ``refattn.kernels``, this
+(same shape and dtype, no copy; [`shadow64`][refattn.kernels.dispatch.shadow64]). The functions here
+check values (NaN/Inf) on the device, then run [`refattn.kernels.cuda.ops`][refattn.kernels.cuda.ops] with
+[`CupyLauncher`][refattn.kernels.cuda.backend.CupyLauncher] on the arrays' device. Like everything under ``refattn.kernels``, this
 module imports nothing from the layers above it. CuPy is imported on first use only, never when refattn is imported.
 
 The sources are compiled by CuPy's ``RawModule`` (NVRTC) once per device and source.
 Same draws give the same answers as the CPU: bucket ids are identical except for points
 within rounding of a hyperplane or bucket boundary (the dot products are summed in another
 order); values agree to rounding (float64 within 1e-12 relative, float32 within the
-FlashAttention tolerance rule, :func:`refattn.testing.tolerance_check`).
+FlashAttention tolerance rule, [`refattn.testing.tolerance_check`][refattn.testing.tolerance_check]).
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def check_gpu_dtype(a, name: str, allowed=(np.float64, np.float32)):
 
 
 def _finite(a, name, *, allow_neg_inf=False):
-    """The device half of :func:`refattn._validation.as_float_array`: NaN/Inf checked on the GPU."""
+    """The device half of [`refattn._validation.as_float_array`][refattn._validation.as_float_array]: NaN/Inf checked on the GPU."""
     cp = _cupy()
     if a.size and np.dtype(a.dtype).kind == "f":
         bad = (cp.isnan(a) | (a == cp.inf)) if allow_neg_inf else ~cp.isfinite(a)
@@ -105,22 +105,22 @@ def _hash(op, x, draw, names):
 
 
 def simhash(x, planes):
-    """Codes of :func:`refattn.lsh.simhash` (shapes already validated on shadows)."""
+    """Codes of [`refattn.lsh.simhash`][refattn.lsh.hashes.simhash] (shapes already validated on shadows)."""
     return _hash(cuda_ops.simhash, x, (planes,), ("x", "planes"))
 
 
 def angular_hash(x, R):
-    """Buckets of :func:`refattn.lsh.angular_hash` (shapes already validated on shadows)."""
+    """Buckets of [`refattn.lsh.angular_hash`][refattn.lsh.hashes.angular_hash] (shapes already validated on shadows)."""
     return _hash(cuda_ops.angular_hash, x, (R,), ("x", "R"))
 
 
 def cross_polytope_hash(x, rotations):
-    """Buckets of :func:`refattn.lsh.cross_polytope_hash` (shapes already validated on shadows)."""
+    """Buckets of [`refattn.lsh.cross_polytope_hash`][refattn.lsh.hashes.cross_polytope_hash] (shapes already validated on shadows)."""
     return _hash(cuda_ops.cross_polytope_hash, x, (rotations,), ("x", "rotations"))
 
 
 def e2lsh(x, a, b, width):
-    """Buckets of :func:`refattn.lsh.e2lsh`; ``width`` already validated, ``b`` checked here."""
+    """Buckets of [`refattn.lsh.e2lsh`][refattn.lsh.hashes.e2lsh]; ``width`` already validated, ``b`` checked here."""
     for arr, name in ((x, "x"), (a, "a"), (b, "b")):
         _finite(arr, name)
     cp = _cupy()
@@ -137,7 +137,7 @@ def sort_order(buckets):
 
 
 def sparse_attention(q, k, v, support, scale, entry_bias):
-    """``(out, lse)`` of :func:`refattn.lsh.sparse_attention` on the GPU; ``support`` and the
+    """``(out, lse)`` of [`refattn.lsh.sparse_attention`][refattn.lsh.sparse.sparse_attention] on the GPU; ``support`` and the
     float ``scale`` already validated on shadows."""
     for a, name in ((q, "q"), (k, "k"), (v, "v")):
         _finite(a, name)
@@ -151,7 +151,7 @@ def sparse_attention(q, k, v, support, scale, entry_bias):
 
 
 def causal_prefix_sums(phi_q, phi_k, v, *, offset, chunk, batch_shape):
-    """``(num, den)`` of :func:`refattn.performer.causal_prefix_sums` on the GPU: query ``i`` sees
+    """``(num, den)`` of [`refattn.performer.causal_prefix_sums`][refattn.performer.attention.causal_prefix_sums] on the GPU: query ``i`` sees
     keys ``j <= i + offset``; shapes already validated on shadows."""
     for a, name in ((phi_q, "phi_q"), (phi_k, "phi_k"), (v, "v")):
         check_gpu_dtype(a, name)
@@ -161,9 +161,9 @@ def causal_prefix_sums(phi_q, phi_k, v, *, offset, chunk, batch_shape):
 
 
 def softmax_attention(prob, q, k, v, mask, bias, dtype):
-    """``(out, lse)`` of :func:`refattn.softmax_attention` on the GPU (the streaming kernel).
+    """``(out, lse)`` of [`refattn.softmax_attention`][refattn.exact.softmax_attention] on the GPU (the streaming kernel).
 
-    ``prob`` is the problem validated on shadows (:func:`refattn.problem.attention_problem`);
+    ``prob`` is the problem validated on shadows ([`refattn.problem.attention_problem`][refattn.problem.attention_problem]);
     ``dtype`` float64 or float32. Values (NaN/Inf) are checked here, on the device."""
     if dtype not in (np.float64, np.float32):
         raise TypeError(f"dtype: the CUDA streaming kernel supports float64 and float32, got {np.dtype(dtype).name}")

@@ -1,17 +1,17 @@
 """The CUDA kernel sources (package data in ``refattn/kernels/cuda``) and their two builds.
 
-- :func:`nvcc_check`: compile every source with ``nvcc`` to PTX for the given virtual
+- [`nvcc_check`][refattn.kernels.cuda.build.nvcc_check]: compile every source with ``nvcc`` to PTX for the given virtual
   architectures (default ``compute_80`` and ``compute_90``, embedded in one fatbin per source,
   one nvcc call per source); warnings are errors. Needs nvcc, not a GPU: CI runs it.
-- :class:`HostLauncher`: the same sources compiled by the host C++ compiler (``g++ -x c++``),
+- [`HostLauncher`][refattn.kernels.cuda.build.HostLauncher]: the same sources compiled by the host C++ compiler (``g++ -x c++``),
   where ``RA_FOR_EACH_THREAD`` is a serial loop over the thread indices (see
   ``cuda/refattn_cuda.cuh``), loaded with ctypes. It runs every kernel's logic on the CPU,
-  one "thread" after another, so :mod:`refattn.kernels.cuda.ops` is tested against the NumPy
+  one "thread" after another, so [`refattn.kernels.cuda.ops`][refattn.kernels.cuda.ops] is tested against the NumPy
   twins without a GPU. It checks the arithmetic and indexing, not the launch configuration,
   memory transfers or races (the kernels have no shared memory and write disjoint outputs).
 
-CuPy itself compiles the sources at run time with NVRTC (:mod:`refattn.kernels.cuda.backend`);
-:func:`nvrtc_check` runs that compile (same options) through ``libnvrtc`` directly, without
+CuPy itself compiles the sources at run time with NVRTC ([`refattn.kernels.cuda.backend`][refattn.kernels.cuda.backend]);
+[`nvrtc_check`][refattn.kernels.cuda.build.nvrtc_check] runs that compile (same options) through ``libnvrtc`` directly, without
 CuPy or a GPU, wherever the library is found.
 """
 
@@ -53,7 +53,7 @@ def find_nvcc():
 
 
 def nvcc_check(source, out_dir, *, archs=ARCHS, nvcc=None, timeout=300):
-    """Compile one source (a name in :data:`SOURCES`) to PTX for each ``compute_XX`` in ``archs``.
+    """Compile one source (a name in `SOURCES`) to PTX for each ``compute_XX`` in ``archs``.
 
     Returns the path of the fatbin (uncompressed: the PTX text of each architecture is in it). Raises ``FileNotFoundError`` without nvcc and
     ``RuntimeError`` with nvcc's message when the source does not compile.
@@ -84,7 +84,7 @@ def _cache_dir(kind):
 
 
 def nvcc_check_all(*, archs=ARCHS, nvcc=None):
-    """Compile every source (:func:`nvcc_check`, in parallel): ``(folder, {source: None or the error})``,
+    """Compile every source ([`nvcc_check`][refattn.kernels.cuda.build.nvcc_check], in parallel): ``(folder, {source: None or the error})``,
     the fatbins being ``folder / (stem + ".fatbin")``.
 
     Successful builds are cached by the sources' hash, the compile flags and the architectures,
@@ -131,7 +131,7 @@ def find_nvrtc():
 
 
 def nvrtc_check(source, arch, *, library=None):
-    """Compile one source with NVRTC as CuPy does (:data:`NVRTC_OPTIONS`) for ``compute_<arch>``;
+    """Compile one source with NVRTC as CuPy does (`NVRTC_OPTIONS`) for ``compute_<arch>``;
     returns the PTX size in bytes. Raises ``FileNotFoundError`` without libnvrtc and
     ``RuntimeError`` with NVRTC's log when the source does not compile."""
     library = library or find_nvrtc()
@@ -193,7 +193,7 @@ _CTYPES = {np.int64: ctypes.c_longlong, np.int32: ctypes.c_int, np.float64: ctyp
 class HostLauncher:
     """Runs the kernels' host build: ``launcher(name, n_threads, *args)`` with NumPy arrays
     (C-contiguous, passed as pointers) and NumPy scalars (``np.int64``, ``np.int32``,
-    ``np.float64``, ``np.float32``, passed by value), as :class:`~refattn.kernels.cuda.backend.CupyLauncher`."""
+    ``np.float64``, ``np.float32``, passed by value), as [`CupyLauncher`][refattn.kernels.cuda.backend.CupyLauncher]."""
 
     xp = np
 

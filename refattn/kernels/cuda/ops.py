@@ -3,13 +3,13 @@ r"""The CUDA kernels' host-side orchestration, written once for any launcher.
 Each function takes a launcher ``L`` (``L.xp`` is the array module; ``L(name, n_threads,
 *args)`` runs a kernel of ``cuda/*.cu``) and already validated arrays; it allocates the
 outputs with ``L.xp``, converts the inputs to C-contiguous arrays of the kernel's dtype and
-launches the kernels. With :class:`refattn.kernels.cuda.backend.CupyLauncher` the arrays are
-CuPy arrays and the kernels run on the GPU; with :class:`refattn.kernels.cuda.build.HostLauncher`
+launches the kernels. With [`refattn.kernels.cuda.backend.CupyLauncher`][refattn.kernels.cuda.backend.CupyLauncher] the arrays are
+CuPy arrays and the kernels run on the GPU; with [`refattn.kernels.cuda.build.HostLauncher`][refattn.kernels.cuda.build.HostLauncher]
 they are NumPy arrays and the same kernel sources run serially on the CPU, which is how the
 tests check this module against the NumPy twins without a GPU.
 
-Formulas: :mod:`refattn.lsh.hashes` (hashing), :mod:`refattn.lsh.sparse` (sparse attention),
-:mod:`refattn.performer.attention` (causal prefix sums), :mod:`refattn.kernels.numba.streaming` (streaming
+Formulas: [`refattn.lsh.hashes`][refattn.lsh.hashes] (hashing), [`refattn.lsh.sparse`][refattn.lsh.sparse] (sparse attention),
+[`refattn.performer.attention`][refattn.performer.attention] (causal prefix sums), [`refattn.kernels.numba.streaming`][refattn.kernels.numba.streaming] (streaming
 exact attention); the kernels' own comments restate them.
 """
 
@@ -39,7 +39,7 @@ def _c(L, a, dtype):
 
 
 def simhash(L, x, planes):
-    """Codes ``(tables, n)`` of :func:`refattn.lsh.hashes.simhash`; ``x (n, d)``, ``planes (tables, r, d)``."""
+    """Codes ``(tables, n)`` of [`refattn.lsh.hashes.simhash`][refattn.lsh.hashes.simhash]; ``x (n, d)``, ``planes (tables, r, d)``."""
     x, planes = _c(L, x, np.float64), _c(L, planes, np.float64)
     tables, r, d = planes.shape
     n = x.shape[0]
@@ -57,19 +57,19 @@ def _argmax_buckets(L, x, M, half, stride_h, stride_c):
 
 
 def angular_hash(L, x, R):
-    """Buckets ``(rounds, n)`` of :func:`refattn.lsh.hashes.angular_hash`; ``R (rounds, d, b/2)``."""
+    """Buckets ``(rounds, n)`` of [`refattn.lsh.hashes.angular_hash`][refattn.lsh.hashes.angular_hash]; ``R (rounds, d, b/2)``."""
     half = R.shape[2]
     return _argmax_buckets(L, x, R, half, half, 1)
 
 
 def cross_polytope_hash(L, x, rotations):
-    """Buckets ``(rounds, n)`` of :func:`refattn.lsh.hashes.cross_polytope_hash`; ``rotations (rounds, d, d)``."""
+    """Buckets ``(rounds, n)`` of [`refattn.lsh.hashes.cross_polytope_hash`][refattn.lsh.hashes.cross_polytope_hash]; ``rotations (rounds, d, d)``."""
     d = rotations.shape[1]
     return _argmax_buckets(L, x, rotations, d, 1, d)
 
 
 def e2lsh(L, x, a, b, width):
-    """Buckets ``(tables, n)`` of :func:`refattn.lsh.hashes.e2lsh`; ``a (tables, d)``, ``b (tables,)``."""
+    """Buckets ``(tables, n)`` of [`refattn.lsh.hashes.e2lsh`][refattn.lsh.hashes.e2lsh]; ``a (tables, d)``, ``b (tables,)``."""
     x, a, b = _c(L, x, np.float64), _c(L, a, np.float64), _c(L, b, np.float64)
     tables, n, d = a.shape[0], x.shape[0], x.shape[1]
     buckets = L.xp.empty((tables, n), dtype=np.int64)
@@ -78,15 +78,15 @@ def e2lsh(L, x, a, b, width):
 
 
 def sort_order(L, buckets):
-    """Stable order by (bucket, position), as :func:`refattn.lsh.hashes.sort_order`: the library's own lexsort."""
+    """Stable order by (bucket, position), as [`refattn.lsh.hashes.sort_order`][refattn.lsh.hashes.sort_order]: the library's own lexsort."""
     b = L.xp.asarray(buckets).ravel()
     return L.xp.lexsort(L.xp.stack([L.xp.arange(b.size), b.astype(np.int64)]))
 
 
 def sparse_attention(L, q, k, v, indptr, indices, scale, entry_bias):
-    """``out (T, Hv)``, ``lse (T,)`` of :func:`refattn.lsh.sparse.sparse_attention` in float64.
+    """``out (T, Hv)``, ``lse (T,)`` of [`refattn.lsh.sparse.sparse_attention`][refattn.lsh.sparse.sparse_attention] in float64.
 
-    ``indptr``, ``indices``: the :class:`~refattn.lsh.sparse.Support`'s NumPy arrays (copied to ``L.xp``).
+    ``indptr``, ``indices``: the [`Support`][refattn.lsh.sparse.Support]'s NumPy arrays (copied to ``L.xp``).
     """
     xp = L.xp
     q, k, v, eb = (_c(L, a, np.float64) for a in (q, k, v, entry_bias))
@@ -127,7 +127,7 @@ def _batched(L, arrays, tails, batch_shape, dt):
 
 
 def causal_prefix_sums(L, pq, pk, v, offset, chunk, dt, batch_shape):
-    """``num (..., T, Hv)``, ``den (..., T)`` of :func:`refattn.performer.attention.causal_prefix_sums`."""
+    """``num (..., T, Hv)``, ``den (..., T)`` of [`refattn.performer.attention.causal_prefix_sums`][refattn.performer.attention.causal_prefix_sums]."""
     T, F, S, Hv = pq.shape[-2], pq.shape[-1], pk.shape[-2], v.shape[-1]
     num = L.xp.empty(batch_shape + (T, Hv), dtype=dt)
     den = L.xp.empty(batch_shape + (T,), dtype=dt)
@@ -139,9 +139,9 @@ def causal_prefix_sums(L, pq, pk, v, offset, chunk, dt, batch_shape):
 
 
 def softmax_attention(L, prob, q, k, v, mask, bias, dt):
-    """``out (..., T, Hv)``, ``lse (..., T)`` of :func:`refattn.softmax_attention` (streaming kernel).
+    """``out (..., T, Hv)``, ``lse (..., T)`` of [`refattn.softmax_attention`][refattn.exact.softmax_attention] (streaming kernel).
 
-    ``prob`` is the :class:`~refattn.problem.AttentionProblem` validated on shadows of the
+    ``prob`` is the [`AttentionProblem`][refattn.problem.AttentionProblem] validated on shadows of the
     arrays (shapes, scale, causal alignment, NumPy key lengths); ``q, k, v, mask, bias`` are
     the ``L.xp`` arrays themselves (``mask``, ``bias`` may be None).
     """

@@ -1,6 +1,6 @@
 r"""Build Reformer's chunked-LSH support in O(nnz), for several hash rounds at once.
 
-The readable reference is :func:`refattn.lsh.sparse.chunked_bucket_support` with
+The readable reference is [`refattn.lsh.sparse.chunked_bucket_support`][refattn.lsh.sparse.chunked_bucket_support] with
 ``implementation="dense"`` (a ``T x S`` boolean mask per round, then a union): this kernel
 must give the same support (proofs_tests/lsh/test_sparse.py). Here each query row collects, over
 the rounds, the keys of its own chunk and the ``lookback`` chunks before it (in the sorted

@@ -1,10 +1,10 @@
 r"""Scatterbrain's sparse correction on a CSR support, without materialising gathered rows.
 
-For each query row ``i`` (the docs' Scatterbrain page; the formula is in :mod:`refattn.scatterbrain.attention`):
+For each query row ``i`` (the docs' Scatterbrain page; the formula is in [`refattn.scatterbrain.attention`][refattn.scatterbrain.attention]):
 ``u_i = max(log_scale_i, max_{j in S_i} l_ij)`` with ``l_ij = s q_i.k_j``, then
 ``C_ij = exp(l_ij - u_i) - (phi_q[i].phi_k[j]) exp(log_scale_i - u_i)`` for ``j in S_i``, and
-the row's ``sum_j C_ij v_j`` and ``sum_j C_ij``. :func:`correction_numpy` is the twin
-(vectorised gathers, ``O(nnz (H + F))`` memory); :func:`correction_numba` does the same per
+the row's ``sum_j C_ij v_j`` and ``sum_j C_ij``. [`correction_numpy`][refattn.kernels.numba.scatterbrain_correction.correction_numpy] is the twin
+(vectorised gathers, ``O(nnz (H + F))`` memory); [`correction_numba`][refattn.kernels.numba.scatterbrain_correction.correction_numba] does the same per
 row in parallel (two passes over the row: its max, then the sums) with ``O(1)`` extra memory
 per row and no fastmath.
 """
@@ -70,7 +70,7 @@ def _kernel(q, k, v, phi_q, phi_k, log_scale, indptr, indices, scale, order, u, 
 
 
 def correction_numba(q, k, v, phi_q, phi_k, log_scale, indptr, indices, scale):
-    """Parallel Numba version of :func:`correction_numpy` (same returns)."""
+    """Parallel Numba version of [`correction_numpy`][refattn.kernels.numba.scatterbrain_correction.correction_numpy] (same returns)."""
     T = q.shape[0]
     u = np.empty(T)
     corr = np.empty(indices.size)

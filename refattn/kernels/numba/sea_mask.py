@@ -1,8 +1,8 @@
 r"""SEA's mask builder: top-k on the compressed estimate, upsampled to key columns.
 
-The rule (the docs' SEA page, steps 2-3; pinned in :mod:`refattn.sea`): row ``i`` has length
+The rule (the docs' SEA page, steps 2-3; pinned in [`refattn.sea`][refattn.sea]): row ``i`` has length
 ``l_i``; bin ``b`` of ``K`` covers columns ``[start_b, start_{b+1})`` with
-``start_b = floor(b l_i / K + 1/2)`` (integer arithmetic, :func:`refattn.sea.bin_starts`).
+``start_b = floor(b l_i / K + 1/2)`` (integer arithmetic, [`refattn.sea.bin_starts`][refattn.sea.estimate.bin_starts]).
 Each column ``j`` of bin ``b`` carries the upsampled estimate (the density)
 ``A~[i, b] / w_b``, ``w_b = start_{b+1} - start_b``. The mask of a row is the ``B_i`` columns
 with the largest density, ties broken by (head, column) ascending, with ``B_i = N min(k_i, l_i)``
@@ -11,9 +11,9 @@ column per head (each head's best column is taken first).
 
 Two implementations that must agree exactly (``proofs_tests/sea/``):
 
-* :func:`mask_dense` (the twin): upsamples every row to ``(N, S)`` densities and sorts columns
+* `mask_dense` (the twin): upsamples every row to ``(N, S)`` densities and sorts columns
   with a stable sort. ``O(T N S log(N S))`` time, one row at a time.
-* :func:`mask_numba`: the same selection done on bins (a stable sort of the ``N K`` bin
+* `mask_numba`: the same selection done on bins (a stable sort of the ``N K`` bin
   densities, whole bins taken greedily, the last one cut to the budget, lower columns first),
   ``O(T N K log(N K) + nnz)``, rows in parallel, never a ``T x S`` array.
 

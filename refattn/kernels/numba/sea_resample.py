@@ -1,10 +1,10 @@
 r"""Re-binning SEA's kernel estimate to each row's own bins (the fixed decoder's inner loop).
 
-The formula is in :func:`refattn.sea.decoder.resample_bins`: basis bin ``c`` (edges ``g`` over
+The formula is in [`refattn.sea.decoder.resample_bins`][refattn.sea.decoder.resample_bins]: basis bin ``c`` (edges ``g`` over
 the full length ``S``) spreads its mass uniformly over the ``w_c = min(g_{c+1}, l) - g_c`` columns
 row ``i`` sees; row bin ``b`` (edges ``floor(b l / K + 1/2)``) collects what falls on its columns.
-:func:`resample_numpy` is the vectorised twin (gathers; whole basis bins inside a row bin by a
-cumulative sum); :func:`resample_numba` walks each row's ``K`` bins once (whole basis bins summed
+`resample_numpy` is the vectorised twin (gathers; whole basis bins inside a row bin by a
+cumulative sum); `resample_numba` walks each row's ``K`` bins once (whole basis bins summed
 directly), rows in parallel. Both take ``E (R, T, n)`` float64, ``lengths (T,)``, ``g (n+1,)``
 int64 and return ``(R, T, K)``.
 """

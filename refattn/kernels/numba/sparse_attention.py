@@ -1,7 +1,7 @@
 r"""Sparse attention kernels on a CSR support: SDDMM, row softmax with lse, SpMM.
 
-The formula is in :mod:`refattn.lsh.sparse`. :func:`sparse_numpy` is the twin (vectorised
-gathers and segment reductions); :func:`sparse_numba` runs rows in parallel (``prange``;
+The formula is in [`refattn.lsh.sparse`][refattn.lsh.sparse]. `sparse_numpy` is the twin (vectorised
+gathers and segment reductions); `sparse_numba` runs rows in parallel (``prange``;
 each row is owned by one thread, so outputs are written without races; no fastmath).
 Both take validated float64 arrays: ``q (T, H)``, ``k (S, H)``, ``v (S, Hv)``, ``indptr
 (T+1,)``, ``indices (nnz,)``, scale ``s`` and ``entry_bias (nnz,)``; they return

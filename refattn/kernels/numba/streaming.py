@@ -5,11 +5,11 @@ Milakov & Gimelshein (2018), "Online normalizer calculation for softmax"; Dao et
 row, the running max ``m``, the running sum ``l`` and the running unnormalised output
 ``o``; for a new key block with logits ``b``:
 
-.. math::
-
-    m' = \max(m, \max_j b_j), \quad
-    l' = l\,e^{m - m'} + \textstyle\sum_j e^{b_j - m'}, \quad
-    o' = o\,e^{m - m'} + \textstyle\sum_j e^{b_j - m'} v_j .
+$$
+m' = \max(m, \max_j b_j), \quad
+l' = l\,e^{m - m'} + \textstyle\sum_j e^{b_j - m'}, \quad
+o' = o\,e^{m - m'} + \textstyle\sum_j e^{b_j - m'} v_j .
+$$
 
 At the end ``out = o / l`` and ``lse = m + log l``. A row whose logits are all ``-inf``
 keeps ``m = -inf, l = 0`` and returns zeros and ``lse = -inf``.
@@ -17,14 +17,14 @@ keeps ``m = -inf, l = 0`` and returns zeros and ``lse = -inf``.
 ``softcap`` (0: none) replaces the scaled logits ``x`` by ``softcap tanh(x / softcap)`` before
 the bias and the masks.
 
-Masking inputs (already validated, see :mod:`refattn.problem`): ``offset`` (query ``i``
+Masking inputs (already validated, see [`refattn.problem`][refattn.problem]): ``offset`` (query ``i``
 sees keys ``j <= i + offset``; pass ``NO_CAUSAL`` for none), ``mask`` and ``bias``
 ``(T, S)`` views or ``None``, and ``key_length`` (keys ``j >= key_length`` are padding).
 Key blocks beyond the last visible key of a query block are skipped, so causal
 attention costs about half of full attention.
 
-Two implementations with one signature: :func:`stream_numpy` (the twin) and
-:func:`stream_numba` (parallel over query blocks; each thread owns its block's buffers,
+Two implementations with one signature: [`stream_numpy`][refattn.kernels.numba.streaming.stream_numpy] (the twin) and
+[`stream_numba`][refattn.kernels.numba.streaming.stream_numba] (parallel over query blocks; each thread owns its block's buffers,
 so there are no races; no fastmath, so results match the twin to rounding).
 """
 
@@ -169,7 +169,7 @@ def _all_blocks(q, k, v_ext, scale, softcap, offset, mask, has_mask, bias, has_b
 
 
 def stream_numba(q, k, v, scale, offset, mask, bias, key_length, block_q, block_k, softcap=0.0):
-    """The driver of the parallel Numba kernel; same contract as :func:`stream_numpy`."""
+    """The driver of the parallel Numba kernel; same contract as [`stream_numpy`][refattn.kernels.numba.streaming.stream_numpy]."""
     T, S = q.shape[0], k.shape[0]
     dtype = q.dtype
     out = np.empty((T, v.shape[1]), dtype=dtype)

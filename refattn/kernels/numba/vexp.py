@@ -8,16 +8,16 @@ in ``proofs_tests/kernels/numba/test_vexp.py``), which the oracle's error bound 
 (``docs/exact.md``).
 
 Method (the classic one, e.g. Tang 1989; fdlibm's ``e_exp.c``): write
-:math:`x = k \ln 2 + r` with integer ``k`` and :math:`|r| \le \ln 2 / 2`, so
-:math:`e^x = 2^k e^r`.
+$x = k \ln 2 + r$ with integer ``k`` and $|r| \le \ln 2 / 2$, so
+$e^x = 2^k e^r$.
 
 - ``k``: add ``1.5 * 2**52`` to ``x log2(e)``; the sum rounds to an integer, which sits in
   the low mantissa bits (the "shifter" trick), read back through an int64 view.
 - ``r = (x - k ln2_hi) - k ln2_lo`` (Cody & Waite): ``ln2_hi`` has 32 trailing zero bits,
   so ``k ln2_hi`` is exact for ``|k| < 2**20``.
-- :math:`e^r`: Taylor polynomial to degree 13 (truncation below ``0.35**14 / 14! < 5e-18``
+- $e^r$: Taylor polynomial to degree 13 (truncation below ``0.35**14 / 14! < 5e-18``
   relative), Horner's rule.
-- :math:`2^k`: built from exponent bits as two factors ``2^(k//2) 2^(k - k//2)``, each a
+- $2^k$: built from exponent bits as two factors ``2^(k//2) 2^(k - k//2)``, each a
   normal number, so results down to the smallest subnormal are right.
 
 Inputs are clamped at -746 (``exp(-746)`` rounds to 0), so ``-inf`` gives exactly 0.
