@@ -1,6 +1,6 @@
 """Check a hand-written attention kernel against refattn's oracle.
 
-Run: python examples/check_my_kernel.py
+Run: `python examples/check_my_kernel.py`
 
 `my_float32_attention` stands for your kernel (PyTorch, JAX, Triton...: anything whose output
 numpy.asarray accepts). The FlashAttention rule judges it against the float64 oracle, and

@@ -1,6 +1,6 @@
 """Check PyTorch implementations with `refattn check`: exact attention and FAVOR+.
 
-Run: python examples/check_pytorch.py        (needs torch: pip install -e ".[torch]")
+Run: `python examples/check_pytorch.py` (needs torch: `pip install -e ".[torch]"`)
 
 Each pair is written here in PyTorch (CPU): one correct, one with a subtle bug that passes a
 casual glance and a quick allclose on square inputs.
@@ -20,7 +20,6 @@ The recorded output is in docs/check.md.
 """
 
 import math
-import sys
 
 try:
     import torch
@@ -105,4 +104,4 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -1,6 +1,6 @@
 """Performer's Lemma 2 and orthogonal features (Choromanski et al. 2021, Lemma 2, Theorem 2; Fig. 2).
 
-Run: python examples/performer_lemma2.py [--plot out.png] [--draws 5000] [--norm 0.5]
+Run: `python examples/performer_lemma2.py [--plot out.png] [--draws 5000] [--norm 0.5]`
 
 Left: the MSE of the trigonometric and the positive (FAVOR+) estimators of SM(x, y) = exp(x.y)
 against the angle between x and y (|x| = |y| = norm, d = 16, m = 16): the closed forms of
@@ -18,14 +18,15 @@ import argparse
 import numpy as np
 
 from refattn import theory
+from refattn._validation import InputError
 from refattn.evaluation.claims import run_claim
-from refattn.evaluation.report import pyplot_or_error, save_figure
+from refattn.evaluation.figures import finish, pyplot_or_error
 
 D, M = 16, 16
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").strip().split("\n")[0])
     ap.add_argument("--draws", type=int, default=5000, help="Monte Carlo draws per point")
     ap.add_argument("--norm", type=float, default=0.5, help="|x| = |y| (moderate: the MSE needs a finite 4th moment)")
     ap.add_argument("--plot", help="write the figure to this PNG (needs matplotlib)")
@@ -51,32 +52,33 @@ def main():
     print(f"MSE ratio trig / positive at 179 degrees: {trig[-1] / pos[-1]:.3g}; "
           f"orthogonal / iid at 0 degrees: {ort[0] / pos[0]:.3g}")
 
+    try:
+        plt = pyplot_or_error()
+    except InputError as exc:  # matplotlib missing: the claims above are checked, the figure is not drawn
+        print(exc)
+        return
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name, color, curve in (("MSE trigonometric", "C0", trig), ("MSE positive", "C1", pos)):
+        kind = name.split()[1]
+        a1.plot(angles, curve, color=color, label=f"{kind} (closed form)")
+        rows = [r for r in lemma2 if r.quantity == name]
+        a1.errorbar([float(r.setting.split()[1]) for r in rows], [r.empirical for r in rows],
+                    yerr=[[r.empirical - r.low for r in rows], [r.high - r.empirical for r in rows]],
+                    fmt="o", color=color, ms=4, capsize=3, label=f"{kind} (Monte Carlo, interval)")
+    a1.set(xlabel="angle between x and y (degrees)", ylabel="MSE", yscale="log",
+           title=f"Lemma 2 (d = {D}, m = {M}, |x| = |y| = {args.norm:g})")
+    a1.legend(fontsize=8)
+    a2.plot(angles, pos, color="C1", label="iid positive (Lemma 2)")
+    a2.plot(angles, ort, color="C2", ls="--", label="orthogonal positive (exact, derived)")
+    rows = [r for r in orth if r.quantity == "MSE orthogonal"]
+    a2.errorbar([float(r.setting.split()[1]) for r in rows], [r.empirical for r in rows],
+                yerr=[[r.empirical - r.low for r in rows], [r.high - r.empirical for r in rows]],
+                fmt="s", color="C2", ms=4, capsize=3, label="orthogonal (Monte Carlo, interval)")
+    a2.set(xlabel="angle between x and y (degrees)", ylabel="MSE", yscale="log", title="orthogonal vs iid")
+    a2.legend(fontsize=8)
+    out = finish(fig, args.plot)
     if args.plot:
-        try:
-            plt = pyplot_or_error()
-        except ValueError as exc:  # matplotlib missing
-            print(exc)
-            return
-        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
-        a1.plot(angles, trig, label="trigonometric (closed form)")
-        a1.plot(angles, pos, label="positive (closed form)")
-        for name, color in (("MSE trigonometric", "C0"), ("MSE positive", "C1")):
-            rows = [r for r in lemma2 if r.quantity == name]
-            ang = [float(r.setting.split()[1]) for r in rows]
-            a1.errorbar(ang, [r.empirical for r in rows], yerr=[[r.empirical - r.low for r in rows],
-                        [r.high - r.empirical for r in rows]], fmt="o", color=color, ms=4)
-        a1.set(xlabel="angle between x and y (degrees)", ylabel="MSE", yscale="log",
-               title=f"Lemma 2 (d = {D}, m = {M}, |x| = |y| = {args.norm:g})")
-        a1.legend(fontsize=8)
-        a2.plot(angles, pos, label="iid positive")
-        a2.plot(angles, ort, label="orthogonal positive (exact, derived)")
-        rows = [r for r in orth if r.quantity == "MSE orthogonal"]
-        a2.plot([float(r.setting.split()[1]) for r in rows], [r.empirical for r in rows], "o", color="C1", ms=4,
-                label="orthogonal, Monte Carlo")
-        a2.set(xlabel="angle between x and y (degrees)", ylabel="MSE", yscale="log", title="orthogonal vs iid")
-        a2.legend(fontsize=8)
-        print("wrote", save_figure(fig, args.plot))
-
+        print("wrote", out)
 
 if __name__ == "__main__":
     main()

@@ -1,6 +1,6 @@
 """SEA's estimated mask on real attention, beside the teacher (Lee et al. 2024), on the embedded MiniLM heads.
 
-Run: python examples/sea_real_attention.py [--seq-len 128] [--bins 16] [--topk 16] [--m 64] [--plot out.png]
+Run: `python examples/sea_real_attention.py [--seq-len 128] [--bins 16] [--topk 16] [--m 64] [--plot out.png]`
 
 The 9 embedded heads (all-MiniLM-L6-v2, layers 0, 2, 5 x heads 0, 5, 10, on the Declaration of
 Independence; bidirectional attention) are split by layer: the decoder is distilled on the heads
@@ -39,7 +39,7 @@ def _f(x):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").strip().split("\n")[0])
     ap.add_argument("--seq-len", type=int, default=128, help="first tokens of each head (512 for all)")
     ap.add_argument("--bins", type=int, default=16, help="K, the width of the compressed estimate")
     ap.add_argument("--topk", type=int, default=16, help="k, keys kept per query")
@@ -98,16 +98,17 @@ def main():
         rec, cap, err = np.mean(vals, axis=0)
         print(f"{name:>14} {_f(rec):>7} {_f(cap):>9} {err:>8.3f}")
 
-    if args.plot:
-        i = held[0]
-        res = sea_attention(data.q[i], data.k[i], data.v[i], n_bins=args.bins, topk=args.topk, W=W, decoder=decoder)
-        try:
-            plot_interpretable(interpretable(data.q[i], data.k[i], res), args.plot,
-                               title=f"SEA on MiniLM {data.heads[i]} (learned decoder): T = {data.q.shape[1]}, "
-                                     f"K = {args.bins}, k = {args.topk}")
+    # the figure: written with --plot, shown in the docs' gallery
+    i = held[0]
+    res = sea_attention(data.q[i], data.k[i], data.v[i], n_bins=args.bins, topk=args.topk, W=W, decoder=decoder)
+    try:
+        plot_interpretable(interpretable(data.q[i], data.k[i], res), args.plot,
+                           title=f"SEA on MiniLM {data.heads[i]} (learned decoder): T = {data.q.shape[1]}, "
+                                 f"K = {args.bins}, k = {args.topk}")
+        if args.plot:
             print("wrote", args.plot)
-        except ImportError as exc:
-            print(exc)
+    except ImportError as exc:  # matplotlib missing: the claims above are checked, the figure is not drawn
+        print(exc)
 
 
 if __name__ == "__main__":

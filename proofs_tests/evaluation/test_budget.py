@@ -2,7 +2,7 @@
 
 the docs' Scatterbrain page: test the ordering of errors, not constants. Three oracles at the same budget
 (b = 16 numbers per row, T = 256): the best sparse (top-k), the best low-rank (SVD) and the best
-strictly mixed sparse + low-rank split. Means over 3 independent draws per temperature
+sparse + low-rank split (the better single oracle at worst). Means over 3 independent draws per temperature
 (deterministic given the seeds; on the development draws the margins were 5x, 12% and three
 orders of magnitude; the seed sweep re-draws them).
 """
@@ -30,14 +30,14 @@ def _mean_errors(beta, seed, draws=3):
 
 
 def test_regimes_low_rank_then_mixed_then_sparse(seed):
-    """High entropy (beta = 2): low-rank wins; in between (beta = 16): sparse + low-rank beats
-    both; low entropy (beta = 100): sparse wins. Entropy falls as beta grows."""
+    """High entropy (beta = 2): low-rank beats sparse; in between (beta = 16): a mixed split beats
+    both by 3% or more; low entropy (beta = 100): sparse wins. Entropy falls as beta grows."""
     hot, e_hot = _mean_errors(2.0, seed)
     mid, e_mid = _mean_errors(16.0, seed)
     cold, e_cold = _mean_errors(100.0, seed)
     print("beta=2", hot, "\nbeta=16", mid, "\nbeta=100", cold)
     assert e_hot > e_mid > e_cold
-    assert hot["best low-rank"] < min(hot["best sparse"], hot["sparse + low-rank"])
+    assert hot["best low-rank"] < hot["best sparse"]
     assert mid["sparse + low-rank"] < 0.97 * min(mid["best sparse"], mid["best low-rank"])
     # low entropy: sparse is essentially exact and orders of magnitude better than low-rank (the
     # mixed oracle can only tie it here, since its sparse part covers the same few entries)

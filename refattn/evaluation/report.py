@@ -32,6 +32,7 @@ from threadpoolctl import threadpool_limits
 
 from refattn._validation import InputError, check_positive_int
 from refattn.evaluation.budget import row_entropy
+from refattn.evaluation.figures import data_title, finish, label, legend_outside, pyplot_or_error, style
 from refattn.evaluation.methods import REGISTRY, method_rng, output_of
 from refattn.exact import attention_probabilities
 
@@ -192,49 +193,34 @@ def format_comparison(rows, provenance=()) -> str:
     return "\n".join(lines)
 
 
-def pyplot_or_error():
-    """``matplotlib.pyplot`` with the Agg backend, or a ValueError saying how to install it."""
-    try:
-        import matplotlib
+def plot_error_vs_entropy(rows, path=None, *, title=None):
+    """Scatterbrain's figure (Chen et al. 2021, Fig. 1): error of ``P`` against the row entropy of ``P``.
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise InputError("--plot: needs matplotlib (pip install 'refattn[plots]')") from None
-    return plt
-
-
-def plot_error_vs_entropy(rows, path):
-    """Scatterbrain's figure (Chen et al. 2021, Fig. 1): error of ``P`` against the row entropy of ``P``,
-    one point per (head, temperature), one series per method. Needs matplotlib (``refattn[plots]``)."""
+    One line per method through its means over heads (one marker per temperature), oracles solid
+    and estimators dashed ([`style`][refattn.evaluation.figures.style]); faint markers of the same
+    shape are the single heads. The title names the data (real or synthetic) and the budget. With
+    ``path``, writes a PNG and returns the path; without, returns the open figure. Needs matplotlib
+    (``refattn[plots]``).
+    """
     plt = pyplot_or_error()
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig, ax = plt.subplots(figsize=(9.5, 4.8))
     methods = [m for m in dict.fromkeys(r.method for r in rows) if m not in EXACT_METHODS]
     summary = summarise(rows)
-    for i, m in enumerate(methods):
-        color = f"C{i % 10}"
+    for m in methods:
+        st = style(m)
         ax.scatter([r.entropy for r in rows if r.method == m], [r.error_P for r in rows if r.method == m],
-                   s=9, alpha=0.35, color=color)  # one point per head and temperature
+                   s=10, alpha=0.25, color=st["color"], marker=st["marker"], linewidths=0)
         means = sorted((s["entropy"], s["error_P_mean"]) for s in summary if s["method"] == m)
-        ax.plot([p[0] for p in means], [p[1] for p in means], marker="o", ms=4, lw=1.5, color=color,
-                label=f"{m} (mean over heads)")
+        ax.plot([p[0] for p in means], [p[1] for p in means], ms=5, label=label(m), **st)
+    ax.scatter([], [], s=10, alpha=0.4, color="#555555", label="faint markers: single heads")
     r0 = rows[0]
-    ax.set_xlabel("mean row entropy of P (nats)")
+    ax.set_xlabel("mean row entropy of P (nats; temperature rises to the right)")
     ax.set_ylabel("relative Frobenius error of P")
     ax.set_yscale("log")
-    ax.set_title(f"{r0.data}: matched budget b = {r0.budget} per row")
-    ax.legend(fontsize=7)
-    return save_figure(fig, path)
-
-
-def save_figure(fig, path):
-    """Lay out, write (PNG at 120 dpi) and close a matplotlib figure; returns ``path``."""
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    ax.set_title(title or f"{data_title(r0.data)}\nbudget {r0.budget} numbers per row", fontsize=10)
+    ax.grid(True, which="major", alpha=0.3)
+    legend_outside(ax, title="solid: oracle, dashed: estimator")
+    return finish(fig, path)
 
 
 def _finite_or_none(d):

@@ -130,20 +130,23 @@ def plot_interpretable(views: dict, path=None, *, title=None):
         from matplotlib.colors import LogNorm
     except ImportError as exc:  # an optional extra
         raise ImportError("plot_interpretable needs matplotlib: pip install 'refattn[plots]'") from exc
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.4))
-    panels = [("teacher (exact)", views["teacher"]), ("SEA estimate (upsampled)", views["estimate"]),
-              ("mask (sparse probabilities)", views["sparse"])]
+    panels = [("teacher: exact P", views["teacher"]), ("SEA's estimate of P (upsampled)", views["estimate"]),
+              ("SEA's mask: the kept entries of P", views["sparse"])]
+    rows, cols = np.shape(views["teacher"])
+    fig, axes = plt.subplots(1, 3, figsize=(12, 12 / 3 * rows / cols * 0.95 + 0.9), layout="constrained",
+                             sharey=True)
     pos = [v[v > 0] for _, v in panels if (v > 0).any()]
     lo = max(min(float(p.min()) for p in pos), 1e-6) if pos else 1e-6
     norm = LogNorm(vmin=lo, vmax=1.0)
     for ax, (name, img) in zip(axes, panels):
         im = ax.imshow(np.where(img > 0, img, np.nan), norm=norm, cmap="viridis", interpolation="nearest")
-        ax.set_title(name)
+        ax.set_title(name, fontsize=10)
         ax.set_xlabel("key j")
     axes[0].set_ylabel("query i")
-    fig.colorbar(im, ax=axes, shrink=0.8)
+    bar = fig.colorbar(im, ax=axes, shrink=0.9, pad=0.01)
+    bar.set_label("attention probability $P_{ij}$ (log scale; blank: 0)")
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, fontsize=11)
     if path is not None:
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=110, bbox_inches="tight")
     return fig
