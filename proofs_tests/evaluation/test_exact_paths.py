@@ -1,14 +1,14 @@
 """The oracle's own paths (refattn.evaluation.exact_paths, ``refattn report --exact-paths``): the
 streaming kernels equal the dense oracle to rounding, float64 agrees with mpmath on adversarial
-logits, low precision shows, and every estimator of the registry that applies to a problem gets a
-row. Deterministic (seeded draws); no timing is asserted.
+logits, low precision shows, and every path is within its derived error bound (PASS). Deterministic
+(seeded draws); no timing is asserted.
 """
 
 import numpy as np
 import pytest
 
 from refattn.evaluation import exact_paths
-from refattn.evaluation.methods import REGISTRY, Method
+from refattn.evaluation.methods import REGISTRY
 
 
 @pytest.fixture(scope="module")
@@ -30,25 +30,23 @@ def test_streaming_paths_equal_the_dense_oracle(rows):
     assert by[("adversarial", "dense float64")].max_rel_error <= 1e-10
 
 
-def test_every_applicable_estimator_has_a_row(rows):
-    budget = exact_paths.ESTIMATOR_BUDGET
-    estimators = [n for n, m in REGISTRY.items() if not (m.exact or m.oracle)]
-    causal = [n for n in estimators if REGISTRY[n].causal]
-    got = {p: {r.method for r in rows if r.problem == p and r.method.endswith(f" b={budget}")}
-           for p in ("gaussian", "gaussian-causal", "padded", "adversarial")}
-    assert got["gaussian"] == got["padded"] == {f"{n} b={budget}" for n in estimators}
-    assert got["gaussian-causal"] == {f"{n} b={budget}" for n in causal} and len(causal) < len(estimators)
-    assert got["adversarial"] == set()  # the tiny problem is for the mpmath comparison only
-    assert all(0 < r.max_abs_error < np.inf for r in rows if r.method.endswith(f" b={budget}"))
+def test_every_path_is_within_its_derived_bound(rows):
+    """Each path's verdict is PASS (every query row within forward_error_bound), the references are
+    '-', and only exact attention is in the table (no estimator rows)."""
+    assert {r.verdict for r in rows} == {"PASS", "-"}
+    assert all(r.max_abs_error <= r.bound for r in rows if r.verdict == "PASS")
+    methods = {r.method for r in rows}
+    assert methods == {"dense float64", "mpmath (50 digits)", "streaming numpy float64", "streaming numba float64",
+                       "dense float32", "dense float16"}
+    assert not any(name in m for m in methods for name, meth in REGISTRY.items() if not meth.exact)
 
 
-def test_a_method_without_a_causal_form_skips_causal_problems(monkeypatch):
-    """Power twin of the row selection: a registered non-causal method appears only where it applies."""
-    monkeypatch.setitem(REGISTRY, "uniform (planted)", Method(
-        "uniform (planted)", lambda q, k, v, *, budget, scale, rng, **kw: np.broadcast_to(v.mean(0), (len(q), v.shape[1])),
-        "none"))
-    rows = exact_paths._estimator_rows("gaussian-causal", *[np.ones((1, 4, 2))] * 3, {"causal": True},
-                                       np.ones((1, 4, 2)), "dense float64", 0)
-    assert "uniform (planted) b=128" not in {r.method for r in rows}
-    rows = exact_paths._estimator_rows("gaussian", *[np.ones((1, 4, 2))] * 3, {}, np.ones((1, 4, 2)), "dense float64", 0)
-    assert "uniform (planted) b=128" in {r.method for r in rows}
+def test_the_verdict_fails_a_path_beyond_its_bound():
+    """Power twin: one query row off by twice its bound fails, even though the largest bound covers it."""
+    ref = np.zeros((3, 2))
+    bound = np.array([1e-12, 1e-3, 1e-12])
+    out = ref.copy()
+    out[0, 1] = 2e-12  # row 0 beyond its own bound, far below row 1's
+    r = exact_paths._row("p", "planted", "ref", out, ref, 0.0, bound=bound)
+    assert r.verdict == "FAIL" and r.max_abs_error < r.bound
+    assert exact_paths._row("p", "fine", "ref", ref + 1e-13, ref, 0.0, bound=bound).verdict == "PASS"

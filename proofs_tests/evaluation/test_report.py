@@ -84,3 +84,57 @@ def test_bad_arguments():
         run_comparison(SMALL, budget=8, methods=("magic",))
     with pytest.raises(ValueError, match="^temperature"):
         run_comparison(SMALL, budget=8, temperatures=(0.0,))
+
+
+def test_peak_memory_is_the_timed_calls_not_the_warm_ups(monkeypatch):
+    """A method whose first call allocates 40 MB (as a JIT compile can) and later calls almost
+    nothing shows the later calls' peak: the column is measured on the timed call."""
+    calls = []
+
+    def run(q, k, v, *, budget, scale, rng, **kw):
+        calls.append(1)
+        if len(calls) == 1:
+            np.ones(5_000_000).sum()  # 40 MB, only on the warm-up
+        return attention_probabilities(q, k) @ v
+
+    monkeypatch.setitem(REGISTRY, "first-call hog", Method("first-call hog", run, "the exact P"))
+    rows = run_comparison(SMALL, budget=8, methods=("first-call hog",), progress=False)
+    hog = [r for r in rows if r.method == "first-call hog"]
+    assert len(calls) >= 3 and all(r.peak_mb < 5 for r in hog), [r.peak_mb for r in hog]
+
+
+def _summary(sp, lr, errors_O, temps=(1.0,), entropies=(3.0,)):
+    """A hand-made summary: per temperature the two oracles' err P and the estimators' err O."""
+    out = []
+    for i, t in enumerate(temps):
+        base = {"temperature": t, "entropy": entropies[i], "heads": 1, "budget": 8, "error_O_max": 1.0,
+                "peak_mb": 0.0, "seconds_median": 0.0, "time_vs_dense": 1.0}
+        out.append({**base, "method": "best sparse", "error_P_mean": sp[i], "error_O_mean": sp[i]})
+        out.append({**base, "method": "best low-rank", "error_P_mean": lr[i], "error_O_mean": lr[i]})
+        for name, e in errors_O.items():
+            out.append({**base, "method": name, "error_P_mean": 1.0, "error_O_mean": e[i]})
+    return out
+
+
+def test_the_takeaway_is_computed_from_the_numbers():
+    from refattn.evaluation.report import takeaway
+
+    one = takeaway(_summary([0.1], [0.3], {"performer": [0.8], "reformer": [0.9]}))
+    assert "estimator here is performer" in one[1] and "the sparse oracle beats" in one[2]
+    swapped = takeaway(_summary([0.3], [0.1], {"performer": [0.9], "reformer": [0.8]}))
+    assert "estimator here is reformer" in swapped[1] and "the low-rank oracle beats" in swapped[2]
+    sweep = takeaway(_summary([0.01, 0.2, 0.7], [0.3, 0.3, 0.1], {"performer": [1, 1, 1]},
+                              temps=(0.5, 1.0, 2.0), entropies=(1.0, 3.0, 4.5)))
+    assert any("cross between temperature 1 and 2 (entropy 3.00 to 4.50 nats): sparse wins below, low-rank above"
+               in line for line in sweep), sweep
+    moved = takeaway(_summary([0.01, 0.4, 0.7], [0.3, 0.3, 0.1], {"performer": [1, 1, 1]},
+                              temps=(0.5, 1.0, 2.0), entropies=(1.0, 3.0, 4.5)))
+    assert any("cross between temperature 0.5 and 1" in line for line in moved), moved
+
+
+def test_the_legend_names_oracles_estimators_and_configurations():
+    from refattn.evaluation.report import legend
+
+    text = "\n".join(legend(_summary([0.1], [0.3], {"performer": [0.8]})))
+    assert "oracles (best sparse, best low-rank)" in text and "estimators (performer)" in text
+    assert "err P above 1" in text and "entropy" in text and REGISTRY["performer"].budget_rule in text

@@ -62,6 +62,7 @@ def run(args) -> int:
         compare.plot_error_vs_entropy(rows, args.plot)
     if args.json:
         doc = {"data": data.name, "provenance": data.provenance, "summary": compare.summary_as_dicts(rows),
+               "takeaway": compare.takeaway(compare.summarise(rows))[1:],
                "rows": compare.rows_as_dicts(rows)}
         if exact is not None:
             doc["exact_paths"] = exact_paths.rows_as_dicts(exact)

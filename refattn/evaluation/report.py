@@ -23,6 +23,7 @@ al. 2021, Fig. 1) plots error against it ([`plot_error_vs_entropy`][refattn.eval
 
 from __future__ import annotations
 
+import textwrap
 import time
 import tracemalloc
 from dataclasses import asdict, dataclass
@@ -37,7 +38,7 @@ from refattn.evaluation.methods import REGISTRY, method_rng, output_of
 from refattn.exact import attention_probabilities
 
 __all__ = ["MethodRow", "DEFAULT_METHODS", "EXACT_METHODS", "DEFAULT_TEMPERATURES", "run_comparison",
-           "summarise", "format_comparison", "plot_error_vs_entropy", "rows_as_dicts", "summary_as_dicts"]
+           "summarise", "format_comparison", "legend", "takeaway", "plot_error_vs_entropy", "rows_as_dicts", "summary_as_dicts"]
 
 #: The registry entries in the default report: all but the mixed sparse + low-rank oracle, whose
 #: alternating projections take about 30 s per head at T = 512 (ask for it with ``--methods``).
@@ -61,21 +62,18 @@ class MethodRow:
     seconds: float
 
 
-def _peak_mb(fn):
-    """Peak NumPy/Python allocation (MB) during ``fn()`` and its result."""
+def _measured(fn):
+    """``(fn(), seconds, peak MB)``: one call, timed, with its peak NumPy/Python allocation
+    (tracemalloc, started before the clock; its per-allocation hook is inside the time)."""
     tracemalloc.start()
     try:
+        t0 = time.perf_counter()
         out = fn()
+        seconds = time.perf_counter() - t0
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    return out, peak / 1e6
-
-
-def _seconds(fn):
-    t0 = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t0
+    return out, seconds, peak / 1e6
 
 
 def _rel(a, b):
@@ -142,9 +140,10 @@ def run_comparison(data, *, budget=64, methods=DEFAULT_METHODS, temperatures=(1.
                     def call(values):  # the same seeded draw for every call: one stream per (seed, method, head)
                         return output_of(method.run(q, k, values, budget=budget, scale=scale,
                                                     rng=method_rng(seed, name, h)))
-                    # warm-up and memory, then the timed call, then P^ from the same draw applied to I
-                    _, mb = _peak_mb(lambda: call(v))
-                    out, t = _seconds(lambda: call(v))
+                    # a warm-up (Numba compiles, caches fill), then the timed call, whose peak memory is
+                    # the column's, then P^ from the same draw applied to I
+                    call(v)
+                    out, t, mb = _measured(lambda: call(v))
                     rows.append(MethodRow(**base, method=name, error_P=_rel(call(eye), P), error_O=_rel(out, O),
                                           peak_mb=mb, seconds=t))
                     bar.update(1)
@@ -175,22 +174,92 @@ def summarise(rows):
 
 
 def format_comparison(rows, provenance=()) -> str:
-    """The report table: one line per (temperature, method), averaged over heads."""
+    """The report table: one line per (temperature, method), averaged over heads, then its legend and
+    the takeaway computed from the numbers ([`takeaway`][refattn.evaluation.report.takeaway])."""
     summary = summarise(rows)
     first = rows[0]
     lines = [f"data: {first.data}, {len({r.head for r in rows})} heads, budget {first.budget} numbers per row"]
     lines += [f"  {p}" for p in provenance if p.split(":")[0] in ("model", "text", "layers", "heads")]
-    head = (f"{'temp':>5} {'entropy':>7} {'method':<22} {'err P (mean)':>12} {'err O (mean)':>12} "
+    width = max(len("method"), *(len(s["method"]) for s in summary))  # never truncate a name
+    head = (f"{'temp':>5} {'entropy':>7} {'method':<{width}} {'err P (mean)':>12} {'err O (mean)':>12} "
             f"{'err O (max)':>11} {'peak MB':>8} {'time (ms)':>9} {'x dense':>8}")
     lines += [head, "-" * len(head)]
     for s in summary:
         eP = "-" if np.isnan(s["error_P_mean"]) else f"{s['error_P_mean']:.3e}"
-        lines.append(f"{s['temperature']:>5g} {s['entropy']:>7.3f} {s['method']:<22} {eP:>12} "
+        lines.append(f"{s['temperature']:>5g} {s['entropy']:>7.3f} {s['method']:<{width}} {eP:>12} "
                      f"{s['error_O_mean']:>12.3e} {s['error_O_max']:>11.3e} {s['peak_mb']:>8.2f} "
                      f"{1e3 * s['seconds_median']:>9.2f} {s['time_vs_dense']:>8.2f}")
-    lines.append("err: relative Frobenius error against the exact oracle; peak MB: NumPy allocations "
-                 "(tracemalloc); x dense: time / the dense oracle's time on the same head")
-    return "\n".join(lines)
+    notes = [textwrap.fill(line, 110, subsequent_indent=" " * (len(line) - len(line.lstrip()) + 2), break_on_hyphens=False)
+             for line in ["", *legend(summary), "", *takeaway(summary)]]
+    return "\n".join(lines + notes)
+
+
+def _kind(method):
+    m = REGISTRY.get(method)
+    return "exact" if m is not None and m.exact else "oracle" if m is not None and m.oracle else "estimator"
+
+
+def legend(summary) -> list[str]:
+    """What the table's columns and rows are (lines), for the methods present in ``summary``."""
+    methods = list(dict.fromkeys(s["method"] for s in summary))
+    oracles = [m for m in methods if _kind(m) == "oracle"]
+    estimators = [m for m in methods if _kind(m) == "estimator"]
+    lines = ["legend:"]
+    if oracles:
+        lines.append(f"  oracles ({', '.join(oracles)}): they read the exact P, so they bound what a sparse or "
+                     "low-rank method can reach at this budget; they are not methods you can run")
+    if estimators:
+        lines.append(f"  estimators ({', '.join(estimators)}): see only q, k, v, as a kernel does")
+    lines += [
+        "  err P: |P^ - P|_F / |P|_F, P^ the method's attention matrix (its output for v = I); err O: the same for "
+        "the output O = P v",
+        "  err P above 1: P^ is further from P than the zero matrix; at a budget far below the number of keys an "
+        "estimator's entrywise noise exceeds P's many small entries, while err O (what a model uses) averages it out",
+        "  temp: the logits are divided by it (1: the model's own); entropy: the mean row entropy of P in nats "
+        "(0: one-hot rows; log S: uniform rows)",
+        "  peak MB: NumPy allocations during the timed call (tracemalloc); time: the median over heads of one call "
+        "after a warm-up; x dense: time / the dense oracle's time on the same head",
+    ]
+    configs = [f"    {m}: {REGISTRY[m].budget_rule}" for m in methods if m in REGISTRY and not REGISTRY[m].exact]
+    if configs:
+        lines += ["  configurations (b = the budget):", *configs]
+    return lines
+
+
+def takeaway(summary) -> list[str]:
+    """Lines computed from the numbers: the best estimator by error of O at each temperature, which
+    oracle wins (and where they cross in a temperature sweep), and where to read more."""
+    temps = sorted({s["temperature"] for s in summary})
+    by = {(s["temperature"], s["method"]): s for s in summary}
+    lines = ["takeaway:"]
+    for temp in temps:
+        ests = [s for s in summary if s["temperature"] == temp and _kind(s["method"]) == "estimator"]
+        if ests:
+            best = min(ests, key=lambda s: s["error_O_mean"])
+            lines.append(f"  temperature {temp:g}: the most accurate estimator here is {best['method']} "
+                         f"(err O {best['error_O_mean']:.3g}, err P {best['error_P_mean']:.3g})")
+    pairs = [(t, by[(t, "best sparse")], by[(t, "best low-rank")]) for t in temps
+             if (t, "best sparse") in by and (t, "best low-rank") in by]
+    if pairs:
+        winner = ["sparse" if sp["error_P_mean"] < lr["error_P_mean"] else "low-rank" for _, sp, lr in pairs]
+        if len(pairs) == 1:
+            t, sp, lr = pairs[0]
+            why = ("the rows are peaked: their largest entries hold most of the mass" if winner[0] == "sparse"
+                   else "the rows are flat: a few smooth directions describe them")
+            lines.append(f"  the {winner[0]} oracle beats the other (err P {sp['error_P_mean']:.3g} sparse vs "
+                         f"{lr['error_P_mean']:.3g} low-rank): {why}; a sweep (--temperature-sweep) shows where "
+                         "the two cross")
+        else:
+            crossings = [i for i in range(len(pairs) - 1) if winner[i] != winner[i + 1]]
+            if not crossings:
+                lines.append(f"  the {winner[0]} oracle wins at every temperature swept")
+            for i in crossings:
+                (t0, sp0, _), (t1, sp1, _) = pairs[i], pairs[i + 1]
+                lines.append(f"  the sparse and low-rank oracles cross between temperature {t0:g} and {t1:g} "
+                             f"(entropy {sp0['entropy']:.2f} to {sp1['entropy']:.2f} nats): {winner[i]} wins below, "
+                             f"{winner[i + 1]} above; Scatterbrain combines the two for the rows in between")
+    lines.append("  more: the docs' page 'The report and its data' (docs/report.md)")
+    return lines
 
 
 def plot_error_vs_entropy(rows, path=None, *, title=None):
