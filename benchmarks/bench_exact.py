@@ -7,7 +7,7 @@ for causal. Each case runs in its own subprocess so its peak RSS is its own; tim
 the median of ``--repeats`` runs after one warm-up (Numba compilation is timed separately
 as the first call of a fresh process).
 
-    python benchmarks/bench_exact.py                   # T = 16384 (the goal)
+    python benchmarks/bench_exact.py                   # T = 16384 (the goal in goals.json)
     python benchmarks/bench_exact.py --long            # also T = S = 131072, streaming only
     python benchmarks/bench_exact.py --quick           # a smoke run (CI): tiny sizes
 

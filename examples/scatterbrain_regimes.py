@@ -5,7 +5,7 @@ Run: `python examples/scatterbrain_regimes.py [--plot out.png] [--T 256]`
 Sweeps the inverse temperature beta and prints, at a matched budget of b numbers per row, the
 relative Frobenius error of P for every method in refattn.evaluation.methods, with the mean row entropy.
 Expected (and asserted here for the three oracles): low-rank wins at high entropy, sparse at low
-entropy, sparse + low-rank in between. With --plot (needs matplotlib: pip install 'refattn[plots]')
+entropy, sparse + low-rank in between. With --plot (needs matplotlib)
 it draws error against entropy.
 """
 

@@ -8,7 +8,7 @@ Causal attention with locality and an attention sink (refattn.evaluation.methods
 2. checks the KL chain rule on a held-out input: the oracle decoder reaches the floor, no decoder goes below;
 3. prints SEA (fixed, learned, oracle decoders) against Performer alone and a window at the same memory
    (recall of the true top-k keys, captured mass, output error);
-4. with --plot (needs matplotlib: pip install 'refattn[plots]'), draws teacher, estimate and mask.
+4. with --plot (needs matplotlib), draws teacher, estimate and mask.
 """
 
 import argparse

@@ -12,7 +12,7 @@ of layers 0 and 5 and evaluated on the held-out heads of layer 2. The script pri
 2. per head and decoder, at the same memory (K + k numbers per query): recall of the true top-k keys,
    captured attention mass, output error, beside Performer alone, a window and the top-k oracle.
    Asserted: no mask of k keys captures more mass than the true top-k (by definition of top-k);
-3. with --plot (needs matplotlib: pip install 'refattn[plots]'): teacher | estimate | mask of one
+3. with --plot (needs matplotlib): teacher | estimate | mask of one
    held-out head.
 
 What it shows (T = 128, K = k = 16, m = 64): the untrained FAVOR+ estimate with a fixed or

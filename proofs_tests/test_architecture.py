@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -113,12 +114,16 @@ def missing_test_files(package: Path, tests: Path):
 
 
 HISTORY = re.compile(r"\bissues? #?\d+\b|\(issue \d+\)", re.IGNORECASE)
+#: files a reader does not have: the team's internal notes, and the papers' numbered seed abstracts
+INTERNAL = re.compile(r"\b(?:MATH|DESIGN|STYLE)\.md\b|\bshared/|\bseeds? 0\d\d\b", re.IGNORECASE)
 
 
-def history_mentions(package: Path):
-    """``file:line`` of every mention of a project issue number in the package's source."""
-    return [f"{p.relative_to(package.parent)}:{i}" for p in sorted(package.rglob("*.py"))
-            for i, line in enumerate(p.read_text().splitlines(), 1) if HISTORY.search(line)]
+def history_mentions(package: Path, pattern=HISTORY, suffixes=(".py",)):
+    """``file:line`` of every line under ``package`` (a folder or one file) that ``pattern`` finds:
+    by default a mention of a project issue number in the source."""
+    files = [package] if package.is_file() else sorted(p for p in package.rglob("*") if p.suffix in suffixes)
+    return [f"{p.relative_to(ROOT)}:{i}" for p in files
+            for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if pattern.search(line)]
 
 
 # ----------------------------------------------------------------------------- the rules on refattn
@@ -140,6 +145,39 @@ def test_one_test_file_per_module():
 
 def test_the_package_names_no_issue_numbers():
     assert history_mentions(PACKAGE) == []
+
+
+READER_FACING = ("refattn", "docs", "examples", "tutorials", "benchmarks", "scripts", "README.md", "mkdocs.yml")
+
+
+def test_every_reference_resolves_for_a_reader():
+    """No docstring, doc page, example, tutorial, script or README points at an issue number or at
+    files a reader does not have (internal notes, seed abstracts): formulas cite the paper and the
+    docs page. Benchmark result files are records of past runs and are not scanned."""
+    found = []
+    for name in READER_FACING:
+        path = ROOT / name
+        found += history_mentions(path, INTERNAL, (".py", ".md", ".yml", ".json"))
+        found += [f for f in history_mentions(path, HISTORY, (".py", ".md", ".yml")) if "/generated/" not in f]
+    assert found == []
+
+
+def test_the_cli_output_names_no_internal_file():
+    """Every command's --help, and `refattn info`, in words a reader can follow."""
+    import contextlib
+    import io
+
+    from refattn.cli import main
+
+    text = []
+    for argv in (["--help"], ["report", "--help"], ["theory", "--help"], ["check", "--help"], ["bench", "--help"],
+                 ["info", "--help"], ["info"]):
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            main(argv)
+        text.append(buf.getvalue())
+    out = "\n".join(text)
+    assert len(out) > 2000 and not INTERNAL.search(out) and not HISTORY.search(out)
 
 
 # ----------------------------------------------------------------------------- power twins
@@ -184,9 +222,22 @@ def test_a_module_without_its_test_file_is_found(tmp_path):
 
 @pytest.mark.parametrize("line,found", [("# SEA (issue 6)", True), ("the goals of issue 10", True),
                                         ("see issues 2 and 3", True), ("tissue 4", False), ("an issue", False)])
-def test_history_mentions_are_found(tmp_path, line, found):
+def test_history_mentions_are_found(tmp_path, monkeypatch, line, found):
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
     pkg = _write(tmp_path, {"toy/__init__.py": f"{line}\n"})
     assert bool(history_mentions(pkg)) is found
+
+
+@pytest.mark.parametrize("line,found", [("see MATH.md section 4", True), ("shared/DESIGN.md", True),
+                                        ("STYLE.md section 1", True), ("the abstract (seed 002)", True),
+                                        ("the docs' Performer page", False), ("seeded with 0", False),
+                                        ("a seed of 0", False)])
+def test_internal_references_are_found(tmp_path, monkeypatch, line, found):
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    page = tmp_path / "docs" / "page.md"
+    page.parent.mkdir()
+    page.write_text(f"{line}\n")
+    assert bool(history_mentions(tmp_path / "docs", INTERNAL, (".md",))) is found
 
 
 # ----------------------------------------------------------------------------- one implementation vocabulary

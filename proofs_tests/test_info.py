@@ -20,3 +20,22 @@ def test_disabled_numba_is_reported_with_the_reason(monkeypatch):
     monkeypatch.setenv("REFATTN_DISABLE_NUMBA", "1")
     numba = collect_info()["numba"]
     assert numba["usable"] is False and "REFATTN_DISABLE_NUMBA" in numba["reason"]
+
+
+def test_install_advice_works_from_a_clone_and_from_pypi():
+    """Every install hint names an extra that pyproject.toml defines, and the PyPI packages that
+    extra installs (refattn itself is not on an index: 'pip install refattn[gpu]' would fail)."""
+    import re
+    import tomllib
+    from pathlib import Path
+
+    from refattn._extras import EXTRAS, install_hint
+    from refattn.info import collect_info, format_info
+
+    extras = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    for extra, packages in EXTRAS.items():
+        names = {re.split(r"[<>=\[]", req)[0] for req in extras[extra]}
+        assert {re.split(r"[\[]", p)[0] for p in packages.split()} <= names, (extra, names)
+        assert f"pip install -e '.[{extra}]'" in install_hint(extra)
+    assert "refattn[" not in format_info(collect_info())

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 
 from refattn import __version__
+from refattn._extras import install_hint
 from refattn.exact import softmax_attention
 from refattn.kernels import numba_enabled
 from refattn.kernels.cuda.backend import compile_all
@@ -130,7 +131,7 @@ def format_info(info: dict) -> str:
         if cp.get("cuda_runtime"):
             lines.append(f"cuda: runtime {cp['cuda_runtime']}, driver {cp.get('cuda_driver', '?')}")
     else:
-        lines.append("cupy backend: not installed (GPU extra: pip install 'refattn[gpu]')")
+        lines.append(f"cupy backend: not installed (for an NVIDIA GPU: {install_hint('gpu')})")
     nv = info["nvcc"]
     lines.append("nvcc: " + (f"{nv.get('version', '?')} ({nv['path']})" if nv["found"] else "not found"))
     ck = info.get("cuda_kernels")

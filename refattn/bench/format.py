@@ -116,7 +116,7 @@ def format_suite(suite) -> str:
 
 
 def plot_suite(suite, path) -> None:
-    """Time against T, log-log, one panel per dtype (needs matplotlib: ``refattn[plots]``)."""
+    """Time against T, log-log, one panel per dtype (needs matplotlib)."""
     import matplotlib
 
     matplotlib.use("Agg")

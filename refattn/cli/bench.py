@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 
+from refattn._extras import install_hint
 from refattn.bench.format import format_suite, plot_suite
 from refattn.bench.measure import CAUSAL
 from refattn.bench.suite import GIB, default_entries, default_lengths, load_goals, refresh, run_suite
@@ -39,7 +40,7 @@ def add_parser(sub):
     b.add_argument("--no-isolate", action="store_true", help="measure in this process, not one subprocess per point")
     b.add_argument("--note", help="free text stored in the JSON (e.g. 'machine shared with 3 other jobs')")
     b.add_argument("--out", help="write the JSON here")
-    b.add_argument("--plot", help="write the log-log plot (PNG) here (needs matplotlib: refattn[plots])")
+    b.add_argument("--plot", help="write the log-log plot (PNG) here (needs matplotlib)")
     b.add_argument("--json", action="store_true", help="print the JSON instead of the tables")
     b.add_argument("--from-json", help="measure nothing: re-derive the tables, goals and plot of a saved run")
     b.set_defaults(func=run)
@@ -72,7 +73,7 @@ def run(args) -> int:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            raise UsageError("--plot needs matplotlib: pip install 'refattn[plots]'") from None
+            raise UsageError(f"--plot needs matplotlib: {install_hint('plots')}") from None
     for path in (args.out, args.plot):
         if path and not Path(path).resolve().parent.is_dir():
             raise UsageError(f"no such directory for {path!r}")

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 from refattn.cli._args import positive_float, positive_int, probability, seed
-from refattn.evaluation.claims import CLAIMS, format_claim, rows_as_dicts, run_claim
+from refattn.evaluation.claims import CLAIM_HELP, CLAIMS, claim_settings, format_claim, rows_as_dicts, run_claim
 
 
 def add_parser(sub):
-    th = sub.add_parser("theory", help="Monte Carlo against the closed forms (exit 1 if an interval misses)")
-    th.add_argument("claim", choices=sorted(CLAIMS), help="which claim's table")
+    claims = "\n".join(f"  {name:<13} {CLAIM_HELP[name]}" for name in sorted(CLAIMS))
+    th = sub.add_parser("theory", help="Monte Carlo against the closed forms (exit 1 if an interval misses)",
+                        description="Monte Carlo estimates beside the closed forms, with intervals at level "
+                                    "1 - alpha; exit 1 if an interval misses its closed form.",
+                        epilog=f"claims:\n{claims}", formatter_class=argparse.RawDescriptionHelpFormatter)
+    th.add_argument("claim", choices=sorted(CLAIMS), help="which claim's table (listed below)")
     th.add_argument("--draws", type=positive_int, default=20_000, help="Monte Carlo draws per setting")
     th.add_argument("--dim", type=positive_int, default=16, help="dimension d of the pairs")
     th.add_argument("--features", type=positive_int, default=16, help="projection rows m")
@@ -23,12 +28,14 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    rows = run_claim(args.claim, draws=args.draws, d=args.dim, m=args.features, norm=args.norm,
-                     alpha=args.alpha, seed=args.seed)
+    settings = dict(draws=args.draws, d=args.dim, m=args.features, norm=args.norm, alpha=args.alpha, seed=args.seed)
+    rows = run_claim(args.claim, **settings)
+    used = claim_settings(args.claim, **settings)
     if args.json:
-        print(json.dumps({"claim": args.claim, "rows": rows_as_dicts(rows)}, indent=2))
+        print(json.dumps({"claim": args.claim, "description": CLAIM_HELP[args.claim], "settings": used,
+                          "rows": rows_as_dicts(rows)}, indent=2))
     else:
-        print(format_claim(args.claim, rows))
+        print(format_claim(args.claim, rows, used))
     return 0 if all(r.covered for r in rows if r.empirical == r.empirical) else 1
 
 

@@ -36,7 +36,7 @@ from refattn.montecarlo import kernel_samples, scatterbrain_samples
 from refattn.scatterbrain import rpca  # looked up at call time: the power twin patches rpca.robust_pca
 from refattn.stats import bootstrap_variance_interval, z_test_mean
 
-__all__ = ["CLAIMS", "ClaimRow", "run_claim", "format_claim"]
+__all__ = ["CLAIMS", "CLAIM_HELP", "ClaimRow", "claim_settings", "run_claim", "format_claim"]
 
 
 @dataclass
@@ -201,6 +201,41 @@ def _quiet_rpca(M):
 CLAIMS = {"lemma2": _lemma2, "orthogonal": _orthogonal, "favorpp": _favorpp, "smreg": _smreg,
           "collision": _collision, "scatterbrain": _scatterbrain, "rpca": _rpca}
 
+#: One line per claim: what its table checks and where the claim comes from (``refattn theory --help``).
+CLAIM_HELP = {
+    "lemma2": "MSE of the positive, hyperbolic and trigonometric estimators of exp(x.y) by angle "
+              "(Choromanski et al. 2021, Lemma 2)",
+    "orthogonal": "MSE of orthogonal features (exact, derived) against the Theorem 2 bound and the iid MSE, by angle "
+                  "(Choromanski et al. 2021, Theorem 2)",
+    "favorpp": "FAVOR++ at its optimal A* against FAVOR+, by norm (Likhosherstov et al. 2022)",
+    "smreg": "regular (fixed-norm) features estimate SMREG, not SM, by norm (Choromanski et al. 2021, Theorem 1)",
+    "collision": "collision rates of SimHash (Charikar 2002) by angle and bits, and of E2LSH "
+                 "(Datar et al. 2004) by distance",
+    "scatterbrain": "Scatterbrain's entry estimate is unbiased with variance (1 - P) Var_pfm (derived), by angle "
+                    "and bits (Chen et al. 2021)",
+    "rpca": "principal component pursuit recovers low rank + sparse inside its region and fails outside "
+            "(Candes et al. 2011)",
+}
+
+#: The settings each claim reads (the others are ignored by it and not reported).
+_USES = {"lemma2": ("d", "m", "norm"), "orthogonal": ("d", "m", "norm"), "favorpp": ("d", "m", "norm"),
+         "smreg": ("d", "m", "norm"), "collision": ("d",), "scatterbrain": ("d", "m", "norm"), "rpca": ()}
+
+
+def claim_settings(name, *, draws=20_000, d=16, m=16, norm=0.5, alpha=1e-3, seed=0) -> dict:
+    """The settings a claim's table was computed with (those it reads): draws, alpha, seed and, by
+    claim, the dimension ``d``, the projection rows ``m`` and the norm of the scaled rows."""
+    if name not in CLAIMS:
+        raise InputError(f"claim: unknown {name!r}; expected one of {sorted(CLAIMS)}")
+    used = {"d": d, "m": min(m, d) if name == "orthogonal" else m, "norm": norm}
+    out = {k: used[k] for k in _USES[name]}
+    if name == "rpca":
+        out.update(n=100, trials=min(draws, 20))
+    else:
+        out["draws"] = draws
+    out.update(alpha=alpha, seed=seed)
+    return out
+
 
 def run_claim(name, *, draws=20_000, d=16, m=16, norm=0.5, alpha=1e-3, seed=0, progress=None):
     """Rows of one claim's table (`ClaimRow`)."""
@@ -213,9 +248,14 @@ def run_claim(name, *, draws=20_000, d=16, m=16, norm=0.5, alpha=1e-3, seed=0, p
     return CLAIMS[name](draws, d, m, norm, alpha, gen, bar)
 
 
-def format_claim(name, rows) -> str:
+def format_claim(name, rows, settings=None) -> str:
+    """The claim's table, headed by what it checks and the ``settings`` it was computed with."""
     head = f"{'quantity':<28} {'setting':<12} {'closed form':>12} {'empirical':>12} {'interval':>27} {'covers':>6}"
-    lines = [f"claim: {name}", head, "-" * len(head)]
+    lines = [f"claim: {name}: {CLAIM_HELP[name]}"]
+    if settings:
+        lines.append("settings: " + ", ".join(f"{k} = {v:g}" if isinstance(v, float) else f"{k} = {v}"
+                                              for k, v in settings.items()))
+    lines += [head, "-" * len(head)]
     for r in rows:
         if math.isnan(r.empirical):
             lines.append(f"{r.quantity:<28} {r.setting:<12} {r.closed_form:>12.5g}")

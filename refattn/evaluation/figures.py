@@ -6,11 +6,12 @@ an oracle (it sees the exact matrix: best sparse, best low-rank, sparse + low-ra
 thick line, an estimator (Performer, Scatterbrain, Reformer, ...) as a dashed line, each method
 with its own colour and marker, stable across figures. [`data_title`][refattn.evaluation.figures.data_title] says whether the data
 is real (the embedded MiniLM heads) or synthetic. [`finish`][refattn.evaluation.figures.finish] lays out and saves (or returns)
-a figure. Needs matplotlib (``pip install -e '.[plots]'``) only when a figure is drawn.
+a figure. Needs matplotlib (``pip install matplotlib``) only when a figure is drawn.
 """
 
 from __future__ import annotations
 
+from refattn._extras import install_hint
 from refattn._validation import InputError
 from refattn.evaluation.methods import REGISTRY
 
@@ -61,7 +62,7 @@ def pyplot_or_error():
             matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise InputError("--plot: needs matplotlib (pip install 'refattn[plots]')") from None
+        raise InputError(f"--plot: needs matplotlib: {install_hint('plots')}") from None
     return plt
 
 

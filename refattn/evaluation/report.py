@@ -269,7 +269,7 @@ def plot_error_vs_entropy(rows, path=None, *, title=None):
     and estimators dashed ([`style`][refattn.evaluation.figures.style]); faint markers of the same
     shape are the single heads. The title names the data (real or synthetic) and the budget. With
     ``path``, writes a PNG and returns the path; without, returns the open figure. Needs matplotlib
-    (``refattn[plots]``).
+    (``pip install matplotlib``).
     """
     plt = pyplot_or_error()
     fig, ax = plt.subplots(figsize=(9.5, 4.8))

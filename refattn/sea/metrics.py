@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from refattn._extras import install_hint
 from refattn._validation import InputError
 from refattn.exact import attention_probabilities, softmax_attention
 from refattn.lsh.sparse import local_window, sparse_attention, support_probabilities, topk_support
@@ -120,7 +121,7 @@ def interpretable(q, k, result, *, head=0, scale=None, causal=False) -> dict:
 
 def plot_interpretable(views: dict, path=None, *, title=None):
     """Teacher, estimate and mask side by side (log colour scale for the probabilities). Needs matplotlib
-    (``pip install 'refattn[plots]'``); returns the figure, and writes ``path`` when given."""
+    (``pip install matplotlib``); returns the figure, and writes ``path`` when given."""
     try:
         import matplotlib
 
@@ -129,7 +130,7 @@ def plot_interpretable(views: dict, path=None, *, title=None):
         import matplotlib.pyplot as plt
         from matplotlib.colors import LogNorm
     except ImportError as exc:  # an optional extra
-        raise ImportError("plot_interpretable needs matplotlib: pip install 'refattn[plots]'") from exc
+        raise ImportError(f"plot_interpretable needs matplotlib: {install_hint('plots')}") from exc
     panels = [("teacher: exact P", views["teacher"]), ("SEA's estimate of P (upsampled)", views["estimate"]),
               ("SEA's mask: the kept entries of P", views["sparse"])]
     rows, cols = np.shape(views["teacher"])

@@ -36,7 +36,7 @@ def _cupy():
     try:
         import cupy
     except ImportError as exc:  # pragma: no cover - only reached with CuPy-like arrays
-        raise ImportError(f"cupy: the GPU backend needs CuPy (pip install 'refattn[gpu]'): {exc}") from None
+        raise ImportError(f"cupy: the GPU backend needs CuPy (pip install cupy-cuda12x, or in a clone of refattn: pip install -e '.[gpu]'): {exc}") from None
     return cupy
 
 
