@@ -33,6 +33,9 @@ __all__ = ["ReportRow", "default_problems", "run_report", "format_table"]
 
 @dataclass
 class ReportRow:
+    """One path on one problem: its largest error against ``reference``, the largest of its per-row
+    bounds, and the verdict (``PASS``: every query row within its own bound; ``-``: the reference)."""
+
     problem: str
     method: str
     reference: str
