@@ -23,7 +23,7 @@ from refattn.evaluation.report import (
     summarise,
 )
 
-METHODS = ("best sparse", "best low-rank", "performer", "scatterbrain", "local window")
+METHODS = ("best sparse", "best low-rank", "performer", "scatterbrain (smyrf)", "local window")
 
 
 def main():

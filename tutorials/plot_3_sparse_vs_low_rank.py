@@ -27,7 +27,7 @@ from refattn.evaluation.report import format_comparison, run_comparison, summari
 
 data = embedded_attention().truncated(128)  # the first 128 tokens of each head: a quick run
 temperatures = (0.25, 0.5, 1.0, 2.0, 4.0)
-methods = ("best sparse", "best low-rank", "sparse + low-rank", "performer", "scatterbrain", "local window")
+methods = ("best sparse", "best low-rank", "sparse + low-rank", "performer", "scatterbrain (smyrf)", "local window")
 rows = run_comparison(data, budget=16, methods=methods, temperatures=temperatures, progress=False)
 print(format_comparison(rows, data.provenance))
 
@@ -57,7 +57,7 @@ assert s[(hot, "best low-rank")]["error_P_mean"] < s[(hot, "best sparse")]["erro
 # fixed) do not see $P$: they pay for estimating it. At this small budget and sequence length
 # their errors sit well above the oracles'; the docs' *Scatterbrain* page measures where
 # Scatterbrain beats both of its parts, and why.
-for m in ("performer", "scatterbrain", "local window"):
+for m in ("performer", "scatterbrain (smyrf)", "local window"):
     print(f"{m:>13}: " + ", ".join(f"T={t:g}: {s[(t, m)]['error_P_mean']:.2f}" for t in temperatures))
 
 # %%

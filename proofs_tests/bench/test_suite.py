@@ -138,7 +138,7 @@ def test_goal_exponents():
 
 @pytest.mark.parametrize("ratio,met", [(0.9, True), (1.2, False)])
 def test_goal_scatterbrain_at_performers_budget(ratio, met):
-    s = _fake_suite({"performer": lambda T: 1.0, "scatterbrain": lambda T: ratio})
+    s = _fake_suite({"performer": lambda T: 1.0, "scatterbrain (smyrf)": lambda T: ratio})
     g = _verdict(s, "Scatterbrain")
     assert g["met"] is met and g["figure"] == f"{ratio:.2f}"
 

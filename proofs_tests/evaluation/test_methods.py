@@ -32,7 +32,7 @@ def test_every_method_is_in_the_report_the_bench_and_the_budget_study():
     from refattn.evaluation.report import DEFAULT_METHODS
 
     every = set(REGISTRY)
-    assert {"smyrf", "nystrom", "sea", "scatterbrain", "performer", "reformer", "hyperattention"} <= every
+    assert {"smyrf", "nystrom", "sea", "scatterbrain (smyrf)", "scatterbrain (simhash)", "performer", "reformer", "hyperattention"} <= every
     assert every <= set(default_entries())
     assert set(DEFAULT_METHODS) == {n for n, m in REGISTRY.items() if m.in_report}
     assert [n for n, m in REGISTRY.items() if not m.in_report] == ["sparse + low-rank"]  # 30 s per head: opt-in
@@ -47,10 +47,11 @@ def test_one_seed_stream_per_seed_method_and_head():
     others = [method_rng(1, "performer", 3), method_rng(0, "reformer", 3), method_rng(0, "performer", 4)]
     assert all(not np.array_equal(a, g.random(4)) for g in others)  # independent streams
     d = gaussian_inputs(24, 4, 0, n_heads=1)
-    s = REGISTRY["scatterbrain"]
-    runs = [output_of(s.run(d.q[0], d.k[0], d.v[0], budget=8, scale=0.5, rng=method_rng(2, "scatterbrain", 0)))
-            for _ in range(2)]
-    np.testing.assert_array_equal(*runs)  # the hash and the features are split from the stream in a fixed order
+    for name in ("scatterbrain (smyrf)", "scatterbrain (simhash)"):
+        s = REGISTRY[name]
+        runs = [output_of(s.run(d.q[0], d.k[0], d.v[0], budget=8, scale=0.5, rng=method_rng(2, name, 0)))
+                for _ in range(2)]
+        np.testing.assert_array_equal(*runs)  # the hash and the features are split from the stream in a fixed order
 
 
 def test_register_accepts_only_methods():
@@ -70,7 +71,10 @@ def test_the_budget_rules(budget):
         return REGISTRY[name].run(q, k, v, budget=budget, scale=8**-0.5, rng=method_rng(0, name))
 
     assert result("performer").features.m == budget // 2
-    assert result("scatterbrain").lowrank.features.m == budget // 4
+    assert result("scatterbrain (simhash)").lowrank.features.m == budget // 4
+    smyrf = result("scatterbrain (smyrf)")  # the paper's rule: clusters of b/4 keys per hash, 2 hashes, m = b/4
+    assert smyrf.lowrank.features.m == budget // 4
+    assert smyrf.support.row_counts().max() <= 2 * (budget // 4) and smyrf.support.row_counts().min() >= budget // 4
     assert result("sea").supports[0].row_counts().max() <= budget // 2
     assert result("reformer").support.row_counts().max() <= budget
     window = REGISTRY["local window"].run(q, k, np.eye(64), budget=budget, scale=8**-0.5, rng=None)
@@ -93,7 +97,7 @@ def test_causal_canary_for_every_causal_method(T, S):
     rng = np.random.default_rng(7)
     q, k = rng.standard_normal((T, 6)), rng.standard_normal((S, 6))
     causal = [n for n, m in REGISTRY.items() if m.causal]
-    assert {"performer", "scatterbrain", "reformer", "hyperattention", "sea", "exact dense"} <= set(causal)
+    assert {"performer", "scatterbrain (smyrf)", "scatterbrain (simhash)", "reformer", "hyperattention", "sea", "exact dense"} <= set(causal)
     for name in causal:
         if name == "hyperattention" and T != S:
             with pytest.raises(ValueError, match="^causal: .*T == S"):
@@ -138,7 +142,7 @@ def test_sparse_plus_low_rank_oracle_is_never_worse_than_either_alone(T, H, budg
 def test_the_oracle_property_has_power():
     """Power twin: the old strictly mixed oracle (r in {b/8, b/4, 3b/8} only) is worse than the best
     sparse on a nearly one-hot P, which the property above would reject."""
-    from refattn.evaluation.methods import _svd, _topk  # noqa: F401  (the two ends the property relies on)
+    from refattn.evaluation.methods import row_topk, truncated_svd  # noqa: F401  (the two ends the property relies on)
     from refattn.scatterbrain import fixed_budget_decomposition
 
     rng = np.random.default_rng(3)
@@ -147,5 +151,5 @@ def test_the_oracle_property_has_power():
     b = 8
     mixed = min(np.linalg.norm(sum(fixed_budget_decomposition(P, r, 32 * (b - 2 * r), n_iter=20)) - P)
                 for r in (1, 2, 3))
-    best_sparse = np.linalg.norm(_topk(P, b) - P)
+    best_sparse = np.linalg.norm(row_topk(P, b) - P)
     assert mixed > best_sparse

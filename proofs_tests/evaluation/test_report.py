@@ -40,7 +40,7 @@ def test_table_rows_and_exact_baselines():
     for h in SMALL.heads:
         assert by[(0.5, h, "exact dense")].entropy < by[(1.0, h, "exact dense")].entropy
     text = format_comparison(rows, SMALL.provenance)
-    assert "all-MiniLM-L6-v2" in text and "scatterbrain" in text
+    assert "all-MiniLM-L6-v2" in text and "scatterbrain (smyrf)" in text and "the paper's configuration" in text
     assert {s["method"] for s in summarise(rows)} == set(DEFAULT_METHODS) >= {"exact dense", "exact streaming"}
 
 

@@ -72,3 +72,36 @@ def test_hyper_attention_row_sums_unbiased_given_the_hash(seed):
     block = np.array([np.exp(_hyper_noncausal(q, k, v, s, 8, 0, planes, gen, "numpy")[1])])[0]
     wrong = block + (sums - block) * 6 / 7
     assert not z_test_mean(wrong, exact, alpha=ALPHA).passed
+
+
+@pytest.mark.parametrize("T,S,n_clusters,rounds", [(8, 8, 2, 2), (9, 12, 3, 3), (10, 7, 1, 2), (6, 6, 6, 1)])
+def test_smyrf_clusters_equal_a_brute_force_construction(T, S, n_clusters, rounds):
+    """SMYRF's supports against a construction written from the paper's description, pair by pair:
+    transform the scaled rows (F(q) = [q, 0, sqrt(M^2 - |q|^2)], G(k) = [k, sqrt(M^2 - |k|^2), 0]),
+    project on the round's Gaussian direction, rank, and put rank r of L rows into cluster
+    c with round(c L / n) <= r < round((c + 1) L / n); (i, j) is in a round's support iff their
+    clusters agree, and in the union iff some round has it. Deterministic."""
+    from refattn.lsh.attention import smyrf_clusters
+    from refattn.lsh.sparse import union
+
+    rng = np.random.default_rng([T, S, n_clusters])
+    q, k = rng.normal(size=(T, 5)), rng.normal(size=(S, 5))
+    supports, keys = smyrf_clusters(q, k, n_clusters=n_clusters, rounds=rounds, rng=7, scale=0.5)
+    x, y = q * math.sqrt(0.5), k * math.sqrt(0.5)
+    M2 = max(float(r @ r) for r in x) + max(float(r @ r) for r in y)
+    a = np.random.default_rng(7).standard_normal((rounds, 7))  # the same draw: one direction per round
+    expected_union = np.zeros((T, S), bool)
+    for r in range(rounds):
+        fq = [float(np.r_[xi, 0.0, math.sqrt(max(M2 - xi @ xi, 0))] @ a[r]) for xi in x]
+        gk = [float(np.r_[yj, math.sqrt(max(M2 - yj @ yj, 0)), 0.0] @ a[r]) for yj in y]
+
+        def cluster(values, i):
+            rank = sorted(range(len(values)), key=lambda j: (values[j], j)).index(i)
+            return next(c for c in range(n_clusters)
+                        if round(c * len(values) / n_clusters) <= rank < round((c + 1) * len(values) / n_clusters))
+
+        expected = np.array([[cluster(fq, i) == cluster(gk, j) for j in range(S)] for i in range(T)])
+        np.testing.assert_allclose(keys[r], fq, rtol=1e-12)
+        np.testing.assert_array_equal(supports[r].to_dense(), expected)
+        expected_union |= expected
+    np.testing.assert_array_equal(union(*supports).to_dense(), expected_union)

@@ -218,3 +218,48 @@ def test_queries_that_see_no_key_get_zero_output():
     res = scatterbrain_attention(q, k, v, local_window(T, S, 1, 0), m=4, rng=0, causal=True)
     assert np.all(res.denominator[: T - S] == 0) and np.all(res.output[: T - S] == 0)
     assert np.all(np.isfinite(res.output)) and np.all(res.denominator[T - S:] > 0)
+
+
+def _smyrf_union_draws(n, seed, T=6, m=4):
+    """``n`` draws of Scatterbrain's unnormalised estimate ``A^`` on SMYRF's de-duplicated union of 2
+    hashes (the paper's configuration), each draw with its own hash and feature seeds, and how many
+    hashes found each pair (``counts``, 0 off the support)."""
+    from refattn.lsh.attention import smyrf_clusters
+    from refattn.lsh.sparse import union
+
+    rng = np.random.default_rng(seed)
+    q, k, v = rng.normal(size=(T, 4)) * 0.4, rng.normal(size=(T, 4)) * 0.4, rng.normal(size=(T, 2))
+    A = np.exp(q @ k.T * 0.5)
+    est, counts, lowrank = np.empty((n, T, T)), np.empty((n, T, T)), np.empty((n, T, T))
+    for i, (hash_seed, feature_seed) in enumerate(zip(rng.integers(2**63, size=n), rng.integers(2**63, size=n))):
+        supports, _ = smyrf_clusters(q, k, n_clusters=2, rounds=2, rng=int(hash_seed), scale=0.5)
+        res = scatterbrain_attention(q, k, v, union(*supports), m=m, rng=int(feature_seed), scale=0.5)
+        est[i] = scatterbrain_matrix(res)
+        counts[i] = sum(s.to_dense() for s in supports)
+        lr = res.lowrank
+        lowrank[i] = (lr.phi_q @ lr.phi_k.T) * np.exp(lr.log_scale)[:, None]
+    return est.reshape(n, -1), counts.reshape(n, -1), lowrank.reshape(n, -1), A.ravel()
+
+
+@pytest.mark.statistical
+def test_the_deduplicated_smyrf_union_keeps_scatterbrain_unbiased(seed):
+    """The paper's configuration (2 SMYRF hashes, the union de-duplicated): E[A^_ij] = A_ij for all 36
+    entries (z-tests, false-failure 1e-6 in all). Power twin: summing each hash's exact entries (a
+    pair found by both hashes counted twice) is biased, and the same test rejects it."""
+    est, counts, _, A = _smyrf_union_draws(1200, [seed, 70])
+    assert_unbiased(est, A, alpha=ALPHA, name="scatterbrain (smyrf)")
+    assert (counts == 2).mean() > 0.1  # pairs found by both hashes are common here: the twin has power
+    twice = est + np.maximum(counts - 1, 0) * A  # exact entries counted once per hash
+    assert not z_test_mean(twice, A, alpha=ALPHA).passed
+
+
+def test_deduplication_makes_the_estimate_exact_on_the_support():
+    """Without de-duplication a pair found by both hashes gets the correction A - phi.phi twice:
+    still unbiased (E[phi.phi] = A), but no longer exact on the support (it carries (c - 1) times the
+    low-rank part's noise). With it, every supported entry is exactly A_ij. Deterministic."""
+    est, counts, lowrank, A = _smyrf_union_draws(50, 3)
+    on = counts > 0
+    np.testing.assert_allclose(est[on], np.broadcast_to(A, est.shape)[on], rtol=1e-12)
+    duplicated = est + np.maximum(counts - 1, 0) * (A - lowrank)
+    both = counts == 2
+    assert both.any() and np.abs(duplicated[both] - np.broadcast_to(A, est.shape)[both]).max() > 1e-3

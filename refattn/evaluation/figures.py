@@ -17,9 +17,9 @@ from refattn.evaluation.methods import REGISTRY
 
 __all__ = ["style", "label", "data_title", "legend_outside", "finish", "pyplot_or_error"]
 
-_MARKERS = "osD^vP*Xph<>8"
+_MARKERS = "osD^vP*Xph<>8dH"
 _PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
-            "#7f7f7f", "#bcbd22", "#393b79", "#637939", "#843c39")
+            "#7f7f7f", "#bcbd22", "#393b79", "#637939", "#843c39", "#e7ba52", "#5254a3")
 
 
 def style(method: str) -> dict:

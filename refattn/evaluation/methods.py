@@ -15,7 +15,8 @@ page, "Adding a method").
 | best low-rank (SVD, oracle) | rank ``b/2`` (``r (T + S)`` numbers) |
 | sparse + low-rank (oracle) | best of rank ``r`` + ``b - 2r`` entries per row, ``r`` in {0, b/8, b/4, 3b/8, b/2} (never worse than either single oracle) |
 | performer | ``m = b/2`` features (orthogonal, positive) |
-| scatterbrain | ``m = b/4`` features + SimHash buckets of about ``b/2`` keys |
+| scatterbrain (smyrf) | the paper's configuration: 2 SMYRF hashes, clusters of about ``b/4`` keys each (a pair found twice counts once), + ``m = b/4`` features |
+| scatterbrain (simhash) | one SimHash table, buckets of about ``b/2`` keys, + ``m = b/4`` features |
 | nystrom | ``b/2`` segment-mean landmarks (Xiong et al. 2021) |
 | local window | ``b`` keys around the diagonal |
 | reformer | chunks of ``b/2`` with look-back 1, buckets of about ``b/2`` |
@@ -48,15 +49,16 @@ import numpy as np
 
 from refattn._validation import InputError, InputTypeError
 from refattn.exact import attention_probabilities, softmax_attention
-from refattn.lsh.attention import hyper_attention, reformer_attention, smyrf_attention
+from refattn.lsh.attention import hyper_attention, reformer_attention, smyrf_attention, smyrf_clusters
 from refattn.lsh.hashes import simhash, simhash_planes
-from refattn.lsh.sparse import bucket_support, local_window, sparse_attention
+from refattn.lsh.sparse import bucket_support, local_window, sparse_attention, union
 from refattn.performer.attention import performer_attention
 from refattn.scatterbrain.attention import scatterbrain_attention
 from refattn.scatterbrain.rpca import fixed_budget_decomposition
 from refattn.sea.attention import sea_attention
 
-__all__ = ["Method", "REGISTRY", "register", "method_rng", "output_of", "run_heads", "METHODS"]
+__all__ = ["Method", "REGISTRY", "register", "method_rng", "output_of", "run_heads", "METHODS", "row_topk",
+           "truncated_svd", "best_split"]
 
 
 @dataclass(frozen=True)
@@ -143,25 +145,28 @@ def run_heads(method: Method, q, k, v, *, budget, seed, scale=None, causal=False
 
 
 # ----------------------------------------------------------------------------- the oracles' helpers
-def _topk(P, b):
+def row_topk(P, b):
+    """The best sparse approximation with ``b`` entries per row: each row's ``b`` largest entries of ``P``
+    (ties by position), zeros elsewhere."""
     idx = np.argsort(-P, axis=1, kind="stable")[:, :b]
     M = np.zeros_like(P)
     np.put_along_axis(M, idx, np.take_along_axis(P, idx, 1), 1)
     return M
 
 
-def _svd(P, r):
+def truncated_svd(P, r):
+    """The best rank-``r`` approximation of ``P`` in the Frobenius norm (Eckart-Young): the truncated SVD."""
     U, s, Vt = np.linalg.svd(P, full_matrices=False)
     return (U[:, :r] * s[:r]) @ Vt[:r]
 
 
-def _best_mixed_split(P, b):
+def best_split(P, b):
     """The sparse + low-rank oracle: the best at budget ``b`` of rank ``r`` plus ``b - 2r`` entries per
     row, over ``r`` in {0, b/8, b/4, 3b/8, b/2}. The ends are the two single oracles (``r = 0``: the
     ``b`` largest entries of each row; ``r = b/2``: the rank-``b/2`` SVD), so this oracle is never
     worse than either alone; the mixed splits come from alternating projections
     ([`fixed_budget_decomposition`][refattn.scatterbrain.rpca.fixed_budget_decomposition])."""
-    candidates = [_topk(P, b), _svd(P, b // 2)]
+    candidates = [row_topk(P, b), truncated_svd(P, b // 2)]
     for r in sorted({max(1, b // 8), max(1, b // 4), max(1, 3 * b // 8)} - {b // 2}):
         L, Sp = fixed_budget_decomposition(P, r, P.shape[0] * max(0, b - 2 * r), n_iter=20)
         candidates.append(L + Sp)
@@ -216,6 +221,24 @@ def _run_performer(q, k, v, *, budget, scale, rng, causal=False, dtype=None):
     return performer_attention(q, k, v, m=_half(budget), rng=rng, scale=scale, causal=causal, dtype=dtype)
 
 
+#: SMYRF hash rounds of Scatterbrain's paper configuration (the authors' configs use 2)
+SCATTERBRAIN_HASHES = 2
+
+
+def _run_scatterbrain_smyrf(q, k, v, *, budget, scale, rng, causal=False, dtype=None):
+    """Scatterbrain as its authors configured it (Chen et al. 2021; their SMYRF-based code): the sparse
+    part is the union of ``SCATTERBRAIN_HASHES`` SMYRF cluster supports (asymmetric transform,
+    balanced clusters), a pair found by both hashes counted once; the budget rule of their configs,
+    cluster entries + 2m numbers per query: clusters of about b/4 keys per hash (b/2 entries) and
+    m = b/4 features (b/2 numbers)."""
+    hash_rng, feature_rng = rng.spawn(2)
+    per_cluster = max(1, budget // (2 * SCATTERBRAIN_HASHES))
+    n_clusters = max(1, min(q.shape[0], k.shape[0]) // per_cluster)
+    supports, _ = smyrf_clusters(q, k, n_clusters=n_clusters, rounds=SCATTERBRAIN_HASHES, rng=hash_rng, scale=scale)
+    return scatterbrain_attention(q, k, v, union(*supports), m=max(1, budget // 4), rng=feature_rng, scale=scale,
+                                  causal=causal)
+
+
 def _run_scatterbrain(q, k, v, *, budget, scale, rng, causal=False, dtype=None):
     hash_rng, feature_rng = rng.spawn(2)
     planes = simhash_planes(q.shape[1], _simhash_bits(k.shape[0], _half(budget)), hash_rng)
@@ -264,18 +287,22 @@ register(Method("exact dense", _exact("dense"), "the oracle: the T x S matrix", 
                 flops=_EXACT_FLOPS, peak_bytes=lambda T, H, itemsize, b: 4.0 * T * T * itemsize, expected_exponent=2.0))
 register(Method("exact streaming", _exact("numba"), "the oracle, online softmax in O((T + S) H) memory",
                 exact=True, causal=True, flops=_EXACT_FLOPS, expected_exponent=2.0, max_T=131072))
-register(Method("best sparse", _dense_oracle(_topk), "b largest entries of each row of P", oracle=True,
+register(Method("best sparse", _dense_oracle(row_topk), "b largest entries of each row of P", oracle=True,
                 peak_bytes=lambda T, H, itemsize, b: 4.0 * T * T * 8, expected_exponent=2.0, max_T=4096))
-register(Method("best low-rank", _dense_oracle(lambda P, b: _svd(P, b // 2)), "rank b/2 SVD of P", oracle=True,
+register(Method("best low-rank", _dense_oracle(lambda P, b: truncated_svd(P, b // 2)), "rank b/2 SVD of P", oracle=True,
                 peak_bytes=lambda T, H, itemsize, b: 5.0 * T * T * 8, expected_exponent=3.0, max_T=2048))
-register(Method("sparse + low-rank", _dense_oracle(_best_mixed_split),
+register(Method("sparse + low-rank", _dense_oracle(best_split),
                 "rank r + (b - 2r) entries per row, the best r in {0, b/8, b/4, 3b/8, b/2}", oracle=True, in_report=False,
                 peak_bytes=lambda T, H, itemsize, b: 8.0 * T * T * 8, expected_exponent=3.0, max_T=1024))
 register(Method("performer", _run_performer, "m = b/2 features (orthogonal, positive)", causal=True,
                 flops=lambda T, H, b, r: _performer_flops(T, H, _half(b))))
-register(Method("scatterbrain", _run_scatterbrain, "m = b/4 features + SimHash buckets of about b/2 keys",
-                causal=True, flops=lambda T, H, b, r: _performer_flops(T, H, max(1, b // 4))
-                + (4.0 * H + 2.0 * max(1, b // 4)) * r.support.nnz))
+_SCATTERBRAIN_FLOPS = lambda T, H, b, r: (_performer_flops(T, H, max(1, b // 4))  # noqa: E731
+                                         + (4.0 * H + 2.0 * max(1, b // 4)) * r.support.nnz)
+register(Method("scatterbrain (smyrf)", _run_scatterbrain_smyrf,
+                f"the paper's configuration: {SCATTERBRAIN_HASHES} SMYRF hashes with clusters of about b/4 keys "
+                "(a pair found twice counts once) + m = b/4 features", causal=True, flops=_SCATTERBRAIN_FLOPS))
+register(Method("scatterbrain (simhash)", _run_scatterbrain, "one SimHash table, buckets of about b/2 keys "
+                "+ m = b/4 features", causal=True, flops=_SCATTERBRAIN_FLOPS))
 register(Method("nystrom", _run_nystrom, "b/2 segment-mean landmarks",
                 flops=lambda T, H, b, r: 4.0 * (2 * T) * _half(b) * H))  # F, B logits and F (A^+ (B v)), T = S
 register(Method("local window", _run_local_window, "b keys around the diagonal",

@@ -10,7 +10,13 @@
 Derivations: the docs' LSH page.
 """
 
-from refattn.lsh.attention import LSHAttentionResult, hyper_attention, reformer_attention, smyrf_attention
+from refattn.lsh.attention import (
+    LSHAttentionResult,
+    hyper_attention,
+    reformer_attention,
+    smyrf_attention,
+    smyrf_clusters,
+)
 from refattn.lsh.hashes import (
     angular_hash,
     angular_rotations,
@@ -38,7 +44,7 @@ from refattn.lsh.sparse import (
 )
 
 __all__ = [
-    "LSHAttentionResult", "reformer_attention", "smyrf_attention", "hyper_attention",
+    "LSHAttentionResult", "reformer_attention", "smyrf_attention", "smyrf_clusters", "hyper_attention",
     "simhash_planes", "simhash", "angular_rotations", "angular_hash", "cross_polytope_rotations",
     "cross_polytope_hash", "e2lsh_draw", "e2lsh", "smyrf_transform", "gray_rank", "sort_order",
     "Support", "sparse_attention", "local_window", "block_sparse", "topk_support", "bucket_support",

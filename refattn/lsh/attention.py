@@ -37,7 +37,7 @@ from refattn.lsh.hashes import (
 from refattn.lsh.sparse import Support, balanced_clusters, chunked_bucket_support, sparse_attention, union
 from refattn.problem import attention_problem, causal_alignment, causal_mask
 
-__all__ = ["LSHAttentionResult", "reformer_attention", "smyrf_attention", "hyper_attention"]
+__all__ = ["LSHAttentionResult", "reformer_attention", "smyrf_clusters", "smyrf_attention", "hyper_attention"]
 
 
 @dataclass
@@ -92,26 +92,40 @@ def reformer_attention(q, k, v, *, n_buckets, chunk, rounds=1, rng, shared_qk=Fa
     return LSHAttentionResult(out, lse, sup, hq)
 
 
-def smyrf_attention(q, k, v, *, n_clusters, rounds=1, rng, scale=None, implementation="auto") -> LSHAttentionResult:
-    """SMYRF for one head: transform the scaled rows (so inner products are the logits), project
-    on a Gaussian direction per round, cut sorted queries and keys into ``n_clusters`` equal
-    clusters, and attend within clusters; rounds are merged as a union."""
-    prob = _two_d(q, k, v, scale)
+def smyrf_clusters(q, k, *, n_clusters, rounds=1, rng, scale=None):
+    """SMYRF's cluster supports, one per hash round (Daras et al. 2020, Sec. 3), for one head.
+
+    The scaled rows go through the asymmetric transform ([`smyrf_transform`][refattn.lsh.hashes.smyrf_transform]:
+    nearest neighbours become the largest inner products), are projected on one Gaussian direction
+    per round, and sorted queries and keys are cut into ``n_clusters`` equal-size clusters
+    ([`balanced_clusters`][refattn.lsh.sparse.balanced_clusters]). Returns ``(supports, keys)``: a list of
+    ``rounds`` supports (query cluster ``c`` sees key cluster ``c``) and the projections
+    ``(rounds, T)`` of the queries. A pair found in several rounds is in several supports; their
+    [`union`][refattn.lsh.sparse.union] counts it once.
+    """
+    prob = _two_d(q, k, k, scale)  # k stands in for v: the clusters read only q, k and the scale
     rounds = check_positive_int(rounds, "rounds")
     root = math.sqrt(prob.scale)
     F, G, _ = smyrf_transform(prob.q * root, prob.k * root)
     gen = as_generator(rng)
     a = gen.standard_normal((rounds, F.shape[1]))
-    keys = []
-    supports = []
+    keys, supports = [], []
     for r in range(rounds):
         fq, gk = F @ a[r], G @ a[r]
         keys.append(fq)
         supports.append(balanced_clusters(fq, gk, n_clusters))
+    return supports, np.stack(keys)
+
+
+def smyrf_attention(q, k, v, *, n_clusters, rounds=1, rng, scale=None, implementation="auto") -> LSHAttentionResult:
+    """SMYRF for one head: attention within the clusters of [`smyrf_clusters`][refattn.lsh.attention.smyrf_clusters],
+    rounds merged as a union (a pair found in several rounds counts once)."""
+    prob = _two_d(q, k, v, scale)
+    supports, keys = smyrf_clusters(prob.q, prob.k, n_clusters=n_clusters, rounds=rounds, rng=rng, scale=prob.scale)
     sup = union(*supports)
     out, lse = sparse_attention(prob.q, prob.k, prob.v, sup, scale=prob.scale, return_lse=True,
                                 implementation=implementation)
-    return LSHAttentionResult(out, lse, sup, np.stack(keys))
+    return LSHAttentionResult(out, lse, sup, keys)
 
 
 def _block_ids(order, n_blocks):
