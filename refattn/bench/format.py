@@ -74,17 +74,18 @@ def format_suite(suite) -> str:
         if "gflops" in g:
             lines.append(f"GEMM {g['dtype']} n={g['n']} ({g['when']}): {g['gflops']:.1f} GFLOP/s")
     Ts = suite["config"]["lengths"]
+    w = max([18, *(len(name) + 1 for name in suite["methods"])])  # a column as wide as the longest name
     for dt in suite["config"]["dtypes"]:
         lines.append("")
         lines.append(f"{dt}: median time (s), H = {suite['config']['H']}")
-        lines.append(f"{'method':<18}" + "".join(f"{T:>9}" for T in Ts))
+        lines.append(f"{'method':<{w}}" + "".join(f"{T:>9}" for T in Ts))
         for name in suite["methods"]:
             cells = []
             for T in Ts:
                 p = point(suite, name, T, dt)
                 cells.append(f"{_fmt_s(p['median_s']) if p else '-':>9}")
-            lines.append(f"{name:<18}" + "".join(cells))
-        lines.append(f"{'method':<18}{'T':>7} {'GFLOP/s':>8} {'/GEMM':>7} {'vs exact':>9} {'peak MiB':>9} {'compile s':>10}")
+            lines.append(f"{name:<{w}}" + "".join(cells))
+        lines.append(f"{'method':<{w}}{'T':>7} {'GFLOP/s':>8} {'/GEMM':>7} {'vs exact':>9} {'peak MiB':>9} {'compile s':>10}")
         for name in suite["methods"]:
             pts = [r for r in suite["results"] if r["method"] == name and r["dtype"] == dt]
             if not pts:
@@ -94,12 +95,12 @@ def format_suite(suite) -> str:
             sp = f"{p['speedup_vs_exact']:.2f}x" if p["speedup_vs_exact"] else "-"
             rate = "-" if p["gflops"] is None else f"{p['gflops']:.2f}"
             frac = "-" if p["fraction_of_gemm"] is None else f"{p['fraction_of_gemm']:.1%}"
-            lines.append(f"{name:<18}{p['T']:>7} {rate:>8} {frac:>7} {sp:>9} "
+            lines.append(f"{name:<{w}}{p['T']:>7} {rate:>8} {frac:>7} {sp:>9} "
                          f"{p['peak_bytes'] / 2**20:>9.1f} {first:>10.3f}")
     lines.append("")
     lines.append("scaling exponents (least squares of log t on log T)")
     for e in suite["exponents"]:
-        lines.append(f"  {e['method']:<18} {e['dtype']}: {e['exponent']:.2f} over T = {e['T_from']} .. {e['T_to']}"
+        lines.append(f"  {e['method']:<{w}} {e['dtype']}: {e['exponent']:.2f} over T = {e['T_from']} .. {e['T_to']}"
                      f" ({e['points']} points; expected {e['expected']:g})")
     lines.append("")
     lines.append("goals")
@@ -111,7 +112,7 @@ def format_suite(suite) -> str:
         lines.append("")
         lines.append("skipped points")
         for s in suite["skipped"]:
-            lines.append(f"  {s['method']:<18} {s['dtype']} T={s['T']}: {s['reason']}")
+            lines.append(f"  {s['method']:<{w}} {s['dtype']} T={s['T']}: {s['reason']}")
     return "\n".join(lines)
 
 
