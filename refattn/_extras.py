@@ -4,7 +4,7 @@ a wheel: the package itself (always on PyPI), or the extra from a clone's checko
 from __future__ import annotations
 
 #: extra -> the PyPI requirement it adds (pyproject.toml's optional-dependencies)
-EXTRAS = {"plots": "matplotlib", "gpu": "cupy-cuda12x", "torch": "torch", "jax": "jax", "bench": "psutil",
+EXTRAS = {"dask": "dask[array] distributed", "plots": "matplotlib", "gpu": "cupy-cuda12x", "torch": "torch", "jax": "jax", "bench": "psutil",
           "docs": "mkdocs-material mkdocstrings[python] mkdocs-gallery playwright"}
 
 

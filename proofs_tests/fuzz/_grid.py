@@ -219,6 +219,8 @@ ENTRY_POINTS: dict[str, Entry] = {e.fn: e for e in [
                                                          "rounds": ("int", 2), "causal": ("causal", False),
                                                          "lookback": ("int", 1)}, expect_neg_inf=True),
     _e("refattn.lsh.attention:smyrf_attention", QKV, {"n_clusters": ("int", 2), "rng": RNG, "rounds": ("int", 1)}),
+    _e("refattn.lsh.attention:smyrf_clusters", {"q": ("farray", Q), "k": ("farray", K)},
+       {"n_clusters": ("int", 2), "rng": RNG, "rounds": ("int", 2)}),
     _e("refattn.lsh.attention:hyper_attention", QKV, {"block_size": ("int", 2), "n_samples": ("int", 2), "rng": RNG,
                                                       "bits": ("int", 2), "causal": ("causal", False)}),
     # Scatterbrain and robust PCA
@@ -270,6 +272,8 @@ NOT_FUZZED = {
     "refattn.check": "refattn check runs user code in an isolated worker; its own suite fuzzes targets and options",
     "refattn.bench": "benchmark drivers: their inputs are the CLI's, validated and tested in proofs_tests/cli",
     "refattn.evaluation": "the report's internals: reached through the CLI, whose options are tested there",
+    "refattn.distributed": "writes an output folder and may start a cluster; its inputs go through input_array and "
+                           "the oracle's own checks (tested in test_distributed and cli/test_reference)",
     "refattn.testing:attention_inputs": "a Hypothesis strategy factory (draws are tested in test_testing)",
     "refattn.testing:assert_close_to_reference": "check_close_to_reference with an assert (fuzzed through it)",
     "refattn._validation:as_generator": "the rng check every entry's rng argument goes through (fuzzed there)",

@@ -22,7 +22,8 @@ from proofs_tests.fuzz._harness import run_cases
 #: The packages whose ``__all__`` is refattn's public API.
 PUBLIC_MODULES = ["refattn", "refattn.exact", "refattn.precise", "refattn.problem", "refattn.stats", "refattn.testing",
                   "refattn.theory", "refattn.precision", "refattn.montecarlo", "refattn.performer", "refattn.lsh",
-                  "refattn.scatterbrain", "refattn.sea", "refattn.check", "refattn.evaluation", "refattn.bench"]
+                  "refattn.scatterbrain", "refattn.sea", "refattn.check", "refattn.evaluation", "refattn.bench",
+                  "refattn.distributed"]
 
 #: Cases per entry point in the default run (its base call always runs too).
 SAMPLE_PER_ENTRY = 5

@@ -1,5 +1,5 @@
-"""The ``refattn`` command line: ``report`` (the main job), ``check``, ``theory``, ``info`` and
-``bench``, one module per subcommand (each has ``add_parser(sub)`` and ``run(args)``).
+"""The ``refattn`` command line: ``report`` (the main job), ``check``, ``theory``, ``reference``, ``info``
+and ``bench``, one module per subcommand (each has ``add_parser(sub)`` and ``run(args)``).
 
 Exit codes: 0 success, 1 a failed check, 2 bad usage (a one-line message, no traceback),
 3 an internal error of refattn (the traceback and a request to report it). Only validation counts as
@@ -14,13 +14,13 @@ import argparse
 import sys
 import traceback
 
-from refattn.cli import bench, check, info, report, theory
+from refattn.cli import bench, check, info, reference, report, theory
 from refattn.cli._args import UsageError
 
 __all__ = ["main", "build_parser", "UsageError"]
 
 #: The subcommands in help order.
-SUBCOMMANDS = (report, check, theory, info, bench)
+SUBCOMMANDS = (report, check, theory, reference, info, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,164 @@
+"""The sharded oracle (refattn.distributed): the same bits locally and on a Dask cluster of 2
+worker processes, the local oracle's bits for the forward pass, a killed worker changes nothing,
+an interrupted job resumes, and a stored reference refuses other inputs. Deterministic.
+
+The cluster tests need the ``dask`` extra (CI installs it) and skip with a message without it.
+"""
+
+import json
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from refattn import attention_backward, softmax_attention
+from refattn.distributed import checksum, input_array, load_reference, reference
+
+NAMES = ("out", "lse", "dq", "dk", "dv")
+
+
+def _inputs(T, S, seed=0, batch=()):
+    rng = np.random.default_rng(seed)
+    return (rng.normal(size=batch + (T, 16)), rng.normal(size=batch + (S, 16)), rng.normal(size=batch + (S, 8)),
+            rng.normal(size=batch + (T, 8)))
+
+
+@pytest.mark.parametrize("T,S,causal", [(700, 700, False), (700, 900, True), (900, 500, "top_left"),
+                                        (900, 500, "bottom_right"), (300, 1000, "top_left")])
+def test_the_forward_pass_is_the_oracles_bit_for_bit(tmp_path, T, S, causal):
+    """Shards at multiples of the kernel's query block, causal shards cut to the keys they see:
+    out and lse equal softmax_attention's streaming kernel exactly; the gradients equal the dense
+    backward to rounding (a different order of the same sums: a few ulps of the largest term)."""
+    q, k, v, dout = _inputs(T, S, batch=(2,))
+    ref = reference(q, k, v, out=tmp_path / "r", causal=causal, shard=256, dout=dout, progress=False)
+    out, lse = softmax_attention(q, k, v, causal=causal, return_lse=True, implementation="numba")
+    assert np.array_equal(ref["out"], out) and np.array_equal(ref["lse"], lse)
+    for name, g in zip(("dq", "dk", "dv"), attention_backward(q, k, v, dout, causal=causal)):
+        np.testing.assert_allclose(ref[name], g, rtol=0, atol=1e-13 * max(1.0, np.abs(g).max()))
+
+
+def test_masks_bias_and_key_lengths(tmp_path):
+    q, k, v, _ = _inputs(400, 400, seed=1, batch=(2,))
+    rng = np.random.default_rng(2)
+    mask = rng.random((2, 400, 400)) < 0.7
+    bias = rng.normal(size=(2, 400, 400))
+    lengths = np.array([400, 250])
+    ref = reference(q, k, v, out=tmp_path / "r", mask=mask, bias=bias, key_lengths=lengths, causal=True, shard=128,
+                    progress=False)
+    out, lse = softmax_attention(q, k, v, mask=mask, bias=bias, key_lengths=lengths, causal=True, return_lse=True,
+                                 implementation="numba")
+    assert np.array_equal(ref["out"], out) and np.array_equal(ref["lse"], lse)
+
+
+def test_an_interrupted_job_resumes_from_the_shards_it_has(tmp_path, monkeypatch):
+    import refattn.distributed as dist
+
+    q, k, v, _ = _inputs(1024, 1024, seed=3)
+    whole = reference(q, k, v, out=tmp_path / "whole", shard=128, progress=False)
+    calls = []
+    real = dist._forward_task
+
+    def flaky(q_rows, *args):
+        calls.append(args[-3])  # the shard's first row
+        if len(calls) == 4:
+            raise KeyboardInterrupt  # the user stops the job in the middle
+        return real(q_rows, *args)
+
+    monkeypatch.setattr(dist, "_forward_task", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        reference(q, k, v, out=tmp_path / "r", shard=128, progress=False)
+    assert json.loads((tmp_path / "r" / "meta.json").read_text())["done"] == [0, 1, 2]
+    with pytest.raises(ValueError, match="unfinished"):
+        load_reference(tmp_path / "r")
+    calls.clear()
+    monkeypatch.setattr(dist, "_forward_task", real)
+    resumed = reference(q, k, v, out=tmp_path / "r", shard=128, progress=False)
+    assert resumed.complete and all(np.array_equal(resumed[n], whole[n]) for n in ("out", "lse"))
+
+
+def test_a_stored_reference_refuses_other_inputs(tmp_path):
+    q, k, v, _ = _inputs(256, 256, seed=4)
+    reference(q, k, v, out=tmp_path / "r", shard=128, progress=False)
+    assert load_reference(tmp_path / "r", q=q, k=k, v=v).meta["refattn"]
+    other = q.copy()
+    other[3, 5] += 1e-12
+    with pytest.raises(ValueError, match="^q: its checksum"):
+        load_reference(tmp_path / "r", q=other)
+    assert checksum(q) != checksum(q.astype(np.float32)) != checksum(q.reshape(128, 32))
+
+
+def test_bad_input(tmp_path):
+    q, k, v, _ = _inputs(256, 256, seed=5)
+    with pytest.raises(ValueError, match="^v: 100 rows"):
+        reference(q, k, v[:100], out=tmp_path / "a", progress=False)
+    with pytest.raises(TypeError, match="^k, v: dtypes"):
+        reference(q, k.astype(np.float32), v, out=tmp_path / "a", progress=False)
+    with pytest.raises(ValueError, match="^shard: must be a multiple of 128"):
+        reference(q, k, v, out=tmp_path / "a", shard=100, progress=False)
+    reference(q, k, v, out=tmp_path / "done", shard=128, progress=False)
+    with pytest.raises(ValueError, match="^out: .* exists"):
+        reference(q, k, v, out=tmp_path / "done", shard=128, progress=False)
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(ValueError, match="^q: .* is not a .npy array file"):
+        input_array(tmp_path / "notes.txt", "q")
+    with pytest.raises(ValueError, match="^q: no such file"):
+        input_array(tmp_path / "missing.npy", "q")
+
+
+# ----------------------------------------------------------------------------- on a cluster
+@pytest.fixture(scope="module")
+def client():
+    pytest.importorskip("dask.distributed", reason="the dask extra is not installed (pip install -e '.[dask]')")
+    from refattn.distributed import connect
+
+    c = connect(workers=2)
+    yield c
+    c.close()
+    c.cluster.close()
+
+
+def test_a_cluster_of_two_workers_gives_the_local_bits(tmp_path, client):
+    """Forward and backward, causal both alignments and a mask: identical to the in-process run."""
+    q, k, v, dout = _inputs(1100, 900, seed=6, batch=(2,))
+    mask = np.random.default_rng(7).random((2, 1100, 900)) < 0.8
+    for causal in ("bottom_right", "top_left"):
+        kw = dict(causal=causal, mask=mask, shard=256, dout=dout, progress=False)
+        here = reference(q, k, v, out=tmp_path / f"here-{causal}", **kw)
+        there = reference(q, k, v, out=tmp_path / f"there-{causal}", client=client, **kw)
+        assert all(np.array_equal(here[n], there[n]) for n in NAMES)
+        assert len(client.scheduler_info()["workers"]) == 2
+
+
+def test_a_killed_worker_costs_a_retry_not_a_block(tmp_path, client):
+    """One of the two worker processes is killed while the job runs: the scheduler reruns its tasks
+    elsewhere and the result is the same as the in-process run's, every shard present."""
+    q, k, v, _ = _inputs(4096, 4096, seed=8)
+    here = reference(q, k, v, out=tmp_path / "here", shard=128, progress=False)
+    pids = list(client.run(os.getpid).values())
+    result = {}
+
+    def job():
+        result["ref"] = reference(q, k, v, out=tmp_path / "there", shard=128, client=client, progress=False)
+
+    thread = threading.Thread(target=job)
+    thread.start()
+    meta = tmp_path / "there" / "meta.json"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (meta.is_file() and json.loads(meta.read_text())["done"]):
+        time.sleep(0.01)
+    os.kill(pids[0], signal.SIGKILL)
+    thread.join(timeout=300)
+    assert not thread.is_alive()
+    there = result["ref"]
+    assert there.complete and all(np.array_equal(here[n], there[n]) for n in ("out", "lse"))
+
+
+def test_an_unreachable_scheduler_is_a_clear_error():
+    pytest.importorskip("dask.distributed", reason="the dask extra is not installed")
+    from refattn.distributed import connect
+
+    with pytest.raises(ValueError, match="^scheduler: cannot reach"):
+        connect("tcp://127.0.0.1:9")

@@ -1,0 +1,100 @@
+"""``refattn reference``: golden outputs of exact attention for your inputs, locally or on a Dask cluster
+([`refattn.distributed`][refattn.distributed])."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+
+from refattn.cli._args import UsageError, positive_float, positive_int
+
+
+def add_parser(sub):
+    ref = sub.add_parser("reference", help="golden outputs of exact attention for your .npy inputs (out, lse, and "
+                                           "with --backward the gradients), locally or on a Dask cluster",
+                         description="Exact attention (the float64 oracle's streaming kernel) for q, k, v stored as "
+                                     ".npy files, computed shard by shard into an output folder that records the "
+                                     "inputs' checksums and refattn's version. An interrupted run resumes when run "
+                                     "again; --verify checks a stored reference against inputs.")
+    ref.add_argument("--q", required=True, metavar="NPY", help="queries (..., T, H)")
+    ref.add_argument("--k", required=True, metavar="NPY", help="keys (..., S, H)")
+    ref.add_argument("--v", required=True, metavar="NPY", help="values (..., S, Hv)")
+    ref.add_argument("--out", required=True, metavar="DIR",
+                     help="output folder: out.npy, lse.npy (dq, dk, dv with --backward), meta.json")
+    ref.add_argument("--causal", nargs="?", const="bottom_right", choices=("bottom_right", "top_left"),
+                     help="causal masking (default alignment: bottom_right, as FlashAttention)")
+    ref.add_argument("--mask", metavar="NPY", help="boolean mask (..., T, S): True where a query may attend")
+    ref.add_argument("--bias", metavar="NPY", help="additive bias (..., T, S)")
+    ref.add_argument("--key-lengths", metavar="NPY", help="integer key lengths per batch item (padding)")
+    ref.add_argument("--scale", type=positive_float, help="softmax scale (default 1/sqrt(H))")
+    ref.add_argument("--backward", metavar="NPY", help="dout (..., T, Hv): also compute dq, dk, dv")
+    ref.add_argument("--shard", type=positive_int, default=None,
+                     help="query rows per task, a multiple of 128 (default 2048)")
+    ref.add_argument("--workers", type=positive_int, help="run on a local Dask cluster of this many processes")
+    ref.add_argument("--scheduler", metavar="ADDRESS", help="run on the Dask cluster at this scheduler address")
+    ref.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    ref.add_argument("--verify", action="store_true",
+                     help="do not compute: check that --out was computed from these inputs (exit 1 if not)")
+    ref.add_argument("--json", action="store_true", help="print a JSON summary")
+    ref.set_defaults(func=run)
+    return ref
+
+
+def _load(path, name, dtype=None):
+    from refattn.distributed import input_array
+
+    if path is None:
+        return None
+    if dtype is None:
+        return input_array(path, name)
+    try:
+        return np.load(path, allow_pickle=False).astype(dtype)
+    except (ValueError, OSError) as exc:
+        raise UsageError(f"--{name.replace('_', '-')}: {path!r} is not a .npy array file ({exc})") from None
+
+
+def run(args) -> int:
+    from refattn.distributed import DEFAULT_SHARD, connect, load_reference, reference
+
+    if args.workers and args.scheduler:
+        raise UsageError("--workers and --scheduler: give one (a local cluster, or the address of a running one)")
+    q, k, v = _load(args.q, "q"), _load(args.k, "k"), _load(args.v, "v")
+    dout = _load(args.backward, "dout")
+    if args.verify:
+        from refattn._validation import InputError
+
+        try:
+            ref = load_reference(args.out, q=q, k=k, v=v, dout=dout)
+        except InputError as exc:
+            print(f"refattn reference: NOT VERIFIED: {exc}")
+            return 1
+        print(f"refattn reference: verified {args.out}: computed from these inputs by refattn {ref.meta['refattn']}")
+        return 0
+    client = None
+    if args.workers or args.scheduler:
+        client = connect(args.scheduler, workers=args.workers)
+    t0 = time.perf_counter()
+    try:
+        ref = reference(q, k, v, out=args.out, causal=args.causal or False, mask=_load(args.mask, "mask", bool),
+                        bias=_load(args.bias, "bias", np.float64),
+                        key_lengths=_load(args.key_lengths, "key_lengths", np.int64), scale=args.scale, dout=dout,
+                        shard=args.shard or DEFAULT_SHARD, client=client, overwrite=args.overwrite)
+    finally:
+        if client is not None:
+            cluster = client.cluster if args.workers else None
+            client.close()
+            if cluster is not None:
+                cluster.close()
+    seconds = time.perf_counter() - t0
+    summary = {"out": str(ref.path), "arrays": ref.meta["arrays"], "shards": ref.meta["n_shards"],
+               "seconds": round(seconds, 3), "where": args.scheduler or (f"LocalCluster({args.workers})"
+                                                                         if args.workers else "this process"),
+               "checksums": ref.meta["checksums"], "refattn": ref.meta["refattn"]}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"wrote {ref.path}: {', '.join(f'{n} {tuple(s)}' for n, s in ref.meta['arrays'].items())} in "
+              f"{seconds:.1f} s ({ref.meta['n_shards']} shards, {summary['where']})")
+    return 0

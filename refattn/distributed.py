@@ -1,0 +1,440 @@
+"""Golden outputs past one machine: the exact oracle sharded by query blocks on Dask.
+
+Query blocks of exact attention are independent given ``K`` and ``V``, so a reference output for
+a long-context kernel (ring, blockwise, sliding window: 128k to 1M tokens) splits into tasks of
+``shard`` query rows. [`reference`][refattn.distributed.reference] runs them
+
+- in this process (``client=None``, the default: no Dask needed),
+- or on a ``dask.distributed`` cluster (``client=``: a ``LocalCluster`` on this machine or a
+  scheduler's address; ``K`` and ``V`` are sent to every worker once with ``Client.scatter``).
+
+Every task runs the same function either way, so the two give the same bits. The forward task is
+the oracle's streaming kernel ([`softmax_attention`][refattn.exact.softmax_attention] with
+``implementation="numba"``) on the shard's rows; shards start at multiples of the kernel's query
+block, so the forward output and ``lse`` equal the local oracle's bit for bit. A causal shard
+``[a, b)`` sees only keys ``j < b + S - T`` (bottom-right; ``j < b`` top-left), so its task gets
+those keys alone and the bottom-right rule on them, which is the same visibility. The backward
+task is [`attention_backward`][refattn.exact.attention_backward] on the shard's rows (dense in
+the shard: ``O(shard x S)`` memory per task): ``dq`` comes row by row; ``dk`` and ``dv`` are sums
+over query rows, written per shard and added in shard order at the end, so they do not depend on
+which worker finished first (they equal the unsharded backward to rounding: a different order of
+the same sum).
+
+Outputs are written shard by shard into ``.npy`` files of an output folder, never held whole by
+the client; a folder interrupted mid-job resumes from the shards it has. The folder's
+``meta.json`` records the inputs' checksums (sha256 of shape, dtype and bytes), the options and
+the refattn version, so a test suite can trust a stored reference
+([`load_reference`][refattn.distributed.load_reference] refuses inputs that do not match).
+Dask retries a task whose worker dies (``retries``): a killed worker costs a retry, not a wrong
+or missing block. Needs the ``dask`` extra only with a client (``pip install 'dask[array]'
+distributed``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from refattn import __version__
+from refattn._extras import install_hint
+from refattn._validation import InputError, InputTypeError, check_bool, check_positive_int
+from refattn.exact import attention_backward, softmax_attention
+from refattn.kernels.numba.streaming import DEFAULT_BLOCK_Q
+from refattn.problem import CAUSAL_ALIGNMENTS, causal_mask
+
+__all__ = ["DEFAULT_SHARD", "Reference", "reference", "load_reference", "input_array", "checksum", "connect"]
+
+#: Query rows per task (a multiple of the streaming kernel's query block).
+DEFAULT_SHARD = 16 * DEFAULT_BLOCK_Q
+_FORMAT = 1
+
+
+def _dask():
+    try:
+        import dask.distributed as dd
+    except ImportError:
+        raise ImportError(f"refattn.distributed needs Dask for a cluster: {install_hint('dask')}") from None
+    return dd
+
+
+def connect(scheduler=None, *, workers=None, threads_per_worker=1):
+    """A ``dask.distributed.Client``: to the scheduler at ``scheduler`` (an address, e.g.
+    ``tcp://10.0.0.1:8786``), or to a new ``LocalCluster`` of ``workers`` processes."""
+    dd = _dask()
+    if scheduler is not None:
+        try:
+            return dd.Client(scheduler, timeout="10s")
+        except (OSError, TimeoutError) as exc:
+            raise InputError(f"scheduler: cannot reach {scheduler!r} ({exc})") from None
+    workers = check_positive_int(workers or 1, "workers", maximum=1024)
+    cluster = dd.LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
+                              dashboard_address=None)
+    return dd.Client(cluster)
+
+
+def input_array(x, name):
+    """An input as an array the client can slice without loading it: a NumPy array, a ``.npy``
+    file (memory-mapped), or a Dask array. Anything else is a clear error naming ``name``."""
+    if isinstance(x, (str, os.PathLike)):
+        path = Path(x)
+        if not path.is_file():
+            raise InputError(f"{name}: no such file {str(path)!r}")
+        with open(path, "rb") as f:
+            if f.read(6) != b"\x93NUMPY":
+                raise InputError(f"{name}: {str(path)!r} is not a .npy array file (no NumPy header)")
+        try:
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise InputError(f"{name}: {str(path)!r} is not a .npy array file ({exc})") from None
+        if not isinstance(arr, np.ndarray):
+            raise InputError(f"{name}: {str(path)!r} holds several arrays; save one array per .npy file")
+        x = arr
+    elif type(x).__module__.startswith("dask"):
+        return x
+    elif not isinstance(x, np.ndarray):
+        try:
+            x = np.asarray(x)
+        except (TypeError, ValueError) as exc:
+            raise InputTypeError(f"{name}: expected an array, a .npy path or a Dask array ({exc})") from None
+    if x.dtype.kind != "f" or x.dtype.itemsize not in (2, 4, 8):
+        raise InputTypeError(f"{name}: expected float16, float32 or float64 values, got {x.dtype}")
+    return x
+
+
+def _slice(x, sl):
+    """Rows ``sl`` of the query axis (-2), as an in-memory float array."""
+    part = x[..., sl, :]
+    if hasattr(part, "compute"):
+        part = part.compute()
+    return np.ascontiguousarray(part)
+
+
+def checksum(x) -> str:
+    """sha256 of an array's shape, dtype and bytes (in row blocks: a memory-mapped input is read once)."""
+    h = hashlib.sha256(f"{tuple(x.shape)} {np.dtype(x.dtype).str}".encode())
+    flat = x.reshape(-1, x.shape[-1]) if x.ndim else x.reshape(1, 1)
+    step = max(1, (1 << 24) // max(1, flat.shape[-1] * flat.dtype.itemsize))
+    for i in range(0, flat.shape[0], step):
+        part = flat[i:i + step]
+        h.update(np.ascontiguousarray(part.compute() if hasattr(part, "compute") else part).tobytes())
+    return h.hexdigest()
+
+
+def _check_shapes(q, k, v, dout):
+    for x, name in ((q, "q"), (k, "k"), (v, "v")):
+        if x.ndim < 2:
+            raise InputError(f"{name}: expected shape (..., L, H), got {tuple(x.shape)}")
+    if k.shape[-1] != q.shape[-1]:
+        raise InputError(f"k: head dim {k.shape[-1]} does not match q's {q.shape[-1]}")
+    if v.shape[-2] != k.shape[-2]:
+        raise InputError(f"v: {v.shape[-2]} rows, but k has {k.shape[-2]} keys")
+    if not (q.shape[:-2] == k.shape[:-2] == v.shape[:-2]):
+        raise InputError(f"k, v: batch dims {k.shape[:-2]}, {v.shape[:-2]} differ from q's {q.shape[:-2]}")
+    dtypes = {np.dtype(x.dtype) for x in (q, k, v)}
+    if len(dtypes) > 1:
+        raise InputTypeError(f"k, v: dtypes {np.dtype(k.dtype)}, {np.dtype(v.dtype)} differ from q's {np.dtype(q.dtype)}")
+    if dout is not None and tuple(dout.shape) != tuple(q.shape[:-1]) + (v.shape[-1],):
+        raise InputError(f"dout: expected the output's shape {tuple(q.shape[:-1]) + (v.shape[-1],)}, got {tuple(dout.shape)}")
+
+
+def _causal(causal):
+    if causal is False or causal is None:
+        return None
+    if causal is True:
+        return "bottom_right"
+    if causal in CAUSAL_ALIGNMENTS:
+        return causal
+    raise InputError(f"causal: expected a bool or one of {CAUSAL_ALIGNMENTS}, got {causal!r}")
+
+
+def _visible(a, b, T, S, causal):
+    """``(stop, mask)``: the keys a causal shard ``[a, b)`` needs (``k[..., :stop]``, with the
+    bottom-right rule on them), or, where that cannot express it (top-left with ``b > S``), the
+    shard's rows of the causal mask."""
+    if causal is None:
+        return S, None
+    stop = b + (S - T if causal == "bottom_right" else 0)
+    if stop <= S:
+        return max(stop, 0), None
+    return S, causal_mask(T, S, causal)[a:b]
+
+
+def _task_kwargs(opts, a, b, mask_rows, bias_rows, stop):
+    kw = {"scale": opts["scale"], "implementation": opts["implementation"]}
+    if opts["causal"] is not None and opts.get("causal_rows") is None:
+        kw["causal"] = "bottom_right"  # on the keys the shard sees: the same visibility as the full problem
+    masks = [m for m in (mask_rows, opts.get("causal_rows")) if m is not None]
+    if masks:
+        kw["mask"] = masks[0] if len(masks) == 1 else masks[0] & masks[1]
+    if bias_rows is not None:
+        kw["bias"] = bias_rows[..., :stop]
+    if opts["key_lengths"] is not None:
+        kw["key_lengths"] = np.minimum(opts["key_lengths"], stop)
+    return kw
+
+
+_ALIGNED = {}
+
+
+def _aligned(x):
+    """``x`` C-contiguous and aligned. Dask may deserialize a scattered array at an unaligned address
+    (seen: K at an address = 4 mod 8 on one of two workers), and NumPy's matmul then skips BLAS for its
+    own loop, which rounds differently. The aligned copy is made once per worker and array, not per task."""
+    if x.flags.c_contiguous and x.flags.aligned:
+        return x
+    key = (x.__array_interface__["data"][0], x.shape, x.dtype.str)
+    if key not in _ALIGNED:
+        if len(_ALIGNED) >= 4:
+            _ALIGNED.clear()
+        _ALIGNED[key] = np.require(x, requirements=["C", "A"]).copy()
+    return _ALIGNED[key]
+
+
+def _forward_task(q_rows, k, v, mask_rows, bias_rows, a, b, opts):
+    """One shard's ``(out, lse)``: the oracle's streaming kernel on rows ``[a, b)``."""
+    k, v = _aligned(k), _aligned(v)
+    T, S = opts["T"], k.shape[-2]
+    stop, cmask = _visible(a, b, T, S, opts["causal"])
+    if mask_rows is not None:
+        mask_rows = mask_rows[..., :stop]
+    kw = _task_kwargs({**opts, "causal_rows": cmask}, a, b, mask_rows, bias_rows, stop)
+    return softmax_attention(q_rows, k[..., :stop, :], v[..., :stop, :], return_lse=True, **kw)
+
+
+def _fresh(x):
+    """A freshly allocated copy: an array unpickled on a worker may sit at another alignment than
+    the same array here, and small GEMMs and NumPy's reductions may round differently with it."""
+    return None if x is None else np.array(x, copy=True, order="C")
+
+
+def _backward_task(q_rows, k, v, dout_rows, mask_rows, bias_rows, a, b, opts):
+    """One shard's ``(out, lse, dq rows, dk partial, dv partial, stop)``: the forward task's output
+    and ``lse``, and the gradients (partials over the ``stop`` keys the shard sees)."""
+    q_rows, dout_rows, mask_rows, bias_rows = (_fresh(x) for x in (q_rows, dout_rows, mask_rows, bias_rows))
+    k, v = _aligned(k), _aligned(v)
+    out, lse = _forward_task(q_rows, k, v, mask_rows, bias_rows, a, b, opts)
+    T, S = opts["T"], k.shape[-2]
+    stop, cmask = _visible(a, b, T, S, opts["causal"])
+    if mask_rows is not None:
+        mask_rows = mask_rows[..., :stop]
+    kw = _task_kwargs({**opts, "causal_rows": cmask}, a, b, mask_rows, bias_rows, stop)
+    kw.pop("implementation")
+    # BLAS on one thread wherever the task runs: a GEMM split over threads may round differently, and
+    # a worker process (one thread) must give the bits this process gives
+    with threadpool_limits(limits=1, user_api="blas"):
+        dq, dk, dv = attention_backward(q_rows, k[..., :stop, :], v[..., :stop, :], dout_rows, **kw)
+    return out, lse, dq, dk, dv, stop
+
+
+@dataclass
+class Reference:
+    """A stored reference: the folder, its metadata and its arrays (memory-mapped ``.npy``)."""
+
+    path: Path
+    meta: dict
+
+    def __getitem__(self, name) -> np.ndarray:
+        if name not in self.meta["arrays"]:
+            raise KeyError(f"{name!r}: this reference holds {sorted(self.meta['arrays'])}")
+        return np.load(self.path / f"{name}.npy", mmap_mode="r")
+
+    @property
+    def complete(self) -> bool:
+        return len(self.meta["done"]) == self.meta["n_shards"]
+
+
+def _shards(T, shard):
+    return [(a, min(a + shard, T)) for a in range(0, T, shard)]
+
+
+def _open(path, name, shape, dtype=np.float64, fill=None):
+    arr = np.lib.format.open_memmap(path / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
+    if fill is not None:
+        arr[...] = fill
+    return arr
+
+
+def _write_meta(path, meta):
+    tmp = path / "meta.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp, path / "meta.json")  # atomic: an interrupted job never leaves a torn manifest
+
+
+def load_reference(path, q=None, k=None, v=None, dout=None) -> Reference:
+    """Open a reference folder; with inputs given, check that they are the ones it was computed
+    from (sha256 checksums) and refuse otherwise. An unfinished folder is refused too."""
+    path = Path(path)
+    meta_file = path / "meta.json"
+    if not meta_file.is_file():
+        raise InputError(f"reference: {str(path)!r} is not a refattn reference folder (no meta.json)")
+    meta = json.loads(meta_file.read_text())
+    ref = Reference(path, meta)
+    if not ref.complete:
+        raise InputError(f"reference: {str(path)!r} is unfinished ({len(meta['done'])} of {meta['n_shards']} "
+                         "shards); run the same command again to resume it")
+    for x, name in ((q, "q"), (k, "k"), (v, "v"), (dout, "dout")):
+        if x is not None:
+            got = checksum(input_array(x, name))
+            want = meta["checksums"].get(name)
+            if got != want:
+                raise InputError(f"{name}: its checksum {got[:12]}... does not match the reference's "
+                                 f"{(want or 'none')[:12]}...: this reference was computed from other inputs")
+    return ref
+
+
+def reference(q, k, v, *, out, causal=False, mask=None, bias=None, key_lengths=None, scale=None, dout=None,
+              shard=DEFAULT_SHARD, client=None, overwrite=False, retries=3, progress=None) -> Reference:
+    """Compute exact attention (and with ``dout`` its gradients) shard by shard into the folder ``out``.
+
+    Parameters
+    ----------
+    q, k, v : arrays (..., T, H), (..., S, H), (..., S, Hv), ``.npy`` paths or Dask arrays
+        The same dtype and batch dims (the oracle computes in float64).
+    out : path
+        The output folder: ``out.npy (..., T, Hv)``, ``lse.npy (..., T)``, with ``dout`` also
+        ``dq.npy``, ``dk.npy``, ``dv.npy``, and ``meta.json``. An unfinished folder computed
+        from the same inputs and options is resumed; a finished one is an error unless
+        ``overwrite``.
+    causal, mask, bias, key_lengths, scale
+        As [`softmax_attention`][refattn.exact.softmax_attention] (``mask``/``bias`` as arrays of shape
+        ``(..., T, S)``, read a shard of rows at a time).
+    shard : int
+        Query rows per task, a multiple of 128 (the streaming kernel's query block) or all of ``T``.
+    client : dask.distributed.Client, optional
+        Where the tasks run ([`connect`][refattn.distributed.connect]); ``None`` runs them here.
+    retries : int
+        Dask's retries of a task whose worker died or raised.
+    progress : bool or None
+        A progress bar (``None``: on a terminal).
+    """
+    from tqdm.auto import tqdm
+
+    q, k, v = (input_array(x, n) for x, n in ((q, "q"), (k, "k"), (v, "v")))
+    dout = None if dout is None else input_array(dout, "dout")
+    _check_shapes(q, k, v, dout)
+    causal = _causal(causal)
+    overwrite = check_bool(overwrite, "overwrite")
+    T, S = q.shape[-2], k.shape[-2]
+    shard = check_positive_int(shard, "shard", maximum=2**31)
+    if shard % DEFAULT_BLOCK_Q and shard < T:
+        raise InputError(f"shard: must be a multiple of {DEFAULT_BLOCK_Q} (the kernel's query block) or >= T = {T}, "
+                         f"got {shard}")
+    for arr, name in ((mask, "mask"), (bias, "bias")):
+        if arr is not None and tuple(np.shape(arr))[-2:] != (T, S):
+            raise InputError(f"{name}: expected trailing shape (T, S) = ({T}, {S}), got {tuple(np.shape(arr))}")
+    if scale is not None:
+        from refattn._validation import check_scale
+
+        scale = check_scale(scale, q.shape[-1])
+    lengths = None if key_lengths is None else np.asarray(key_lengths)
+    opts = {"T": T, "causal": causal, "scale": scale, "key_lengths": lengths, "implementation": "numba"}
+    checksums = {name: checksum(x) for x, name in ((q, "q"), (k, "k"), (v, "v"), (dout, "dout")) if x is not None}
+    options = {"causal": causal, "scale": scale, "shard": shard, "backward": dout is not None,
+               "mask": None if mask is None else checksum(np.asarray(mask, dtype=np.uint8)),
+               "bias": None if bias is None else checksum(np.asarray(bias, dtype=np.float64)),
+               "key_lengths": None if lengths is None else lengths.tolist()}
+    shards = _shards(T, shard)
+    batch, Hv, H = tuple(q.shape[:-2]), v.shape[-1], q.shape[-1]
+    arrays = {"out": batch + (T, Hv), "lse": batch + (T,)}
+    if dout is not None:
+        arrays.update(dq=batch + (T, H), dk=batch + (S, H), dv=batch + (S, Hv))
+    path = Path(out)
+    meta = {"format": _FORMAT, "refattn": __version__, "checksums": checksums, "options": options,
+            "n_shards": len(shards), "shard_bounds": shards, "arrays": {n: list(s) for n, s in arrays.items()},
+            "done": []}
+    if path.exists():
+        old = json.loads((path / "meta.json").read_text()) if (path / "meta.json").is_file() else None
+        same = old is not None and all(old.get(key) == meta[key] for key in ("checksums", "options", "arrays"))
+        if old is not None and same and len(old["done"]) < old["n_shards"] and not overwrite:
+            meta["done"] = old["done"]  # resume
+        elif not overwrite:
+            what = "a finished reference" if same else "another folder or reference"
+            raise InputError(f"out: {str(path)!r} exists ({what}); pass overwrite=True (--overwrite) to replace it")
+        else:
+            shutil.rmtree(path)
+    resume = bool(meta["done"])
+    path.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        for name, shp in arrays.items():
+            _open(path, name, shp).flush()
+        _write_meta(path, meta)
+    todo = [i for i in range(len(shards)) if i not in set(meta["done"])]
+
+    def rows(x, a, b):
+        return None if x is None else _slice(x, slice(a, b))
+
+    def task_args(i):
+        a, b = shards[i]
+        m = None if mask is None else np.ascontiguousarray(np.asarray(mask)[..., a:b, :])
+        bs = None if bias is None else np.ascontiguousarray(np.asarray(bias)[..., a:b, :])
+        if dout is None:
+            return (_forward_task, rows(q, a, b), m, bs, a, b)
+        return (_backward_task, rows(q, a, b), rows(dout, a, b), m, bs, a, b)
+
+    def store(i, result):
+        a, b = shards[i]
+        o, lse = result[:2]
+        mo, ml = np.load(path / "out.npy", mmap_mode="r+"), np.load(path / "lse.npy", mmap_mode="r+")
+        mo[..., a:b, :], ml[..., a:b] = o, lse
+        mo.flush(), ml.flush()
+        if dout is not None:
+            dq, dk, dv, stop = result[2:]
+            mq = np.load(path / "dq.npy", mmap_mode="r+")
+            mq[..., a:b, :] = dq
+            mq.flush()
+            np.save(path / f"dk.part{i}.npy", dk)  # partial sums, added in shard order at the end
+            np.save(path / f"dv.part{i}.npy", dv)
+        meta["done"] = sorted(set(meta["done"]) | {i})
+        _write_meta(path, meta)
+
+    bar = tqdm(total=len(shards), initial=len(shards) - len(todo), desc="reference", unit="shard",
+               disable=(not progress) if progress is not None else None)
+    try:
+        if client is None:
+            kk, vv = (_slice(x, slice(None)) if hasattr(x, "compute") else x for x in (k, v))
+            for i in todo:
+                fn, *args = task_args(i)
+                store(i, fn(args[0], kk, vv, *args[1:], opts))
+                bar.update(1)
+        else:
+            dd = _dask()
+            kk, vv = (_slice(x, slice(None)) if hasattr(x, "compute") else np.asarray(x) for x in (k, v))
+            k_f, v_f = client.scatter([kk, vv], broadcast=True)  # K and V reach each worker once
+            futures = {}
+            for i in todo:
+                fn, *args = task_args(i)
+                fut = client.submit(fn, args[0], k_f, v_f, *args[1:], opts, retries=retries, pure=False,
+                                    key=f"refattn-reference-{os.getpid()}-{id(meta)}-{i}")
+                futures[fut] = i
+            for fut in dd.as_completed(futures):
+                store(futures[fut], fut.result())
+                bar.update(1)
+    finally:
+        bar.close()
+    if dout is not None:
+        _reduce_partials(path, shards, batch, S, H, Hv)
+    return Reference(path, json.loads((path / "meta.json").read_text()))
+
+
+def _reduce_partials(path, shards, batch, S, H, Hv):
+    """``dk``, ``dv``: the shards' partial sums added in shard order (the same bits whatever finished first)."""
+    for name, width in (("dk", H), ("dv", Hv)):
+        total = np.zeros(batch + (S, width))
+        for i in range(len(shards)):
+            part_file = path / f"{name}.part{i}.npy"
+            if not part_file.is_file():
+                return  # an older run already reduced them (a finished folder)
+            part = np.load(part_file)
+            total[..., :part.shape[-2], :] += part
+        m = np.load(path / f"{name}.npy", mmap_mode="r+")
+        m[...] = total
+        m.flush()
+    for f in path.glob("d[kv].part*.npy"):
+        f.unlink()
