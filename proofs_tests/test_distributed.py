@@ -162,3 +162,54 @@ def test_an_unreachable_scheduler_is_a_clear_error():
 
     with pytest.raises(ValueError, match="^scheduler: cannot reach"):
         connect("tcp://127.0.0.1:9")
+
+
+# ----------------------------------------------------------------------------- sweeps
+KERNELS = '''
+import numpy as np
+from refattn import causal_mask
+
+def _attn(q, k, v, causal, alignment):
+    s = q @ k.T / np.sqrt(q.shape[-1])
+    if causal:
+        s = np.where(causal_mask(q.shape[0], k.shape[0], alignment), s, -np.inf)
+    m = s.max(-1, keepdims=True)
+    p = np.exp(s - np.where(np.isfinite(m), m, 0))
+    d = p.sum(-1, keepdims=True)
+    return np.where(d > 0, p / np.where(d > 0, d, 1), 0) @ v
+
+def good(q, k, v, causal=False):
+    return _attn(q, k, v, causal, "bottom_right")
+
+def top_left(q, k, v, causal=False):
+    return _attn(q, k, v, causal, "top_left")
+'''
+
+
+def test_sweep_seeds_do_not_depend_on_how_many_or_where():
+    from refattn.distributed import sweep_seeds
+
+    assert sweep_seeds(5, 10)[:4] == sweep_seeds(5, 4) and len(set(sweep_seeds(5, 100))) == 100
+    assert all(0 <= s < 2**63 for s in sweep_seeds(0, 20)) and sweep_seeds(1, 3) != sweep_seeds(0, 3)
+
+
+def test_calibration_separates_a_correct_kernel_from_a_planted_bug(tmp_path):
+    """Over 5 seeds: the correct kernel never fails (its interval reaches below alpha), the
+    top-left alignment fails every time (power >= the interval's lower end)."""
+    from refattn.distributed import calibrate_check
+
+    (tmp_path / "kernels.py").write_text(KERNELS)
+    ok = calibrate_check(f"{tmp_path}/kernels.py:good", "exact", 5, isolate=False, progress=False)
+    bad = calibrate_check(f"{tmp_path}/kernels.py:top_left", "exact", 5, isolate=False, progress=False)
+    assert ok["failures"] == 0 and ok["low"] == 0 and "consistent with a correct" in ok["verdict"]
+    assert bad["failures"] == 5 and bad["low"] > 0.4 and "a real defect" in bad["verdict"]
+
+
+def test_a_sweep_gives_the_same_numbers_with_one_process_and_two_workers(tmp_path, client):
+    from refattn.distributed import calibrate_check
+
+    (tmp_path / "kernels.py").write_text(KERNELS)
+    target = f"{tmp_path}/kernels.py:top_left"
+    here = calibrate_check(target, "exact", 4, seed=3, progress=False)
+    there = calibrate_check(target, "exact", 4, seed=3, client=client, progress=False)
+    assert here["results"] == there["results"] and here["failures"] == there["failures"] == 4

@@ -49,7 +49,8 @@ from refattn.exact import attention_backward, softmax_attention
 from refattn.kernels.numba.streaming import DEFAULT_BLOCK_Q
 from refattn.problem import CAUSAL_ALIGNMENTS, causal_mask
 
-__all__ = ["DEFAULT_SHARD", "Reference", "reference", "load_reference", "input_array", "checksum", "connect"]
+__all__ = ["DEFAULT_SHARD", "Reference", "reference", "load_reference", "input_array", "checksum", "connect",
+           "sweep_seeds", "sweep", "calibrate_check"]
 
 #: Query rows per task (a multiple of the streaming kernel's query block).
 DEFAULT_SHARD = 16 * DEFAULT_BLOCK_Q
@@ -74,6 +75,11 @@ def connect(scheduler=None, *, workers=None, threads_per_worker=1):
         except (OSError, TimeoutError) as exc:
             raise InputError(f"scheduler: cannot reach {scheduler!r} ({exc})") from None
     workers = check_positive_int(workers or 1, "workers", maximum=1024)
+    import dask
+
+    # non-daemonic workers (a check run on a worker starts its own isolated process for the callable);
+    # set for this process, so a worker the nanny restarts after a crash is non-daemonic too
+    dask.config.set({"distributed.worker.daemon": False})
     cluster = dd.LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
                               dashboard_address=None)
     return dd.Client(cluster)
@@ -438,3 +444,68 @@ def _reduce_partials(path, shards, batch, S, H, Hv):
         m.flush()
     for f in path.glob("d[kv].part*.npy"):
         f.unlink()
+
+
+# ----------------------------------------------------------------------------- sweeps over seeds
+def sweep_seeds(seed, n):
+    """``n`` independent 63-bit seeds from ``SeedSequence(seed).spawn(n)``: the same list whatever runs them."""
+    n = check_positive_int(n, "n", maximum=10**7)
+    return [int(s.generate_state(1, np.uint64)[0] >> np.uint64(1)) for s in np.random.SeedSequence(int(seed)).spawn(n)]
+
+
+def sweep(fn, seeds, *, client=None, retries=3, progress=None):
+    """``[fn(s) for s in seeds]``, in this process or as one Dask task per seed (results in seed order)."""
+    from tqdm.auto import tqdm
+
+    seeds = list(seeds)
+    bar = tqdm(total=len(seeds), desc="sweep", unit="run", disable=(not progress) if progress is not None else None)
+    try:
+        if client is None:
+            out = []
+            for s in seeds:
+                out.append(fn(s))
+                bar.update(1)
+            return out
+        dd = _dask()
+        futures = client.map(fn, seeds, retries=retries, pure=False)
+        for _ in dd.as_completed(futures):
+            bar.update(1)
+        return client.gather(futures)
+    finally:
+        bar.close()
+
+
+def _one_check(seed, target, kind, kwargs):
+    from refattn.check import check
+
+    rep = check(target, kind, seed=seed, **kwargs)
+    return {"seed": seed, "passed": bool(rep.passed)}
+
+
+def calibrate_check(target, kind, n, *, seed=0, client=None, level=0.95, progress=None, **check_kwargs):
+    """Run ``refattn.check.check(target, kind, seed=s, ...)`` over ``n`` seeds (``sweep_seeds``) and
+    report how often it failed, with the Clopper-Pearson interval at ``level``.
+
+    For a correct implementation the failure rate is the checker's false-alarm rate, which its
+    family-wise ``alpha`` bounds: the interval should reach below ``alpha``. For a defective one it
+    is the check's power. Returns a dict: ``runs``, ``failures``, ``rate``, ``low``, ``high``,
+    ``alpha``, ``verdict`` and the per-seed ``results``.
+    """
+    from functools import partial
+
+    from scipy.stats import binomtest
+
+    seeds = sweep_seeds(seed, n)
+    results = sweep(partial(_one_check, target=target, kind=kind, kwargs=check_kwargs), seeds, client=client,
+                    progress=progress)
+    failures = sum(not r["passed"] for r in results)
+    ci = binomtest(failures, len(results)).proportion_ci(level, method="exact")
+    alpha = check_kwargs.get("alpha", 1e-3)
+    if ci.low > alpha:
+        verdict = (f"fails more often than the false-alarm rate allows (alpha = {alpha:g}): a real defect, "
+                   f"detected with power >= {ci.low:.3g}")
+    else:
+        verdict = (f"consistent with a correct implementation: false-alarm rate <= {ci.high:.3g} "
+                   f"({level:.0%} Clopper-Pearson; the checks allow {alpha:g})")
+    return {"runs": len(results), "failures": failures, "rate": failures / len(results), "low": float(ci.low),
+            "high": float(ci.high), "level": level, "alpha": alpha, "verdict": verdict, "results": results}

@@ -46,6 +46,12 @@ def add_parser(sub):
                     help=f"time one call may take before it fails (default {DEFAULT_TIMEOUT:g})")
     ck.add_argument("--memory-limit", type=positive_float, metavar="GiB",
                     help="address space the callable's worker process may use (default: half the machine's memory)")
+    ck.add_argument("--calibrate", type=positive_int, metavar="N",
+                    help="run the check over N independent seeds and report how often it fails, with a "
+                         "Clopper-Pearson interval: the false-alarm rate of a correct implementation, or the "
+                         "power against a defective one")
+    ck.add_argument("--workers", type=positive_int, help="with --calibrate: a local Dask cluster of this many processes")
+    ck.add_argument("--scheduler", metavar="ADDRESS", help="with --calibrate: the Dask cluster at this address")
     ck.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ck.add_argument("--no-progress", action="store_true", help="no progress bar")
     ck.set_defaults(func=run)
@@ -55,17 +61,50 @@ def add_parser(sub):
 def run(args) -> int:
     if not args.target.rpartition(":")[0].endswith(".py"):
         sys.path.insert(0, os.getcwd())  # `pkg.mod:fn` resolves from the current directory, like python -m
+    options = dict(method=args.method, projection=args.projection, m=args.features, A=args.A, family=args.family,
+                   bits=args.bits, buckets=args.buckets, width=args.width, alignment=args.alignment, alpha=args.alpha,
+                   n_draws=args.draws, budget=args.budget, timeout=args.timeout, precision=args.precision,
+                   layout=args.layout, gqa=args.gqa, self_attention=args.self_attention,
+                   equal_head_dims=args.equal_head_dims, rounds=args.rounds,
+                   memory_limit="auto" if args.memory_limit is None else int(args.memory_limit * 2**30))
+    if (args.workers or args.scheduler) and not args.calibrate:
+        raise UsageError("--workers/--scheduler: only with --calibrate N (one check runs in one process)")
+    if args.calibrate:
+        return _calibrate(args, options)
     try:
-        report = check(args.target, args.kind, method=args.method, projection=args.projection, m=args.features,
-                       A=args.A, family=args.family, bits=args.bits, buckets=args.buckets, width=args.width,
-                       alignment=args.alignment, alpha=args.alpha, seed=args.seed, n_draws=args.draws,
-                       budget=args.budget, timeout=args.timeout, precision=args.precision, layout=args.layout,
-                       gqa=args.gqa, self_attention=args.self_attention,
-                       equal_head_dims=args.equal_head_dims, rounds=args.rounds, progress=not args.no_progress and not args.json and sys.stderr.isatty(),
-                       memory_limit="auto" if args.memory_limit is None else int(args.memory_limit * 2**30))
+        report = check(args.target, args.kind, seed=args.seed, progress=not args.no_progress and not args.json
+                       and sys.stderr.isatty(), **options)
     except TargetError as exc:
         raise UsageError(str(exc)) from None
     print(report.to_json() if args.json else report.format_table())
     return report.exit_code
 
 
+
+
+def _calibrate(args, options):
+    import json
+
+    from refattn.distributed import calibrate_check, connect
+
+    if args.workers and args.scheduler:
+        raise UsageError("--workers and --scheduler: give one")
+    client = connect(args.scheduler, workers=args.workers) if (args.workers or args.scheduler) else None
+    try:
+        res = calibrate_check(args.target, args.kind, args.calibrate, seed=args.seed, client=client,
+                              progress=not args.no_progress and not args.json and sys.stderr.isatty(), **options)
+    except TargetError as exc:
+        raise UsageError(str(exc)) from None
+    finally:
+        if client is not None:
+            cluster = client.cluster if args.workers else None
+            client.close()
+            if cluster is not None:
+                cluster.close()
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        print(f"{args.kind} check of {args.target} over {res['runs']} seeds (from master seed {args.seed}): "
+              f"failed {res['failures']} times, rate {res['rate']:.3g}, {res['level']:.0%} Clopper-Pearson interval "
+              f"[{res['low']:.3g}, {res['high']:.3g}]\n{res['verdict']}")
+    return 0
