@@ -80,8 +80,11 @@ def connect(scheduler=None, *, workers=None, threads_per_worker=1):
     # non-daemonic workers (a check run on a worker starts its own isolated process for the callable);
     # set for this process, so a worker the nanny restarts after a crash is non-daemonic too
     dask.config.set({"distributed.worker.daemon": False})
+    # Dask pins every worker's OpenMP/BLAS to one thread; the oracle's Numba kernel is threaded too, so
+    # give each worker its share of this machine's cores instead (BLAS stays at one per task)
+    threads = str(max(1, (os.cpu_count() or 1) // workers))
     cluster = dd.LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
-                              dashboard_address=None)
+                              dashboard_address=None, env={"OMP_NUM_THREADS": threads, "NUMBA_NUM_THREADS": threads})
     return dd.Client(cluster)
 
 

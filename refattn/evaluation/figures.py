@@ -22,10 +22,16 @@ _PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#
             "#7f7f7f", "#bcbd22", "#393b79", "#637939", "#843c39", "#e7ba52", "#5254a3")
 
 
+#: oracles outside the registry (the regime study's): drawn like the registry's oracles
+EXTRA_ORACLES = {"robust PCA split": "#555555"}
+
+
 def style(method: str) -> dict:
     """Matplotlib keywords for ``method``'s line: colour and marker by its place in the registry,
     solid and thick for an oracle, dashed for an estimator (unknown names: grey, dotted)."""
     names = list(REGISTRY)
+    if method in EXTRA_ORACLES:
+        return {"color": EXTRA_ORACLES[method], "marker": "X", "ls": "-", "lw": 1.6}
     if method not in REGISTRY:
         return {"color": "#555555", "marker": ".", "ls": ":", "lw": 1.2}
     i = names.index(method)
@@ -36,7 +42,8 @@ def style(method: str) -> dict:
 
 def label(method: str) -> str:
     """The legend entry: the method's name, with ``(oracle)`` for the ones that see the exact matrix."""
-    return f"{method} (oracle)" if method in REGISTRY and REGISTRY[method].oracle else method
+    oracle = method in EXTRA_ORACLES or (method in REGISTRY and REGISTRY[method].oracle)
+    return f"{method} (oracle)" if oracle else method
 
 
 def data_title(name: str) -> str:

@@ -49,7 +49,7 @@ from refattn.lsh.sparse import union
 from refattn.scatterbrain.rpca import RPCANotConverged, robust_pca
 
 __all__ = ["ORACLES", "ESTIMATORS", "RegimeRow", "rpca_split", "run_regime_study", "summarise_study",
-           "scatterbrain_anatomy", "format_study"]
+           "scatterbrain_anatomy", "synthetic_trend", "format_study"]
 
 ORACLES = ("best sparse", "best low-rank", "sparse + low-rank", "robust PCA split")
 ESTIMATORS = ("performer", "scatterbrain (smyrf)", "scatterbrain (simhash)", "reformer", "smyrf", "local window")
@@ -185,7 +185,9 @@ def scatterbrain_anatomy(data, *, budget=64, temperature=1.0, draws=5, seed=0):
     ``sum V_ij`` that falls on the support, averaged over ``draws`` hash draws; Scatterbrain's
     unnormalised error is below Performer's when it exceeds 1/2), ``captured_mass`` (the mean over
     rows of the mass of ``P`` on the support: what the sparse part gets exactly),
-    ``keys_per_row`` (the support's mean row size) and the measured mean errors of ``P`` of
+    ``keys_per_row`` (the support's mean row size), ``error_share_on_support`` (the share of
+    Scatterbrain's squared error of ``P`` on its support: exact there before normalisation, so
+    what lands there comes through the row sums) and the measured mean errors of ``P`` of
     Performer and Scatterbrain over ``draws`` draws.
     """
     d = data if temperature == 1.0 else data.tempered(temperature)
@@ -207,15 +209,42 @@ def scatterbrain_anatomy(data, *, budget=64, temperature=1.0, draws=5, seed=0):
                 share.append(float(V[on].sum() / V.sum()))
                 captured.append(float(np.mean(np.sum(P * on, axis=1))))
                 size.append(float(on.sum(1).mean()))
-            errs = {}
+            errs, on_share = {}, []
             for name in ("performer", "scatterbrain (smyrf)"):
-                errs[name] = float(np.mean([_rel(output_of(REGISTRY[name].run(q, k, np.eye(T), budget=budget, scale=scale,
-                                                                               rng=method_rng(seed, name, h, i))), P)
-                                            for i in range(draws)]))
+                e = []
+                for i in range(draws):
+                    res = REGISTRY[name].run(q, k, np.eye(T), budget=budget, scale=scale, rng=method_rng(seed, name, h, i))
+                    diff = output_of(res) - P
+                    e.append(_rel(output_of(res), P))
+                    if name == "scatterbrain (smyrf)":  # where its error lies: on its support or off it
+                        sq = diff * diff
+                        on_share.append(float(sq[res.support.to_dense()].sum() / sq.sum()))
+                errs[name] = float(np.mean(e))
             out.append({"head": d.heads[h], "temperature": float(temperature), "support_share": float(np.mean(share)),
                         "captured_mass": float(np.mean(captured)), "keys_per_row": float(np.mean(size)),
                         "chance_mass": float(np.mean(size)) / P.shape[1],
+                        "error_share_on_support": float(np.mean(on_share)),
                         "error_performer": errs["performer"], "error_scatterbrain": errs["scatterbrain (smyrf)"]})
+    return out
+
+
+def synthetic_trend(lengths=(256, 512, 1024, 2048), *, betas=(4.0, 16.0), budget=64, draws=3, seed=0,
+                    methods=("performer", "scatterbrain (smyrf)", "scatterbrain (simhash)", "smyrf")):
+    """Scatterbrain against its parts at growing ``T`` on its own clustered process (Chen et al. 2021,
+    Sec. 3: 8 clusters, inverse temperature ``beta``), at a fixed budget: ``{(T, beta, method):
+    (mean error of P, standard deviation over draws)}``. Shows whether the claim appears with length."""
+    from refattn.evaluation.datasets import clustered_inputs
+
+    out = {}
+    with threadpool_limits(limits=1, user_api="blas"):
+        for T in lengths:
+            for beta in betas:
+                q, k, _ = clustered_inputs(T, 32, 8, np.random.default_rng([seed, T, int(beta)]))
+                P = attention_probabilities(q, k, scale=beta)
+                for name in methods:
+                    e = [_rel(output_of(REGISTRY[name].run(q, k, np.eye(T), budget=budget, scale=beta,
+                                                           rng=method_rng(seed, name, T, i))), P) for i in range(draws)]
+                    out[(T, beta, name)] = (float(np.mean(e)), float(np.std(e, ddof=1)))
     return out
 
 
