@@ -228,3 +228,23 @@ def test_dask_arrays_and_npy_files_as_inputs(tmp_path):
                       progress=False)
     assert all(np.array_equal(here[n], other[n]) for other in (lazy, files) for n in ("out", "lse"))
     assert lazy.meta["checksums"] == here.meta["checksums"] == files.meta["checksums"]
+
+
+def test_a_batched_theory_claim_gives_the_same_table_here_and_on_two_workers(client):
+    """`refattn theory CLAIM --batches K --workers N`: the same rows whatever runs the batches; the
+    rows are the claim's, means with batch-means t-intervals (rates: pooled hits, exact intervals)."""
+    from refattn.distributed import run_claim_batched
+    from refattn.evaluation.claims import run_claim
+
+    for claim in ("lemma2", "collision"):
+        here = run_claim_batched(claim, draws=400, batches=4, seed=2, progress=False)
+        there = run_claim_batched(claim, draws=400, batches=4, seed=2, client=client, progress=False)
+        assert here == there
+        plain = run_claim(claim, draws=100, seed=0, progress=lambda it: it)
+        assert [(r.quantity, r.setting, r.closed_form) for r in here] == [(r.quantity, r.setting, r.closed_form)
+                                                                          for r in plain]
+        assert all(r.low <= r.empirical <= r.high for r in here if r.empirical == r.empirical)
+    with pytest.raises(ValueError, match="^claim: 'rpca' cannot be split"):
+        run_claim_batched("rpca", draws=100)
+    with pytest.raises(ValueError, match="^draws: 10 draws in 8 batches"):
+        run_claim_batched("lemma2", draws=10, batches=8)

@@ -50,7 +50,7 @@ from refattn.kernels.numba.streaming import DEFAULT_BLOCK_Q
 from refattn.problem import CAUSAL_ALIGNMENTS, causal_mask
 
 __all__ = ["DEFAULT_SHARD", "Reference", "reference", "load_reference", "input_array", "checksum", "connect",
-           "sweep_seeds", "sweep", "calibrate_check"]
+           "sweep_seeds", "sweep", "calibrate_check", "run_claim_batched"]
 
 #: Query rows per task (a multiple of the streaming kernel's query block).
 DEFAULT_SHARD = 16 * DEFAULT_BLOCK_Q
@@ -512,3 +512,58 @@ def calibrate_check(target, kind, n, *, seed=0, client=None, level=0.95, progres
                    f"({level:.0%} Clopper-Pearson; the checks allow {alpha:g})")
     return {"runs": len(results), "failures": failures, "rate": failures / len(results), "low": float(ci.low),
             "high": float(ci.high), "level": level, "alpha": alpha, "verdict": verdict, "results": results}
+
+
+#: claims whose rows are rates of successes (their batches add up hits; the others' rows are means)
+_RATE_CLAIMS = ("collision",)
+
+
+def _claim_batch(seed, name, draws, kwargs):
+    from refattn.evaluation.claims import run_claim
+
+    return run_claim(name, draws=draws, seed=seed, progress=lambda it: it, **kwargs)
+
+
+def run_claim_batched(name, *, draws=20_000, batches=20, seed=0, client=None, alpha=1e-3, progress=None, **kwargs):
+    """A theory claim's table with its draws split into ``batches`` independent batches
+    (``sweep_seeds(seed, batches)``), run here or one Dask task per batch; the same numbers whatever
+    runs them.
+
+    A row that is a mean over draws (an MSE, a mean) becomes the mean of its batch estimates, with
+    a t-interval at level ``1 - alpha`` from their spread (the batch-means method: the batches are
+    independent and identically distributed); a row that is a rate (``collision``) adds its batches'
+    hits and gets the exact Clopper-Pearson interval. Closed-form-only rows are copied. ``rpca``
+    runs a fixed, small number of trials and is not split.
+    """
+    from functools import partial
+
+    from scipy import stats
+
+    from refattn.evaluation.claims import CLAIMS, ClaimRow
+
+    if name not in CLAIMS or name == "rpca":
+        raise InputError(f"claim: {name!r} cannot be split into batches; expected one of "
+                         f"{sorted(c for c in CLAIMS if c != 'rpca')}")
+    batches = check_positive_int(batches, "batches", minimum=2)
+    per = check_positive_int(draws, "draws") // batches
+    if per < 2:
+        raise InputError(f"draws: {draws} draws in {batches} batches leaves fewer than 2 per batch")
+    results = sweep(partial(_claim_batch, name=name, draws=per, kwargs=dict(alpha=alpha, **kwargs)),
+                    sweep_seeds(seed, batches), client=client, progress=progress)
+    rows = []
+    for parts in zip(*results):
+        first = parts[0]
+        values = np.array([r.empirical for r in parts], dtype=float)
+        if np.isnan(values).all():
+            rows.append(first)
+        elif name in _RATE_CLAIMS:
+            hits = int(round(float(np.sum(values * per))))
+            ci = stats.binomtest(hits, per * batches, min(max(first.closed_form, 0.0), 1.0)).proportion_ci(
+                1 - alpha, method="exact")
+            rows.append(ClaimRow(first.quantity, first.setting, first.closed_form, hits / (per * batches),
+                                 float(ci.low), float(ci.high)))
+        else:
+            mean = float(values.mean())
+            half = float(stats.t.ppf(1 - alpha / 2, batches - 1) * values.std(ddof=1) / np.sqrt(batches))
+            rows.append(ClaimRow(first.quantity, first.setting, first.closed_form, mean, mean - half, mean + half))
+    return rows

@@ -51,3 +51,10 @@ def test_the_help_describes_every_claim(capsys):
     text = capsys.readouterr().out
     assert set(CLAIM_HELP) == set(CLAIMS)
     assert all(name in text and CLAIM_HELP[name][:30] in " ".join(text.split()) for name in CLAIMS)
+
+
+def test_batched_draws_state_their_batches(capsys):
+    assert main(["theory", "smreg", "--draws", "400", "--batches", "4", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["settings"]["batches"] == 4 and doc["rows"]
+    assert main(["theory", "rpca", "--batches", "4"]) == 2  # a fixed number of trials: not split

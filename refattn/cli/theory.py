@@ -22,6 +22,11 @@ def add_parser(sub):
     th.add_argument("--norm", type=positive_float, default=0.5, help="norm of the scaled rows x, y")
     th.add_argument("--alpha", type=probability, default=1e-3, help="1 - confidence of the intervals")
     th.add_argument("--seed", type=seed, default=0)
+    th.add_argument("--batches", type=positive_int, metavar="K",
+                    help="split the draws into K independent batches (batch-means intervals); implied by --workers "
+                         "or --scheduler (default 20 then)")
+    th.add_argument("--workers", type=positive_int, help="run the batches on a local Dask cluster of this many processes")
+    th.add_argument("--scheduler", metavar="ADDRESS", help="run the batches on the Dask cluster at this address")
     th.add_argument("--json", action="store_true")
     th.set_defaults(func=run)
     return th
@@ -29,8 +34,12 @@ def add_parser(sub):
 
 def run(args) -> int:
     settings = dict(draws=args.draws, d=args.dim, m=args.features, norm=args.norm, alpha=args.alpha, seed=args.seed)
-    rows = run_claim(args.claim, **settings)
     used = claim_settings(args.claim, **settings)
+    if args.batches or args.workers or args.scheduler:
+        rows = _batched(args, settings)
+        used["batches"] = args.batches or 20
+    else:
+        rows = run_claim(args.claim, **settings)
     if args.json:
         print(json.dumps({"claim": args.claim, "description": CLAIM_HELP[args.claim], "settings": used,
                           "rows": rows_as_dicts(rows)}, indent=2))
@@ -39,3 +48,20 @@ def run(args) -> int:
     return 0 if all(r.covered for r in rows if r.empirical == r.empirical) else 1
 
 
+
+
+def _batched(args, settings):
+    from refattn.cli._args import UsageError
+    from refattn.distributed import connect, run_claim_batched
+
+    if args.workers and args.scheduler:
+        raise UsageError("--workers and --scheduler: give one")
+    client = connect(args.scheduler, workers=args.workers) if (args.workers or args.scheduler) else None
+    try:
+        return run_claim_batched(args.claim, batches=args.batches or 20, client=client, **settings)
+    finally:
+        if client is not None:
+            cluster = client.cluster if args.workers else None
+            client.close()
+            if cluster is not None:
+                cluster.close()
