@@ -81,6 +81,8 @@ def _build() -> Path:
     proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "--site-dir", str(site)],
                           cwd=ROOT, capture_output=True, text=True, timeout=1200,
                           env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    if proc.returncode != 0 and "serve MathJax themselves" in proc.stderr and not os.environ.get("CI"):
+        pytest.skip("the docs build needs npm once to install MathJax (or REFATTN_MATHJAX_DIR); CI has it")
     assert proc.returncode == 0, proc.stderr[-4000:]
     return site
 
