@@ -1,4 +1,4 @@
-"""Check PyTorch implementations with `refattn check`: exact attention and FAVOR+.
+"""Check PyTorch implementations with refattn check: exact attention and FAVOR+.
 
 Run: `python examples/check_pytorch.py` (needs torch: `pip install -e ".[torch]"`)
 
