@@ -32,6 +32,7 @@ distributed``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -50,6 +51,7 @@ from refattn.kernels.numba.streaming import DEFAULT_BLOCK_Q
 from refattn.problem import CAUSAL_ALIGNMENTS, causal_mask
 
 __all__ = ["DEFAULT_SHARD", "Reference", "reference", "load_reference", "input_array", "checksum", "connect",
+           "cluster",
            "sweep_seeds", "sweep", "calibrate_check", "run_claim_batched"]
 
 #: Query rows per task (a multiple of the streaming kernel's query block).
@@ -86,6 +88,26 @@ def connect(scheduler=None, *, workers=None, threads_per_worker=1):
     cluster = dd.LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
                               dashboard_address=None, env={"OMP_NUM_THREADS": threads, "NUMBA_NUM_THREADS": threads})
     return dd.Client(cluster)
+
+
+@contextlib.contextmanager
+def cluster(scheduler=None, workers=None):
+    """``with cluster(scheduler, workers) as client:``: ``None`` (run here) when neither is given, a
+    client of the scheduler at ``scheduler``, or of a ``LocalCluster`` of ``workers`` processes that is
+    closed with the block. Giving both is an error."""
+    if scheduler and workers:
+        raise InputError("workers, scheduler: give one (a local cluster, or the address of a running one)")
+    if not (scheduler or workers):
+        yield None
+        return
+    client = connect(scheduler, workers=workers)
+    local = client.cluster if workers else None
+    try:
+        yield client
+    finally:
+        client.close()
+        if local is not None:
+            local.close()
 
 
 def input_array(x, name):

@@ -85,22 +85,14 @@ def run(args) -> int:
 def _calibrate(args, options):
     import json
 
-    from refattn.distributed import calibrate_check, connect
+    from refattn.distributed import calibrate_check, cluster
 
-    if args.workers and args.scheduler:
-        raise UsageError("--workers and --scheduler: give one")
-    client = connect(args.scheduler, workers=args.workers) if (args.workers or args.scheduler) else None
     try:
-        res = calibrate_check(args.target, args.kind, args.calibrate, seed=args.seed, client=client,
-                              progress=not args.no_progress and not args.json and sys.stderr.isatty(), **options)
+        with cluster(args.scheduler, args.workers) as client:
+            res = calibrate_check(args.target, args.kind, args.calibrate, seed=args.seed, client=client,
+                                  progress=not args.no_progress and not args.json and sys.stderr.isatty(), **options)
     except TargetError as exc:
         raise UsageError(str(exc)) from None
-    finally:
-        if client is not None:
-            cluster = client.cluster if args.workers else None
-            client.close()
-            if cluster is not None:
-                cluster.close()
     if args.json:
         print(json.dumps(res, indent=2))
     else:

@@ -56,10 +56,8 @@ def _load(path, name, dtype=None):
 
 
 def run(args) -> int:
-    from refattn.distributed import DEFAULT_SHARD, connect, load_reference, reference
+    from refattn.distributed import DEFAULT_SHARD, cluster, load_reference, reference
 
-    if args.workers and args.scheduler:
-        raise UsageError("--workers and --scheduler: give one (a local cluster, or the address of a running one)")
     q, k, v = _load(args.q, "q"), _load(args.k, "k"), _load(args.v, "v")
     dout = _load(args.backward, "dout")
     if args.verify:
@@ -72,21 +70,12 @@ def run(args) -> int:
             return 1
         print(f"refattn reference: verified {args.out}: computed from these inputs by refattn {ref.meta['refattn']}")
         return 0
-    client = None
-    if args.workers or args.scheduler:
-        client = connect(args.scheduler, workers=args.workers)
     t0 = time.perf_counter()
-    try:
+    with cluster(args.scheduler, args.workers) as client:
         ref = reference(q, k, v, out=args.out, causal=args.causal or False, mask=_load(args.mask, "mask", bool),
                         bias=_load(args.bias, "bias", np.float64),
                         key_lengths=_load(args.key_lengths, "key_lengths", np.int64), scale=args.scale, dout=dout,
                         shard=args.shard or DEFAULT_SHARD, client=client, overwrite=args.overwrite)
-    finally:
-        if client is not None:
-            cluster = client.cluster if args.workers else None
-            client.close()
-            if cluster is not None:
-                cluster.close()
     seconds = time.perf_counter() - t0
     summary = {"out": str(ref.path), "arrays": ref.meta["arrays"], "shards": ref.meta["n_shards"],
                "seconds": round(seconds, 3), "where": args.scheduler or (f"LocalCluster({args.workers})"

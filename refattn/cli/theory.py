@@ -51,17 +51,7 @@ def run(args) -> int:
 
 
 def _batched(args, settings):
-    from refattn.cli._args import UsageError
-    from refattn.distributed import connect, run_claim_batched
+    from refattn.distributed import cluster, run_claim_batched
 
-    if args.workers and args.scheduler:
-        raise UsageError("--workers and --scheduler: give one")
-    client = connect(args.scheduler, workers=args.workers) if (args.workers or args.scheduler) else None
-    try:
+    with cluster(args.scheduler, args.workers) as client:
         return run_claim_batched(args.claim, batches=args.batches or 20, client=client, **settings)
-    finally:
-        if client is not None:
-            cluster = client.cluster if args.workers else None
-            client.close()
-            if cluster is not None:
-                cluster.close()
