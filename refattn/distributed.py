@@ -197,29 +197,18 @@ def _visible(a, b, T, S, causal):
     return S, causal_mask(T, S, causal)[a:b]
 
 
-def _task_kwargs(opts, a, b, mask_rows, bias_rows, stop):
-    kw = {"scale": opts["scale"], "implementation": opts["implementation"]}
-    if opts["causal"] is not None and opts.get("causal_rows") is None:
-        kw["causal"] = "bottom_right"  # on the keys the shard sees: the same visibility as the full problem
-    masks = [m for m in (mask_rows, opts.get("causal_rows")) if m is not None]
-    if masks:
-        kw["mask"] = masks[0] if len(masks) == 1 else masks[0] & masks[1]
-    if bias_rows is not None:
-        kw["bias"] = bias_rows[..., :stop]
-    if opts["key_lengths"] is not None:
-        kw["key_lengths"] = np.minimum(opts["key_lengths"], stop)
-    return kw
-
-
 _ALIGNED = {}
 
 
-def _aligned(x):
-    """``x`` C-contiguous and aligned. Dask may deserialize a scattered array at an unaligned address
-    (seen: K at an address = 4 mod 8 on one of two workers), and NumPy's matmul then skips BLAS for its
-    own loop, which rounds differently. The aligned copy is made once per worker and array, not per task."""
-    if x.flags.c_contiguous and x.flags.aligned:
+def _aligned(x, *, keep=False):
+    """``x`` C-contiguous and aligned. Dask may deserialize an array at an unaligned address (seen: a
+    scattered K at an address = 4 mod 8 on one of two workers), and NumPy's matmul then skips BLAS
+    for its own loop, which rounds differently. A copy is made only then; with ``keep`` (K and V,
+    the same for every task) once per worker and array, not per task."""
+    if x is None or (x.flags.c_contiguous and x.flags.aligned):
         return x
+    if not keep:
+        return np.require(x, requirements=["C", "A"]).copy()
     key = (x.__array_interface__["data"][0], x.shape, x.dtype.str)
     if key not in _ALIGNED:
         if len(_ALIGNED) >= 4:
@@ -228,40 +217,41 @@ def _aligned(x):
     return _ALIGNED[key]
 
 
+def _shard(k, v, mask_rows, bias_rows, a, b, opts):
+    """What a shard ``[a, b)`` computes on: ``(k, v, keyword arguments)`` with the keys it can see
+    (``_visible``) and the options cut to them."""
+    k, v = _aligned(k, keep=True), _aligned(v, keep=True)
+    stop, cmask = _visible(a, b, opts["T"], k.shape[-2], opts["causal"])
+    kw = {"scale": opts["scale"]}
+    if opts["causal"] is not None and cmask is None:
+        kw["causal"] = "bottom_right"  # on the keys the shard sees: the same visibility as the full problem
+    masks = [m for m in (None if mask_rows is None else mask_rows[..., :stop], cmask) if m is not None]
+    if masks:
+        kw["mask"] = masks[0] if len(masks) == 1 else masks[0] & masks[1]
+    if bias_rows is not None:
+        kw["bias"] = bias_rows[..., :stop]
+    if opts["key_lengths"] is not None:
+        kw["key_lengths"] = np.minimum(opts["key_lengths"], stop)
+    return k[..., :stop, :], v[..., :stop, :], kw
+
+
 def _forward_task(q_rows, k, v, mask_rows, bias_rows, a, b, opts):
     """One shard's ``(out, lse)``: the oracle's streaming kernel on rows ``[a, b)``."""
-    k, v = _aligned(k), _aligned(v)
-    T, S = opts["T"], k.shape[-2]
-    stop, cmask = _visible(a, b, T, S, opts["causal"])
-    if mask_rows is not None:
-        mask_rows = mask_rows[..., :stop]
-    kw = _task_kwargs({**opts, "causal_rows": cmask}, a, b, mask_rows, bias_rows, stop)
-    return softmax_attention(q_rows, k[..., :stop, :], v[..., :stop, :], return_lse=True, **kw)
-
-
-def _fresh(x):
-    """A freshly allocated copy: an array unpickled on a worker may sit at another alignment than
-    the same array here, and small GEMMs and NumPy's reductions may round differently with it."""
-    return None if x is None else np.array(x, copy=True, order="C")
+    k, v, kw = _shard(k, v, mask_rows, bias_rows, a, b, opts)
+    return softmax_attention(_aligned(q_rows), k, v, return_lse=True, implementation=opts["implementation"], **kw)
 
 
 def _backward_task(q_rows, k, v, dout_rows, mask_rows, bias_rows, a, b, opts):
     """One shard's ``(out, lse, dq rows, dk partial, dv partial, stop)``: the forward task's output
     and ``lse``, and the gradients (partials over the ``stop`` keys the shard sees)."""
-    q_rows, dout_rows, mask_rows, bias_rows = (_fresh(x) for x in (q_rows, dout_rows, mask_rows, bias_rows))
-    k, v = _aligned(k), _aligned(v)
+    q_rows, dout_rows = _aligned(q_rows), _aligned(dout_rows)
     out, lse = _forward_task(q_rows, k, v, mask_rows, bias_rows, a, b, opts)
-    T, S = opts["T"], k.shape[-2]
-    stop, cmask = _visible(a, b, T, S, opts["causal"])
-    if mask_rows is not None:
-        mask_rows = mask_rows[..., :stop]
-    kw = _task_kwargs({**opts, "causal_rows": cmask}, a, b, mask_rows, bias_rows, stop)
-    kw.pop("implementation")
+    k, v, kw = _shard(k, v, mask_rows, bias_rows, a, b, opts)
     # BLAS on one thread wherever the task runs: a GEMM split over threads may round differently, and
     # a worker process (one thread) must give the bits this process gives
     with threadpool_limits(limits=1, user_api="blas"):
-        dq, dk, dv = attention_backward(q_rows, k[..., :stop, :], v[..., :stop, :], dout_rows, **kw)
-    return out, lse, dq, dk, dv, stop
+        dq, dk, dv = attention_backward(q_rows, k, v, dout_rows, **kw)
+    return out, lse, dq, dk, dv, k.shape[-2]
 
 
 @dataclass
