@@ -66,10 +66,11 @@ class PerformerResult:
     phi_k: np.ndarray
 
 
-def scaled_rows(prob):
-    """``x = s^{1/2} q``, ``y = s^{1/2} k`` in float64: the rows the features see."""
-    root = math.sqrt(prob.scale)
-    return prob.q.astype(np.float64) * root, prob.k.astype(np.float64) * root
+def scaled_rows(prob, dtype=np.float64):
+    """``x = s^{1/2} q``, ``y = s^{1/2} k`` in ``dtype`` (float64 by default): the rows the features see."""
+    dt = np.dtype(dtype).type
+    root = dt(math.sqrt(prob.scale))
+    return prob.q.astype(dt, copy=False) * root, prob.k.astype(dt, copy=False) * root
 
 
 def problem_features(prob, features="positive", **draw) -> RandomFeatures:
@@ -79,19 +80,20 @@ def problem_features(prob, features="positive", **draw) -> RandomFeatures:
                        y=y.reshape(-1, prob.H) if y.size else None, **draw)
 
 
-def feature_maps(prob, features: RandomFeatures, *, stabilize=True):
+def feature_maps(prob, features: RandomFeatures, *, stabilize=True, dtype=np.float64):
     """``(phi_q (..., T, F), phi_k (..., S, F), log_scale (..., T))`` of the draw ``features`` for a validated problem.
 
     The stabilised features of [`performer_attention`][refattn.performer.attention.performer_attention] (query shift per row, one shared key shift;
     padded keys get zero features): ``phi(q_i) . phi(k_j) * exp(log_scale_i)`` estimates
     ``exp(s q_i . k_j)``. Shared with [`refattn.sea`][refattn.sea], whose kernel estimate uses the same features.
+    ``dtype`` (float64 or float32) is the precision of the rows and features.
     """
-    x, y = scaled_rows(prob)  # (..., T, H), (..., S, H)
-    phi_q, ls_q = features(x, stabilize="query" if stabilize else None)  # (..., T, F), (..., T)
+    x, y = scaled_rows(prob, dtype)  # (..., T, H), (..., S, H)
+    phi_q, ls_q = features(x, stabilize="query" if stabilize else None, dtype=dtype)  # (..., T, F), (..., T)
     keep = None
     if prob.key_lengths is not None:
         keep = np.arange(prob.S) < prob.key_lengths[..., None]  # (..., S): padded keys get zero features
-    phi_k, ls_k = features(y, stabilize="key" if stabilize else None, valid=keep)  # (..., S, F), (..., S)
+    phi_k, ls_k = features(y, stabilize="key" if stabilize else None, valid=keep, dtype=dtype)  # (..., S, F), (..., S)
     # the key shift is one constant per batch item: take it from any key position
     log_scale = ls_q + (ls_k[..., :1] if ls_k.shape[-1] else 0.0)  # (..., T)
     return phi_q, phi_k, log_scale
@@ -135,7 +137,7 @@ def performer_attention(
         Causal path: ``"auto"`` or ``"numpy"``, the chunked prefix sums; ``"dense"``, the masked
         ``T x S`` product (the twin). Bidirectional attention is always the two matrix products.
     dtype : {float64, float32}
-        Precision of the attention products (features are computed in float64).
+        Precision of the features and the attention products (log-scales stay float64).
 
     Examples
     --------
@@ -154,7 +156,7 @@ def performer_attention(
     dt = np.float64 if dtype is None else as_dtype_arg(dtype, (np.float64, np.float32))
 
     feats = problem_features(prob, features, m=m, projection=projection, rng=rng, W=W, A=A, fn=fn)
-    phi_q, phi_k, log_scale = feature_maps(prob, feats, stabilize=stabilize)
+    phi_q, phi_k, log_scale = feature_maps(prob, feats, stabilize=stabilize, dtype=dt)
 
     pq = phi_q.astype(dt, copy=False)
     pk = phi_k.astype(dt, copy=False)

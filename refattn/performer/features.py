@@ -41,6 +41,7 @@ from refattn._validation import (
     check_positive_int,
     check_real,
 )
+from refattn.kernels import numba_enabled
 from refattn.performer.projections import check_projection_name
 from refattn.performer.projections import projection as projection_rows
 from refattn.performer.theory import favorpp_optimal_A, favorpp_phi, relu_kernel
@@ -54,14 +55,33 @@ _SOFTMAX_KINDS = ("positive", "hyperbolic", "trigonometric", "favorpp")
 def _shift(logf, stabilize):
     """The shift to subtract from log-features ``logf (..., L, F)``; returns an array broadcastable to it."""
     if stabilize is None:
-        return np.zeros(logf.shape[:-2] + (1, 1))
+        return np.zeros(logf.shape[:-2] + (1, 1), dtype=logf.dtype)
     if stabilize == "query":
         return logf.max(axis=-1, keepdims=True)  # (..., L, 1)
     if stabilize == "key":
         if logf.shape[-2] == 0:
-            return np.zeros(logf.shape[:-2] + (1, 1))
+            return np.zeros(logf.shape[:-2] + (1, 1), dtype=logf.dtype)
         return logf.max(axis=(-2, -1), keepdims=True)  # (..., 1, 1)
     raise InputError(f"stabilize: expected None, 'query' or 'key', got {stabilize!r}")
+
+
+def _positive_fused(u, sq, m, stabilize, valid):
+    """The positive map from projections ``u (..., L, m)`` (overwritten) through the fused kernels:
+    the same operations as the NumPy form of ``RandomFeatures.__call__``, in the same order."""
+    from refattn.kernels.numba.features import exp_shifted_rows, log_feature_row_max
+
+    shape = u.shape
+    rows = u.reshape(-1, shape[-1])  # a view: u is the fresh, C-contiguous product
+    sq_rows = np.ascontiguousarray(np.broadcast_to(sq[..., 0], shape[:-1]).reshape(-1))  # x may lack W's batch dims
+    keep = (np.ones(rows.shape[0], dtype=np.bool_) if valid is None
+            else np.ascontiguousarray(np.broadcast_to(valid, shape[:-1]).reshape(-1)))
+    log_root_m = u.dtype.type(0.5 * math.log(m))
+    c = log_feature_row_max(rows, sq_rows, log_root_m, keep).reshape(shape[:-1])  # (..., L)
+    if stabilize == "key":
+        c = np.broadcast_to(c.max(axis=-1, keepdims=True), shape[:-1])  # u.size > 0: L >= 1
+    c = np.where(np.isfinite(c), c, u.dtype.type(0))  # a row (or item) with no valid entry
+    exp_shifted_rows(rows, sq_rows, log_root_m, np.ascontiguousarray(c.reshape(-1)), keep)
+    return u, c.astype(np.float64)
 
 
 @dataclass(frozen=True)
@@ -109,18 +129,32 @@ class RandomFeatures:
     def targets_softmax(self) -> bool:
         return self.kind in _SOFTMAX_KINDS
 
-    def __call__(self, x, *, stabilize=None, valid=None):
+    def __call__(self, x, *, stabilize=None, valid=None, dtype=np.float64, implementation="auto"):
         """Features of scaled rows ``x (..., L, d)`` -> ``phi (..., L, F)``, ``log_scale (..., L)``.
 
         ``valid (..., L)`` (optional, boolean): rows that are False (padding) get zero features
-        and do not take part in the shared key shift.
+        and do not take part in the shared key shift. ``dtype`` (float64 or float32): the
+        precision of the projections and features (``log_scale`` is float64). ``implementation``:
+        ``"numpy"`` is the readable form; ``"auto"`` runs the positive map's elementwise work as
+        one fused parallel Numba pass ([`refattn.kernels.numba.features`][refattn.kernels.numba.features],
+        equal to the NumPy form to the exponential's rounding).
         """
-        x = np.asarray(x, dtype=np.float64)
+        dt = np.dtype(dtype)
+        if dt not in (np.dtype(np.float64), np.dtype(np.float32)):
+            raise InputTypeError(f"dtype: features are computed in float64 or float32, got {dt.name}")
+        if implementation not in ("auto", "numpy"):
+            raise InputError(f"implementation: expected 'auto' or 'numpy', got {implementation!r}")
+        x = np.asarray(x, dtype=dt)
         if x.shape[-1] != self.d:
             raise InputError(f"x: last dim {x.shape[-1]} does not match W's d = {self.d}")
-        u = x @ np.swapaxes(self.W, -1, -2)  # (..., L, m)
+        u = x @ np.swapaxes(self.W.astype(dt, copy=False), -1, -2)  # (..., L, m)
         sq = np.sum(x * x, axis=-1)[..., None] / 2  # (..., L, 1)
         m = self.m
+        if stabilize not in (None, "query", "key"):
+            raise InputError(f"stabilize: expected None, 'query' or 'key', got {stabilize!r}")
+        if self.kind == "positive" and stabilize is not None and implementation == "auto" and numba_enabled() and u.size:
+            # shifted arguments are <= 0, the domain of the fused exponential
+            return _positive_fused(u, sq, m, stabilize, valid)
         if self.kind in ("positive", "favorpp", "hyperbolic"):
             if self.kind == "positive":
                 logf = u - sq - 0.5 * math.log(m)

@@ -33,7 +33,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from refattn.kernels.numba.vexp import exp_nonpositive
+from refattn.kernels.numba.gemm import gemm
+from refattn.kernels.numba.vexp import exp_inplace
 
 __all__ = ["stream_numpy", "stream_numba", "NO_CAUSAL", "DEFAULT_BLOCK_Q", "DEFAULT_BLOCK_K"]
 
@@ -85,40 +86,54 @@ def stream_numpy(q, k, v, scale, offset, mask, bias, key_length, block_q, block_
 
 
 @numba.njit(cache=True)
-def _shifted_row(s, r, i, j0, offset, scale, softcap, mask, has_mask, bias, has_bias, m, work):
-    """Row ``r`` (query ``i``) of a logits block ``s`` in place: scale, bias, mask and causal cut,
-    then ``exp(s - m')`` with the row's new running max ``m'``; returns ``alpha = exp(m - m')``.
+def _row_max(row, n):
+    """``max(row[:n])`` (``-inf`` when ``n <= 0``) with eight independent running maxima: one
+    dependent chain of ``max`` is latency bound, and a maximum does not depend on the order."""
+    n8 = n - n % 8 if n > 0 else 0
+    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = -np.inf
+    for c in range(0, n8, 8):
+        m0 = max(m0, row[c])
+        m1 = max(m1, row[c + 1])
+        m2 = max(m2, row[c + 2])
+        m3 = max(m3, row[c + 3])
+        m4 = max(m4, row[c + 4])
+        m5 = max(m5, row[c + 5])
+        m6 = max(m6, row[c + 6])
+        m7 = max(m7, row[c + 7])
+    for c in range(n8, max(n, 0)):
+        m0 = max(m0, row[c])
+    return max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
 
-    Three passes LLVM can vectorise (scale, row max, shift), then the exponential row by row so the
-    row stays in L1."""
+
+@numba.njit(cache=True)
+def _shifted_row(row, i, j0, offset, softcap, mask, has_mask, bias, has_bias, m, r):
+    """One row (query ``i``) of a block of scaled logits in place: cap, bias, mask and causal cut,
+    then ``exp(row - m')`` with the row's new running max ``m' = m[r]`` after the call; returns
+    ``alpha = exp(m - m')``.
+
+    On a row that stays in L1: the optional passes, the row max, and the shift fused into the
+    vectorised exponential."""
     neg_inf = -np.inf
-    bk = s.shape[1]
+    bk = row.size
     c_last = min(bk - 1, i + offset - j0)  # last visible column (causal), may be < 0
-    for c in range(bk):
-        s[r, c] *= scale
     if softcap > 0:
         for c in range(bk):
-            s[r, c] = softcap * np.tanh(s[r, c] / softcap)
+            row[c] = softcap * np.tanh(row[c] / softcap)
     if has_bias:
         for c in range(bk):
-            s[r, c] += bias[i, j0 + c]
+            row[c] += bias[i, j0 + c]
     if has_mask:
         for c in range(bk):
             if not mask[i, j0 + c]:
-                s[r, c] = neg_inf
+                row[c] = neg_inf
     for c in range(max(0, c_last + 1), bk):
-        s[r, c] = neg_inf
-    row_max = neg_inf
-    for c in range(c_last + 1):
-        row_max = max(row_max, s[r, c])
-    m_new = max(m[r], row_max)
-    ref = m_new if m_new > neg_inf else 0.0  # rows that have seen nothing keep l = 0
-    alpha = np.exp(m[r] - ref)
+        row[c] = neg_inf
+    m_old = m[r]
+    m_new = max(m_old, _row_max(row, c_last + 1))
+    ref = m_new if m_new > neg_inf else softcap * 0  # rows that have seen nothing keep l = 0 (a zero of the dtype)
     m[r] = m_new
-    for c in range(bk):
-        s[r, c] -= ref
-    exp_nonpositive(s[r], s[r], work)
-    return alpha
+    exp_inplace(row, ref)
+    return np.exp(m_old - ref)
 
 
 @numba.njit(cache=True)
@@ -127,22 +142,28 @@ def _query_block(q, k, v_ext, scale, softcap, offset, mask, has_mask, bias, has_
     """The worker: queries ``[i0, i1)`` against every key block they may see, into ``out``, ``lse``.
 
     ``v_ext = [V | 1] (S, Hv + 1)``: one matrix product updates the outputs and the row sums ``l``.
-    Every buffer is this call's own, so parallel workers never share one."""
-    Hv = v_ext.shape[1] - 1
+    Both products run in place on the blocks (``gemm``: ``Q_b K_b^T`` into the logits buffer,
+    ``P V_b`` accumulated into ``acc``), so a key block costs no copy and no allocation. Every
+    buffer is this call's own, so parallel workers never share one."""
+    H = q.shape[1]
+    Hv1 = v_ext.shape[1]
     bq = i1 - i0
-    qb = np.ascontiguousarray(q[i0:i1])  # (bq, H)
+    qb = q[i0:i1] * scale  # scaled once: the product gives the scaled logits
     m = np.full(bq, -np.inf, dtype=q.dtype)  # running max
-    acc = np.zeros((bq, Hv + 1), dtype=q.dtype)  # running [o | l]
-    work = np.empty(block_k, dtype=np.int64)
+    acc = np.zeros((bq, Hv1), dtype=q.dtype)  # running [o | l]
+    s = np.empty((bq, block_k), dtype=q.dtype)  # logits, then probabilities, of one key block
     j_end = max(0, min(key_length, i1 + offset))
     for j0 in range(0, j_end, block_k):
         j1 = min(j_end, j0 + block_k)
-        s = np.dot(qb, np.ascontiguousarray(k[j0:j1].T))  # (bq, bk) logits / scale
+        bk = j1 - j0
+        gemm(False, True, bq, bk, H, qb, H, k[j0:j1], H, 0.0, s, block_k)  # s = (s Q_b) K_b^T
         for r in range(bq):
-            alpha = _shifted_row(s, r, i0 + r, j0, offset, scale, softcap, mask, has_mask, bias, has_bias, m, work)
-            for h in range(Hv + 1):
-                acc[r, h] *= alpha
-        acc += np.dot(s, np.ascontiguousarray(v_ext[j0:j1]))
+            alpha = _shifted_row(s[r][:bk], i0 + r, j0, offset, softcap, mask, has_mask, bias, has_bias, m, r)
+            if alpha != 1:
+                for h in range(Hv1):
+                    acc[r, h] *= alpha
+        gemm(False, False, bq, Hv1, bk, s, block_k, v_ext[j0:j1], Hv1, 1.0, acc, Hv1)  # acc += P V_b
+    Hv = Hv1 - 1
     for r in range(bq):
         l = acc[r, Hv]
         if l > 0:
