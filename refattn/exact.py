@@ -54,6 +54,7 @@ from refattn._validation import (
 from refattn.kernels import numba_enabled
 from refattn.kernels.dispatch import gpu_backend, is_cupy, shadow, shadow64
 from refattn.kernels.numba import streaming as _streaming
+from refattn.kernels.numba.gemm import blas_single_thread
 from refattn.problem import attention_problem, score_problem, sum_to_shape
 
 __all__ = [
@@ -285,28 +286,13 @@ def softmax_attention(
     return (out, lse) if return_lse else out
 
 
-_BLAS_CONTROLLER = None
-
-
-def _blas_single_thread():
-    """Limit BLAS to one thread while Numba's threads each call it (no oversubscription:
-    idle OpenBLAS workers spin and halve the kernel's speed on two cores)."""
-    global _BLAS_CONTROLLER
-    if _BLAS_CONTROLLER is None:
-        import scipy.linalg.cython_blas  # noqa: F401  the BLAS that Numba's np.dot calls: load it first
-        from threadpoolctl import ThreadpoolController
-
-        _BLAS_CONTROLLER = ThreadpoolController()
-    return _BLAS_CONTROLLER.limit(limits=1, user_api="blas")
-
-
 def _stream(prob, dt, implementation, block_q, block_k):
     """Run the streaming kernel per batch item; BLAS pinned to one thread inside Numba's threads."""
     out = np.empty(prob.batch_shape + (prob.T, prob.Hv), dtype=dt)
     lse = np.empty(prob.batch_shape + (prob.T,), dtype=dt)
     offset = prob.causal_offset() if prob.causal else _streaming.NO_CAUSAL
     kernel = _streaming.stream_numba if implementation == "numba" else _streaming.stream_numpy
-    limit = _blas_single_thread() if implementation == "numba" else None
+    limit = blas_single_thread() if implementation == "numba" else None
     try:
         for idx, q, k, v, mask, bias, klen in prob.items():
             o, l = kernel(

@@ -20,11 +20,11 @@ the oracle is the probability mass outside the support.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 
 from refattn._validation import InputError, as_float_array, as_generator, check_bool, check_positive_int
+from refattn.kernels import numba_enabled
 from refattn.lsh.hashes import (
     angular_hash,
     angular_rotations,
@@ -40,14 +40,27 @@ from refattn.problem import attention_problem, causal_alignment, causal_mask
 __all__ = ["LSHAttentionResult", "reformer_attention", "smyrf_clusters", "smyrf_attention", "hyper_attention"]
 
 
-@dataclass
 class LSHAttentionResult:
-    """Output, lse, the union support and the per-round buckets (or cluster keys) of the draw."""
+    """Output, lse, the union support and the per-round buckets (or cluster keys) of the draw.
 
-    output: np.ndarray
-    lse: np.ndarray
-    support: Support
-    buckets: np.ndarray
+    ``support`` is built on first access when the method ran on the support's blocks without
+    forming it (Reformer's default path).
+    """
+
+    def __init__(self, output, lse, support, buckets):
+        self.output = output
+        self.lse = lse
+        self.buckets = buckets
+        self._support = support  # a Support, None, or a zero-argument callable that builds it
+
+    @property
+    def support(self) -> Support | None:
+        if callable(self._support):
+            self._support = self._support()
+        return self._support
+
+    def __repr__(self):
+        return f"LSHAttentionResult(output={self.output.shape}, buckets={np.shape(self.buckets)})"
 
 
 def _two_d(q, k, v, scale):
@@ -55,6 +68,46 @@ def _two_d(q, k, v, scale):
     if prob.batch_shape:
         raise InputError("q: LSH attention takes 2-D (T, H) inputs (one head); loop over heads")
     return prob
+
+
+def _reformer_blocks(prob, hq, hk, chunk, lookback, same_bucket, shared_qk, causal, offset):
+    """Reformer on the blocks of its support ([`refattn.kernels.numba.lsh_blocks`][refattn.kernels.numba.lsh_blocks]):
+    the sorted q, k, [v | 1] gathered once per round, two small products per chunk."""
+    from refattn.kernels.numba.gemm import blas_single_thread
+    from refattn.kernels.numba.lsh_blocks import chunked_round
+    from refattn.kernels.numba.lsh_support import chunk_layout
+
+    rounds, T = hq.shape
+    S, Hv = prob.S, prob.Hv
+    n_c = max(1, -(-T // chunk))
+    q, k, v = (np.ascontiguousarray(a, dtype=np.float64) for a in (prob.q, prob.k, prob.v))
+    layouts = [(chunk_layout(hq[r], n_c), chunk_layout(hk[r], n_c)) for r in range(rounds)]
+    q_chunk = np.stack([lq[2] for lq, _ in layouts])
+    k_chunk = np.stack([lk[2] for _, lk in layouts])
+    v_ext = np.empty((S, Hv + 1))
+    v_ext[:, :Hv] = v
+    v_ext[:, Hv] = 1.0
+    qs = q * prob.scale
+    m = np.full(T, -np.inf)
+    acc = np.zeros((T, Hv + 1))
+    hq64, hk64 = np.ascontiguousarray(hq, dtype=np.int64), np.ascontiguousarray(hk, dtype=np.int64)
+    limit = blas_single_thread()
+    try:
+        for r, ((q_order, q_bounds, _), (k_order, k_bounds, _)) in enumerate(layouts):
+            chunked_round(r, qs[q_order], k[k_order], v_ext[k_order], q_order, k_order, q_bounds, k_bounds, q_chunk,
+                          k_chunk, hq64, hk64, np.int64(lookback), bool(same_bucket), bool(shared_qk), causal,
+                          np.int64(offset), m, acc)
+    finally:
+        limit.restore_original_limits()
+    l = acc[:, Hv]
+    seen = l > 0
+    out = np.divide(acc[:, :Hv], l[:, None], out=np.zeros((T, Hv)), where=seen[:, None])
+    lse = np.add(m, np.log(l, out=np.zeros(T), where=seen), out=np.full(T, -np.inf), where=seen)
+    if shared_qk:  # a query with no other key attends to itself (its support is {i})
+        alone = ~seen
+        out[alone] = v[alone]
+        lse[alone] = prob.scale * np.sum(q[alone] * k[alone], axis=-1)
+    return out, lse
 
 
 def reformer_attention(q, k, v, *, n_buckets, chunk, rounds=1, rng, shared_qk=False, causal=False,
@@ -65,7 +118,15 @@ def reformer_attention(q, k, v, *, n_buckets, chunk, rounds=1, rng, shared_qk=Fa
     a query does not attend to itself unless it has no other key in its support
     (Kitaev et al. 2020, section 2.2). ``causal`` intersects the support with the causal
     mask (bottom-right alignment).
+
+    ``implementation``: ``"auto"`` (``"blocks"`` when Numba is usable) computes on the support's
+    blocks: per round, the sorted rows gathered once and two small matrix products per chunk
+    ([`refattn.kernels.numba.lsh_blocks`][refattn.kernels.numba.lsh_blocks]); ``result.support`` is
+    then built on first access. ``"numba"`` and ``"numpy"`` build the union support as CSR and run
+    the sparse kernel on it (the readable twin; equal to summation order, tested).
     """
+    if implementation not in ("auto", "blocks", "numba", "numpy"):
+        raise InputError(f"implementation: expected one of ('auto', 'blocks', 'numba', 'numpy'), got {implementation!r}")
     shared_qk = check_bool(shared_qk, "shared_qk")
     causal = causal_alignment(causal)
     if shared_qk:
@@ -74,13 +135,24 @@ def reformer_attention(q, k, v, *, n_buckets, chunk, rounds=1, rng, shared_qk=Fa
         k = qa / np.where(norms > 0, norms, 1.0)
     prob = _two_d(q, k, v, scale)
     rounds = check_positive_int(rounds, "rounds")
+    chunk = check_positive_int(chunk, "chunk")
+    lookback = check_positive_int(lookback, "lookback", minimum=0)
+    same_bucket = check_bool(same_bucket, "same_bucket")
+    csr_impl = "numpy" if implementation == "numpy" else "auto"
     R = angular_rotations(prob.H, n_buckets, as_generator(rng), rounds=rounds)
-    hq = angular_hash(prob.q, R)  # (rounds, T)
-    hk = hq if shared_qk else angular_hash(prob.k, R)
-    sup = chunked_bucket_support(hq, hk, chunk, lookback=lookback, same_bucket=same_bucket,
-                                 implementation=implementation)  # union of rounds
-    if causal:
-        sup = sup.intersect(causal_mask(prob.T, prob.S, causal))
+    hq = angular_hash(prob.q, R, implementation=csr_impl)  # (rounds, T)
+    hk = hq if shared_qk else angular_hash(prob.k, R, implementation=csr_impl)
+
+    def support():
+        sup = chunked_bucket_support(hq, hk, chunk, lookback=lookback, same_bucket=same_bucket,
+                                     implementation=csr_impl)  # union of rounds
+        return sup.intersect(causal_mask(prob.T, prob.S, causal)) if causal else sup
+
+    if implementation in ("auto", "blocks") and numba_enabled() and prob.T and prob.S:
+        offset = (prob.S - prob.T if causal == "bottom_right" else 0) if causal else prob.S
+        out, lse = _reformer_blocks(prob, hq, hk, chunk, lookback, same_bucket, shared_qk, bool(causal), offset)
+        return LSHAttentionResult(out, lse, support, hq)
+    sup = support()
     bias = None
     if shared_qk:
         rows = sup.rows()
@@ -88,7 +160,7 @@ def reformer_attention(q, k, v, *, n_buckets, chunk, rounds=1, rng, shared_qk=Fa
         alone = sup.row_counts()[rows] == 1
         bias = np.where(self_entry & ~alone, -np.inf, 0.0)
     out, lse = sparse_attention(prob.q, prob.k, prob.v, sup, scale=prob.scale, entry_bias=bias,
-                                return_lse=True, implementation=implementation)
+                                return_lse=True, implementation=csr_impl)
     return LSHAttentionResult(out, lse, sup, hq)
 
 

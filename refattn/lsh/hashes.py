@@ -31,6 +31,7 @@ from refattn._validation import (
     check_allocation,
     check_positive_int,
     check_real,
+    choose_implementation,
 )
 from refattn.kernels.dispatch import gpu_backend, shadow64
 from refattn.performer.projections import haar_orthogonal
@@ -113,13 +114,29 @@ def _check_angular(x, R):
     return x, R
 
 
-def angular_hash(x, R):
-    """Buckets ``(rounds, n)``: ``argmax([x R; -x R])`` (Kitaev et al. 2020, section 2.2)."""
+def angular_hash(x, R, *, implementation="auto"):
+    """Buckets ``(rounds, n)``: ``argmax([x R; -x R])`` (Kitaev et al. 2020, section 2.2).
+
+    ``implementation``: ``"numpy"`` forms ``[x R; -x R]`` whole (the readable form, quadratic
+    memory at Reformer's ``b ~ n``); ``"auto"``/``"numba"`` hashes row blocks in cache
+    ([`refattn.kernels.numba.angular_hash`][refattn.kernels.numba.angular_hash]), the same
+    buckets (tested).
+    """
     gpu = gpu_backend(x=x, R=R)
     if gpu:
         _check_angular(shadow64(x), shadow64(R))
         return gpu.angular_hash(x, R)
     x, R = _check_angular(x, R)
+    if choose_implementation(implementation, ("auto", "numpy", "numba")) == "numba" and x.size and R.size:
+        from refattn.kernels.numba.angular_hash import angular_hash_blocked, hash_block_rows
+        from refattn.kernels.numba.gemm import blas_single_thread
+
+        limit = blas_single_thread()
+        try:
+            return angular_hash_blocked(np.ascontiguousarray(x, dtype=np.float64),
+                                        np.ascontiguousarray(R, dtype=np.float64), hash_block_rows(R.shape[-1]))
+        finally:
+            limit.restore_original_limits()
     p = np.matmul(x, R)  # (rounds, n, b/2), BLAS
     return np.argmax(np.concatenate([p, -p], axis=-1), axis=-1).astype(np.int64)
 

@@ -20,7 +20,9 @@ from numba import types
 from numba.core.errors import TypingError
 from numba.extending import overload
 
-__all__ = ["gemm"]
+__all__ = ["gemm", "blas_single_thread"]
+
+_BLAS_CONTROLLER = None
 
 _SIG = types.intc(types.char, types.char, types.char, types.intp, types.intp, types.intp, types.voidptr,
                   types.voidptr, types.intp, types.voidptr, types.intp, types.voidptr, types.voidptr, types.intp)
@@ -58,3 +60,16 @@ def _gemm(trans_a, trans_b, M, N, K, a, lda, b, ldb, beta, c, ldc):
                 coef[1:].ctypes, c.ctypes, max(1, ldc))
 
     return impl
+
+
+def blas_single_thread():
+    """Limit BLAS to one thread while Numba's threads each call it: ``limit = blas_single_thread()``,
+    then ``limit.restore_original_limits()``. (No oversubscription: idle OpenBLAS workers spin and
+    halve a parallel kernel's speed on two cores.)"""
+    global _BLAS_CONTROLLER
+    if _BLAS_CONTROLLER is None:
+        import scipy.linalg.cython_blas  # noqa: F401  the BLAS that Numba's np.dot and gemm call: load it first
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS_CONTROLLER = ThreadpoolController()
+    return _BLAS_CONTROLLER.limit(limits=1, user_api="blas")

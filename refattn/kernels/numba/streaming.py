@@ -23,6 +23,12 @@ sees keys ``j <= i + offset``; pass ``NO_CAUSAL`` for none), ``mask`` and ``bias
 Key blocks beyond the last visible key of a query block are skipped, so causal
 attention costs about half of full attention.
 
+The Numba kernel scales each query block once and multiplies (``(s q) k``, one rounding per
+entry of ``s q``, where the twin rounds ``s (q k)`` once per logit): each term of the dot product
+still carries one extra rounding, so the logit error stays within the ``gamma_{H+2}`` of the
+oracle's derived bound (``forward_error_bound``); for a power-of-two ``s``, as at ``H = 64``,
+the two orders give the same bits.
+
 Two implementations with one signature: [`stream_numpy`][refattn.kernels.numba.streaming.stream_numpy] (the twin) and
 [`stream_numba`][refattn.kernels.numba.streaming.stream_numba] (parallel over query blocks; each thread owns its block's buffers,
 so there are no races; no fastmath, so results match the twin to rounding).
