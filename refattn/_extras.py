@@ -5,6 +5,7 @@ from __future__ import annotations
 
 #: extra -> the PyPI requirement it adds (pyproject.toml's optional-dependencies)
 EXTRAS = {"dask": "dask[array] distributed", "plots": "matplotlib", "gpu": "cupy-cuda12x", "torch": "torch", "jax": "jax", "bench": "psutil",
+          "peers": "torch performer-pytorch reformer-pytorch",
           "docs": "mkdocs-material mkdocstrings[python] mkdocs-gallery playwright"}
 
 

@@ -45,7 +45,13 @@ def _chunks(n, per_draw, budget=4_000_000):
         yield min(c, n - start)
 
 
-def kernel_samples(x, y, *, estimator="positive", projection="gaussian", m, n_draws, rng, A=0.0):
+def _gram_factor(z):
+    """``L`` with ``L L^T = z z^T`` (eigendecomposition; the Gram matrix may be singular)."""
+    lam, U = np.linalg.eigh(z @ z.T)
+    return U * np.sqrt(np.clip(lam, 0.0, None))
+
+
+def kernel_samples(x, y, *, estimator="positive", projection="gaussian", m, n_draws, rng, A=0.0, sampler="auto"):
     r"""Independent samples of ``SM^(x_p, y_p)`` (scaled inputs), shape ``(n_draws, P)``.
 
     ``x``, ``y`` are ``(P, d)`` (or ``(d,)`` for one pair). Computed by
@@ -56,6 +62,22 @@ def kernel_samples(x, y, *, estimator="positive", projection="gaussian", m, n_dr
     - hyperbolic: ``Lam mean_r cosh(omega_r . z)``
     - trigonometric: ``exp((|x|^2 + |y|^2)/2) mean_r cos(omega_r . D)``
     - favorpp: ``Lam (1-4A)^{d/2} mean_r exp(2A |omega_r|^2 + sqrt(1-4A) omega_r . z)``
+
+    ``sampler``: ``"direct"`` draws each ``W (m, d)`` and projects (the readable form).
+    ``"gram"`` draws only what the estimate reads: for iid Gaussian rows ``omega ~ N(0, I_d)`` the
+    projections ``(omega . x_1 .. omega . x_P, omega . y_1 .. omega . y_P)`` are jointly Gaussian
+    with covariance the Gram matrix ``G = Z Z^T`` of ``Z = [x; y]``, so ``u = L e`` with
+    ``L L^T = G`` and ``e ~ N(0, I_{2P})`` has their law exactly (derived: a linear map of a
+    standard Gaussian; the docs' Monte Carlo section), at ``2P`` normals per row instead of ``d``. It
+    applies to Gaussian projections and the estimators that read only the projections (not
+    FAVOR++, which also reads ``|omega|^2``). For orthogonal projections the same idea draws a
+    frame instead of a rotation: a block of ``d`` rows is ``omega_r = n_r q_r`` with ``Q`` Haar and
+    ``n_r ~ chi_d``, and ``Q Z = (Q B) C`` for an orthonormal basis ``B (d, k)`` of the span of
+    ``Z``'s rows and ``C = B^T Z^T``; ``Q B`` is a Haar ``k``-frame, the sign-corrected QR of a
+    Gaussian ``(d, k)`` matrix (Mezzadri 2007, Sec. 5, on ``k`` columns), so a block costs a
+    ``d x k`` QR instead of ``d x d`` (derived; the docs' Monte Carlo section). ``"auto"``: the
+    reduced draw where it applies and ``2P < d``, else ``"direct"``. The two have the same
+    distribution (a two-sample test), not the same draws.
     """
     if estimator not in ESTIMATORS:
         raise InputError(f"estimator: expected one of {ESTIMATORS}, got {estimator!r}")
@@ -68,8 +90,16 @@ def kernel_samples(x, y, *, estimator="positive", projection="gaussian", m, n_dr
     A = check_real(A, "A")
     if estimator == "favorpp" and not A < 0.125:
         raise InputError(f"A: FAVOR++ needs A < 1/8, got {A}")
+    if sampler not in ("auto", "direct", "gram"):
+        raise InputError(f"sampler: expected 'auto', 'direct' or 'gram', got {sampler!r}")
     gen = as_generator(rng)
     P, d = x.shape
+    gram_ok = projection in ("gaussian", "orthogonal") and estimator != "favorpp"
+    if sampler == "gram" and not gram_ok:
+        raise InputError("sampler: 'gram' needs projection 'gaussian' or 'orthogonal' and an estimator other than "
+                         f"favorpp (got {projection!r}, {estimator!r})")
+    if sampler == "gram" or (sampler == "auto" and gram_ok and 2 * P < d):
+        return _kernel_samples_gram(x, y, estimator, projection, m, n_draws, gen)
     out = np.empty((n_draws, P))
     row = 0
     for c in _chunks(n_draws, 2 * m * (P + d)):
@@ -79,6 +109,49 @@ def kernel_samples(x, y, *, estimator="positive", projection="gaussian", m, n_dr
         py, ly = feats(y, stabilize="query")
         est = np.sum(px * py, axis=-1) * np.exp(lx + ly)  # phi(x).phi(y) exp(ls_x + ls_y)
         out[row:row + c] = est
+        row += c
+    return check_finite_result(out, "x, y", "the kernel estimate (exp of the projections)")
+
+
+def _haar_frame_projections(Z, m, c, gen):
+    """``(c, m, 2P)`` projections ``omega_r . z`` of the rows of ``Z (2P, d)`` for ``c`` draws of ``m``
+    orthogonal rows (blocks of ``d``), through a Haar ``k``-frame per block (``kernel_samples``)."""
+    d = Z.shape[1]
+    U, sv, Vt = np.linalg.svd(Z.T, full_matrices=False)  # Z^T = U diag(sv) Vt
+    k = max(1, int(np.sum(sv > sv.max(initial=0.0) * d * np.finfo(float).eps)))
+    C = sv[:k, None] * Vt[:k]  # Z^T = B C with B = U[:, :k] (d, k) orthonormal; Q B is drawn as F below
+    n_blocks = -(-m // d)
+    G = gen.standard_normal((c * n_blocks, d, k))
+    F, R = np.linalg.qr(G)  # (., d, k), Haar after the sign correction
+    sgn = np.sign(np.diagonal(R, axis1=-2, axis2=-1))
+    sgn[sgn == 0] = 1.0
+    F = F * sgn[:, None, :]
+    proj = (F @ C).reshape(c, n_blocks * d, -1)[:, :m, :]  # (c, m, 2P): q_r . z
+    norms = np.sqrt(gen.chisquare(d, size=(c, m, 1)))
+    return proj * norms
+
+
+def _kernel_samples_gram(x, y, estimator, projection, m, n_draws, gen):
+    """``kernel_samples`` from the projections drawn directly (see its ``sampler``)."""
+    P, d = x.shape
+    Z = np.concatenate([x, y])  # (2P, d)
+    L = _gram_factor(Z) if projection == "gaussian" else None  # (2P, 2P)
+    feats = RandomFeatures(estimator, np.zeros((m, d)))  # from_projections reads only m of W here
+    sqx = np.sum(x * x, axis=-1)[:, None] / 2  # (P, 1)
+    sqy = np.sum(y * y, axis=-1)[:, None] / 2
+    out = np.empty((n_draws, P))
+    row = 0
+    per_draw = 4 * m * P if projection == "gaussian" else 4 * m * P + 2 * m * d
+    for c in _chunks(n_draws, per_draw):
+        if L is not None:
+            u = gen.standard_normal((c, m, 2 * P)) @ L.T  # (c, m, 2P): row r of draw t is (omega . x_p, omega . y_p)
+        else:
+            u = _haar_frame_projections(Z, m, c, gen)
+        ux = np.ascontiguousarray(np.swapaxes(u[..., :P], -1, -2))  # (c, P, m)
+        uy = np.ascontiguousarray(np.swapaxes(u[..., P:], -1, -2))
+        px, lx = feats.from_projections(ux, sqx, stabilize="query")
+        py, ly = feats.from_projections(uy, sqy, stabilize="query")
+        out[row:row + c] = np.sum(px * py, axis=-1) * np.exp(lx + ly)
         row += c
     return check_finite_result(out, "x, y", "the kernel estimate (exp of the projections)")
 

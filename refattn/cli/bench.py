@@ -43,6 +43,16 @@ def add_parser(sub):
     b.add_argument("--plot", help="write the log-log plot (PNG) here (needs matplotlib)")
     b.add_argument("--json", action="store_true", help="print the JSON instead of the tables")
     b.add_argument("--from-json", help="measure nothing: re-derive the tables, goals and plot of a saved run")
+    b.add_argument("--peers", action="store_true",
+                   help="refattn against torch SDPA, performer-pytorch and reformer-pytorch (and the sparse kernel "
+                        "and Monte Carlo engine against their baselines), interleaved in this process; needs "
+                        "the peers extra for the first three")
+    b.add_argument("--peer-lengths", default="4096,16384,65536", help="comma-separated T of --peers")
+    b.add_argument("--peer-families", help="comma-separated subset of --peers: exact, performer, reformer, sparse, "
+                                           "montecarlo")
+    b.add_argument("--max-load", type=positive_float, default=1.5,
+                   help="--peers waits for the 1-minute load average to fall to this before a point, and "
+                        "measures a point again once if it started above it")
     b.set_defaults(func=run)
     return b
 
@@ -66,6 +76,8 @@ def run(args) -> int:
             goals = load_goals(args.goals)
         except (OSError, json.JSONDecodeError, ValueError) as exc:
             raise UsageError(f"--goals: cannot read goals from {args.goals!r}: {exc}") from None
+    if args.peers:
+        return _peers(args)
     dtypes = _split(args.dtypes, ["float64", "float32"], "dtypes")
     if args.T_min > args.T_max:
         raise UsageError(f"--T-min ({args.T_min}) exceeds --T-max ({args.T_max})")
@@ -93,6 +105,54 @@ def run(args) -> int:
                       large_T_repeats=args.large_T_repeats, max_memory_bytes=args.max_memory_gib * GIB,
                       note=args.note, progress=progress, checkpoint=args.out, **opts)
     return _emit(suite, args)
+
+
+def _peers(args) -> int:
+    from pathlib import Path
+
+    from refattn.bench.peers import PEERS, format_peers, judge, plot_peers, run_peers
+
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise UsageError(f"--plot needs matplotlib: {install_hint('plots')}") from None
+    for path in (args.out, args.plot):
+        if path and not Path(path).resolve().parent.is_dir():
+            raise UsageError(f"no such directory for {path!r}")
+    if args.from_json:
+        try:
+            run = json.loads(Path(args.from_json).read_text())
+            run["goals"] = judge(run)
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise UsageError(f"--from-json: cannot read a peers run from {args.from_json!r}: {exc}") from None
+    else:
+        try:
+            lengths = [int(t) for t in args.peer_lengths.split(",") if t.strip()]
+        except ValueError:
+            raise UsageError(f"--peer-lengths: expected comma-separated integers, got {args.peer_lengths!r}") from None
+        if not lengths or min(lengths) < 128 or any(t % 128 for t in lengths):
+            raise UsageError(f"--peer-lengths: each T must be a positive multiple of 128 (Reformer's two buckets "
+                             f"of 64), got {args.peer_lengths!r}")
+        only = _split(args.peer_families, list(PEERS), "peer-families") if args.peer_families else None
+        missing = [spec[1] for fam, spec in PEERS.items() if spec and (only is None or fam in only)
+                   and __import__("importlib").util.find_spec(spec[0]) is None]
+        if missing:
+            print(f"skipping the families whose peer is missing: {install_hint('peers')}", file=sys.stderr)
+        quick = bool(args.quick)
+        if quick:
+            lengths = [256, 512]
+        progress = None if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
+        run = run_peers(lengths, repeats=1 if quick else args.repeats, seed=args.seed, max_load=args.max_load,
+                        quiet_wait_s=0.0 if quick else 90.0, quick=quick, only=only, progress=progress,
+                        checkpoint=args.out)
+    text = json.dumps(run, indent=1)
+    if args.out:
+        Path(args.out).write_text(text)
+    if args.plot:
+        plot_peers(run, args.plot)
+    print(text if args.json else format_peers(run))
+    return 0
 
 
 def _emit(suite, args) -> int:

@@ -149,9 +149,16 @@ class RandomFeatures:
             raise InputError(f"x: last dim {x.shape[-1]} does not match W's d = {self.d}")
         u = x @ np.swapaxes(self.W.astype(dt, copy=False), -1, -2)  # (..., L, m)
         sq = np.sum(x * x, axis=-1)[..., None] / 2  # (..., L, 1)
-        m = self.m
         if stabilize not in (None, "query", "key"):
             raise InputError(f"stabilize: expected None, 'query' or 'key', got {stabilize!r}")
+        return self.from_projections(u, sq, stabilize=stabilize, valid=valid, implementation=implementation)
+
+    def from_projections(self, u, sq, *, stabilize=None, valid=None, implementation="auto"):
+        """The map of ``__call__`` from the projections ``u = x W^T (..., L, m)`` (may be overwritten)
+        and ``sq = |x|^2 / 2 (..., L, 1)``: the softmax kinds other than FAVOR++ need nothing else of
+        ``W`` than ``m``, so a caller that draws ``u`` directly (the Monte Carlo engine's jointly
+        Gaussian projections) gets the same features."""
+        m = self.m
         if self.kind == "positive" and stabilize is not None and implementation == "auto" and numba_enabled() and u.size:
             # shifted arguments are <= 0, the domain of the fused exponential
             return _positive_fused(u, sq, m, stabilize, valid)
