@@ -40,3 +40,31 @@ def test_an_empty_support_gives_zeros_and_minus_infinity():
     q = np.ones((3, 2))
     out, lse = sparse_numba(q, q, q, np.zeros(4, np.int64), np.zeros(0, np.int64), 1.0, np.zeros(0))
     assert np.all(out == 0) and np.all(lse == -np.inf)
+
+
+def test_rows_sharing_a_column_list_are_grouped():
+    """A block-structured support groups by query block (capped at the group size); distinct rows
+    stay alone; the grouped kernel equals the twin on both, with a -inf entry bias and an empty row."""
+    from refattn.kernels.numba.sparse_attention import row_groups, sparse_numba, sparse_numpy
+    from refattn.lsh.sparse import Support, block_sparse
+
+    T, block = 300, 64
+    nb = -(-T // block)
+    sup = block_sparse(T, T, block, np.eye(nb, dtype=bool) | np.eye(nb, k=-1, dtype=bool))
+    starts = row_groups(sup.indptr, sup.indices, 64)
+    assert np.array_equal(starts, [0, 64, 128, 192, 256, 300])
+    assert np.array_equal(row_groups(sup.indptr, sup.indices, 50)[:3], [0, 50, 64])  # the cap
+    rng = np.random.default_rng(4)
+    q, k, v = rng.normal(size=(T, 8)), rng.normal(size=(T, 8)), rng.normal(size=(T, 3))
+    bias = np.where(rng.random(sup.nnz) < 0.1, -np.inf, 0.0)
+    a, la = sparse_numba(q, k, v, sup.indptr, sup.indices, 0.35, bias)
+    b, lb = sparse_numpy(q, k, v, sup.indptr, sup.indices, 0.35, bias)
+    np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(la, lb, rtol=1e-12)
+    dense = rng.random((T, T)) < 0.05
+    dense[5] = False  # an empty row
+    rand = Support.from_dense(dense)
+    assert row_groups(rand.indptr, rand.indices, 64).size == T + 1  # random rows: all distinct
+    a, la = sparse_numba(q, k, v, rand.indptr, rand.indices, 0.35, np.zeros(rand.nnz))
+    b, lb = sparse_numpy(q, k, v, rand.indptr, rand.indices, 0.35, np.zeros(rand.nnz))
+    np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13)
