@@ -26,8 +26,18 @@ def main(argv=None) -> int:
     ap.add_argument("--families", help="a comma-separated subset: exact, performer, reformer, sparse, montecarlo")
     ap.add_argument("--repeats", default="3")
     ap.add_argument("--name", default="peers", help="results/NAME.json, .png, .txt")
+    ap.add_argument("--memory-only", action="store_true",
+                    help="measure nothing but every point's peak memory again, into the saved results/NAME.json")
     args = ap.parse_args(argv)
     out = HERE / "results" / args.name
+    if args.memory_only:
+        import json
+
+        from refattn.bench.peers import add_peak_memory
+
+        run = add_peak_memory(json.loads(Path(f"{out}.json").read_text()), progress=print)
+        Path(f"{out}.json").write_text(json.dumps(run, indent=1))
+        return _table(out)
     cmd = ["bench", "--peers", "--peer-lengths", args.lengths, "--repeats", args.repeats,
            "--out", f"{out}.json", "--plot", f"{out}.png"]
     if args.quick:
@@ -35,14 +45,18 @@ def main(argv=None) -> int:
     if args.families:
         cmd += ["--peer-families", args.families]
     code = cli_main(cmd)
-    if code == 0:  # the table and goals, re-derived from the JSON just written
-        import contextlib
-        import io
+    return _table(out) if code == 0 else code
 
-        buf = io.StringIO()
-        with contextlib.redirect_stdout(buf):
-            cli_main(["bench", "--peers", "--from-json", f"{out}.json"])
-        Path(f"{out}.txt").write_text(buf.getvalue())
+
+def _table(out) -> int:
+    """results/NAME.txt: the table and goals, re-derived from the JSON (and the plot redrawn)."""
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = cli_main(["bench", "--peers", "--from-json", f"{out}.json", "--plot", f"{out}.png"])
+    Path(f"{out}.txt").write_text(buf.getvalue())
     return code
 
 

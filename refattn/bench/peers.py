@@ -33,8 +33,8 @@ import numpy as np
 
 from refattn.bench.measure import PeakMemory, gemm_rate, machine
 
-__all__ = ["PEERS", "GOALS", "peer_versions", "families", "measure_pair", "run_peers", "judge", "format_peers",
-           "plot_peers", "fit_exponent"]
+__all__ = ["PEERS", "GOALS", "peer_versions", "families", "measure_pair", "peak_memory", "add_peak_memory",
+           "run_peers", "judge", "format_peers", "plot_peers", "fit_exponent"]
 
 #: family -> (import name, PyPI name) of its peer; None: a baseline, not a package
 PEERS = {"exact": ("torch", "torch"), "performer": ("performer_pytorch", "performer-pytorch"),
@@ -301,11 +301,11 @@ def _memory_child():
     import sys
 
     family, params, seed = json.loads(sys.argv[1])
+    fixed = _fixed_mmap_threshold()  # before any large allocation: no freed heap chunk for a later call to reuse
     ref, peer, _ = _build(family, params, seed)
     ref()  # warm-up: caches, compilation
     if peer is not None:
         peer()
-    fixed = _fixed_mmap_threshold()
     out = {"fixed_mmap_threshold": fixed}
     for name, fn in (("refattn", ref), ("peer", peer)):
         if fn is not None:
@@ -380,6 +380,25 @@ def run_peers(lengths=(4096, 16384, 65536), *, repeats=3, seed=0, max_load=1.5, 
         if checkpoint:
             Path(checkpoint).write_text(json.dumps(run, indent=1))
     run["gemm"].append(gemm_rate(np.float64, n=512 if quick else 4096))
+    run["goals"] = judge(run)
+    return run
+
+
+def add_peak_memory(run, *, progress=None):
+    """Measure (again) every point's peak memory ([`peak_memory`][refattn.bench.peers.peak_memory]) in a
+    saved run, in place; memory does not depend on the load, so this may run apart from the timing."""
+    say = progress or (lambda line: None)
+    keys = ("T", "H", "dtype", "causal", "rounds", "projection", "n_draws")
+    for point in run["points"]:
+        params = {k: point[k] for k in keys if k in point}
+        mem = peak_memory(point["family"], params, run["config"]["seed"])
+        for side in ("refattn", "peer"):
+            if side in point:
+                point[side]["peak_bytes"] = mem.get(side)
+        point.pop("memory_error", None)
+        if "error" in mem:
+            point["memory_error"] = mem["error"]
+        say(_line(point))
     run["goals"] = judge(run)
     return run
 
