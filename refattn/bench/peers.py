@@ -18,7 +18,7 @@ for the load average to fall to ``max_load``; a point that started above it is m
 
 Settings are matched and stated per family (``settings`` in the JSON); where the peer's defaults
 compute a different quantity, the difference is stated rather than hidden. Goals are data
-([`GOALS`][refattn.bench.peers.GOALS]) judged by [`judge`][refattn.bench.peers.judge]; nothing here
+(``GOALS``) judged by [`judge`][refattn.bench.peers.judge]; nothing here
 asserts on time.
 """
 
@@ -415,7 +415,7 @@ def _matches(point, where):
 
 
 def judge(run):
-    """Each goal of [`GOALS`][refattn.bench.peers.GOALS]: met (True / False) or None (no point measured), with
+    """Each goal of ``GOALS``: met (True / False) or None (no point measured), with
     the figures it was judged on."""
     gemm64 = max(g["gflops"] for g in run["gemm"])
     out = []

@@ -1,8 +1,8 @@
 r"""The positive (FAVOR+) feature map's elementwise work, fused and parallel, in place.
 
 [`RandomFeatures`][refattn.performer.features.RandomFeatures] computes, for projections
-``u = x W^T`` of ``L`` rows (the readable NumPy form in
-[`positive_log_features`][refattn.performer.features.positive_log_features]),
+``u = x W^T`` of ``L`` rows (the readable NumPy form is its ``from_projections`` with
+``implementation="numpy"``),
 
 $$
 \log\phi_{ij} = (u_{ij} - |x_i|^2/2) - \tfrac12 \log m, \qquad
