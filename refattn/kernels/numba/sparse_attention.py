@@ -90,23 +90,23 @@ def row_groups(indptr, indices, max_rows):
 
 
 @numba.njit(parallel=True, cache=True)
-def _kernel(q, k, v_ext, indptr, indices, scale, entry_bias, gstart, n_tasks, max_n, max_rows, out, lse):
-    """Groups of rows sharing a column list: the group's keys and ``[v | 1]`` gathered once, then two
-    products (``gemm``) with the row softmax between them. Buffers are allocated once per task (a
-    contiguous range of groups), never per row."""
+def _kernel(q, k, v, indptr, indices, scale, entry_bias, gstart, n_tasks, max_n, max_rows, out, lse):
+    """Groups of rows sharing a column list: the group's keys and values gathered once, then two
+    products (``gemm``) with the row softmax between them (each row's sum taken on the way).
+    Buffers are allocated once per task (a contiguous range of groups), never per row."""
     H = q.shape[1]
-    Hv1 = v_ext.shape[1]
-    Hv = Hv1 - 1
+    Hv = v.shape[1]
     G = gstart.size - 1
     for t in numba.prange(n_tasks):
         g0 = t * G // n_tasks
         g1 = (t + 1) * G // n_tasks
         kb = np.empty((max_n, H))
-        vb = np.empty((max_n, Hv1))
+        vb = np.empty((max_n, Hv))
         qb = np.empty((max_rows, H))
         s = np.empty((max_rows, max_n))
-        acc = np.empty((max_rows, Hv1))
+        acc = np.empty((max_rows, Hv))
         mrow = np.empty(max_rows)
+        lrow = np.empty(max_rows)
         for g in range(g0, g1):
             r0 = gstart[g]
             br = gstart[g + 1] - r0
@@ -120,7 +120,7 @@ def _kernel(q, k, v_ext, indptr, indices, scale, entry_bias, gstart, n_tasks, ma
             for u in range(n):  # gather the group's keys once
                 j = indices[a + u]
                 kb[u, :] = k[j]
-                vb[u, :] = v_ext[j]
+                vb[u, :] = v[j]
             for rr in range(br):
                 qb[rr, :] = q[r0 + rr]
             gemm(False, True, br, n, H, qb, H, kb, H, 0.0, s, max_n)  # SDDMM of the group
@@ -132,9 +132,19 @@ def _kernel(q, k, v_ext, indptr, indices, scale, entry_bias, gstart, n_tasks, ma
                 mx = _row_max(row, n)
                 mrow[rr] = mx
                 exp_inplace(row, mx if mx > -np.inf else 0.0)
-            gemm(False, False, br, Hv1, n, s, max_n, vb, Hv1, 0.0, acc, Hv1)  # SpMM: [P V | P 1]
+                l0 = l1 = l2 = l3 = 0.0  # the row sum on four chains
+                n4 = n - n % 4
+                for u in range(0, n4, 4):
+                    l0 += row[u]
+                    l1 += row[u + 1]
+                    l2 += row[u + 2]
+                    l3 += row[u + 3]
+                for u in range(n4, n):
+                    l0 += row[u]
+                lrow[rr] = (l0 + l1) + (l2 + l3)
+            gemm(False, False, br, Hv, n, s, max_n, vb, Hv, 0.0, acc, Hv)  # SpMM
             for rr in range(br):
-                l = acc[rr, Hv]
+                l = lrow[rr]
                 if mrow[rr] > -np.inf and l > 0:
                     for h in range(Hv):
                         out[r0 + rr, h] = acc[rr, h] / l
@@ -158,15 +168,12 @@ def sparse_numba(q, k, v, indptr, indices, scale, entry_bias):
         return out, lse
     c = np.ascontiguousarray
     indptr, indices = c(indptr, dtype=np.int64), c(indices, dtype=np.int64)
-    v_ext = np.empty((v.shape[0], Hv + 1))
-    v_ext[:, :Hv] = v
-    v_ext[:, Hv] = 1.0
     gstart = row_groups(indptr, indices, MAX_GROUP_ROWS)
     max_n = max(1, int(np.max(np.diff(indptr), initial=0)))
     n_tasks = min(gstart.size - 1, 8 * numba.get_num_threads())
     limit = blas_single_thread()
     try:
-        _kernel(c(q), c(k), v_ext, indptr, indices, float(scale), c(entry_bias), gstart, n_tasks, max_n,
+        _kernel(c(q), c(k), c(v), indptr, indices, float(scale), c(entry_bias), gstart, n_tasks, max_n,
                 MAX_GROUP_ROWS, out, lse)
     finally:
         limit.restore_original_limits()
