@@ -104,8 +104,10 @@ def test_cli_peers_quick_and_bad_lengths(tmp_path, capsys):
 
 
 def test_peak_memory_of_a_point_is_measured_in_a_fresh_process():
-    """A T = 4096 sparse point's refattn call holds at least its output (4096 x 64 float64, 2 MiB); the
-    fresh process reports it (a power twin for the meter itself is in test_measure.py)."""
+    """A T = 4096 sparse point's refattn call allocates its output (4096 x 64 float64, 2 MiB) and less
+    than its inputs' size again (three 2 MiB arrays): the fresh process reports a peak between half
+    the output (resident-set accounting is by page, against a start that moves by a few pages) and
+    32 MiB. A power twin for the meter itself is in test_measure.py."""
     mem = peers.peak_memory("sparse", {"T": 4096, "H": 64}, 0, timeout=600)
     assert "error" not in mem, mem
-    assert mem["refattn"] >= 2 * 2**20 and "peer" not in mem
+    assert 2**20 <= mem["refattn"] <= 32 * 2**20 and "peer" not in mem
