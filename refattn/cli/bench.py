@@ -65,6 +65,20 @@ def _split(text, known, what):
     return items
 
 
+def _check_outputs(args):
+    """``--plot`` needs matplotlib; ``--out`` and ``--plot`` need an existing directory."""
+    from pathlib import Path
+
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise UsageError(f"--plot needs matplotlib: {install_hint('plots')}") from None
+    for path in (args.out, args.plot):
+        if path and not Path(path).resolve().parent.is_dir():
+            raise UsageError(f"no such directory for {path!r}")
+
+
 def run(args) -> int:
     from pathlib import Path
 
@@ -81,14 +95,7 @@ def run(args) -> int:
     dtypes = _split(args.dtypes, ["float64", "float32"], "dtypes")
     if args.T_min > args.T_max:
         raise UsageError(f"--T-min ({args.T_min}) exceeds --T-max ({args.T_max})")
-    if args.plot:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            raise UsageError(f"--plot needs matplotlib: {install_hint('plots')}") from None
-    for path in (args.out, args.plot):
-        if path and not Path(path).resolve().parent.is_dir():
-            raise UsageError(f"no such directory for {path!r}")
+    _check_outputs(args)
     if args.from_json:
         try:
             suite = refresh(json.loads(Path(args.from_json).read_text()), goals)
@@ -112,14 +119,7 @@ def _peers(args) -> int:
 
     from refattn.bench.peers import PEERS, format_peers, judge, plot_peers, run_peers
 
-    if args.plot:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            raise UsageError(f"--plot needs matplotlib: {install_hint('plots')}") from None
-    for path in (args.out, args.plot):
-        if path and not Path(path).resolve().parent.is_dir():
-            raise UsageError(f"no such directory for {path!r}")
+    _check_outputs(args)
     if args.from_json:
         try:
             run = json.loads(Path(args.from_json).read_text())

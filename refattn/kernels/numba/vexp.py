@@ -56,28 +56,24 @@ _C = [1.0 / math.factorial(i) for i in range(14)]
 C2, C3, C4, C5, C6, C7, C8, C9, C10, C11, C12, C13 = _C[2:]
 
 
-@intrinsic
-def _bits(typingctx, x):
-    """The IEEE-754 bits of a float64 as an int64 (a bit cast, no conversion)."""
-    if x != types.float64:
-        return None
+def _bitcast(src, dst):
+    """An intrinsic reinterpreting a ``src`` scalar's bits as ``dst`` (an LLVM ``bitcast``, no conversion)."""
 
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], context.get_value_type(types.int64))
+    @intrinsic
+    def cast(typingctx, x):
+        if x != src:
+            return None
 
-    return types.int64(types.float64), codegen
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], context.get_value_type(dst))
+
+        return dst(src), codegen
+
+    return cast
 
 
-@intrinsic
-def _from_bits(typingctx, x):
-    """The float64 whose IEEE-754 bits are the int64 ``x``."""
-    if x != types.int64:
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], context.get_value_type(types.float64))
-
-    return types.float64(types.int64), codegen
+_bits = _bitcast(types.float64, types.int64)  # the IEEE-754 bits of a float64
+_from_bits = _bitcast(types.int64, types.float64)  # the float64 with those bits
 
 
 @numba.njit(inline="always")
