@@ -1,6 +1,6 @@
 """The exact oracle (refattn.exact): properties of the forward pass by Hypothesis and by construction,
 and attention_backward against central finite differences (the mpmath comparison is in
-test_precise).
+test_mpmath_oracle).
 
 Deterministic. Forward tolerances are rounding-level: ``TOL * max|v|`` with TOL = 64 eps, far below
 any modelling error (a wrong mask, scale or axis moves outputs by O(1)). Backward: for
@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from proofs_tests._spies import record_calls
 from refattn import attention_backward, attention_probabilities, causal_mask, softmax_attention
 from refattn.testing import attention_inputs
+from refattn.precision import kernel_reference
 
 EPS = np.finfo(np.float64).eps
 
@@ -388,12 +389,14 @@ def _ulp(dtype):
 
 
 @pytest.mark.parametrize("dtype", LOW, ids=["float16", "bfloat16"])
-def test_low_precision_has_kernel_semantics_on_every_path(dtype):
+def test_low_precision_has_kernel_semantics(dtype):
     """float16 / bfloat16 as real kernels compute them: inputs rounded to the dtype, float32
-    accumulation and softmax, output rounded to the dtype. Every path (dense, NumPy and Numba
-    streaming) gives the same answer to within one ulp of the dtype, and that answer is the exact
-    attention of the rounded inputs, rounded (within one ulp: the float32 arithmetic in between).
-    Logits of 1e4 and more (beyond float16's 65504 once squared) stay finite. Deterministic."""
+    accumulation and softmax, probabilities and output rounded to the dtype: the one reference at a
+    precision (refattn.precision.kernel_reference, which the default path is, bit for bit). Its answer
+    is the exact attention of the rounded inputs to within one ulp of the dtype times max |v| (the
+    probabilities' and the output's rounding). The streaming paths are float64/float32 only: asked
+    for one of these they say so. Logits of 1e4 and more (beyond float16's 65504 once squared) stay
+    finite. Deterministic."""
     import ml_dtypes
 
     low = np.dtype(ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype)
@@ -401,7 +404,11 @@ def test_low_precision_has_kernel_semantics_on_every_path(dtype):
     q, k = rng.standard_normal((2, 40, 16)) * 40, rng.standard_normal((2, 48, 16)) * 40  # logits ~ 1e4
     v = rng.standard_normal((2, 48, 8))
     outs = {impl: softmax_attention(q, k, v, dtype=dtype, implementation=impl, causal=True)
-            for impl in ("dense", "numpy", "numba")}
+            for impl in ("auto", "dense")}
+    np.testing.assert_array_equal(outs["dense"].astype(np.float64), kernel_reference(q, k, v, dtype, causal=True))
+    for impl in ("numpy", "numba"):
+        with pytest.raises(ValueError, match="^implementation: the .* reference is dense"):
+            softmax_attention(q, k, v, dtype=dtype, implementation=impl)
     rounded = [a.astype(low).astype(np.float64) for a in (q, k, v)]
     want = softmax_attention(*rounded, causal=True).astype(low).astype(np.float64)
     tol = _ulp(dtype) * np.abs(v).max()
@@ -436,5 +443,5 @@ def test_low_precision_inputs_beyond_the_range_name_the_argument():
     q = np.ones((2, 3))
     with pytest.raises(ValueError, match=r"^k: values up to 1e\+05 exceed the float16 range"):
         softmax_attention(q, q * 1e5, q, dtype=np.float16)
-    with pytest.raises(TypeError, match="^dtype: must be float64, float32, float16 or bfloat16"):
+    with pytest.raises(TypeError, match="^dtype: must be one of float64, float32, float16, bfloat16, got int8"):
         softmax_attention(q, q, q, dtype=np.int8)

@@ -1,12 +1,12 @@
 """refattn: a reference implementation of efficient attention, and its theory test suite.
 
 The exact oracle ([`refattn.exact`][refattn.exact]), its arbitrary-precision judge
-([`refattn.precise`][refattn.precise]), input conventions ([`refattn.problem`][refattn.problem]), statistical
+([`refattn.mpmath_oracle`][refattn.mpmath_oracle]), input conventions ([`refattn.problem`][refattn.problem]), statistical
 verdicts ([`refattn.stats`][refattn.stats]) and tools for your own tests ([`refattn.testing`][refattn.testing]).
 """
 
 from refattn.exact import attention_backward, attention_probabilities, softmax_attention
-from refattn.precise import attention_backward_mp, softmax_attention_mp
+from refattn.mpmath_oracle import attention_backward_mp, softmax_attention_mp
 from refattn.problem import causal_mask
 
 __version__ = "0.1.0"

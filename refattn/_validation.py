@@ -10,12 +10,13 @@ from __future__ import annotations
 import math
 import numbers
 
-import ml_dtypes
 import numpy as np
 
 from refattn.kernels import numba_enabled
 
-_BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+
+#: The ``ml_dtypes`` floating formats refattn reads (their vocabulary is ``refattn.precision``'s).
+_ML_DTYPES_FLOATS = ("bfloat16", "float8_e4m3fn", "float8_e5m2")
 
 
 class InputError(ValueError):
@@ -42,7 +43,6 @@ __all__ = [
     "check_bool",
     "check_allocation",
     "check_finite_result",
-    "as_dtype_arg",
     "renamed_errors",
 ]
 
@@ -66,7 +66,7 @@ def as_float_array(x, name: str, *, allow_neg_inf: bool = False) -> np.ndarray:
         arr = np.asarray(x)
     except Exception as exc:  # e.g. a ragged list
         raise InputTypeError(f"{name}: cannot be converted to an array ({exc})") from None
-    if arr.dtype == _BFLOAT16:  # ml_dtypes' bfloat16 is exact in float32 (NumPy has no bfloat16 kind)
+    if arr.dtype.name in _ML_DTYPES_FLOATS:  # ml_dtypes' formats (refattn.precision's): exact in float32
         arr = arr.astype(np.float32)
     if not np.issubdtype(arr.dtype, np.floating):
         raise InputTypeError(
@@ -160,17 +160,6 @@ def as_index_array(x, name: str, *, ndim: int | None = 1, minimum: int = 0, maxi
             bound = f"[{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
             raise InputError(f"{name}: entries must lie in {bound}, got [{lo}, {hi}]")
     return arr.astype(np.int64, copy=False)
-
-
-def as_dtype_arg(dtype, allowed, name: str = "dtype"):
-    """``np.dtype(dtype).type`` if it is one of ``allowed`` (NumPy scalar types), else a TypeError naming ``name``."""
-    try:
-        dt = np.dtype(dtype).type
-    except TypeError:
-        raise InputTypeError(f"{name}: not a NumPy dtype: {dtype!r}") from None
-    if dt not in allowed:
-        raise InputTypeError(f"{name}: must be one of {[np.dtype(a).name for a in allowed]}, got {np.dtype(dt).name}")
-    return dt
 
 
 class renamed_errors:

@@ -27,22 +27,24 @@ All paths compute in float64 whatever the input dtype (``dtype=`` may lower that
 reproduce a low-precision kernel's own rounding, as the FlashAttention tolerance rule
 needs). They agree to about 1e-15 relative (tested at 1e-12).
 
-**Low precision** (``dtype=np.float16`` or ``"bfloat16"``, through ``ml_dtypes``) has the semantics
-real kernels have (FlashAttention, cuDNN, XLA): ``q``, ``k``, ``v`` (and ``dout``) are rounded to
-the dtype (values beyond its range are a ``ValueError`` naming the argument), products are
-accumulated and the softmax computed in float32, and the outputs are rounded to the dtype (``lse``
-stays float32, as kernels keep it). Finite inputs never give NaN, and every path (dense, NumPy and
-Numba streaming) runs the same float32 computation, so they agree to float32 rounding before the
-final rounding to the dtype.
+**Low precision** (``dtype=np.float32``, ``np.float16`` or ``"bfloat16"``; any precision name of
+[`refattn.precision`][refattn.precision]) is the reference at that precision,
+[`refattn.precision.kernel_reference`][refattn.precision.kernel_reference] with its default knobs, the semantics real kernels
+have (FlashAttention, cuDNN, XLA): ``q``, ``k``, ``v`` (and ``dout``) rounded to the dtype (values
+beyond its range are a ``ValueError`` naming the argument), products accumulated and the softmax
+computed in float32, the probabilities rounded to the dtype before the second product, the
+outputs rounded to the dtype (``lse`` stays float32, as kernels keep it). Finite inputs never give
+NaN. float16 and bfloat16 run the dense path (``implementation="numpy"`` or ``"numba"`` with
+them is an error); float32 also runs the streaming paths (float32 throughout, a float32 kernel).
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-import ml_dtypes
 import numpy as np
 
+from refattn import precision as _prec
 from refattn._validation import (
     InputError,
     InputTypeError,
@@ -69,43 +71,16 @@ __all__ = [
 #: ``"auto"`` uses the dense path while batch * T * S is at most this (64 MiB of float64 logits).
 DENSE_LIMIT = 1 << 23
 IMPLEMENTATIONS = ("auto", "dense", "numpy", "numba", "cuda")
-_DTYPES = (np.float64, np.float32, np.float16, ml_dtypes.bfloat16)
-#: The low-precision dtypes: stored at that precision, computed in float32 (module docstring).
-LOW_PRECISION = (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
 
 
 def _precision(dtype):
-    """``(compute type, storage dtype or None)`` of ``dtype=``: float64 and float32 compute at
-    themselves; float16 and bfloat16 store at themselves and compute in float32."""
+    """``(compute type, storage precision or None)`` of ``dtype=`` (parsed by [`refattn.precision`][refattn.precision]):
+    float64 and float32 compute at themselves; float16 and bfloat16 store at themselves and compute
+    in float32."""
     if dtype is None:
         return np.float64, None
-    if isinstance(dtype, str) and dtype == "bfloat16":
-        dtype = ml_dtypes.bfloat16
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        raise InputTypeError(f"dtype: not a NumPy dtype: {dtype!r}") from None
-    if dt.type not in _DTYPES:
-        raise InputTypeError(f"dtype: must be float64, float32, float16 or bfloat16, got {dt.name}")
-    return (np.float32, dt) if dt in LOW_PRECISION else (dt.type, None)
-
-
-def _compute_dtype(dtype):
-    return _precision(dtype)[0]
-
-
-def _round_inputs(prob, low, extra=()):
-    """``prob`` with q, k, v (and ``extra`` ``(name, array)`` pairs) rounded to ``low``, as float32 values."""
-    big = float(ml_dtypes.finfo(low).max)
-
-    def rounded(a, name):
-        if a.size and float(np.max(np.abs(a))) > big:
-            raise InputError(f"{name}: values up to {float(np.max(np.abs(a))):.3g} exceed the {low.name} range "
-                             f"({big:.5g}); a {low.name} kernel cannot be given them")
-        return np.asarray(a, dtype=np.float64).astype(low).astype(np.float32)
-
-    new = dataclasses.replace(prob, q=rounded(prob.q, "q"), k=rounded(prob.k, "k"), v=rounded(prob.v, "v"))
-    return (new, *(rounded(a, name) for name, a in extra))
+    p = _prec.as_precision(dtype, "dtype")
+    return _prec.compute_type(p), (p if _prec.is_storage_only(p) else None)
 
 
 def _softmax_rows(logits):
@@ -149,10 +124,10 @@ def attention_probabilities(
                          window=window, softcap=softcap, alibi_slopes=alibi_slopes)
     dt, low = _precision(dtype)
     if low is not None:
-        prob = _round_inputs(prob, low)[0]
+        prob = _prec.round_problem(prob, low)[0]
     p, lse = _softmax_rows(prob.logits(dt))
     if low is not None:
-        p = p.astype(low)
+        p = p.astype(_prec.as_dtype(low))
     return (p, lse) if return_lse else p
 
 
@@ -251,11 +226,11 @@ def softmax_attention(
                                  window=window, alibi_slopes=alibi_slopes)
         if softcap:
             raise InputError("softcap: the CUDA streaming kernel does not cap logits; pass NumPy arrays")
-        low = _precision(dtype)[1]
+        dt, low = _precision(dtype)
         if low is not None:
-            raise InputTypeError(f"dtype: the CUDA streaming kernel supports float64 and float32, got {low.name} "
+            raise InputTypeError(f"dtype: the CUDA streaming kernel supports float64 and float32, got {low} "
                                  "(float16 and bfloat16 references run on NumPy inputs)")
-        out, lse = gpu.softmax_attention(prob, q, k, v, mask, bias, _compute_dtype(dtype))
+        out, lse = gpu.softmax_attention(prob, q, k, v, mask, bias, dt)
         return (out, lse) if return_lse else out
     if implementation == "cuda":
         raise InputError("implementation: 'cuda' needs CuPy arrays q, k, v (on the GPU)")
@@ -263,26 +238,27 @@ def softmax_attention(
     prob = attention_problem(
         q, k, v, scale=scale, causal=causal, mask=mask, bias=bias, key_lengths=key_lengths, window=window, softcap=softcap, alibi_slopes=alibi_slopes
     )
-    if low is not None:
-        prob = _round_inputs(prob, low)[0]
     block_q = _streaming.DEFAULT_BLOCK_Q if block_q is None else check_positive_int(block_q, "block_q")
     block_k = _streaming.DEFAULT_BLOCK_K if block_k is None else check_positive_int(block_k, "block_k")
     batch = int(np.prod(prob.batch_shape, dtype=np.int64))
     if implementation == "auto":
         small = batch * prob.T * prob.S <= DENSE_LIMIT
-        implementation = "dense" if small or not numba_enabled() else "numba"
+        implementation = "dense" if small or low is not None or not numba_enabled() else "numba"
     elif implementation == "numba" and not numba_enabled():
         implementation = "numpy"
+    if low is not None and implementation != "dense":
+        raise InputError(f"implementation: the {low} reference is dense (refattn.precision.kernel_reference: "
+                         f"probabilities rounded before the second product); got {implementation!r}")
 
-    if implementation == "dense":
+    if dt is not np.float64 and implementation == "dense":  # the reference at a precision: one definition
+        out, lse = _prec.reference_on(prob, _prec.recipe(low or "float32"))
+    elif implementation == "dense":
         p, lse = _softmax_rows(prob.logits(dt))
         out = np.matmul(p, prob.v.astype(dt, copy=False))  # (..., T, Hv)
         out = _full(out, prob.batch_shape + (prob.T, prob.Hv))
         lse = _full(lse, prob.batch_shape + (prob.T,))  # v's batch dims may be missing from P
     else:
         out, lse = _stream(prob, dt, implementation, block_q, block_k)
-    if low is not None:
-        out = out.astype(low)
     return (out, lse) if return_lse else out
 
 
@@ -345,7 +321,7 @@ def attention_backward(
     if d_o.shape != out_shape:
         raise InputError(f"dout: expected the output's shape {out_shape}, got {d_o.shape}")
     if low is not None:
-        prob, d_o = _round_inputs(prob, low, [("dout", d_o)])
+        prob, d_o = _prec.round_problem(prob, low, [("dout", d_o)])
     d_o = d_o.astype(dt, copy=False)
     qd, kd, vd = (a.astype(dt, copy=False) for a in (prob.q, prob.k, prob.v))
     s = dt(prob.scale)
@@ -361,7 +337,7 @@ def attention_backward(
     dq = s * np.matmul(ds, kd)  # (..., T, H)
     dk = s * np.matmul(np.swapaxes(ds, -1, -2), qd)  # (..., S, H)
     grads = (sum_to_shape(dq, prob.q.shape), sum_to_shape(dk, prob.k.shape), sum_to_shape(dv, prob.v.shape))
-    return grads if low is None else tuple(g.astype(low) for g in grads)
+    return grads if low is None else tuple(g.astype(_prec.as_dtype(low)) for g in grads)
 
 
 def _gamma(n, u):
@@ -370,16 +346,17 @@ def _gamma(n, u):
 
 
 def forward_error_bound(q, k, v, *, scale=None, causal=False, mask=None, bias=None, key_lengths=None, window=None,
-                        alibi_slopes=None, dtype=None):
+                        softcap=None, alibi_slopes=None, dtype=None):
     r"""A rigorous per-row bound on the rounding error of [`softmax_attention`][refattn.exact.softmax_attention].
 
-    Derived in ``docs/exact.md`` ("Forward error of the oracle"). With unit roundoff
-    ``u`` of the compute dtype, $\gamma_n = nu/(1-nu)$, ``R_i`` the range of row
-    ``i``'s visible logits and
+    Derived in the docs' exact-attention page ("Forward error of the oracle"). With unit roundoff
+    ``u`` of the compute dtype, $\gamma_n = nu/(1-nu)$, ``R_i`` the range of row ``i``'s visible
+    logits and
 
     $$
     \Delta_i = \gamma_{H+2} \max_j \bigl(s \textstyle\sum_h |q_{ih} k_{jh}| + |b_{ij}|\bigr)
-               + 2u R_i + \gamma_{5S+4},
+               + 2u R_i + \gamma_{5S+4} \;[+\, u \max_j s\textstyle\sum_h |q_{ih}k_{jh}| + 4uc
+               \text{ with a softcap } c],
     $$
 
     every implementation (dense and streaming) satisfies
@@ -389,26 +366,33 @@ def forward_error_bound(q, k, v, *, scale=None, causal=False, mask=None, bias=No
     \max_{j\ \text{visible}} \max_h |v_{jh}| .
     $$
 
-    With ``dtype`` float16 or bfloat16 it bounds the distance from the exact attention of the
-    *rounded* inputs (the float32 computation, then half an ulp of the final rounding).
+    With ``dtype`` float16 or bfloat16 it bounds the distance of a kernel of that precision from
+    the exact attention of the *rounded* inputs: the float32 computation's bound, plus ``u_p``
+    times the visible ``max |v|`` for the probabilities rounded to the precision before the second
+    product (each within a relative ``u_p``, and they sum to at most ``1 + `` the float32 bound),
+    plus half an ulp of the output's rounding (derived, the docs' testing page, "The tolerance
+    rule").
 
     The first term is the conditioning of softmax (a logit error ``eps`` moves each
-    probability by a factor within ``e^{+-2 eps}``), the second the rounding of the sums.
-    (the ``5S`` covers the streaming paths' rescaling, one per key block, block_k >= 1).
+    probability by a factor within ``e^{+-2 eps}``), the second the rounding of the sums
+    (the ``5S`` covers the streaming paths' rescaling, one per key block, block_k >= 1). A softcap
+    ``c tanh(x / c)`` has slope at most 1, so the error of ``x`` passes through it; the division,
+    ``tanh`` (within 2 ulps) and the product by ``c`` add at most ``u |x| + 3uc``.
     Returns the bound of shape ``(..., T)`` (0 for a query that sees no key, whose output
-    is exactly zero). ``tests`` check it against the mpmath oracle on adversarial inputs.
+    is exactly zero). Tests check it against the mpmath oracle on adversarial inputs.
     """
     dt, low = _precision(dtype)
-    u = float(np.finfo(dt).eps) / 2.0
+    u = _prec.unit_roundoff(np.dtype(dt).name)
     prob = attention_problem(q, k, v, scale=scale, causal=causal, mask=mask, bias=bias, key_lengths=key_lengths,
-                             window=window, alibi_slopes=alibi_slopes)
+                             window=window, softcap=softcap, alibi_slopes=alibi_slopes)
     S, H = prob.S, prob.H
     absdot = prob.scale * np.matmul(np.abs(prob.q), np.swapaxes(np.abs(prob.k), -1, -2))  # (..., T, S)
     logits = prob.logits()  # (..., T, S), -inf where masked
     visible = logits > -np.inf
+    capped = np.zeros(()) if prob.softcap is None else u * absdot + 4 * u * prob.softcap  # (..., T, S)
     if prob.bias is not None:
         absdot = absdot + np.where(np.isfinite(prob.bias), np.abs(prob.bias), 0.0)
-    absdot = np.broadcast_to(absdot, visible.shape)
+    absdot = np.broadcast_to(absdot + capped, visible.shape)
     any_vis = visible.any(axis=-1) if S else np.zeros(visible.shape[:-1], dtype=bool)  # (..., T)
     big = np.where(visible, absdot, 0.0).max(axis=-1, initial=0.0)
     hi = np.where(visible, logits, -np.inf).max(axis=-1, initial=-np.inf)
@@ -417,8 +401,11 @@ def forward_error_bound(q, k, v, *, scale=None, causal=False, mask=None, bias=No
     delta = _gamma(H + 2, u) * big + 2 * u * rng_i + _gamma(5 * S + 4, u)
     vmax = np.abs(np.broadcast_to(prob.v, prob.batch_shape + (S, prob.Hv))).max(axis=-1, initial=0.0)  # (..., S)
     vmax_vis = np.where(visible, vmax[..., None, :], 0.0).max(axis=-1, initial=0.0)  # (..., T)
-    bound = (np.expm1(2 * delta) + 2 * _gamma(S + 2, u)) * vmax_vis
-    if low is not None:  # the float32 result is then rounded to the storage dtype: half an ulp of it
-        bound = bound + float(ml_dtypes.finfo(low).eps) / 2 * (vmax_vis + bound)
+    spread = np.expm1(2 * delta) + 2 * _gamma(S + 2, u)  # relative error of the probabilities' sum
+    bound = spread * vmax_vis
+    if low is not None:  # rounded probabilities, then the output rounded to the storage precision
+        u_low = _prec.unit_roundoff(low)
+        bound = bound + u_low * (1 + spread) * vmax_vis
+        bound = bound + u_low * (vmax_vis + bound)
     return check_finite_result(np.where(any_vis, bound, 0.0), "q, k, scale",
                                "the forward error bound (exp of 2 Delta: the logits are too large for a finite bound)")

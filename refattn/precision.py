@@ -1,112 +1,313 @@
-r"""What a low-precision attention kernel computes: the reference at a claimed precision.
+r"""Precisions: the one dtype vocabulary, rounding, unit roundoff, and the reference at a precision.
 
-Real kernels do not compute softmax attention in their input dtype. FlashAttention (Dao et al.
-2022, Sec. 3.1; Dao 2023, Sec. 3) and cuDNN's fused attention read ``q, k, v`` in float16 or
-bfloat16, accumulate both matrix products in float32, keep the softmax statistics (the running
-max and sum) in float32, round the probabilities to the input dtype before the second product,
-and write the output in the input dtype. A float32 kernel does everything in float32. This
-module computes exactly that, so that a kernel claiming a precision is judged against what that
-precision can deliver (the FlashAttention test rule, [`refattn.testing.tolerance_check`][refattn.testing.tolerance_check],
-with this as ``ref_lo``):
+Every module of refattn that takes a precision (``dtype=`` of the oracle, ``precision=`` of the
+checker, the tolerance rule, the test tools) parses it here, with [`as_precision`][refattn.precision.as_precision],
+and every rounding to a narrower format happens here, with [`round_to`][refattn.precision.round_to].
+
+**Vocabulary.** A precision is named by a string: ``"float64"``, ``"float32"``, ``"float16"``,
+``"bfloat16"`` (the four a kernel may claim, `PRECISIONS`), and the storage formats
+``"float8_e4m3fn"``, ``"float8_e5m2"`` (FP8, OCP 8-bit floating point, Micikevicius et al. 2022),
+which round and have a unit roundoff but are not claimed as compute precisions. bfloat16 and FP8
+arrays are ``ml_dtypes`` arrays (the library JAX uses); NumPy dtypes, their scalar types,
+``ml_dtypes`` types and framework dtype objects whose name is one of these (``torch.bfloat16``,
+``jnp.float16``) are accepted wherever a precision is.
+
+**The reference at a precision.** Real kernels do not compute softmax attention in their input
+dtype. FlashAttention (Dao et al. 2022, Sec. 3.1; Dao 2023, Sec. 3) and cuDNN's fused attention
+read ``q, k, v`` in float16 or bfloat16, accumulate both matrix products in float32, keep the
+softmax statistics in float32, round the probabilities to the input dtype before the second
+product, and write the output in the input dtype; a float32 kernel does everything in float32.
+[`kernel_reference`][refattn.precision.kernel_reference] computes exactly that, with the choices as explicit knobs
+(the ones flash-attention's test reference ``attention_ref(upcast, reorder_ops)`` expresses):
 
 $$
 \tilde q, \tilde k, \tilde v = \mathrm{rd}_p(q, k, v), \quad
-\ell = \mathrm{rd}_{32}(s\,\tilde q \tilde k^\top + B), \quad
-P = \mathrm{softmax}_{32}(\ell), \quad
-O = \mathrm{rd}_p\big(\mathrm{rd}_{32}(\mathrm{rd}_p(P)\,\tilde v)\big),
+\ell = \mathrm{rd}_a(s\,\tilde q \tilde k^\top + B)\ [\mathrm{rd}_p \text{ with } \texttt{round\_logits}], \quad
+P = \mathrm{softmax}_a(\ell), \quad
+O = \mathrm{rd}_p\big(\mathrm{rd}_a(\mathrm{rd}_p(P)\,\tilde v)\big),
 $$
 
-with ``rd_p`` rounding to the claimed precision ``p`` (bfloat16 through ``ml_dtypes``, the
-library JAX uses) and the softmax subtracting the row max before ``exp`` (so a finite input never
-gives NaN or Inf: the logits of a float16 kernel are float32 and cannot overflow at 65504).
-For ``p = float64`` it is the float64 oracle itself.
-
-Precisions are named by strings: ``"float64"``, ``"float32"``, ``"float16"``, ``"bfloat16"``.
+with ``p`` the precision, ``a`` the accumulation precision (``accumulate``, default float32 for
+float16 and bfloat16, the precision itself otherwise), ``rd_p(P)`` optional
+(``round_probabilities``, default on when ``p`` is narrower than ``a``) and the final ``rd_p``
+optional (``round_output``). The softmax subtracts the row max before ``exp``, so a finite input
+never gives NaN or Inf. [`refattn.softmax_attention`][refattn.exact.softmax_attention] with ``dtype=`` below float64 is this
+reference with its default knobs.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+
 import ml_dtypes
 import numpy as np
 
-from refattn._validation import InputError, as_float_array
-from refattn.exact import softmax_attention
+from refattn._validation import _ML_DTYPES_FLOATS, InputError, InputTypeError, as_float_array, check_bool
 from refattn.problem import attention_problem
 
-__all__ = ["PRECISIONS", "as_dtype", "eps", "round_to", "kernel_reference"]
+__all__ = [
+    "PRECISIONS",
+    "STORAGE_PRECISIONS",
+    "as_precision",
+    "as_dtype",
+    "numpy_type",
+    "precision_of",
+    "values_precision",
+    "eps",
+    "unit_roundoff",
+    "round_to",
+    "is_storage_only",
+    "compute_type",
+    "Recipe",
+    "recipe",
+    "kernel_reference",
+]
 
+#: The precisions a kernel may claim to compute in, finest first.
 PRECISIONS = ("float64", "float32", "float16", "bfloat16")
+#: Formats that store values (and round) but are not claimed as compute precisions.
+STORAGE_PRECISIONS = ("float8_e4m3fn", "float8_e5m2")
+_ALL = PRECISIONS + STORAGE_PRECISIONS
+assert set(_ML_DTYPES_FLOATS) == set(_ALL) - {"float64", "float32", "float16"}  # one list, read in two places
+_DTYPES = {"float64": np.dtype(np.float64), "float32": np.dtype(np.float32), "float16": np.dtype(np.float16),
+           "bfloat16": np.dtype(ml_dtypes.bfloat16), "float8_e4m3fn": np.dtype(ml_dtypes.float8_e4m3fn),
+           "float8_e5m2": np.dtype(ml_dtypes.float8_e5m2)}
+#: Aliases frameworks print for the same formats (torch.half, jnp.bfloat16, "fp16", ...).
+_ALIASES = {"double": "float64", "float": "float32", "single": "float32", "half": "float16", "fp64": "float64",
+            "fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "float8_e4m3": "float8_e4m3fn",
+            "e4m3": "float8_e4m3fn", "e5m2": "float8_e5m2", "fp8_e4m3": "float8_e4m3fn", "fp8_e5m2": "float8_e5m2"}
+
+
+def as_precision(x, name: str = "dtype", *, allowed=PRECISIONS) -> str:
+    """The precision named by ``x``, as one of ``allowed``; a ``TypeError`` naming ``name`` otherwise.
+
+    ``x`` may be a name (``"bfloat16"``, ``"float16"``, ``"fp16"``), a NumPy dtype or scalar type, an
+    ``ml_dtypes`` type, or a framework dtype whose printed name ends in one of those
+    (``torch.bfloat16``, ``jax.numpy.float16``).
+
+    >>> as_precision(np.float16), as_precision("bf16"), as_precision(np.dtype("float32"))
+    ('float16', 'bfloat16', 'float32')
+    """
+    key = _name(x)
+    key = _ALIASES.get(key, key)
+    if key not in _ALL:
+        if isinstance(x, str):
+            raise InputError(f"{name}: expected one of {', '.join(allowed)}, got {x!r}")
+        try:
+            got = np.dtype(x).name  # a NumPy dtype that is not a floating format (int8, bool)
+        except TypeError:
+            raise InputTypeError(f"{name}: not a precision: {x!r} (expected one of {', '.join(allowed)})") from None
+        raise InputTypeError(f"{name}: must be one of {', '.join(allowed)}, got {got}")
+    if key not in allowed:
+        raise InputTypeError(f"{name}: must be one of {', '.join(allowed)}, got {key}")
+    return key
+
+
+def _name(x) -> str:
+    if isinstance(x, str):
+        return x.strip().lower().rpartition(".")[2]
+    try:
+        return np.dtype(x).name
+    except TypeError:
+        pass
+    text = str(getattr(x, "name", None) or x)  # torch.float16 prints "torch.float16"
+    return text.strip().lower().rpartition(".")[2]
+
+
+def numpy_type(dtype, name: str = "dtype", *, allowed=("float64", "float32")):
+    """The NumPy scalar type of a precision restricted to ``allowed`` (a function computing in
+    float64 or float32 takes its ``dtype=`` through this): ``np.float32`` for ``"float32"``, ``np.float32``."""
+    return _DTYPES[as_precision(dtype, name, allowed=allowed)].type
 
 
 def as_dtype(precision) -> np.dtype:
-    """The NumPy dtype of a precision name (bfloat16: ``ml_dtypes.bfloat16``)."""
-    if precision not in PRECISIONS:
-        raise InputError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
-    return np.dtype(ml_dtypes.bfloat16) if precision == "bfloat16" else np.dtype(precision)
+    """The NumPy dtype of a precision (bfloat16 and FP8: ``ml_dtypes``')."""
+    return _DTYPES[as_precision(precision, "precision", allowed=_ALL)]
+
+
+def precision_of(array, name: str = "array") -> str:
+    """The precision an array is stored in (its dtype's): a ``TypeError`` naming ``name`` for a
+    non-floating array, or a bfloat16 array whose dtype lost ``ml_dtypes``' dtype object (``V2``)."""
+    dt = np.asarray(array).dtype
+    if dt == np.dtype("V2"):
+        raise InputTypeError(f"{name}: dtype V2 (a bfloat16 array without its dtype: pass it through ml_dtypes)")
+    if dt.name not in _ALL:
+        raise InputTypeError(f"{name}: expected a real floating-point array, got dtype {dt}")
+    return dt.name
+
+
+def values_precision(array, name: str = "array") -> str:
+    """The coarsest claimable precision in which every value of ``array`` is exactly representable.
+
+    A float32 result upcast to float64 (``tensor.double()``) has float32 values: judged at float32's
+    rounding, not float64's; a genuinely float64 result is float64 (a non-zero float64 value drawn
+    from a continuous distribution is a float32 number with probability ``2^-29``). Considered, from
+    the array's own precision down: float32, then float16 or bfloat16 (whichever holds every value,
+    the finer when both do). Non-finite values are ignored (the caller judges them).
+    """
+    stored = precision_of(array, name)
+    a = widen(np.asarray(array)).astype(np.float64)
+    a = a[np.isfinite(a)]
+    found = stored
+    if found == "float64" and _exact_in(a, "float32"):
+        found = "float32"
+    if found == "float32":
+        found = next((p for p in ("float16", "bfloat16") if _exact_in(a, p)), found)
+    return found
+
+
+def _exact_in(a, precision) -> bool:
+    dt = _DTYPES[precision]
+    big = float(ml_dtypes.finfo(dt).max)
+    if a.size and float(np.max(np.abs(a))) > big:
+        return False
+    return bool(np.array_equal(a.astype(dt).astype(np.float64), a))
 
 
 def eps(precision) -> float:
-    """Machine epsilon of a precision (bfloat16: 2^-7 = 0.0078125)."""
+    """Machine epsilon of a precision (the gap above 1: float64 2^-52, bfloat16 2^-7)."""
     return float(ml_dtypes.finfo(as_dtype(precision)).eps)
 
 
-def round_to(x, precision) -> np.ndarray:
+def unit_roundoff(precision) -> float:
+    """Unit roundoff ``u = eps / 2`` (round to nearest; Higham 2002, Sec. 2.1)."""
+    return eps(precision) / 2.0
+
+
+def is_storage_only(precision) -> bool:
+    """Whether a kernel of this precision stores at it but computes in float32 (float16, bfloat16, FP8)."""
+    return as_precision(precision, "precision", allowed=_ALL) not in ("float64", "float32")
+
+
+def compute_type(precision):
+    """The NumPy scalar type the oracle computes a precision in: itself for float64 and float32,
+    float32 for the storage-only formats (their kernels accumulate in float32)."""
+    p = as_precision(precision, "precision", allowed=_ALL)
+    return np.float64 if p == "float64" else np.float32
+
+
+def widen(arr: np.ndarray) -> np.ndarray:
+    """An ``ml_dtypes`` floating array (bfloat16, FP8) as float32 (exact); any other array as given."""
+    return arr.astype(np.float32) if arr.dtype.name in _ML_DTYPES_FLOATS else arr
+
+
+def round_to(x, precision, name: str = "x") -> np.ndarray:
     """``x`` rounded to ``precision`` (round to nearest even), returned as float64 values; values
-    beyond the precision's range are a ``ValueError`` naming ``x`` (never a silent inf)."""
-    dt = as_dtype(precision)
-    return _rounded(as_float_array(x, "x"), dt, "x").astype(dt).astype(np.float64) if dt != np.float64 \
-        else as_float_array(x, "x").astype(np.float64)
+    beyond the precision's range are a ``ValueError`` naming ``name`` (never a silent inf)."""
+    p = as_precision(precision, "precision", allowed=_ALL)
+    a = as_float_array(x, name).astype(np.float64)
+    return a if p == "float64" else _rounded(a, p, name).astype(np.float64)
 
 
-def _rounded(a, dt, name):
-    """``a`` rounded to ``dt`` as float32 values; values beyond ``dt``'s range are an error."""
+def _rounded(a, precision, name):
+    """``a`` rounded to ``precision``, held in float32 (float64 for float64): the values a kernel of
+    that precision reads. Values beyond the range are an error naming ``name``."""
+    if precision == "float64":
+        return np.asarray(a, dtype=np.float64)
+    dt = _DTYPES[precision]
     big = float(ml_dtypes.finfo(dt).max)
     a = np.asarray(a, dtype=np.float64)
     if a.size and np.max(np.abs(a)) > big:
-        raise InputError(f"{name}: values up to {np.max(np.abs(a)):.3g} exceed the {dt.name} range ({big:.5g}); "
-                         f"a {dt.name} kernel cannot be given them")
+        raise InputError(f"{name}: values up to {np.max(np.abs(a)):.3g} exceed the {precision} range ({big:.5g}); "
+                         f"a {precision} kernel cannot be given them")
     return a.astype(dt).astype(np.float32)
 
 
-def kernel_reference(q, k, v, precision, *, scale=None, causal=False, mask=None, bias=None, key_lengths=None,
-                     window=None, softcap=None, alibi_slopes=None, return_lse=False):
+def round_problem(prob, precision, extra=()):
+    """``prob`` with ``q``, ``k``, ``v`` (and ``extra`` ``(name, array)`` pairs) rounded to ``precision``,
+    held in its compute type: what a kernel of that precision reads."""
+    p = as_precision(precision, "dtype", allowed=_ALL)
+    new = dataclasses.replace(prob, q=_rounded(prob.q, p, "q"), k=_rounded(prob.k, p, "k"), v=_rounded(prob.v, p, "v"))
+    return (new, *(_rounded(a, p, name) for name, a in extra))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a kernel of ``precision`` computes attention: the knobs of [`kernel_reference`][refattn.precision.kernel_reference]."""
+
+    precision: str
+    accumulate: str
+    round_logits: bool
+    round_probabilities: bool
+    round_output: bool
+
+    def describe(self) -> str:
+        parts = [f"{self.precision} inputs", f"{self.accumulate} accumulation and softmax"]
+        if self.round_logits:
+            parts.append(f"logits rounded to {self.precision}")
+        if self.round_probabilities:
+            parts.append(f"probabilities rounded to {self.precision}")
+        parts.append(f"output {'rounded to ' + self.precision if self.round_output else 'in ' + self.accumulate}")
+        return ", ".join(parts)
+
+
+def recipe(precision, *, accumulate=None, round_logits=False, round_probabilities=None, round_output=True) -> Recipe:
+    """The [`Recipe`][refattn.precision.Recipe] of a kernel of ``precision``; defaults as FlashAttention
+    (module docstring). ``accumulate`` may not be narrower than float32 for a storage-only
+    precision, nor narrower than the precision itself."""
+    p = as_precision(precision, "precision", allowed=_ALL)
+    default = "float64" if p == "float64" else "float32"
+    a = default if accumulate is None else as_precision(accumulate, "accumulate", allowed=("float64", "float32"))
+    if PRECISIONS.index(a) > PRECISIONS.index(default):
+        raise InputError(f"accumulate: {a} is narrower than the {p} inputs")
+    narrower = p != a
+    rp = narrower if round_probabilities is None else check_bool(round_probabilities, "round_probabilities")
+    return Recipe(p, a, check_bool(round_logits, "round_logits"), rp, check_bool(round_output, "round_output"))
+
+
+def kernel_reference(q, k, v, precision, *, accumulate=None, round_logits=False, round_probabilities=None,
+                     round_output=True, scale=None, causal=False, mask=None, bias=None, key_lengths=None, window=None,
+                     softcap=None, alibi_slopes=None, return_lse=False):
     """Attention as a kernel of ``precision`` computes it (module docstring), as float64 values.
 
-    Arguments as for [`refattn.softmax_attention`][refattn.exact.softmax_attention]; inputs beyond the precision's range are a
-    ``ValueError`` naming the argument. Fully masked rows give zeros and
-    ``lse = -inf``, as the oracle. ``return_lse``: also the float32 log-sum-exp (the statistic a
-    kernel keeps), as float64 values.
+    Arguments as for [`refattn.softmax_attention`][refattn.exact.softmax_attention], plus the knobs of
+    [`recipe`][refattn.precision.recipe]. Inputs beyond the precision's range are a ``ValueError``
+    naming the argument. Fully masked rows give zeros and ``lse = -inf``, as the oracle.
+    ``return_lse``: also the log-sum-exp in the accumulation precision (the statistic a kernel
+    keeps), as float64 values. ``precision="float64"`` is the oracle's dense path.
     """
-    dt = as_dtype(precision)
-    if precision == "float64":
-        return softmax_attention(q, k, v, scale=scale, causal=causal, mask=mask, bias=bias, key_lengths=key_lengths,
-                                 window=window, softcap=softcap, alibi_slopes=alibi_slopes, return_lse=return_lse)
+    how = recipe(precision, accumulate=accumulate, round_logits=round_logits,
+                 round_probabilities=round_probabilities, round_output=round_output)
+    return_lse = check_bool(return_lse, "return_lse")
     prob = attention_problem(q, k, v, scale=scale, causal=causal, mask=mask, bias=bias, key_lengths=key_lengths,
                              window=window, softcap=softcap, alibi_slopes=alibi_slopes)
-    f32 = np.float32
-    qr, kr, vr = (_rounded(a, dt, name) for a, name in ((prob.q, "q"), (prob.k, "k"), (prob.v, "v")))
-    logits = (f32(prob.scale) * (qr @ np.swapaxes(kr, -1, -2))).astype(f32)  # (..., T, S) accumulated in float32
+    out, lse = reference_on(prob, how)
+    out = out.astype(np.float64)
+    return (out, lse.astype(np.float64)) if return_lse else out
+
+
+def reference_on(prob, how: Recipe):
+    """``(out, lse)`` of a validated problem by the recipe ``how``: ``out`` in the precision's dtype
+    when the output is rounded (else the accumulation's), ``lse`` in the accumulation's."""
+    acc = np.dtype(how.accumulate).type
+    rounded = round_problem(prob, how.precision)[0] if how.precision != how.accumulate else prob
+    qa, ka, va = (a.astype(acc, copy=False) for a in (rounded.q, rounded.k, rounded.v))
+    logits = (np.matmul(qa, np.swapaxes(ka, -1, -2)) * acc(prob.scale)).astype(acc, copy=False)  # (..., T, S)
     if prob.softcap is not None:
-        logits = (f32(prob.softcap) * np.tanh(logits / f32(prob.softcap))).astype(f32)
+        logits = (acc(prob.softcap) * np.tanh(logits / acc(prob.softcap))).astype(acc, copy=False)
     if prob.bias is not None:
-        logits = (logits + prob.bias.astype(f32)).astype(f32)
+        logits = (logits + prob.bias.astype(acc)).astype(acc, copy=False)
+    if how.round_logits and how.precision != how.accumulate:
+        logits = _rounded(logits, how.precision, "logits").astype(acc)
     allowed = prob.allowed()
     if allowed is not None:
-        logits = np.where(allowed, logits, f32(-np.inf))
+        logits = np.where(allowed, logits, acc(-np.inf))
     if np.any(np.isnan(logits) | (logits == np.inf)):
-        raise InputError("scale, q, k: the logits overflow float32 (a real kernel would produce NaN here); "
-                         "scale the inputs down")
-    top = logits.max(axis=-1, keepdims=True) if logits.shape[-1] else np.full(logits.shape[:-1] + (1,), -np.inf, f32)
+        raise InputError(f"scale, q, k: the logits overflow {how.accumulate} (a real kernel would produce NaN "
+                         "here); scale the inputs down")
+    logits = np.broadcast_to(logits, prob.batch_shape + (prob.T, prob.S))
+    top = logits.max(axis=-1, keepdims=True) if prob.S else np.full(logits.shape[:-1] + (1,), -np.inf, acc)
     seen = top > -np.inf  # (..., T, 1) rows with a visible key
-    ref = np.where(seen, top, f32(0))
-    p = np.exp(logits - ref).astype(f32)  # 0 where masked, <= 1 elsewhere: no overflow
-    total = p.sum(axis=-1, keepdims=True, dtype=f32)
-    p = np.where(seen, p / np.where(seen, total, f32(1)), f32(0)).astype(f32)
-    if dt != np.float32:
-        p = p.astype(dt).astype(f32)  # the probabilities enter the second product in the input dtype
-    out = (p @ vr).astype(f32).astype(dt).astype(np.float64)  # accumulated in float32, written in dtype
+    ref = np.where(seen, top, acc(0))
+    p = np.exp(logits - ref).astype(acc, copy=False)  # 0 where masked, <= 1 elsewhere: no overflow
+    total = p.sum(axis=-1, keepdims=True, dtype=acc)
+    p = np.where(seen, p / np.where(seen, total, acc(1)), acc(0)).astype(acc, copy=False)
+    if how.round_probabilities and how.precision != how.accumulate:
+        p = _rounded(p, how.precision, "probabilities").astype(acc)  # the second product reads them rounded
+    out = np.matmul(p, va).astype(acc, copy=False)  # (..., T, Hv) accumulated in the accumulation precision
+    if how.round_output and how.precision != how.accumulate:
+        out = out.astype(_DTYPES[how.precision])
     out = np.broadcast_to(out, prob.batch_shape + (prob.T, prob.Hv)).copy()
-    if not return_lse:
-        return out
-    lse = np.where(seen[..., 0], (ref + np.log(np.where(seen, total, f32(1))))[..., 0], -np.inf)
-    return out, np.broadcast_to(lse.astype(np.float64), prob.batch_shape + (prob.T,)).copy()
+    lse = np.where(seen[..., 0], (ref + np.log(np.where(seen, total, acc(1))))[..., 0], acc(-np.inf))
+    return out, np.broadcast_to(lse, prob.batch_shape + (prob.T,)).copy()

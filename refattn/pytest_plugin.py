@@ -14,7 +14,8 @@ suite that neither requests its fixtures nor marks tests ``statistical``.
   declared fails (its share would be overspent). The run ends with a summary: how many statistical
   assertions ran, the budget each got, the family-wise bound (their sum, at most ``A``).
 - ``oracle`` fixture: ``oracle(q, k, v, **kwargs)`` returns the exact reference as
-  [`OracleResult`][refattn.pytest_plugin.OracleResult] (``out``, ``lse`` and ``grads(dout)``): refattn's float64 oracle.
+  [`OracleResult`][refattn.pytest_plugin.OracleResult] (``out``, ``lse``, ``grads(dout)`` and ``assert_close(actual,
+  precision=)``, the one tolerance rule of [`refattn.tolerance`][refattn.tolerance]): refattn's float64 oracle.
 
 Bad options are one-line usage errors naming the option.
 """
@@ -155,6 +156,12 @@ class OracleResult:
         from refattn.exact import attention_backward
 
         return attention_backward(self.q, self.k, self.v, dout, **self.kwargs)
+
+    def assert_close(self, actual, *, precision=None, name="out"):
+        """Assert that a kernel's output passes refattn's one tolerance rule at ``precision`` (default:
+        the output's stored precision), as ``refattn check`` judges it; prints the numbers."""
+        return _testing.assert_close_to_reference(actual, self.q, self.k, self.v, dtype=precision, name=name,
+                                                  **self.kwargs)
 
 
 @pytest.fixture

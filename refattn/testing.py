@@ -3,18 +3,10 @@ strategies for attention inputs, and statistical assertions.
 
 >>> from refattn.testing import assert_close_to_reference, attention_inputs
 
-The tolerance rule (FlashAttention's test suite): a kernel that
-computes in precision ``lo`` passes iff
-
-$$
-\max|O_\text{kernel} - O_{64}| \le 2 \max|O_\text{lo} - O_{64}| + \text{floor},
-$$
-
-where $O_{64}$ is the float64 oracle and $O_\text{lo}$ the same reference math
-done in precision ``lo``. The factor 2 allows the kernel to be twice as far from the truth
-as a straightforward implementation in its own precision. ``floor`` (default
-``4 eps_lo max|O_64|``) is rounding noise at the reference's magnitude: it matters only when
-the low-precision reference is exact by luck (for example float64 kernels).
+The tolerance rule is refattn's one rule ([`refattn.tolerance`][refattn.tolerance], the same numbers as
+``refattn check``): an output passes when every entry is within the larger of the FlashAttention
+allowance ``2 max|O_p - O_64| + 4 eps_p max|O_64|`` and the rigorous rounding allowance of a
+correct kernel of its precision ``p``.
 """
 
 from __future__ import annotations
@@ -27,7 +19,9 @@ import numpy as np
 
 from refattn._validation import InputError, InputTypeError, as_float_array, check_bool, check_real
 from refattn.exact import softmax_attention
+from refattn.precision import as_dtype, as_precision
 from refattn.stats import bootstrap_variance_interval, z_test_mean
+from refattn.tolerance import ToleranceCheck, check_attention_output, compare
 
 __all__ = [
     "ToleranceCheck",
@@ -41,98 +35,23 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class ToleranceCheck:
-    """The numbers of one application of the FlashAttention rule."""
-
-    error: float  # max |actual - ref64|
-    error_lo: float  # max |ref_lo - ref64|
-    floor: float
-    dtype: str
-
-    @property
-    def bound(self) -> float:
-        return 2.0 * self.error_lo + self.floor
-
-    @property
-    def passed(self) -> bool:
-        return bool(self.error <= self.bound)
-
-    def summary(self) -> str:
-        verdict = "PASS" if self.passed else "FAIL"
-        return (
-            f"{verdict}: max|out - ref64| = {self.error:.3e}, bound = 2 * {self.error_lo:.3e} "
-            f"(max|ref_{self.dtype} - ref64|) + {self.floor:.3e} (floor) = {self.bound:.3e}"
-        )
-
-
-def _kernel_output(actual):
-    """The output under test as a float array: NaN and Inf are allowed (they fail the check, with
-    ``error = inf``); anything that is not a real floating array is a ``TypeError`` naming ``actual``."""
-    try:
-        a = np.asarray(actual)
-    except Exception as exc:
-        raise InputTypeError(f"actual: cannot be converted to an array ({exc})") from None
-    if a.dtype == np.dtype("V2"):  # a bfloat16 output without ml_dtypes' dtype object: refuse, do not guess
-        raise InputTypeError("actual: dtype V2 (pass bfloat16 through ml_dtypes)")
-    if a.dtype.kind != "f" and str(a.dtype) != "bfloat16":
-        raise InputTypeError(f"actual: expected a real floating-point array, got dtype {a.dtype}")
-    return a
-
-
-def _lo_dtype(actual, dtype):
-    if dtype is not None:
-        try:
-            dt = np.dtype(dtype)
-        except TypeError:
-            raise InputTypeError(f"dtype: not a NumPy dtype: {dtype!r}") from None
-        if dt not in (np.float16, np.float32, np.float64):
-            raise InputTypeError(f"dtype: expected float16, float32 or float64, got {dt}")
-        return dt
-    dt = _kernel_output(actual).dtype
-    return dt if dt in (np.float16, np.float32, np.float64) else np.dtype(np.float64)
-
-
-def tolerance_check(actual, ref64, ref_lo, *, atol=None) -> ToleranceCheck:
-    """Apply the FlashAttention rule to given arrays (see the module docstring).
-
-    ``atol`` overrides the floor. Shapes must agree exactly (no broadcasting: a shape
-    mismatch is a bug in the implementation under test, not a tolerance question).
-    """
-    a = _kernel_output(actual)
-    r = as_float_array(ref64, "ref64").astype(np.float64)
-    lo = as_float_array(ref_lo, "ref_lo")
-    if a.shape != r.shape:
-        raise AssertionError(f"actual: shape mismatch: actual {a.shape} vs reference {r.shape}")
-    if lo.shape != r.shape:
-        raise InputError(f"ref_lo: shape {lo.shape} differs from ref64's {r.shape}")
-    if atol is not None:
-        atol = check_real(atol, "atol", minimum=0.0)
-    a64 = a.astype(np.float64)
-    if not np.isfinite(a64).all():
-        error = float("inf")
-    else:
-        error = float(np.max(np.abs(a64 - r))) if r.size else 0.0
-    error_lo = float(np.max(np.abs(lo.astype(np.float64) - r))) if r.size else 0.0
-    lo_dt = lo.dtype if lo.dtype in (np.float16, np.float32, np.float64) else np.dtype(np.float64)
-    if atol is None:
-        scale = float(np.max(np.abs(r))) if r.size else 0.0
-        atol = 4.0 * float(np.finfo(lo_dt).eps) * scale + float(np.finfo(np.float64).tiny)
-    return ToleranceCheck(error, error_lo, float(atol), lo_dt.name)
+def tolerance_check(actual, ref64, ref_lo, *, atol=None, precision=None, allowance=0.0) -> ToleranceCheck:
+    """The rule on given arrays: [`refattn.tolerance.compare`][refattn.tolerance.compare] (``precision`` defaults to
+    ``ref_lo``'s stored precision; ``allowance``, the rigorous allowance, to none)."""
+    return compare(actual, ref64, ref_lo, precision=precision, allowance=allowance, atol=atol)
 
 
 def check_close_to_reference(actual, q, k, v, *, dtype=None, atol=None, **attention_kwargs) -> ToleranceCheck:
-    """Compute ``ref64`` and ``ref_lo`` with [`refattn.softmax_attention`][refattn.exact.softmax_attention] and apply the rule.
+    """The rule for an attention output against refattn's oracle
+    ([`refattn.tolerance.check_attention_output`][refattn.tolerance.check_attention_output]).
 
-    ``dtype`` is the kernel's compute precision (default: ``actual``'s dtype);
-    ``attention_kwargs`` (``scale``, ``causal``, ``mask``, ``bias``, ``key_lengths``) are
-    passed to the oracle.
+    ``dtype`` is the kernel's compute precision (any name of [`refattn.precision`][refattn.precision]; default:
+    ``actual``'s stored precision, so a bfloat16 array is judged at bfloat16 and a float32 result
+    upcast to float64 is judged as float64 unless ``dtype`` says otherwise);
+    ``attention_kwargs`` (``scale``, ``causal``, ``mask``, ``bias``, ``key_lengths``, ``window``,
+    ``softcap``, ``alibi_slopes``) are passed to the oracle.
     """
-    lo = _lo_dtype(actual, dtype)
-    ref64 = softmax_attention(q, k, v, implementation="dense", **attention_kwargs)
-    q_lo, k_lo, v_lo = (np.asarray(x).astype(lo) for x in (q, k, v))
-    ref_lo = softmax_attention(q_lo, k_lo, v_lo, implementation="dense", dtype=lo, **attention_kwargs)
-    return tolerance_check(actual, ref64, ref_lo, atol=atol)
+    return check_attention_output(actual, q, k, v, precision=dtype, atol=atol, **attention_kwargs)
 
 
 def assert_close_to_reference(actual, q, k, v, *, dtype=None, atol=None, name="out", **attention_kwargs):
@@ -387,11 +306,7 @@ def attention_inputs(
             return tuple(draw(st.sampled_from([b, 1])) for b in batch) + tail
 
         seed = draw(st.integers(0, 2**32 - 1))
-        dtype = draw(st.sampled_from(list(dtypes)))
-        if isinstance(dtype, str) and dtype == "bfloat16":
-            import ml_dtypes
-
-            dtype = ml_dtypes.bfloat16
+        dtype = as_dtype(as_precision(draw(st.sampled_from(list(dtypes))), "dtypes"))
         if isinstance(logit_std, tuple):
             std = draw(st.floats(*logit_std, allow_nan=False, allow_infinity=False))
         else:

@@ -109,7 +109,7 @@ def test_the_rounding_allowance_bounds_two_correct_backwards_and_no_fault():
     """Derived bound, checked: on every case of the grid and 20 seeds, refattn's backward and the
     independent NumPy one differ by at most twice the allowance (each within it); and the allowance
     stays far below what the planted faults change, so it cannot hide them. Deterministic."""
-    from refattn.check.backward import rounding_allowance
+    from refattn.tolerance import backward_allowance as rounding_allowance
     from refattn.check.exact import CASES, _inputs
     from refattn.check.planted import attention_grads
 

@@ -32,7 +32,8 @@ from refattn.check.exact import BATCH, CASES, HEADS, KV_HEADS, _call_kwargs, _fr
 from refattn.check.verdict import Verdict
 from refattn.exact import attention_backward, attention_probabilities
 from refattn.problem import score_problem
-from refattn.testing import tolerance_check
+from refattn.precision import as_dtype, unit_roundoff
+from refattn.tolerance import backward_allowance, compare
 
 __all__ = ["check_backward", "BACKWARD_PRECISIONS"]
 
@@ -88,7 +89,7 @@ def check_backward(run, *, alignment="bottom_right", precision="float64", layout
         raise InputError(f"precision: the backward kind judges {BACKWARD_PRECISIONS} claims, got {precision!r}")
     takes = {name: run.accepts(name) for name in ("causal", "mask")}
     rng = np.random.default_rng([run.report.seed, 5])
-    dt = np.dtype(precision)
+    dt = as_dtype(precision)
     for case in CASES:
         if case.dtype != np.float64 or case.option == "return_lse":
             continue  # low-precision inputs: a claim of that precision covers them; lse is the forward's
@@ -122,51 +123,17 @@ def check_backward(run, *, alignment="bottom_right", precision="float64", layout
         _judge(run, case, grads, q, k, v, dout, kw, precision, group)
 
 
-def rounding_allowance(q, k, v, dout, kw, u):
-    """Bounds (max over entries) on the rounding error of ``(dq, dk, dv)`` computed in unit roundoff
-    ``u`` by the dense formulas in any order (derived: the product bound ``|fl(AB) - AB| <= gamma_n
-    |A| |B|``, ``gamma_n = n u / (1 - n u)``, Higham 2002, Sec. 3.5, chained through the backward;
-    the probabilities' error is the forward bound's, ``(e^{2 Delta_i} - 1 + 2 gamma_{S+2}) P``, with
-    ``Delta_i`` the logits' error, as [`refattn.exact.forward_error_bound`][refattn.exact.forward_error_bound]).
-
-    Two implementations that each meet it differ by at most twice it: the allowance the rule adds for
-    ill-conditioned cases, where two correct float64 backwards differ by more than the rule's floor."""
-    q, k, v, dout = (np.asarray(a, dtype=np.float64) for a in (q, k, v, dout))
-    H, S, T, Hv = q.shape[-1], k.shape[-2], q.shape[-2], v.shape[-1]
-    gamma = lambda n: n * u / (1 - n * u)  # noqa: E731
-    scale = 1.0 / np.sqrt(H)
-    p = attention_probabilities(q, k, **kw)  # (..., T, S)
-    absl = scale * np.abs(q) @ np.swapaxes(np.abs(k), -1, -2)  # |s q.k| bounds
-    delta = np.max(np.where(p > 0, gamma(H + 2) * absl, 0.0), axis=-1, keepdims=True)  # (..., T, 1)
-    ep = (np.expm1(2 * delta) + 2 * gamma(S + 2)) * p  # |P^ - P|
-    av, ado = np.abs(v), np.abs(dout)
-    o = p @ v
-    eo = ep @ av + gamma(S) * p @ av
-    dp = dout @ np.swapaxes(v, -1, -2)
-    edp = gamma(Hv) * ado @ np.swapaxes(av, -1, -2)
-    d = np.sum(dout * o, axis=-1, keepdims=True)
-    ed = np.sum(ado * eo, axis=-1, keepdims=True) + gamma(Hv) * np.sum(ado * np.abs(o), axis=-1, keepdims=True)
-    gap = np.abs(dp - d)
-    eds = ep * gap + p * (edp + ed) + 2 * u * p * gap  # |dS^ - dS|
-    ads = p * gap
-    edq = scale * (eds @ np.abs(k) + gamma(S) * ads @ np.abs(k)) + u * np.abs(scale * ads @ np.abs(k))
-    edk = scale * (np.swapaxes(eds, -1, -2) @ np.abs(q) + gamma(T) * np.swapaxes(ads, -1, -2) @ np.abs(q))
-    edv = np.swapaxes(ep, -1, -2) @ ado + gamma(T) * np.swapaxes(p, -1, -2) @ ado
-    return edq, edk, edv
-
-
 def _judge(run, case, grads, q, k, v, dout, kw, precision, group=1):
     kr, vr = (np.repeat(a, group, axis=1) if group > 1 else a for a in (k, v))
     ref64 = _grouped(attention_backward(q, kr, vr, dout, **kw), group)
-    ref_lo = _grouped(attention_backward(q, kr, vr, dout, dtype=np.dtype(precision).type, **kw), group)
-    results = [tolerance_check(g, r, lo) for g, r, lo in zip(grads, ref64, ref_lo)]
-    # ill-conditioned cases: two correct backwards differ by up to twice the rounding allowance
-    u = float(np.finfo(np.dtype(precision)).eps) / 2
-    allowance = [2 * float(np.max(a, initial=0.0)) for a in _grouped(rounding_allowance(q, kr, vr, dout, kw, u), group)]
-    results = [tolerance_check(g, r, lo, atol=res.floor + a) if a > res.bound else res
-               for g, r, lo, res, a in zip(grads, ref64, ref_lo, results, allowance)]
+    ref_lo = _grouped(attention_backward(q, kr, vr, dout, dtype=precision, **kw), group)
+    # the rigorous allowance: a correct backward of the precision and the float64 one each within theirs
+    allowance = [a + b for a, b in zip(_grouped(backward_allowance(q, kr, vr, dout, kw, unit_roundoff(precision)), group),
+                                        _grouped(backward_allowance(q, kr, vr, dout, kw, unit_roundoff("float64")), group))]
+    results = [compare(g, r, lo, precision=precision, allowance=a)
+               for g, r, lo, a in zip(grads, ref64, ref_lo, allowance)]
     errors = ", ".join(f"{n} {r.error:.2g}" for n, r in zip(("dq", "dk", "dv"), results))
-    meaning = f"FlashAttention rule on dq, dk, dv vs attention_backward ({precision})"
+    meaning = f"the tolerance rule on dq, dk, dv vs attention_backward ({precision})"
     worst = max(results, key=lambda r: r.error / r.bound if r.bound else np.inf)
     if all(r.passed for r in results):
         run.exact(case.name, worst.error, worst.bound, meaning, effect=f"max err {errors}")
@@ -174,7 +141,10 @@ def _judge(run, case, grads, q, k, v, dout, kw, precision, group=1):
     fault = "no known fault matches"
     if precision == "float64":
         ref32 = _grouped(attention_backward(q, kr, vr, dout, dtype=np.float32, **kw), group)
-        if all(tolerance_check(g, r, lo).passed for g, r, lo in zip(grads, ref64, ref32)):
+        allow32 = [a + b for a, b in zip(_grouped(backward_allowance(q, kr, vr, dout, kw, unit_roundoff("float32")), group),
+                                         _grouped(backward_allowance(q, kr, vr, dout, kw, unit_roundoff("float64")), group))]
+        if all(compare(g, r, lo, precision="float32", allowance=a).passed
+               for g, r, lo, a in zip(grads, ref64, ref32, allow32)):
             fault = ("the errors are at float32's rounding level: a float32 backward? claim it with --precision "
                      "float32 (check(..., precision='float32'))")
     candidates = [(name, _grouped(c, group)) for name, c in _faults(q, kr, vr, dout, kw)]

@@ -1,6 +1,7 @@
 r"""``--kind exact``: an exact attention ``fn(q, k, v) -> out`` (and ``causal=``, ``mask=`` when it
-takes them), judged case by case against the float64 oracle by the FlashAttention rule
-([`refattn.testing.tolerance_check`][refattn.testing.tolerance_check]).
+takes them), judged case by case against the float64 oracle by refattn's one tolerance rule
+([`refattn.tolerance`][refattn.tolerance]: the FlashAttention rule or the rigorous rounding allowance of a correct
+kernel of the claimed precision, whichever is larger).
 
 The grid: ``T != S``; ``T = S``; ``H = 1`` with ``T = 1``; odd sizes; leading batch dims (skipped when the
 callable does not take them); logits about 1000 apart (overflow without the max
@@ -20,15 +21,14 @@ float16 or bfloat16 is judged at that precision. Every case then hands it inputs
 dtype (bfloat16 values in float32 arrays: NumPy has no bfloat16 that frameworks read) and the
 rule's low-precision reference is what a kernel of that precision computes
 ([`refattn.precision.kernel_reference`][refattn.precision.kernel_reference]: float32 accumulation and softmax, probabilities
-rounded before the second product), with a floor of ``4 eps`` of the precision. A float64 claim
+rounded before the second product). A float64 claim
 that fails with errors at a lower precision's rounding level is diagnosed as such, naming the
 flag.
 
-For float64 inputs (and for low-precision claims, with float32's unit roundoff, since such kernels
-compute in float32), where rounding alone can exceed the rule's allowance (logits far apart:
-the low-precision reference is then the oracle itself), the allowance is raised to twice the
-rigorous forward error bound of the oracle ([`refattn.exact.forward_error_bound`][refattn.exact.forward_error_bound],
-docs/exact.md): ``|out - O64| <= |out - O| + |O64 - O|``, each within the bound.
+Rows whose logits are far apart, outputs that cancel to about 0 and float64 claims (whose
+low-precision reference is the oracle itself) are covered by the rule's rigorous allowance
+([`refattn.tolerance.rounding_allowance`][refattn.tolerance.rounding_allowance], derived in the docs' testing page): a correct
+kernel of the claimed precision never exceeds it.
 """
 
 from __future__ import annotations
@@ -39,10 +39,10 @@ import numpy as np
 
 from refattn._validation import InputError
 from refattn.check.verdict import Verdict
-from refattn.exact import forward_error_bound, softmax_attention
-from refattn.precision import eps, kernel_reference, round_to
+from refattn.exact import softmax_attention
+from refattn.precision import as_dtype, as_precision, eps, kernel_reference, round_to
 from refattn.problem import causal_mask, causal_offset
-from refattn.testing import tolerance_check
+from refattn.tolerance import check_attention_output, compare
 
 __all__ = ["check_exact", "CASES", "Case", "LAYOUTS"]
 
@@ -116,7 +116,7 @@ def _inputs(case, rng, precision="float64"):
         mask[np.arange(case.T), rng.integers(0, case.S, case.T)] = True  # every row sees a key
         kw["mask"] = mask
     if precision != "float64":
-        carrier = np.float32 if precision == "bfloat16" else np.dtype(precision)
+        carrier = np.float32 if precision == "bfloat16" else as_dtype(precision)
         return tuple(round_to(a, precision).astype(carrier) for a in (q, k, v)), kw
     return tuple(a.astype(case.dtype) for a in (q, k, v)), kw
 
@@ -193,13 +193,11 @@ def _judge_lse(run, case, lse, q, k, v, kw, alignment, precision):
     a failing verdict for the case when it is wrong. True when it passed (the output is judged next)."""
     rows = causal_mask(case.T, case.S, alignment).any(axis=1) if "causal" in kw else np.ones(case.T, dtype=bool)
     _, ref64 = softmax_attention(q, k, v, return_lse=True, **kw)
-    lo = case.dtype if precision == "float64" else precision
-    _, ref_lo = kernel_reference(q, k, v, np.dtype(lo).name if precision == "float64" else precision,
-                                 return_lse=True, **kw)
+    lo = _claimed(case, precision)
+    _, ref_lo = kernel_reference(q, k, v, lo, return_lse=True, **kw)
     sel = (Ellipsis, rows)
-    floor = 1000 * eps(np.dtype(lo).name if precision == "float64" else precision) * max(
-        1.0, float(np.max(np.abs(ref64[sel]), initial=0.0)))
-    res = tolerance_check(np.asarray(lse, np.float64)[sel], ref64[sel], ref_lo[sel], atol=floor)
+    floor = 1000 * eps(lo) * max(1.0, float(np.max(np.abs(ref64[sel]), initial=0.0)))
+    res = compare(np.asarray(lse, np.float64)[sel], ref64[sel], ref_lo[sel], precision=lo, atol=floor)
     if res.passed:
         return True
     run.add(Verdict(case.name, False, "the returned log-sum-exp differs from the oracle's (return_lse=True)",
@@ -291,30 +289,20 @@ def check_exact(run, *, alignment="bottom_right", precision="float64", layout="T
         _judge_heads(run, case, _from_layout(out, layout), q, k_full, v_full, kw, alignment, precision, group)
 
 
+def _claimed(case, precision):
+    """The precision a case's output is judged at: the claim, or (for a float64 claim) the case's inputs'."""
+    return as_precision(case.dtype) if precision == "float64" else precision
+
+
 def _assess(case, out, q, k, v, kw, alignment, precision="float64"):
     """``(result, meaning, fault)``: the rule on one problem, and the diagnosis when it fails (else None)."""
-    ref64 = softmax_attention(q, k, v, **kw)
     rows = np.ones(case.T, dtype=bool)
     if "causal" in kw:  # rows that see no key: conventions differ (0, NaN), not judged
         rows = causal_mask(case.T, case.S, alignment).any(axis=1)
     sel = (Ellipsis, rows, slice(None))
-    if precision == "float64":
-        ref_lo = softmax_attention(q, k, v, dtype=case.dtype, **kw)
-        res = tolerance_check(out[sel], ref64[sel], ref_lo[sel])
-    else:
-        ref_lo = kernel_reference(q, k, v, precision, **kw)
-        floor = 4.0 * eps(precision) * float(np.max(np.abs(ref64[sel]), initial=0.0)) + float(np.finfo(float).tiny)
-        res = tolerance_check(out[sel], ref64[sel], ref_lo[sel], atol=floor)
-    # ill-conditioned rows (logits far apart): rounding alone may exceed the rule's float64 allowance;
-    # |out - ref64| <= |out - O| + |ref64 - O| <= 2 * the rigorous forward error bound (docs/exact.md)
-    # a low-precision claim computes in float32: its rounding alone is bounded the same way, with float32's u
-    work = np.float64 if precision == "float64" else np.float32
-    feb = 0.0 if "softcap" in kw else 2.0 * float(np.max(
-        forward_error_bound(q, k, v, dtype=work, **kw)[..., rows], initial=0.0))
-    if (case.dtype == np.float64 or precision != "float64") and feb > res.bound:
-        res = tolerance_check(out[sel], ref64[sel], ref_lo[sel], atol=res.floor + feb)
-    claimed = np.dtype(case.dtype).name if precision == "float64" else precision
-    meaning = f"FlashAttention rule vs the float64 oracle ({claimed} inputs" + (
+    claimed = _claimed(case, precision)
+    res = check_attention_output(out, q, k, v, precision=claimed, rows=rows, **kw)
+    meaning = f"the tolerance rule vs the float64 oracle ({np.dtype(case.dtype).name if precision == 'float64' else precision} inputs" + (
         f", claimed {precision} compute)" if precision != "float64" else ")")
     if res.passed:
         return res, meaning, None
@@ -323,12 +311,12 @@ def _assess(case, out, q, k, v, kw, alignment, precision="float64"):
     if nonfinite.any():
         fault = f"{int(nonfinite.sum())} NaN/Inf outputs where the oracle is finite"
         top = float(np.max(np.abs(q.astype(np.float64) @ np.swapaxes(k.astype(np.float64), -1, -2)))) / np.sqrt(case.H)
-        if top > np.log(np.finfo(case.dtype).max):  # exp of these logits overflows in the input dtype
+        if top > np.log(float(np.finfo(case.dtype).max)):  # exp of these logits overflows in the input dtype
             fault += f": overflow (logits up to {top:.3g}; missing max subtraction before exp?)"
     else:
         matches = [name for name, cand in _candidates(case, q, k, v, kw, alignment)
                    if float(np.max(np.abs(o - cand[sel]))) <= res.bound]
-        fault = f"looks like: {matches[0]}" if matches else _precision_diagnosis(out[sel], q, k, v, kw, sel, precision)
+        fault = f"looks like: {matches[0]}" if matches else _precision_diagnosis(out, q, k, v, kw, rows, claimed)
     return res, meaning, fault
 
 
@@ -369,23 +357,18 @@ def _judge_heads(run, case, out, q, k, v, kw, alignment, precision, group):
                     effect=f"max err {res.error:.2g} at head {idx}"))
 
 
-def _precision_diagnosis(out, q, k, v, kw, sel, claimed):
+def _precision_diagnosis(out, q, k, v, kw, rows, claimed):
     """When no fault matches: is the output right at a lower precision than claimed? Names the flag.
 
     Among the lower precisions whose rule the output passes, the coarsest in which every output
     value is exactly representable (a bfloat16 kernel's outputs are bfloat16 numbers; a float16
     kernel's are not), else the finest."""
-    ref64 = softmax_attention(q, k, v, **kw)[sel]
     order = ("float32", "float16", "bfloat16")  # finer to coarser
-    passing = []
-    for p in order[order.index(claimed) + 1:] if claimed in order else order:
-        ref_lo = kernel_reference(q, k, v, p, **kw)[sel]
-        floor = 4.0 * eps(p) * float(np.max(np.abs(ref64), initial=0.0))
-        if tolerance_check(out, ref64, ref_lo, atol=floor).passed:
-            passing.append(p)
+    passing = [p for p in (order[order.index(claimed) + 1:] if claimed in order else order)
+               if check_attention_output(out, q, k, v, precision=p, rows=rows, **kw).passed]
     if not passing:
         return "no known fault matches"
-    o = np.asarray(out, dtype=np.float64)
+    o = np.asarray(out, dtype=np.float64)[..., rows, :]
     exact = [p for p in passing if np.array_equal(round_to(o, p), o)]
     p = exact[-1] if exact else passing[0]
     return (f"the errors are at {p}'s rounding level: a {p} kernel? claim it with --precision {p} "

@@ -330,3 +330,191 @@ def measure(entries, seeds, *, alpha=1e-3):
         out[name] = {"runs": len(seeds), "failed": failed, "caught": caught, "largest_p": worst_p,
                      "failing_checks": sorted(fails)}
     return out
+
+
+# --- kernels at their precision: the tolerance rule's false alarms and power ---------------------
+def _rows_out(acc, total):
+    """``acc / total`` with rows that saw no key (``total == 0``) set to 0, the oracle's convention."""
+    seen = total > 0
+    return np.where(seen, acc / np.where(seen, total, 1), 0)
+
+
+def blocked_attention(q, k, v, allowed, scale, *, block=64, dtype=np.float64, store=None, rescale=True,
+                      accumulate_pv=None):
+    """Blocked online softmax (Milakov & Gimelshein 2018; FlashAttention, Dao et al. 2022, Algorithm 1)
+    over key blocks of ``block``: running max ``m``, sum ``l`` and unnormalised output, rescaled by
+    ``exp(m_old - m_new)`` when the max grows; computed in ``dtype``. ``store`` (float16, bfloat16): a
+    kernel that stores in that format, as FlashAttention 2 does: inputs read in it, the unnormalised
+    probabilities rounded to it before the second product, the output written in it. Faults:
+    ``rescale=False`` (the running sum and output not rescaled when the max changes),
+    ``accumulate_pv`` (the second product accumulated in another dtype)."""
+    from refattn.precision import as_dtype
+
+    low = None if store is None else as_dtype(store)
+    rd = (lambda a: a) if low is None else (lambda a: a.astype(low).astype(dtype))  # noqa: E731
+    q, k, v = (rd(np.asarray(a, dtype=np.float64).astype(dtype)) for a in (q, k, v))
+    allowed = np.broadcast_to(allowed, np.broadcast_shapes(q.shape[:-1] + (k.shape[-2],), allowed.shape))
+    shape = allowed.shape[:-1]
+    m = np.full(shape + (1,), -np.inf, dtype)
+    l = np.zeros(shape + (1,), dtype)
+    acc = np.zeros(shape + (v.shape[-1],), dtype)
+    S = k.shape[-2]
+    for j in range(0, S, block):
+        s = (q @ np.swapaxes(k[..., j:j + block, :], -1, -2)).astype(dtype) * dtype(scale)
+        s = np.where(allowed[..., j:j + block], s, dtype(-np.inf))
+        m_new = np.maximum(m, s.max(axis=-1, keepdims=True))
+        ref = np.where(np.isfinite(m_new), m_new, dtype(0))
+        p = np.exp(s - ref).astype(dtype)
+        alpha = np.where(np.isfinite(m), np.exp(m - ref), dtype(0)).astype(dtype) if rescale else \
+            np.where(np.isfinite(m), dtype(1), dtype(0))
+        pv = rd(p) @ v[..., j:j + block, :] if accumulate_pv is None else (
+            rd(p).astype(accumulate_pv) @ v[..., j:j + block, :].astype(accumulate_pv)).astype(dtype)
+        l = alpha * l + p.sum(axis=-1, keepdims=True, dtype=dtype)
+        acc = alpha * acc + pv
+        m = m_new
+    out = _rows_out(acc, l).astype(dtype)
+    return out if low is None else out.astype(low)
+
+
+def plain_attention(q, k, v, allowed, scale, *, dtype=np.float64):
+    """The textbook two passes: ``exp(l - max l) / sum`` then ``P V``, in ``dtype``."""
+    q, k, v = (np.asarray(a, dtype=np.float64).astype(dtype) for a in (q, k, v))
+    s = np.where(allowed, (q @ np.swapaxes(k, -1, -2)) * dtype(scale), dtype(-np.inf))
+    top = s.max(axis=-1, keepdims=True, initial=-np.inf)
+    p = np.exp(s - np.where(np.isfinite(top), top, 0))
+    return _rows_out(p @ v, p.sum(axis=-1, keepdims=True))
+
+
+def logspace_attention(q, k, v, allowed, scale):
+    """Log-space: ``lse = max + log sum exp(l - max)``, then ``P = exp(l - lse)`` (one exp per entry
+    against the log-sum-exp, as a kernel that stores only ``lse`` recomputes it)."""
+    s = np.where(allowed, (q @ np.swapaxes(k, -1, -2)) * scale, -np.inf)
+    top = s.max(axis=-1, keepdims=True, initial=-np.inf)
+    ref = np.where(np.isfinite(top), top, 0)
+    total = np.exp(s - ref).sum(axis=-1, keepdims=True)
+    lse = np.where(total > 0, ref + np.log(np.where(total > 0, total, 1)), np.inf)
+    return np.exp(s - lse) @ v
+
+
+def split_kv_attention(q, k, v, allowed, scale, *, splits=3):
+    """Split-KV (flash-decoding): each of ``splits`` key chunks gives a normalised partial output and
+    its log-sum-exp, merged by ``O = sum_c exp(lse_c - lse) O_c`` (an empty chunk has ``lse = -inf``)."""
+    S = k.shape[-2]
+    edges = np.linspace(0, S, splits + 1).astype(int)
+    parts = []
+    for a, b in zip(edges[:-1], edges[1:]):
+        s = np.where(allowed[..., a:b], (q @ np.swapaxes(k[..., a:b, :], -1, -2)) * scale, -np.inf)
+        top = s.max(axis=-1, keepdims=True, initial=-np.inf)
+        ref = np.where(np.isfinite(top), top, 0)
+        p = np.exp(s - ref)
+        total = p.sum(axis=-1, keepdims=True)
+        lse = np.where(total > 0, ref + np.log(np.where(total > 0, total, 1)), -np.inf)
+        parts.append((_rows_out(p @ v[..., a:b, :], total), lse))
+    lses = np.stack([lse for _, lse in parts])
+    top = lses.max(axis=0)
+    ref = np.where(np.isfinite(top), top, 0)
+    w = np.exp(lses - ref)  # (splits, ..., T, 1)
+    return _rows_out(sum(wi * o for wi, (o, _) in zip(w, parts)), w.sum(axis=0))
+
+
+#: Correct kernels for the tolerance rule: ``name -> (fn(q, k, v, allowed, scale), precision claimed)``.
+RULE_CORRECT = {
+    "plain": (plain_attention, "float64"),
+    "blocked online softmax, block 1": (partial(blocked_attention, block=1), "float64"),
+    "blocked online softmax, block 16": (partial(blocked_attention, block=16), "float64"),
+    "blocked online softmax, block 64": (partial(blocked_attention, block=64), "float64"),
+    "blocked online softmax, block 128": (partial(blocked_attention, block=128), "float64"),
+    "log-space": (logspace_attention, "float64"),
+    "split-KV combine, 3 splits": (split_kv_attention, "float64"),
+    "float32 kernel (blocks of 64)": (partial(blocked_attention, dtype=np.float32), "float32"),
+    "float32 kernel (two passes)": (partial(plain_attention, dtype=np.float32), "float32"),
+    "float16 kernel (FlashAttention 2)": (partial(blocked_attention, dtype=np.float32, store="float16"), "float16"),
+    "bfloat16 kernel (FlashAttention 2)": (partial(blocked_attention, dtype=np.float32, store="bfloat16"), "bfloat16"),
+}
+
+#: Defects for the rule's power: ``name -> (fn, precision claimed)``.
+RULE_DEFECTS = {
+    "running sum not rescaled (blocks of 64)": (partial(blocked_attention, block=64, rescale=False), "float64"),
+    "running sum not rescaled (blocks of 16)": (partial(blocked_attention, block=16, rescale=False), "float64"),
+    "float32 second product claimed float64": (partial(blocked_attention, accumulate_pv=np.float32), "float64"),
+    "float32 kernel claimed float64": (partial(blocked_attention, dtype=np.float32), "float64"),
+    "bfloat16 kernel claimed float16": (partial(blocked_attention, dtype=np.float32, store="bfloat16"), "float16"),
+    "float16 kernel claimed float32": (partial(blocked_attention, dtype=np.float32, store="float16"), "float32"),
+    "scale 1% off": (lambda q, k, v, allowed, scale: plain_attention(q, k, v, allowed, 1.01 * scale), "float64"),
+}
+
+
+def draw_rule_problem(rng, *, max_len=300, max_head_dim=128, max_logit_std=30.0):
+    """One random problem for the tolerance rule: ``(q, k, v, kwargs)`` for the oracle.
+
+    ``T``, ``S`` log-uniform in ``[1, max_len]``, head dims log-uniform in ``[1, max_head_dim]``,
+    0 to 2 leading dims of size 1 to 3, logit standard deviation uniform in ``[0, max_logit_std]``
+    with ``q = 0`` (uniform attention, outputs that cancel) one time in 20; a boolean mask (possibly
+    masking whole rows), causal in either alignment, key padding, each with probability 1/3."""
+    def loguniform(hi):
+        return int(np.exp(rng.uniform(0.0, np.log(hi + 1.0))))
+
+    T, S, H, Hv = loguniform(max_len), loguniform(max_len), loguniform(max_head_dim), loguniform(max_head_dim)
+    T, S, H, Hv = (min(max(1, x), hi) for x, hi in ((T, max_len), (S, max_len), (H, max_head_dim),
+                                                    (Hv, max_head_dim)))
+    batch = tuple(int(b) for b in rng.integers(1, 4, size=rng.integers(0, 3)))
+    std = 0.0 if rng.random() < 0.05 else float(rng.uniform(0.0, max_logit_std))
+    q = rng.standard_normal(batch + (T, H)) * std
+    k = rng.standard_normal(batch + (S, H))
+    v = rng.standard_normal(batch + (S, Hv)) + rng.choice([0.0, 3.0])  # values with and without a mean
+    kw = {}
+    if rng.random() < 1 / 3:
+        kw["causal"] = str(rng.choice(["bottom_right", "top_left"]))
+    if rng.random() < 1 / 3:
+        kw["mask"] = rng.random((T, S)) < rng.choice([0.1, 0.5, 0.9])
+    if rng.random() < 1 / 3:
+        kw["key_lengths"] = rng.integers(0, S + 1, size=batch[:1] + (1,) * max(0, len(batch) - 1)) if batch \
+            else np.array(int(rng.integers(0, S + 1)))
+    return q, k, v, kw
+
+
+def measure_rule(n_problems, seed, *, kernels=None, progress=False, **draw):
+    """Judge every kernel of ``kernels`` (default `RULE_CORRECT` and `RULE_DEFECTS`) on ``n_problems``
+    problems of [`draw_rule_problem`][refattn.check.planted.draw_rule_problem], by the one tolerance rule at the
+    kernel's claimed precision (low-precision kernels get their inputs in that precision, as the
+    checker gives them). Returns ``{name: {"problems", "failed", "worst_ratio", "precision"}}``:
+    ``failed / problems`` is the false-alarm rate of a correct kernel and the power against a defect;
+    ``worst_ratio`` the largest ``error / bound`` seen."""
+    from refattn.precision import kernel_reference, round_to
+    from refattn.problem import attention_problem
+    from refattn.tolerance import compare, rounding_allowance
+
+    kernels = dict(RULE_CORRECT, **RULE_DEFECTS) if kernels is None else kernels
+    rng = np.random.default_rng(seed)
+    stats = {name: {"problems": 0, "failed": 0, "worst_ratio": 0.0, "precision": p}
+             for name, (_, p) in kernels.items()}
+    bar = range(n_problems)
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(bar, desc="tolerance rule", mininterval=5)
+    for _ in bar:
+        q, k, v, kw = draw_rule_problem(rng, **draw)
+        judged = {}  # precision -> (q, k, v, allowed, scale, ref64, ref_lo, allowance)
+        for name, (fn, p) in kernels.items():
+            if p not in judged:
+                qp, kp, vp = (q, k, v) if p == "float64" else (round_to(a, p) for a in (q, k, v))
+                prob = attention_problem(qp, kp, vp, **kw)
+                allowed = prob.allowed()
+                allowed = np.ones((prob.T, prob.S), bool) if allowed is None else allowed
+                from refattn.exact import softmax_attention
+
+                ref64 = softmax_attention(qp, kp, vp, **kw)
+                ref_lo = ref64 if p == "float64" else kernel_reference(qp, kp, vp, p, **kw)
+                judged[p] = (qp, kp, vp, allowed, prob.scale, ref64, ref_lo, rounding_allowance(qp, kp, vp, p, **kw))
+            qp, kp, vp, allowed, scale, ref64, ref_lo, allow = judged[p]
+            with np.errstate(all="ignore"):
+                out = fn(qp, kp, vp, allowed, scale)
+            out = np.broadcast_to(out, ref64.shape)
+            res = compare(out, ref64, ref_lo, precision=p, allowance=allow)
+            st = stats[name]
+            st["problems"] += 1
+            st["failed"] += not res.passed
+            if res.bound > 0:
+                st["worst_ratio"] = max(st["worst_ratio"], res.worst_error / res.bound)
+    return stats

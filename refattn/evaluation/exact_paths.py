@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from refattn.exact import forward_error_bound, softmax_attention
-from refattn.precise import softmax_attention_mp
+from refattn.mpmath_oracle import softmax_attention_mp
 
 __all__ = ["ReportRow", "default_problems", "run_report", "format_table"]
 

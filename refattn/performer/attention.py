@@ -30,7 +30,6 @@ import numpy as np
 
 from refattn._validation import (
     InputError,
-    as_dtype_arg,
     check_bool,
     check_finite_result,
     check_positive_int,
@@ -40,6 +39,7 @@ from refattn._validation import (
 )
 from refattn.kernels.dispatch import gpu_backend, shadow64
 from refattn.performer.features import RandomFeatures, as_features
+from refattn.precision import numpy_type
 from refattn.problem import attention_problem, causal_mask
 
 __all__ = ["PerformerResult", "performer_attention", "causal_prefix_sums"]
@@ -153,7 +153,7 @@ def performer_attention(
     chunk_size = check_positive_int(chunk_size, "chunk_size")
     eps = check_real(eps, "eps", minimum=0.0)
     stabilize = check_bool(stabilize, "stabilize")
-    dt = np.float64 if dtype is None else as_dtype_arg(dtype, (np.float64, np.float32))
+    dt = np.float64 if dtype is None else numpy_type(dtype)
 
     feats = problem_features(prob, features, m=m, projection=projection, rng=rng, W=W, A=A, fn=fn)
     phi_q, phi_k, log_scale = feature_maps(prob, feats, stabilize=stabilize, dtype=dt)

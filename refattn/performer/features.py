@@ -45,6 +45,7 @@ from refattn.kernels import numba_enabled
 from refattn.performer.projections import check_projection_name
 from refattn.performer.projections import projection as projection_rows
 from refattn.performer.theory import favorpp_optimal_A, favorpp_phi, relu_kernel
+from refattn.precision import numpy_type
 
 __all__ = ["RandomFeatures", "make_features", "as_features", "FEATURE_KINDS", "gauss_hermite_kernel"]
 
@@ -139,9 +140,7 @@ class RandomFeatures:
         one fused parallel Numba pass ([`refattn.kernels.numba.features`][refattn.kernels.numba.features],
         equal to the NumPy form to the exponential's rounding).
         """
-        dt = np.dtype(dtype)
-        if dt not in (np.dtype(np.float64), np.dtype(np.float32)):
-            raise InputTypeError(f"dtype: features are computed in float64 or float32, got {dt.name}")
+        dt = np.dtype(numpy_type(dtype))  # features are computed in float64 or float32
         if implementation not in ("auto", "numpy"):
             raise InputError(f"implementation: expected 'auto' or 'numpy', got {implementation!r}")
         x = np.asarray(x, dtype=dt)

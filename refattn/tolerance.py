@@ -1,0 +1,222 @@
+r"""The one tolerance rule: is an attention output correct for a kernel of its precision?
+
+``refattn check`` (``--kind exact``, ``--kind backward``), [`refattn.testing`][refattn.testing] and the pytest
+plugin's ``oracle`` fixture all judge outputs by [`compare`][refattn.tolerance.compare], so the same output gets
+the same verdict and the same printed numbers wherever it is judged. Two allowances, and an
+output passes when every entry is within the larger of them:
+
+- **the FlashAttention rule** (Dao et al. 2022, the test suite of flash-attention): a kernel of
+  precision ``p`` may be twice as far from the float64 oracle ``O_64`` as the reference at that
+  precision ``O_p`` ([`refattn.precision.kernel_reference`][refattn.precision.kernel_reference]) is, plus a floor of
+  ``4 eps_p max|O_64|``:
+
+  $$ \max|O - O_{64}| \le 2 \max|O_p - O_{64}| + 4\,\varepsilon_p \max|O_{64}| ; $$
+
+- **the rigorous rounding allowance** (derived, the docs' testing page, "The tolerance rule"):
+  per row ``i``, ``A_{p,i} + A_{64,i}``, where ``A_{p,i}`` bounds the error of *any* correct
+  kernel of precision ``p`` (dense, blocked online softmax with any block size, log-space,
+  split-KV combines: the forward error bound of [`refattn.exact.forward_error_bound`][refattn.exact.forward_error_bound] at
+  ``p``, with its cancellation term ``max_j |v_j|``) and ``A_{64,i}`` the oracle's. By the triangle
+  inequality a correct kernel always satisfies it, so no correct kernel fails where the FlashAttention
+  rule alone is too tight (uniform attention whose output cancels to ``~0``, logits far apart,
+  float64 kernels, for which ``O_p = O_64``). When the inputs are not exactly representable at
+  ``p``, the measured move of the oracle under their rounding is added (the kernel sees the
+  rounded inputs).
+
+The [`ToleranceCheck`][refattn.tolerance.ToleranceCheck] holds the error, the bound at the worst entry and its parts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from refattn import precision as _prec
+from refattn._validation import InputError, InputTypeError, as_float_array, check_real
+from refattn.exact import attention_probabilities, forward_error_bound, softmax_attention
+
+__all__ = ["ToleranceCheck", "compare", "check_attention_output", "rounding_allowance", "backward_allowance",
+           "FLOOR_EPS"]
+
+#: The FlashAttention rule's floor, in machine epsilons of the precision times ``max |O_64|``.
+FLOOR_EPS = 4.0
+
+
+@dataclass(frozen=True)
+class ToleranceCheck:
+    """The numbers of one application of the rule (one array).
+
+    ``error``: ``max |actual - ref64|``; ``error_lo``: ``max |ref_lo - ref64|``; ``floor``; ``allowance``:
+    the rigorous allowance at the entry where ``error / bound`` is largest (``worst_error`` is the
+    error there); ``bound``: the larger of the two allowances there. ``passed``: every entry is
+    within its bound."""
+
+    error: float
+    error_lo: float
+    floor: float
+    allowance: float
+    precision: str
+    worst_error: float = 0.0
+    all_within: bool = True
+
+    @property
+    def flash_bound(self) -> float:
+        """The FlashAttention rule's allowance ``2 error_lo + floor`` (the same for every entry)."""
+        return 2.0 * self.error_lo + self.floor
+
+    @property
+    def bound(self) -> float:
+        """The allowance at the worst entry: the larger of the FlashAttention bound and the rigorous one."""
+        return max(self.flash_bound, self.allowance)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.all_within)
+
+    # kept for callers that name it by its old field (the precision's name)
+    @property
+    def dtype(self) -> str:
+        return self.precision
+
+    def summary(self) -> str:
+        verdict = "PASS" if self.passed else "FAIL"
+        where = "" if self.worst_error == self.error else f" (worst entry: error {self.worst_error:.3e})"
+        return (
+            f"{verdict}: max|out - ref64| = {self.error:.3e}{where}, bound = max(2 * {self.error_lo:.3e} "
+            f"(max|ref_{self.precision} - ref64|) + {self.floor:.3e} (floor), {self.allowance:.3e} "
+            f"(rounding allowance)) = {self.bound:.3e}"
+        )
+
+    def to_dict(self) -> dict:
+        return {"error": self.error, "error_lo": self.error_lo, "floor": self.floor, "allowance": self.allowance,
+                "bound": self.bound, "precision": self.precision, "passed": self.passed}
+
+
+def _as_output(actual, name="actual"):
+    """The output under test as a float64 array (NaN and Inf allowed: they fail, with ``error = inf``)."""
+    try:
+        a = np.asarray(actual)
+    except Exception as exc:
+        raise InputTypeError(f"{name}: cannot be converted to an array ({exc})") from None
+    _prec.precision_of(a, name)  # a TypeError naming the argument for non-float outputs
+    return _prec.widen(a).astype(np.float64)
+
+
+def compare(actual, ref64, ref_lo, *, precision=None, allowance=0.0, atol=None) -> ToleranceCheck:
+    """The rule on given arrays (module docstring).
+
+    ``precision``: the kernel's (default: ``ref_lo``'s stored precision); ``allowance``: the rigorous
+    allowance, a scalar, an array of ``actual``'s shape, or of its shape without the last axis (one
+    per row); ``atol`` replaces the floor. Shapes must agree exactly (no broadcasting: a shape
+    mismatch is a bug in the implementation under test, not a tolerance question).
+    """
+    a = _as_output(actual)
+    r = as_float_array(ref64, "ref64").astype(np.float64)
+    lo_arr = np.asarray(ref_lo)
+    p = _prec.precision_of(lo_arr, "ref_lo") if precision is None else _prec.as_precision(precision, "precision")
+    lo = as_float_array(lo_arr, "ref_lo").astype(np.float64)
+    if a.shape != r.shape:
+        raise AssertionError(f"actual: shape mismatch: actual {a.shape} vs reference {r.shape}")
+    if lo.shape != r.shape:
+        raise InputError(f"ref_lo: shape {lo.shape} differs from ref64's {r.shape}")
+    allow = np.asarray(as_float_array(allowance, "allowance"), dtype=np.float64)
+    if allow.ndim == r.ndim - 1 and allow.ndim:
+        allow = allow[..., None]
+    try:
+        allow = np.broadcast_to(allow, r.shape)
+    except ValueError:
+        raise InputError(f"allowance: shape {np.shape(allowance)} matches neither the output's {r.shape} nor "
+                         "its rows'") from None
+    if np.any(allow < 0):
+        raise InputError("allowance: must be >= 0")
+    if atol is not None:
+        floor = check_real(atol, "atol", minimum=0.0)
+    else:
+        scale = float(np.max(np.abs(r))) if r.size else 0.0
+        floor = FLOOR_EPS * _prec.eps(p) * scale + float(np.finfo(np.float64).tiny)
+    error_lo = float(np.max(np.abs(lo - r))) if r.size else 0.0
+    flash = 2.0 * error_lo + floor
+    if not r.size:
+        return ToleranceCheck(0.0, 0.0, floor, 0.0, p)
+    with np.errstate(invalid="ignore"):
+        err = np.where(np.isfinite(a), np.abs(a - r), np.inf)
+    bound = np.maximum(flash, allow)
+    ratio = err / bound
+    w = np.unravel_index(int(np.argmax(ratio)), r.shape)
+    return ToleranceCheck(float(err.max()), error_lo, floor, float(allow[w]), p, float(err[w]),
+                          bool(np.all(err <= bound)))
+
+
+def rounding_allowance(q, k, v, precision, **options) -> np.ndarray:
+    """Per row ``(..., T)``: the rigorous allowance ``A_p + A_64`` for an output of a kernel of
+    ``precision`` against the float64 oracle, plus the oracle's measured move when the inputs are
+    rounded to ``precision`` (module docstring). The softmax options are the oracle's."""
+    p = _prec.as_precision(precision, "precision")
+    allow = forward_error_bound(q, k, v, **options) if p == "float64" else (
+        forward_error_bound(q, k, v, dtype=p, **options) + forward_error_bound(q, k, v, **options))
+    if p != "float64":
+        rounded = [_prec.round_to(x, p, name) for x, name in ((q, "q"), (k, "k"), (v, "v"))]
+        given = [as_float_array(x, name).astype(np.float64) for x, name in ((q, "q"), (k, "k"), (v, "v"))]
+        if any(not np.array_equal(a, b) for a, b in zip(rounded, given)):
+            moved = np.abs(softmax_attention(*rounded, **options) - softmax_attention(*given, **options))
+            allow = allow + moved.max(axis=-1, initial=0.0) + forward_error_bound(*rounded, **options)
+    return allow
+
+
+def check_attention_output(actual, q, k, v, *, precision=None, rows=None, atol=None, **options) -> ToleranceCheck:
+    """The rule for an attention output ``actual`` of ``(q, k, v)`` under the oracle's ``options``
+    (``scale``, ``causal``, ``mask``, ``bias``, ``key_lengths``, ``window``, ``softcap``,
+    ``alibi_slopes``).
+
+    ``precision``: the kernel's compute precision (default: the output's stored precision, so a
+    bfloat16 output is judged at bfloat16; an output upcast to float64 needs it said).
+    ``rows``: a boolean mask over the queries ``(T,)``: only those rows are judged (rows that see no
+    key under a convention the kernel does not share).
+    """
+    p = _prec.precision_of(np.asarray(actual), "actual") if precision is None else \
+        _prec.as_precision(precision, "precision")
+    if p not in _prec.PRECISIONS:
+        raise InputTypeError(f"precision: a kernel computes in one of {', '.join(_prec.PRECISIONS)}, got {p}")
+    ref64 = softmax_attention(q, k, v, **options)
+    ref_lo = ref64 if p == "float64" else _prec.kernel_reference(q, k, v, p, **options)
+    allow = rounding_allowance(q, k, v, p, **options)
+    a = _as_output(actual)
+    if rows is not None:
+        sel = (Ellipsis, np.asarray(rows, dtype=bool), slice(None))
+        return compare(a[sel] if a.shape == ref64.shape else a, ref64[sel], ref_lo[sel], precision=p,
+                       allowance=allow[sel[:2]], atol=atol)
+    return compare(a, ref64, ref_lo, precision=p, allowance=allow, atol=atol)
+
+
+def backward_allowance(q, k, v, dout, kw, u):
+    """Bounds (max over entries) on the rounding error of ``(dq, dk, dv)`` computed in unit roundoff
+    ``u`` by the dense formulas in any order (derived: the product bound ``|fl(AB) - AB| <= gamma_n
+    |A| |B|``, ``gamma_n = n u / (1 - n u)``, Higham 2002, Sec. 3.5, chained through the backward;
+    the probabilities' error is the forward bound's, ``(e^{2 Delta_i} - 1 + 2 gamma_{S+2}) P``, with
+    ``Delta_i`` the logits' error, as [`refattn.exact.forward_error_bound`][refattn.exact.forward_error_bound]).
+
+    The rule's rigorous allowance for gradients: a correct backward of unit roundoff ``u`` and the
+    float64 one each meet theirs, so they differ by at most the sum (the triangle inequality)."""
+    q, k, v, dout = (np.asarray(a, dtype=np.float64) for a in (q, k, v, dout))
+    H, S, T, Hv = q.shape[-1], k.shape[-2], q.shape[-2], v.shape[-1]
+    gamma = lambda n: n * u / (1 - n * u)  # noqa: E731
+    scale = 1.0 / np.sqrt(H)
+    p = attention_probabilities(q, k, **kw)  # (..., T, S)
+    absl = scale * np.abs(q) @ np.swapaxes(np.abs(k), -1, -2)  # |s q.k| bounds
+    delta = np.max(np.where(p > 0, gamma(H + 2) * absl, 0.0), axis=-1, keepdims=True)  # (..., T, 1)
+    ep = (np.expm1(2 * delta) + 2 * gamma(S + 2)) * p  # |P^ - P|
+    av, ado = np.abs(v), np.abs(dout)
+    o = p @ v
+    eo = ep @ av + gamma(S) * p @ av
+    dp = dout @ np.swapaxes(v, -1, -2)
+    edp = gamma(Hv) * ado @ np.swapaxes(av, -1, -2)
+    d = np.sum(dout * o, axis=-1, keepdims=True)
+    ed = np.sum(ado * eo, axis=-1, keepdims=True) + gamma(Hv) * np.sum(ado * np.abs(o), axis=-1, keepdims=True)
+    gap = np.abs(dp - d)
+    eds = ep * gap + p * (edp + ed) + 2 * u * p * gap  # |dS^ - dS|
+    ads = p * gap
+    edq = scale * (eds @ np.abs(k) + gamma(S) * ads @ np.abs(k)) + u * np.abs(scale * ads @ np.abs(k))
+    edk = scale * (np.swapaxes(eds, -1, -2) @ np.abs(q) + gamma(T) * np.swapaxes(ads, -1, -2) @ np.abs(q))
+    edv = np.swapaxes(ep, -1, -2) @ ado + gamma(T) * np.swapaxes(p, -1, -2) @ ado
+    return edq, edk, edv
