@@ -32,7 +32,101 @@ from refattn._validation import (
 )
 
 __all__ = ["MeanTest", "VarianceInterval", "z_test_mean", "proportion_test", "bootstrap_variance_interval",
-           "as_generator"]
+           "as_generator", "FALSE_PASS_RATE", "min_detectable_mean_shift", "min_draws_for_mean_shift",
+           "min_detectable_rate_shift", "min_draws_for_rate_shift", "min_detectable_ks_distance"]
+
+#: The false-pass rate every power statement uses: a defect of the stated size is detected with
+#: probability at least ``1 - FALSE_PASS_RATE = 0.99``.
+FALSE_PASS_RATE = 0.01
+
+
+# ---------------------------------------------------------------------------------------
+# Power and sample sizes. One grammar: ``min_detectable_<quantity>`` (the smallest defect a test of
+# the given size detects with probability 1 - false_pass_rate) and ``min_draws_for_<quantity>``
+# (the draws that make a defect of the given size detectable), each with both error rates:
+# ``false_fail_rate`` (the test's level: a correct implementation fails with at most this
+# probability) and ``false_pass_rate`` (a defect of the stated size passes with at most this).
+# ``entries``: the test is Bonferroni over that many entries (the level of each is the share).
+# ---------------------------------------------------------------------------------------
+
+
+def _rates(false_fail_rate, false_pass_rate, entries, two_sided):
+    a = _check_alpha(false_fail_rate)
+    b = check_real(false_pass_rate, "false_pass_rate", minimum=0.0, maximum=0.5, low_open=True)
+    e = check_positive_int(entries, "entries")
+    return (a / (2 * e) if two_sided else a / e), b
+
+
+def min_detectable_mean_shift(stderr, *, false_fail_rate, false_pass_rate=FALSE_PASS_RATE, entries=1, df=None,
+                              two_sided=True):
+    r"""The smallest shift of a mean that a z- (or t-) test with standard error ``stderr`` detects
+    with probability ``1 - false_pass_rate`` at level ``false_fail_rate`` (Bonferroni over ``entries``).
+
+    A test rejecting when $|\bar X - \mu| > c\,\mathrm{se}$, $c = t^{-1}_{df}(1 - \alpha/(2E))$
+    (normal without ``df``), rejects a shift $\delta$ with probability at least
+    $\Phi(\delta/\mathrm{se} - c) \ge 1 - \beta$ once $\delta \ge (c + z_{1-\beta})\,\mathrm{se}$
+    (the other tail only adds). Asymptotic as the z-test is. Broadcasts over ``stderr``.
+
+    >>> round(float(min_detectable_mean_shift(1.0, false_fail_rate=0.05)), 3)  # 1.96 + 2.326
+    4.286
+    """
+    tail, beta = _rates(false_fail_rate, false_pass_rate, entries, two_sided)
+    crit = float(_st.norm.isf(tail)) if df is None else float(_st.t.isf(tail, df))
+    return (crit + float(_st.norm.isf(beta))) * np.asarray(stderr, dtype=np.float64)
+
+
+def min_draws_for_mean_shift(sd, shift, *, false_fail_rate, false_pass_rate=FALSE_PASS_RATE, entries=1,
+                             two_sided=True) -> int:
+    """The draws ``n`` at which a mean shift ``shift`` of a statistic with per-draw standard deviation
+    ``sd`` becomes detectable: ``n = ((c + z_{1-beta}) sd / shift)^2`` (normal critical value; the
+    inverse of [`min_detectable_mean_shift`][refattn.stats.min_detectable_mean_shift])."""
+    tail, beta = _rates(false_fail_rate, false_pass_rate, entries, two_sided)
+    shift = check_real(shift, "shift", minimum=0.0, low_open=True)
+    sd = check_real(sd, "sd", minimum=0.0)
+    k = float(_st.norm.isf(tail)) + float(_st.norm.isf(beta))
+    return max(2, int(np.ceil((k * sd / shift) ** 2)))
+
+
+def min_detectable_rate_shift(p, n, *, false_fail_rate, false_pass_rate=FALSE_PASS_RATE, entries=1):
+    r"""The smallest change of a rate ``p`` (absolute) that a two-sided test of ``n`` Bernoulli draws
+    detects with probability ``1 - false_pass_rate`` (normal approximation, the variance taken at the
+    larger of ``p`` and the shifted rate: $\delta = (c\sqrt{p(1-p)} + z_{1-\beta}\sqrt{p'(1-p')})/\sqrt n$,
+    solved by fixed-point iteration)."""
+    tail, beta = _rates(false_fail_rate, false_pass_rate, entries, True)
+    n = check_positive_int(n, "n")
+    p = np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0)
+    c, z = float(_st.norm.isf(tail)), float(_st.norm.isf(beta))
+    delta = (c + z) * np.sqrt(np.maximum(p * (1 - p), 1.0 / n)) / np.sqrt(n)
+    for _ in range(20):
+        q = np.clip(p + delta, 0.0, 1.0)
+        delta = (c * np.sqrt(p * (1 - p)) + z * np.sqrt(np.maximum(q * (1 - q), 1.0 / n))) / np.sqrt(n)
+    return delta
+
+
+def min_draws_for_rate_shift(p, shift, *, false_fail_rate, false_pass_rate=FALSE_PASS_RATE, entries=1) -> int:
+    """The draws that make an absolute change ``shift`` of a rate ``p`` detectable (the inverse of
+    [`min_detectable_rate_shift`][refattn.stats.min_detectable_rate_shift], normal approximation)."""
+    tail, beta = _rates(false_fail_rate, false_pass_rate, entries, True)
+    p = check_real(p, "p", minimum=0.0, maximum=1.0)
+    shift = check_real(shift, "shift", minimum=0.0, low_open=True)
+    q = min(1.0, p + shift)
+    c, z = float(_st.norm.isf(tail)), float(_st.norm.isf(beta))
+    return max(1, int(np.ceil(((c * np.sqrt(p * (1 - p)) + z * np.sqrt(q * (1 - q))) / shift) ** 2)))
+
+
+def min_detectable_ks_distance(n, *, false_fail_rate, false_pass_rate=FALSE_PASS_RATE, entries=1) -> float:
+    r"""The smallest sup-distance between the true and the claimed CDF that a one-sample
+    Kolmogorov-Smirnov test of ``n`` draws detects with probability ``1 - false_pass_rate``.
+
+    Derived from the Dvoretzky-Kiefer-Wolfowitz inequality with Massart's constant (Massart 1990),
+    $P(\sup|F_n - F| > \varepsilon) \le 2e^{-2n\varepsilon^2}$: the test rejects when $D_n$ exceeds its
+    critical value $c$, and under a true distance $D$, $D_n \ge D - \varepsilon_\beta$ with probability
+    $\ge 1 - \beta$ for $\varepsilon_\beta = \sqrt{\ln(2/\beta)/(2n)}$; so $D = c + \varepsilon_\beta$ is
+    detected (TensorFlow Probability's ``statistical_testing`` states its DKWM tests the same way)."""
+    tail, beta = _rates(false_fail_rate, false_pass_rate, entries, False)
+    n = check_positive_int(n, "n")
+    crit = float(_st.kstwo.isf(tail, n))
+    return crit + float(np.sqrt(np.log(2.0 / beta) / (2.0 * n)))
 
 
 def _check_alpha(alpha) -> float:

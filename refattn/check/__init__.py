@@ -29,7 +29,7 @@ import numbers
 import time
 
 from refattn._validation import InputError, InputTypeError, check_positive_int
-from refattn.check._run import Run
+from refattn.check._run import DEFAULT_MAX_BIAS, DEFAULT_MAX_VARIANCE_RATIO, Run
 from refattn.check.attention import check_attention
 from refattn.check.backward import BACKWARD_PRECISIONS, check_backward
 from refattn.check.exact import LAYOUTS, check_exact
@@ -54,7 +54,7 @@ def check(target, kind, *, method="positive", projection=None, m=None, A=None, f
           width=1.0, alignment="bottom_right", alpha=1e-3, seed=0, n_draws=None, budget=None,
           progress=False, isolate=True, timeout=DEFAULT_TIMEOUT, memory_limit="auto",
           precision="float64", layout="TH", gqa=False, self_attention=False, equal_head_dims=False,
-          rounds=None) -> CheckReport:
+          rounds=None, max_bias=DEFAULT_MAX_BIAS, max_variance_ratio=DEFAULT_MAX_VARIANCE_RATIO) -> CheckReport:
     """Check the callable ``target`` (a callable, ``"pkg.mod:fn"`` or ``"path/file.py:fn"``).
 
     ``target`` is imported and executed as code, with the rights of the user who runs the check:
@@ -106,6 +106,12 @@ def check(target, kind, *, method="positive", projection=None, m=None, A=None, f
         precision computes ([`refattn.precision.kernel_reference`][refattn.precision.kernel_reference]).
     alpha : float
         Family-wise false-alarm probability of the run's statistical checks.
+    max_bias, max_variance_ratio : float
+        The defects a statistical PASS must have been able to detect, with probability 0.99 at its
+        share of ``alpha``: a relative bias (default 1%, the pooled bias checks) and a variance
+        ratio (default 10%, the variance and MSE checks). A check short of that power draws more
+        (up to 16 times its draws, within ``budget``, else 120 s); if it still falls short its
+        verdict is INCONCLUSIVE (``report.result``, exit code 4), never PASS.
     seed : int
         Master seed: the inputs and every seed passed to ``fn`` derive from it.
     n_draws : int, optional
@@ -132,9 +138,11 @@ def check(target, kind, *, method="positive", projection=None, m=None, A=None, f
     """
     if kind not in KINDS:
         raise InputError(f"kind: expected one of {KINDS}, got {kind!r}")
-    alpha = float(alpha)
+    alpha = _positive_number(alpha, "alpha")
     if not 0 < alpha < 1:
         raise InputError(f"alpha: must lie in (0, 1), got {alpha}")
+    max_bias = _positive_number(max_bias, "max_bias")
+    max_variance_ratio = _positive_number(max_variance_ratio, "max_variance_ratio")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise InputError(f"seed: expected an integer >= 0, got {seed!r}")
     seed = int(seed)
@@ -182,7 +190,8 @@ def check(target, kind, *, method="positive", projection=None, m=None, A=None, f
                               bits=bits, buckets=buckets, width=width, alignment=alignment, alpha=alpha, seed=seed,
                               n_draws=n_draws, budget=budget, isolate=isolate, timeout=timeout,
                               memory_limit=memory_limit, precision=precision, layout=layout, gqa=gqa,
-                              self_attention=self_attention, equal_head_dims=equal_head_dims, rounds=rounds)
+                              self_attention=self_attention, equal_head_dims=equal_head_dims, rounds=rounds,
+                              max_bias=max_bias, max_variance_ratio=max_variance_ratio)
     start = time.perf_counter()
     worker = None
     try:
@@ -194,7 +203,8 @@ def check(target, kind, *, method="positive", projection=None, m=None, A=None, f
     except (LoadFailure, WorkerError) as exc:
         report.add(Verdict("load", False, str(exc)))
         return report
-    run = Run(fn, report, n_draws=n_draws, budget_s=budget, progress=progress, worker=worker)
+    run = Run(fn, report, n_draws=n_draws, budget_s=budget, progress=progress, worker=worker, max_bias=max_bias,
+              max_variance_ratio=max_variance_ratio)
     try:
         _dispatch(run, kind, method=method, projection=projection, m=m, A=A, family=family, bits=bits,
                   buckets=buckets, width=width, alignment=alignment, precision=precision, layout=layout, gqa=gqa,
@@ -212,7 +222,8 @@ def check(target, kind, *, method="positive", projection=None, m=None, A=None, f
 
 def _command(target, kind, *, method, projection, m, A, family, bits, buckets, width, alignment, alpha, seed,
              n_draws, budget, isolate, timeout, memory_limit, precision, layout="TH", gqa=False,
-             self_attention=False, equal_head_dims=False, rounds=None):
+             self_attention=False, equal_head_dims=False, rounds=None, max_bias=DEFAULT_MAX_BIAS,
+             max_variance_ratio=DEFAULT_MAX_VARIANCE_RATIO):
     """The ``refattn check`` command line that reruns this check: every option that shapes it."""
     flags = [f"--kind {kind}"]
     if kind in ("exact", "backward"):
@@ -236,6 +247,10 @@ def _command(target, kind, *, method, projection, m, A, family, bits, buckets, w
             flags.append(f"--rounds {rounds}")
     if kind not in ("exact", "backward"):
         flags.append(f"--draws {n_draws}")
+        if max_bias != DEFAULT_MAX_BIAS:
+            flags.append(f"--max-bias {max_bias:g}")
+        if max_variance_ratio != DEFAULT_MAX_VARIANCE_RATIO:
+            flags.append(f"--max-variance-ratio {max_variance_ratio:g}")
     flags += [f"--alpha {alpha:g}", f"--seed {seed}"]
     if budget is not None:
         flags.append(f"--budget {float(budget):g}")

@@ -20,9 +20,19 @@ from scipy import stats as _st
 
 from refattn.check.loader import Sampler, accepts, call_safely, judge_result
 from refattn.check.verdict import CheckReport, Verdict, bonferroni_p
-from refattn.stats import z_test_mean
+from refattn.stats import min_draws_for_mean_shift, z_test_mean
 
-__all__ = ["Run", "ARG_NAMES"]
+__all__ = ["Run", "ARG_NAMES", "MAX_DRAW_FACTOR", "POWER_BUDGET_S", "DEFAULT_MAX_BIAS", "DEFAULT_MAX_VARIANCE_RATIO"]
+
+#: A check short of power draws at most this many times its initial draws ...
+MAX_DRAW_FACTOR = 16
+#: ... and, without ``--budget``, for at most this many seconds (projected from the first draws).
+POWER_BUDGET_S = 120.0
+#: The default tolerances (``--max-bias``, ``--max-variance-ratio``): a PASS must be able to detect a
+#: relative bias of 1% and a variance 10% off its claimed value, with probability 0.99.
+DEFAULT_MAX_BIAS, DEFAULT_MAX_VARIANCE_RATIO = 0.01, 0.10
+#: Extra draws are planned for this multiple of the projected need.
+POWER_MARGIN = 1.25
 
 #: The positional arguments of each kind's callable contract (named in messages).
 ARG_NAMES = {"exact": ("q", "k", "v"), "backward": ("q", "k", "v", "dout"), "kernel": ("q", "k", "seed"), "attention": ("q", "k", "v", "seed"),
@@ -33,7 +43,10 @@ class Run:
     """One run: ``fn`` under test (or the [`Worker`][refattn.check.isolation.Worker] that runs it),
     ``report``, master generator, budget, progress bar."""
 
-    def __init__(self, fn, report: CheckReport, *, n_draws: int, budget_s=None, progress=False, worker=None):
+    def __init__(self, fn, report: CheckReport, *, n_draws: int, budget_s=None, progress=False, worker=None,
+                 max_bias=DEFAULT_MAX_BIAS, max_variance_ratio=DEFAULT_MAX_VARIANCE_RATIO):
+        self.max_bias, self.max_variance_ratio = max_bias, max_variance_ratio
+        self.seconds_per_draw = 0.0
         self.fn = fn
         self.worker = worker
         self.arg_names = ARG_NAMES.get(report.kind, ())
@@ -69,11 +82,75 @@ class Run:
         if self.deadline is not None:
             budget = max(0.0, (self.deadline - time.perf_counter()) * share)
         sampler = Sampler(budget_s=budget, progress=self.progress)
+        start = time.perf_counter()
         samples, problem = sampler.collect(draw, self.seeds(n), label=label)
+        if samples is not None and len(samples):
+            self.seconds_per_draw = (time.perf_counter() - start) / len(samples)
         if sampler.truncated:
             got, wanted = sampler.truncated
             self.report.notes.append(f"{label}: budget reached after {got} of {wanted} draws (power is lower)")
         return samples, problem
+
+    def draws_for_power(self, statistics, n, *, planned_checks):
+        """The draws at which every statistic of ``statistics`` (``(sd, tolerance, scale)``: a mean whose
+        per-draw standard deviation is ``sd`` and whose shift by ``tolerance * scale`` must be
+        detectable) reaches its tolerance, at the share ``alpha / planned_checks`` of the run's level
+        ([`refattn.stats.min_draws_for_mean_shift`][refattn.stats.min_draws_for_mean_shift]); at least ``n``."""
+        need = n
+        for sd, tol, scale in statistics:
+            if tol is not None and np.isfinite(sd) and sd > 0 and np.isfinite(scale) and scale > 0:
+                need = max(need, min_draws_for_mean_shift(sd, tol * scale,
+                                                          false_fail_rate=self.report.alpha / planned_checks))
+        # a margin for what the first draws leave uncertain (the spread, a t rather than a normal
+        # critical value): the final verdict states its own detectable defect from all the draws
+        return need if need == n else int(np.ceil(POWER_MARGIN * need))
+
+    def collect_for_power(self, draw, n, label, statistics, *, planned_checks, share=1.0, rounds=3):
+        """``collect`` ``n`` draws, then more (``extend``) until every statistic of ``statistics(samples)``
+        (``(sd, tolerance, scale)`` triples, as `draws_for_power`) reaches its tolerance, re-estimating
+        the spread from all the draws each round (at most ``rounds`` rounds). ``(samples, problem)``."""
+        samples, problem = self.collect(draw, n, label, share=share)
+        for _ in range(rounds):
+            if problem is not None:
+                return None, problem
+            need = self.draws_for_power(statistics(samples), len(samples), planned_checks=planned_checks)
+            before = len(samples)
+            samples, problem = self.extend(samples, draw, need, label)
+            if problem is None and len(samples) == before:
+                break
+        return samples, problem
+
+    @staticmethod
+    def sd(values) -> float:
+        """The per-draw standard deviation of a statistic (inf when it does not exist in float64)."""
+        x = np.asarray(values, dtype=np.float64)
+        if len(x) < 2 or not np.all(np.isfinite(x)):
+            return float("inf")
+        with np.errstate(all="ignore"):
+            return float(x.std(ddof=1))
+
+    def extend(self, samples, draw, need, label):
+        """``samples`` with ``need - len(samples)`` more draws when that is within ``MAX_DRAW_FACTOR``
+        times the draws so far and the projected time fits the budget (``--budget``, else
+        ``POWER_BUDGET_S``); otherwise as given, with a note (the checks short of power then say
+        INCONCLUSIVE). ``(samples, problem)``."""
+        n = len(samples)
+        if need <= n:
+            return samples, None
+        left = POWER_BUDGET_S if self.deadline is None else max(0.0, self.deadline - time.perf_counter())
+        projected = (need - n) * self.seconds_per_draw
+        if need > MAX_DRAW_FACTOR * n or projected > left:
+            self.report.notes.append(
+                f"{label}: {need} draws are needed for the stated power; {n} were drawn (more would take "
+                f"{'more than ' + str(MAX_DRAW_FACTOR) + 'x the draws' if need > MAX_DRAW_FACTOR * n else f'about {projected:.0f} s'}, "
+                f"beyond the budget)")
+            return samples, None
+        more, problem = self.collect(draw, need - n, f"{label} (for power)")
+        if problem is not None:
+            return None, problem
+        self.report.notes[:] = [x for x in self.report.notes if not x.startswith(f"{label}: ")]
+        self.report.notes.append(f"{label}: {need} draws ({n} before, {need - n} more for the stated power)")
+        return np.concatenate([samples, more]), None
 
     # --- verdicts ------------------------------------------------------------------------
     def add(self, verdict: Verdict) -> Verdict:
@@ -98,13 +175,32 @@ class Run:
         return self.add(Verdict(check, bool(error <= bound), meaning, statistic=float(error), bound=float(bound),
                                 effect=effect))
 
-    def statistical(self, check, pvalue, statistic, effect, meaning):
+    def statistical(self, check, pvalue, statistic, effect, meaning, *, power=None, what="", tolerance=None):
+        """A statistical verdict, decided by Holm at the end of the run; ``power`` (a form of
+        [`Verdict.detectable_at`][refattn.check.verdict.Verdict.detectable_at]) states the defect it could detect,
+        ``what`` its units, ``tolerance`` the largest it must detect (else INCONCLUSIVE)."""
         return self.add(Verdict(check, None, meaning, statistic=float(statistic), pvalue=float(pvalue),
-                                effect=effect, statistical=True))
+                                effect=effect, statistical=True, power=power, detectable_what=what,
+                                tolerance=tolerance))
 
-    def mean_check(self, check, samples, truth, meaning, *, relative_to=None):
+    def nonfinite(self, check, samples, meaning) -> Verdict | None:
+        """A failing verdict naming the first draw whose statistic is NaN or Inf (an estimate so large that
+        its square overflows float64 is a defect, not a usage error), or None when all are finite."""
+        x = np.asarray(samples, dtype=np.float64)
+        bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1) if x.size else np.zeros(0, bool)
+        if not bad.any():
+            return None
+        i = int(np.argmax(bad))
+        return self.add(Verdict(check, False, f"{meaning}: draw {i + 1} of {len(x)} gives a non-finite statistic "
+                                f"({int(bad.sum())} draws do; the estimate or its squared error overflows float64)",
+                                effect=f"{int(bad.sum())} non-finite draws"))
+
+    def mean_check(self, check, samples, truth, meaning, *, relative_to=None, tolerance=None, what=None):
         """Entrywise ``E[samples] = truth`` (z-tests, Bonferroni). The effect is the worst entry's
-        mean minus truth, relative to ``relative_to`` (default ``|truth|``) when given."""
+        mean minus truth, relative to ``relative_to`` (default ``|truth|``) when given; so is the
+        detectable defect (``what``, default "relative bias"; the worst entry's)."""
+        if self.nonfinite(check, samples, meaning) is not None:
+            return None
         res = z_test_mean(samples, truth, alpha=0.5)  # alpha only sets res.critical; p-values below
         truth = np.broadcast_to(np.asarray(truth, dtype=float), res.mean.shape)
         p, z = _deterministic_entries(2 * _st.t.sf(np.abs(res.z), df=res.n - 1), np.abs(res.z), res.stderr,
@@ -114,11 +210,37 @@ class Run:
         ref = truth if relative_to is None else np.broadcast_to(relative_to, res.mean.shape)
         denom = float(np.abs(ref).ravel()[w])
         eff = f"{_pct(diff / denom)} at entry {_entry(w, res.z.shape)}" if denom > 0 else f"{diff:+.3g}"
+        absref = np.abs(ref).astype(np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel_se = np.where(absref > 0, res.stderr / np.where(absref > 0, absref, 1.0), np.inf)
+        rel_se = np.where(res.stderr == 0, 0.0, rel_se)
         return self.statistical(check, bonferroni_p(p), float(z.ravel()[w]) if z.size else 0.0, eff,
-                                f"{meaning} (n = {res.n}, {z.size} entries)")
+                                f"{meaning} (n = {res.n}, {z.size} entries)",
+                                power=("mean", rel_se, max(1, z.size), res.n - 1), what=what or "relative bias",
+                                tolerance=tolerance)
 
-    def two_sample_check(self, check, a, b, meaning, *, relative=True):
-        """Entrywise ``E[a] = E[b]`` for independent samples (Welch t-tests, Bonferroni)."""
+    def one_sided_check(self, check, samples, bound, meaning, *, tolerance=None, what="variance ratio"):
+        """``E[samples] <= bound`` for a per-draw scalar statistic (one-sided t-test): the statistic may be
+        below ``bound`` by any amount, not above. Power: the detectable excess, relative to ``bound``."""
+        if self.nonfinite(check, samples, meaning) is not None:
+            return None
+        x = np.asarray(samples, dtype=np.float64).ravel()
+        n = len(x)
+        with np.errstate(all="ignore"):
+            mean, se = float(x.mean()), float(x.std(ddof=1) / np.sqrt(n))
+        if not (np.isfinite(mean) and np.isfinite(se)):  # finite draws whose spread overflows float64
+            return self.add(Verdict(check, False, f"{meaning}: the statistic's spread overflows float64",
+                                    effect="variance beyond float64"))
+        t = (mean - bound) / se if se > 0 else (0.0 if mean <= bound else np.inf)
+        p = float(_st.t.sf(t, df=n - 1)) if np.isfinite(t) else 0.0
+        return self.statistical(check, p, t, f"{mean / bound:.3g} x the bound", f"{meaning} (n = {n}, one-sided)",
+                                power=("one-sided mean", se / bound, 1, n - 1), what=what, tolerance=tolerance)
+
+    def two_sample_check(self, check, a, b, meaning, *, relative=True, tolerance=None, what="relative change"):
+        """Entrywise ``E[a] = E[b]`` for independent samples (Welch t-tests, Bonferroni); the detectable
+        defect is the worst entry's, relative to ``|E[b]|`` (``relative``)."""
+        if self.nonfinite(check, a, meaning) is not None:
+            return None
         eps = max(_eps_of(a), _eps_of(b))  # the coarser of the two samples' dtypes
         a = np.asarray(a, dtype=np.float64)
         b = np.asarray(b, dtype=np.float64)
@@ -136,8 +258,13 @@ class Run:
         eff = _pct(d / base) if relative and base > 0 else f"{d:+.3g}"
         if np.ndim(t):
             eff += f" at entry {_entry(w, np.shape(t))}"
+        scale = np.abs(mb) if relative else np.ones_like(mb)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel_se = np.where(se == 0, 0.0, np.where(scale > 0, se / np.where(scale > 0, scale, 1.0), np.inf))
         return self.statistical(check, bonferroni_p(p), float(np.abs(t).ravel()[w]) if t.size else 0.0, eff,
-                                f"{meaning} (n = {len(a)} vs {len(b)}, {np.size(t)} entries)")
+                                f"{meaning} (n = {len(a)} vs {len(b)}, {np.size(t)} entries)",
+                                power=("mean", rel_se, max(1, np.size(t)), float(np.min(df)) if np.size(df) else None),
+                                what=what if relative else "shift", tolerance=tolerance)
 
 
 def _eps_of(samples) -> float:
@@ -158,7 +285,9 @@ def _deterministic_entries(p, stat, se, mean, ref, eps=float(np.finfo(float).eps
 
 
 def _pct(rel):
-    return f"{rel:+.2%}" if abs(rel) >= 1e-4 or rel == 0 else f"{rel:+.2e} (relative)"
+    if abs(rel) >= 10 or (abs(rel) < 1e-4 and rel != 0):
+        return f"{rel:+.3g} (relative)"
+    return f"{rel:+.2%}"
 
 
 def _entry(flat_index, shape):

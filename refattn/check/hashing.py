@@ -130,8 +130,11 @@ def _two_proportion(run, check, hits_a, hits_b, meaning):
         z = np.where(se > 0, (pa - pb) / np.where(se > 0, se, 1), 0.0)
     p = 2 * _st.norm.sf(np.abs(z))
     w = int(np.argmax(np.abs(z)))
+    rate = np.clip(pool, 0.0, 1.0)  # the (absolute) rate change detectable in each entry
+    n_eff = max(1, int(na * nb / (na + nb)))  # the two-sample test's variance is the one-sample one at this n
     return run.statistical(check, bonferroni_p(p), float(abs(z[w])),
-                           f"{pa[w]:.3f} vs {pb[w]:.3f} at entry {w}", f"{meaning} (n = {na} vs {nb})")
+                           f"{pa[w]:.3f} vs {pb[w]:.3f} at entry {w}", f"{meaning} (n = {na} vs {nb})",
+                           power=("rate", (rate, n_eff, 1.0), max(1, len(p)), None), what="rate change")
 
 
 def check_hash(run, *, family="simhash", bits=1, buckets=8, width=1.0, d=8, rounds=None):
@@ -170,9 +173,11 @@ def check_hash(run, *, family="simhash", bits=1, buckets=8, width=1.0, d=8, roun
     if theory is not None:
         _, pv = proportion_test(hits, theory, alpha=0.5)
         w = int(np.argmin(pv))
+        rate = np.clip(theory, 0.0, 1.0)
         run.statistical("collision rate", bonferroni_p(pv), float(hits[:, w].mean()),
                         f"{hits[:, w].mean():.3f} vs theory {theory[w]:.3f} at {what} {w}",
-                        f"P[h(x) = h(y)] matches the closed form at each {what} (exact binomial, n = {n})")
+                        f"P[h(x) = h(y)] matches the closed form at each {what} (exact binomial, n = {n})",
+                        power=("rate", (rate, n, 1.0), P, None), what="rate change")
     else:
         ref_ids = np.stack([ref(X, int(s)) for s in run.seeds(n)]).reshape(n, R, n_ids)
         ref_hits = np.any(ref_ids[..., :P] == ref_ids[..., P:2 * P], axis=1).astype(np.int64)
@@ -198,7 +203,9 @@ def check_hash(run, *, family="simhash", bits=1, buckets=8, width=1.0, d=8, roun
         w = int(np.argmin(pv))
         run.statistical("independent seeds", bonferroni_p(pv), float(cross[:, w].mean()),
                         f"{cross[:, w].mean():.3f} vs 1/{n_buckets} at point {w}",
-                        f"seeds s and s+1 hash a point independently: collide w.p. 1/{n_buckets} (exact binomial)")
+                        f"seeds s and s+1 hash a point independently: collide w.p. 1/{n_buckets} (exact binomial)",
+                        power=("rate", (1.0 / n_buckets, len(cross), 1.0), pv.size, None),
+                        what="rate change")
     else:
         seeds = run.seeds(len(cross))
         ref_cross = np.stack([(ref(X, int(s)) == ref(X, int(s) + 1)).reshape(R, n_ids)[:, :2 * P].reshape(-1)

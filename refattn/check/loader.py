@@ -223,8 +223,9 @@ class Sampler:
         try:
             for s in it:
                 out, problem = draw(int(s))
-                if problem is not None:
-                    return None, problem
+                if problem is not None:  # named by the draw, so the failing call can be replayed
+                    return None, CallProblem(problem.what, f"draw {len(outs) + 1} of {len(seeds)} (seed {int(s)}): "
+                                                           f"{problem.message}")
                 outs.append(out)
                 if bar is not None:
                     bar.update(1)

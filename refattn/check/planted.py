@@ -323,7 +323,7 @@ def measure(entries, seeds, *, alpha=1e-3):
         worst_p, fails = 0.0, set()
         for s in seeds:
             rep = check(p.fn, p.kind, seed=int(s), alpha=alpha, isolate=False, **p.options)  # the verdicts, not the worker
-            failed += not rep.passed
+            failed += bool(rep.failures)
             fails.update(v.check for v in rep.failures)
             caught += any(v.check == p.fails for v in rep.failures)
             worst_p = max([worst_p] + [v.pvalue for v in rep.verdicts if v.check == p.fails and v.pvalue is not None])

@@ -52,7 +52,8 @@ def check_projection(run, *, projection="gaussian", m=16, d=8):
     worst = tuple(int(i) for i in np.unravel_index(int(np.argmin(pv)), pv.shape))
     frac = float((W > 0).mean(axis=0)[worst])
     run.statistical("sign symmetry", bonferroni_p(pv), frac, f"P(W{list(worst)} > 0) = {frac:.3f}",
-                    f"P(W_rc > 0) = 1/2 for every entry (exact binomial, n = {n}, {pv.size} entries)")
+                    f"P(W_rc > 0) = 1/2 for every entry (exact binomial, n = {n}, {pv.size} entries)",
+                    power=("rate", (0.5, n, 1.0), pv.size, None), what="change of P(W > 0)")
     _norm_check(run, W, projection)
     if projection == "orthogonal":
         worst_cos = 0.0
@@ -91,4 +92,5 @@ def _norm_check(run, W, projection):
     r = int(np.argmin(pv))
     run.statistical("norms chi_d", bonferroni_p(pv), float(np.mean(sq[:, r])),
                     f"mean |w_{r}|^2 = {np.mean(sq[:, r]):.3f} (chi^2_d mean {d})",
-                    f"|w_r|^2 ~ chi^2_{d} for every row (Kolmogorov-Smirnov, n = {n}, {m} rows)")
+                    f"|w_r|^2 ~ chi^2_{d} for every row (Kolmogorov-Smirnov, n = {n}, {m} rows)",
+                    power=("ks", n, m, None), what="KS distance")

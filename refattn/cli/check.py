@@ -12,7 +12,9 @@ from refattn.precision import PRECISIONS
 
 
 def add_parser(sub):
-    ck = sub.add_parser("check", help="check an external implementation (exit 0 pass, 1 fail, 2 usage error)")
+    ck = sub.add_parser("check", help="check an external implementation (exit 0 pass, 1 fail, 2 usage error, "
+                                      "4 inconclusive: a statistical check could not have detected a defect of its "
+                                      "tolerance)")
     ck.add_argument("target", metavar="TARGET", help="package.module:function or path/to/file.py:function")
     ck.add_argument("--kind", required=True, choices=KINDS, help="what the callable computes")
     ck.add_argument("--method", default="positive", choices=("positive", "hyperbolic", "trigonometric", "favorpp"),
@@ -42,6 +44,11 @@ def add_parser(sub):
     ck.add_argument("--seed", type=seed, default=0, help="master seed (inputs and every seed passed to the callable)")
     ck.add_argument("--draws", type=positive_int, help="seeds per statistical check (>= 20; default per kind)")
     ck.add_argument("--budget", type=positive_float, metavar="SECONDS", help="time the sampling may take")
+    ck.add_argument("--max-bias", type=positive_float, default=0.01, metavar="FRACTION",
+                    help="the relative bias a statistical PASS must be able to detect (p = 0.99; default 0.01); "
+                         "short of it the check draws more, then says INCONCLUSIVE (exit 4)")
+    ck.add_argument("--max-variance-ratio", type=positive_float, default=0.10, metavar="FRACTION",
+                    help="the variance ratio the variance and MSE checks must be able to detect (default 0.10)")
     ck.add_argument("--timeout", type=positive_float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                     help=f"time one call may take before it fails (default {DEFAULT_TIMEOUT:g})")
     ck.add_argument("--memory-limit", type=positive_float, metavar="GiB",
@@ -65,7 +72,8 @@ def run(args) -> int:
                    bits=args.bits, buckets=args.buckets, width=args.width, alignment=args.alignment, alpha=args.alpha,
                    n_draws=args.draws, budget=args.budget, timeout=args.timeout, precision=args.precision,
                    layout=args.layout, gqa=args.gqa, self_attention=args.self_attention,
-                   equal_head_dims=args.equal_head_dims, rounds=args.rounds,
+                   equal_head_dims=args.equal_head_dims, rounds=args.rounds, max_bias=args.max_bias,
+                   max_variance_ratio=args.max_variance_ratio,
                    memory_limit="auto" if args.memory_limit is None else int(args.memory_limit * 2**30))
     if (args.workers or args.scheduler) and not args.calibrate:
         raise UsageError("--workers/--scheduler: only with --calibrate N (one check runs in one process)")
