@@ -3,7 +3,10 @@
 1. no import cycle among refattn's modules, at module level or inside functions;
 2. nothing under ``refattn/kernels/`` imports from the layers above it;
 3. one test file per module, named after it (``refattn/a/b.py`` -> ``proofs_tests/a/test_b.py``);
-4. nothing in the package names the project's history (issue numbers).
+4. nothing in the package names the project's history (issue numbers);
+5. one precision module: only ``refattn/precision.py`` imports ``ml_dtypes``, reads ``finfo`` or rounds
+   an array to a low-precision format (``astype`` to float16, bfloat16 or FP8), and only it defines
+   the reference at a precision.
 
 Each rule's checker is shown to fail on a planted violation (its power twin).
 """
@@ -126,6 +129,36 @@ def history_mentions(package: Path, pattern=HISTORY, suffixes=(".py",)):
             for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if pattern.search(line)]
 
 
+LOW_FORMATS = re.compile(r"float16|bfloat16|float8|_DTYPES\[|as_dtype\(")
+
+
+def precision_handling(package: Path, home="precision.py"):
+    """``file:line: what`` for every place outside ``home`` that parses or rounds precisions itself:
+    an ``ml_dtypes`` import, a ``finfo`` call, an ``astype`` to a low-precision format, a function
+    named ``*kernel_reference*``."""
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        if path.name == home:
+            continue
+        text = path.read_text()
+        for node in ast.walk(ast.parse(text, filename=str(path))):
+            what = None
+            if isinstance(node, ast.Import) and any(a.name.split(".")[0] == "ml_dtypes" for a in node.names):
+                what = "imports ml_dtypes"
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "ml_dtypes":
+                what = "imports ml_dtypes"
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                if node.func.attr == "finfo":
+                    what = "reads finfo"
+                elif node.func.attr == "astype" and node.args and LOW_FORMATS.search(ast.unparse(node.args[0])):
+                    what = f"rounds by astype({ast.unparse(node.args[0])})"
+            elif isinstance(node, ast.FunctionDef) and "kernel_reference" in node.name:
+                what = f"defines {node.name}"
+            if what:
+                found.append(f"{path.relative_to(package.parent)}:{node.lineno}: {what}")
+    return found
+
+
 # ----------------------------------------------------------------------------- the rules on refattn
 def test_no_import_cycle():
     graph = import_graph(PACKAGE)
@@ -141,6 +174,10 @@ def test_kernels_import_nothing_above_them():
 
 def test_one_test_file_per_module():
     assert missing_test_files(PACKAGE, TESTS) == []
+
+
+def test_one_precision_module():
+    assert precision_handling(PACKAGE) == []
 
 
 def test_the_package_names_no_issue_numbers():
@@ -187,6 +224,17 @@ def _write(root: Path, files: dict) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
     return root / next(iter(files)).split("/")[0]
+
+
+def test_a_second_precision_home_is_found(tmp_path):
+    pkg = _write(tmp_path, {
+        "toy/__init__.py": "",
+        "toy/precision.py": "import ml_dtypes\nimport numpy as np\nE = np.finfo(np.float16).eps\n",
+        "toy/kernel.py": "import numpy as np\n\ndef f(x):\n    return x.astype(np.float16)\n",
+        "toy/other.py": "from ml_dtypes import bfloat16\n\ndef my_kernel_reference(q):\n    return np.finfo(q.dtype)\n",
+    })
+    found = precision_handling(pkg)
+    assert len(found) == 4 and not any("precision.py" in f for f in found), found
 
 
 def test_a_cycle_through_a_function_level_import_is_found(tmp_path):

@@ -85,3 +85,56 @@ def test_bad_precision_names_the_argument():
     with pytest.raises(ValueError, match="^precision: expected one of"):
         as_dtype("float8")
     assert as_dtype("bfloat16") == np.dtype(ml_dtypes.bfloat16)
+
+
+def test_one_vocabulary_for_every_spelling():
+    """Names, NumPy dtypes and scalar types, ml_dtypes types and framework-style names all parse to the
+    same precision; what is not a precision names the argument."""
+    from refattn.precision import as_precision
+
+    for spelling, name in [("float16", "float16"), (np.float16, "float16"), (np.dtype("float16"), "float16"),
+                           ("half", "float16"), ("torch.bfloat16", "bfloat16"), (ml_dtypes.bfloat16, "bfloat16"),
+                           ("bf16", "bfloat16"), ("fp32", "float32"), (np.float64, "float64"), ("double", "float64")]:
+        assert as_precision(spelling) == name, spelling
+    assert as_precision("float8_e4m3fn", allowed=("float8_e4m3fn",)) == "float8_e4m3fn"
+    with pytest.raises(ValueError, match="^dtype: expected one of float64, float32, float16, bfloat16, got 'fp7'"):
+        as_precision("fp7")
+    with pytest.raises(TypeError, match="^dtype: must be one of .*, got int32"):
+        as_precision(np.int32)
+    with pytest.raises(TypeError, match="^dtype: must be one of .*, got float8_e5m2"):
+        as_precision("float8_e5m2")  # a storage format, not a compute precision
+
+
+def test_values_precision_sees_through_upcasts():
+    """A float32 array upcast to float64 has float32 values; genuine float64 values stay float64; values
+    that float16 holds exactly are float16 (the finer of the two 16-bit formats when both hold them)."""
+    from refattn.precision import values_precision
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(100)
+    assert values_precision(x) == "float64"
+    assert values_precision(x.astype(np.float32).astype(np.float64)) == "float32"
+    assert values_precision(x.astype(np.float16).astype(np.float64)) == "float16"
+    assert values_precision(x.astype(ml_dtypes.bfloat16).astype(np.float32)) == "float16"  # float16 holds them
+    assert values_precision((x * 1e6).astype(ml_dtypes.bfloat16).astype(np.float32)) == "bfloat16"  # it does not
+    assert values_precision(np.array([0.5, 1.0, np.inf])) == "float16"  # non-finite values are ignored
+    assert values_precision(x.astype(np.float16)) == "float16"
+
+
+def test_recipe_knobs_change_what_they_say():
+    """round_probabilities=False leaves P unrounded (closer to the oracle on these inputs than the
+    default); round_output=False returns the float32 accumulation; accumulate="float64" is the
+    float64 computation on the rounded inputs; round_logits rounds the logits (farther from it)."""
+    q, k, v = _qkv(T=20, S=40, H=16, Hv=8, seed=4, spread=2.0)
+    q, k, v = (round_to(a, "bfloat16") for a in (q, k, v))
+    ref = softmax_attention(q, k, v)
+    err = lambda out: float(np.max(np.abs(out - ref)))  # noqa: E731
+    default = kernel_reference(q, k, v, "bfloat16")
+    no_p = kernel_reference(q, k, v, "bfloat16", round_probabilities=False, round_output=False)
+    assert np.array_equal(round_to(default, "bfloat16"), default)
+    assert err(no_p) < err(default) / 10
+    assert err(kernel_reference(q, k, v, "bfloat16", accumulate="float64", round_probabilities=False,
+                                round_output=False)) < 1e-14
+    assert err(kernel_reference(q, k, v, "bfloat16", round_logits=True)) > err(default)
+    with pytest.raises(ValueError, match="^accumulate: float32 is narrower than the float64 inputs"):
+        kernel_reference(q, k, v, "float64", accumulate="float32")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from refattn.stats import bootstrap_variance_interval, z_test_mean
+from refattn.stats import bootstrap_variance_interval, proportion_test, z_test_mean
 
 ALPHA_FAMILY = 1e-6  # per statistical assertion below
 
@@ -167,3 +167,60 @@ def test_z_test_critical_value_and_zero_entries_at_large_scale():
     x[0, 0] = 0.0
     big = z_test_mean(x * 1e300, 0.0, alpha=0.05)
     np.testing.assert_allclose(big.z, z_test_mean(x, 0.0, alpha=0.05).z, rtol=1e-9)
+
+
+# --- power and sample sizes ---------------------------------------------------------------------
+
+@pytest.mark.statistical
+def test_min_detectable_mean_shift_is_detected_with_probability_099(seed):
+    """A mean shifted by the stated detectable amount is rejected in >= 97.5% of 2000 z-tests (claimed:
+    >= 99%; a binomial count that low has probability < 1e-10 if the claim holds); at half the amount
+    the rejection rate falls below 90% (the statement is not vacuous). Bonferroni over 4 entries,
+    level 1e-2, n = 60 Gaussian draws."""
+    from refattn.stats import min_detectable_mean_shift
+
+    rng = np.random.default_rng([seed, 91])
+    n, reps = 60, 2000
+    shift = float(min_detectable_mean_shift(1.0 / np.sqrt(n), false_fail_rate=1e-2, entries=4, df=n - 1))
+    for factor, lo, hi in ((1.0, 0.975, 1.0), (0.5, 0.0, 0.9)):
+        x = rng.standard_normal((reps, n, 4))
+        x[..., 0] += factor * shift
+        hits = sum(not z_test_mean(x[r], 0.0, alpha=1e-2).passed for r in range(reps))
+        assert lo <= hits / reps <= hi, (factor, hits / reps)
+
+
+@pytest.mark.statistical
+def test_min_detectable_rate_and_ks_distance_are_detected(seed):
+    """A rate moved by its detectable change, and a distribution at its detectable Kolmogorov distance,
+    are rejected in >= 97.5% of 1000 tests (claimed >= 99%; false-failure probability < 1e-6 each)."""
+    from scipy import stats as st
+
+    from refattn.stats import min_detectable_ks_distance, min_detectable_rate_shift
+
+    rng = np.random.default_rng([seed, 92])
+    n, p, reps = 800, 0.3, 1000
+    delta = float(min_detectable_rate_shift(p, n, false_fail_rate=1e-3))
+    hits = sum(not proportion_test(rng.random((n, 1)) < p + delta, p, alpha=1e-3)[0] for _ in range(reps))
+    assert hits / reps >= 0.975, hits / reps
+    D = min_detectable_ks_distance(n, false_fail_rate=1e-3, entries=2)
+    mu = 2 * st.norm.ppf((1 + D) / 2)  # N(mu, 1) is at sup distance D from N(0, 1)
+    crit = st.kstwo.isf(1e-3 / 2, n)
+    hits = sum(st.kstest(rng.normal(mu, 1, n), st.norm.cdf).statistic > crit for _ in range(reps))
+    assert hits / reps >= 0.975, hits / reps
+
+
+def test_sample_sizes_invert_the_detectable_defects():
+    """``min_draws_for_*`` is the inverse of ``min_detectable_*``: at the draws it returns the defect is
+    detectable, one draw fewer (well below) it is not; bad rates name the argument."""
+    from refattn.stats import (min_detectable_mean_shift, min_detectable_rate_shift, min_draws_for_mean_shift,
+                               min_draws_for_rate_shift)
+
+    n = min_draws_for_mean_shift(2.0, 0.1, false_fail_rate=1e-3, entries=3)
+    assert float(min_detectable_mean_shift(2.0 / np.sqrt(n), false_fail_rate=1e-3, entries=3)) <= 0.1
+    assert float(min_detectable_mean_shift(2.0 / np.sqrt(0.9 * n), false_fail_rate=1e-3, entries=3)) > 0.1
+    m = min_draws_for_rate_shift(0.2, 0.05, false_fail_rate=1e-3)
+    assert float(min_detectable_rate_shift(0.2, m, false_fail_rate=1e-3)) <= 0.0505
+    with pytest.raises(ValueError, match="^false_fail_rate|^alpha"):
+        min_detectable_mean_shift(1.0, false_fail_rate=1.5)
+    with pytest.raises(ValueError, match="^false_pass_rate"):
+        min_detectable_mean_shift(1.0, false_fail_rate=0.01, false_pass_rate=0.0)

@@ -127,7 +127,7 @@ def attention_probabilities(
         prob = _prec.round_problem(prob, low)[0]
     p, lse = _softmax_rows(prob.logits(dt))
     if low is not None:
-        p = p.astype(_prec.as_dtype(low))
+        p = _prec.store(p, low)
     return (p, lse) if return_lse else p
 
 
@@ -337,7 +337,7 @@ def attention_backward(
     dq = s * np.matmul(ds, kd)  # (..., T, H)
     dk = s * np.matmul(np.swapaxes(ds, -1, -2), qd)  # (..., S, H)
     grads = (sum_to_shape(dq, prob.q.shape), sum_to_shape(dk, prob.k.shape), sum_to_shape(dv, prob.v.shape))
-    return grads if low is None else tuple(g.astype(_prec.as_dtype(low)) for g in grads)
+    return grads if low is None else tuple(_prec.store(g, low) for g in grads)
 
 
 def _gamma(n, u):

@@ -32,6 +32,7 @@ from refattn._validation import (
 )
 from refattn.performer.features import RandomFeatures
 from refattn.performer.projections import projection as _projection
+from refattn.precision import eps
 from refattn.problem import attention_problem
 
 __all__ = ["kernel_samples", "attention_samples", "scatterbrain_samples", "ESTIMATORS"]
@@ -118,7 +119,7 @@ def _haar_frame_projections(Z, m, c, gen):
     orthogonal rows (blocks of ``d``), through a Haar ``k``-frame per block (``kernel_samples``)."""
     d = Z.shape[1]
     U, sv, Vt = np.linalg.svd(Z.T, full_matrices=False)  # Z^T = U diag(sv) Vt
-    k = max(1, int(np.sum(sv > sv.max(initial=0.0) * d * np.finfo(float).eps)))
+    k = max(1, int(np.sum(sv > sv.max(initial=0.0) * d * eps("float64"))))
     C = sv[:k, None] * Vt[:k]  # Z^T = B C with B = U[:, :k] (d, k) orthonormal; Q B is drawn as F below
     n_blocks = -(-m // d)
     G = gen.standard_normal((c * n_blocks, d, k))

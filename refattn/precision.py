@@ -56,7 +56,11 @@ __all__ = [
     "values_precision",
     "eps",
     "unit_roundoff",
+    "tiny",
+    "largest",
+    "values_eps",
     "round_to",
+    "store",
     "is_storage_only",
     "compute_type",
     "Recipe",
@@ -170,6 +174,26 @@ def eps(precision) -> float:
     return float(ml_dtypes.finfo(as_dtype(precision)).eps)
 
 
+def tiny(precision) -> float:
+    """The smallest positive normal number of a precision."""
+    return float(ml_dtypes.finfo(as_dtype(precision)).tiny)
+
+
+def largest(precision) -> float:
+    """The largest finite number of a precision (float16 65504, float8_e4m3fn 448)."""
+    return float(ml_dtypes.finfo(as_dtype(precision)).max)
+
+
+def values_eps(array) -> float:
+    """Machine epsilon at the precision of ``array``'s values ([`values_precision`][refattn.precision.values_precision]):
+    the rounding a sampler or estimator is judged at (a float32 result upcast to float64 gets
+    float32's). Non-floating arrays: float64's."""
+    a = np.asarray(array)
+    if a.dtype.name not in _ALL:
+        return eps("float64")
+    return eps(values_precision(a))
+
+
 def unit_roundoff(precision) -> float:
     """Unit roundoff ``u = eps / 2`` (round to nearest; Higham 2002, Sec. 2.1)."""
     return eps(precision) / 2.0
@@ -212,6 +236,12 @@ def _rounded(a, precision, name):
         raise InputError(f"{name}: values up to {np.max(np.abs(a)):.3g} exceed the {precision} range ({big:.5g}); "
                          f"a {precision} kernel cannot be given them")
     return a.astype(dt).astype(np.float32)
+
+
+def store(a, precision) -> np.ndarray:
+    """``a`` written in the precision's own dtype (round to nearest even): the output a kernel of that
+    precision returns (bfloat16 and FP8 as ``ml_dtypes`` arrays)."""
+    return np.asarray(a).astype(as_dtype(precision))
 
 
 def round_problem(prob, precision, extra=()):

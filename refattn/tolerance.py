@@ -134,7 +134,7 @@ def compare(actual, ref64, ref_lo, *, precision=None, allowance=0.0, atol=None) 
         floor = check_real(atol, "atol", minimum=0.0)
     else:
         scale = float(np.max(np.abs(r))) if r.size else 0.0
-        floor = FLOOR_EPS * _prec.eps(p) * scale + float(np.finfo(np.float64).tiny)
+        floor = FLOOR_EPS * _prec.eps(p) * scale + _prec.tiny("float64")
     error_lo = float(np.max(np.abs(lo - r))) if r.size else 0.0
     flash = 2.0 * error_lo + floor
     if not r.size:

@@ -73,3 +73,57 @@ def test_correct_kernel_implementations_pass(name, seed, passes):
 @pytest.mark.parametrize("name", sorted(n for n, p in CATALOGUE.items() if p.kind == "kernel"))
 def test_planted_kernel_defects_are_caught(name, seed, caught):
     caught(name, seed)
+
+
+def _biased_noisy(scale):
+    """1.5 x refattn's estimator plus Gaussian noise of size ``scale``: biased and far too noisy."""
+    from refattn.check.planted import kernel_estimator
+
+    def fn(q, k, seed, m=64):
+        K = kernel_estimator(q, k, seed, m=m)
+        return 1.5 * K + scale * np.random.default_rng(seed).standard_normal(K.shape)
+    return fn
+
+
+@pytest.mark.parametrize("noise", [1e3, 1e160])
+@pytest.mark.parametrize("features", [None, 64])
+def test_a_biased_noisy_estimator_is_never_pass(noise, features):
+    """1.5 K + noise: the bias checks have no power at that noise (INCONCLUSIVE, never PASS) and the
+    variance is always judged (with or without --features), so the run fails; noise of 1e160 (whose
+    square overflows) fails naming the draw instead of a usage error. Deterministic given the seed
+    (the noise is 1e6 times any feature count's variance)."""
+    rep = check(_biased_noisy(noise), "kernel", m=features, isolate=False, seed=2, n_draws=200)
+    assert rep.result == "FAIL" and rep.exit_code == 1, rep.format_table()
+    by = {v.check: v for v in rep.verdicts}
+    assert by["unbiased (pooled)"].label in ("INCONCLUSIVE", "FAIL")
+    variance = by["variance (m unknown)" if features is None else "variance (m = 64)"]
+    assert variance.passed is False
+    if noise > 1e100:
+        assert "draw 1 of" in variance.meaning and "non-finite" in variance.meaning
+
+
+def test_every_statistical_verdict_states_its_detectable_defect():
+    """In --json every statistical verdict carries its detectable defect and what it measures; a PASS
+    of the pooled bias check could have detected its tolerance."""
+    import json
+
+    rep = check(CORRECT["FAVOR+ kernel (iid)"].fn, "kernel", isolate=False, seed=1,
+                **CORRECT["FAVOR+ kernel (iid)"].options)
+    rows = json.loads(rep.to_json())["checks"]
+    stat = [r for r in rows if r["statistical"]]
+    assert stat and all(r["detectable"] is not None and r["detectable_what"] for r in stat)
+    pooled = next(r for r in stat if r["check"] == "unbiased (pooled)")
+    assert pooled["verdict"] == "PASS" and pooled["detectable"] <= pooled["tolerance"] == 0.01
+
+
+def test_short_of_power_within_the_budget_is_inconclusive_with_its_exit_code(capsys):
+    """A correct estimator asked to detect a 0.01% bias with 20 draws and a 16x cap cannot: INCONCLUSIVE
+    (exit 4), with a note saying how many draws it would need; loosening the tolerance gives PASS."""
+    from refattn.cli import main
+
+    args = ["check", "refattn.check.planted:kernel_estimator", "--kind", "kernel", "--features", "64",
+            "--draws", "20", "--no-progress"]
+    assert main(args + ["--max-bias", "0.0001"]) == 4
+    out = capsys.readouterr().out
+    assert "RESULT: INCONCLUSIVE" in out and "draws are needed for the stated power" in out
+    assert main(args + ["--max-bias", "0.5", "--max-variance-ratio", "5"]) == 0

@@ -20,7 +20,11 @@ from scipy import stats as _st
 
 from refattn.check.loader import Sampler, accepts, call_safely, judge_result
 from refattn.check.verdict import CheckReport, Verdict, bonferroni_p
+from refattn.precision import eps as _eps
+from refattn.precision import values_eps
 from refattn.stats import min_draws_for_mean_shift, z_test_mean
+
+_EPS64 = _eps("float64")
 
 __all__ = ["Run", "ARG_NAMES", "MAX_DRAW_FACTOR", "POWER_BUDGET_S", "DEFAULT_MAX_BIAS", "DEFAULT_MAX_VARIANCE_RATIO"]
 
@@ -268,12 +272,12 @@ class Run:
 
 
 def _eps_of(samples) -> float:
-    """Machine epsilon of the samples' dtype (float64 for anything else)."""
-    dt = np.asarray(samples).dtype
-    return float(np.finfo(dt if np.issubdtype(dt, np.floating) else np.float64).eps)
+    """Machine epsilon at the precision of the samples' values (a float32 estimator upcast to float64
+    is judged at float32's rounding; [`refattn.precision.values_eps`][refattn.precision.values_eps])."""
+    return values_eps(samples)
 
 
-def _deterministic_entries(p, stat, se, mean, ref, eps=float(np.finfo(float).eps)):
+def _deterministic_entries(p, stat, se, mean, ref, eps=_EPS64):
     """Entries that do not vary beyond rounding (a causal row that sees one key, a pair where the
     estimator is exact, the pooled norm of a fixed-norm float32 sampler) are identities: p = 1 if
     ``mean`` equals ``ref`` to rounding, else 0, instead of a statistic blown up by a standard error
@@ -298,5 +302,5 @@ def tolerance(arr) -> float:
     """Rounding allowance for identities that hold exactly in exact arithmetic:
     ``1000 eps`` of the result's dtype times its magnitude (at least 1)."""
     a = np.asarray(arr)
-    eps = float(np.finfo(a.dtype).eps) if np.issubdtype(a.dtype, np.floating) else float(np.finfo(float).eps)
+    eps = values_eps(a)
     return 1000 * eps * max(1.0, float(np.max(np.abs(a))) if a.size else 1.0)

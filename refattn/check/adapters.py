@@ -27,6 +27,8 @@ import inspect
 
 import numpy as np
 
+from refattn.precision import widen
+
 __all__ = ["torch_forward", "torch_backward", "jax_forward", "jax_backward"]
 
 
@@ -101,7 +103,7 @@ def _jax_array(jnp, a, dtype):
 
 def _from_jax(x):
     a = np.asarray(x)
-    return a.astype(np.float32) if a.dtype.name == "bfloat16" else a
+    return widen(a)
 
 
 def jax_forward(fn, *, dtype=None, keywords=None):

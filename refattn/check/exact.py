@@ -40,7 +40,7 @@ import numpy as np
 from refattn._validation import InputError
 from refattn.check.verdict import Verdict
 from refattn.exact import softmax_attention
-from refattn.precision import as_dtype, as_precision, eps, kernel_reference, round_to
+from refattn.precision import as_dtype, as_precision, eps, largest, kernel_reference, round_to
 from refattn.problem import causal_mask, causal_offset
 from refattn.tolerance import check_attention_output, compare
 
@@ -311,7 +311,7 @@ def _assess(case, out, q, k, v, kw, alignment, precision="float64"):
     if nonfinite.any():
         fault = f"{int(nonfinite.sum())} NaN/Inf outputs where the oracle is finite"
         top = float(np.max(np.abs(q.astype(np.float64) @ np.swapaxes(k.astype(np.float64), -1, -2)))) / np.sqrt(case.H)
-        if top > np.log(float(np.finfo(case.dtype).max)):  # exp of these logits overflows in the input dtype
+        if top > np.log(largest(as_precision(case.dtype))):  # exp of these logits overflows in the input dtype
             fault += f": overflow (logits up to {top:.3g}; missing max subtraction before exp?)"
     else:
         matches = [name for name, cand in _candidates(case, q, k, v, kw, alignment)

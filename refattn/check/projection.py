@@ -16,8 +16,9 @@ Checks over ``n`` seeds (statistical unless said otherwise):
 5. **Orthogonality within blocks** (exact, when claimed with ``projection="orthogonal"``):
    rows ``[b d, (b + 1) d)`` are mutually orthogonal.
 
-The exact checks allow the rounding of the sampler's own dtype: ``1000 eps`` of the returned
-dtype (a float32 sampler, PyTorch's default, gets float32's allowance).
+The exact checks allow the rounding of the precision of the sampler's values: ``1000 eps`` of
+that precision (a float32 sampler, PyTorch's default, gets float32's allowance, also when it
+returns its rows upcast to float64; a float64 sampler gets float64's).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from scipy import stats as _st
 
 from refattn._validation import InputError
 from refattn.check.verdict import Verdict, bonferroni_p
+from refattn.precision import values_eps
 from refattn.stats import proportion_test
 
 __all__ = ["check_projection"]
@@ -68,8 +70,10 @@ def check_projection(run, *, projection="gaussian", m=16, d=8):
 
 
 def _allowance(W) -> float:
-    """Relative rounding allowance of the exact checks: ``1000 eps`` of the sampler's dtype."""
-    return 1000.0 * float(np.finfo(W.dtype if np.issubdtype(W.dtype, np.floating) else np.float64).eps)
+    """Relative rounding allowance of the exact checks: ``1000 eps`` at the precision of the sampler's
+    values ([`refattn.precision.values_precision`][refattn.precision.values_precision]): a float32 sampler returned as float64
+    (``.double()``) is held to float32's rounding, a genuinely float64 one to float64's."""
+    return 1000.0 * values_eps(W)
 
 
 def _norm_check(run, W, projection):
