@@ -83,6 +83,79 @@ def test_a_planted_bug_fails(pytester, bug):
     result.stdout.fnmatch_lines(["*test_forward_matches_the_oracle*"])
 
 
+BLOCKED_KERNEL = textwrap.dedent('''
+    import numpy as np
+
+    def forward(q, k, v, causal=False, mask=None, key_lengths=None):
+        """Blocked online softmax over keys in blocks of 4 (FlashAttention's recurrence), bottom-right
+        causal; SCALE_ERROR plants a fault."""
+        q, k, v = (np.asarray(a, dtype=np.float64) for a in (q, k, v))
+        T, S = q.shape[-2], k.shape[-2]
+        i, j = np.indices((T, S))
+        allowed = np.ones((T, S), bool) if not causal else j <= i + (S - T)
+        if mask is not None:
+            allowed = allowed & mask
+        if key_lengths is not None:
+            allowed = allowed & (j < np.asarray(key_lengths)[..., None, None])
+        shape = np.broadcast_shapes(q.shape[:-1] + (S,), allowed.shape)[:-1]
+        m = np.full(shape + (1,), -np.inf)
+        l = np.zeros(shape + (1,))
+        acc = np.zeros(shape + (v.shape[-1],))
+        for b in range(0, S, 4):
+            s = q @ np.swapaxes(k[..., b:b + 4, :], -1, -2) / np.sqrt(q.shape[-1]) * SCALE_ERROR
+            s = np.where(allowed[..., b:b + 4], s, -np.inf)
+            new = np.maximum(m, s.max(axis=-1, keepdims=True))
+            ref = np.where(np.isfinite(new), new, 0.0)
+            p = np.exp(s - ref)
+            alpha = np.where(np.isfinite(m), np.exp(m - ref), 0.0)
+            l = alpha * l + p.sum(axis=-1, keepdims=True)
+            acc = alpha * acc + p @ v[..., b:b + 4, :]
+            m = new
+        return np.where(l > 0, acc / np.where(l > 0, l, 1.0), 0.0)
+''')
+
+#: The recipe as docs/testing.md shows it (Hypothesis' default settings, no derandomize).
+RECIPE_FILE = textwrap.dedent('''
+    import numpy as np
+    from hypothesis import given, settings
+    from refattn.testing import assert_close_to_reference, attention_inputs
+    from mykernel import forward
+
+    @settings(deadline=None)
+    @given(attention_inputs(for_kernel=forward, dtypes=(np.float64,)))
+    def test_forward_matches_the_oracle(x):
+        out = forward(x.q, x.k, x.v, **x.kernel_kwargs)
+        assert_close_to_reference(out, x.q, x.k, x.v, **x.kwargs)
+''')
+
+
+def _recipe_outcomes(pytester, seeds, scale_error=1.0):
+    pytester.makepyfile(mykernel=BLOCKED_KERNEL.replace("SCALE_ERROR", repr(scale_error)))
+    pytester.makepyfile(test_recipe=RECIPE_FILE)
+    pytester.syspathinsert()
+    failed = []
+    for s in seeds:
+        result = pytester.runpytest_inprocess("-p", "no:cacheprovider", f"--hypothesis-seed={s}", "-q")
+        if result.ret != 0:
+            failed.append(int(s))
+    return failed
+
+
+def test_the_docs_recipe_passes_a_correct_kernel_on_fresh_hypothesis_seeds(pytester, seed):
+    """The recipe of docs/testing.md, with a blocked online-softmax kernel (whose rounding differs from
+    the oracle's), passes on 4 --hypothesis-seed values drawn from the `seed` fixture's generator (the
+    slow twin runs 100); the same kernel with a 1% scale error fails on every one of 2 (power twin)."""
+    seeds = np.random.default_rng([seed, 33]).integers(0, 2**31, size=4)
+    assert _recipe_outcomes(pytester, seeds) == []
+    assert _recipe_outcomes(pytester, seeds[:2], scale_error=1.01) == [int(s) for s in seeds[:2]]
+
+
+@pytest.mark.slow
+def test_the_docs_recipe_on_100_hypothesis_seeds(pytester):
+    seeds = np.random.default_rng(2026).integers(0, 2**31, size=100)
+    assert _recipe_outcomes(pytester, seeds) == []
+
+
 def test_seed_sweep_and_the_budget_summary(pytester):
     pytester.makepyfile(test_stat=textwrap.dedent('''
         import numpy as np, pytest

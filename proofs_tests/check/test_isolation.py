@@ -102,3 +102,159 @@ def test_bad_limits_on_the_command_line_exit_2(argv, capsys):
     from refattn.cli import main
 
     assert main(["check", "refattn.check.planted:exact_attention", "--kind", "exact", *argv]) == 2
+
+
+# --- hostile callables: nothing they send can win a verdict ---------------------------------------
+HOSTILE = '''
+import os, pickle, sys
+import numpy as np
+from refattn.check.planted import exact_attention
+
+MARK = os.environ["REFATTN_TEST_MARK"]
+
+
+class Payload:
+    """Unpickling this runs code: it writes the mark file (it must never run in the checker)."""
+    def __reduce__(self):
+        return (open, (MARK, "w"))
+
+
+def structured_with_object(q, k, v):
+    out = np.zeros(q.shape[0], dtype=[("x", "f8"), ("y", "O")])
+    out["y"] = Payload()
+    return out
+
+
+def _worker_pipe():
+    frame = sys._getframe(1)
+    while frame is not None:
+        if "conn" in frame.f_locals:
+            return frame.f_locals["conn"]
+        frame = frame.f_back
+    raise RuntimeError("no pipe")
+
+
+def forged_pickle_reply(q, k, v):
+    """Sends the old channel's reply with a payload, then a wrong answer."""
+    _worker_pipe().send(("ok", Payload(), None, [], ""))
+    return np.zeros((q.shape[0], v.shape[1]))
+
+
+def forged_reply_bytes(q, k, v):
+    """Sends a pickle as raw bytes, then a wrong answer."""
+    _worker_pipe().send_bytes(pickle.dumps(("ok", Payload(), None, [], "")))
+    return np.zeros((q.shape[0], v.shape[1]))
+
+
+def wrong_with_patched_oracle(q, k, v, causal=False, mask=None):
+    """A wrong answer that patches the oracle to agree with it (effective in the checker's process only)."""
+    import refattn.exact, refattn.tolerance
+    fake = lambda q, k, v, **kw: np.zeros(q.shape[:-1] + v.shape[-1:])
+    refattn.exact.softmax_attention = fake
+    refattn.tolerance.softmax_attention = fake
+    return np.zeros(q.shape[:-1] + v.shape[-1:])
+'''
+
+
+@pytest.fixture
+def hostile(tmp_path, monkeypatch):
+    path = tmp_path / "hostile.py"
+    path.write_text(HOSTILE)
+    mark = tmp_path / "payload-ran"
+    monkeypatch.setenv("REFATTN_TEST_MARK", str(mark))
+    return path, mark
+
+
+@pytest.mark.parametrize("name", ["structured_with_object", "forged_pickle_reply", "forged_reply_bytes"])
+def test_a_hostile_reply_never_wins_and_never_runs(hostile, name):
+    """The worker's replies are numbers only: a structured array with an object field, a crafted pickle
+    sent down the worker's pipe (as an object or as raw bytes) fail the check, and the payload never
+    runs in the checker (no mark file)."""
+    path, mark = hostile
+    rep = check(f"{path}:{name}", "exact", timeout=20)
+    assert rep.result == "FAIL" and rep.exit_code == 1, rep.format_table()
+    assert not mark.exists()
+
+
+def test_isolation_off_says_so_and_a_patched_oracle_cannot_pass_isolated(hostile):
+    """isolate=False runs the callable in the checker's process: the report says so. Isolated, a callable
+    that patches the oracle patches only its worker's copy and fails."""
+    import importlib
+
+    import refattn.exact
+    import refattn.tolerance
+
+    path, _ = hostile
+    rep = check(f"{path}:wrong_with_patched_oracle", "exact", timeout=20)
+    assert rep.result == "FAIL", rep.format_table()
+    try:
+        off = check(exact_attention, "exact", isolate=False)
+        assert any("isolation off" in n for n in off.notes) and "isolation off" in off.format_table()
+    finally:
+        importlib.reload(refattn.exact)
+        importlib.reload(refattn.tolerance)
+
+
+def test_printing_gigabytes_keeps_the_checkers_memory_bounded(tmp_path):
+    """A callable that prints 200 MB per call: the worker reads back a bounded prefix, the report keeps
+    4000 characters, and the checker's peak memory stays far below what was printed."""
+    code = (
+        "import resource, sys\n"
+        "from refattn.check import check\n"
+        f"sys.path.insert(0, {str(tmp_path)!r})\n"
+        "rep = check('loud.py:loud', 'exact', timeout=60)\n"
+        "print(rep.result, len(rep.output), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+    (tmp_path / "loud.py").write_text(
+        "import os\nfrom refattn.check.planted import exact_attention\n"
+        "def loud(q, k, v):\n    os.write(1, b'x' * (200 << 20))\n    return exact_attention(q, k, v)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    result, kept, rss_kib = proc.stdout.split()
+    assert result == "PASS" and int(kept) <= 4000 and int(rss_kib) < 400 * 1024
+
+
+def test_a_grandchild_is_ended_with_the_worker(tmp_path):
+    """A callable that starts a detached grandchild holding the pipes: the checker's caller is not left
+    waiting (the worker's process group is killed when the check ends)."""
+    (tmp_path / "spawner.py").write_text(
+        "import subprocess, sys\nfrom refattn.check.planted import exact_attention\n"
+        "def spawner(q, k, v):\n"
+        "    subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(90)'])\n"
+        "    return exact_attention(q, k, v)\n")
+    proc = subprocess.run([sys.executable, "-m", "refattn", "check", "spawner.py:spawner", "--kind", "exact",
+                           "--no-progress"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_sigterm_during_a_hang_leaves_no_worker(tmp_path):
+    """SIGTERM to `refattn check` while the callable hangs: the checker exits 143 and the worker (which
+    wrote its pid) is gone with it."""
+    import os
+    import signal
+    import time
+
+    pidfile = tmp_path / "worker.pid"
+    (tmp_path / "hang.py").write_text(
+        "import os, time\n"
+        f"def hang(q, k, v):\n    open({str(pidfile)!r}, 'w').write(str(os.getpid()))\n    time.sleep(600)\n")
+    proc = subprocess.Popen([sys.executable, "-m", "refattn", "check", "hang.py:hang", "--kind", "exact",
+                             "--timeout", "500", "--no-progress"], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(600):
+            if pidfile.exists() and pidfile.read_text():
+                break
+            time.sleep(0.1)
+        worker = int(pidfile.read_text())
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 143
+    finally:
+        proc.kill()
+    for _ in range(50):
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"worker {worker} outlived the checker")

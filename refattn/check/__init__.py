@@ -28,7 +28,7 @@ import math
 import numbers
 import time
 
-from refattn._validation import InputError, InputTypeError, check_positive_int
+from refattn._validation import InputError, InputTypeError, check_bool, check_positive_int
 from refattn.check._run import DEFAULT_MAX_BIAS, DEFAULT_MAX_VARIANCE_RATIO, Run
 from refattn.check.attention import check_attention
 from refattn.check.backward import BACKWARD_PRECISIONS, check_backward
@@ -46,8 +46,11 @@ __all__ = ["check", "KINDS", "DEFAULT_DRAWS", "DEFAULT_TIMEOUT", "TargetError", 
 KINDS = ("exact", "backward", "kernel", "attention", "projection", "hash")
 DEFAULT_DRAWS = {"exact": 0, "backward": 0, "kernel": 2000, "attention": 1000, "projection": 2000,
                  "hash": 1000}  # hash: at least; the default is chosen for power (refattn.check.hashing.hash_draws)
-#: Seconds one call of the callable may take (isolated runs).
+#: Seconds one call of the callable may take (isolated runs), and the most it may be set to (a week).
 DEFAULT_TIMEOUT = 60.0
+MAX_TIMEOUT = 7 * 24 * 3600.0
+#: The largest address-space limit (bytes) a worker may be given: 2^62, far above any machine's memory.
+MAX_MEMORY_LIMIT = float(2**62)
 
 
 def check(target, kind, *, method="positive", projection=None, m=None, A=None, family="simhash", bits=1, buckets=8,
@@ -139,6 +142,7 @@ def check(target, kind, *, method="positive", projection=None, m=None, A=None, f
     if kind not in KINDS:
         raise InputError(f"kind: expected one of {KINDS}, got {kind!r}")
     alpha = _positive_number(alpha, "alpha")
+    isolate, progress = check_bool(isolate, "isolate"), check_bool(progress, "progress")
     if not 0 < alpha < 1:
         raise InputError(f"alpha: must lie in (0, 1), got {alpha}")
     max_bias = _positive_number(max_bias, "max_bias")
@@ -180,11 +184,11 @@ def check(target, kind, *, method="positive", projection=None, m=None, A=None, f
         rounds = None if rounds is None else check_positive_int(rounds, "rounds")
         if n_draws_given is None:
             n_draws = hash_draws(family, bits=bits, buckets=buckets, width=width, rounds=rounds, alpha=alpha)
-    timeout = _positive_number(timeout, "timeout")
-    if memory_limit == "auto":
+    timeout = _positive_number(timeout, "timeout", maximum=MAX_TIMEOUT)
+    if isinstance(memory_limit, str) and memory_limit == "auto":
         memory_limit = default_memory_limit()
     elif memory_limit is not None:
-        memory_limit = int(_positive_number(memory_limit, "memory_limit"))
+        memory_limit = int(_positive_number(memory_limit, "memory_limit", maximum=MAX_MEMORY_LIMIT))
     report = CheckReport(describe_target(target), kind, alpha, seed)
     report.command = _command(report.target, kind, method=method, projection=projection, m=m, A=A, family=family,
                               bits=bits, buckets=buckets, width=width, alignment=alignment, alpha=alpha, seed=seed,
@@ -203,6 +207,9 @@ def check(target, kind, *, method="positive", projection=None, m=None, A=None, f
     except (LoadFailure, WorkerError) as exc:
         report.add(Verdict("load", False, str(exc)))
         return report
+    if not isolate:
+        report.notes.append("isolation off (isolate=False): the callable ran in the checker's own process, where it "
+                            "could change the checker itself; these verdicts are only as trustworthy as the callable")
     run = Run(fn, report, n_draws=n_draws, budget_s=budget, progress=progress, worker=worker, max_bias=max_bias,
               max_variance_ratio=max_variance_ratio)
     try:
@@ -261,13 +268,15 @@ def _command(target, kind, *, method, projection, m, A, family, bits, buckets, w
     return " ".join(["refattn check", target] + [f for f in flags if f])
 
 
-def _positive_number(value, name):
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise InputTypeError(f"{name}: expected a number, got {value!r}") from None
+def _positive_number(value, name, *, maximum=None):
+    """A real number (not a string, not a bool), finite, > 0 and at most ``maximum``."""
+    if isinstance(value, (bool, str, bytes)) or not isinstance(value, numbers.Real):
+        raise InputTypeError(f"{name}: expected a number, got {value!r}")
+    value = float(value)
     if not (math.isfinite(value) and value > 0):
         raise InputError(f"{name}: must be finite and > 0, got {value}")
+    if maximum is not None and value > maximum:
+        raise InputError(f"{name}: at most {maximum:g}, got {value:g}")
     return value
 
 

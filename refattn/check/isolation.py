@@ -15,8 +15,12 @@ and so a failing verdict, never a hang, a crash or a pass by default:
 | writes into its inputs | `mutated`: the argument it changed |
 | prints | nothing: stdout and stderr (Python's and the C library's) are captured and kept in `Worker.output`, never mixed into `--json` |
 
-Every call gets fresh copies of its inputs (they are pickled across the pipe), and the worker
-compares them after the call with the copies it kept. The worker is forked from a fresh server
+Every call gets fresh copies of its inputs (pickled by the checker across the pipe), and the worker
+compares them after the call with the copies it kept. Nothing comes back pickled: a reply is
+numeric arrays and bounded text ([`refattn.check.wire`][refattn.check.wire]), which the checker validates, so a
+callable that reaches the pipe can send only numbers, and the verdict is computed from them in the
+checker. The worker runs in its own session; stopping it kills its process group, so nothing it
+started outlives the check. The worker is forked from a fresh server
 process (``forkserver``; ``spawn`` where there is none), so it inherits nothing from the checker
 (no threads, no CUDA context); a callable handed in from Python is pickled into it, or, when it
 cannot be pickled (a lambda, a closure), inherited by ``fork`` where the platform has it.
@@ -37,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from refattn.check.loader import CallProblem, LoadFailure, TargetError, as_result_array, load_target, safe_str
+from refattn.check.wire import WireError, decode_control, decode_reply, encode_control, encode_reply
 
 __all__ = ["Worker", "WorkerError", "default_memory_limit"]
 
@@ -44,6 +49,8 @@ __all__ = ["Worker", "WorkerError", "default_memory_limit"]
 START_TIMEOUT = 300.0
 #: Characters of captured output kept per run.
 OUTPUT_LIMIT = 4000
+#: Bytes a reply of the worker may carry (its arrays); a larger one fails the call.
+MAX_REPLY_BYTES = 1 << 31
 
 
 class WorkerError(Exception):
@@ -86,38 +93,56 @@ def _arrays(args, kwargs, names=()):
 def _serve(conn, fn, capture):
     while True:
         try:
-            msg = conn.recv()
+            msg = conn.recv()  # the checker's request (pickled by the checker: safe to read here)
         except (EOFError, OSError):
             return
         if msg[0] == "stop":
             return
         _, args, kwargs, names, parts = msg
         kept = [(name, a.copy()) for name, a in _arrays(args, kwargs, names)]
-        start = capture.tell()
+        capture.seek(0)
+        capture.truncate()
         try:
             with warnings.catch_warnings(), np.errstate(all="ignore"):
                 warnings.simplefilter("ignore")
                 out = fn(*args, **kwargs)
-            reply = ("ok", *as_result_array(out, parts))
+            result, message = as_result_array(out, parts)
+            error_type = ""
         except BaseException as exc:  # noqa: BLE001 - the user's bug must become a verdict
-            reply = ("raised", type(exc).__name__, safe_str(exc))
+            result, error_type, message = None, type(exc).__name__, safe_str(exc)
         changed = [name for (name, a), (_, b) in zip(_arrays(args, kwargs, names), kept)
                    if a.shape != b.shape or not np.array_equal(a, b, equal_nan=True)]
         sys.stdout.flush()
         sys.stderr.flush()
-        capture.seek(start)
-        printed = capture.read().decode("utf-8", "replace")
-        capture.seek(0, io.SEEK_END)
+        capture.seek(0)
+        printed = capture.read(4 * OUTPUT_LIMIT).decode("utf-8", "replace")  # bounded, whatever was printed
+        capture.seek(0)
+        capture.truncate()
+        if error_type:
+            status, arrays = "raised", ()
+        elif result is None:
+            status, arrays = "not an array", ()
+        else:
+            status, arrays = "ok", result if isinstance(result, tuple) else (result,)
         try:
-            conn.send(reply + (changed, printed))
-        except Exception as exc:  # noqa: BLE001 - an unpicklable result
-            conn.send(("raised", type(exc).__name__, f"its result could not be returned: {safe_str(exc)}", changed,
-                       printed))
+            reply = encode_reply(status, arrays, is_tuple=isinstance(result, tuple), error_type=error_type,
+                                 message=message or "", changed=changed, printed=printed)
+        except (WireError, ValueError, MemoryError) as exc:
+            reply = encode_reply("not an array", message=f"returned a result that is not plain numbers ({exc})",
+                                 changed=changed, printed=printed)
+        try:
+            conn.send_bytes(reply)
+        except (OSError, ValueError):
+            return
 
 
 def _worker_main(conn, payload, memory_limit):
     """Entry point of the worker process."""
     capture = tempfile.TemporaryFile()
+    try:
+        os.setsid()  # its own session and process group: the checker ends it and everything it started
+    except OSError:
+        pass
     try:
         if memory_limit:
             import resource
@@ -138,10 +163,11 @@ def _worker_main(conn, payload, memory_limit):
             fn = pickle.loads(payload[1])
         else:
             fn = _INHERITED
-        conn.send(("ready", _keywords(fn)))
+        conn.send_bytes(encode_control("ready", keywords=_keywords(fn)))
     except BaseException as exc:  # noqa: BLE001 - loading user code may raise anything
         what = "load" if isinstance(exc, (LoadFailure, TargetError)) else "load-raised"
-        conn.send((what, f"{type(exc).__name__}: {safe_str(exc)}" if what == "load-raised" else safe_str(exc)))
+        conn.send_bytes(encode_control(what, message=f"{type(exc).__name__}: {safe_str(exc)}"
+                                       if what == "load-raised" else safe_str(exc)))
         return
     _serve(conn, fn, capture)
 
@@ -232,22 +258,33 @@ class Worker:
             self._kill()
             raise LoadFailure(f"loading the callable took more than {START_TIMEOUT:.0f} s")
         try:
-            msg = parent.recv()
-        except EOFError:
+            msg = decode_control(parent.recv_bytes(1 << 20))
+        except (EOFError, OSError):
             proc.join(5)
             code = proc.exitcode
             self._kill()
             raise LoadFailure(f"loading the callable ended the process: {_describe_exit(code)}") from None
-        if msg[0] == "ready":
-            return msg[1]
+        except WireError as exc:
+            self._kill()
+            raise LoadFailure(f"loading the callable: the worker sent a message the checker does not read ({exc})") \
+                from None
+        if msg["status"] == "ready":
+            return list(msg.get("keywords", []))
         self._kill()
-        if msg[0] == "load" and msg[1].startswith("TARGET"):
-            raise TargetError(msg[1])
-        raise LoadFailure(msg[1] if msg[0] == "load" else f"loading the callable raised {msg[1]}")
+        text = msg.get("message", "")
+        if msg["status"] == "load" and text.startswith("TARGET"):
+            raise TargetError(text)
+        raise LoadFailure(text if msg["status"] == "load" else f"loading the callable raised {text}")
 
     def _kill(self):
-        if self._proc is not None and self._proc.is_alive():
-            self._proc.kill()
+        if self._proc is not None:
+            if self._proc.pid is not None:
+                try:  # the worker's whole process group: what it started (grandchildren) goes with it
+                    os.killpg(self._proc.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError, OSError):
+                    pass
+            if self._proc.is_alive():
+                self._proc.kill()
             self._proc.join(5)
         if self._conn is not None:
             self._conn.close()
@@ -275,23 +312,35 @@ class Worker:
             return None, CallProblem("timeout", f"{name} did not return within {self.timeout:g} s (--timeout); "
                                                 "the worker process was stopped")
         try:
-            msg = self._conn.recv()
-        except (EOFError, OSError):
+            data = self._conn.recv_bytes(MAX_REPLY_BYTES)
+        except OSError:  # a message longer than MAX_REPLY_BYTES (or a broken pipe)
+            alive = self._proc.is_alive()
+            code = self._proc.exitcode
+            self._kill()
+            if alive:
+                return None, CallProblem("not an array", f"{name} sent a reply larger than {MAX_REPLY_BYTES} bytes")
+            return None, CallProblem("crashed", f"{name}: {_describe_exit(code)}")
+        except EOFError:
             self._proc.join(5)
             code = self._proc.exitcode
             self._kill()
             return None, CallProblem("crashed", f"{name}: {_describe_exit(code)}")
-        status, a, b, changed, printed = msg
-        self._keep(printed)
-        if changed:
-            return None, CallProblem("mutated", f"{name} wrote into its input ({', '.join(changed)}): a kernel "
+        try:
+            msg = decode_reply(data, max_bytes=MAX_REPLY_BYTES)
+        except WireError as exc:  # never unpickled, never trusted: the call fails
+            self._kill()
+            return None, CallProblem("not an array", f"{name}: the worker's reply is not plain numeric arrays ({exc})")
+        self._keep(msg["printed"])
+        if msg["changed"]:
+            return None, CallProblem("mutated", f"{name} wrote into its input ({', '.join(msg['changed'])}): a kernel "
                                                 "must not modify q, k, v or the mask it is given")
-        if status == "raised":
+        if msg["status"] == "raised":
+            a, b = msg["error_type"], msg["message"]
             extra = " (the memory limit, --memory-limit)" if a == "MemoryError" else ""
             return None, CallProblem("raised", f"{name} raised {a}" + (f": {b}" if b else "") + extra)
-        if a is None:
-            return None, CallProblem("not an array", f"{name} {b}")
-        return a, None
+        if msg["status"] != "ok" or msg["arrays"] is None:
+            return None, CallProblem("not an array", f"{name} {msg['message']}")
+        return msg["arrays"], None
 
     def close(self):
         """Stop the worker (idempotent)."""

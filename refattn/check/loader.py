@@ -23,6 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from refattn.check.wire import NUMERIC_KINDS
+from refattn.precision import widen
+
 __all__ = ["TargetError", "LoadFailure", "load_target", "CallProblem", "call_safely", "judge_result",
            "as_result_array", "safe_str", "accepts", "Sampler", "describe_target"]
 
@@ -136,6 +139,9 @@ def as_result_array(out, parts=None):
         return None, f"returned {type(out).__name__}, which numpy.asarray cannot convert ({safe_str(exc)})"
     if arr.dtype == object:
         return None, f"returned {type(out).__name__}, which numpy.asarray converts only to an array of dtype object"
+    arr = widen(arr)  # bfloat16 / FP8 (ml_dtypes) as float32, exactly
+    if arr.dtype.kind not in NUMERIC_KINDS or arr.dtype.fields is not None or arr.dtype.subdtype is not None:
+        return None, f"returned an array of dtype {arr.dtype}, not plain numbers"
     return np.array(arr, copy=True), None
 
 

@@ -74,20 +74,52 @@ def run(args) -> int:
                    layout=args.layout, gqa=args.gqa, self_attention=args.self_attention,
                    equal_head_dims=args.equal_head_dims, rounds=args.rounds, max_bias=args.max_bias,
                    max_variance_ratio=args.max_variance_ratio,
-                   memory_limit="auto" if args.memory_limit is None else int(args.memory_limit * 2**30))
+                   memory_limit="auto" if args.memory_limit is None else args.memory_limit * 2.0**30)
     if (args.workers or args.scheduler) and not args.calibrate:
         raise UsageError("--workers/--scheduler: only with --calibrate N (one check runs in one process)")
     if args.calibrate:
         return _calibrate(args, options)
     try:
-        report = check(args.target, args.kind, seed=args.seed, progress=not args.no_progress and not args.json
-                       and sys.stderr.isatty(), **options)
+        with _ended_by_signals():
+            report = check(args.target, args.kind, seed=args.seed, progress=not args.no_progress and not args.json
+                           and sys.stderr.isatty(), **options)
     except TargetError as exc:
         raise UsageError(str(exc)) from None
     print(report.to_json() if args.json else report.format_table())
     return report.exit_code
 
 
+
+
+class _ended_by_signals:
+    """SIGTERM (and SIGHUP) during a check end it as Ctrl-C does: the worker and everything it started
+    are stopped on the way out (check's cleanup), then the process exits 128 + the signal."""
+
+    SIGNALS = ("SIGTERM", "SIGHUP")
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        self.saved = {}
+        if threading.current_thread() is not threading.main_thread():
+            return self
+
+        def stop(signum, frame):
+            raise SystemExit(128 + signum)
+
+        for name in self.SIGNALS:
+            sig = getattr(signal, name, None)
+            if sig is not None:
+                self.saved[sig] = signal.signal(sig, stop)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        for sig, handler in self.saved.items():
+            signal.signal(sig, handler)
+        return False
 
 
 def _calibrate(args, options):
