@@ -90,3 +90,78 @@ def test_logits_that_could_overflow_are_refused(fn):
         fn(q, q, np.ones((2, 1)))
     with pytest.raises(ValueError, match=r"^q, k, scale: logits could reach"):
         fn(np.ones((2, 3)), np.ones((2, 3)), np.ones((2, 1)), scale=1e301)
+
+
+# --- inputs that used to be accepted silently, crash or hang ---------------------------------------
+def test_a_validated_support_is_read_only():
+    """A Support keeps read-only copies of its arrays: writing an out-of-range index after validation
+    raises instead of sending the sparse kernel out of bounds (a segfault before)."""
+    from refattn.lsh.sparse import Support, local_window, sparse_attention
+
+    s = local_window(5, 7, 2, 1)
+    with pytest.raises(ValueError, match="read-only"):
+        s.indices[1] = 10**6
+    with pytest.raises(ValueError, match="read-only"):
+        s.indptr[2] = 0
+    mine = np.array([0, 1, 2], dtype=np.int64)
+    t = Support(np.array([0, 1, 3]), mine, 4)
+    mine[0] = 10**6  # the caller's array: the support holds its own copy
+    assert t.indices[0] == 0
+    rng = np.random.default_rng(0)
+    q, k, v = rng.normal(size=(5, 4)), rng.normal(size=(7, 4)), rng.normal(size=(7, 2))
+    assert np.isfinite(sparse_attention(q, k, v, s)).all()
+
+
+def test_fixed_budget_decomposition_of_a_fortran_matrix():
+    """A Fortran-ordered M gives the same (L, S) as its C-ordered copy (S was all zeros)."""
+    from refattn.scatterbrain.rpca import fixed_budget_decomposition
+
+    M = np.random.default_rng(1).normal(size=(12, 9))
+    L1, S1 = fixed_budget_decomposition(np.asfortranarray(M), 2, 4)
+    L2, S2 = fixed_budget_decomposition(M, 2, 4)
+    assert np.count_nonzero(S1) == 4
+    np.testing.assert_allclose(S1, S2, atol=1e-12)
+    np.testing.assert_allclose(L1, L2, atol=1e-12)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"max_len": 2**40}, ValueError, "^max_len: must be <= 4096"),
+    ({"max_head_dim": None}, TypeError, "^max_head_dim: expected an integer"),
+    ({"max_batch_dims": None}, TypeError, "^max_batch_dims: expected an integer"),
+    ({"logit_std": float("nan")}, ValueError, "^logit_std"),
+    ({"logit_std": (3.0, 1.0)}, ValueError, "^logit_std: low 3.0 exceeds high 1.0"),
+])
+def test_attention_inputs_refuses_sizes_it_cannot_draw(kwargs, error, match):
+    from refattn.testing import attention_inputs
+
+    with pytest.raises(error, match=match):
+        attention_inputs(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"window": (True, False)}, ValueError, "^window: expected"),
+    ({"window": (2.5, 1)}, ValueError, "^window: expected"),
+    ({"softcap": "30"}, TypeError, "^softcap: expected a number"),
+    ({"softcap": True}, TypeError, "^softcap: expected a number"),
+])
+@pytest.mark.parametrize("implementation", ["dense", "numpy", "numba"])
+def test_window_and_softcap_are_numbers_on_every_path(kwargs, error, match, implementation):
+    q = np.ones((3, 4))
+    with pytest.raises(error, match=match):
+        softmax_attention(q, q, q, implementation=implementation, **kwargs)
+
+
+def test_check_limits_and_types_are_validated():
+    """check(): strings and bools are not numbers; a timeout past a week or a memory limit past 2^62
+    bytes is refused (an OverflowError, exit 3, and a FAIL for a correct kernel before)."""
+    from refattn.check import check
+    from refattn.check.planted import exact_attention
+
+    for kwargs, error, match in [({"alpha": "0.5"}, TypeError, "^alpha: expected a number"),
+                                 ({"timeout": "3"}, TypeError, "^timeout: expected a number"),
+                                 ({"isolate": "yes"}, TypeError, "^isolate"),
+                                 ({"timeout": 1e300}, ValueError, "^timeout: at most"),
+                                 ({"memory_limit": 1e21}, ValueError, "^memory_limit: at most"),
+                                 ({"width": float("nan")}, ValueError, "^width")]:
+        with pytest.raises(error, match=match):
+            check(exact_attention, "hash" if "width" in kwargs else "exact", **kwargs)

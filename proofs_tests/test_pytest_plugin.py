@@ -188,6 +188,50 @@ def test_seed_sweep_and_the_budget_summary(pytester):
                                  "*family-wise false-failure bound: 0.01 <= 0.01*"])
 
 
+def test_the_budget_cannot_be_dodged(pytester):
+    """An overspent assertion fails its test even when the test catches the exception (a retry loop
+    that would hide a biased estimator); an explicit alpha= inside a marked test is counted in the
+    session's bound; ``statistical(3)`` declares 3 assertions, as ``assertions=3`` does."""
+    pytester.makepyfile(test_dodge=textwrap.dedent('''
+        import numpy as np, pytest
+        from refattn.testing import assert_unbiased
+
+        def centred(rng, size):
+            x = rng.normal(size=size)
+            return x - x.mean(axis=0)
+
+        @pytest.mark.statistical
+        def test_retry_loop():
+            rng = np.random.default_rng(0)
+            for _ in range(5):
+                try:
+                    assert_unbiased(centred(rng, 50), 0.0)
+                except AssertionError:
+                    continue
+
+        @pytest.mark.statistical(3)
+        def test_three_positional():
+            rng = np.random.default_rng(1)
+            for _ in range(3):
+                assert_unbiased(centred(rng, 50), 0.0)
+
+        @pytest.mark.statistical
+        def test_explicit_alpha():
+            assert_unbiased(centred(np.random.default_rng(2), 50), 0.0, alpha=0.5)
+    '''))
+    result = pytester.runpytest("-p", "no:cacheprovider", "--refattn-alpha", "0.01")
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(["*test_retry_loop*", "*declared 1*",
+                                 "*family-wise false-failure bound: 0.5* > (explicit alpha= beyond the budget) 0.01*"])
+
+
+def test_a_huge_seed_range_is_a_usage_error(pytester):
+    pytester.makepyfile(test_x="def test_x(seed):\n    pass\n")
+    result = pytester.runpytest("-p", "no:cacheprovider", "--refattn-seeds", "0-10000000000")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--refattn-seeds: expected*at most 100000 seeds*"])
+
+
 @pytest.mark.parametrize("option, message", [
     (["--refattn-seeds", "a-b"], "--refattn-seeds: expected*"),
     (["--refattn-seeds", ""], "--refattn-seeds: no non-negative seeds*"),

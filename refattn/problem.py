@@ -34,6 +34,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numbers
+
 import numpy as np
 
 from refattn._validation import (
@@ -287,10 +289,9 @@ def attention_problem(
         alibi = alibi_bias(slopes, T, S)  # (*slopes.shape, T, S)
         bias = alibi if bias is None else bias + alibi
     if softcap is not None:
-        try:
-            softcap = float(softcap)
-        except (TypeError, ValueError):
-            raise InputTypeError(f"softcap: expected a number, got {softcap!r}") from None
+        if isinstance(softcap, (bool, np.bool_, str, bytes)) or not isinstance(softcap, numbers.Real):
+            raise InputTypeError(f"softcap: expected a number, got {softcap!r}")
+        softcap = float(softcap)
         if not (np.isfinite(softcap) and softcap >= 0):
             raise InputError(f"softcap: must be finite and >= 0 (0: no capping), got {softcap}")
         softcap = softcap or None
@@ -326,9 +327,10 @@ def window_mask(T: int, S: int, window) -> np.ndarray:
     (bottom-right aligned, as flash-attn's ``window_size``); ``-1`` leaves a side unbounded."""
     T, S = _sizes(T, S)
     try:
-        left, right = (int(w) for w in window)
-        ok = all(float(w) == int(w) for w in window) and len(tuple(window)) == 2
-    except (TypeError, ValueError):
+        ok = len(tuple(window)) == 2 and all(isinstance(w, numbers.Integral) and not isinstance(w, (bool, np.bool_))
+                                             for w in window)
+        left, right = (int(w) for w in window) if ok else (0, 0)
+    except TypeError:
         ok = False
     if not ok or left < -1 or right < -1:
         raise InputError(f"window: expected (left, right) with integers >= -1 (-1: unbounded), got {window!r}")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from refattn._validation import InputError, InputTypeError, as_float_array, check_bool, check_real
+from refattn._validation import InputError, InputTypeError, as_float_array, check_bool, check_positive_int, check_real
 from refattn.exact import softmax_attention
 from refattn.precision import as_dtype, as_precision
 from refattn.stats import bootstrap_variance_interval, z_test_mean
@@ -79,14 +79,21 @@ class _SessionAlpha:
 
     def __init__(self, alpha, declared):
         self.alpha, self.declared, self.used = alpha, declared, 0
+        self.explicit, self.explicit_count = 0.0, 0  # assertions given their own alpha=: counted at it
+        self.overspent = ""  # set once: the test then fails whatever it does with the exception
 
     def take(self, name):
         if self.used >= self.declared:
-            raise AssertionError(f"{name}: this test made {self.used + 1} statistical assertions but declared "
-                                 f"{self.declared} (@pytest.mark.statistical(assertions=N)): its share of the "
-                                 f"session's false-failure budget would be overspent")
+            self.overspent = (f"{name}: this test made {self.used + 1} statistical assertions but declared "
+                              f"{self.declared} (@pytest.mark.statistical(assertions=N)): its share of the "
+                              f"session's false-failure budget would be overspent")
+            raise AssertionError(self.overspent)
         self.used += 1
         return self.alpha
+
+    def spend(self, alpha):
+        self.explicit += alpha
+        self.explicit_count += 1
 
 
 #: The running statistical test's budget share, or None outside a marked test (refattn.pytest_plugin).
@@ -95,9 +102,12 @@ _SESSION_ALPHA: contextvars.ContextVar = contextvars.ContextVar("refattn_session
 
 def _alpha(alpha, name):
     """``alpha`` as given, else the running test's share of the session budget."""
-    if alpha is not None:
-        return check_real(alpha, "alpha", minimum=0.0, maximum=1.0, low_open=True, high_open=True)
     state = _SESSION_ALPHA.get()
+    if alpha is not None:
+        alpha = check_real(alpha, "alpha", minimum=0.0, maximum=1.0, low_open=True, high_open=True)
+        if state is not None:  # inside a marked test: it spends the session's budget too, and says so
+            state.spend(alpha)
+        return alpha
     if state is None:
         raise InputTypeError("alpha: pass alpha=..., or call this inside a test marked @pytest.mark.statistical "
                              "in a run with --refattn-alpha (the session's budget)")
@@ -283,6 +293,17 @@ def attention_inputs(
     if layout not in ("BNTH", "BTNH"):
         raise InputError(f"layout: expected 'BNTH' or 'BTNH', got {layout!r}")
     grouped_heads = check_bool(grouped_heads, "grouped_heads")
+    # sizes bounded so a drawn problem fits in memory (T * S * H of at most about 2^26 float64s)
+    max_len = check_positive_int(max_len, "max_len", minimum=1, maximum=4096)
+    max_head_dim = check_positive_int(max_head_dim, "max_head_dim", minimum=1, maximum=1024)
+    max_batch_dims = check_positive_int(max_batch_dims, "max_batch_dims", minimum=0, maximum=4)
+    bounds = logit_std if isinstance(logit_std, tuple) else (logit_std,)
+    if len(bounds) not in (1, 2):
+        raise InputError(f"logit_std: expected a number or a (low, high) pair, got {logit_std!r}")
+    bounds = tuple(check_real(b, "logit_std", minimum=0.0) for b in bounds)
+    if len(bounds) == 2 and bounds[0] > bounds[1]:
+        raise InputError(f"logit_std: low {bounds[0]} exceeds high {bounds[1]}")
+    logit_std = bounds if len(bounds) == 2 else bounds[0]
     from hypothesis import strategies as st
 
     takes = _kernel_options(for_kernel, names)

@@ -179,8 +179,8 @@ def check(target, kind, *, method="positive", projection=None, m=None, A=None, f
     if kind == "hash":
         if family not in HASH_FAMILIES:
             raise InputError(f"family: expected one of {HASH_FAMILIES}, got {family!r}")
-        bits, buckets, width = check_positive_int(bits, "bits"), check_positive_int(buckets, "buckets", minimum=2), \
-            float(width)
+        bits, buckets = check_positive_int(bits, "bits"), check_positive_int(buckets, "buckets", minimum=2)
+        width = _positive_number(width, "width")
         rounds = None if rounds is None else check_positive_int(rounds, "rounds")
         if n_draws_given is None:
             n_draws = hash_draws(family, bits=bits, buckets=buckets, width=width, rounds=rounds, alpha=alpha)

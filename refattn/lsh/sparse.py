@@ -65,19 +65,22 @@ class Support:
     def __post_init__(self):
         """Every construction is checked for what the kernels index with (so none reads out of
         bounds): integer arrays, ``indptr`` from 0, non-decreasing, ending at ``len(indices)``, every
-        index in ``[0, n_keys)``. Sortedness within rows is `from_csr`'s (a user's CSR)."""
+        index in ``[0, n_keys)``. Sortedness within rows is `from_csr`'s (a user's CSR). The support
+        keeps read-only copies: ``support.indices[1] = 10**6`` raises instead of corrupting memory."""
         n_keys = check_positive_int(self.n_keys, "n_keys", minimum=0)
         arrays = {}
         for name in ("indptr", "indices"):
             a = np.asarray(getattr(self, name))
             if a.ndim != 1 or not (np.issubdtype(a.dtype, np.integer) and a.dtype != np.bool_):
                 raise InputTypeError(f"{name}: expected a 1-D integer array, got dtype {a.dtype} and shape {a.shape}")
-            arrays[name] = a.astype(np.int64, copy=False)
+            arrays[name] = a.astype(np.int64, copy=True)  # its own copy: nobody else holds a reference
         indptr, indices = arrays["indptr"], arrays["indices"]
         if indptr.size == 0 or indptr[0] != 0 or np.any(np.diff(indptr) < 0) or indptr[-1] != indices.size:
             raise InputError("indptr: must start at 0, be non-decreasing and end at len(indices)")
         if indices.size and (indices.min() < 0 or indices.max() >= n_keys):
             raise InputError(f"indices: every key index must lie in [0, n_keys) = [0, {n_keys})")
+        indptr.setflags(write=False)  # validated once, then read-only: a later write cannot send a kernel
+        indices.setflags(write=False)  # out of bounds (the kernels trust these arrays)
         object.__setattr__(self, "indptr", indptr)
         object.__setattr__(self, "indices", indices)
         object.__setattr__(self, "n_keys", n_keys)

@@ -152,16 +152,17 @@ def fixed_budget_decomposition(M, rank, nnz, *, n_iter=50):
         raise InputError(f"rank: at most min(M.shape) = {min(M.shape)}, got {rank}")
     if nnz > M.size:
         raise InputError(f"nnz: at most M.size = {M.size}, got {nnz}")
-    S = np.zeros_like(M)
-    L = np.zeros_like(M)
+    M = np.ascontiguousarray(M)  # C order: S's flat indices below are R's (a Fortran M gave S = 0)
+    S = np.zeros(M.shape)
+    L = np.zeros(M.shape)
     for _ in range(check_positive_int(n_iter, "n_iter", maximum=10**5)):
         U, sig, Vt = np.linalg.svd(M - S, full_matrices=False)
         L = (U[:, :rank] * sig[:rank]) @ Vt[:rank]
         R = M - L
-        S = np.zeros_like(M)
+        S = np.zeros(M.shape)
         if nnz:
             idx = np.argpartition(np.abs(R).ravel(), -nnz)[-nnz:]
-            S.ravel()[idx] = R.ravel()[idx]
+            np.put(S, idx, R.ravel()[idx])
     return L, S
 
 
