@@ -42,7 +42,7 @@ def run(args) -> int:
         rows = run_claim(args.claim, **settings)
     if args.json:
         print(json.dumps({"claim": args.claim, "description": CLAIM_HELP[args.claim], "settings": used,
-                          "rows": rows_as_dicts(rows)}, indent=2))
+                          "rows": rows_as_dicts(rows, settings["alpha"])}, indent=2))
     else:
         print(format_claim(args.claim, rows, used))
     return 0 if all(r.covered for r in rows if r.empirical == r.empirical) else 1

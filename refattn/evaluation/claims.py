@@ -34,7 +34,9 @@ from refattn._validation import InputError, as_generator
 from refattn.lsh.hashes import e2lsh, e2lsh_draw, simhash, simhash_planes
 from refattn.montecarlo import kernel_samples, scatterbrain_samples
 from refattn.scatterbrain import rpca  # looked up at call time: the power twin patches rpca.robust_pca
-from refattn.stats import bootstrap_variance_interval, z_test_mean
+from scipy.stats import norm as _norm
+
+from refattn.stats import bootstrap_variance_interval, min_detectable_mean_shift, z_test_mean
 
 __all__ = ["CLAIMS", "CLAIM_HELP", "ClaimRow", "claim_settings", "run_claim", "format_claim"]
 
@@ -51,6 +53,15 @@ class ClaimRow:
     @property
     def covered(self) -> bool:
         return bool(self.low <= self.closed_form <= self.high)
+
+    def detectable(self, alpha) -> float:
+        """The smallest relative error of the closed form that this row would detect with probability
+        0.99: its interval (level ``1 - alpha``) read as ``estimate +- z se``, then
+        [`refattn.stats.min_detectable_mean_shift`][refattn.stats.min_detectable_mean_shift] of that ``se``, over ``|closed form|``."""
+        if math.isnan(self.empirical) or self.closed_form == 0:
+            return float("nan")
+        se = (self.high - self.low) / 2 / float(_norm.isf(alpha / 2))
+        return float(min_detectable_mean_shift(se, false_fail_rate=alpha)) / abs(self.closed_form)
 
 
 def _pair(angle_deg, norm, d):
@@ -250,7 +261,9 @@ def run_claim(name, *, draws=20_000, d=16, m=16, norm=0.5, alpha=1e-3, seed=0, p
 
 def format_claim(name, rows, settings=None) -> str:
     """The claim's table, headed by what it checks and the ``settings`` it was computed with."""
-    head = f"{'quantity':<28} {'setting':<12} {'closed form':>12} {'empirical':>12} {'interval':>27} {'covers':>6}"
+    alpha = float((settings or {}).get("alpha", 1e-3))
+    head = (f"{'quantity':<28} {'setting':<12} {'closed form':>12} {'empirical':>12} {'interval':>27} {'covers':>6} "
+            f"{'detectable':>10}")
     lines = [f"claim: {name}: {CLAIM_HELP[name]}"]
     if settings:
         lines.append("settings: " + ", ".join(f"{k} = {v:g}" if isinstance(v, float) else f"{k} = {v}"
@@ -261,9 +274,12 @@ def format_claim(name, rows, settings=None) -> str:
             lines.append(f"{r.quantity:<28} {r.setting:<12} {r.closed_form:>12.5g}")
         else:
             lines.append(f"{r.quantity:<28} {r.setting:<12} {r.closed_form:>12.5g} {r.empirical:>12.5g} "
-                         f"[{r.low:>11.5g}, {r.high:>11.5g}] {'yes' if r.covered else 'NO':>6}")
+                         f"[{r.low:>11.5g}, {r.high:>11.5g}] {'yes' if r.covered else 'NO':>6} "
+                         f"{r.detectable(alpha):>10.2%}")
+    lines.append(f"detectable: the smallest relative error of the closed form each row detects with probability "
+                 f"0.99 at alpha = {alpha:g} (refattn.stats.min_detectable_mean_shift)")
     return "\n".join(lines)
 
 
-def rows_as_dicts(rows):
-    return [{**asdict(r), "covered": r.covered} for r in rows]
+def rows_as_dicts(rows, alpha=1e-3):
+    return [{**asdict(r), "covered": r.covered, "detectable": r.detectable(alpha)} for r in rows]
