@@ -83,25 +83,26 @@ _ALIASES = {"double": "float64", "float": "float32", "single": "float32", "half"
             "e4m3": "float8_e4m3fn", "e5m2": "float8_e5m2", "fp8_e4m3": "float8_e4m3fn", "fp8_e5m2": "float8_e5m2"}
 
 
-def as_precision(x, name: str = "dtype", *, allowed=PRECISIONS) -> str:
+def as_precision(dtype, name: str = "dtype", *, allowed=PRECISIONS) -> str:
     """The precision named by ``x``, as one of ``allowed``; a ``TypeError`` naming ``name`` otherwise.
 
-    ``x`` may be a name (``"bfloat16"``, ``"float16"``, ``"fp16"``), a NumPy dtype or scalar type, an
+    ``dtype`` may be a name (``"bfloat16"``, ``"float16"``, ``"fp16"``), a NumPy dtype or scalar type, an
     ``ml_dtypes`` type, or a framework dtype whose printed name ends in one of those
     (``torch.bfloat16``, ``jax.numpy.float16``).
 
     >>> as_precision(np.float16), as_precision("bf16"), as_precision(np.dtype("float32"))
     ('float16', 'bfloat16', 'float32')
     """
-    key = _name(x)
+    key = _name(dtype)
     key = _ALIASES.get(key, key)
     if key not in _ALL:
-        if isinstance(x, str):
-            raise InputError(f"{name}: expected one of {', '.join(allowed)}, got {x!r}")
+        if isinstance(dtype, str):
+            raise InputError(f"{name}: expected one of {', '.join(allowed)}, got {dtype!r}")
         try:
-            got = np.dtype(x).name  # a NumPy dtype that is not a floating format (int8, bool)
+            got = np.dtype(dtype).name  # a NumPy dtype that is not a floating format (int8, bool)
         except TypeError:
-            raise InputTypeError(f"{name}: not a precision: {x!r} (expected one of {', '.join(allowed)})") from None
+            raise InputTypeError(f"{name}: not a precision: {dtype!r} (expected one of {', '.join(allowed)})") \
+                from None
         raise InputTypeError(f"{name}: must be one of {', '.join(allowed)}, got {got}")
     if key not in allowed:
         raise InputTypeError(f"{name}: must be one of {', '.join(allowed)}, got {key}")

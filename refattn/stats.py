@@ -51,7 +51,7 @@ FALSE_PASS_RATE = 0.01
 
 
 def _rates(false_fail_rate, false_pass_rate, entries, two_sided):
-    a = _check_alpha(false_fail_rate)
+    a = check_real(false_fail_rate, "false_fail_rate", minimum=0.0, maximum=1.0, low_open=True, high_open=True)
     b = check_real(false_pass_rate, "false_pass_rate", minimum=0.0, maximum=0.5, low_open=True)
     e = check_positive_int(entries, "entries")
     return (a / (2 * e) if two_sided else a / e), b
@@ -71,8 +71,19 @@ def min_detectable_mean_shift(stderr, *, false_fail_rate, false_pass_rate=FALSE_
     4.286
     """
     tail, beta = _rates(false_fail_rate, false_pass_rate, entries, two_sided)
+    try:
+        se = np.asarray(stderr)
+    except Exception:  # noqa: BLE001 - a ragged list
+        raise InputTypeError("stderr: expected real numbers") from None
+    if se.dtype.kind not in "fiu" or isinstance(stderr, bool):
+        raise InputTypeError(f"stderr: expected real numbers, got dtype {se.dtype}")
+    se = se.astype(np.float64)
+    if np.any(np.isnan(se)) or np.any(se < 0):
+        raise InputError("stderr: must be >= 0 (inf: a statistic without a finite spread)")
+    if df is not None:
+        df = check_real(df, "df", minimum=0.0, low_open=True)
     crit = float(_st.norm.isf(tail)) if df is None else float(_st.t.isf(tail, df))
-    return (crit + float(_st.norm.isf(beta))) * np.asarray(stderr, dtype=np.float64)
+    return (crit + float(_st.norm.isf(beta))) * se
 
 
 def min_draws_for_mean_shift(sd, shift, *, false_fail_rate, false_pass_rate=FALSE_PASS_RATE, entries=1,
@@ -94,7 +105,9 @@ def min_detectable_rate_shift(p, n, *, false_fail_rate, false_pass_rate=FALSE_PA
     solved by fixed-point iteration)."""
     tail, beta = _rates(false_fail_rate, false_pass_rate, entries, True)
     n = check_positive_int(n, "n")
-    p = np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0)
+    p = as_float_array(p, "p").astype(np.float64)
+    if np.any((p < 0) | (p > 1)):
+        raise InputError("p: rates must lie in [0, 1]")
     c, z = float(_st.norm.isf(tail)), float(_st.norm.isf(beta))
     delta = (c + z) * np.sqrt(np.maximum(p * (1 - p), 1.0 / n)) / np.sqrt(n)
     for _ in range(20):

@@ -171,8 +171,8 @@ def check_attention_output(actual, q, k, v, *, precision=None, rows=None, atol=N
 
     ``precision``: the kernel's compute precision (default: the output's stored precision, so a
     bfloat16 output is judged at bfloat16; an output upcast to float64 needs it said).
-    ``rows``: a boolean mask over the queries ``(T,)``: only those rows are judged (rows that see no
-    key under a convention the kernel does not share).
+    ``rows``: a boolean mask over the queries, ``(T,)`` or broadcastable to the output's rows
+    ``(..., T)``: only those rows are judged (rows that see no key, judged by their own convention).
     """
     p = _prec.precision_of(np.asarray(actual), "actual") if precision is None else \
         _prec.as_precision(precision, "precision")
@@ -182,10 +182,9 @@ def check_attention_output(actual, q, k, v, *, precision=None, rows=None, atol=N
     ref_lo = ref64 if p == "float64" else _prec.kernel_reference(q, k, v, p, **options)
     allow = rounding_allowance(q, k, v, p, **options)
     a = _as_output(actual)
-    if rows is not None:
-        sel = (Ellipsis, np.asarray(rows, dtype=bool), slice(None))
-        return compare(a[sel] if a.shape == ref64.shape else a, ref64[sel], ref_lo[sel], precision=p,
-                       allowance=allow[sel[:2]], atol=atol)
+    if rows is not None and a.shape == ref64.shape:
+        sel = np.broadcast_to(np.asarray(rows, dtype=bool), ref64.shape[:-1])  # the rows judged, (..., T)
+        return compare(a[sel], ref64[sel], ref_lo[sel], precision=p, allowance=allow[sel], atol=atol)
     return compare(a, ref64, ref_lo, precision=p, allowance=allow, atol=atol)
 
 

@@ -246,3 +246,102 @@ def test_new_diagnoses_inverted_causal_mask_and_padded_head_dim():
     rep = check(padded, "exact")
     assert {v.check for v in rep.failures} == {"H = 1, T = 1", "odd sizes"}
     assert all("of the padded head dim" in v.meaning for v in rep.failures)
+
+
+# --- sizes that cross tiles, empty rows, poisoned padding ---------------------------------------
+def _blocked(q, k, v, causal=False, mask=None, key_lengths=None, *, block=64, rescale=True, empty=0.0,
+             read_padding=False):
+    """Blocked online softmax over keys (flash-attn's recurrence) in plain NumPy, bottom-right causal.
+    Faults: ``rescale=False`` (the running sum not rescaled when the max grows), ``empty`` (what rows
+    that see no key get), ``read_padding`` (padding masked by multiplying P by 0, so NaN there leaks)."""
+    from refattn.check.planted import blocked_attention
+
+    T, S = q.shape[-2], k.shape[-2]
+    i, j = np.indices((T, S))
+    allowed = np.ones((T, S), bool) if not causal else j <= i + (S - T)
+    if mask is not None:
+        allowed = allowed & mask
+    if key_lengths is not None and not read_padding:
+        allowed = allowed & (j < np.asarray(key_lengths).reshape(-1)[0])
+    out = blocked_attention(q, k, v, allowed, q.shape[-1] ** -0.5, block=block, rescale=rescale)
+    if read_padding and key_lengths is not None:
+        keep = (np.arange(S) < np.asarray(key_lengths).reshape(-1)[0]).astype(float)
+        s = np.where(allowed, q @ k.T * q.shape[-1] ** -0.5, -np.inf)
+        p = np.exp(s - s.max(axis=-1, keepdims=True)) * keep
+        out = (p @ v) / p.sum(axis=-1, keepdims=True)
+    seen = allowed.any(axis=-1)
+    out[..., ~seen, :] = empty
+    return out
+
+
+def test_a_running_sum_not_rescaled_fails_at_the_default_sizes_and_is_named():
+    """The online-softmax bug that only shows past the first key block of 64 passed every small case
+    (T, S <= 31); the default tile cases catch it and name the block size."""
+    from functools import partial
+
+    bad = partial(_blocked, rescale=False)
+    assert check(bad, "exact", sizes="small", isolate=False).passed
+    rep = check(bad, "exact", isolate=False)
+    assert rep.result == "FAIL"
+    assert any("not rescaled" in v.meaning and "blocks of 64 keys" in v.meaning for v in rep.failures), \
+        rep.format_table()
+    assert check(_blocked, "exact", isolate=False).passed  # the correct twin
+
+
+def test_rows_that_see_no_key_are_judged_by_the_stated_convention():
+    from functools import partial
+
+    nan_rows = partial(_blocked, empty=np.nan)
+    rep = check(nan_rows, "exact", isolate=False, sizes="small")
+    failed = {v.check for v in rep.failures}
+    assert {"causal T > S", "fully masked rows"} <= failed, rep.format_table()
+    assert any("must be zeros" in v.meaning and "got NaN" in v.meaning for v in rep.failures)
+    assert check(nan_rows, "exact", isolate=False, sizes="small", empty_rows="nan").passed
+    assert check(nan_rows, "exact", isolate=False, sizes="small", empty_rows="any").passed
+    assert not check(_blocked, "exact", isolate=False, sizes="small", empty_rows="nan").passed
+
+
+def test_a_kernel_that_reads_the_padding_fails_with_that_diagnosis():
+    """Padded keys and values are NaN (then huge): a kernel that masks them by multiplying by zero
+    lets NaN through; the verdict says it reads past key_lengths."""
+    from functools import partial
+
+    rep = check(partial(_blocked, read_padding=True), "exact", isolate=False, sizes="small")
+    v = next(x for x in rep.failures if x.check == "key padding")
+    assert "reads keys/values past key_lengths" in v.meaning, rep.format_table()
+
+
+def test_unsupported_head_dims_are_skipped_when_probing():
+    def only_small_heads(q, k, v):
+        if q.shape[-1] > 32:
+            raise ValueError("head dim not supported")
+        return exact_attention(q, k, v)
+
+    failing = check(only_small_heads, "exact", isolate=False)
+    assert any(v.check.startswith("tiles") for v in failing.failures)
+    probed = check(only_small_heads, "exact", isolate=False, probe_head_dims=True)
+    assert probed.passed and any("unsupported" in v.meaning for v in probed.verdicts if v.passed is None)
+
+
+def test_head_dims_and_presets_are_validated_and_rerun():
+    rep = check(exact_attention, "exact", isolate=False, head_dims=(32, 96), sizes="tiles")
+    assert rep.passed and any(v.check.endswith("H = 96") for v in rep.verdicts)
+    assert "--sizes tiles --head-dims 32,96" in rep.command
+    with pytest.raises(ValueError, match="^sizes: expected one of"):
+        check(exact_attention, "exact", sizes="huge")
+    with pytest.raises(ValueError, match="^head_dims: must be <= 1024"):
+        check(exact_attention, "exact", head_dims=(4096,))
+    with pytest.raises(ValueError, match="^empty_rows: expected one of"):
+        check(exact_attention, "exact", empty_rows="zero")
+
+
+def test_an_lse_in_base_2_is_named():
+    from refattn import softmax_attention
+
+    def base2(q, k, v, return_lse=False):
+        out, lse = softmax_attention(q, k, v, return_lse=True)
+        return (out, lse / np.log(2.0)) if return_lse else out
+
+    rep = check(base2, "exact", isolate=False, sizes="small")
+    v = next(x for x in rep.failures if x.check == "log-sum-exp")
+    assert "base 2" in v.meaning

@@ -28,11 +28,13 @@ import math
 import numbers
 import time
 
+import numpy as np
+
 from refattn._validation import InputError, InputTypeError, check_bool, check_positive_int
 from refattn.check._run import DEFAULT_MAX_BIAS, DEFAULT_MAX_VARIANCE_RATIO, Run
 from refattn.check.attention import check_attention
 from refattn.check.backward import BACKWARD_PRECISIONS, check_backward
-from refattn.check.exact import LAYOUTS, check_exact
+from refattn.check.exact import DEFAULT_HEAD_DIMS, DEFAULT_SIZES, EMPTY_ROWS, LAYOUTS, SIZES, check_exact
 from refattn.check.hashing import HASH_FAMILIES, check_hash, hash_draws
 from refattn.check.isolation import Worker, WorkerError, default_memory_limit
 from refattn.check.kernel import check_kernel
@@ -57,7 +59,8 @@ def check(target, kind, *, method="positive", projection=None, m=None, A=None, f
           width=1.0, alignment="bottom_right", alpha=1e-3, seed=0, n_draws=None, budget=None,
           progress=False, isolate=True, timeout=DEFAULT_TIMEOUT, memory_limit="auto",
           precision="float64", layout="TH", gqa=False, self_attention=False, equal_head_dims=False,
-          rounds=None, max_bias=DEFAULT_MAX_BIAS, max_variance_ratio=DEFAULT_MAX_VARIANCE_RATIO) -> CheckReport:
+          rounds=None, max_bias=DEFAULT_MAX_BIAS, max_variance_ratio=DEFAULT_MAX_VARIANCE_RATIO, sizes=DEFAULT_SIZES,
+          head_dims=DEFAULT_HEAD_DIMS, empty_rows="zeros", probe_head_dims=False) -> CheckReport:
     """Check the callable ``target`` (a callable, ``"pkg.mod:fn"`` or ``"path/file.py:fn"``).
 
     ``target`` is imported and executed as code, with the rights of the user who runs the check:
@@ -109,6 +112,18 @@ def check(target, kind, *, method="positive", projection=None, m=None, A=None, f
         precision computes ([`refattn.precision.kernel_reference`][refattn.precision.kernel_reference]).
     alpha : float
         Family-wise false-alarm probability of the run's statistical checks.
+    sizes : {"small", "tiles", "long"}
+        The exact and backward kinds' size preset: ``small`` (T, S <= 31), ``tiles`` (the default:
+        and lengths that cross 64- and 128-row tiles, 63 to 257, T != S both ways, causal, padding,
+        a mask), ``long`` (and T = S = 4096).
+    head_dims : sequence of int
+        The head dims of the tile and long cases (default ``(64,)``; each case runs at each).
+    empty_rows : {"zeros", "nan", "any"}
+        What a row that sees no key (fully masked, no keys past the padding, causal ``T > S``) must
+        be: zeros (default: flash-attn's and torch SDPA's), NaN, or not judged.
+    probe_head_dims : bool
+        A tile case whose head dim the callable rejects by raising is reported as unsupported (a
+        skip), not as a failure.
     max_bias, max_variance_ratio : float
         The defects a statistical PASS must have been able to detect, with probability 0.99 at its
         share of ``alpha``: a relative bias (default 1%, the pooled bias checks) and a variance
@@ -174,6 +189,12 @@ def check(target, kind, *, method="positive", projection=None, m=None, A=None, f
         raise InputError(f"gqa: grouped-query heads need a layout with a heads axis (BNTH or BTNH), got {layout!r}")
     if kind == "backward" and precision not in BACKWARD_PRECISIONS:
         raise InputError(f"precision: the backward kind judges {BACKWARD_PRECISIONS} claims, got {precision!r}")
+    if sizes not in SIZES:
+        raise InputError(f"sizes: expected one of {SIZES}, got {sizes!r}")
+    head_dims = _head_dims(head_dims)
+    if empty_rows not in EMPTY_ROWS:
+        raise InputError(f"empty_rows: expected one of {EMPTY_ROWS}, got {empty_rows!r}")
+    probe_head_dims = check_bool(probe_head_dims, "probe_head_dims")
     if rounds is not None and kind != "hash":
         raise InputError(f"rounds: a multi-round claim applies to --kind hash, not {kind!r}")
     if kind == "hash":
@@ -195,7 +216,8 @@ def check(target, kind, *, method="positive", projection=None, m=None, A=None, f
                               n_draws=n_draws, budget=budget, isolate=isolate, timeout=timeout,
                               memory_limit=memory_limit, precision=precision, layout=layout, gqa=gqa,
                               self_attention=self_attention, equal_head_dims=equal_head_dims, rounds=rounds,
-                              max_bias=max_bias, max_variance_ratio=max_variance_ratio)
+                              max_bias=max_bias, max_variance_ratio=max_variance_ratio, sizes=sizes,
+                              head_dims=head_dims, empty_rows=empty_rows, probe_head_dims=probe_head_dims)
     start = time.perf_counter()
     worker = None
     try:
@@ -215,7 +237,8 @@ def check(target, kind, *, method="positive", projection=None, m=None, A=None, f
     try:
         _dispatch(run, kind, method=method, projection=projection, m=m, A=A, family=family, bits=bits,
                   buckets=buckets, width=width, alignment=alignment, precision=precision, layout=layout, gqa=gqa,
-                  self_attention=self_attention, equal_head_dims=equal_head_dims, rounds=rounds)
+                  self_attention=self_attention, equal_head_dims=equal_head_dims, rounds=rounds, sizes=sizes,
+                  head_dims=head_dims, empty_rows=empty_rows, probe_head_dims=probe_head_dims)
     finally:
         if worker is not None:
             worker.close()
@@ -230,7 +253,8 @@ def check(target, kind, *, method="positive", projection=None, m=None, A=None, f
 def _command(target, kind, *, method, projection, m, A, family, bits, buckets, width, alignment, alpha, seed,
              n_draws, budget, isolate, timeout, memory_limit, precision, layout="TH", gqa=False,
              self_attention=False, equal_head_dims=False, rounds=None, max_bias=DEFAULT_MAX_BIAS,
-             max_variance_ratio=DEFAULT_MAX_VARIANCE_RATIO):
+             max_variance_ratio=DEFAULT_MAX_VARIANCE_RATIO, sizes=DEFAULT_SIZES, head_dims=DEFAULT_HEAD_DIMS,
+             empty_rows="zeros", probe_head_dims=False):
     """The ``refattn check`` command line that reruns this check: every option that shapes it."""
     flags = [f"--kind {kind}"]
     if kind in ("exact", "backward"):
@@ -238,6 +262,8 @@ def _command(target, kind, *, method, projection, m, A, family, bits, buckets, w
     if kind in ("exact", "backward"):
         flags += [f"--layout {layout}"] + (["--gqa"] if gqa else []) + (["--self-attention"] if self_attention else [])
         flags += ["--equal-head-dims"] if equal_head_dims else []
+        flags += [f"--sizes {sizes}", f"--head-dims {','.join(str(h) for h in head_dims)}"]
+        flags += ([f"--empty-rows {empty_rows}"] if kind == "exact" else []) + (["--probe-head-dims"] if probe_head_dims else [])
     if kind in ("kernel", "attention"):
         flags += [f"--method {method}", f"--projection {projection or 'orthogonal'}"]
         if m is not None or kind == "attention":
@@ -280,14 +306,28 @@ def _positive_number(value, name, *, maximum=None):
     return value
 
 
+def _head_dims(head_dims):
+    """A non-empty tuple of head dims, each an integer in [1, 1024]."""
+    if isinstance(head_dims, (int, np.integer)) and not isinstance(head_dims, bool):
+        head_dims = (head_dims,)
+    try:
+        dims = tuple(head_dims)
+    except TypeError:
+        raise InputTypeError(f"head_dims: expected a sequence of integers, got {head_dims!r}") from None
+    if not dims:
+        raise InputError("head_dims: give at least one head dim")
+    return tuple(check_positive_int(h, "head_dims", maximum=1024) for h in dims)
+
+
 def _dispatch(run, kind, *, method, projection, m, A, family, bits, buckets, width, alignment, precision, layout,
-              gqa, self_attention, equal_head_dims, rounds):
+              gqa, self_attention, equal_head_dims, rounds, sizes, head_dims, empty_rows, probe_head_dims):
     if kind == "exact":
         check_exact(run, alignment=alignment, precision=precision, layout=layout, gqa=gqa,
-                    self_attention=self_attention, equal_head_dims=equal_head_dims)
+                    self_attention=self_attention, equal_head_dims=equal_head_dims, sizes=sizes,
+                    head_dims=head_dims, empty_rows=empty_rows, probe_head_dims=probe_head_dims)
     elif kind == "backward":
         check_backward(run, alignment=alignment, precision=precision, layout=layout, equal_head_dims=equal_head_dims,
-                       gqa=gqa)
+                       gqa=gqa, sizes=sizes, head_dims=head_dims, probe_head_dims=probe_head_dims)
     elif kind == "kernel":
         check_kernel(run, method=method, projection=projection or "orthogonal", m=m, A=A)
     elif kind == "attention":

@@ -3,7 +3,8 @@ r"""``--kind backward``: an attention backward ``fn(q, k, v, dout) -> (dq, dk, d
 [`refattn.attention_backward`][refattn.exact.attention_backward] by the FlashAttention rule, one verdict per case (every one of
 ``dq``, ``dk``, ``dv`` within its bound).
 
-The grid is the exact kind's (`refattn.check.exact.CASES`): ``T != S``, ``T = S``,
+The grid is the exact kind's (`refattn.check.exact.grid`: the small cases and, by default, the
+tile-crossing ones): ``T != S``, ``T = S``,
 ``H = 1``, odd sizes, batch dims, logits far apart, causal ``T = S``, ``T < S``, ``T > S`` in the
 claimed alignment, a boolean mask, and flash-attn's options the callable takes (sliding window,
 softcap, ALiBi, additive bias, key padding); ``dout`` is standard normal. Claims: ``float64`` (default) and
@@ -18,7 +19,8 @@ the docs' exact-attention page, "Backward"), each computed from the dense formul
 - the ``rowsum(dO * O)`` term ``delta`` left out (``dS = P dP``);
 - the softmax scale ``s`` left out of ``dq`` and ``dk``;
 - ``dv`` from the unnormalised probabilities ``exp(l - max l)``;
-- no causal mask in the backward (the forward's mask dropped).
+- no causal mask in the backward (the forward's mask dropped);
+- the other causal alignment in the backward (top-left where bottom-right is claimed, or back).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from dataclasses import replace
 import numpy as np
 
 from refattn._validation import InputError
-from refattn.check.exact import BATCH, CASES, HEADS, KV_HEADS, _call_kwargs, _from_layout, _inputs, _to_layout
+from refattn.check.exact import (BATCH, DEFAULT_HEAD_DIMS, DEFAULT_SIZES, HEADS, KV_HEADS, _call_kwargs, _from_layout,
+                                 _inputs, _to_layout, grid)
 from refattn.check.verdict import Verdict
 from refattn.exact import attention_backward, attention_probabilities
 from refattn.problem import score_problem
@@ -64,6 +67,10 @@ def _faults(q, k, v, dout, kw):
     if "causal" in kw:
         full = attention_probabilities(q, k, **{a: b for a, b in kw.items() if a != "causal"})
         out.append(("no causal mask in the backward", _dense_backward(full, q, k, v, dout, scale)))
+        other = "top_left" if kw["causal"] in (True, "bottom_right") else "bottom_right"
+        p_other = attention_probabilities(q, k, **dict(kw, causal=other))
+        out.append((f"the other causal alignment ({other}) in the backward",
+                    _dense_backward(p_other, q, k, v, dout, scale)))
     return out
 
 
@@ -78,11 +85,12 @@ def _grouped(grads, group):
 
 
 def check_backward(run, *, alignment="bottom_right", precision="float64", layout="TH", equal_head_dims=False,
-                   gqa=False):
+                   gqa=False, sizes=DEFAULT_SIZES, head_dims=DEFAULT_HEAD_DIMS, probe_head_dims=False):
     """Run the grid on ``run.fn``; one verdict per case. ``layout``, ``equal_head_dims`` and ``gqa`` as
     for the exact kind ([`refattn.check.exact.check_exact`][refattn.check.exact.check_exact]); with a layout the gradients are
     judged on the whole batch. With ``gqa`` the key/value gradients must be summed over the query heads
-    that share each key/value head."""
+    that share each key/value head. ``sizes``, ``head_dims``, ``probe_head_dims``: the exact kind's
+    size preset ([`refattn.check.exact.grid`][refattn.check.exact.grid])."""
     if alignment not in ("bottom_right", "top_left"):
         raise InputError(f"alignment: expected 'bottom_right' or 'top_left', got {alignment!r}")
     if precision not in BACKWARD_PRECISIONS:
@@ -90,7 +98,7 @@ def check_backward(run, *, alignment="bottom_right", precision="float64", layout
     takes = {name: run.accepts(name) for name in ("causal", "mask")}
     rng = np.random.default_rng([run.report.seed, 5])
     dt = as_dtype(precision)
-    for case in CASES:
+    for case in grid(sizes, head_dims):
         if case.dtype != np.float64 or case.option == "return_lse":
             continue  # low-precision inputs: a claim of that precision covers them; lse is the forward's
         if equal_head_dims:
@@ -116,7 +124,10 @@ def check_backward(run, *, alignment="bottom_right", precision="float64", layout
         shapes = [a.shape for a in given[:3]]
         grads, problem = run.call(tuple(given), call_kw, shape=shapes, parts=3)
         if problem is not None:
-            run.batched_problem(case, problem)
+            if case.sized and problem.what == "raised" and probe_head_dims:
+                run.skip(case.name, f"fn rejects head dim {case.H} (--probe-head-dims: unsupported): {problem}")
+            else:
+                run.batched_problem(case, problem)
             continue
         if layout != "TH":
             grads = tuple(_from_layout(g, layout) for g in grads)

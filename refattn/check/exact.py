@@ -41,7 +41,7 @@ from refattn._validation import InputError
 from refattn.check.verdict import Verdict
 from refattn.exact import softmax_attention
 from refattn.precision import as_dtype, as_precision, eps, largest, kernel_reference, round_to
-from refattn.problem import causal_mask, causal_offset
+from refattn.problem import attention_problem, causal_mask, causal_offset
 from refattn.tolerance import check_attention_output, compare
 
 __all__ = ["check_exact", "CASES", "Case", "LAYOUTS"]
@@ -63,6 +63,10 @@ class Case:
     logit_std: float = 2.0
     #: a flash-attn option the case exercises (run only when the callable takes its keyword)
     option: str = ""
+    #: rows that see no key: a mask that hides every key from two queries (when fn takes mask=)
+    empty: bool = False
+    #: the head dim comes from the run's --head-dims (the tile and long cases)
+    sized: bool = False
 
 
 CASES = (
@@ -84,7 +88,48 @@ CASES = (
     Case("additive bias", 9, 11, 8, 4, option="bias"),
     Case("key padding", 9, 11, 8, 4, option="key_lengths"),
     Case("log-sum-exp", 9, 11, 8, 4, option="return_lse"),
+    Case("fully masked rows", 7, 9, 8, 4, mask=True, empty=True),
 )
+
+#: Lengths that cross the tiles of fused kernels (64 and 128 rows or keys): one short of a multiple,
+#: a multiple, one past it. The tile cases take their head dim from the run (``head_dims``).
+TILE_CASES = (
+    Case("tiles 65 x 129", 65, 129, 64, 64, sized=True),
+    Case("tiles 128 x 128", 128, 128, 64, 64, sized=True),
+    Case("tiles 127 x 257", 127, 257, 64, 64, logit_std=4.0, sized=True),
+    Case("tiles 257 x 63", 257, 63, 64, 64, sized=True),
+    Case("causal tiles 129 x 129", 129, 129, 64, 64, causal=True, sized=True),
+    Case("causal tiles 65 x 257", 65, 257, 64, 64, causal=True, sized=True),
+    Case("causal tiles 257 x 129", 257, 129, 64, 64, causal=True, sized=True),
+    Case("key padding past a tile, 64 x 193", 64, 193, 64, 64, option="key_lengths", sized=True),
+    Case("mask, 129 x 191", 129, 191, 64, 64, mask=True, sized=True),
+)
+#: One long problem each way (the oracle's streaming kernel makes them cheap).
+LONG_CASES = (
+    Case("long 4096 x 4096", 4096, 4096, 64, 64, sized=True),
+    Case("causal long 4097 x 4097", 4097, 4097, 64, 64, causal=True, sized=True),
+)
+#: Size presets: ``small`` (the cases above, T, S <= 31), ``tiles`` (the default: and the tile
+#: cases, at every head dim asked for), ``long`` (and the long cases).
+SIZES = ("small", "tiles", "long")
+DEFAULT_SIZES = "tiles"
+DEFAULT_HEAD_DIMS = (64,)
+#: What a row that sees no key must be: ``zeros`` (flash-attn, torch SDPA), ``nan``, or ``any`` (not judged).
+EMPTY_ROWS = ("zeros", "nan", "any")
+
+
+def grid(sizes=DEFAULT_SIZES, head_dims=DEFAULT_HEAD_DIMS):
+    """The cases of a size preset: the small grid, then the tile (and long) cases at each head dim."""
+    if sizes not in SIZES:
+        raise InputError(f"sizes: expected one of {SIZES}, got {sizes!r}")
+    cases = list(CASES)
+    if sizes != "small":
+        for H in head_dims:
+            suffix = "" if len(head_dims) == 1 else f", H = {H}"
+            cases += [replace(c, name=c.name + suffix, H=H, Hv=H) for c in TILE_CASES]
+    if sizes == "long":
+        cases += [replace(c, H=head_dims[0], Hv=head_dims[0]) for c in LONG_CASES]
+    return cases
 
 #: flash-attn's interface: the keyword a callable takes -> what the case passes it (the oracle's
 #: keyword is the same but for ``window_size``, which is the oracle's ``window``).
@@ -110,10 +155,13 @@ def _inputs(case, rng, precision="float64"):
     elif case.option == "bias":
         kw["bias"] = rng.standard_normal((case.T, case.S))
     elif case.option == "key_lengths":
-        kw["key_lengths"] = np.array(case.S - 3) if not b else np.full(b[:1] + (1,) * (len(b) - 1), case.S - 3)
+        length = case.S - 3 if case.S < 64 else 129  # past a tile of 128 keys, short of the next
+        kw["key_lengths"] = np.array(length) if not b else np.full(b[:1] + (1,) * (len(b) - 1), length)
     if case.mask:
         mask = rng.random((case.T, case.S)) < 0.6
         mask[np.arange(case.T), rng.integers(0, case.S, case.T)] = True  # every row sees a key
+        if case.empty:
+            mask[[1, case.T - 2]] = False  # ... but two, which see none
         kw["mask"] = mask
     if precision != "float64":
         carrier = np.float32 if precision == "bfloat16" else as_dtype(precision)
@@ -162,10 +210,36 @@ def _candidates(case, q, k, v, kw, alignment):
     if "mask" in kw:
         out.append(("mask inverted (True = masked, the PyTorch key_padding_mask convention)",
                     dict(kw, mask=~kw["mask"])))
+    Hv = v.shape[-1]
+    if Hv != H:
+        out.append((f"scale 1/sqrt(max(H, Hv)) = 1/sqrt({max(H, Hv)}) instead of 1/sqrt(H)",
+                    dict(kw, scale=1.0 / np.sqrt(max(H, Hv)))))
     results = [(name, softmax_attention(q, k, v, **okw)) for name, okw in out]
     results.append(("softmax over the query axis instead of the key axis",
                     _softmax_query_axis(q, k, v, s, **{a: b for a, b in kw.items() if a in ("causal", "mask")})))
+    for block in (16, 32, 64, 128):
+        if case.S > block:
+            results.append((f"the running sum and output not rescaled when a row's maximum grows in a later key "
+                            f"block (online softmax over blocks of {block} keys)", _not_rescaled(q, k, v, kw, block)))
     return results
+
+
+def _not_rescaled(q, k, v, kw, block):
+    """Blocked online softmax with the classic bug: the running sum and the unnormalised output are
+    not multiplied by ``exp(m_old - m_new)`` when the row maximum changes (Milakov & Gimelshein 2018's
+    correction left out); equal to the oracle while every row's maximum sits in its first block."""
+    prob = attention_problem(q, k, v, **kw)
+    logits = prob.logits()  # (..., T, S), -inf where masked
+    vv = np.broadcast_to(prob.v, prob.batch_shape + (prob.S, prob.Hv))
+    m = np.full(logits.shape[:-1] + (1,), -np.inf)
+    l = np.zeros(logits.shape[:-1] + (1,))
+    acc = np.zeros(logits.shape[:-1] + (prob.Hv,))
+    for j in range(0, prob.S, block):
+        s_blk = logits[..., j:j + block]
+        new = np.maximum(m, s_blk.max(axis=-1, keepdims=True))
+        p = np.exp(s_blk - np.where(np.isfinite(new), new, 0.0))
+        l, acc, m = l + p.sum(axis=-1, keepdims=True), acc + p @ vv[..., j:j + block, :], new
+    return np.where(l > 0, acc / np.where(l > 0, l, 1.0), 0.0)
 
 
 #: Input layouts: ``T`` tokens, ``H`` features, ``B`` batch, ``N`` heads.
@@ -188,21 +262,24 @@ def _call_kwargs(kw):
     return call
 
 
-def _judge_lse(run, case, lse, q, k, v, kw, alignment, precision):
-    """The log-sum-exp a kernel returns against the oracle's (the rule with the lse as the output);
-    a failing verdict for the case when it is wrong. True when it passed (the output is judged next)."""
-    rows = causal_mask(case.T, case.S, alignment).any(axis=1) if "causal" in kw else np.ones(case.T, dtype=bool)
+def _judge_lse(case, lse, q, k, v, kw, alignment, precision):
+    """The log-sum-exp a kernel returns against the oracle's (the rule with the lse as the output): a
+    failing verdict when it is wrong (None when it passed: the output is judged next). Rows that
+    see no key (lse = -inf) are not judged here (their output is)."""
     _, ref64 = softmax_attention(q, k, v, return_lse=True, **kw)
     lo = _claimed(case, precision)
     _, ref_lo = kernel_reference(q, k, v, lo, return_lse=True, **kw)
-    sel = (Ellipsis, rows)
+    sel = np.isfinite(ref64)
     floor = 1000 * eps(lo) * max(1.0, float(np.max(np.abs(ref64[sel]), initial=0.0)))
-    res = compare(np.asarray(lse, np.float64)[sel], ref64[sel], ref_lo[sel], precision=lo, atol=floor)
+    got = np.asarray(lse, np.float64)
+    res = compare(got[sel], ref64[sel], ref_lo[sel], precision=lo, atol=floor)
     if res.passed:
-        return True
-    run.add(Verdict(case.name, False, "the returned log-sum-exp differs from the oracle's (return_lse=True)",
-                    statistic=res.error, bound=res.bound, effect=f"max lse err {res.error:.2g}"))
-    return False
+        return None
+    fault = ""
+    if compare(got[sel] * np.log(2.0), ref64[sel], ref_lo[sel], precision=lo, atol=floor).passed:
+        fault = "; looks like: the lse in base 2 (log2 of sum 2^x, as kernels keep it internally), not the natural log"
+    return Verdict(case.name, False, "the returned log-sum-exp differs from the oracle's (return_lse=True)" + fault,
+                   statistic=res.error, bound=res.bound, effect=f"max lse err {res.error:.2g}")
 
 
 def _to_layout(a, layout):
@@ -217,28 +294,52 @@ def _from_layout(a, layout):
             "BTNH": lambda x: np.swapaxes(x, 1, 2)}[layout](a)
 
 
+def _padding(kw, k):
+    """Boolean ``(..., S)``: the key positions past ``key_lengths`` (None without padding)."""
+    if "key_lengths" not in kw:
+        return None
+    S = k.shape[-2]
+    lengths = np.asarray(kw["key_lengths"])
+    return np.arange(S) >= lengths[..., None]
+
+
+def _poisoned(a, pad, value):
+    """``a`` ``(..., S, X)`` with the padded key positions set to ``value``."""
+    out = np.array(a, copy=True)
+    out[np.broadcast_to(pad, out.shape[:-1])] = value
+    return out
+
+
 def check_exact(run, *, alignment="bottom_right", precision="float64", layout="TH", gqa=False,
-                self_attention=False, equal_head_dims=False):
+                self_attention=False, equal_head_dims=False, sizes=DEFAULT_SIZES, head_dims=DEFAULT_HEAD_DIMS,
+                empty_rows="zeros", probe_head_dims=False):
     """Run the grid on ``run.fn``; one verdict per case. ``precision``: the claimed compute precision;
     ``layout``: how the callable takes its arrays; ``gqa``: ``k``, ``v`` have fewer heads than ``q``
     (``KV_HEADS`` of ``HEADS``); ``self_attention``: the callable takes ``T = S`` only;
-    ``equal_head_dims``: values have the head dim of queries and keys (``Hv = H``)."""
+    ``equal_head_dims``: values have the head dim of queries and keys (``Hv = H``); ``sizes`` and
+    ``head_dims``: the preset and the head dims of its tile cases (`grid`); ``empty_rows``: what a
+    row that sees no key must be (`EMPTY_ROWS`); ``probe_head_dims``: a tile case whose head dim
+    the callable rejects by raising is reported as unsupported (skipped), not failed.
+
+    Where the callable takes ``key_lengths``, the padded keys and values it is given are NaN, then
+    (a second pass) huge finite numbers: a kernel that reads past the valid length fails, diagnosed."""
     if alignment not in ("bottom_right", "top_left"):
         raise InputError(f"alignment: expected 'bottom_right' or 'top_left', got {alignment!r}")
     if layout not in LAYOUTS:
         raise InputError(f"layout: expected one of {LAYOUTS}, got {layout!r}")
     if gqa and layout not in ("BNTH", "BTNH"):
         raise InputError(f"gqa: grouped-query heads need a layout with a heads axis (BNTH or BTNH), got {layout!r}")
+    if empty_rows not in EMPTY_ROWS:
+        raise InputError(f"empty_rows: expected one of {EMPTY_ROWS}, got {empty_rows!r}")
     takes = {name: run.accepts(name) for name in ("causal", "mask")}
     rng = np.random.default_rng([run.report.seed, 3])
-    for case in CASES:
+    group = HEADS // KV_HEADS if gqa else 1
+    for case in grid(sizes, head_dims):
         if precision != "float64" and case.dtype != np.float64:
             continue  # the low-precision input cases of a float64 claim: every case is at the claim here
-        if self_attention and case.name in CROSS_CASES:
+        if self_attention and (case.name in CROSS_CASES or case.T != case.S and case.sized):
             run.skip(case.name, "a self-attention kernel (--self-attention) takes T = S only")
             continue
-        if self_attention:
-            case = replace(case, S=case.T)
         if equal_head_dims:
             case = replace(case, Hv=case.H)
         need = "causal" if case.causal else "mask" if case.mask else case.option or None
@@ -247,46 +348,88 @@ def check_exact(run, *, alignment="bottom_right", precision="float64", layout="T
             continue
         if layout != "TH" and case.batch:
             continue  # leading batch dims: the layout's own batch and heads axes cover them
-        group = HEADS // KV_HEADS if gqa else 1
         if layout != "TH":
             case = replace(case, batch=(BATCH, HEADS) if layout in ("BNTH", "BTNH") else (BATCH, 1))
         (q, k, v), kw = _inputs(case, rng, precision)
+        if self_attention and case.S != case.T:
+            continue
         call_kw = _call_kwargs(kw)
         if case.causal:
             call_kw["causal"] = True
             kw["causal"] = alignment
-        lse = case.option == "return_lse"
-        if lse:
+        if case.option == "return_lse":
             call_kw["return_lse"] = True
-        if layout == "TH":
-            shape = case.batch + (case.T, case.Hv)
-            out, problem = run.call((q, k, v), call_kw, shape=[shape, shape[:-1]] if lse else shape, finite=False,
-                                    parts=2 if lse else None)
-            if problem is not None:
-                run.batched_problem(case, problem)
-                continue
-            if lse:
-                out, lse_out = out
-                if not _judge_lse(run, case, lse_out, q, k, v, kw, alignment, precision):
-                    continue
-            _judge(run, case, out, q, k, v, kw, alignment, precision)
-            continue
-        k, v = k[:, ::group], v[:, ::group]  # (B, N / group, S, .): the key/value heads
-        want = _to_layout(np.empty(q.shape[:-1] + (case.Hv,)), layout).shape
-        want_lse = q.shape[:-1] if layout != "BTH" else (q.shape[0], q.shape[2])  # (B, N, T): flash-attn's lse
-        out, problem = run.call(tuple(_to_layout(a, layout) for a in (q, k, v)), call_kw,
-                                shape=[want, want_lse] if lse else want, finite=False, parts=2 if lse else None)
+        pad = _padding(kw, k)
+        passes = [None] if pad is None else [("NaN", np.nan), ("huge", min(1e30, largest(_claimed(case, precision)) / 4))]
+        verdict = None
+        for poison in passes:
+            kk, vv = (k, v) if poison is None else (_poisoned(k, pad, poison[1]), _poisoned(v, pad, poison[1]))
+            outcome = _run_case(run, case, q, k, v, kk, vv, kw, call_kw, layout, group, alignment, precision,
+                                empty_rows, probe_head_dims)
+            if outcome is None:  # a problem or skip already reported
+                verdict = None
+                break
+            verdict = outcome
+            if not verdict.passed:
+                if poison is not None:
+                    clean = _run_case(run, case, q, k, v, k, v, kw, call_kw, layout, group, alignment, precision,
+                                      empty_rows, probe_head_dims)
+                    if clean is not None and clean.passed:
+                        verdict.meaning += (f"; looks like: it reads keys/values past key_lengths ({poison[0]} values "
+                                            "in the padding change its output)")
+                break
+        if verdict is not None:
+            run.add(verdict)
+
+
+def _run_case(run, case, q, k, v, k_call, v_call, kw, call_kw, layout, group, alignment, precision, empty_rows,
+              probe=False):
+    """Call ``fn`` on one case (with ``k_call``, ``v_call``: the keys and values it is given) and judge it
+    against the oracle on ``q, k, v``: the case's verdict, or None when a problem (or a skip) was
+    reported instead."""
+    lse = case.option == "return_lse"
+    if layout == "TH":
+        shape = case.batch + (case.T, case.Hv)
+        out, problem = run.call((q, k_call, v_call), call_kw, shape=[shape, shape[:-1]] if lse else shape,
+                                finite=False, parts=2 if lse else None)
         if problem is not None:
-            run.problem(case.name, problem)
-            continue
+            _problem(run, case, problem, probe=probe)
+            return None
         if lse:
             out, lse_out = out
-            lse_c = lse_out[:, None] if layout == "BTH" else lse_out
-            k_rep, v_rep = (np.repeat(a, group, axis=1) for a in (k, v))
-            if not _judge_lse(run, case, lse_c, q, k_rep, v_rep, kw, alignment, precision):
-                continue
-        k_full, v_full = (np.repeat(a, group, axis=1) for a in (k, v))  # query head h reads key/value head h // group
-        _judge_heads(run, case, _from_layout(out, layout), q, k_full, v_full, kw, alignment, precision, group)
+            failed = _judge_lse(case, lse_out, q, k, v, kw, alignment, precision)
+            if failed is not None:
+                return failed
+        return _judge(case, out, q, k, v, kw, alignment, precision, empty_rows)
+    kh, vh = k[:, ::group], v[:, ::group]  # (B, N / group, S, .): the key/value heads
+    kc, vc = k_call[:, ::group], v_call[:, ::group]
+    want = _to_layout(np.empty(q.shape[:-1] + (case.Hv,)), layout).shape
+    want_lse = q.shape[:-1] if layout != "BTH" else (q.shape[0], q.shape[2])  # (B, N, T): flash-attn's lse
+    out, problem = run.call(tuple(_to_layout(a, layout) for a in (q, kc, vc)), call_kw,
+                            shape=[want, want_lse] if lse else want, finite=False, parts=2 if lse else None)
+    if problem is not None:
+        _problem(run, case, problem, batched=False, probe=probe)
+        return None
+    k_full, v_full = (np.repeat(a, group, axis=1) for a in (kh, vh))  # query head h reads key/value head h // group
+    if lse:
+        out, lse_out = out
+        lse_c = lse_out[:, None] if layout == "BTH" else lse_out
+        failed = _judge_lse(case, lse_c, q, k_full, v_full, kw, alignment, precision)
+        if failed is not None:
+            return failed
+    return _judge_heads(case, _from_layout(out, layout), q, k_full, v_full, kw, alignment, precision, group,
+                        empty_rows)
+
+
+def _problem(run, case, problem, batched=True, probe=False):
+    """Report a call problem: a skip where the callable does not take batch dims, or (``probe``) a head
+    dim it rejects by raising; a failure otherwise."""
+    if case.sized and problem.what == "raised" and probe:
+        run.skip(case.name, f"fn rejects head dim {case.H} (--probe-head-dims: unsupported, not judged): {problem}")
+    elif batched:
+        run.batched_problem(case, problem)
+    else:
+        run.problem(case.name, problem)
 
 
 def _claimed(case, precision):
@@ -294,20 +437,37 @@ def _claimed(case, precision):
     return as_precision(case.dtype) if precision == "float64" else precision
 
 
-def _assess(case, out, q, k, v, kw, alignment, precision="float64"):
-    """``(result, meaning, fault)``: the rule on one problem, and the diagnosis when it fails (else None)."""
-    rows = np.ones(case.T, dtype=bool)
-    if "causal" in kw:  # rows that see no key: conventions differ (0, NaN), not judged
-        rows = causal_mask(case.T, case.S, alignment).any(axis=1)
-    sel = (Ellipsis, rows, slice(None))
+def _empty_rows_fault(out, empty, convention):
+    """What is wrong with the rows that see no key under ``convention`` (None when nothing is)."""
+    if convention == "any" or not empty.any():
+        return None
+    o = np.asarray(out, dtype=np.float64)[empty]
+    n = int(empty.sum())
+    if convention == "zeros" and not np.all(o == 0):
+        what = "NaN" if np.isnan(o).any() else f"values up to {float(np.nanmax(np.abs(o))):.3g}"
+        return (f"the {n} rows that see no key must be zeros (--empty-rows zeros: flash-attn's and torch SDPA's "
+                f"convention), got {what}")
+    if convention == "nan" and not np.all(np.isnan(o)):
+        return f"the {n} rows that see no key must be NaN (--empty-rows nan), got numbers"
+    return None
+
+
+def _assess(case, out, q, k, v, kw, alignment, precision="float64", empty_rows="zeros"):
+    """``(result, meaning, fault)``: the rule on the rows that see a key, the stated convention on the
+    rows that see none, and the diagnosis when either fails (else fault None)."""
+    _, lse = softmax_attention(q, k, v, return_lse=True, **kw)
+    seen = np.isfinite(lse)  # (..., T): rows that see at least one key
     claimed = _claimed(case, precision)
-    res = check_attention_output(out, q, k, v, precision=claimed, rows=rows, **kw)
+    res = check_attention_output(out, q, k, v, precision=claimed, rows=seen, **kw)
     meaning = f"the tolerance rule vs the float64 oracle ({np.dtype(case.dtype).name if precision == 'float64' else precision} inputs" + (
         f", claimed {precision} compute)" if precision != "float64" else ")")
-    if res.passed:
+    empty_fault = _empty_rows_fault(out, ~seen, empty_rows)
+    if res.passed and empty_fault is None:
         return res, meaning, None
-    o = np.asarray(out[sel], dtype=np.float64)
-    nonfinite = ~np.isfinite(o)
+    if res.passed:
+        return res, meaning, empty_fault
+    o = np.asarray(out, dtype=np.float64)
+    nonfinite = ~np.isfinite(o[seen])
     if nonfinite.any():
         fault = f"{int(nonfinite.sum())} NaN/Inf outputs where the oracle is finite"
         top = float(np.max(np.abs(q.astype(np.float64) @ np.swapaxes(k.astype(np.float64), -1, -2)))) / np.sqrt(case.H)
@@ -315,21 +475,19 @@ def _assess(case, out, q, k, v, kw, alignment, precision="float64"):
             fault += f": overflow (logits up to {top:.3g}; missing max subtraction before exp?)"
     else:
         matches = [name for name, cand in _candidates(case, q, k, v, kw, alignment)
-                   if float(np.max(np.abs(o - cand[sel]))) <= res.bound]
-        fault = f"looks like: {matches[0]}" if matches else _precision_diagnosis(out, q, k, v, kw, rows, claimed)
+                   if float(np.max(np.abs(o[seen] - cand[seen]), initial=0.0)) <= res.bound]
+        fault = f"looks like: {matches[0]}" if matches else _precision_diagnosis(out, q, k, v, kw, seen, claimed)
     return res, meaning, fault
 
 
-def _judge(run, case, out, q, k, v, kw, alignment, precision="float64"):
-    res, meaning, fault = _assess(case, out, q, k, v, kw, alignment, precision)
-    if fault is None:
-        run.exact(case.name, res.error, res.bound, meaning, effect=f"max err {res.error:.2g}")
-    else:
-        run.add(Verdict(case.name, False, f"{meaning}; {fault}", statistic=res.error, bound=res.bound,
-                        effect=f"max err {res.error:.2g}"))
+def _judge(case, out, q, k, v, kw, alignment, precision="float64", empty_rows="zeros"):
+    """The case's verdict (one problem)."""
+    res, meaning, fault = _assess(case, out, q, k, v, kw, alignment, precision, empty_rows)
+    return Verdict(case.name, fault is None, meaning if fault is None else f"{meaning}; {fault}",
+                   statistic=res.error, bound=res.bound, effect=f"max err {res.error:.2g}")
 
 
-def _judge_heads(run, case, out, q, k, v, kw, alignment, precision, group):
+def _judge_heads(case, out, q, k, v, kw, alignment, precision, group, empty_rows="zeros"):
     """Head by head on canonical ``(B, N, T, .)`` arrays (``k``, ``v`` already repeated to ``N`` heads):
     the case passes iff every head passes; the verdict names the worst head."""
     heads = list(np.ndindex(*out.shape[:2]))
@@ -338,13 +496,13 @@ def _judge_heads(run, case, out, q, k, v, kw, alignment, precision, group):
         return {a: (np.broadcast_to(b, out.shape[:2])[idx] if a in ("alibi_slopes", "key_lengths") and np.ndim(b)
                     else b) for a, b in kw.items()}
 
-    assessed = [(idx, *_assess(case, out[idx], q[idx], k[idx], v[idx], head_kw(idx), alignment, precision))
-                for idx in heads]
+    assessed = [(idx, *_assess(case, out[idx], q[idx], k[idx], v[idx], head_kw(idx), alignment, precision,
+                               empty_rows)) for idx in heads]
     idx, res, meaning, fault = max(assessed, key=lambda a: a[1].error / a[1].bound if a[1].bound else np.inf)
     meaning = meaning.replace("the float64 oracle", "the float64 oracle, head by head")
     if all(a[3] is None for a in assessed):
-        run.exact(case.name, res.error, res.bound, meaning, effect=f"max err {res.error:.2g} at head {idx}")
-        return
+        return Verdict(case.name, True, meaning, statistic=res.error, bound=res.bound,
+                       effect=f"max err {res.error:.2g} at head {idx}")
     idx, res, meaning_f, fault = next(a for a in assessed if a[3] is not None)
     if group > 1:  # grouped-query heads mapped by h mod N_kv instead of h // group
         n_kv = q.shape[1] // group
@@ -353,8 +511,8 @@ def _judge_heads(run, case, out, q, k, v, kw, alignment, precision, group):
         if n_kv < q.shape[1] and all(float(np.max(np.abs(np.asarray(out[h], np.float64) - tiled[h]), initial=0.0))
                                      <= a_res.bound for h, a_res, _, _ in assessed):
             fault = "looks like: key/value heads interleaved (h mod N_kv) instead of grouped (h // group)"
-    run.add(Verdict(case.name, False, f"{meaning}; {fault} (head {idx})", statistic=res.error, bound=res.bound,
-                    effect=f"max err {res.error:.2g} at head {idx}"))
+    return Verdict(case.name, False, f"{meaning}; {fault} (head {idx})", statistic=res.error, bound=res.bound,
+                   effect=f"max err {res.error:.2g} at head {idx}")
 
 
 def _precision_diagnosis(out, q, k, v, kw, rows, claimed):
@@ -368,7 +526,7 @@ def _precision_diagnosis(out, q, k, v, kw, rows, claimed):
                if check_attention_output(out, q, k, v, precision=p, rows=rows, **kw).passed]
     if not passing:
         return "no known fault matches"
-    o = np.asarray(out, dtype=np.float64)[..., rows, :]
+    o = np.asarray(out, dtype=np.float64)[np.broadcast_to(rows, np.shape(out)[:-1])]
     exact = [p for p in passing if np.array_equal(round_to(o, p), o)]
     p = exact[-1] if exact else passing[0]
     return (f"the errors are at {p}'s rounding level: a {p} kernel? claim it with --precision {p} "

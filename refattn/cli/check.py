@@ -38,6 +38,16 @@ def add_parser(sub):
                     help="values have the head dim of q and k (Hv = H), as most fused kernels need (exact, backward)")
     ck.add_argument("--self-attention", action="store_true",
                     help="the callable takes T = S only (exact): cases needing T != S are skipped")
+    ck.add_argument("--sizes", default="tiles", choices=("small", "tiles", "long"),
+                    help="size preset (exact, backward): small (T, S <= 31), tiles (default: lengths crossing 64- "
+                         "and 128-row tiles, 63 to 257), long (and T = S = 4096)")
+    ck.add_argument("--head-dims", type=_int_list, default=(64,), metavar="H[,H...]",
+                    help="head dims of the tile and long cases (default 64; e.g. 64,128)")
+    ck.add_argument("--probe-head-dims", action="store_true",
+                    help="a tile case whose head dim the callable rejects by raising is unsupported (skip), not failed")
+    ck.add_argument("--empty-rows", default="zeros", choices=("zeros", "nan", "any"),
+                    help="what rows that see no key must be (exact): zeros (default, flash-attn and torch SDPA), "
+                         "nan, or any (not judged)")
     ck.add_argument("--alignment", default="bottom_right", choices=("bottom_right", "top_left"),
                     help="what causal=True means for the callable (exact, backward)")
     ck.add_argument("--alpha", type=probability, default=1e-3, help="family-wise false-alarm probability")
@@ -65,6 +75,19 @@ def add_parser(sub):
     return ck
 
 
+def _int_list(text):
+    """``"64,128"`` -> (64, 128), for --head-dims."""
+    import argparse
+
+    try:
+        dims = tuple(int(x) for x in str(text).split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from None
+    if not dims or min(dims) < 1 or max(dims) > 1024:
+        raise argparse.ArgumentTypeError(f"expected head dims in [1, 1024], got {text!r}")
+    return dims
+
+
 def run(args) -> int:
     if not args.target.rpartition(":")[0].endswith(".py"):
         sys.path.insert(0, os.getcwd())  # `pkg.mod:fn` resolves from the current directory, like python -m
@@ -73,7 +96,8 @@ def run(args) -> int:
                    n_draws=args.draws, budget=args.budget, timeout=args.timeout, precision=args.precision,
                    layout=args.layout, gqa=args.gqa, self_attention=args.self_attention,
                    equal_head_dims=args.equal_head_dims, rounds=args.rounds, max_bias=args.max_bias,
-                   max_variance_ratio=args.max_variance_ratio,
+                   max_variance_ratio=args.max_variance_ratio, sizes=args.sizes, head_dims=args.head_dims,
+                   empty_rows=args.empty_rows, probe_head_dims=args.probe_head_dims,
                    memory_limit="auto" if args.memory_limit is None else args.memory_limit * 2.0**30)
     if (args.workers or args.scheduler) and not args.calibrate:
         raise UsageError("--workers/--scheduler: only with --calibrate N (one check runs in one process)")

@@ -20,8 +20,8 @@ the bias and the masks.
 Masking inputs (already validated, see [`refattn.problem`][refattn.problem]): ``offset`` (query ``i``
 sees keys ``j <= i + offset``; pass ``NO_CAUSAL`` for none), ``mask`` and ``bias``
 ``(T, S)`` views or ``None``, and ``key_length`` (keys ``j >= key_length`` are padding).
-Key blocks beyond the last visible key of a query block are skipped, so causal
-attention costs about half of full attention.
+Key blocks beyond the last visible key of a query block are skipped (whether the causal offset
+or the mask hides them), so causal attention costs about half of full attention.
 
 The Numba kernel scales each query block once and multiplies (``(s q) k``, one rounding per
 entry of ``s q``, where the twin rounds ``s (q k)`` once per logit): each term of the dot product
@@ -54,6 +54,21 @@ def _key_end(i1: int, offset: int, key_length: int) -> int:
     return max(0, min(key_length, i1 - 1 + offset + 1))
 
 
+@numba.njit(cache=True)
+def _mask_end(mask, i0, i1, j_end):
+    """One past the last key a boolean ``mask`` lets any query in ``[i0, i1)`` see, at most ``j_end``:
+    the key range ends there whether it is cut by a causal offset or by a mask, so a causal problem
+    posed as a mask runs the same products, of the same shapes, as the causal one (and gives the
+    same bits)."""
+    last = -1
+    for r in range(i0, i1):
+        for c in range(j_end - 1, last, -1):
+            if mask[r, c]:
+                last = c
+                break
+    return last + 1
+
+
 def stream_numpy(q, k, v, scale, offset, mask, bias, key_length, block_q, block_k, softcap=0.0):
     """NumPy twin. ``q (T, H)``, ``k (S, H)``, ``v (S, Hv)`` -> ``out (T, Hv)``, ``lse (T,)``."""
     T, Hv = q.shape[0], v.shape[1]
@@ -66,6 +81,8 @@ def stream_numpy(q, k, v, scale, offset, mask, bias, key_length, block_q, block_
         l = np.zeros(i1 - i0, dtype=q.dtype)  # running sum  (bq,)
         acc = np.zeros((i1 - i0, Hv), dtype=q.dtype)  # running o    (bq, Hv)
         j_end = _key_end(i1, offset, key_length)
+        if mask is not None:
+            j_end = _mask_end(mask, i0, i1, j_end)
         for j0 in range(0, j_end, block_k):
             j1 = min(j_end, j0 + block_k)
             s = (q[i0:i1] @ k[j0:j1].T) * dt(scale)  # (bq, bk)
@@ -159,6 +176,8 @@ def _query_block(q, k, v_ext, scale, softcap, offset, mask, has_mask, bias, has_
     acc = np.zeros((bq, Hv1), dtype=q.dtype)  # running [o | l]
     s = np.empty((bq, block_k), dtype=q.dtype)  # logits, then probabilities, of one key block
     j_end = max(0, min(key_length, i1 + offset))
+    if has_mask:
+        j_end = _mask_end(mask, i0, i1, j_end)
     for j0 in range(0, j_end, block_k):
         j1 = min(j_end, j0 + block_k)
         bk = j1 - j0
