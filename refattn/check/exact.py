@@ -361,40 +361,36 @@ def check_exact(run, *, alignment="bottom_right", precision="float64", layout="T
             call_kw["return_lse"] = True
         pad = _padding(kw, k)
         passes = [None] if pad is None else [("NaN", np.nan), ("huge", min(1e30, largest(_claimed(case, precision)) / 4))]
-        verdict = None
+        args = (case, q, k, v, kw, call_kw, layout, group, alignment, precision, empty_rows)
         for poison in passes:
             kk, vv = (k, v) if poison is None else (_poisoned(k, pad, poison[1]), _poisoned(v, pad, poison[1]))
-            outcome = _run_case(run, case, q, k, v, kk, vv, kw, call_kw, layout, group, alignment, precision,
-                                empty_rows, probe_head_dims)
-            if outcome is None:  # a problem or skip already reported
-                verdict = None
+            outcome = _run_case(run, *args, k_call=kk, v_call=vv)
+            if poison is not None and not (isinstance(outcome, Verdict) and outcome.passed):
+                clean = _run_case(run, *args, k_call=k, v_call=v)
+                if isinstance(clean, Verdict) and clean.passed:  # fine on clean padding: it reads the padding
+                    what = outcome.meaning if isinstance(outcome, Verdict) else str(outcome)
+                    outcome = Verdict(case.name, False, f"with {poison[0]} values in the keys and values past "
+                                      f"key_lengths: {what}; looks like: it reads keys/values past key_lengths "
+                                      "(the padding must not be read)", statistic=getattr(outcome, "statistic", None),
+                                      bound=getattr(outcome, "bound", None), effect="reads the padding")
+            if not isinstance(outcome, Verdict) or not outcome.passed:
                 break
-            verdict = outcome
-            if not verdict.passed:
-                if poison is not None:
-                    clean = _run_case(run, case, q, k, v, k, v, kw, call_kw, layout, group, alignment, precision,
-                                      empty_rows, probe_head_dims)
-                    if clean is not None and clean.passed:
-                        verdict.meaning += (f"; looks like: it reads keys/values past key_lengths ({poison[0]} values "
-                                            "in the padding change its output)")
-                break
-        if verdict is not None:
-            run.add(verdict)
+        if isinstance(outcome, Verdict):
+            run.add(outcome)
+        else:
+            _problem(run, case, outcome, batched=layout == "TH", probe=probe_head_dims)
 
 
-def _run_case(run, case, q, k, v, k_call, v_call, kw, call_kw, layout, group, alignment, precision, empty_rows,
-              probe=False):
+def _run_case(run, case, q, k, v, kw, call_kw, layout, group, alignment, precision, empty_rows, *, k_call, v_call):
     """Call ``fn`` on one case (with ``k_call``, ``v_call``: the keys and values it is given) and judge it
-    against the oracle on ``q, k, v``: the case's verdict, or None when a problem (or a skip) was
-    reported instead."""
+    against the oracle on ``q, k, v``: the case's verdict, or the call's problem."""
     lse = case.option == "return_lse"
     if layout == "TH":
         shape = case.batch + (case.T, case.Hv)
         out, problem = run.call((q, k_call, v_call), call_kw, shape=[shape, shape[:-1]] if lse else shape,
                                 finite=False, parts=2 if lse else None)
         if problem is not None:
-            _problem(run, case, problem, probe=probe)
-            return None
+            return problem
         if lse:
             out, lse_out = out
             failed = _judge_lse(case, lse_out, q, k, v, kw, alignment, precision)
@@ -408,8 +404,7 @@ def _run_case(run, case, q, k, v, k_call, v_call, kw, call_kw, layout, group, al
     out, problem = run.call(tuple(_to_layout(a, layout) for a in (q, kc, vc)), call_kw,
                             shape=[want, want_lse] if lse else want, finite=False, parts=2 if lse else None)
     if problem is not None:
-        _problem(run, case, problem, batched=False, probe=probe)
-        return None
+        return problem
     k_full, v_full = (np.repeat(a, group, axis=1) for a in (kh, vh))  # query head h reads key/value head h // group
     if lse:
         out, lse_out = out
