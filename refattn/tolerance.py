@@ -8,10 +8,8 @@ output passes when every entry is within the larger of them:
 - **the FlashAttention rule** (Dao et al. 2022, the test suite of flash-attention): a kernel of
   precision ``p`` may be twice as far from the float64 oracle ``O_64`` as the reference at that
   precision ``O_p`` ([`refattn.precision.kernel_reference`][refattn.precision.kernel_reference]) is, plus a floor of
-  ``4 eps_p max|O_64|``:
-
-  $$ \max|O - O_{64}| \le 2 \max|O_p - O_{64}| + 4\,\varepsilon_p \max|O_{64}| ; $$
-
+  ``4 eps_p max|O_64|``,
+  ``max|O - O_64| <= 2 max|O_p - O_64| + 4 eps_p max|O_64|``;
 - **the rigorous rounding allowance** (derived, the docs' testing page, "The tolerance rule"):
   per row ``i``, ``A_{p,i} + A_{64,i}``, where ``A_{p,i}`` bounds the error of *any* correct
   kernel of precision ``p`` (dense, blocked online softmax with any block size, log-space,

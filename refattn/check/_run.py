@@ -111,18 +111,37 @@ class Run:
 
     def collect_for_power(self, draw, n, label, statistics, *, planned_checks, share=1.0, rounds=3):
         """``collect`` ``n`` draws, then more (``extend``) until every statistic of ``statistics(samples)``
-        (``(sd, tolerance, scale)`` triples, as `draws_for_power`) reaches its tolerance, re-estimating
-        the spread from all the draws each round (at most ``rounds`` rounds). ``(samples, problem)``."""
+        (``(sd, tolerance, scale[, failing])``, as `draws_for_power`; ``failing``: that statistic is
+        already far outside its claim) reaches its tolerance, re-estimating the spread from all the
+        draws each round (at most ``rounds`` rounds; none when a statistic is failing: power matters
+        only for a PASS). ``(samples, problem)``."""
         samples, problem = self.collect(draw, n, label, share=share)
         for _ in range(rounds):
             if problem is not None:
                 return None, problem
-            need = self.draws_for_power(statistics(samples), len(samples), planned_checks=planned_checks)
+            if self.report.failures:
+                break  # an earlier check failed: the run is a FAIL whatever the power of this one
+            stats = statistics(samples)
+            if any(len(st) > 3 and st[3] for st in stats):
+                break  # a check already fails far beyond its level: more draws cannot make the run a PASS
+            need = self.draws_for_power([st[:3] for st in stats], len(samples), planned_checks=planned_checks)
             before = len(samples)
             samples, problem = self.extend(samples, draw, need, label)
             if problem is None and len(samples) == before:
                 break
         return samples, problem
+
+    def failing(self, values, target, *, planned_checks, margin=2.0) -> bool:
+        """Whether the mean of a per-draw statistic is more than ``margin`` times the critical value
+        (at ``alpha / planned_checks``) standard errors from ``target``: a check that fails whatever
+        more draws would show."""
+        x = np.asarray(values, dtype=np.float64)
+        if len(x) < 2 or not np.all(np.isfinite(x)):
+            return not np.all(np.isfinite(x))
+        with np.errstate(all="ignore"):
+            se = float(x.std(ddof=1)) / np.sqrt(len(x))
+        crit = float(_st.norm.isf(self.report.alpha / planned_checks / 2))
+        return bool(se > 0 and abs(float(x.mean()) - target) > margin * crit * se)
 
     @staticmethod
     def sd(values) -> float:

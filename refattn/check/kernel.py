@@ -195,7 +195,10 @@ def check_kernel(run, *, method="positive", projection="orthogonal", m=None, A=N
         mse, u = _variance_statistic(smp, x, y, truth, method, projection, mm or 1, A)
         scale = 1.0 if mse is not None else float(np.mean(u)) if np.isfinite(u).all() else 1.0
         spread = run.sd(u) * (1.0 if mse is not None else np.sqrt(2.0))  # two-sample: refattn's draws spread too
-        return [(run.sd(pooled(smp)), run.max_bias, 1.0), (spread, run.max_variance_ratio, scale)]
+        bias_failing = run.failing(pooled(smp), 0.0, planned_checks=PLANNED_CHECKS)
+        var_failing = mse is not None and mm is not None and run.failing(u, 1.0, planned_checks=PLANNED_CHECKS)
+        return [(run.sd(pooled(smp)), run.max_bias, 1.0, bias_failing),
+                (spread, run.max_variance_ratio, scale, var_failing)]
 
     def powered(mm, label, share):
         """Draws at ``mm`` features, more of them when the bias and variance checks need them."""
