@@ -225,16 +225,79 @@ def browse(site, url, pages, screenshots=None):
     return problems, formulas
 
 
-def test_every_page_renders_in_a_browser(site, served):
-    """Every page in headless Chromium: MathJax (served by the site) typesets every formula, no
-    TeX error, no JavaScript error or failed request, no link to a missing page."""
+def _has_math(page: Path) -> bool:
+    return 'class="arithmatex"' in page.read_text(encoding="utf-8")
+
+
+#: Folders of pages generated from one template each (docstrings, test modules, gallery scripts).
+GENERATED = ("api", "tests", "generated/examples", "generated/tutorials")
+
+
+def _browsed(site):
+    """The pages the default run opens in the browser: every page with a formula, every hand-written
+    page, and of the generated pages without formulas one per folder (each folder's pages come from
+    one template; their links are checked without a browser, below). The slow run opens all of them."""
+    chosen, seen = [], set()
+    for p in _pages(site):
+        rel = p.relative_to(site).as_posix()
+        group = next((g for g in GENERATED if rel.startswith(g + "/")), None)
+        if group is None or _has_math(p) or group not in seen:
+            chosen.append(p)
+            seen.add(group)
+    return chosen
+
+
+def _browse_and_judge(site, served, pages):
     artifacts = Path(os.environ.get("REFATTN_ARTIFACTS", ROOT / "ci-artifacts"))
     artifacts.mkdir(parents=True, exist_ok=True)
     shots = {"index.html": artifacts / "site-home.png", "performer/index.html": artifacts / "site-performer.png"}
-    problems, formulas = browse(site, served, _pages(site), shots)
+    problems, formulas = browse(site, served, pages, shots)
     assert problems == {}
     assert formulas > 500  # the pages' formulas were found and typeset
     assert all(p.is_file() for p in shots.values())
+
+
+def test_the_pages_with_formulas_and_every_template_render_in_a_browser(site, served):
+    """Headless Chromium: MathJax (served by the site) typesets every formula of every page, no
+    TeX error, no JavaScript error or failed request, no link to a missing page."""
+    _browse_and_judge(site, served, _browsed(site))
+
+
+@pytest.mark.slow
+def test_every_page_renders_in_a_browser(site, served):
+    _browse_and_judge(site, served, _pages(site))
+
+
+class _Links(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.hrefs = []
+
+    def handle_starttag(self, tag, attrs):
+        href = dict(attrs).get("href")
+        if tag == "a" and href:
+            self.hrefs.append(href)
+
+
+def test_no_page_links_to_a_missing_page(site):
+    """Every same-site link of every page (the browser run opens only some pages) lands on a page."""
+    broken = {}
+    for page in _pages(site):
+        parser = _Links()
+        parser.feed(page.read_text(encoding="utf-8"))
+        rel = page.relative_to(site)
+        bad = [h for h in parser.hrefs if not _target_exists(site, rel, h)]
+        if bad:
+            broken[rel.as_posix()] = bad
+    assert broken == {}
+
+
+def test_the_link_check_has_power(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "index.html").write_text('<a href="../b/">b</a><a href="../a/">a</a><a href="https://x.org">x</a>')
+    parser = _Links()
+    parser.feed((tmp_path / "a" / "index.html").read_text())
+    assert [h for h in parser.hrefs if not _target_exists(tmp_path, Path("a/index.html"), h)] == ["../b/"]
 
 
 def test_the_browser_check_has_power(site, tmp_path):

@@ -24,7 +24,11 @@ Outputs are written shard by shard into ``.npy`` files of an output folder, neve
 the client; a folder interrupted mid-job resumes from the shards it has. The folder's
 ``meta.json`` records the inputs' checksums (sha256 of shape, dtype and bytes), the options and
 the refattn version, so a test suite can trust a stored reference
-([`load_reference`][refattn.distributed.load_reference] refuses inputs that do not match).
+([`load_reference`][refattn.distributed.load_reference] refuses inputs that do not match). A
+folder is marked complete only after every output is written, reduced and checksummed (sha256
+of each output in ``meta.json``); ``load_reference`` re-reads the outputs against those checksums
+and [`verify_reference`][refattn.distributed.verify_reference] also computes a random sample of
+query blocks again with the oracle. ``overwrite`` replaces only a folder refattn wrote.
 Dask retries a task whose worker dies (``retries``): a killed worker costs a retry, not a wrong
 or missing block. Needs the ``dask`` extra only with a client (``pip install 'dask[array]'
 distributed``).
@@ -33,10 +37,11 @@ distributed``).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
-import shutil
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,15 +53,16 @@ from refattn._extras import install_hint
 from refattn._validation import InputError, InputTypeError, check_bool, check_positive_int
 from refattn.exact import attention_backward, softmax_attention
 from refattn.kernels.numba.streaming import DEFAULT_BLOCK_Q
-from refattn.problem import CAUSAL_ALIGNMENTS, causal_mask
+from refattn.problem import CAUSAL_ALIGNMENTS, as_key_lengths, as_mask, causal_mask
 
-__all__ = ["DEFAULT_SHARD", "Reference", "reference", "load_reference", "input_array", "checksum", "connect",
+__all__ = ["DEFAULT_SHARD", "Reference", "reference", "load_reference", "verify_reference", "input_array", "npy_header",
+           "open_npy", "checksum", "connect",
            "cluster",
            "sweep_seeds", "sweep", "calibrate_check", "run_claim_batched"]
 
 #: Query rows per task (a multiple of the streaming kernel's query block).
 DEFAULT_SHARD = 16 * DEFAULT_BLOCK_Q
-_FORMAT = 1
+_FORMAT = 2  # 2: outputs checksummed at completion
 
 
 def _dask():
@@ -117,16 +123,7 @@ def input_array(x, name):
         path = Path(x)
         if not path.is_file():
             raise InputError(f"{name}: no such file {str(path)!r}")
-        with open(path, "rb") as f:
-            if f.read(6) != b"\x93NUMPY":
-                raise InputError(f"{name}: {str(path)!r} is not a .npy array file (no NumPy header)")
-        try:
-            arr = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (ValueError, OSError) as exc:
-            raise InputError(f"{name}: {str(path)!r} is not a .npy array file ({exc})") from None
-        if not isinstance(arr, np.ndarray):
-            raise InputError(f"{name}: {str(path)!r} holds several arrays; save one array per .npy file")
-        x = arr
+        x = open_npy(path, name)
     elif type(x).__module__.startswith("dask"):
         return x
     elif not isinstance(x, np.ndarray):
@@ -137,6 +134,44 @@ def input_array(x, name):
     if x.dtype.kind != "f" or x.dtype.itemsize not in (2, 4, 8):
         raise InputTypeError(f"{name}: expected float16, float32 or float64 values, got {x.dtype}")
     return x
+
+
+def npy_header(path, name):
+    """``(shape, dtype, fortran_order, data_offset)`` of a ``.npy`` file, read from its header alone,
+    or an InputError naming ``name``: no NumPy header, an object dtype (a pickle), or a header whose
+    shape needs more bytes than the file holds (a truncated file, or one that lies about its size)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            if f.read(6) != b"\x93NUMPY":
+                raise InputError(f"{name}: {str(path)!r} is not a .npy array file (no NumPy header)")
+            f.seek(0)
+            version = np.lib.format.read_magic(f)
+            read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+            if version not in read:
+                raise InputError(f"{name}: {str(path)!r} has .npy format version {version}, which refattn does not read")
+            shape, fortran, dtype = read[version](f, max_header_size=10_000)
+            offset = f.tell()
+        size = path.stat().st_size
+    except (ValueError, OSError) as exc:
+        if isinstance(exc, InputError):
+            raise
+        raise InputError(f"{name}: {str(path)!r} is not a readable .npy array file ({exc})") from None
+    if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
+        raise InputError(f"{name}: {str(path)!r} holds {dtype} values (refattn reads plain numeric arrays only)")
+    need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if offset + need != size:
+        raise InputError(f"{name}: {str(path)!r}: its header declares {tuple(shape)} {dtype} ({need} bytes) but the "
+                         f"file holds {size - offset} bytes of data (truncated or corrupt)")
+    return tuple(shape), dtype, fortran, offset
+
+
+def open_npy(path, name):
+    """A ``.npy`` file memory-mapped read-only, after [`npy_header`][refattn.distributed.npy_header] checked it."""
+    shape, dtype, fortran, offset = npy_header(path, name)
+    if 0 in shape:
+        return np.zeros(shape, dtype=dtype, order="F" if fortran else "C")
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
 
 
 def _slice(x, sl):
@@ -254,9 +289,16 @@ def _backward_task(q_rows, k, v, dout_rows, mask_rows, bias_rows, a, b, opts):
     return out, lse, dq, dk, dv, k.shape[-2]
 
 
+#: The outputs a reference folder may hold, in the order they are written.
+_NAMES = ("out", "lse", "dq", "dk", "dv")
+#: Every file a reference folder may hold: refattn deletes (``overwrite``) only folders of these.
+_OWN_FILE = re.compile(r"(out|lse|dq|dk|dv)\.npy|d[kv]\.part\d+\.npy(\.tmp)?|meta\.json(\.tmp)?")
+
+
 @dataclass
 class Reference:
-    """A stored reference: the folder, its metadata and its arrays (memory-mapped ``.npy``)."""
+    """A stored reference: the folder, its metadata and its arrays (memory-mapped ``.npy``, read-only,
+    their headers checked against the manifest)."""
 
     path: Path
     meta: dict
@@ -264,22 +306,100 @@ class Reference:
     def __getitem__(self, name) -> np.ndarray:
         if name not in self.meta["arrays"]:
             raise KeyError(f"{name!r}: this reference holds {sorted(self.meta['arrays'])}")
-        return np.load(self.path / f"{name}.npy", mmap_mode="r")
+        return _output(self.path, name, self.meta)
 
     @property
     def complete(self) -> bool:
-        return len(self.meta["done"]) == self.meta["n_shards"]
+        """Every shard written, the gradients reduced and every output's checksum recorded."""
+        return bool(self.meta.get("complete"))
+
+
+def _output(path, name, meta):
+    """The stored output ``name``, memory-mapped, or an InputError when its file is missing, truncated,
+    not float64 or not the manifest's shape."""
+    file = path / f"{name}.npy"
+    if not file.is_file():
+        raise InputError(f"reference: {str(file)!r} is missing")
+    arr = open_npy(file, f"reference: {name}.npy")
+    want = tuple(meta["arrays"][name])
+    if arr.shape != want or arr.dtype != np.float64:
+        raise InputError(f"reference: {str(file)!r} holds {arr.shape} {arr.dtype}, the manifest says {want} float64")
+    return arr
+
+
+def _manifest_problem(meta):
+    """What is wrong with a parsed ``meta.json`` (``None``: a well-formed manifest)."""
+    if not isinstance(meta, dict):
+        return "not a JSON object"
+    n = meta.get("n_shards")
+    if meta.get("format") not in (1, _FORMAT):
+        return f"format {meta.get('format')!r}"
+    if not isinstance(n, int) or n < 1:
+        return "n_shards"
+    done = meta.get("done")
+    if not (isinstance(done, list) and all(isinstance(i, int) and 0 <= i < n for i in done)):
+        return "done"
+    arrays = meta.get("arrays")
+    if not (isinstance(arrays, dict) and {"out", "lse"} <= set(arrays) <= set(_NAMES)
+            and all(isinstance(s, list) and all(isinstance(d, int) and d >= 0 for d in s) for s in arrays.values())):
+        return "arrays"
+    for key in ("checksums", "options"):
+        if not isinstance(meta.get(key), dict):
+            return key
+    outputs = meta.get("outputs")
+    if meta.get("complete") and not (isinstance(outputs, dict) and set(outputs) == set(arrays)):
+        return "outputs"
+    return None
+
+
+def _read_meta(path):
+    """The folder's manifest, or an InputError saying why it is not one."""
+    file = path / "meta.json"
+    if not file.is_file():
+        raise InputError(f"reference: {str(path)!r} is not a refattn reference folder (no meta.json)")
+    try:
+        meta = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise InputError(f"reference: {str(file)!r} is unreadable or corrupt ({exc})") from None
+    problem = _manifest_problem(meta)
+    if problem:
+        raise InputError(f"reference: {str(file)!r} is not a refattn reference manifest (bad {problem})")
+    return meta
 
 
 def _shards(T, shard):
     return [(a, min(a + shard, T)) for a in range(0, T, shard)]
 
 
-def _open(path, name, shape, dtype=np.float64, fill=None):
+def _preallocate(file):
+    """Reserve a new file's blocks on disk, so a full disk is an OSError here, not a SIGBUS when a
+    memory-mapped write finds no block later."""
+    size = file.stat().st_size
+    with open(file, "r+b") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, size)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+            chunk = b"\0" * (1 << 20)  # a file system without fallocate: write the zeros
+            f.seek(0)
+            for start in range(0, size, len(chunk)):
+                f.write(chunk[:size - start])
+
+
+def _open(path, name, shape, dtype=np.float64):
     arr = np.lib.format.open_memmap(path / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
-    if fill is not None:
-        arr[...] = fill
-    return arr
+    arr.flush()
+    del arr
+    _preallocate(path / f"{name}.npy")
+
+
+def _save(file, arr):
+    """``np.save`` through a temporary file: a kill mid-write never leaves a torn ``file``."""
+    tmp = file.with_name(file.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, arr)
+    os.replace(tmp, file)
 
 
 def _write_meta(path, meta):
@@ -288,15 +408,19 @@ def _write_meta(path, meta):
     os.replace(tmp, path / "meta.json")  # atomic: an interrupted job never leaves a torn manifest
 
 
-def load_reference(path, q=None, k=None, v=None, dout=None) -> Reference:
-    """Open a reference folder; with inputs given, check that they are the ones it was computed
-    from (sha256 checksums) and refuse otherwise. An unfinished folder is refused too."""
+def load_reference(path, q=None, k=None, v=None, dout=None, *, check_outputs=True) -> Reference:
+    """Open a finished reference folder; with inputs given, check that they are the ones it was
+    computed from (sha256 checksums) and refuse otherwise.
+
+    An unfinished folder is refused, and so is one whose output files do not match the checksums
+    recorded when it was completed (a flipped byte, a truncated, replaced or deleted file);
+    ``check_outputs=False`` skips reading the outputs for that (their headers are still checked)."""
     path = Path(path)
-    meta_file = path / "meta.json"
-    if not meta_file.is_file():
-        raise InputError(f"reference: {str(path)!r} is not a refattn reference folder (no meta.json)")
-    meta = json.loads(meta_file.read_text())
+    meta = _read_meta(path)
     ref = Reference(path, meta)
+    if meta["format"] != _FORMAT:
+        raise InputError(f"reference: {str(path)!r} was written by an older refattn that recorded no output "
+                         "checksums; compute it again (--overwrite)")
     if not ref.complete:
         raise InputError(f"reference: {str(path)!r} is unfinished ({len(meta['done'])} of {meta['n_shards']} "
                          "shards); run the same command again to resume it")
@@ -307,7 +431,116 @@ def load_reference(path, q=None, k=None, v=None, dout=None) -> Reference:
             if got != want:
                 raise InputError(f"{name}: its checksum {got[:12]}... does not match the reference's "
                                  f"{(want or 'none')[:12]}...: this reference was computed from other inputs")
+    for name in meta["arrays"]:
+        arr = ref[name]
+        if check_outputs and checksum(arr) != meta["outputs"][name]:
+            raise InputError(f"reference: {name}.npy in {str(path)!r} does not match the checksum recorded when the "
+                             "reference was completed: the file changed or is corrupt")
     return ref
+
+
+def verify_reference(path, q, k, v, dout=None, *, mask=None, bias=None, blocks=4, seed=None) -> dict:
+    """Check a stored reference against its inputs: [`load_reference`][refattn.distributed.load_reference]
+    (input and output checksums), then ``blocks`` query blocks drawn at random (``seed``) computed
+    again by the oracle and judged by refattn's tolerance rule at float64
+    ([`check_attention_output`][refattn.tolerance.check_attention_output]; ``lse`` within
+    ``4 eps max|lse|`` of the block's). ``mask`` and ``bias`` must be the ones the reference was
+    computed with (checked by checksum). Returns ``{"blocks": [first rows], "seed", "worst": error / bound}``;
+    a reference that fails raises InputError."""
+    from refattn.tolerance import check_attention_output, compare
+
+    ref = load_reference(path, q=q, k=k, v=v, dout=dout)
+    q, k, v = (input_array(x, n) for x, n in ((q, "q"), (k, "k"), (v, "v")))
+    opts = dict(ref.meta["options"])
+    for arr, name in ((mask, "mask"), (bias, "bias")):
+        want = opts.get(name)
+        got = None if arr is None else checksum(np.asarray(arr, dtype=np.uint8 if name == "mask" else np.float64))
+        if got != want:
+            raise InputError(f"{name}: " + ("this reference was computed with one; pass it to verify" if got is None
+                                            else "not the one this reference was computed with"))
+    T = q.shape[-2]
+    starts = list(range(0, T, DEFAULT_BLOCK_Q))
+    seed = int(np.random.SeedSequence().entropy % (2**63)) if seed is None else check_positive_int(seed, "seed", minimum=0)
+    rng = np.random.default_rng(seed)
+    chosen = sorted(int(a) for a in rng.choice(starts, size=min(check_positive_int(blocks, "blocks"), len(starts)),
+                                               replace=False))
+    lengths = opts.get("key_lengths")
+    task = {"T": T, "causal": opts["causal"], "scale": opts["scale"], "implementation": "numba",
+            "key_lengths": None if lengths is None else np.asarray(lengths, dtype=np.int64)}
+    worst = 0.0
+    for a in chosen:
+        b = min(a + DEFAULT_BLOCK_Q, T)
+        m = None if mask is None else np.ascontiguousarray(np.asarray(mask)[..., a:b, :])
+        bs = None if bias is None else np.ascontiguousarray(np.asarray(bias, dtype=np.float64)[..., a:b, :])
+        kk, vv, kw = _shard(np.asarray(k), np.asarray(v), m, bs, a, b, task)
+        q_rows = _slice(q, slice(a, b))
+        stored_out = np.asarray(ref["out"][..., a:b, :])
+        out_check = check_attention_output(stored_out, q_rows, kk, vv, precision="float64", **kw)
+        lse64 = softmax_attention(q_rows, kk, vv, return_lse=True, **kw)[1]
+        finite = np.isfinite(lse64)
+        stored_lse = np.asarray(ref["lse"][..., a:b])
+        if not np.array_equal(np.isfinite(stored_lse), finite) or not np.array_equal(stored_lse[~finite],
+                                                                                       lse64[~finite]):
+            raise InputError(f"reference: lse rows {a}..{b - 1} differ from the oracle's where a row sees no key")
+        lse_check = compare(stored_lse[finite], lse64[finite], lse64[finite], precision="float64")
+        for check, name in ((out_check, "out"), (lse_check, "lse")):
+            if not check.passed:
+                raise InputError(f"reference: {name} rows {a}..{b - 1} differ from the oracle's computed again: "
+                                 f"{check.summary()}")
+            worst = max(worst, check.error / check.bound if check.bound > 0 else 0.0)
+    return {"blocks": chosen, "seed": seed, "worst": worst}
+
+
+def _prepare(path, meta, overwrite):
+    """Make ``path`` ready for ``meta``'s job: resume an unfinished folder of the same job, start a new
+    one, or (``overwrite``) empty a refattn reference folder. Never deletes a folder that is not one."""
+    if path.is_symlink():
+        raise InputError(f"out: {str(path)!r} is a symbolic link; give the folder itself")
+    if path.exists() and not path.is_dir():
+        raise InputError(f"out: {str(path)!r} exists and is not a folder")
+    entries = list(path.iterdir()) if path.is_dir() else []
+    if not entries:
+        return []
+    foreign = sorted(e.name for e in entries if e.is_symlink() or not e.is_file() or not _OWN_FILE.fullmatch(e.name))
+    try:
+        old, why = _read_meta(path), None
+    except InputError as exc:
+        old = None
+        why = "no meta.json" if not (path / "meta.json").is_file() else str(exc).removeprefix("reference: ")
+    if old is None or foreign:
+        if foreign:
+            why = f"it holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}, which refattn did not write"
+        raise InputError(f"out: {str(path)!r} is not a refattn reference folder ({why}); refattn replaces only its "
+                         "own folders: choose another --out, or remove it yourself")
+    same = all(old.get(key) == meta[key] for key in ("format", "checksums", "options", "arrays", "shard_bounds"))
+    if same and not old.get("complete") and not overwrite:
+        return _resumable(path, old, meta)
+    if not overwrite:
+        what = "a finished reference of these inputs" if same else "a reference of other inputs or options"
+        raise InputError(f"out: {str(path)!r} exists ({what}); pass overwrite=True (--overwrite) to replace it")
+    for e in entries:
+        e.unlink()
+    return []
+
+
+def _resumable(path, old, meta):
+    """The shards of an unfinished folder that can be kept: all of ``old["done"]`` when every output
+    file is intact (else none: start again), less any backward shard whose partial sums are gone."""
+    for name in meta["arrays"]:
+        try:
+            _output(path, name, meta)
+        except InputError:
+            return []
+    done = []
+    for i in old["done"]:
+        parts = [path / f"{n}.part{i}.npy" for n in ("dk", "dv")] if "dk" in meta["arrays"] else []
+        try:
+            for p in parts:
+                npy_header(p, p.name)
+        except InputError:
+            continue
+        done.append(i)
+    return done
 
 
 def reference(q, k, v, *, out, causal=False, mask=None, bias=None, key_lengths=None, scale=None, dout=None,
@@ -354,7 +587,11 @@ def reference(q, k, v, *, out, causal=False, mask=None, bias=None, key_lengths=N
         from refattn._validation import check_scale
 
         scale = check_scale(scale, q.shape[-1])
-    lengths = None if key_lengths is None else np.asarray(key_lengths)
+    if mask is not None:
+        mask = as_mask(mask)
+    if bias is not None:
+        bias = input_array(bias, "bias")
+    lengths = None if key_lengths is None else as_key_lengths(key_lengths, S)
     opts = {"T": T, "causal": causal, "scale": scale, "key_lengths": lengths, "implementation": "numba"}
     checksums = {name: checksum(x) for x, name in ((q, "q"), (k, "k"), (v, "v"), (dout, "dout")) if x is not None}
     options = {"causal": causal, "scale": scale, "shard": shard, "backward": dout is not None,
@@ -368,24 +605,14 @@ def reference(q, k, v, *, out, causal=False, mask=None, bias=None, key_lengths=N
         arrays.update(dq=batch + (T, H), dk=batch + (S, H), dv=batch + (S, Hv))
     path = Path(out)
     meta = {"format": _FORMAT, "refattn": __version__, "checksums": checksums, "options": options,
-            "n_shards": len(shards), "shard_bounds": shards, "arrays": {n: list(s) for n, s in arrays.items()},
-            "done": []}
-    if path.exists():
-        old = json.loads((path / "meta.json").read_text()) if (path / "meta.json").is_file() else None
-        same = old is not None and all(old.get(key) == meta[key] for key in ("checksums", "options", "arrays"))
-        if old is not None and same and len(old["done"]) < old["n_shards"] and not overwrite:
-            meta["done"] = old["done"]  # resume
-        elif not overwrite:
-            what = "a finished reference" if same else "another folder or reference"
-            raise InputError(f"out: {str(path)!r} exists ({what}); pass overwrite=True (--overwrite) to replace it")
-        else:
-            shutil.rmtree(path)
-    resume = bool(meta["done"])
+            "n_shards": len(shards), "shard_bounds": [list(b) for b in shards],
+            "arrays": {n: list(s) for n, s in arrays.items()}, "done": [], "complete": False}
+    meta["done"] = _prepare(path, meta, overwrite)
     path.mkdir(parents=True, exist_ok=True)
-    if not resume:
+    if not meta["done"]:
+        _write_meta(path, meta)  # first: a folder interrupted while its files are made is still ours
         for name, shp in arrays.items():
-            _open(path, name, shp).flush()
-        _write_meta(path, meta)
+            _open(path, name, shp)
     todo = [i for i in range(len(shards)) if i not in set(meta["done"])]
 
     def rows(x, a, b):
@@ -410,8 +637,8 @@ def reference(q, k, v, *, out, causal=False, mask=None, bias=None, key_lengths=N
             mq = np.load(path / "dq.npy", mmap_mode="r+")
             mq[..., a:b, :] = dq
             mq.flush()
-            np.save(path / f"dk.part{i}.npy", dk)  # partial sums, added in shard order at the end
-            np.save(path / f"dv.part{i}.npy", dv)
+            _save(path / f"dk.part{i}.npy", dk)  # partial sums, added in shard order at the end
+            _save(path / f"dv.part{i}.npy", dv)
         meta["done"] = sorted(set(meta["done"]) | {i})
         _write_meta(path, meta)
 
@@ -441,24 +668,27 @@ def reference(q, k, v, *, out, causal=False, mask=None, bias=None, key_lengths=N
         bar.close()
     if dout is not None:
         _reduce_partials(path, shards, batch, S, H, Hv)
-    return Reference(path, json.loads((path / "meta.json").read_text()))
+    # completion last: every output written, reduced and checksummed; a kill before this line leaves
+    # an unfinished folder that the same command resumes
+    meta["outputs"] = {name: checksum(_output(path, name, meta)) for name in arrays}
+    meta["complete"] = True
+    _write_meta(path, meta)
+    for f in path.glob("d[kv].part*.npy"):
+        f.unlink()
+    return Reference(path, _read_meta(path))
 
 
 def _reduce_partials(path, shards, batch, S, H, Hv):
-    """``dk``, ``dv``: the shards' partial sums added in shard order (the same bits whatever finished first)."""
+    """``dk``, ``dv``: the shards' partial sums added in shard order (the same bits whatever finished
+    first). The partial files stay until the folder is marked complete, so a kill here reduces again."""
     for name, width in (("dk", H), ("dv", Hv)):
         total = np.zeros(batch + (S, width))
         for i in range(len(shards)):
-            part_file = path / f"{name}.part{i}.npy"
-            if not part_file.is_file():
-                return  # an older run already reduced them (a finished folder)
-            part = np.load(part_file)
+            part = np.load(path / f"{name}.part{i}.npy", allow_pickle=False)
             total[..., :part.shape[-2], :] += part
         m = np.load(path / f"{name}.npy", mmap_mode="r+")
         m[...] = total
         m.flush()
-    for f in path.glob("d[kv].part*.npy"):
-        f.unlink()
 
 
 # ----------------------------------------------------------------------------- sweeps over seeds

@@ -49,7 +49,7 @@ from refattn._validation import (
 )
 
 __all__ = ["AttentionProblem", "attention_problem", "score_problem", "sum_to_shape", "causal_alignment", "causal_mask",
-           "causal_offset", "window_mask", "alibi_bias", "CAUSAL_ALIGNMENTS"]
+           "causal_offset", "window_mask", "alibi_bias", "as_mask", "as_key_lengths", "CAUSAL_ALIGNMENTS"]
 
 CAUSAL_ALIGNMENTS = ("bottom_right", "top_left")
 
@@ -141,6 +141,28 @@ def _as_pair_array(a, name, T, S):
     if not ok:
         raise InputError(f"{name}: shape {a.shape} does not broadcast to (..., T, S) = (..., {T}, {S})")
     return a
+
+
+def as_mask(mask, name: str = "mask") -> np.ndarray:
+    """``mask`` as a boolean array (True = may attend), or a TypeError naming ``name``: a float or
+    integer mask is refused, not cast (is 0.5 "may attend"?)."""
+    mask = np.asarray(mask)
+    if mask.dtype != np.bool_:
+        raise InputTypeError(f"{name}: expected a boolean array (True = may attend), got dtype {mask.dtype}")
+    return mask
+
+
+def as_key_lengths(key_lengths, S: int, name: str = "key_lengths") -> np.ndarray:
+    """``key_lengths`` as int64 with every entry in ``[0, S]``, or an error naming ``name``: floats
+    (3.7 keys?) and bools are refused, not cast, and lengths past ``S`` are not clamped."""
+    S = check_positive_int(S, "S", minimum=0)
+    key_lengths = np.asarray(key_lengths)
+    if key_lengths.dtype == np.bool_ or not np.issubdtype(key_lengths.dtype, np.integer):
+        raise InputTypeError(f"{name}: expected integers, got dtype {key_lengths.dtype}")
+    if key_lengths.size and (int(key_lengths.min()) < 0 or int(key_lengths.max()) > S):
+        raise InputError(f"{name}: every entry must lie in [0, S] = [0, {S}], got [{int(key_lengths.min())}, "
+                         f"{int(key_lengths.max())}]")
+    return key_lengths.astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -260,10 +282,7 @@ def attention_problem(
     named = [("q", q.shape[:-2]), ("k", k.shape[:-2]), ("v", v.shape[:-2])]
 
     if mask is not None:
-        mask = np.asarray(mask)
-        if mask.dtype != np.bool_:
-            raise InputTypeError(f"mask: expected a boolean array (True = may attend), got dtype {mask.dtype}")
-        mask = _as_pair_array(mask, "mask", T, S)
+        mask = _as_pair_array(as_mask(mask), "mask", T, S)
         named.append(("mask", mask.shape[:-2]))
 
     if bias is not None:
@@ -272,12 +291,7 @@ def attention_problem(
         named.append(("bias", bias.shape[:-2]))
 
     if key_lengths is not None:
-        key_lengths = np.asarray(key_lengths)
-        if key_lengths.dtype == np.bool_ or not np.issubdtype(key_lengths.dtype, np.integer):
-            raise InputTypeError(f"key_lengths: expected integers, got dtype {key_lengths.dtype}")
-        if key_lengths.size and (key_lengths.min() < 0 or key_lengths.max() > S):
-            raise InputError(f"key_lengths: every entry must lie in [0, S] = [0, {S}]")
-        key_lengths = key_lengths.astype(np.int64)
+        key_lengths = as_key_lengths(key_lengths, S)
         named.append(("key_lengths", key_lengths.shape))
 
     if window is not None:

@@ -132,6 +132,8 @@ ENTRY_POINTS: dict[str, Entry] = {e.fn: e for e in [
     _e("refattn.problem:causal_offset", {"T": ("int", 5), "S": ("int", 6), "alignment": ("causal", "top_left")}),
     _e("refattn.problem:window_mask", {"T": ("int", 5), "S": ("int", 6), "window": ("window", (1, 1))}),
     _e("refattn.problem:alibi_bias", {"slopes": ("farray", np.array([0.5, 0.25])), "T": ("int", 5), "S": ("int", 6)}),
+    _e("refattn.problem:as_mask", {"mask": ("mask", np.eye(3, 4, dtype=bool))}),
+    _e("refattn.problem:as_key_lengths", {"key_lengths": ("iarray", np.array([3, 6])), "S": ("int", 6)}),
     _e("refattn.problem:sum_to_shape", {"g": ("farray", np.ones((2, 5, 6))), "shape": ("shape", (5, 6))}),
     # statistics
     _e("refattn.stats:z_test_mean", {"samples": ("farray", SAMPLES), "truth": ("farray", np.zeros(3))},

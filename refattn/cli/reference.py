@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import time
 
-import numpy as np
-
 from refattn.cli._args import UsageError, positive_float, positive_int
 
 
@@ -34,53 +32,69 @@ def add_parser(sub):
                      help="query rows per task, a multiple of 128 (default 2048)")
     ref.add_argument("--workers", type=positive_int, help="run on a local Dask cluster of this many processes")
     ref.add_argument("--scheduler", metavar="ADDRESS", help="run on the Dask cluster at this scheduler address")
-    ref.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    ref.add_argument("--overwrite", action="store_true", help="replace an existing reference folder (only a folder refattn wrote)")
     ref.add_argument("--verify", action="store_true",
-                     help="do not compute: check that --out was computed from these inputs (exit 1 if not)")
+                     help="do not compute: check that --out was computed from these inputs, that every output "
+                          "file matches the checksum recorded at completion, and recompute --verify-blocks query "
+                          "blocks with the oracle (exit 1 if any fails)")
+    ref.add_argument("--verify-blocks", type=positive_int, default=4, metavar="N",
+                     help="query blocks of 128 rows drawn at random and computed again by --verify (default 4)")
+    ref.add_argument("--seed", type=int, help="the seed of --verify's draw of blocks (default: fresh, printed)")
     ref.add_argument("--json", action="store_true", help="print a JSON summary")
     ref.set_defaults(func=run)
     return ref
 
 
-def _load(path, name, dtype=None):
-    from refattn.distributed import input_array
+def _load(path, name, *, values=False):
+    """An input file: a float array (memory-mapped), or with ``values`` any plain numeric or boolean
+    array, left as stored (a mask must be boolean, key lengths integers: refattn refuses, not casts)."""
+    from refattn.distributed import input_array, open_npy
 
     if path is None:
         return None
-    if dtype is None:
+    if not values:
         return input_array(path, name)
-    try:
-        return np.load(path, allow_pickle=False).astype(dtype)
-    except (ValueError, OSError) as exc:
-        raise UsageError(f"--{name.replace('_', '-')}: {path!r} is not a .npy array file ({exc})") from None
+    from pathlib import Path
+
+    if not Path(path).is_file():
+        raise UsageError(f"--{name.replace('_', '-')}: no such file {path!r}")
+    return open_npy(path, name)
 
 
 def run(args) -> int:
-    from refattn.distributed import DEFAULT_SHARD, cluster, load_reference, reference
+    from refattn.distributed import DEFAULT_SHARD, cluster, reference, verify_reference
 
     q, k, v = _load(args.q, "q"), _load(args.k, "k"), _load(args.v, "v")
     dout = _load(args.backward, "dout")
+    mask, bias = _load(args.mask, "mask", values=True), _load(args.bias, "bias")
+    key_lengths = _load(args.key_lengths, "key_lengths", values=True)
     if args.verify:
         from refattn._validation import InputError
 
         try:
-            ref = load_reference(args.out, q=q, k=k, v=v, dout=dout)
+            found = verify_reference(args.out, q, k, v, dout, mask=mask, bias=bias, blocks=args.verify_blocks,
+                                     seed=args.seed)
         except InputError as exc:
             print(f"refattn reference: NOT VERIFIED: {exc}")
             return 1
-        print(f"refattn reference: verified {args.out}: computed from these inputs by refattn {ref.meta['refattn']}")
+        print(f"refattn reference: verified {args.out}: computed from these inputs, every output matches its "
+              f"checksum, and {len(found['blocks'])} query blocks computed again agree with the oracle (worst "
+              f"error {found['worst']:.2g} of the tolerance; --seed {found['seed']})")
         return 0
     t0 = time.perf_counter()
-    with cluster(args.scheduler, args.workers) as client:
-        ref = reference(q, k, v, out=args.out, causal=args.causal or False, mask=_load(args.mask, "mask", bool),
-                        bias=_load(args.bias, "bias", np.float64),
-                        key_lengths=_load(args.key_lengths, "key_lengths", np.int64), scale=args.scale, dout=dout,
-                        shard=args.shard or DEFAULT_SHARD, client=client, overwrite=args.overwrite)
+    try:
+        with cluster(args.scheduler, args.workers) as client:
+            ref = reference(q, k, v, out=args.out, causal=args.causal or False, mask=mask, bias=bias,
+                            key_lengths=key_lengths, scale=args.scale, dout=dout,
+                            shard=args.shard or DEFAULT_SHARD, client=client, overwrite=args.overwrite)
+    except OSError as exc:
+        raise UsageError(f"--out: cannot write {args.out!r} ({exc.strerror or exc}); the folder resumes when "
+                         "the same command runs again") from None
     seconds = time.perf_counter() - t0
     summary = {"out": str(ref.path), "arrays": ref.meta["arrays"], "shards": ref.meta["n_shards"],
                "seconds": round(seconds, 3), "where": args.scheduler or (f"LocalCluster({args.workers})"
                                                                          if args.workers else "this process"),
-               "checksums": ref.meta["checksums"], "refattn": ref.meta["refattn"]}
+               "checksums": ref.meta["checksums"], "outputs": ref.meta["outputs"], "refattn": ref.meta["refattn"]}
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
