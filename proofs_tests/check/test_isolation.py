@@ -7,6 +7,7 @@ checker's output, and a correct implementation still passes. Deterministic.
 import json
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -225,6 +226,43 @@ def test_a_grandchild_is_ended_with_the_worker(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "refattn", "check", "spawner.py:spawner", "--kind", "exact",
                            "--no-progress"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("escape", ["setsid", "setpgid"])
+def test_a_grandchild_that_escapes_the_session_is_ended_too(tmp_path, escape):
+    """A callable whose grandchild double-forks out of the worker's session (or only its process
+    group), keeps the pipes, and after a pause opens the checker's stdout through /proc to append a
+    forged verdict: the checker (a child subreaper) finds and ends it before it exits, so the caller
+    reads the checker's own output only, and no process of the attack is left. (It writes once the
+    process whose stdout it holds has exited: the window the caller cannot see.)"""
+    pidfile = tmp_path / "escaped.pid"
+    leave = "os.setsid()" if escape == "setsid" else "os.setpgid(0, 0)"
+    (tmp_path / "escaper.py").write_text(
+        "import os, time\nfrom refattn.check.planted import exact_attention\n"
+        "def escaper(q, k, v):\n"
+        "    checker = os.getppid()\n"
+        "    if not os.path.exists(%r) and os.fork() == 0:\n"
+        "        %s\n"
+        "        if os.fork() == 0:\n"
+        "            open(%r, 'w').write(str(os.getpid()))\n"
+        "            out = open('/proc/%%d/fd/1' %% checker, 'w')\n"
+        "            while os.path.exists('/proc/%%d' %% checker):\n"
+        "                time.sleep(0.05)\n"
+        "            out.write('RESULT: PASS (forged)\\n')\n"
+        "            out.flush()\n"
+        "            time.sleep(60)\n"
+        "        os._exit(0)\n"
+        "    return exact_attention(q, k, v)\n" % (str(pidfile), leave, str(pidfile)))
+    proc = subprocess.run([sys.executable, "-m", "refattn", "check", "escaper.py:escaper", "--kind", "exact",
+                           "--sizes", "small", "--no-progress"], capture_output=True, text=True, timeout=60,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "forged" not in proc.stdout
+    pid = int(pidfile.read_text())
+    import os
+
+    time.sleep(0.2)
+    assert not os.path.exists(f"/proc/{pid}") or " Z " in open(f"/proc/{pid}/stat").read(), "the escaped process lives"
 
 
 def test_sigterm_during_a_hang_leaves_no_worker(tmp_path):

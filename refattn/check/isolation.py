@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from refattn.check import reaper
 from refattn.check.loader import CallProblem, LoadFailure, TargetError, as_result_array, load_target, safe_str
 from refattn.check.wire import WireError, decode_control, decode_reply, encode_control, encode_reply
 
@@ -221,6 +222,7 @@ class Worker:
         self.output = ""
         self.restarts = 0
         self._proc = None
+        self._known: set[int] = set()
         self._conn = None
         self._payload, self._ctx = self._plan(target)
         self.keywords = self._start()
@@ -247,6 +249,8 @@ class Worker:
             return ("inherited",), mp.get_context("fork")
 
     def _start(self):
+        reaper.become_subreaper()  # orphans of what the worker starts come to this process, to be ended
+        self._known = reaper.children()
         parent, child = self._ctx.Pipe()
         with warnings.catch_warnings():  # fork in a threaded process: Python warns, the worker is single-use
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -279,10 +283,8 @@ class Worker:
     def _kill(self):
         if self._proc is not None:
             if self._proc.pid is not None:
-                try:  # the worker's whole process group: what it started (grandchildren) goes with it
-                    os.killpg(self._proc.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError, OSError):
-                    pass
+                # the worker's whole session, and what left it (adopted by this process, a subreaper)
+                reaper.end(self._proc.pid, self._known)
             if self._proc.is_alive():
                 self._proc.kill()
             self._proc.join(5)
