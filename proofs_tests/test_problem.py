@@ -86,3 +86,15 @@ def test_causal_alignment_names(causal, expected):
     from refattn.problem import causal_alignment
 
     assert causal_alignment(causal) == expected
+
+
+def test_a_huge_bias_or_alibi_slope_is_named_in_the_logit_range_error():
+    from refattn.problem import attention_problem
+
+    q = np.ones((2, 3))
+    with pytest.raises(ValueError, match="^bias: entries up to 1e"):
+        attention_problem(q, q, q, bias=np.full((2, 2), 1e305))
+    with pytest.raises(ValueError, match="^alibi_slopes: entries up to"):
+        attention_problem(q, q, q, alibi_slopes=np.array([1e304]))
+    with pytest.raises(ValueError, match="^q, k, scale: logits could reach"):
+        attention_problem(q * 1e160, q * 1e160, q, bias=np.ones((2, 2)))

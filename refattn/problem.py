@@ -311,7 +311,9 @@ def attention_problem(
         softcap = softcap or None
 
     batch_shape = tuple(_broadcast(named))
-    check_logit_range(q, k, scale, bias)
+    given_bias = any(name == "bias" for name, _ in named)
+    check_logit_range(q, k, scale, bias, ", ".join(
+        n for n, given in (("bias", given_bias), ("alibi_slopes", alibi_slopes is not None)) if given) or "bias")
     return AttentionProblem(q, k, v, scale, alignment, mask, bias, key_lengths, batch_shape, softcap)
 
 
@@ -320,20 +322,26 @@ def attention_problem(
 LOGIT_LIMIT = 1e300
 
 
-def check_logit_range(q, k, scale, bias):
+def check_logit_range(q, k, scale, bias, bias_name="bias"):
     """Refuse inputs whose logits could overflow float64: ``s H max|q| max|k| (+ max|bias|)`` bounds
-    every ``|s q.k + b|`` (a sufficient condition, so no overflow can reach a kernel)."""
+    every ``|s q.k + b|`` (a sufficient condition, so no overflow can reach a kernel). The error
+    names what pushed the bound past the limit: ``q, k, scale``, or the bias (``bias_name``)."""
     if not (q.size and k.size):
         return
     qmax, kmax = float(np.max(np.abs(q))), float(np.max(np.abs(k)))
     with np.errstate(over="ignore"):
-        bound = scale * q.shape[-1] * qmax * kmax
+        products = scale * q.shape[-1] * qmax * kmax
+        largest = 0.0
         if bias is not None and bias.size:
             finite = np.isfinite(bias)
-            bound = bound + (float(np.max(np.abs(bias[finite]))) if finite.any() else 0.0)
-    if not bound <= LOGIT_LIMIT:
-        raise InputError(f"q, k, scale: logits could reach {bound:.3g} (scale * H * max|q| * max|k|), beyond the "
+            largest = float(np.max(np.abs(bias[finite]))) if finite.any() else 0.0
+        bound = products + largest
+    if not products <= LOGIT_LIMIT:
+        raise InputError(f"q, k, scale: logits could reach {products:.3g} (scale * H * max|q| * max|k|), beyond the "
                          f"{LOGIT_LIMIT:g} refattn can exponentiate safely; rescale the inputs")
+    if not bound <= LOGIT_LIMIT:
+        raise InputError(f"{bias_name}: entries up to {largest:.3g} make the logits reach {bound:.3g}, beyond the "
+                         f"{LOGIT_LIMIT:g} refattn can exponentiate safely")
 
 
 def window_mask(T: int, S: int, window) -> np.ndarray:

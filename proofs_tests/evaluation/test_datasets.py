@@ -174,3 +174,31 @@ def test_load_qkv_bad_files(tmp_path):
     obj[:] = [np.ones(2), np.ones(3)]
     with pytest.raises(ValueError, match="object array"):
         load_qkv(_npz(tmp_path, "obj.npz", q=obj, k=np.ones((3, 2)), v=np.ones((3, 2))))
+
+
+def _npz_with_member(path, name, header_shape, data, *, compress=False):
+    """An .npz whose member ``name`` has a header declaring ``header_shape`` float64 and ``data`` bytes."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f8", "fortran_order": False, "shape": header_shape})
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED) as z:
+        z.writestr(f"{name}.npy", buf.getvalue() + data)
+        for other in {"q", "k", "v"} - {name}:
+            member = io.BytesIO()
+            np.save(member, np.ones((4, 2)))
+            z.writestr(f"{other}.npy", member.getvalue())
+    return path
+
+
+def test_a_member_whose_header_lies_or_that_inflates_past_the_limit_is_refused(tmp_path):
+    """A header that declares a shape its bytes do not hold is named as such (not "an object
+    array"); one that declares more than the limit is refused before a byte is inflated."""
+    lying = _npz_with_member(tmp_path / "lying.npz", "q", (4, 2), b"\0" * 16)
+    with pytest.raises(ValueError, match=r"q's header declares \(4, 2\) float64 \(64 bytes\) but the archive stores 16"):
+        load_qkv(lying)
+    bomb = _npz_with_member(tmp_path / "bomb.npz", "k", (2**20, 2**10), b"\0" * (1 << 20), compress=True)
+    assert bomb.stat().st_size < 100_000  # a small file...
+    with pytest.raises(ValueError, match=r"k declares \(1048576, 1024\) float64 .* more than the"):
+        load_qkv(bomb)  # ...refused from its header: 8 GiB are never allocated

@@ -105,10 +105,11 @@ def load_qkv(path, *, name=None) -> AttentionData:
             raise InputError(f"{source}: missing array(s) {', '.join(missing)} (found: {', '.join(archive.files) or 'none'})")
         arrays = {}
         for n in ("q", "k", "v"):
+            _check_member(archive, n, source)
             try:
                 arrays[n] = archive[n]
-            except ValueError:  # object arrays need pickles, which are disabled
-                raise InputError(f"{source}: {n} is an object array (pickles are disabled)") from None
+            except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+                raise InputError(f"{source}: {n} could not be read ({type(exc).__name__}: {exc})") from None
         extra = {}
         for n in ("provenance", "tokens"):
             if n in archive.files:
@@ -119,6 +120,35 @@ def load_qkv(path, *, name=None) -> AttentionData:
     q, k, v = (as_float_array(arrays[n], f"{source}: {n}").astype(np.float64) for n in ("q", "k", "v"))
     q, k, v, heads = _flatten_heads(q, k, v, source)
     return AttentionData(name or p.name, q, k, v, heads, extra.get("provenance", []), extra.get("tokens", []))
+
+
+#: The largest array ``load_qkv`` reads (bytes, uncompressed): the report computes dense attention
+#: per head, so inputs past this are not what it is for, and a compressed archive cannot make it
+#: allocate more (a "deflate bomb").
+MAX_ARRAY_BYTES = 1 << 31
+
+
+def _check_member(archive, n, source):
+    """Refuse a member of an ``.npz`` before reading it: an object dtype (pickles are disabled), a
+    header whose shape does not match the bytes stored, or more than ``MAX_ARRAY_BYTES``."""
+    try:
+        info = archive.zip.getinfo(f"{n}.npy")
+        with archive.zip.open(info) as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(f, max_header_size=10_000)
+            header = f.tell()
+    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise InputError(f"{source}: {n} has no readable .npy header ({type(exc).__name__})") from None
+    if dtype.hasobject:
+        raise InputError(f"{source}: {n} is an object array (pickles are disabled)")
+    declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if declared > MAX_ARRAY_BYTES:
+        raise InputError(f"{source}: {n} declares {tuple(shape)} {dtype} ({declared} bytes), more than the "
+                         f"{MAX_ARRAY_BYTES} bytes refattn report reads")
+    if header + declared != info.file_size:
+        raise InputError(f"{source}: {n}'s header declares {tuple(shape)} {dtype} ({declared} bytes) but the "
+                         f"archive stores {info.file_size - header} bytes for it (truncated or corrupt)")
 
 
 def embedded_attention() -> AttentionData:
