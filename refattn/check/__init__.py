@@ -60,7 +60,8 @@ def check(target, kind, *, method="positive", projection=None, m=None, A=None, f
           progress=False, isolate=True, timeout=DEFAULT_TIMEOUT, memory_limit="auto",
           precision="float64", layout="TH", gqa=False, self_attention=False, equal_head_dims=False,
           rounds=None, max_bias=DEFAULT_MAX_BIAS, max_variance_ratio=DEFAULT_MAX_VARIANCE_RATIO, sizes=DEFAULT_SIZES,
-          head_dims=DEFAULT_HEAD_DIMS, empty_rows="zeros", probe_head_dims=False) -> CheckReport:
+          head_dims=DEFAULT_HEAD_DIMS, empty_rows="zeros", probe_head_dims=False, determinism=False,
+          batch_invariance=False) -> CheckReport:
     """Check the callable ``target`` (a callable, ``"pkg.mod:fn"`` or ``"path/file.py:fn"``).
 
     ``target`` is imported and executed as code, with the rights of the user who runs the check:
@@ -124,6 +125,10 @@ def check(target, kind, *, method="positive", projection=None, m=None, A=None, f
     probe_head_dims : bool
         A tile case whose head dim the callable rejects by raising is reported as unsupported (a
         skip), not as a failure.
+    determinism, batch_invariance : bool
+        The exact kind also checks bits ([`refattn.check.repeatable`][refattn.check.repeatable]): three calls
+        on the same inputs agree, and a batch item's output does not depend on the rest of the batch,
+        its position or the batch size.
     max_bias, max_variance_ratio : float
         The defects a statistical PASS must have been able to detect, with probability 0.99 at its
         share of ``alpha``: a relative bias (default 1%, the pooled bias checks) and a variance
@@ -195,6 +200,10 @@ def check(target, kind, *, method="positive", projection=None, m=None, A=None, f
     if empty_rows not in EMPTY_ROWS:
         raise InputError(f"empty_rows: expected one of {EMPTY_ROWS}, got {empty_rows!r}")
     probe_head_dims = check_bool(probe_head_dims, "probe_head_dims")
+    determinism, batch_invariance = check_bool(determinism, "determinism"), check_bool(batch_invariance,
+                                                                                        "batch_invariance")
+    if (determinism or batch_invariance) and kind != "exact":
+        raise InputError(f"determinism, batch_invariance: bit-level checks of --kind exact, not {kind!r}")
     if rounds is not None and kind != "hash":
         raise InputError(f"rounds: a multi-round claim applies to --kind hash, not {kind!r}")
     if kind == "hash":
@@ -217,7 +226,8 @@ def check(target, kind, *, method="positive", projection=None, m=None, A=None, f
                               memory_limit=memory_limit, precision=precision, layout=layout, gqa=gqa,
                               self_attention=self_attention, equal_head_dims=equal_head_dims, rounds=rounds,
                               max_bias=max_bias, max_variance_ratio=max_variance_ratio, sizes=sizes,
-                              head_dims=head_dims, empty_rows=empty_rows, probe_head_dims=probe_head_dims)
+                              head_dims=head_dims, empty_rows=empty_rows, probe_head_dims=probe_head_dims,
+                              determinism=determinism, batch_invariance=batch_invariance)
     start = time.perf_counter()
     worker = None
     try:
@@ -238,7 +248,8 @@ def check(target, kind, *, method="positive", projection=None, m=None, A=None, f
         _dispatch(run, kind, method=method, projection=projection, m=m, A=A, family=family, bits=bits,
                   buckets=buckets, width=width, alignment=alignment, precision=precision, layout=layout, gqa=gqa,
                   self_attention=self_attention, equal_head_dims=equal_head_dims, rounds=rounds, sizes=sizes,
-                  head_dims=head_dims, empty_rows=empty_rows, probe_head_dims=probe_head_dims)
+                  head_dims=head_dims, empty_rows=empty_rows, probe_head_dims=probe_head_dims,
+                  determinism=determinism, batch_invariance=batch_invariance)
     finally:
         if worker is not None:
             worker.close()
@@ -254,7 +265,7 @@ def _command(target, kind, *, method, projection, m, A, family, bits, buckets, w
              n_draws, budget, isolate, timeout, memory_limit, precision, layout="TH", gqa=False,
              self_attention=False, equal_head_dims=False, rounds=None, max_bias=DEFAULT_MAX_BIAS,
              max_variance_ratio=DEFAULT_MAX_VARIANCE_RATIO, sizes=DEFAULT_SIZES, head_dims=DEFAULT_HEAD_DIMS,
-             empty_rows="zeros", probe_head_dims=False):
+             empty_rows="zeros", probe_head_dims=False, determinism=False, batch_invariance=False):
     """The ``refattn check`` command line that reruns this check: every option that shapes it."""
     flags = [f"--kind {kind}"]
     if kind in ("exact", "backward"):
@@ -264,6 +275,7 @@ def _command(target, kind, *, method, projection, m, A, family, bits, buckets, w
         flags += ["--equal-head-dims"] if equal_head_dims else []
         flags += [f"--sizes {sizes}", f"--head-dims {','.join(str(h) for h in head_dims)}"]
         flags += ([f"--empty-rows {empty_rows}"] if kind == "exact" else []) + (["--probe-head-dims"] if probe_head_dims else [])
+        flags += (["--determinism"] if determinism else []) + (["--batch-invariance"] if batch_invariance else [])
     if kind in ("kernel", "attention"):
         flags += [f"--method {method}", f"--projection {projection or 'orthogonal'}"]
         if m is not None or kind == "attention":
@@ -320,11 +332,13 @@ def _head_dims(head_dims):
 
 
 def _dispatch(run, kind, *, method, projection, m, A, family, bits, buckets, width, alignment, precision, layout,
-              gqa, self_attention, equal_head_dims, rounds, sizes, head_dims, empty_rows, probe_head_dims):
+              gqa, self_attention, equal_head_dims, rounds, sizes, head_dims, empty_rows, probe_head_dims,
+              determinism=False, batch_invariance=False):
     if kind == "exact":
         check_exact(run, alignment=alignment, precision=precision, layout=layout, gqa=gqa,
                     self_attention=self_attention, equal_head_dims=equal_head_dims, sizes=sizes,
-                    head_dims=head_dims, empty_rows=empty_rows, probe_head_dims=probe_head_dims)
+                    head_dims=head_dims, empty_rows=empty_rows, probe_head_dims=probe_head_dims,
+                    determinism=determinism, batch_invariance=batch_invariance)
     elif kind == "backward":
         check_backward(run, alignment=alignment, precision=precision, layout=layout, equal_head_dims=equal_head_dims,
                        gqa=gqa, sizes=sizes, head_dims=head_dims, probe_head_dims=probe_head_dims)

@@ -38,6 +38,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from refattn._validation import InputError
+from refattn.check import repeatable
 from refattn.check.verdict import Verdict
 from refattn.exact import softmax_attention
 from refattn.precision import as_dtype, as_precision, eps, largest, kernel_reference, round_to
@@ -312,7 +313,7 @@ def _poisoned(a, pad, value):
 
 def check_exact(run, *, alignment="bottom_right", precision="float64", layout="TH", gqa=False,
                 self_attention=False, equal_head_dims=False, sizes=DEFAULT_SIZES, head_dims=DEFAULT_HEAD_DIMS,
-                empty_rows="zeros", probe_head_dims=False):
+                empty_rows="zeros", probe_head_dims=False, determinism=False, batch_invariance=False):
     """Run the grid on ``run.fn``; one verdict per case. ``precision``: the claimed compute precision;
     ``layout``: how the callable takes its arrays; ``gqa``: ``k``, ``v`` have fewer heads than ``q``
     (``KV_HEADS`` of ``HEADS``); ``self_attention``: the callable takes ``T = S`` only;
@@ -322,7 +323,9 @@ def check_exact(run, *, alignment="bottom_right", precision="float64", layout="T
     the callable rejects by raising is reported as unsupported (skipped), not failed.
 
     Where the callable takes ``key_lengths``, the padded keys and values it is given are NaN, then
-    (a second pass) huge finite numbers: a kernel that reads past the valid length fails, diagnosed."""
+    (a second pass) huge finite numbers: a kernel that reads past the valid length fails, diagnosed.
+    ``determinism``, ``batch_invariance``: also the bit-level checks of
+    [`refattn.check.repeatable`][refattn.check.repeatable]."""
     if alignment not in ("bottom_right", "top_left"):
         raise InputError(f"alignment: expected 'bottom_right' or 'top_left', got {alignment!r}")
     if layout not in LAYOUTS:
@@ -379,6 +382,13 @@ def check_exact(run, *, alignment="bottom_right", precision="float64", layout="T
             run.add(outcome)
         else:
             _problem(run, case, outcome, batched=layout == "TH", probe=probe_head_dims)
+    bits = dict(layout=layout, heads=HEADS if layout in ("BNTH", "BTNH") else 1, call_kw={},
+                dtype=np.float64 if precision == "float64" else np.float32 if precision == "bfloat16"
+                else as_dtype(precision), to_layout=_to_layout, from_layout=_from_layout)
+    if determinism:
+        repeatable.check_determinism(run, np.random.default_rng([run.report.seed, 5]), **bits)
+    if batch_invariance:
+        repeatable.check_batch_invariance(run, np.random.default_rng([run.report.seed, 6]), **bits)
 
 
 def _run_case(run, case, q, k, v, kw, call_kw, layout, group, alignment, precision, empty_rows, *, k_call, v_call):

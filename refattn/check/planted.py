@@ -26,7 +26,7 @@ from refattn.performer.projections import gaussian_projection, orthogonal_projec
 from refattn.problem import causal_mask
 from refattn.theory import favorpp_optimal_A, favorpp_phi
 
-__all__ = ["Planted", "CATALOGUE", "CORRECT", "measure", "exact_attention", "attention_grads", "kernel_estimator",
+__all__ = ["Planted", "CATALOGUE", "CORRECT", "measure", "exact_attention", "key_order_attention", "attention_grads", "kernel_estimator",
            "performer_estimator",
            "projection_sampler", "simhash_bits", "features_kernel", "favorpp_kernel"]
 
@@ -55,6 +55,24 @@ def exact_attention(q, k, v, causal=False, mask=None, *, scale_power=0.5, alignm
     den = p.sum(axis=axis, keepdims=True)
     p = np.where(den > 0, p / np.where(den > 0, den, 1), 0)
     return p @ v
+
+
+def key_order_attention(q, k, v, causal=False, mask=None, *, order="fixed"):
+    """Exact attention summed over the keys in a planted order (each is accurate; only the bits move):
+    ``"fixed"`` (one order: correct, deterministic, batch invariant), ``"random"`` (a new order every
+    call, as a split-KV combine that adds splits in completion order) or ``"batch"`` (the order
+    shifted by the batch size, as a kernel that picks its tiling from the batch)."""
+    T, S = q.shape[-2], k.shape[-2]
+    allowed = causal_mask(T, S) if causal else np.ones((T, S), dtype=bool)
+    if mask is not None:
+        allowed = allowed & mask
+    if order == "random":
+        perm = np.random.default_rng().permutation(S)  # fresh entropy: the defect is that it differs
+    elif order == "batch":
+        perm = np.roll(np.arange(S), q.shape[0] if q.ndim > 2 else 1)
+    else:
+        perm = np.arange(S)[::-1]
+    return exact_attention(q, k[..., perm, :], v[..., perm, :], mask=allowed[:, perm])
 
 
 def attention_grads(q, k, v, dout, causal=False, mask=None, *, with_delta=True, scaled=True, normalised_dv=True,
@@ -216,6 +234,8 @@ _A = {"method": "positive", "projection": "orthogonal", "m": 64}
 
 CORRECT = {
     "exact attention": Planted(exact_attention, "exact"),
+    "exact attention, keys in reverse order": Planted(key_order_attention, "exact",
+                                                      {"determinism": True, "batch_invariance": True}),
     "attention backward": Planted(attention_grads, "backward"),
     "FAVOR+ kernel (orthogonal)": Planted(kernel_estimator, "kernel", _K),
     "FAVOR+ kernel (iid)": Planted(partial(kernel_estimator, projection="gaussian"), "kernel",
@@ -248,6 +268,12 @@ CATALOGUE = {
                                        fails="logits far apart", bug="exp without subtracting the row max"),
     "softmax over the wrong axis": Planted(partial(exact_attention, axis=-2), "exact", fails="T != S",
                                            bug="softmax normalised over queries"),
+    "keys summed in a new order each call": Planted(partial(key_order_attention, order="random"), "exact",
+                                                    {"determinism": True}, fails="determinism",
+                                                    bug="a split-KV combine that adds splits in completion order"),
+    "key order from the batch size": Planted(partial(key_order_attention, order="batch"), "exact",
+                                             {"batch_invariance": True}, fails="batch invariance",
+                                             bug="tiling (the key order) chosen from the batch size"),
     # attention backward (deterministic)
     "backward without rowsum(dO * O)": Planted(partial(attention_grads, with_delta=False), "backward", fails="T != S",
                                                bug="the delta term of dS left out"),

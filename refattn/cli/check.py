@@ -48,6 +48,11 @@ def add_parser(sub):
     ck.add_argument("--empty-rows", default="zeros", choices=("zeros", "nan", "any"),
                     help="what rows that see no key must be (exact): zeros (default, flash-attn and torch SDPA), "
                          "nan, or any (not judged)")
+    ck.add_argument("--determinism", action="store_true",
+                    help="also check bits (exact): three calls on the same inputs give the same output")
+    ck.add_argument("--batch-invariance", action="store_true",
+                    help="also check bits (exact): a batch item's output does not depend on the rest of the batch, "
+                         "its position or the batch size")
     ck.add_argument("--alignment", default="bottom_right", choices=("bottom_right", "top_left"),
                     help="what causal=True means for the callable (exact, backward)")
     ck.add_argument("--alpha", type=probability, default=1e-3, help="family-wise false-alarm probability")
@@ -97,7 +102,8 @@ def run(args) -> int:
                    layout=args.layout, gqa=args.gqa, self_attention=args.self_attention,
                    equal_head_dims=args.equal_head_dims, rounds=args.rounds, max_bias=args.max_bias,
                    max_variance_ratio=args.max_variance_ratio, sizes=args.sizes, head_dims=args.head_dims,
-                   empty_rows=args.empty_rows, probe_head_dims=args.probe_head_dims,
+                   empty_rows=args.empty_rows, probe_head_dims=args.probe_head_dims, determinism=args.determinism,
+                   batch_invariance=args.batch_invariance,
                    memory_limit="auto" if args.memory_limit is None else args.memory_limit * 2.0**30)
     if (args.workers or args.scheduler) and not args.calibrate:
         raise UsageError("--workers/--scheduler: only with --calibrate N (one check runs in one process)")
