@@ -31,7 +31,7 @@ import numpy as np
 
 from refattn._validation import InputError
 from refattn.check.exact import (BATCH, DEFAULT_HEAD_DIMS, DEFAULT_SIZES, HEADS, KV_HEADS, _call_kwargs, _from_layout,
-                                 _inputs, _to_layout, grid)
+                                 _inputs, _to_layout, grid, missing_keyword)
 from refattn.check.verdict import Verdict
 from refattn.exact import attention_backward, attention_probabilities
 from refattn.problem import score_problem
@@ -107,8 +107,8 @@ def check_backward(run, *, alignment="bottom_right", precision="float64", layout
             if case.batch:
                 continue  # leading batch dims: the layout's own axes cover them
             case = replace(case, batch=(BATCH, HEADS) if layout in ("BNTH", "BTNH") else (BATCH, 1))
-        need = "causal" if case.causal else "mask" if case.mask else case.option or None
-        if need and not (takes[need] if need in takes else run.accepts(need)):
+        need = missing_keyword(case, run, takes)
+        if need:
             run.skip(case.name, f"fn takes no {need}= keyword")
             continue
         (q, k, v), kw = _inputs(case, rng)

@@ -84,7 +84,9 @@ CASES = (
     Case("causal T > S", 11, 5, 8, 4, causal=True),
     Case("mask", 7, 9, 8, 4, mask=True),
     Case("sliding window", 12, 12, 8, 4, option="window_size"),
+    Case("causal sliding window", 12, 12, 8, 4, causal=True, option="window_size"),
     Case("softcap", 9, 11, 8, 4, logit_std=8.0, option="softcap"),
+    Case("causal softcap", 9, 11, 8, 4, logit_std=8.0, causal=True, option="softcap"),
     Case("ALiBi", 9, 11, 8, 4, option="alibi_slopes"),
     Case("additive bias", 9, 11, 8, 4, option="bias"),
     Case("key padding", 9, 11, 8, 4, option="key_lengths"),
@@ -104,6 +106,9 @@ TILE_CASES = (
     Case("causal tiles 257 x 129", 257, 129, 64, 64, causal=True, sized=True),
     Case("key padding past a tile, 64 x 193", 64, 193, 64, 64, option="key_lengths", sized=True),
     Case("mask, 129 x 191", 129, 191, 64, 64, mask=True, sized=True),
+    Case("sliding window, 129 x 257", 129, 257, 64, 64, option="window_size", sized=True),
+    Case("causal sliding window, 257 x 257", 257, 257, 64, 64, causal=True, option="window_size", sized=True),
+    Case("causal softcap, 129 x 129", 129, 129, 64, 64, logit_std=8.0, causal=True, option="softcap", sized=True),
 )
 #: One long problem each way (the oracle's streaming kernel makes them cheap).
 LONG_CASES = (
@@ -134,7 +139,17 @@ def grid(sizes=DEFAULT_SIZES, head_dims=DEFAULT_HEAD_DIMS):
 
 #: flash-attn's interface: the keyword a callable takes -> what the case passes it (the oracle's
 #: keyword is the same but for ``window_size``, which is the oracle's ``window``).
-WINDOW, SOFTCAP, ALIBI_SLOPE = (3, 2), 5.0, 0.5
+#: The tile cases' window is wider than a tile's rows, so its band crosses key blocks.
+WINDOW, TILE_WINDOW, SOFTCAP, ALIBI_SLOPE = (3, 2), (96, 32), 5.0, 0.5
+
+
+def missing_keyword(case, run, takes):
+    """The keyword the case needs and ``run.fn`` does not take (``causal``, ``mask``, the case's
+    option), or None: such a case is skipped. ``takes``: the answers already known."""
+    for name in ("causal" if case.causal else "", "mask" if case.mask else "", case.option):
+        if name and not (takes[name] if name in takes else run.accepts(name)):
+            return name
+    return None
 
 
 def _inputs(case, rng, precision="float64"):
@@ -147,7 +162,7 @@ def _inputs(case, rng, precision="float64"):
     v = rng.standard_normal(b + (case.S, case.Hv))
     kw = {}
     if case.option == "window_size":
-        kw["window"] = WINDOW
+        kw["window"] = TILE_WINDOW if case.sized else WINDOW
     elif case.option == "softcap":
         kw["softcap"] = SOFTCAP
     elif case.option == "alibi_slopes":
@@ -345,8 +360,8 @@ def check_exact(run, *, alignment="bottom_right", precision="float64", layout="T
             continue
         if equal_head_dims:
             case = replace(case, Hv=case.H)
-        need = "causal" if case.causal else "mask" if case.mask else case.option or None
-        if need and not (takes[need] if need in takes else run.accepts(need)):
+        need = missing_keyword(case, run, takes)
+        if need:
             run.skip(case.name, f"fn takes no {need}= keyword")
             continue
         if layout != "TH" and case.batch:
