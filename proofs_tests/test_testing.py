@@ -111,6 +111,31 @@ def test_strategy_reaches_the_awkward_cases():
     assert softmax_attention(x.q, x.k, x.v, **x.kwargs).shape[-2] == 0
 
 
+def test_the_tile_profile_crosses_the_tiles_and_finds_a_running_sum_not_rescaled():
+    """``sizes="tiles"`` draws only tile-crossing lengths and the head dims kernels specialise for, and
+    reaches a problem where a blocked online softmax (blocks of 64) that forgets to rescale its
+    running sum fails the rule: a later key block raises the max. The small profile (``S <= 33``,
+    one block) cannot reach one. Deterministic (hypothesis.find)."""
+    from refattn.check.planted import blocked_attention
+    from refattn.problem import attention_problem
+    from refattn.testing import TILE_HEAD_DIMS, TILE_LENGTHS
+
+    def not_rescaled(x):
+        prob = attention_problem(x.q, x.k, x.v, **x.kwargs)
+        allowed = prob.allowed()
+        allowed = np.ones((prob.T, prob.S), bool) if allowed is None else allowed
+        out = blocked_attention(x.q, x.k, x.v, allowed, prob.scale, block=64, rescale=False)
+        return not check_close_to_reference(out.astype(x.q.dtype), x.q, x.k, x.v, **x.kwargs).passed
+
+    strat = attention_inputs(sizes="tiles", dtypes=(np.float64,), max_batch_dims=0, masks=False, causal=False)
+    x = find(strat, lambda x: x.k.shape[-2] > 64)
+    assert {x.q.shape[-2], x.k.shape[-2]} <= set(TILE_LENGTHS) and x.q.shape[-1] in TILE_HEAD_DIMS
+    x = find(strat, not_rescaled)
+    assert x.k.shape[-2] > 64
+    with pytest.raises(ValueError, match="sizes"):
+        attention_inputs(sizes="huge")
+
+
 @given(attention_inputs(logit_std=0.0, masks=False, causal=False))
 def test_strategy_temperature_zero_is_uniform(x):
     """logit_std = 0 draws q = 0: every row of P is exactly uniform."""

@@ -25,6 +25,8 @@ from refattn.tolerance import ToleranceCheck, check_attention_output, compare
 
 __all__ = [
     "ToleranceCheck",
+    "TILE_LENGTHS",
+    "TILE_HEAD_DIMS",
     "tolerance_check",
     "check_close_to_reference",
     "assert_close_to_reference",
@@ -243,10 +245,18 @@ def _kernel_options(fn, names):
     return takes
 
 
+#: The lengths of ``attention_inputs(sizes="tiles")``: 1, and one short of, at and past each
+#: multiple of 64 (the tiles of fused kernels) up to 257.
+TILE_LENGTHS = (1,) + tuple(n for m in range(64, 257, 64) for n in (m - 1, m, m + 1))
+#: Its head dims: the ones fused kernels specialise for.
+TILE_HEAD_DIMS = (16, 32, 64, 96, 128, 192, 256)
+
+
 def attention_inputs(
     *,
-    max_len: int = 33,
-    max_head_dim: int = 17,
+    sizes: str = "small",
+    max_len: int | None = None,
+    max_head_dim: int | None = None,
     max_batch_dims: int = 2,
     dtypes=(np.float64, np.float32, np.float16),
     logit_std=(0.0, 8.0),
@@ -260,10 +270,13 @@ def attention_inputs(
 ):
     """Hypothesis strategy for attention problems ([`AttentionInputs`][refattn.testing.AttentionInputs]).
 
-    Shapes: ``T``, ``S`` in ``[1, max_len]`` (``[0, max_len]`` with ``allow_empty``), head
-    dims in ``[1, max_head_dim]``, 0 to ``max_batch_dims`` leading dims of size 1 to 3 (with
-    size-1 dims that broadcast). Sizes 1 and odd sizes are drawn often (Hypothesis favours
-    boundaries). Values: ``q``, ``k`` Gaussian scaled so that the logits ``s q.k`` have
+    Shapes: ``sizes="small"`` (the default): ``T``, ``S`` in ``[1, max_len]`` (``[0, max_len]``
+    with ``allow_empty``; ``max_len`` 33 unless given), head dims in ``[1, max_head_dim]`` (17);
+    ``sizes="tiles"``: the lengths that cross the 64- and 128-row tiles of fused kernels
+    (`TILE_LENGTHS`: 1 and one short of, at and past each multiple of 64 up to ``max_len``, 257
+    unless given) and head dims from `TILE_HEAD_DIMS` up to ``max_head_dim`` (128), with windows
+    wider than a tile. Then 0 to ``max_batch_dims`` leading dims of size 1 to 3 (with size-1 dims
+    that broadcast). Sizes 1 and odd sizes are drawn often (Hypothesis favours boundaries). Values: ``q``, ``k`` Gaussian scaled so that the logits ``s q.k`` have
     standard deviation ``logit_std`` (a float or a ``(low, high)`` range: a temperature
     control; 0 gives uniform attention, 8 nearly one-hot). With ``masks``: optional boolean
     mask (possibly fully masking rows), key lengths; with ``causal``: an alignment.
@@ -293,9 +306,16 @@ def attention_inputs(
     if layout not in ("BNTH", "BTNH"):
         raise InputError(f"layout: expected 'BNTH' or 'BTNH', got {layout!r}")
     grouped_heads = check_bool(grouped_heads, "grouped_heads")
+    if sizes not in ("small", "tiles"):
+        raise InputError(f"sizes: expected 'small' or 'tiles', got {sizes!r}")
+    tiles = sizes == "tiles"
     # sizes bounded so a drawn problem fits in memory (T * S * H of at most about 2^26 float64s)
-    max_len = check_positive_int(max_len, "max_len", minimum=1, maximum=4096)
-    max_head_dim = check_positive_int(max_head_dim, "max_head_dim", minimum=1, maximum=1024)
+    max_len = check_positive_int((257 if tiles else 33) if max_len is None else max_len, "max_len", minimum=1,
+                                 maximum=4096)
+    max_head_dim = check_positive_int((128 if tiles else 17) if max_head_dim is None else max_head_dim,
+                                      "max_head_dim", minimum=1, maximum=1024)
+    lengths = [n for n in TILE_LENGTHS if n <= max_len] + ([0] if allow_empty else [])
+    head_dims = [h for h in TILE_HEAD_DIMS if h <= max_head_dim] or [max_head_dim]
     max_batch_dims = check_positive_int(max_batch_dims, "max_batch_dims", minimum=0, maximum=4)
     bounds = logit_std if isinstance(logit_std, tuple) else (logit_std,)
     if len(bounds) not in (1, 2):
@@ -311,10 +331,9 @@ def attention_inputs(
 
     @st.composite
     def strategy(draw):
-        T = draw(st.integers(lo_len, max_len))
-        S = draw(st.integers(lo_len, max_len))
-        H = draw(st.integers(1, max_head_dim))
-        Hv = draw(st.integers(1, max_head_dim))
+        length = st.sampled_from(lengths) if tiles else st.integers(lo_len, max_len)
+        head_dim = st.sampled_from(head_dims) if tiles else st.integers(1, max_head_dim)
+        T, S, H, Hv = draw(length), draw(length), draw(head_dim), draw(head_dim)
         nb = 2 if layout == "BTNH" or grouped_heads else draw(st.integers(0, max_batch_dims))
         batch = tuple(draw(st.integers(1, 3)) for _ in range(nb))
         if grouped_heads:  # N query heads, N_kv | N kv heads
@@ -347,7 +366,8 @@ def attention_inputs(
         if masks and takes.get("key_lengths") and draw(st.booleans()):  # per batch item (all heads) in BTNH
             kwargs["key_lengths"] = rng.integers(0, S + 1, size=(batch[0], 1) if layout == "BTNH" else bshape(()))
         if for_kernel is not None and takes.get("window") and draw(st.booleans()):
-            kwargs["window"] = (draw(st.integers(-1, 4)), draw(st.integers(-1, 4)))
+            side = st.integers(-1, 160) if tiles else st.integers(-1, 4)  # wider than a tile: bands cross blocks
+            kwargs["window"] = (draw(side), draw(side))
         if for_kernel is not None and takes.get("softcap") and draw(st.booleans()):
             kwargs["softcap"] = draw(st.sampled_from([5.0, 30.0]))
         if for_kernel is not None and takes.get("bias") and draw(st.booleans()):
