@@ -386,7 +386,8 @@ def forward_error_bound(q, k, v, *, scale=None, causal=False, mask=None, bias=No
     prob = attention_problem(q, k, v, scale=scale, causal=causal, mask=mask, bias=bias, key_lengths=key_lengths,
                              window=window, softcap=softcap, alibi_slopes=alibi_slopes)
     S, H = prob.S, prob.H
-    absdot = prob.scale * np.matmul(np.abs(prob.q), np.swapaxes(np.abs(prob.k), -1, -2))  # (..., T, S)
+    qa, ka = (np.abs(a).astype(np.float64) for a in (prob.q, prob.k))  # the bound in float64, whatever the inputs
+    absdot = prob.scale * np.matmul(qa, np.swapaxes(ka, -1, -2))  # (..., T, S)
     logits = prob.logits()  # (..., T, S), -inf where masked
     visible = logits > -np.inf
     capped = np.zeros(()) if prob.softcap is None else u * absdot + 4 * u * prob.softcap  # (..., T, S)

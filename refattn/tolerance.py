@@ -201,7 +201,7 @@ def backward_allowance(q, k, v, dout, kw, u):
     scale = 1.0 / np.sqrt(H)
     p = attention_probabilities(q, k, **kw)  # (..., T, S)
     absl = scale * np.abs(q) @ np.swapaxes(np.abs(k), -1, -2)  # |s q.k| bounds
-    delta = np.max(np.where(p > 0, gamma(H + 2) * absl, 0.0), axis=-1, keepdims=True)  # (..., T, 1)
+    delta = np.max(np.where(p > 0, gamma(H + 2) * absl, 0.0), axis=-1, keepdims=True, initial=0.0)  # (..., T, 1)
     ep = (np.expm1(2 * delta) + 2 * gamma(S + 2)) * p  # |P^ - P|
     av, ado = np.abs(v), np.abs(dout)
     o = p @ v

@@ -119,7 +119,7 @@ def test_the_rounding_allowance_bounds_two_correct_backwards_and_no_fault():
     for seed in range(20):
         rng = np.random.default_rng([seed, 5])
         for case in CASES:
-            if case.dtype != np.float64 or case.option:
+            if case.dtype != np.float64 or case.option or case.S == 0:  # no keys: no gradient to bound
                 continue
             (q, k, v), kw = _inputs(case, rng)
             dout = rng.standard_normal(case.batch + (case.T, case.Hv))

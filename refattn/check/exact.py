@@ -64,10 +64,13 @@ class Case:
     logit_std: float = 2.0
     #: a flash-attn option the case exercises (run only when the callable takes its keyword)
     option: str = ""
-    #: rows that see no key: a mask that hides every key from two queries (when fn takes mask=)
+    #: rows that see no key: a mask that hides every key from two queries (when fn takes mask=), or
+    #: (with key_lengths) a first batch item of length 0
     empty: bool = False
     #: the head dim comes from the run's --head-dims (the tile and long cases)
     sized: bool = False
+    #: the window of a ``window_size`` case (default: `WINDOW`, `TILE_WINDOW` for the tile cases)
+    window: tuple = ()
 
 
 CASES = (
@@ -84,12 +87,15 @@ CASES = (
     Case("causal T > S", 11, 5, 8, 4, causal=True),
     Case("mask", 7, 9, 8, 4, mask=True),
     Case("sliding window", 12, 12, 8, 4, option="window_size"),
+    Case("window (-1, -1): none", 9, 11, 8, 4, option="window_size", window=(-1, -1)),
     Case("causal sliding window", 12, 12, 8, 4, causal=True, option="window_size"),
     Case("softcap", 9, 11, 8, 4, logit_std=8.0, option="softcap"),
     Case("causal softcap", 9, 11, 8, 4, logit_std=8.0, causal=True, option="softcap"),
     Case("ALiBi", 9, 11, 8, 4, option="alibi_slopes"),
     Case("additive bias", 9, 11, 8, 4, option="bias"),
     Case("key padding", 9, 11, 8, 4, option="key_lengths"),
+    Case("key padding, an empty batch item", 9, 11, 8, 4, batch=(2,), option="key_lengths", empty=True),
+    Case("no keys (S = 0)", 4, 0, 8, 4),
     Case("log-sum-exp", 9, 11, 8, 4, option="return_lse"),
     Case("fully masked rows", 7, 9, 8, 4, mask=True, empty=True),
 )
@@ -109,6 +115,8 @@ TILE_CASES = (
     Case("sliding window, 129 x 257", 129, 257, 64, 64, option="window_size", sized=True),
     Case("causal sliding window, 257 x 257", 257, 257, 64, 64, causal=True, option="window_size", sized=True),
     Case("causal softcap, 129 x 129", 129, 129, 64, 64, logit_std=8.0, causal=True, option="softcap", sized=True),
+    Case("log-sum-exp, 129 x 257", 129, 257, 64, 64, logit_std=4.0, option="return_lse", sized=True),
+    Case("logits far apart, 129 x 257", 129, 257, 64, 64, logit_std=1000.0, sized=True),
 )
 #: One long problem each way (the oracle's streaming kernel makes them cheap).
 LONG_CASES = (
@@ -162,7 +170,7 @@ def _inputs(case, rng, precision="float64"):
     v = rng.standard_normal(b + (case.S, case.Hv))
     kw = {}
     if case.option == "window_size":
-        kw["window"] = TILE_WINDOW if case.sized else WINDOW
+        kw["window"] = case.window or (TILE_WINDOW if case.sized else WINDOW)
     elif case.option == "softcap":
         kw["softcap"] = SOFTCAP
     elif case.option == "alibi_slopes":
@@ -173,6 +181,8 @@ def _inputs(case, rng, precision="float64"):
     elif case.option == "key_lengths":
         length = case.S - 3 if case.S < 64 else 129  # past a tile of 128 keys, short of the next
         kw["key_lengths"] = np.array(length) if not b else np.full(b[:1] + (1,) * (len(b) - 1), length)
+        if case.empty and b:
+            kw["key_lengths"][0] = 0  # the first batch item sees no key: its rows are judged as empty rows
     if case.mask:
         mask = rng.random((case.T, case.S)) < 0.6
         mask[np.arange(case.T), rng.integers(0, case.S, case.T)] = True  # every row sees a key
@@ -286,7 +296,13 @@ def _judge_lse(case, lse, q, k, v, kw, alignment, precision):
     lo = _claimed(case, precision)
     _, ref_lo = kernel_reference(q, k, v, lo, return_lse=True, **kw)
     sel = np.isfinite(ref64)
-    floor = 1000 * eps(lo) * max(1.0, float(np.max(np.abs(ref64[sel]), initial=0.0)))
+    # the lse is a statistic of the accumulation (float32 for float16 and bfloat16 kernels): its
+    # floor is the logits' rounding there (a dot product of H terms, Higham 2002, eq. (3.5)) and a
+    # few units of the lse itself
+    acc = "float64" if lo == "float64" else "float32"
+    qa, ka = np.abs(np.asarray(q, np.float64)), np.abs(np.asarray(k, np.float64))
+    absdot = float(np.max(qa @ np.swapaxes(ka, -1, -2), initial=0.0)) * (kw.get("scale") or q.shape[-1] ** -0.5)
+    floor = (4 * (q.shape[-1] + 4) * absdot + 8 * max(1.0, float(np.max(np.abs(ref64[sel]), initial=0.0)))) * eps(acc)
     got = np.asarray(lse, np.float64)
     res = compare(got[sel], ref64[sel], ref_lo[sel], precision=lo, atol=floor)
     if res.passed:
@@ -391,6 +407,9 @@ def check_exact(run, *, alignment="bottom_right", precision="float64", layout="T
                                       f"key_lengths: {what}; looks like: it reads keys/values past key_lengths "
                                       "(the padding must not be read)", statistic=getattr(outcome, "statistic", None),
                                       bound=getattr(outcome, "bound", None), effect="reads the padding")
+                elif isinstance(clean, Verdict):  # wrong on clean padding too: that verdict, and what the poison did
+                    outcome = replace(clean, meaning=f"{clean.meaning}; with {poison[0]} values past key_lengths: "
+                                      f"{outcome.meaning if isinstance(outcome, Verdict) else outcome}")
             if not isinstance(outcome, Verdict) or not outcome.passed:
                 break
         if isinstance(outcome, Verdict):
@@ -492,7 +511,8 @@ def _assess(case, out, q, k, v, kw, alignment, precision="float64", empty_rows="
         fault = f"{int(nonfinite.sum())} NaN/Inf outputs where the oracle is finite"
         top = float(np.max(np.abs(q.astype(np.float64) @ np.swapaxes(k.astype(np.float64), -1, -2)))) / np.sqrt(case.H)
         if top > np.log(largest(as_precision(case.dtype))):  # exp of these logits overflows in the input dtype
-            fault += f": overflow (logits up to {top:.3g}; missing max subtraction before exp?)"
+            fault += (f": overflow (logits up to {top:.3g}; missing max subtraction before exp, in the softmax or "
+                      "in a split-KV merge's exp(lse_c)?)")
     else:
         matches = [name for name, cand in _candidates(case, q, k, v, kw, alignment)
                    if float(np.max(np.abs(o[seen] - cand[seen]), initial=0.0)) <= res.bound]

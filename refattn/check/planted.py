@@ -49,7 +49,7 @@ def exact_attention(q, k, v, causal=False, mask=None, *, scale_power=0.5, alignm
         allowed = allowed & mask
     logits = np.where(allowed, logits, -np.inf)
     if subtract_max:
-        top = logits.max(axis=axis, keepdims=True)
+        top = logits.max(axis=axis, keepdims=True, initial=-np.inf)
         logits = logits - np.where(np.isfinite(top), top, 0)
     p = np.exp(logits)
     den = p.sum(axis=axis, keepdims=True)
@@ -88,7 +88,7 @@ def attention_grads(q, k, v, dout, causal=False, mask=None, *, with_delta=True, 
     if mask is not None:
         allowed = allowed & mask
     logits = np.where(allowed, logits, -np.inf)
-    top = logits.max(axis=-1, keepdims=True)
+    top = logits.max(axis=-1, keepdims=True, initial=-np.inf)
     e = np.exp(logits - np.where(np.isfinite(top), top, 0))  # unnormalised, row max 1
     den = e.sum(axis=-1, keepdims=True)
     p = np.where(den > 0, e / np.where(den > 0, den, 1), 0)  # (..., T, S)

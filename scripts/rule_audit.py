@@ -1,0 +1,70 @@
+"""The rule audit: which rule catches which real bug, and each rule's false alarms.
+
+Every bug of `refattn.check.bugs.BUGS` and every correct kernel of `CORRECT_KERNELS` is checked by
+`refattn check` at its defaults (the `tiles` sizes) on ``--seeds`` seeds; every call the checker
+makes is also judged by the anchors' rules of `refattn.check.rules.ANCHOR_RULES` (flash-attention's,
+FlexAttention's, fixed tolerances 1e-2 and 1e-3, cosine similarity > 0.99). A run fails a rule when
+any output of any call fails it. Writes the counts (and the load average) as JSON and prints the
+table in markdown.
+
+    python scripts/rule_audit.py [--seeds 30] [--out benchmarks/results/rule_audit.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def entries():
+    """name -> (fn, kind, options, bug-or-None): the catalogue at each precision it names, and the correct kernels."""
+    from refattn.check.bugs import BUGS, CORRECT_KERNELS, stored_in
+
+    out = {}
+    for name, b in CORRECT_KERNELS.items():
+        out[name] = (b.fn, b.kind, b.options, None)
+    for name, b in BUGS.items():
+        out[name] = (b.fn, b.kind, b.options, b)
+    for name, b in BUGS.items():
+        if b.kind == "exact":
+            lo = stored_in(b, "bfloat16")
+            out[name + " (bfloat16)"] = (lo.fn, lo.kind, lo.options, lo)
+    return out
+
+
+def main(argv=None):
+    from refattn.check.rules import ANCHOR_RULES, audit
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, default=30)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "rule_audit.json"))
+    args = ap.parse_args(argv)
+    todo = entries()
+    start, load = time.time(), os.getloadavg()
+    table = audit({n: e[:3] for n, e in todo.items()}, range(args.seeds))
+    rules = ["refattn"] + list(ANCHOR_RULES)
+    result = {"seeds": args.seeds, "seconds": round(time.time() - start, 1), "load_average_before": load,
+              "load_average_after": os.getloadavg(), "machine": platform.processor() or platform.machine(),
+              "rules": rules, "rows": []}
+    print("| implementation | precision | source | " + " | ".join(rules) + " |")
+    print("|---" * (len(rules) + 3) + "|")
+    for name, row in table.items():
+        fn, kind, options, bug = todo[name]
+        source = "correct" if bug is None else bug.source
+        result["rows"].append({"name": name, "kind": kind, "precision": options.get("precision", "float64"),
+                               "source": source, "correct": bug is None, **row})
+        cells = [f"{row[r]}/{row['runs']}" for r in rules]
+        print(f"| {name} | {options.get('precision', 'float64')} | {source} | " + " | ".join(cells) + " |")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    print(f"{result['seconds']} s; load {load[0]:.2f} -> {result['load_average_after'][0]:.2f}; wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
