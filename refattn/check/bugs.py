@@ -127,7 +127,7 @@ def _key_pass(q, k, v, i, starts, *, T, S, scale, causal, window_size, softcap, 
             p = np.exp2(s - ref) if fault == "exp2 without log2(e)" else np.exp(s - ref)
             alpha = np.exp(m - m_new) if fault == "rescale unguarded" else \
                 np.where(np.isfinite(m), np.exp(m - ref), 0.0)
-        pv = (p if store == "float64" else _f64(round_to(p, store))) @ v_t
+        pv = (p if store == "float64" else np.where(np.isnan(p), np.nan, _f64(round_to(np.nan_to_num(p), store)))) @ v_t
         l = alpha * l + p.sum(axis=-1, keepdims=True)
         acc = alpha * acc + pv
         m = m_new

@@ -125,7 +125,11 @@ class _Recorder:
         self.__name__ = getattr(fn, "__name__", "fn")
 
     def __call__(self, *args, **kw):
-        result = self.fn(*args, **kw)
+        try:
+            result = self.fn(*args, **kw)
+        except Exception as e:  # a call that raised fails every rule
+            self.calls.append((tuple(np.array(a) for a in args), dict(kw), e))
+            raise
         self.calls.append((tuple(np.array(a) for a in args), dict(kw), result))
         return result
 
@@ -193,8 +197,8 @@ def audit(entries, seeds, *, rules=None):
     """For each entry of ``entries`` (name -> ``(fn, kind, options)``, ``options`` for
     [`refattn.check.check`][refattn.check.check]) and each seed: refattn's verdict, and each rule of
     ``rules`` (default `ANCHOR_RULES`) applied to every call the checker made (a run fails a rule
-    when any output of any call fails it). Calls that raised or returned a wrong shape are judged
-    by the checker only. Returns ``{name: {"runs": n, "refattn": runs failed, rule: runs failed}}``."""
+    when any output of any call fails it, or any call raised; an output of the wrong shape fails
+    every rule). Returns ``{name: {"runs": n, "refattn": runs failed, rule: runs failed}}``."""
     from refattn.check import check
 
     rules = ANCHOR_RULES if rules is None else rules
@@ -209,6 +213,9 @@ def audit(entries, seeds, *, rules=None):
             row["refattn"] += not rep.passed
             failed = set()
             for call in rec.calls:
+                if isinstance(call[2], Exception):
+                    failed.update(rules)
+                    continue
                 try:
                     judged = _references(call, precision, kind)
                 except (ValueError, TypeError, IndexError):
