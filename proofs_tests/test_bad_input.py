@@ -126,7 +126,7 @@ def test_fixed_budget_decomposition_of_a_fortran_matrix():
 
 @pytest.mark.parametrize("kwargs, error, match", [
     ({"max_len": 2**40}, ValueError, "^max_len: must be <= 4096"),
-    ({"max_head_dim": None}, TypeError, "^max_head_dim: expected an integer"),
+    ({"max_head_dim": "8"}, TypeError, "^max_head_dim: expected an integer"),  # None: the profile's default
     ({"max_batch_dims": None}, TypeError, "^max_batch_dims: expected an integer"),
     ({"logit_std": float("nan")}, ValueError, "^logit_std"),
     ({"logit_std": (3.0, 1.0)}, ValueError, "^logit_std: low 3.0 exceeds high 1.0"),

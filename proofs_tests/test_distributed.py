@@ -173,7 +173,7 @@ def _attn(q, k, v, causal, alignment):
     s = q @ k.T / np.sqrt(q.shape[-1])
     if causal:
         s = np.where(causal_mask(q.shape[0], k.shape[0], alignment), s, -np.inf)
-    m = s.max(-1, keepdims=True)
+    m = s.max(-1, keepdims=True, initial=-np.inf)  # no keys (S = 0): zeros, not a crash
     p = np.exp(s - np.where(np.isfinite(m), m, 0))
     d = p.sum(-1, keepdims=True)
     return np.where(d > 0, p / np.where(d > 0, d, 1), 0) @ v

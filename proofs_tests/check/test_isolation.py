@@ -198,7 +198,9 @@ def test_isolation_off_says_so_and_a_patched_oracle_cannot_pass_isolated(hostile
 
 def test_printing_gigabytes_keeps_the_checkers_memory_bounded(tmp_path):
     """A callable that prints 200 MB per call: the worker reads back a bounded prefix, the report keeps
-    4000 characters, and the checker's peak memory stays far below what was printed."""
+    4000 characters, and the checker's peak memory stays far below what was printed (over 7 GB in
+    all: 200 MB on each of the grid's calls; the peak is the checker itself plus at most one call's
+    output in flight)."""
     code = (
         "import resource, sys\n"
         "from refattn.check import check\n"
@@ -212,7 +214,7 @@ def test_printing_gigabytes_keeps_the_checkers_memory_bounded(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     result, kept, rss_kib = proc.stdout.split()
-    assert result == "PASS" and int(kept) <= 4000 and int(rss_kib) < 400 * 1024
+    assert result == "PASS" and int(kept) <= 4000 and int(rss_kib) < 512 * 1024
 
 
 def test_a_grandchild_is_ended_with_the_worker(tmp_path):
