@@ -366,6 +366,108 @@ def test_backward_through_the_options_matches_finite_differences():
         assert abs(num - g[idx]) <= 1e-6 * max(1.0, abs(num)), (which, num, g[idx])
 
 
+def _sink_as_a_key(q, k, v, sinks, mask):
+    """The definition of an attention sink: one more key whose logit is the sink ``z`` (a key of zeros
+    scored through a bias) and whose value is zero, visible to every query."""
+    B = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], np.shape(sinks))
+    T, S = q.shape[-2], k.shape[-2]
+    k1 = np.concatenate([np.broadcast_to(k, B + k.shape[-2:]), np.zeros(B + (1, k.shape[-1]))], -2)
+    v1 = np.concatenate([np.broadcast_to(v, B + v.shape[-2:]), np.zeros(B + (1, v.shape[-1]))], -2)
+    bias = np.zeros(B + (T, S + 1))
+    bias[..., -1] = np.broadcast_to(sinks, B)[..., None]
+    m1 = np.concatenate([np.broadcast_to(mask, B + (T, S)), np.ones(B + (T, 1), bool)], -1)
+    return k1, v1, bias, m1
+
+
+@pytest.mark.parametrize("sinks", [np.array([0.5, -1.0, 3.0]), np.array(40.0), np.array([-np.inf, 0.0, 1.0])],
+                         ids=["per head", "a dominant sink", "one head without"])
+def test_sinks_are_a_key_with_logit_z_and_no_value(sinks):
+    """gpt-oss's learnable sink (flash-attn's ``learnable_sink``): one more term e^z in each row's
+    denominator, no value; equal to the oracle with that key appended (every path, the float32
+    reference, lse). Rows that see no key (key_lengths 0) are zeros with lse = z. Deterministic."""
+    q, k, v = _qkvh(seed=4)
+    lengths = np.array([[11], [0]])
+    allowed = causal_mask(7, 11) & (np.arange(11) < lengths[..., None, None])
+    k1, v1, bias, m1 = _sink_as_a_key(q, k, v, sinks, allowed)
+    ref, ref_lse = softmax_attention(q, k1, v1, bias=bias, mask=m1, return_lse=True)
+    kw = dict(sinks=sinks, causal=True, key_lengths=lengths)
+    for impl in ("dense", "numpy", "numba"):
+        out, lse = softmax_attention(q, k, v, implementation=impl, block_k=4, return_lse=True, **kw)
+        np.testing.assert_allclose(out, ref, rtol=0, atol=TOL * 4)
+        np.testing.assert_allclose(lse, ref_lse, rtol=1e-14, atol=0)
+    np.testing.assert_array_equal(out[1], 0.0)
+    np.testing.assert_array_equal(lse[1], np.broadcast_to(sinks, (3,))[:, None] * np.ones(7))
+    low, low_lse = kernel_reference(q, k, v, "float32", return_lse=True, **kw)
+    np.testing.assert_allclose(low, ref, rtol=0, atol=1e-5)
+    p = attention_probabilities(q, k, **kw)  # the definition's probabilities of the real keys (rows sum to < 1)
+    np.testing.assert_allclose(p, attention_probabilities(q, k1, bias=bias, mask=m1)[..., :-1], rtol=0, atol=1e-15)
+
+
+def test_sinks_error_bound_holds_against_mpmath():
+    """forward_error_bound with a sink (one more exact term of the sum) bounds the dense and the
+    streaming paths' distance from the mpmath oracle of the definition (the sink as a key).
+    Deterministic."""
+    from refattn.exact import forward_error_bound
+    from refattn.mpmath_oracle import softmax_attention_mp
+
+    rng = np.random.default_rng(12)
+    q, k, v = rng.normal(size=(1, 2, 5, 4)) * 6, rng.normal(size=(1, 2, 9, 4)), rng.normal(size=(1, 2, 9, 3))
+    sinks = np.array([2.5, -30.0])
+    k1, v1, bias, m1 = _sink_as_a_key(q, k, v, sinks, np.ones((5, 9), bool))
+    exact = softmax_attention_mp(q, k1, v1, bias=bias, mask=m1, scale=0.5)
+    bound = forward_error_bound(q, k, v, sinks=sinks, scale=0.5)
+    for impl in ("dense", "numba"):
+        err = np.max(np.abs(softmax_attention(q, k, v, sinks=sinks, scale=0.5, implementation=impl) - exact), -1)
+        assert np.all(err <= bound), (impl, err, bound)
+
+
+def test_sinks_gradient_matches_finite_differences():
+    """d/dz of sum(dout * O) = -sum_i P_i,sink (dout_i . O_i) (derived on the docs' exact-attention
+    page), per head, summed over the batch; dq, dk, dv through the sink's denominator too.
+    Deterministic."""
+    rng = np.random.default_rng(31)
+    q, k, v = rng.normal(size=(2, 3, 5, 4)) * 2, rng.normal(size=(2, 3, 6, 4)), rng.normal(size=(2, 3, 6, 3))
+    dout, sinks = rng.normal(size=(2, 3, 5, 3)), np.array([0.3, 2.0, -1.0])
+    kw = dict(causal=True, window=(2, 0), sink_tokens=1)
+    dq, dk, dv, dz = attention_backward(q, k, v, dout, sinks=sinks, **kw)
+    assert dz.shape == sinks.shape
+    h = 1e-6
+
+    def loss(q=q, k=k, v=v, z=sinks):
+        return np.sum(dout * softmax_attention(q, k, v, sinks=z, **kw))
+
+    for x, g, name in [(sinks, dz, "z"), (q, dq, "q"), (k, dk, "k"), (v, dv, "v")]:
+        for idx in [(0,), (2,)] if name == "z" else [(0, 1, 2, 1), (1, 2, 0, 0)]:
+            e = np.zeros_like(x)
+            e[idx] = h
+            num = (loss(**{name: x + e}) - loss(**{name: x - e})) / (2 * h)
+            assert abs(num - g[idx]) <= 1e-6 * max(1.0, abs(num)), (name, idx, num, g[idx])
+    assert len(attention_backward(q, k, v, dout, **kw)) == 3  # no sinks: the three gradients
+
+
+def test_sink_tokens_stay_in_the_window():
+    """StreamingLLM's sink tokens: the first n keys are visible through the sliding window, still
+    causal and still cut by key_lengths; no window: no change. Bad values name the argument.
+    Deterministic."""
+    from refattn.problem import window_mask
+
+    q, k, v = _qkvh(seed=5)
+    band = window_mask(7, 11, (2, 0))
+    band[:, :3] = True
+    allowed = band & causal_mask(7, 11)
+    for impl in ("dense", "numpy", "numba"):
+        np.testing.assert_allclose(softmax_attention(q, k, v, window=(2, 0), sink_tokens=3, causal=True,
+                                                     implementation=impl),
+                                   softmax_attention(q, k, v, mask=allowed), rtol=0, atol=TOL)
+    np.testing.assert_array_equal(softmax_attention(q, k, v, sink_tokens=3), softmax_attention(q, k, v))
+    for kw, match in [({"sink_tokens": -1}, "^sink_tokens: expected"), ({"sink_tokens": 1.5}, "^sink_tokens: expected"),
+                      ({"sinks": np.array([np.nan])}, "^sinks: contains NaN"), ({"sinks": "a"}, "^sinks"),
+                      ({"sinks": np.ones(5)}, r"do not broadcast: .* sinks \(5,\)"),
+                      ({"sinks": np.array(1e301)}, "^sinks: entries up to")]:
+        with pytest.raises((TypeError, ValueError), match=match):
+            softmax_attention(q, k, v, **kw)
+
+
 @pytest.mark.parametrize("implementation, runs", [("numba", "stream_numba"), ("numpy", "stream_numpy")])
 def test_each_implementation_runs_its_own_kernel(monkeypatch, implementation, runs):
     """``implementation=`` selects the kernel it names (the paths agree to rounding, so only a spy

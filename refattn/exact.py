@@ -83,17 +83,35 @@ def _precision(dtype):
     return _prec.compute_type(p), (p if _prec.is_storage_only(p) else None)
 
 
-def _softmax_rows(logits):
-    """Row softmax of masked logits ``(..., T, S)``; fully masked rows give zeros, lse -inf."""
+def _softmax_rows(logits, sinks=None):
+    """Row softmax of masked logits ``(..., T, S)``, with the sink logits ``(..., 1, 1)`` (or None) as one
+    more term of every denominator; rows with no key and no sink give zeros, lse -inf."""
     dt = logits.dtype.type
     m = logits.max(axis=-1, keepdims=True) if logits.shape[-1] else np.full(logits.shape[:-1] + (1,), -np.inf, dt)
-    seen = m > -np.inf  # (..., T, 1) False for rows with no visible key
+    if sinks is not None:
+        m = np.maximum(m, sinks)
+    seen = m > -np.inf  # (..., T, 1) False for rows with no visible key (and no sink)
     ref = np.where(seen, m, dt(0))
     p = np.exp(logits - ref)  # (..., T, S); exactly 0 where masked
     l = p.sum(axis=-1, keepdims=True)  # (..., T, 1), >= 1 where seen
+    if sinks is not None:
+        l = l + np.exp(sinks - ref)
     p = np.where(seen, p / np.where(seen, l, dt(1)), dt(0))
     lse = np.where(seen, ref + np.log(np.where(seen, l, dt(1))), dt(-np.inf))[..., 0]
     return p, lse
+
+
+def _with_sinks(out, lse, prob):
+    """``(out, lse)`` of the problem without its sinks made those with them (the sink as one more split
+    with no value: ``O = O_0 e^{lse_0 - lse}``, ``lse = log(e^{lse_0} + e^z)``; derived in the docs'
+    exact-attention page, "Attention sinks")."""
+    if prob.sinks is None:
+        return out, lse
+    z = np.broadcast_to(prob.sinks, prob.batch_shape).astype(lse.dtype)[..., None]  # (..., 1)
+    both = np.logaddexp(lse, z)  # (..., T)
+    finite = np.isfinite(both)
+    keep = np.where(finite, np.exp(lse - np.where(finite, both, 0)), 0)  # lse_0 = -inf: the row keeps nothing
+    return out * keep[..., None].astype(out.dtype), both
 
 
 def _full(a, shape):
@@ -103,7 +121,7 @@ def _full(a, shape):
 
 def attention_probabilities(
     q, k, *, scale=None, causal=False, mask=None, bias=None, key_lengths=None, window=None, softcap=None,
-    alibi_slopes=None, return_lse=False, dtype=None
+    alibi_slopes=None, sinks=None, sink_tokens=0, return_lse=False, dtype=None
 ):
     r"""The attention probability matrix $P = \operatorname{softmax}(s\,QK^\top + B)$.
 
@@ -121,11 +139,12 @@ def attention_probabilities(
     """
     return_lse = check_bool(return_lse, "return_lse")
     prob = score_problem(q, k, scale=scale, causal=causal, mask=mask, bias=bias, key_lengths=key_lengths,
-                         window=window, softcap=softcap, alibi_slopes=alibi_slopes)
+                         window=window, softcap=softcap, alibi_slopes=alibi_slopes, sinks=sinks,
+                         sink_tokens=sink_tokens)
     dt, low = _precision(dtype)
     if low is not None:
         prob = _prec.round_problem(prob, low)[0]
-    p, lse = _softmax_rows(prob.logits(dt))
+    p, lse = _softmax_rows(prob.logits(dt), prob.sink_logits(dt))
     if low is not None:
         p = _prec.store(p, low)
     return (p, lse) if return_lse else p
@@ -144,6 +163,8 @@ def softmax_attention(
     window=None,
     softcap=None,
     alibi_slopes=None,
+    sinks=None,
+    sink_tokens=0,
     return_lse=False,
     implementation="auto",
     dtype=None,
@@ -172,6 +193,13 @@ def softmax_attention(
         Added to the scaled logits; ``-inf`` masks.
     key_lengths : int array broadcastable to the batch shape, optional
         Keys at positions ``>= key_lengths`` are padding and removed.
+    window, softcap, alibi_slopes : optional
+        flash-attn's sliding window, logit cap and ALiBi slopes ([`refattn.problem`][refattn.problem]).
+    sinks : float array broadcastable to the batch shape, optional
+        A learnable sink logit per batch item or head (gpt-oss): one more term ``e^z`` in every
+        row's denominator, with no value (the docs' exact-attention page, "Attention sinks").
+    sink_tokens : int
+        The first ``sink_tokens`` keys stay inside the sliding ``window`` (StreamingLLM).
     return_lse : bool
         Also return ``lse = log sum_j exp(logit_ij)`` of shape ``(..., T)``.
     implementation : {"auto", "dense", "numpy", "numba", "cuda"}
@@ -187,7 +215,7 @@ def softmax_attention(
     out : ndarray (..., T, Hv)
         A query that sees no key gets a row of zeros.
     lse : ndarray (..., T), only with ``return_lse``
-        ``-inf`` for a query that sees no key.
+        ``-inf`` for a query that sees no key (the sink logit with ``sinks``).
 
     Notes
     -----
@@ -223,20 +251,23 @@ def softmax_attention(
         prob = attention_problem(shadow64(q), shadow64(k), shadow64(v), scale=scale, causal=causal,
                                  mask=None if mask is None else shadow(mask),
                                  bias=None if bias is None else shadow64(bias), key_lengths=key_lengths,
-                                 window=window, alibi_slopes=alibi_slopes)
+                                 window=window, alibi_slopes=alibi_slopes, sink_tokens=sink_tokens)
         if softcap:
             raise InputError("softcap: the CUDA streaming kernel does not cap logits; pass NumPy arrays")
         dt, low = _precision(dtype)
         if low is not None:
             raise InputTypeError(f"dtype: the CUDA streaming kernel supports float64 and float32, got {low} "
                                  "(float16 and bfloat16 references run on NumPy inputs)")
+        if sinks is not None:
+            raise InputError("sinks: the CUDA streaming kernel has no attention sinks; pass NumPy arrays")
         out, lse = gpu.softmax_attention(prob, q, k, v, mask, bias, dt)
         return (out, lse) if return_lse else out
     if implementation == "cuda":
         raise InputError("implementation: 'cuda' needs CuPy arrays q, k, v (on the GPU)")
     dt, low = _precision(dtype)
     prob = attention_problem(
-        q, k, v, scale=scale, causal=causal, mask=mask, bias=bias, key_lengths=key_lengths, window=window, softcap=softcap, alibi_slopes=alibi_slopes
+        q, k, v, scale=scale, causal=causal, mask=mask, bias=bias, key_lengths=key_lengths, window=window,
+        softcap=softcap, alibi_slopes=alibi_slopes, sinks=sinks, sink_tokens=sink_tokens
     )
     block_q = _streaming.DEFAULT_BLOCK_Q if block_q is None else check_positive_int(block_q, "block_q")
     block_k = _streaming.DEFAULT_BLOCK_K if block_k is None else check_positive_int(block_k, "block_k")
@@ -253,12 +284,12 @@ def softmax_attention(
     if dt is not np.float64 and implementation == "dense":  # the reference at a precision: one definition
         out, lse = _prec.reference_on(prob, _prec.recipe(low or "float32"))
     elif implementation == "dense":
-        p, lse = _softmax_rows(prob.logits(dt))
+        p, lse = _softmax_rows(prob.logits(dt), prob.sink_logits(dt))
         out = np.matmul(p, prob.v.astype(dt, copy=False))  # (..., T, Hv)
         out = _full(out, prob.batch_shape + (prob.T, prob.Hv))
         lse = _full(lse, prob.batch_shape + (prob.T,))  # v's batch dims may be missing from P
     else:
-        out, lse = _stream(prob, dt, implementation, block_q, block_k)
+        out, lse = _with_sinks(*_stream(prob, dt, implementation, block_q, block_k), prob)
     return (out, lse) if return_lse else out
 
 
@@ -286,7 +317,7 @@ def _stream(prob, dt, implementation, block_q, block_k):
 
 def attention_backward(
     q, k, v, dout, *, scale=None, causal=False, mask=None, bias=None, key_lengths=None, window=None, softcap=None,
-    alibi_slopes=None, dtype=None
+    alibi_slopes=None, sinks=None, sink_tokens=0, dtype=None
 ):
     r"""Gradients ``(dq, dk, dv)`` of [`softmax_attention`][refattn.exact.softmax_attention] for an upstream gradient ``dout``.
 
@@ -301,7 +332,9 @@ def attention_backward(
     ``dout`` has the output's shape ``(..., T, Hv)``. Each gradient has the shape of its
     input: gradients of broadcast inputs are summed over the broadcast dims. Masked
     entries have ``P = 0`` and so carry no gradient; a fully masked row contributes
-    nothing. Dense, ``O(T S)`` memory, float64 unless ``dtype`` says otherwise.
+    nothing. Dense, ``O(T S)`` memory, float64 unless ``dtype`` says otherwise. With ``sinks`` it
+    returns ``(dq, dk, dv, dsinks)``, ``dsinks = -sum_i P_i,sink delta_i`` of the sinks' shape
+    (derived in the docs' exact-attention page, "Attention sinks").
 
     Examples
     --------
@@ -314,7 +347,8 @@ def attention_backward(
     """
     dt, low = _precision(dtype)
     prob = attention_problem(
-        q, k, v, scale=scale, causal=causal, mask=mask, bias=bias, key_lengths=key_lengths, window=window, softcap=softcap, alibi_slopes=alibi_slopes
+        q, k, v, scale=scale, causal=causal, mask=mask, bias=bias, key_lengths=key_lengths, window=window,
+        softcap=softcap, alibi_slopes=alibi_slopes, sinks=sinks, sink_tokens=sink_tokens
     )
     out_shape = prob.batch_shape + (prob.T, prob.Hv)
     d_o = as_float_array(dout, "dout")
@@ -325,7 +359,8 @@ def attention_backward(
     d_o = d_o.astype(dt, copy=False)
     qd, kd, vd = (a.astype(dt, copy=False) for a in (prob.q, prob.k, prob.v))
     s = dt(prob.scale)
-    p, _ = _softmax_rows(prob.logits(dt))  # (..., T, S)
+    z = prob.sink_logits(dt)  # (..., 1, 1) or None
+    p, lse = _softmax_rows(prob.logits(dt), z)  # (..., T, S)
     o = np.matmul(p, vd)  # (..., T, Hv)
     dv = np.matmul(np.swapaxes(p, -1, -2), d_o)  # (..., S, Hv)
     dp = np.matmul(d_o, np.swapaxes(vd, -1, -2))  # (..., T, S)
@@ -337,6 +372,11 @@ def attention_backward(
     dq = s * np.matmul(ds, kd)  # (..., T, H)
     dk = s * np.matmul(np.swapaxes(ds, -1, -2), qd)  # (..., S, H)
     grads = (sum_to_shape(dq, prob.q.shape), sum_to_shape(dk, prob.k.shape), sum_to_shape(dv, prob.v.shape))
+    if z is not None:  # d lse_i / d z = P_i,sink, so dL/dz = -sum_i P_i,sink delta_i (derived: "Attention sinks")
+        fin = np.isfinite(lse)[..., None]
+        p_sink = np.where(fin, np.exp(z - np.where(fin, lse[..., None], 0)), 0)  # (..., T, 1)
+        dz = -np.sum(p_sink * delta, axis=(-2, -1))  # (batch...)
+        grads = grads + (sum_to_shape(np.broadcast_to(dz, prob.batch_shape), prob.sinks.shape),)
     return grads if low is None else tuple(_prec.store(g, low) for g in grads)
 
 
@@ -346,7 +386,7 @@ def _gamma(n, u):
 
 
 def forward_error_bound(q, k, v, *, scale=None, causal=False, mask=None, bias=None, key_lengths=None, window=None,
-                        softcap=None, alibi_slopes=None, dtype=None):
+                        softcap=None, alibi_slopes=None, sinks=None, sink_tokens=0, dtype=None):
     r"""A rigorous per-row bound on the rounding error of [`softmax_attention`][refattn.exact.softmax_attention].
 
     Derived in the docs' exact-attention page ("Forward error of the oracle"). With unit roundoff
@@ -384,7 +424,8 @@ def forward_error_bound(q, k, v, *, scale=None, causal=False, mask=None, bias=No
     dt, low = _precision(dtype)
     u = _prec.unit_roundoff(np.dtype(dt).name)
     prob = attention_problem(q, k, v, scale=scale, causal=causal, mask=mask, bias=bias, key_lengths=key_lengths,
-                             window=window, softcap=softcap, alibi_slopes=alibi_slopes)
+                             window=window, softcap=softcap, alibi_slopes=alibi_slopes, sinks=sinks,
+                             sink_tokens=sink_tokens)
     S, H = prob.S, prob.H
     qa, ka = (np.abs(a).astype(np.float64) for a in (prob.q, prob.k))  # the bound in float64, whatever the inputs
     absdot = prob.scale * np.matmul(qa, np.swapaxes(ka, -1, -2))  # (..., T, S)
@@ -398,11 +439,16 @@ def forward_error_bound(q, k, v, *, scale=None, causal=False, mask=None, bias=No
     big = np.where(visible, absdot, 0.0).max(axis=-1, initial=0.0)
     hi = np.where(visible, logits, -np.inf).max(axis=-1, initial=-np.inf)
     lo = np.where(visible, logits, np.inf).min(axis=-1, initial=np.inf)
+    terms = S
+    if prob.sinks is not None:  # the sink: one more term of the sum, an exact logit with no value
+        z = np.broadcast_to(prob.sinks, prob.batch_shape)[..., None]  # (..., 1)
+        hi, lo = np.where(np.isfinite(z), np.maximum(hi, z), hi), np.where(np.isfinite(z), np.minimum(lo, z), lo)
+        terms = S + 1
     rng_i = np.where(any_vis, hi - lo, 0.0)
-    delta = _gamma(H + 2, u) * big + 2 * u * rng_i + _gamma(5 * S + 4, u)
+    delta = _gamma(H + 2, u) * big + 2 * u * rng_i + _gamma(5 * terms + 4, u)
     vmax = np.abs(np.broadcast_to(prob.v, prob.batch_shape + (S, prob.Hv))).max(axis=-1, initial=0.0)  # (..., S)
     vmax_vis = np.where(visible, vmax[..., None, :], 0.0).max(axis=-1, initial=0.0)  # (..., T)
-    spread = np.expm1(2 * delta) + 2 * _gamma(S + 2, u)  # relative error of the probabilities' sum
+    spread = np.expm1(2 * delta) + 2 * _gamma(terms + 2, u)  # relative error of the probabilities' sum
     bound = spread * vmax_vis
     if low is not None:  # rounded probabilities, then the output rounded to the storage precision
         u_low = _prec.unit_roundoff(low)

@@ -289,7 +289,7 @@ def recipe(precision, *, accumulate=None, round_logits=False, round_probabilitie
 
 def kernel_reference(q, k, v, precision, *, accumulate=None, round_logits=False, round_probabilities=None,
                      round_output=True, scale=None, causal=False, mask=None, bias=None, key_lengths=None, window=None,
-                     softcap=None, alibi_slopes=None, return_lse=False):
+                     softcap=None, alibi_slopes=None, sinks=None, sink_tokens=0, return_lse=False):
     """Attention as a kernel of ``precision`` computes it (module docstring), as float64 values.
 
     Arguments as for [`refattn.softmax_attention`][refattn.exact.softmax_attention], plus the knobs of
@@ -302,7 +302,8 @@ def kernel_reference(q, k, v, precision, *, accumulate=None, round_logits=False,
                  round_probabilities=round_probabilities, round_output=round_output)
     return_lse = check_bool(return_lse, "return_lse")
     prob = attention_problem(q, k, v, scale=scale, causal=causal, mask=mask, bias=bias, key_lengths=key_lengths,
-                             window=window, softcap=softcap, alibi_slopes=alibi_slopes)
+                             window=window, softcap=softcap, alibi_slopes=alibi_slopes, sinks=sinks,
+                             sink_tokens=sink_tokens)
     out, lse = reference_on(prob, how)
     out = out.astype(np.float64)
     return (out, lse.astype(np.float64)) if return_lse else out
@@ -329,10 +330,15 @@ def reference_on(prob, how: Recipe):
                          "here); scale the inputs down")
     logits = np.broadcast_to(logits, prob.batch_shape + (prob.T, prob.S))
     top = logits.max(axis=-1, keepdims=True) if prob.S else np.full(logits.shape[:-1] + (1,), -np.inf, acc)
-    seen = top > -np.inf  # (..., T, 1) rows with a visible key
+    sinks = prob.sink_logits(acc)  # (..., 1, 1) or None: one more term of the denominator, kept in acc
+    if sinks is not None:
+        top = np.maximum(top, sinks)
+    seen = top > -np.inf  # (..., T, 1) rows with a visible key (or a sink)
     ref = np.where(seen, top, acc(0))
     p = np.exp(logits - ref).astype(acc, copy=False)  # 0 where masked, <= 1 elsewhere: no overflow
     total = p.sum(axis=-1, keepdims=True, dtype=acc)
+    if sinks is not None:
+        total = (total + np.exp(sinks - ref)).astype(acc, copy=False)
     p = np.where(seen, p / np.where(seen, total, acc(1)), acc(0)).astype(acc, copy=False)
     if how.round_probabilities and how.precision != how.accumulate:
         p = _rounded(p, how.precision, "probabilities").astype(acc)  # the second product reads them rounded

@@ -26,8 +26,17 @@ Conventions
   masks (Gemma 2, Team Gemma 2024; flash-attn's ``softcap``).
 - ``alibi_slopes``: slopes ``m`` broadcastable to the batch shape (per head); ALiBi (Press et al.
   2022) adds ``-m |i + S - T - j|`` to the logits (flash-attn's convention). Folded into the bias.
+- ``sinks``: a learnable attention-sink logit ``z`` per batch item or head (broadcastable to the
+  batch shape, as gpt-oss's per-head ``sinks``; OpenAI 2025, flash-attn's ``learnable_sink``): one
+  more term ``e^z`` in every row's softmax denominator, with no value, so
+  ``O_i = sum_j e^{l_ij} v_j / (e^z + sum_j e^{l_ij})`` and ``lse_i = log(e^z + sum_j e^{l_ij})``.
+  The sink is a raw logit: not scaled, not capped, never masked; ``-inf`` is no sink.
+- ``sink_tokens``: ``n >= 0``; the first ``n`` keys stay visible through the sliding ``window``
+  (StreamingLLM's sink tokens, Xiao et al. 2024, Sec. 3.2); ``causal``, ``mask`` and ``key_lengths``
+  still apply to them. Without a window every key is visible anyway and it changes nothing.
 - A query that sees no key (every logit masked) has no defined softmax; refattn returns
-  an output row of zeros and ``lse = -inf`` for it (the docs' exact-attention page).
+  an output row of zeros and ``lse = -inf`` for it (the docs' exact-attention page); with a sink
+  the row is still zeros and its ``lse`` is the sink logit.
 """
 
 from __future__ import annotations
@@ -179,6 +188,11 @@ class AttentionProblem:
     key_lengths: np.ndarray | None  # int64, broadcastable to batch_shape
     batch_shape: tuple
     softcap: float | None = None  # c: logits c tanh(s q.k / c)
+    sinks: np.ndarray | None = None  # float64 sink logits z, broadcastable to batch_shape (-inf: none)
+
+    def sink_logits(self, dtype=np.float64) -> np.ndarray | None:
+        """The sink logits as ``(..., 1, 1)`` (they broadcast against the ``(..., T, S)`` logits), or None."""
+        return None if self.sinks is None else self.sinks.astype(dtype, copy=False)[..., None, None]
 
     @property
     def T(self) -> int:
@@ -267,7 +281,7 @@ class AttentionProblem:
 
 def attention_problem(
     q, k, v, *, scale=None, causal=False, mask=None, bias=None, key_lengths=None, window=None, softcap=None,
-    alibi_slopes=None,
+    alibi_slopes=None, sinks=None, sink_tokens=0,
 ) -> AttentionProblem:
     """Validate attention inputs; see the module docstring for every convention.
 
@@ -294,9 +308,21 @@ def attention_problem(
         key_lengths = as_key_lengths(key_lengths, S)
         named.append(("key_lengths", key_lengths.shape))
 
+    if isinstance(sink_tokens, (bool, np.bool_)) or not isinstance(sink_tokens, numbers.Integral):
+        raise InputTypeError(f"sink_tokens: expected an integer >= 0, got {sink_tokens!r}")
+    if sink_tokens < 0:
+        raise InputError(f"sink_tokens: expected an integer >= 0, got {sink_tokens}")
     if window is not None:
         band = window_mask(T, S, window)
+        band[:, :int(sink_tokens)] = True  # the sink tokens stay in every query's window
         mask = band if mask is None else mask & band
+    if sinks is not None:
+        sinks = as_float_array(sinks, "sinks", allow_neg_inf=True).astype(np.float64, copy=False)
+        named.append(("sinks", sinks.shape))
+        finite = sinks[np.isfinite(sinks)]
+        if finite.size and float(np.max(np.abs(finite))) > LOGIT_LIMIT:
+            raise InputError(f"sinks: entries up to {float(np.max(np.abs(finite))):.3g}, beyond the {LOGIT_LIMIT:g} "
+                             "refattn can exponentiate safely")
     if alibi_slopes is not None:
         slopes = as_float_array(alibi_slopes, "alibi_slopes").astype(np.float64, copy=False)
         named.append(("alibi_slopes", slopes.shape))
@@ -314,7 +340,7 @@ def attention_problem(
     given_bias = any(name == "bias" for name, _ in named)
     check_logit_range(q, k, scale, bias, ", ".join(
         n for n, given in (("bias", given_bias), ("alibi_slopes", alibi_slopes is not None)) if given) or "bias")
-    return AttentionProblem(q, k, v, scale, alignment, mask, bias, key_lengths, batch_shape, softcap)
+    return AttentionProblem(q, k, v, scale, alignment, mask, bias, key_lengths, batch_shape, softcap, sinks)
 
 
 #: Logits whose magnitude may reach this cannot be formed in float64 (``exp`` differences of them
@@ -377,13 +403,14 @@ def alibi_bias(slopes, T: int, S: int) -> np.ndarray:
 
 
 def score_problem(q, k, *, scale=None, causal=False, mask=None, bias=None, key_lengths=None, window=None, softcap=None,
-                  alibi_slopes=None) -> AttentionProblem:
+                  alibi_slopes=None, sinks=None, sink_tokens=0) -> AttentionProblem:
     """[`attention_problem`][refattn.problem.attention_problem] for ``q`` and ``k`` alone (attention scores, no values): the same
     checks and errors, with ``v`` a zero-width ``(..., S, 0)`` array."""
     k_arr = as_float_array(k, "k")
     v = np.zeros(k_arr.shape[:-1] + (0,)) if k_arr.ndim >= 2 else k_arr  # k's own error if k is not (..., S, H)
     return attention_problem(q, k, v, scale=scale, causal=causal, mask=mask, bias=bias, key_lengths=key_lengths,
-                             window=window, softcap=softcap, alibi_slopes=alibi_slopes)
+                             window=window, softcap=softcap, alibi_slopes=alibi_slopes, sinks=sinks,
+                             sink_tokens=sink_tokens)
 
 
 def sum_to_shape(g, shape):
