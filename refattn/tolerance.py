@@ -33,6 +33,7 @@ import numpy as np
 from refattn import precision as _prec
 from refattn._validation import InputError, InputTypeError, as_float_array, check_real
 from refattn.exact import attention_probabilities, forward_error_bound, softmax_attention
+from refattn.problem import sum_to_shape
 
 __all__ = ["ToleranceCheck", "compare", "check_attention_output", "rounding_allowance", "backward_allowance",
            "FLOOR_EPS"]
@@ -216,4 +217,14 @@ def backward_allowance(q, k, v, dout, kw, u):
     edq = scale * (eds @ np.abs(k) + gamma(S) * ads @ np.abs(k)) + u * np.abs(scale * ads @ np.abs(k))
     edk = scale * (np.swapaxes(eds, -1, -2) @ np.abs(q) + gamma(T) * np.swapaxes(ads, -1, -2) @ np.abs(q))
     edv = np.swapaxes(ep, -1, -2) @ ado + gamma(T) * np.swapaxes(p, -1, -2) @ ado
-    return edq, edk, edv
+    if kw.get("sinks") is None:
+        return edq, edk, edv
+    # dsinks = -sum_i P_i,z delta_i: the sink's probability within the probabilities' relative error, delta's
+    # error ed, and the sum of T terms (derived like the rest; the docs' exact-attention page, "Attention sinks")
+    _, lse = attention_probabilities(q, k, return_lse=True, **kw)
+    z = np.broadcast_to(np.asarray(kw["sinks"], np.float64), lse.shape[:-1])[..., None]  # (..., 1)
+    fin = np.isfinite(lse)
+    pz = np.where(fin, np.exp(z - np.where(fin, lse, 0.0)), 0.0)[..., None]  # (..., T, 1)
+    epz = (np.expm1(2 * delta) + 2 * gamma(S + 3)) * pz
+    edz = np.sum(epz * np.abs(d) + pz * ed + gamma(T + 1) * pz * np.abs(d), axis=(-2, -1))
+    return edq, edk, edv, sum_to_shape(edz, np.shape(kw["sinks"]))

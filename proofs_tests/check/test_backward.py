@@ -9,7 +9,7 @@ import pytest
 
 from refattn import attention_backward
 from refattn.check import check
-from refattn.check.exact import grid
+from refattn.check.exact import grid, per_head
 from refattn.check.planted import CATALOGUE, CORRECT
 
 
@@ -35,10 +35,12 @@ def test_refattns_backward_passes_every_case():
 
 def test_a_backward_with_flash_attn_options_is_judged_on_them():
     def with_options(q, k, v, dout, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None, bias=None,
-                     key_lengths=None):
+                     key_lengths=None, sinks=None):
         slopes = None if alibi_slopes is None else np.asarray(alibi_slopes)[0]
-        return attention_backward(q, k, v, dout, causal=causal, window=window_size, softcap=softcap,
-                                  alibi_slopes=slopes, bias=bias, key_lengths=key_lengths)
+        z = None if sinks is None else per_head(sinks, q.ndim)
+        grads = attention_backward(q, k, v, dout, causal=causal, window=window_size, softcap=softcap,
+                                   alibi_slopes=slopes, bias=bias, key_lengths=key_lengths, sinks=z)
+        return grads if sinks is None else grads[:3] + (np.reshape(grads[3], np.shape(sinks)),)
     rep = check(with_options, "backward")
     assert rep.passed and OPTIONS <= {v.check for v in rep.verdicts if v.passed}, rep.format_table()
 
@@ -105,6 +107,58 @@ def test_grouped_query_gradients_are_summed_over_the_shared_heads():
     rep = check(partial(_grouped_query_grads, fold="first"), "backward", layout="BNTH", gqa=True)
     assert not rep.passed
     assert all("taken from one query head of each group" in v.meaning for v in rep.failures), rep.format_table()
+
+
+def test_the_sink_gradient_is_judged_and_its_faults_named():
+    """The backward of a kernel that takes ``sinks=`` returns ``dsinks`` too: right, it passes; with the
+    wrong sign or not summed over the batch, the sink cases fail and the verdict names it."""
+    def backward(q, k, v, dout, causal=False, sinks=None, *, fault=""):
+        z = None if sinks is None else per_head(sinks, q.ndim)
+        grads = attention_backward(q, k, v, dout, causal=causal, sinks=z)
+        if sinks is None:
+            return grads
+        if fault == "sign":
+            grads = grads[:3] + (-grads[3],)
+        elif fault == "one item" and q.ndim > 2:  # the first batch item's sink gradient, not the batch's sum
+            grads = grads[:3] + (attention_backward(q[:1], k[:1], v[:1], dout[:1], causal=causal, sinks=z)[3],)
+        dz = grads[3]
+        return grads[:3] + (np.reshape(dz, np.shape(sinks)),)
+
+    from functools import partial
+
+    sink_cases = {c.name for c in grid() if c.option == "sinks"}
+    rep = check(backward, "backward")
+    assert rep.passed and sink_cases <= {v.check for v in rep.verdicts if v.passed}, rep.format_table()
+    for fault, says in [("sign", "wrong sign"), ("one item", "not summed over the batch")]:
+        failed = {v.check: v.meaning for v in check(partial(backward, fault=fault), "backward").failures}
+        assert set(failed) == {"attention sinks, per head"} | ({"causal attention sinks, 129 x 257"}
+                                                                 if fault == "sign" else set()), failed
+        assert says in failed["attention sinks, per head"], failed
+
+
+def test_the_sink_gradients_allowance_bounds_a_float32_backward():
+    """Derived bound, checked: on the sink cases and 20 seeds, the float32 and float64 sink gradients
+    differ by at most the sum of their allowances; and the allowance stays a small part of the
+    gradient's scale ``sum_i P_i,sink |delta_i|`` (float32: under 1%, float64: under 1e-9), so a sign
+    flipped or a sink treated as a constant cannot hide in it. Deterministic."""
+    from refattn.exact import softmax_attention
+    from refattn.check.exact import _inputs
+    from refattn.tolerance import backward_allowance
+
+    for seed in range(20):
+        rng = np.random.default_rng([seed, 7])
+        for case in [c for c in grid() if c.option == "sinks"]:
+            (q, k, v), kw = _inputs(case, rng)
+            kw = dict(kw, causal=True) if case.causal else kw
+            dout = rng.standard_normal(case.batch + (case.T, case.Hv))
+            dz64 = attention_backward(q, k, v, dout, **kw)[3]
+            dz32 = attention_backward(q, k, v, dout, dtype=np.float32, **kw)[3]
+            allow = [backward_allowance(q, k, v, dout, kw, np.finfo(t).eps / 2)[3] for t in (np.float32, np.float64)]
+            assert np.all(np.abs(dz32 - dz64) <= allow[0] + allow[1]), (case.name, seed)
+            out, lse = softmax_attention(q, k, v, return_lse=True, **kw)
+            z = np.broadcast_to(kw["sinks"], lse.shape[:-1])[..., None]
+            scale = np.sum(np.exp(z - lse) * np.abs(np.sum(dout * out, axis=-1)))
+            assert np.all(allow[0] < 1e-2 * scale) and np.all(allow[1] < 1e-9 * scale), (case.name, seed)
 
 
 def test_the_rounding_allowance_bounds_two_correct_backwards_and_no_fault():

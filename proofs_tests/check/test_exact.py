@@ -9,6 +9,7 @@ import pytest
 
 from refattn.check import check
 from refattn.check.planted import CATALOGUE, CORRECT, exact_attention
+from refattn.check.exact import per_head, per_item
 
 
 def test_exact_correct_passes_every_case(user_file):
@@ -184,7 +185,7 @@ def test_bad_layout_claims_name_the_argument(kwargs, match):
 
 # ----------------------------------------------------------------------------- flash-attn's options
 def flash_like(q, k, v, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None, bias=None,
-               key_lengths=None, return_lse=False, *, fault=""):
+               key_lengths=None, return_lse=False, sinks=None, *, fault=""):
     """flash-attn's interface on refattn's oracle (TH layout); ``fault`` plants one bug per option."""
     from refattn import softmax_attention
 
@@ -195,16 +196,16 @@ def flash_like(q, k, v, causal=False, window_size=(-1, -1), softcap=0.0, alibi_s
     slopes = None if alibi_slopes is None else np.asarray(alibi_slopes)[0] * (-1 if fault == "alibi sign" else 1)
     if fault == "bias ignored":
         bias = None
+    if sinks is not None:  # (heads,): one per head, broadcast over the batch; a (T, H) call has one head
+        sinks = None if fault == "sinks ignored" else per_head(sinks, q.ndim)
     if fault == "padding ignored":
         key_lengths = None
     if key_lengths is not None:  # a kernel never reads past the valid length (the checker poisons it)
-        lengths = np.asarray(key_lengths).reshape((-1,) + (1,) * (q.ndim - 2))[..., None]  # (B, 1, ..., 1, 1)
-        pad = np.arange(k.shape[-2])[:, None] >= (lengths if q.ndim > 2 else lengths.reshape(()))
-        k, v = np.where(pad, 0.0, k), np.where(pad, 0.0, v)  # predicated loads: the padding is read as 0
-        key_lengths = np.asarray(key_lengths).reshape(-1)
-        key_lengths = key_lengths[0] if q.ndim == 2 else key_lengths.reshape((-1,) + (1,) * (q.ndim - 3))
+        key_lengths = per_item(key_lengths, q.ndim)  # (B, 1, ..., 1) against the batch dims
+        pad = np.arange(k.shape[-2]) >= np.asarray(key_lengths)[..., None]  # (B, ..., S)
+        k, v = np.where(pad[..., None], 0.0, k), np.where(pad[..., None], 0.0, v)  # predicated loads: read as 0
     out = softmax_attention(q, k, v, causal=causal, window=window_size, softcap=softcap, alibi_slopes=slopes,
-                            bias=bias, key_lengths=key_lengths, return_lse=True)
+                            bias=bias, key_lengths=key_lengths, sinks=sinks, return_lse=True)
     if not return_lse:
         return out[0]
     return (out[0], out[1] / np.log(2)) if fault == "lse in log2" else out
@@ -230,6 +231,7 @@ def test_options_not_taken_are_skipped():
     ("bias ignored", "additive bias", "tolerance rule"),
     ("padding ignored", "key padding", "NaN"),  # the NaN put in the padding reaches the oracle's validation
     ("lse in log2", "log-sum-exp", "base 2"),
+    ("sinks ignored", "attention sinks, per head", "the sinks ignored"),
 ])
 def test_each_option_case_catches_a_planted_fault(fault, case, says):
     from functools import partial
@@ -281,9 +283,7 @@ def _blocked(q, k, v, causal=False, mask=None, key_lengths=None, *, block=64, re
     if mask is not None:
         allowed = allowed & mask
     if key_lengths is not None and not read_padding:  # never load a padded key (masking alone lets NaN in)
-        lengths = np.asarray(key_lengths).reshape(-1)
-        lengths = lengths[0] if q.ndim == 2 else lengths.reshape((-1,) + (1,) * (q.ndim - 3))
-        valid = np.arange(S) < np.asarray(lengths)[..., None]  # (B, ..., S): one length per batch item
+        valid = np.arange(S) < np.asarray(per_item(key_lengths, q.ndim))[..., None]  # (B, ..., S): one length per batch item
         k, v = np.where(valid[..., None], k, 0.0), np.where(valid[..., None], v, 0.0)
         allowed = allowed & valid[..., None, :]
     out = blocked_attention(q, k, v, allowed, q.shape[-1] ** -0.5, block=block, rescale=rescale)

@@ -1,5 +1,6 @@
 r"""``--kind backward``: an attention backward ``fn(q, k, v, dout) -> (dq, dk, dv)`` (and
-``causal=``, ``mask=`` when it takes them), judged case by case against
+``causal=``, ``mask=`` when it takes them; ``(dq, dk, dv, dsinks)`` for the attention-sink cases when it
+takes ``sinks=``), judged case by case against
 [`refattn.attention_backward`][refattn.exact.attention_backward] by the FlashAttention rule, one verdict per case (every one of
 ``dq``, ``dk``, ``dv`` within its bound).
 
@@ -7,7 +8,7 @@ The grid is the exact kind's (`refattn.check.exact.grid`: the small cases and, b
 tile-crossing ones): ``T != S``, ``T = S``,
 ``H = 1``, odd sizes, batch dims, logits far apart, causal ``T = S``, ``T < S``, ``T > S`` in the
 claimed alignment, a boolean mask, and flash-attn's options the callable takes (sliding window,
-softcap, ALiBi, additive bias, key padding); ``dout`` is standard normal. Claims: ``float64`` (default) and
+softcap, ALiBi, additive bias, key padding, attention sinks); ``dout`` is standard normal. Claims: ``float64`` (default) and
 ``float32`` (inputs in float32, judged against the backward computed in float32,
 ``attention_backward(dtype=float32)``).
 
@@ -75,13 +76,14 @@ def _faults(q, k, v, dout, kw):
 
 
 def _grouped(grads, group):
-    """``(dq, dk, dv)`` with ``dk``, ``dv`` of the repeated key/value heads summed back over each group
-    (query head ``h`` reads key/value head ``h // group``: its gradient collects from every reader)."""
+    """``(dq, dk, dv[, dsinks])`` with ``dk``, ``dv`` of the repeated key/value heads summed back over each
+    group (query head ``h`` reads key/value head ``h // group``: its gradient collects from every reader);
+    the sinks are per query head and stay."""
     if group == 1:
         return grads
-    dq, dk, dv = grads
+    dq, dk, dv, *rest = grads
     fold = lambda g: g.reshape(g.shape[0], g.shape[1] // group, group, *g.shape[2:]).sum(axis=2)  # noqa: E731
-    return dq, fold(dk), fold(dv)
+    return (dq, fold(dk), fold(dv), *rest)
 
 
 def check_backward(run, *, alignment="bottom_right", precision="float64", layout="TH", equal_head_dims=False,
@@ -121,8 +123,8 @@ def check_backward(run, *, alignment="bottom_right", precision="float64", layout
             call_kw["causal"] = True
             kw["causal"] = alignment
         given = [_to_layout(a, layout) if layout != "TH" else a for a in (q, k, v, dout)]
-        shapes = [a.shape for a in given[:3]]
-        grads, problem = run.call(tuple(given), call_kw, shape=shapes, parts=3)
+        shapes = [a.shape for a in given[:3]] + ([np.shape(call_kw["sinks"])] if "sinks" in call_kw else [])
+        grads, problem = run.call(tuple(given), call_kw, shape=shapes, parts=len(shapes))
         if problem is not None:
             if case.sized and problem.what == "raised" and probe_head_dims:
                 run.skip(case.name, f"fn rejects head dim {case.H} (--probe-head-dims: unsupported): {problem}")
@@ -130,8 +132,15 @@ def check_backward(run, *, alignment="bottom_right", precision="float64", layout
                 run.batched_problem(case, problem)
             continue
         if layout != "TH":
-            grads = tuple(_from_layout(g, layout) for g in grads)
+            grads = tuple(_from_layout(g, layout) for g in grads[:3]) + tuple(grads[3:])
+        if "sinks" in kw:  # dsinks in the oracle's shape (the call's is at least 1-d)
+            grads = tuple(grads[:3]) + (np.reshape(grads[3], np.shape(kw["sinks"])),)
         _judge(run, case, grads, q, k, v, dout, kw, precision, group)
+
+
+def _first_item(kw):
+    """The oracle's keywords for the first batch item alone (per-item key lengths cut to it)."""
+    return {a: (np.asarray(b)[:1] if a == "key_lengths" and np.ndim(b) else b) for a, b in kw.items()}
 
 
 def _judge(run, case, grads, q, k, v, dout, kw, precision, group=1):
@@ -143,8 +152,9 @@ def _judge(run, case, grads, q, k, v, dout, kw, precision, group=1):
                                         _grouped(backward_allowance(q, kr, vr, dout, kw, unit_roundoff("float64")), group))]
     results = [compare(g, r, lo, precision=precision, allowance=a)
                for g, r, lo, a in zip(grads, ref64, ref_lo, allowance)]
-    errors = ", ".join(f"{n} {r.error:.2g}" for n, r in zip(("dq", "dk", "dv"), results))
-    meaning = f"the tolerance rule on dq, dk, dv vs attention_backward ({precision})"
+    names = ("dq", "dk", "dv", "dsinks")[:len(results)]
+    errors = ", ".join(f"{n} {r.error:.2g}" for n, r in zip(names, results))
+    meaning = f"the tolerance rule on {', '.join(names)} vs attention_backward ({precision})"
     # the rule bounds each entry on its own: the statistic is the error at the entry nearest its bound
     worst = max(results, key=lambda r: r.worst_error / r.bound if r.bound else np.inf)
     if all(r.passed for r in results):
@@ -160,6 +170,15 @@ def _judge(run, case, grads, q, k, v, dout, kw, precision, group=1):
             fault = ("the errors are at float32's rounding level: a float32 backward? claim it with --precision "
                      "float32 (check(..., precision='float32'))")
     candidates = [(name, _grouped(c, group)) for name, c in _faults(q, kr, vr, dout, kw)]
+    if len(grads) == 4:  # the sink's gradient (the others right)
+        dq, dk, dv, dz = ref64
+        sink = [("dsinks with the wrong sign (+sum_i P_i,sink delta_i)", (dq, dk, dv, -dz)),
+                ("dsinks zero (the sink treated as a constant)", (dq, dk, dv, 0 * dz))]
+        if q.ndim > 2 and q.shape[0] > 1:  # a batch axis the sinks are shared over
+            one = attention_backward(q[:1], kr[:1], vr[:1], dout[:1], **_first_item(kw))[3]
+            sink.append(("dsinks of one batch item (not summed over the batch)", (dq, dk, dv, np.broadcast_to(
+                one, np.shape(dz)))))
+        candidates = sink + candidates
     if group > 1:
         full = attention_backward(q, kr, vr, dout, **kw)
         candidates += [("key/value gradients taken from one query head of each group, not summed over the group",

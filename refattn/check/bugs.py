@@ -22,6 +22,7 @@ from functools import partial
 
 import numpy as np
 
+from refattn.check.exact import per_head, per_item
 from refattn.precision import round_to
 
 __all__ = ["BLOCK_M", "BLOCK_N", "PAGE", "FAULTS", "BACKWARD_FAULTS", "Bug", "BUGS", "CORRECT_KERNELS",
@@ -47,16 +48,10 @@ def _f64(a):
     return np.asarray(a, np.float64)
 
 
-def _lengths(key_lengths, q_ndim):
-    """``key_lengths`` broadcast as ``(B, 1, ..., 1)`` against the leading dims (a scalar without them)."""
-    kl = np.asarray(key_lengths).reshape(-1)
-    return kl.reshape(()) if q_ndim == 2 else kl.reshape((-1,) + (1,) * (q_ndim - 3))
-
-
 def _valid(j, key_lengths, q_ndim, *, round_up=1):
     """Boolean ``(B, 1, ..., keys, 1)``: the keys ``j`` within each batch item's length rounded up to a
     multiple of ``round_up`` (the kernel's predicated loads: a key past it is read as 0)."""
-    kl = _lengths(key_lengths, q_ndim)
+    kl = per_item(key_lengths, q_ndim)
     kl = -(-kl // round_up) * round_up
     return j[:, None] < np.asarray(kl)[..., None, None] if q_ndim > 2 else j[:, None] < kl
 
@@ -89,8 +84,7 @@ def _logits(q_t, k_t, i, j, T, S, scale, softcap, alibi_slopes, fault, q_ndim):
         x = s / softcap
         s = x * np.tanh(x) if fault == "softcap as x tanh(x)" else softcap * np.tanh(x)
     if alibi_slopes is not None:
-        slopes = np.atleast_1d(_f64(alibi_slopes))
-        slopes = slopes[0] if q_ndim == 2 else slopes.reshape((-1, 1, 1))
+        slopes = np.asarray(per_head(_f64(alibi_slopes), q_ndim))[..., None, None]  # (N, 1, 1): per head
         dist = j[None, :] * -1.0 if fault == "ALiBi as +slope j" else np.abs(i[:, None] + S - T - j[None, :])
         s = s - slopes * dist
     return s
@@ -209,7 +203,7 @@ def flash_forward(q, k, v, causal=False, window_size=(-1, -1), softcap=0.0, alib
         out[..., i, :] = rows_out
         lse[..., i] = rows_lse[..., 0]
     if key_lengths is not None and fault == "empty key length left unwritten":
-        empty = np.broadcast_to(_lengths(key_lengths, q.ndim) == 0, lead)
+        empty = np.broadcast_to(per_item(key_lengths, q.ndim) == 0, lead)
         out[empty] = np.nan
     if fault == "lse of the group's first head" and g > 1:  # heads folded into rows: one lse per group written
         lse = np.repeat(lse[:, ::g], g, axis=1)

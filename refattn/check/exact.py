@@ -45,7 +45,7 @@ from refattn.precision import as_dtype, as_precision, eps, largest, kernel_refer
 from refattn.problem import attention_problem, causal_mask, causal_offset
 from refattn.tolerance import check_attention_output, compare
 
-__all__ = ["check_exact", "CASES", "Case", "LAYOUTS"]
+__all__ = ["check_exact", "CASES", "Case", "LAYOUTS", "oracle_kwargs", "per_head", "per_item"]
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,7 @@ CASES = (
     Case("key padding, an empty batch item", 9, 11, 8, 4, batch=(2,), option="key_lengths", empty=True),
     Case("no keys (S = 0)", 4, 0, 8, 4),
     Case("log-sum-exp", 9, 11, 8, 4, option="return_lse"),
+    Case("attention sinks, per head", 9, 11, 8, 4, batch=(2, 3), option="sinks"),
     Case("fully masked rows", 7, 9, 8, 4, mask=True, empty=True),
 )
 
@@ -117,6 +118,7 @@ TILE_CASES = (
     # logits mostly below the cap: a masked key scored -softcap (not -inf) then weighs like a real one
     Case("causal softcap, 129 x 129", 129, 129, 64, 64, logit_std=2.0, causal=True, option="softcap", sized=True),
     Case("log-sum-exp, 129 x 257", 129, 257, 64, 64, logit_std=4.0, option="return_lse", sized=True),
+    Case("causal attention sinks, 129 x 257", 129, 257, 64, 64, causal=True, option="sinks", sized=True),
     Case("logits far apart, 129 x 257", 129, 257, 64, 64, logit_std=1000.0, sized=True),
 )
 #: One long problem each way (the oracle's streaming kernel makes them cheap).
@@ -177,6 +179,10 @@ def _inputs(case, rng, precision="float64"):
     elif case.option == "alibi_slopes":
         heads = b[1] if len(b) == 2 else 1
         kw["alibi_slopes"] = ALIBI_SLOPE / 2.0 ** np.arange(heads) if b else np.float64(ALIBI_SLOPE)
+    elif case.option == "sinks":  # about as heavy as the row's keys together: P_sink near 1/2
+        heads = b[1] if len(b) == 2 else 1
+        z = np.log(max(case.S, 1)) + case.logit_std ** 2 / 2 + rng.standard_normal(heads)
+        kw["sinks"] = z if len(b) == 2 else np.float64(z[0])
     elif case.option == "bias":
         kw["bias"] = rng.standard_normal((case.T, case.S))
     elif case.option == "key_lengths":
@@ -220,6 +226,11 @@ def _candidates(case, q, k, v, kw, alignment):
     if "window" in kw:
         left, right = kw["window"]
         out.append(("window_size read as (right, left)", dict(kw, window=(right, left))))
+    if "sinks" in kw:
+        out.append(("the sinks ignored (no e^z in the denominator)", {a: b for a, b in kw.items() if a != "sinks"}))
+        out.append(("the sink logit multiplied by the softmax scale (it is a raw logit)",
+                    dict(kw, sinks=kw["sinks"] * s)))
+        out.append(("the sink logit in base 2 (exp2(z) where e^z is meant)", dict(kw, sinks=kw["sinks"] * np.log(2.0))))
     padded = -(-H // 8) * 8  # head dims padded to a multiple of 8 (tensor-core tiles)
     if padded != H:
         out.append((f"scale 1/sqrt({padded}) of the padded head dim instead of 1/sqrt({H})",
@@ -277,16 +288,58 @@ BATCH, HEADS, KV_HEADS = 2, 4, 2
 CROSS_CASES = ("T != S", "causal T < S", "causal T > S")
 
 
+#: The per-head and per-batch-item options: the callable takes one value per head ``(N,)`` or per
+#: batch item ``(B,)``; the oracle takes them broadcastable to the batch shape.
+PER_HEAD, PER_ITEM = ("alibi_slopes", "sinks"), ("key_lengths",)
+
+
+def per_head(values, ndim):
+    """One value per head ``(N,)`` as the oracle broadcasts it against the batch dims of an ``ndim``-d
+    query (the last batch axis is the heads axis): a scalar for ``(T, H)``, else ``(N,)``."""
+    s = np.atleast_1d(np.asarray(values))
+    return s.reshape(-1)[0] if ndim == 2 else s.reshape(-1)
+
+
+def per_item(values, ndim):
+    """One value per batch item ``(B,)`` as ``(B, 1, ..., 1)`` against the batch dims of an ``ndim``-d
+    query (a scalar for ``(T, H)``)."""
+    a = np.asarray(values).reshape(-1)
+    return a.reshape(-1)[0] if ndim == 2 else a.reshape((-1,) + (1,) * (ndim - 3))
+
+
 def _call_kwargs(kw):
-    """The callable's keywords (flash-attn's names and shapes) for the oracle's ``kw``."""
+    """The callable's keywords (flash-attn's names and shapes) for the oracle's ``kw``; `oracle_kwargs`
+    is the way back."""
     call = dict(kw)
     if "window" in call:
         call["window_size"] = call.pop("window")
-    if "alibi_slopes" in call:
-        call["alibi_slopes"] = np.atleast_1d(call["alibi_slopes"])  # (heads,)
+    for name in PER_HEAD:
+        if name in call:
+            call[name] = np.atleast_1d(call[name])  # (heads,)
     if "key_lengths" in call and np.ndim(call["key_lengths"]):
         call["key_lengths"] = np.asarray(call["key_lengths"]).reshape(-1)  # (B,): one length per batch item
     return call
+
+
+def oracle_kwargs(call_kw, ndim):
+    """The oracle's keywords for a call's flash-attn keywords (the inverse of `_call_kwargs`), the
+    per-head and per-item values shaped for an ``ndim``-d query; ``causal=True`` is bottom-right."""
+    out = {}
+    for name, value in call_kw.items():
+        if value is None:
+            continue
+        if name == "window_size":
+            out["window"] = tuple(value)
+        elif name == "causal":
+            if value:
+                out["causal"] = "bottom_right" if value is True else value
+        elif name in PER_HEAD:
+            out[name] = per_head(value, ndim)
+        elif name in PER_ITEM:
+            out[name] = per_item(value, ndim)
+        elif name in ("softcap", "bias", "mask", "sink_tokens"):
+            out[name] = value
+    return out
 
 
 def _judge_lse(case, lse, q, k, v, kw, alignment, precision):
@@ -534,7 +587,7 @@ def _judge_heads(case, out, q, k, v, kw, alignment, precision, group, empty_rows
     heads = list(np.ndindex(*out.shape[:2]))
 
     def head_kw(idx):  # per-batch-item and per-head options, at one head
-        return {a: (np.broadcast_to(b, out.shape[:2])[idx] if a in ("alibi_slopes", "key_lengths") and np.ndim(b)
+        return {a: (np.broadcast_to(b, out.shape[:2])[idx] if a in PER_HEAD + PER_ITEM and np.ndim(b)
                     else b) for a, b in kw.items()}
 
     assessed = [(idx, *_assess(case, out[idx], q[idx], k[idx], v[idx], head_kw(idx), alignment, precision,

@@ -31,6 +31,7 @@ from functools import partial
 
 import numpy as np
 
+from refattn.check.exact import oracle_kwargs
 from refattn.precision import round_to
 
 __all__ = ["flash_attention_rule", "flex_attention_rule", "fixed_rule", "cosine_rule", "ANCHOR_RULES", "audit",
@@ -134,34 +135,6 @@ class _Recorder:
         return result
 
 
-def _oracle_kwargs(kw):
-    """The oracle's keywords for a call's flash-attn keywords."""
-    out = {}
-    for name, value in kw.items():
-        if name == "window_size":
-            out["window"] = tuple(value)
-        elif name == "causal":
-            if value:
-                out["causal"] = "bottom_right"
-        elif name == "alibi_slopes":
-            out["alibi_slopes"] = np.asarray(value)
-        elif name in ("softcap", "key_lengths", "bias"):
-            out[name] = value
-    return out
-
-
-def _shaped(q, kw):
-    """The per-head and per-batch options of a call, broadcast to the oracle's shapes for ``q``."""
-    kw = dict(kw)
-    if "alibi_slopes" in kw:
-        s = np.atleast_1d(kw["alibi_slopes"])
-        kw["alibi_slopes"] = s[0] if q.ndim == 2 else s.reshape(-1, 1) if q.ndim == 4 else s
-    if "key_lengths" in kw and kw["key_lengths"] is not None:
-        kl = np.asarray(kw["key_lengths"]).reshape(-1)
-        kw["key_lengths"] = kl.reshape(()) if q.ndim == 2 else kl.reshape((-1,) + (1,) * (q.ndim - 3))
-    return kw
-
-
 def _references(call, precision, kind):
     """``[(out, ref64, ref_lo)]`` for one recorded call: the output (or each gradient) and its references."""
     from refattn.exact import attention_backward, softmax_attention
@@ -172,7 +145,7 @@ def _references(call, precision, kind):
     if q.ndim == 4 and k.shape[1] != q.shape[1]:  # grouped queries
         g = q.shape[1] // k.shape[1]
         k, v = np.repeat(k, g, axis=1), np.repeat(v, g, axis=1)
-    okw = _shaped(q, _oracle_kwargs(kw))
+    okw = oracle_kwargs(kw, q.ndim)
     if okw.get("key_lengths") is not None:  # the oracle never reads the (poisoned) padding: zero it
         pad = np.arange(k.shape[-2]) >= np.asarray(okw["key_lengths"])[..., None]
         k, v = np.where(pad[..., None], 0.0, k), np.where(pad[..., None], 0.0, v)
