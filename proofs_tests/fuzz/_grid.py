@@ -92,12 +92,13 @@ RNG = ("rng", 0)
 ENTRY_POINTS: dict[str, Entry] = {e.fn: e for e in [
     # the exact oracle and its judges
     _e("refattn.exact:softmax_attention", QKV, {**ATTN_OPTS, "mask": ("opt_mask", None), "bias": ("opt_farray", None),
-       "window": ("opt_window", None), "softcap": ("opt_pfloat", None), "return_lse": ("bool", False),
-       "implementation": ("impl", "auto"), "dtype": ("dtype", None), "block_q": ("opt_int", None),
+       "window": ("opt_window", None), "softcap": ("opt_pfloat", None), "sinks": ("opt_farray", None),
+       "sink_tokens": ("int", 0), "return_lse": ("bool", False), "implementation": ("impl", "auto"), "dtype": ("dtype", None), "block_q": ("opt_int", None),
        "block_k": ("opt_int", None)}),
     _e("refattn.exact:attention_probabilities", {"q": ("farray", Q), "k": ("farray", K)},
        {**ATTN_OPTS, "return_lse": ("bool", False), "dtype": ("dtype", None)}, expect_neg_inf=True),
-    _e("refattn.exact:attention_backward", {**QKV, "dout": ("farray", DOUT)}, {**ATTN_OPTS, "dtype": ("dtype", None)}),
+    _e("refattn.exact:attention_backward", {**QKV, "dout": ("farray", DOUT)},
+       {**ATTN_OPTS, "sinks": ("opt_farray", None), "sink_tokens": ("int", 0), "dtype": ("dtype", None)}),
     _e("refattn.exact:forward_error_bound", QKV, {**ATTN_OPTS, "dtype": ("dtype", None)}),
     _e("refattn.mpmath_oracle:softmax_attention_mp", QKV, {**ATTN_OPTS, "dps": ("int", 30), "as_float": ("bool", True)}),
     _e("refattn.mpmath_oracle:attention_backward_mp", {**QKV, "dout": ("farray", DOUT)}, {"dps": ("int", 30)}),
