@@ -174,8 +174,8 @@ def test_a_self_attention_kernel_skips_the_cross_attention_cases():
 
 @pytest.mark.parametrize("kwargs,match", [({"layout": "NTH"}, "^layout: expected one of"),
                                           ({"gqa": True}, "^gqa: grouped-query heads need"),
-                                          ({"layout": "BNTH", "kind": "kernel"}, "^layout: layouts"),
-                                          ({"gqa": True, "layout": "BNTH", "kind": "kernel"}, "^gqa: a grouped-query claim"),
+                                          ({"layout": "BNTH", "kind": "kernel"}, "^layout: a layout claim"),
+                                          ({"gqa": True, "kind": "kernel"}, "^gqa: a grouped-query claim"),
                                           ({"self_attention": True, "kind": "backward"}, "^self_attention: ")])
 def test_bad_layout_claims_name_the_argument(kwargs, match):
     kind = kwargs.pop("kind", "exact")

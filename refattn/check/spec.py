@@ -177,7 +177,7 @@ OPTIONS = (
            dict(choices=PRECISIONS), _always("--precision"), what="a precision claim"),
     Option("layout", "--layout", GRIDS, "TH", _choice(LAYOUTS),
            "how the callable takes its arrays (exact, backward): T tokens, H features, B batch, N heads",
-           dict(choices=LAYOUTS), _always("--layout"), what="layouts and head-dim claims"),
+           dict(choices=LAYOUTS), _always("--layout"), what="a layout claim"),
     Option("gqa", "--gqa", GRIDS, False, _bool,
            "grouped-query heads: k, v have fewer heads than q (exact, backward; with BNTH or BTNH)",
            dict(action="store_true"), _if_set("--gqa"), what="a grouped-query claim"),
@@ -186,7 +186,7 @@ OPTIONS = (
            _if_set("--self-attention"), what="a self-attention claim"),
     Option("equal_head_dims", "--equal-head-dims", GRIDS, False, _bool,
            "values have the head dim of q and k (Hv = H), as most fused kernels need (exact, backward)",
-           dict(action="store_true"), _if_set("--equal-head-dims"), what="layouts and head-dim claims"),
+           dict(action="store_true"), _if_set("--equal-head-dims"), what="a head-dim claim"),
     Option("sizes", "--sizes", GRIDS, DEFAULT_SIZES, _choice(SIZES),
            "size preset (exact, backward): small (T, S <= 31), tiles (default: lengths crossing 64- and 128-row "
            "tiles, 63 to 257), long (and T = S = 4096)", dict(choices=SIZES), _always("--sizes")),
