@@ -7,7 +7,12 @@ FlexAttention's, fixed tolerances 1e-2 and 1e-3, cosine similarity > 0.99). A ru
 any output of any call fails it. Writes the counts (and the load average) as JSON and prints the
 table in markdown.
 
-    python scripts/rule_audit.py [--seeds 30] [--out benchmarks/results/rule_audit.json]
+    python scripts/rule_audit.py [--seeds 30] [--only NAME] [--out benchmarks/results/rule_audit.json]
+
+With PyTorch installed, torch's ``scaled_dot_product_attention`` (the CPU kernels, through
+`refattn.check.adapters`) is audited too, forward at four precisions and backward at two, as a
+correct implementation. ``--only`` measures the entries whose name contains NAME and merges
+their rows into the existing file (marked ``remeasured``).
 """
 
 from __future__ import annotations
@@ -35,6 +40,24 @@ def entries():
         if b.kind == "exact":
             lo = stored_in(b, "bfloat16")
             out[name + " (bfloat16)"] = (lo.fn, lo.kind, lo.options, lo)
+    out.update(torch_entries())
+    return out
+
+
+def torch_entries():
+    """torch SDPA (CPU) as a correct implementation: (B, N, T, H), causal top-left aligned."""
+    try:
+        import torch
+    except ImportError:
+        return {}
+    from refattn.check.adapters import torch_backward, torch_forward
+
+    sdpa, kw = torch.nn.functional.scaled_dot_product_attention, {"causal": "is_causal", "mask": "attn_mask"}
+    claims = dict(layout="BNTH", alignment="top_left")
+    out = {f"torch SDPA {p}": (torch_forward(sdpa, dtype=p, layout="BNTH", keywords=kw), "exact",
+                               dict(claims, precision=p), None) for p in ("float64", "float32", "bfloat16", "float16")}
+    out.update({f"torch SDPA backward {p}": (torch_backward(sdpa, dtype=p, keywords=kw), "backward",
+                                             dict(claims, precision=p), None) for p in ("float64", "float32")})
     return out
 
 
@@ -44,8 +67,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=30)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "rule_audit.json"))
+    ap.add_argument("--only", help="measure the entries whose name contains this; merge their rows into --out")
     args = ap.parse_args(argv)
-    todo = entries()
+    todo = {n: e for n, e in entries().items() if args.only is None or args.only in n}
     start, load = time.time(), os.getloadavg()
     table = audit({n: e[:3] for n, e in todo.items()}, range(args.seeds))
     rules = ["refattn"] + list(ANCHOR_RULES)
@@ -58,12 +82,20 @@ def main(argv=None):
         fn, kind, options, bug = todo[name]
         source = "correct" if bug is None else bug.source
         result["rows"].append({"name": name, "kind": kind, "precision": options.get("precision", "float64"),
-                               "source": source, "correct": bug is None, **row})
+                               "source": source, "correct": bug is None, **row,
+                               **({"remeasured": True} if args.only else {})})
         cells = [f"{row[r]}/{row['runs']}" for r in rules]
         print(f"| {name} | {options.get('precision', 'float64')} | {source} | " + " | ".join(cells) + " |")
+    summary = f"{result['seconds']} s; load {load[0]:.2f} -> {result['load_average_after'][0]:.2f}; wrote {args.out}"
+    if args.only and Path(args.out).exists():  # merge: the other rows as they were measured
+        old = json.loads(Path(args.out).read_text())
+        mine = {r["name"] for r in result["rows"]}
+        old["rows"] = [r for r in old["rows"] if r["name"] not in mine] + result["rows"]
+        old.setdefault("remeasured", []).append({k: result[k] for k in result if k != "rows"} | {"only": args.only})
+        result = old
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    print(f"{result['seconds']} s; load {load[0]:.2f} -> {result['load_average_after'][0]:.2f}; wrote {args.out}")
+    print(summary)
 
 
 if __name__ == "__main__":

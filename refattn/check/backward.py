@@ -34,7 +34,7 @@ from refattn._validation import InputError
 from refattn.check.exact import (BATCH, DEFAULT_HEAD_DIMS, DEFAULT_SIZES, HEADS, KV_HEADS, _call_kwargs, _from_layout,
                                  _inputs, _to_layout, grid, missing_keyword)
 from refattn.check.verdict import Verdict
-from refattn.exact import attention_backward, attention_probabilities
+from refattn.exact import attention_backward, attention_probabilities, softmax_attention
 from refattn.problem import score_problem
 from refattn.precision import as_dtype, unit_roundoff
 from refattn.tolerance import backward_allowance, compare
@@ -87,12 +87,18 @@ def _grouped(grads, group):
 
 
 def check_backward(run, *, alignment="bottom_right", precision="float64", layout="TH", equal_head_dims=False,
-                   gqa=False, sizes=DEFAULT_SIZES, head_dims=DEFAULT_HEAD_DIMS, probe_head_dims=False):
+                   gqa=False, sizes=DEFAULT_SIZES, head_dims=DEFAULT_HEAD_DIMS, probe_head_dims=False,
+                   empty_rows="zeros"):
     """Run the grid on ``run.fn``; one verdict per case. ``layout``, ``equal_head_dims`` and ``gqa`` as
     for the exact kind ([`refattn.check.exact.check_exact`][refattn.check.exact.check_exact]); with a layout the gradients are
     judged on the whole batch. With ``gqa`` the key/value gradients must be summed over the query heads
     that share each key/value head. ``sizes``, ``head_dims``, ``probe_head_dims``: the exact kind's
-    size preset ([`refattn.check.exact.grid`][refattn.check.exact.grid])."""
+    size preset ([`refattn.check.exact.grid`][refattn.check.exact.grid]). ``empty_rows``: ``"zeros"`` (the default:
+    a row that sees no key has output 0, so no gradient, flash-attn's and torch SDPA's convention) or
+    ``"any"`` (a kernel's own convention for such rows, JAX's uniform weights say: ``dout`` is 0 on
+    them, so they carry no gradient either way)."""
+    if empty_rows not in ("zeros", "any"):
+        raise InputError(f"empty_rows: the backward kind judges 'zeros' or 'any', got {empty_rows!r}")
     if alignment not in ("bottom_right", "top_left"):
         raise InputError(f"alignment: expected 'bottom_right' or 'top_left', got {alignment!r}")
     if precision not in BACKWARD_PRECISIONS:
@@ -122,6 +128,10 @@ def check_backward(run, *, alignment="bottom_right", precision="float64", layout
         if case.causal:
             call_kw["causal"] = True
             kw["causal"] = alignment
+        if empty_rows == "any":  # no gradient flows from a row that sees no key, whatever the kernel puts there
+            kr, vr = (np.repeat(a, group, axis=1) if group > 1 else a for a in (k, v))
+            _, lse = softmax_attention(q, kr, vr, return_lse=True, **kw)
+            dout = np.where(np.isfinite(lse)[..., None], dout, 0).astype(dt)
         given = [_to_layout(a, layout) if layout != "TH" else a for a in (q, k, v, dout)]
         shapes = [a.shape for a in given[:3]] + ([np.shape(call_kw["sinks"])] if "sinks" in call_kw else [])
         grads, problem = run.call(tuple(given), call_kw, shape=shapes, parts=len(shapes))

@@ -321,9 +321,9 @@ def _call_kwargs(kw):
     return call
 
 
-def oracle_kwargs(call_kw, ndim):
+def oracle_kwargs(call_kw, ndim, alignment="bottom_right"):
     """The oracle's keywords for a call's flash-attn keywords (the inverse of `_call_kwargs`), the
-    per-head and per-item values shaped for an ``ndim``-d query; ``causal=True`` is bottom-right."""
+    per-head and per-item values shaped for an ``ndim``-d query; ``causal=True`` is ``alignment``."""
     out = {}
     for name, value in call_kw.items():
         if value is None:
@@ -332,7 +332,7 @@ def oracle_kwargs(call_kw, ndim):
             out["window"] = tuple(value)
         elif name == "causal":
             if value:
-                out["causal"] = "bottom_right" if value is True else value
+                out["causal"] = alignment if value is True else value
         elif name in PER_HEAD:
             out[name] = per_head(value, ndim)
         elif name in PER_ITEM:

@@ -135,8 +135,9 @@ class _Recorder:
         return result
 
 
-def _references(call, precision, kind):
-    """``[(out, ref64, ref_lo)]`` for one recorded call: the output (or each gradient) and its references."""
+def _references(call, precision, kind, alignment="bottom_right"):
+    """``[(out, ref64, ref_lo)]`` for one recorded call: the output (or each gradient) and its references
+    (``causal=True`` read in the claimed ``alignment``)."""
     from refattn.exact import attention_backward, softmax_attention
     from refattn.precision import kernel_reference
 
@@ -145,17 +146,19 @@ def _references(call, precision, kind):
     if q.ndim == 4 and k.shape[1] != q.shape[1]:  # grouped queries
         g = q.shape[1] // k.shape[1]
         k, v = np.repeat(k, g, axis=1), np.repeat(v, g, axis=1)
-    okw = oracle_kwargs(kw, q.ndim)
+    okw = oracle_kwargs(kw, q.ndim, alignment)
     if okw.get("key_lengths") is not None:  # the oracle never reads the (poisoned) padding: zero it
         pad = np.arange(k.shape[-2]) >= np.asarray(okw["key_lengths"])[..., None]
         k, v = np.where(pad[..., None], 0.0, k), np.where(pad[..., None], 0.0, v)
     if kind == "backward":
         dout = np.asarray(args[3], np.float64)
         refs = attention_backward(q, k, v, dout, **okw)
+        refs_lo = refs if precision == "float64" else attention_backward(q, k, v, dout, dtype=precision, **okw)
         if len(refs) and q.ndim == 4 and np.shape(result[1]) != refs[1].shape:
             g = refs[1].shape[1] // np.shape(result[1])[1]
-            refs = (refs[0],) + tuple(r.reshape(r.shape[0], -1, g, *r.shape[2:]).sum(axis=2) for r in refs[1:])
-        return [(np.asarray(o, np.float64), r, r) for o, r in zip(result, refs)]
+            refs, refs_lo = ((r[0],) + tuple(x.reshape(x.shape[0], -1, g, *x.shape[2:]).sum(axis=2) for x in r[1:])
+                             for r in (refs, refs_lo))
+        return [(np.asarray(o, np.float64), r, lo) for o, r, lo in zip(result, refs, refs_lo)]
     ref64, lse64 = softmax_attention(q, k, v, return_lse=True, **okw)
     ref_lo, lse_lo = (ref64, lse64) if precision == "float64" else \
         kernel_reference(q, k, v, precision, return_lse=True, **okw)
@@ -190,7 +193,7 @@ def audit(entries, seeds, *, rules=None):
                     failed.update(rules)
                     continue
                 try:
-                    judged = _references(call, precision, kind)
+                    judged = _references(call, precision, kind, options.get("alignment", "bottom_right"))
                 except (ValueError, TypeError, IndexError):
                     continue  # a call the oracle cannot pose as given (the checker judged it)
                 capped, grad = bool(call[1].get("softcap")), kind == "backward"

@@ -193,9 +193,10 @@ OPTIONS = (
     Option("head_dims", "--head-dims", GRIDS, DEFAULT_HEAD_DIMS, head_dims,
            "head dims of the tile and long cases (default 64; e.g. 64,128)", dict(metavar="H[,H...]"),
            _always("--head-dims", lambda dims: ",".join(str(h) for h in dims))),
-    Option("empty_rows", "--empty-rows", ("exact",), "zeros", _choice(EMPTY_ROWS),
-           "what rows that see no key must be (exact): zeros (default, flash-attn and torch SDPA), nan, or any "
-           "(not judged)", dict(choices=EMPTY_ROWS), _always("--empty-rows")),
+    Option("empty_rows", "--empty-rows", GRIDS, "zeros", _choice(EMPTY_ROWS),
+           "what rows that see no key must be (exact, backward): zeros (default, flash-attn and torch SDPA), nan, "
+           "or any (not judged; backward: no gradient flows from them)", dict(choices=EMPTY_ROWS),
+           _always("--empty-rows")),
     Option("probe_head_dims", "--probe-head-dims", GRIDS, False, _bool,
            "a tile case whose head dim the callable rejects by raising is unsupported (skip), not failed",
            dict(action="store_true"), _if_set("--probe-head-dims")),
@@ -272,6 +273,8 @@ def _rules(kind, v):
                          f"{kind!r}/{v['method']!r}")
     if v["gqa"] and v["layout"] not in ("BNTH", "BTNH"):
         raise InputError(f"gqa: grouped-query heads need a layout with a heads axis (BNTH or BTNH), got {v['layout']!r}")
+    if kind == "backward" and v["empty_rows"] == "nan":
+        raise InputError("empty_rows: the backward kind judges 'zeros' or 'any', got 'nan'")
     if kind == "backward" and v["precision"] not in BACKWARD_PRECISIONS:
         raise InputError(f"precision: the backward kind judges {BACKWARD_PRECISIONS} claims, got {v['precision']!r}")
 
