@@ -11,7 +11,7 @@ table in markdown.
 
 With PyTorch installed, torch's ``scaled_dot_product_attention`` (the CPU kernels, through
 `refattn.check.adapters`) is audited too, forward at four precisions and backward at two, as a
-correct implementation. ``--only`` measures the entries whose name contains NAME and merges
+correct implementation; with JAX, ``jax.nn.dot_product_attention`` at float32 and bfloat16. ``--only`` measures the entries whose name contains NAME and merges
 their rows into the existing file (marked ``remeasured``).
 """
 
@@ -41,6 +41,7 @@ def entries():
             lo = stored_in(b, "bfloat16")
             out[name + " (bfloat16)"] = (lo.fn, lo.kind, lo.options, lo)
     out.update(torch_entries())
+    out.update(jax_entries())
     return out
 
 
@@ -59,6 +60,22 @@ def torch_entries():
     out.update({f"torch SDPA backward {p}": (torch_backward(sdpa, dtype=p, keywords=kw), "backward",
                                              dict(claims, precision=p), None) for p in ("float64", "float32")})
     return out
+
+
+def jax_entries():
+    """jax.nn.dot_product_attention (CPU) as a correct implementation: (B, T, N, H), causal top-left,
+    its own convention for rows that see no key (uniform weights: ``empty_rows="any"``)."""
+    try:
+        import jax
+    except ImportError:
+        return {}
+    from refattn.check.adapters import jax_forward
+
+    kw = {"causal": "is_causal", "mask": "mask", "bias": "bias"}
+    claims = dict(layout="BTNH", alignment="top_left", equal_head_dims=True, empty_rows="any")
+    return {f"JAX dot_product_attention {p}": (jax_forward(jax.nn.dot_product_attention, dtype=p, keywords=kw),
+                                               "exact", dict(claims, precision=p), None)
+            for p in ("float32", "bfloat16")}
 
 
 def main(argv=None):

@@ -135,13 +135,20 @@ class _Recorder:
         return result
 
 
-def _references(call, precision, kind, alignment="bottom_right"):
-    """``[(out, ref64, ref_lo)]`` for one recorded call: the output (or each gradient) and its references
-    (``causal=True`` read in the claimed ``alignment``)."""
+def _references(call, precision, kind, options=None):
+    """``[(out, ref64, ref_lo)]`` for one recorded call: the output (or each gradient) and its references,
+    read as the check's ``options`` claim: ``causal=True`` in the claimed alignment, ``(B, T, N, H)``
+    arrays for the BTNH layout, and (``empty_rows="any"``) the rows that see no key left out."""
     from refattn.exact import attention_backward, softmax_attention
     from refattn.precision import kernel_reference
 
+    options = options or {}
+    alignment = options.get("alignment", "bottom_right")
     args, kw, result = call
+    if options.get("layout") == "BTNH":  # to (B, N, T, H), the oracle's batch-first order
+        swap = lambda a: np.swapaxes(a, 1, 2) if np.ndim(a) == 4 else a  # noqa: E731
+        args, result = tuple(swap(a) for a in args), (tuple(swap(r) for r in result)
+                                                      if isinstance(result, tuple) else swap(result))
     q, k, v = (np.asarray(a, np.float64) for a in args[:3])
     if q.ndim == 4 and k.shape[1] != q.shape[1]:  # grouped queries
         g = q.shape[1] // k.shape[1]
@@ -163,7 +170,11 @@ def _references(call, precision, kind, alignment="bottom_right"):
     ref_lo, lse_lo = (ref64, lse64) if precision == "float64" else \
         kernel_reference(q, k, v, precision, return_lse=True, **okw)
     if not isinstance(result, tuple):
-        return [(np.asarray(result, np.float64), ref64, ref_lo)]
+        out = np.asarray(result, np.float64)
+        if options.get("empty_rows") == "any" and out.shape == ref64.shape:  # not judged: the kernel's convention
+            seen = np.broadcast_to(np.isfinite(lse64), out.shape[:-1])
+            return [(out[seen], ref64[seen], ref_lo[seen])]
+        return [(out, ref64, ref_lo)]
     lse = np.asarray(result[1], np.float64).reshape(lse64.shape)
     seen = np.isfinite(lse64)  # a row that sees no key: its output is judged, its lse is -inf
     return [(np.asarray(result[0], np.float64), ref64, ref_lo), (lse[seen], lse64[seen], lse_lo[seen])]
@@ -193,7 +204,7 @@ def audit(entries, seeds, *, rules=None):
                     failed.update(rules)
                     continue
                 try:
-                    judged = _references(call, precision, kind, options.get("alignment", "bottom_right"))
+                    judged = _references(call, precision, kind, options)
                 except (ValueError, TypeError, IndexError):
                     continue  # a call the oracle cannot pose as given (the checker judged it)
                 capped, grad = bool(call[1].get("softcap")), kind == "backward"
