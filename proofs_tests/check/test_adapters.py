@@ -23,6 +23,23 @@ def test_the_adapter_shows_the_checker_the_keywords_it_maps(make):
     assert list(inspect.signature(grads).parameters) == ["q", "k", "v", "dout"]
 
 
+@pytest.mark.parametrize("make", [torch_forward, torch_backward, jax_forward, jax_backward])
+def test_adapters_reach_the_worker_pickled_not_forked(make):
+    """An adapter is a module-level object that pickles with its function, so the checker's worker is
+    a fresh process that imports the framework itself; inherited by fork from a process whose JAX or
+    torch threads hold a lock, it deadlocked until the start timeout (seen with JAX on 2 cores)."""
+    import pickle
+    from functools import partial
+
+    from refattn.check.isolation import Worker
+    from refattn.exact import softmax_attention
+
+    adapter = make(partial(softmax_attention, implementation="dense"), dtype="float32", keywords={"causal": "causal"})
+    again = pickle.loads(pickle.dumps(adapter))
+    assert inspect.signature(again) == inspect.signature(adapter) and again.__name__ == adapter.__name__
+    assert Worker._plan(adapter)[0][0] == "pickled"
+
+
 JAX_KEYWORDS = {"causal": "is_causal", "mask": "mask", "bias": "bias"}
 
 

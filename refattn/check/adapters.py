@@ -56,42 +56,109 @@ def _from_torch(t):
     return (t.float() if str(t.dtype) == "torch.bfloat16" else t).numpy()  # NumPy has no bfloat16
 
 
+class _Adapter:
+    """A framework function in the checker's contract: a module-level class, so the checker's worker
+    process receives it pickled (by reference to ``fn``) and imports the framework itself, rather than
+    inheriting it by ``fork`` from a process whose framework threads may hold a lock (a JAX or torch
+    process forked mid-flight can deadlock)."""
+
+    names = ("q", "k", "v")
+    prefix = "adapter"
+
+    def __init__(self, fn, *, dtype=None, keywords=None, label=""):
+        self.fn, self.dtype, self.keywords = fn, dtype, dict(keywords or {})
+        name = getattr(fn, "__name__", None) or getattr(getattr(fn, "func", None), "__name__", "fn")  # a partial's
+        self.__name__ = self.__qualname__ = f"{self.prefix}({name}{label})"
+
+    @property
+    def __signature__(self):
+        return _signature(self.names, self.keywords)
+
+    def __repr__(self):
+        return self.__name__
+
+
+class _TorchForward(_Adapter):
+    prefix = "torch_forward"
+    def __init__(self, fn, *, dtype=None, device="cpu", keywords=None, layout="TH"):
+        super().__init__(fn, dtype=dtype, keywords=keywords, label=f", {layout}")
+        self.device = device
+
+    def __call__(self, q, k, v, **kw):
+        import torch
+
+        args = [_torch_tensor(torch, a, self.dtype, self.device) for a in (q, k, v)]
+        extra = {n: _torch_tensor(torch, a, None, self.device) for n, a in _renamed(kw, self.keywords).items()}
+        with torch.no_grad():
+            out = self.fn(*args, **extra)
+        return tuple(_from_torch(o) for o in out) if isinstance(out, tuple) else _from_torch(out)
+
+
+class _TorchBackward(_Adapter):
+    prefix = "torch_backward"
+    names = ("q", "k", "v", "dout")
+
+    def __init__(self, fn, *, dtype=None, device="cpu", keywords=None):
+        super().__init__(fn, dtype=dtype, keywords=keywords)
+        self.device = device
+
+    def __call__(self, q, k, v, dout, **kw):
+        import torch
+
+        args = [_torch_tensor(torch, a, self.dtype, self.device, grad=True) for a in (q, k, v)]
+        extra = {n: _torch_tensor(torch, a, None, self.device) for n, a in _renamed(kw, self.keywords).items()}
+        out = self.fn(*args, **extra)
+        out.backward(_torch_tensor(torch, dout, self.dtype, self.device).to(out.dtype))
+        return tuple(_from_torch(a.grad) for a in args)
+
+
+class _JaxForward(_Adapter):
+    prefix = "jax_forward"
+    def __call__(self, q, k, v, **kw):
+        import jax.numpy as jnp
+
+        args = [_jax_array(jnp, a, self.dtype) for a in (q, k, v)]
+        extra = {n: _jax_array(jnp, a, None) for n, a in _renamed(kw, self.keywords).items()}
+        out = self.fn(*args, **extra)
+        return tuple(_from_jax(o) for o in out) if isinstance(out, tuple) else _from_jax(out)
+
+
+class _JaxBackward(_Adapter):
+    prefix = "jax_backward"
+    names = ("q", "k", "v", "dout")
+
+    def __call__(self, q, k, v, dout, **kw):
+        import jax
+        import jax.numpy as jnp
+
+        args = [_jax_array(jnp, a, self.dtype) for a in (q, k, v)]
+        extra = {n: _jax_array(jnp, a, None) for n, a in _renamed(kw, self.keywords).items()}
+        out, vjp = jax.vjp(_Bound(self.fn, extra), *args)
+        return tuple(_from_jax(g) for g in vjp(_jax_array(jnp, dout, self.dtype).astype(out.dtype)))
+
+
+class _Bound:
+    """``fn`` with its keywords bound, as a function of ``(q, k, v)`` (what ``jax.vjp`` differentiates)."""
+
+    def __init__(self, fn, kw):
+        self.fn, self.kw = fn, kw
+
+    def __call__(self, q, k, v):
+        return self.fn(q, k, v, **self.kw)
+
+
 def torch_forward(fn, *, dtype=None, device="cpu", keywords=None, layout="TH"):
     """``fn(q, k, v, **kw)`` on torch tensors as the checker's ``fn(q, k, v, ...) -> out`` (under
     ``torch.no_grad``). ``dtype``: the tensors' dtype name (``"float32"``, ``"bfloat16"``, ...;
-    None keeps the input's); ``layout`` is documentation only: pass the same to ``check``."""
-    keywords = dict(keywords or {})
-
-    def forward(q, k, v, **kw):
-        import torch
-
-        args = [_torch_tensor(torch, a, dtype, device) for a in (q, k, v)]
-        extra = {n: _torch_tensor(torch, a, None, device) for n, a in _renamed(kw, keywords).items()}
-        with torch.no_grad():
-            out = fn(*args, **extra)
-        return tuple(_from_torch(o) for o in out) if isinstance(out, tuple) else _from_torch(out)
-
-    forward.__signature__ = _signature(("q", "k", "v"), keywords)
-    forward.__name__ = forward.__qualname__ = f"torch_forward({getattr(fn, '__name__', 'fn')}, {layout})"
-    return forward
+    None keeps the input's); ``layout`` is documentation only: pass the same to ``check``. The
+    result pickles when ``fn`` does (a module-level function, a ``functools.partial`` of one), so
+    the checker's worker imports torch itself."""
+    return _TorchForward(fn, dtype=dtype, device=device, keywords=keywords, layout=layout)
 
 
 def torch_backward(fn, *, dtype=None, device="cpu", keywords=None):
     """The backward kind's ``fn(q, k, v, dout, ...) -> (dq, dk, dv)`` of a differentiable torch forward."""
-    keywords = dict(keywords or {})
-
-    def backward(q, k, v, dout, **kw):
-        import torch
-
-        args = [_torch_tensor(torch, a, dtype, device, grad=True) for a in (q, k, v)]
-        extra = {n: _torch_tensor(torch, a, None, device) for n, a in _renamed(kw, keywords).items()}
-        out = fn(*args, **extra)
-        out.backward(_torch_tensor(torch, dout, dtype, device).to(out.dtype))
-        return tuple(_from_torch(a.grad) for a in args)
-
-    backward.__signature__ = _signature(("q", "k", "v", "dout"), keywords)
-    backward.__name__ = backward.__qualname__ = f"torch_backward({getattr(fn, '__name__', 'fn')})"
-    return backward
+    return _TorchBackward(fn, dtype=dtype, device=device, keywords=keywords)
 
 
 def _jax_array(jnp, a, dtype):
@@ -110,34 +177,9 @@ def jax_forward(fn, *, dtype=None, keywords=None):
     """``fn(q, k, v, **kw)`` on JAX arrays as the checker's ``fn(q, k, v, ...) -> out``.
     ``dtype``: ``"float32"``, ``"bfloat16"``, ... (None keeps the input's; float64 needs
     ``jax_enable_x64``)."""
-    keywords = dict(keywords or {})
-
-    def forward(q, k, v, **kw):
-        import jax.numpy as jnp
-
-        args = [_jax_array(jnp, a, dtype) for a in (q, k, v)]
-        extra = {n: _jax_array(jnp, a, None) for n, a in _renamed(kw, keywords).items()}
-        out = fn(*args, **extra)
-        return tuple(_from_jax(o) for o in out) if isinstance(out, tuple) else _from_jax(out)
-
-    forward.__signature__ = _signature(("q", "k", "v"), keywords)
-    forward.__name__ = forward.__qualname__ = f"jax_forward({getattr(fn, '__name__', 'fn')})"
-    return forward
+    return _JaxForward(fn, dtype=dtype, keywords=keywords)
 
 
 def jax_backward(fn, *, dtype=None, keywords=None):
     """The backward kind's ``fn(q, k, v, dout, ...) -> (dq, dk, dv)`` of a JAX forward, by ``jax.vjp``."""
-    keywords = dict(keywords or {})
-
-    def backward(q, k, v, dout, **kw):
-        import jax
-        import jax.numpy as jnp
-
-        args = [_jax_array(jnp, a, dtype) for a in (q, k, v)]
-        extra = {n: _jax_array(jnp, a, None) for n, a in _renamed(kw, keywords).items()}
-        out, vjp = jax.vjp(lambda a, b, c: fn(a, b, c, **extra), *args)
-        return tuple(_from_jax(g) for g in vjp(_jax_array(jnp, dout, dtype).astype(out.dtype)))
-
-    backward.__signature__ = _signature(("q", "k", "v", "dout"), keywords)
-    backward.__name__ = backward.__qualname__ = f"jax_backward({getattr(fn, '__name__', 'fn')})"
-    return backward
+    return _JaxBackward(fn, dtype=dtype, keywords=keywords)

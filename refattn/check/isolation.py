@@ -23,7 +23,11 @@ checker. The worker runs in its own session; stopping it kills its process group
 started outlives the check. The worker is forked from a fresh server
 process (``forkserver``; ``spawn`` where there is none), so it inherits nothing from the checker
 (no threads, no CUDA context); a callable handed in from Python is pickled into it, or, when it
-cannot be pickled (a lambda, a closure), inherited by ``fork`` where the platform has it.
+cannot be pickled (a lambda, a closure), inherited by ``fork`` where the platform has it. A fork of
+a process whose framework threads hold a lock can deadlock (JAX's and torch's thread pools): hand
+such code in as a module-level function, a ``functools.partial`` of one, a TARGET string, or through
+[`refattn.check.adapters`][refattn.check.adapters], whose adapters pickle; a worker that does not start within
+`START_TIMEOUT` is a failing load, never a hang.
 """
 
 from __future__ import annotations
