@@ -156,11 +156,15 @@ def test_a_killed_worker_costs_a_retry_not_a_block(tmp_path, client):
     assert there.complete and all(np.array_equal(here[n], there[n]) for n in ("out", "lse"))
 
 
-def test_an_unreachable_scheduler_is_a_clear_error():
+def test_an_unreachable_scheduler_is_a_clear_error(monkeypatch):
     pytest.importorskip("dask.distributed", reason="the dask extra is not installed")
     from refattn.distributed import connect
 
+    monkeypatch.setenv("REFATTN_SCHEDULER_TIMEOUT", "1")  # the wait is the environment's to set
     with pytest.raises(ValueError, match="^scheduler: cannot reach"):
+        connect("tcp://127.0.0.1:9")
+    monkeypatch.setenv("REFATTN_SCHEDULER_TIMEOUT", "soon")
+    with pytest.raises(ValueError, match="^REFATTN_SCHEDULER_TIMEOUT: expected seconds"):
         connect("tcp://127.0.0.1:9")
 
 

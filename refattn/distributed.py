@@ -73,13 +73,32 @@ def _dask():
     return dd
 
 
+#: Seconds to wait for a scheduler before "cannot reach" (the environment's REFATTN_SCHEDULER_TIMEOUT
+#: overrides it: a slow network may need longer).
+SCHEDULER_TIMEOUT = 10.0
+
+
+def _scheduler_timeout():
+    text = os.environ.get("REFATTN_SCHEDULER_TIMEOUT")
+    if text is None:
+        return SCHEDULER_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value > 0 and value < float("inf")):
+        raise InputError(f"REFATTN_SCHEDULER_TIMEOUT: expected seconds > 0, got {text!r}")
+    return value
+
+
 def connect(scheduler=None, *, workers=None, threads_per_worker=1):
     """A ``dask.distributed.Client``: to the scheduler at ``scheduler`` (an address, e.g.
-    ``tcp://10.0.0.1:8786``), or to a new ``LocalCluster`` of ``workers`` processes."""
+    ``tcp://10.0.0.1:8786``; waited for `SCHEDULER_TIMEOUT` seconds, or the environment's
+    ``REFATTN_SCHEDULER_TIMEOUT``), or to a new ``LocalCluster`` of ``workers`` processes."""
     dd = _dask()
     if scheduler is not None:
         try:
-            return dd.Client(scheduler, timeout="10s")
+            return dd.Client(scheduler, timeout=f"{_scheduler_timeout():g}s")
         except (OSError, TimeoutError) as exc:
             raise InputError(f"scheduler: cannot reach {scheduler!r} ({exc})") from None
     workers = check_positive_int(workers or 1, "workers", maximum=1024)

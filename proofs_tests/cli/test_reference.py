@@ -2,6 +2,7 @@
 its inputs, resumes, and bad usage is a one-line error (exit 2). Deterministic."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -80,6 +81,7 @@ def test_an_unreachable_scheduler_and_conflicting_options(files):
     d, _ = files
     proc = subprocess.run([sys.executable, "-m", "refattn", *_argv(d, "--out", str(d / "x"), "--scheduler",
                                                                      "tcp://127.0.0.1:9")],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "REFATTN_SCHEDULER_TIMEOUT": "1"})
     assert proc.returncode == 2 and "scheduler: cannot reach" in proc.stderr and "Traceback" not in proc.stderr
     assert main(_argv(d, "--out", str(d / "x"), "--workers", "2", "--scheduler", "tcp://127.0.0.1:9")) == 2
