@@ -31,17 +31,17 @@ def _first_failure(rep):
     ("writes_into_v", "mutated", "wrote into its input (v)"),
 ])
 def test_a_failing_call_is_a_failing_verdict(user_file, name, what, says):
-    v = _first_failure(check(f"{user_file}:{name}", "exact"))
+    v = _first_failure(check(f"{user_file}:{name}", "exact", sizes="small"))
     assert v.effect == what and says in v.meaning, v
 
 
 def test_an_allocation_beyond_the_memory_limit_is_a_verdict(user_file):
-    v = _first_failure(check(f"{user_file}:allocates", "exact", memory_limit=2 * 2**30))
+    v = _first_failure(check(f"{user_file}:allocates", "exact", sizes="small", memory_limit=2 * 2**30))
     assert "MemoryError" in v.meaning and "--memory-limit" in v.meaning
 
 
 def test_a_hang_is_stopped_at_the_timeout_and_the_worker_restarted(user_file):
-    rep = check(f"{user_file}:hangs", "exact", timeout=0.5)
+    rep = check(f"{user_file}:hangs", "exact", sizes="small", timeout=0.5)
     v = _first_failure(rep)
     assert v.effect == "timeout" and "within 0.5 s" in v.meaning
     assert all(f.effect == "timeout" for f in rep.failures) and len(rep.failures) > 1  # every case ran
@@ -50,17 +50,17 @@ def test_a_hang_is_stopped_at_the_timeout_and_the_worker_restarted(user_file):
 
 def test_writing_into_a_copy_is_not_a_mutation(user_file):
     """Power twin of the mutation check: the same kernel that only writes into its own copy passes."""
-    rep = check(f"{user_file}:writes_into_a_copy", "exact")
+    rep = check(f"{user_file}:writes_into_a_copy", "exact", sizes="small")
     assert rep.passed, rep.format_table()
 
 
 def test_printing_is_captured_and_json_stays_parseable(user_file):
-    proc = subprocess.run([sys.executable, "-m", "refattn", "check", f"{user_file}:prints", "--kind", "exact",
+    proc = subprocess.run([sys.executable, "-m", "refattn", "check", f"{user_file}:prints", "--kind", "exact", "--sizes", "small",
                            "--json"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)  # nothing the callable printed is on stdout
     assert doc["passed"] and "progress: 50%" in doc["output"] and "a C library writes here" in doc["output"]
-    table = subprocess.run([sys.executable, "-m", "refattn", "check", f"{user_file}:prints", "--kind", "exact"],
+    table = subprocess.run([sys.executable, "-m", "refattn", "check", f"{user_file}:prints", "--kind", "exact", "--sizes", "small"],
                            capture_output=True, text=True, timeout=300).stdout
     assert "the callable printed:" in table and table.rstrip().endswith("RESULT: PASS")
 
@@ -70,15 +70,15 @@ def test_a_file_targets_folder_is_importable(tmp_path):
     (tmp_path / "kernel.py").write_text("from helper_mod import attention\n\n"
                                         "def fn(q, k, v, causal=False, mask=None):\n"
                                         "    return attention(q, k, v, causal=causal, mask=mask)\n")
-    rep = check(f"{tmp_path / 'kernel.py'}:fn", "exact")
+    rep = check(f"{tmp_path / 'kernel.py'}:fn", "exact", sizes="small")
     assert rep.passed, rep.format_table()
 
 
 def test_callables_from_python_run_in_the_worker_too():
     """A module-level function is pickled into the worker; a lambda is inherited by fork."""
-    assert check(exact_attention, "exact").passed
+    assert check(exact_attention, "exact", sizes="small").passed
     assert check(lambda q, k, v, causal=False, mask=None: exact_attention(q, k, v, causal=causal, mask=mask),
-                 "exact").passed
+                 "exact", sizes="small").passed
 
 
 def test_the_worker_reports_keywords_and_fresh_inputs(user_file):
@@ -172,7 +172,7 @@ def test_a_hostile_reply_never_wins_and_never_runs(hostile, name):
     sent down the worker's pipe (as an object or as raw bytes) fail the check, and the payload never
     runs in the checker (no mark file)."""
     path, mark = hostile
-    rep = check(f"{path}:{name}", "exact", timeout=20)
+    rep = check(f"{path}:{name}", "exact", sizes="small", timeout=20)
     assert rep.result == "FAIL" and rep.exit_code == 1, rep.format_table()
     assert not mark.exists()
 
@@ -186,10 +186,10 @@ def test_isolation_off_says_so_and_a_patched_oracle_cannot_pass_isolated(hostile
     import refattn.tolerance
 
     path, _ = hostile
-    rep = check(f"{path}:wrong_with_patched_oracle", "exact", timeout=20)
+    rep = check(f"{path}:wrong_with_patched_oracle", "exact", sizes="small", timeout=20)
     assert rep.result == "FAIL", rep.format_table()
     try:
-        off = check(exact_attention, "exact", isolate=False)
+        off = check(exact_attention, "exact", sizes="small", isolate=False)
         assert any("isolation off" in n for n in off.notes) and "isolation off" in off.format_table()
     finally:
         importlib.reload(refattn.exact)
@@ -198,14 +198,14 @@ def test_isolation_off_says_so_and_a_patched_oracle_cannot_pass_isolated(hostile
 
 def test_printing_gigabytes_keeps_the_checkers_memory_bounded(tmp_path):
     """A callable that prints 200 MB per call: the worker reads back a bounded prefix, the report keeps
-    4000 characters, and the checker's peak memory stays far below what was printed (over 7 GB in
-    all: 200 MB on each of the grid's calls; the peak is the checker itself plus at most one call's
+    4000 characters, and the checker's peak memory stays far below what was printed (gigabytes in
+    all: 200 MB on each of the small grid's calls; the peak is the checker itself plus at most one call's
     output in flight)."""
     code = (
         "import resource, sys\n"
         "from refattn.check import check\n"
         f"sys.path.insert(0, {str(tmp_path)!r})\n"
-        "rep = check('loud.py:loud', 'exact', timeout=60)\n"
+        "rep = check('loud.py:loud', 'exact', sizes='small', timeout=60)\n"
         "print(rep.result, len(rep.output), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
     )
     (tmp_path / "loud.py").write_text(
@@ -225,7 +225,7 @@ def test_a_grandchild_is_ended_with_the_worker(tmp_path):
         "def spawner(q, k, v):\n"
         "    subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(90)'])\n"
         "    return exact_attention(q, k, v)\n")
-    proc = subprocess.run([sys.executable, "-m", "refattn", "check", "spawner.py:spawner", "--kind", "exact",
+    proc = subprocess.run([sys.executable, "-m", "refattn", "check", "spawner.py:spawner", "--kind", "exact", "--sizes", "small",
                            "--no-progress"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -255,7 +255,7 @@ def test_a_grandchild_that_escapes_the_session_is_ended_too(tmp_path, escape):
         "            time.sleep(60)\n"
         "        os._exit(0)\n"
         "    return exact_attention(q, k, v)\n" % (str(pidfile), leave, str(pidfile)))
-    proc = subprocess.run([sys.executable, "-m", "refattn", "check", "escaper.py:escaper", "--kind", "exact",
+    proc = subprocess.run([sys.executable, "-m", "refattn", "check", "escaper.py:escaper", "--kind", "exact", "--sizes", "small",
                            "--sizes", "small", "--no-progress"], capture_output=True, text=True, timeout=60,
                           cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -278,7 +278,7 @@ def test_sigterm_during_a_hang_leaves_no_worker(tmp_path):
     (tmp_path / "hang.py").write_text(
         "import os, time\n"
         f"def hang(q, k, v):\n    open({str(pidfile)!r}, 'w').write(str(os.getpid()))\n    time.sleep(600)\n")
-    proc = subprocess.Popen([sys.executable, "-m", "refattn", "check", "hang.py:hang", "--kind", "exact",
+    proc = subprocess.Popen([sys.executable, "-m", "refattn", "check", "hang.py:hang", "--kind", "exact", "--sizes", "small",
                              "--timeout", "500", "--no-progress"], cwd=tmp_path, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
