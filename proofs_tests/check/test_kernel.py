@@ -127,3 +127,21 @@ def test_short_of_power_within_the_budget_is_inconclusive_with_its_exit_code(cap
     out = capsys.readouterr().out
     assert "RESULT: INCONCLUSIVE" in out and "draws are needed for the stated power" in out
     assert main(args + ["--max-bias", "0.5", "--max-variance-ratio", "5"]) == 0
+
+
+def test_iid_features_judged_as_orthogonal_get_the_projection_hint():
+    """A correct iid FAVOR+ checked with the default (orthogonal) claim fails its variance check, and
+    a note says its squared errors fit iid features (claim --projection gaussian); claimed gaussian, it
+    passes with no such note; a correct orthogonal estimator gets no hint. Seeded; the hint needs the
+    claimed projection's statistic beyond |z| > 5 and the other within |z| < 2."""
+    from functools import partial
+
+    from refattn.check.planted import kernel_estimator
+
+    iid = partial(kernel_estimator, projection="gaussian")
+    rep = check(iid, "kernel", method="positive", m=64, seed=11)
+    assert not rep.passed and any("--projection gaussian" in n for n in rep.notes), rep.notes
+    rep = check(iid, "kernel", method="positive", projection="gaussian", m=64, seed=11)
+    assert rep.passed and not any("--projection" in n for n in rep.notes), rep.format_table()
+    rep = check(kernel_estimator, "kernel", method="positive", m=64, seed=11)
+    assert rep.passed and not any("--projection" in n for n in rep.notes), rep.format_table()

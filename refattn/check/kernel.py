@@ -123,6 +123,7 @@ def _variance_check(run, samples, x, y, truth, method, projection, m, label, A=0
     mse, u = _variance_statistic(samples, x, y, truth, method, projection, m, A)
     tol = run.max_variance_ratio
     if mse is not None:
+        _projection_hint(run, samples, x, y, truth, method, projection, m, u, A)
         return run.mean_check(f"{label} (m = {m})", u[:, None], 1.0,
                               f"mean squared error / closed-form MSE is 1 ({method}, {projection}, m = {m})",
                               tolerance=tol, what="variance ratio")
@@ -131,6 +132,25 @@ def _variance_check(run, samples, x, y, truth, method, projection, m, label, A=0
                                 f"relative MSE equals refattn's {method}/{projection} estimator at m = {m}"
                                 + (f" (A = {A:.4g})" if method == "favorpp" else ""), tolerance=tol,
                                 what="variance ratio")
+
+
+def _projection_hint(run, samples, x, y, truth, method, projection, m, u, A):
+    """A note when the squared errors miss the claimed projection's closed form by far (|z| > 5) but fit
+    the other projection's (|z| < 2): iid features judged as orthogonal ones, or the reverse. A hint
+    beside the verdict, which stays the claim's."""
+    other = {"orthogonal": "gaussian", "gaussian": "orthogonal"}.get(projection)
+    if other is None or _closed_mse(method, other, A) is None or len(u) < 20:
+        return
+
+    def z(v):
+        return (float(np.mean(v)) - 1.0) / (float(np.std(v, ddof=1)) / np.sqrt(len(v)) or np.inf)
+
+    _, u_other = _variance_statistic(samples, x, y, truth, method, other, m, A)
+    if np.all(np.isfinite(u)) and abs(z(u)) > 5 and abs(z(u_other)) < 2:
+        what = "iid (gaussian)" if other == "gaussian" else "orthogonal"
+        run.report.notes.append(f"variance (m = {m}): the squared errors fit {what} features' closed form, not "
+                                f"{projection} ones: claim it with --projection {other} "
+                                f"(check(..., projection={other!r})) if that is what fn draws")
 
 
 def _reference_u(run, x, y, truth, method, projection, m, n, A):
