@@ -181,6 +181,8 @@ def check_attention_output(actual, q, k, v, *, precision=None, rows=None, atol=N
     ref_lo = ref64 if p == "float64" else _prec.kernel_reference(q, k, v, p, **options)
     allow = rounding_allowance(q, k, v, p, **options)
     a = _as_output(actual)
+    if a.shape != ref64.shape:
+        raise InputError(f"actual: expected the output's shape {ref64.shape} for these q, k, v, got {a.shape}")
     if rows is not None and a.shape == ref64.shape:
         sel = np.broadcast_to(np.asarray(rows, dtype=bool), ref64.shape[:-1])  # the rows judged, (..., T)
         return compare(a[sel], ref64[sel], ref_lo[sel], precision=p, allowance=allow[sel], atol=atol)

@@ -25,6 +25,9 @@ Q = _R.standard_normal((5, 4))
 K = _R.standard_normal((6, 4))
 V = _R.standard_normal((6, 3))
 DOUT = _R.standard_normal((5, 3))
+#: packed variable-length inputs: two sequences of 2 and 3 queries, 3 and 3 keys, 2 query heads on 1
+PQ, PK, PV = _R.standard_normal((5, 2, 4)), _R.standard_normal((6, 1, 4)), _R.standard_normal((6, 1, 3))
+PDOUT = _R.standard_normal((5, 2, 3))
 X = _R.standard_normal((3, 4)) * 0.4  # pairs for the kernel formulas
 Y = _R.standard_normal((3, 4)) * 0.4
 MAT = _R.standard_normal((6, 5))
@@ -102,6 +105,13 @@ ENTRY_POINTS: dict[str, Entry] = {e.fn: e for e in [
     _e("refattn.exact:forward_error_bound", QKV, {**ATTN_OPTS, "dtype": ("dtype", None)}),
     _e("refattn.mpmath_oracle:softmax_attention_mp", QKV, {**ATTN_OPTS, "dps": ("int", 30), "as_float": ("bool", True)}),
     _e("refattn.mpmath_oracle:attention_backward_mp", {**QKV, "dout": ("farray", DOUT)}, {"dps": ("int", 30)}),
+    _e("refattn.varlen:varlen_attention", {"q": ("farray", PQ), "k": ("farray", PK), "v": ("farray", PV),
+       "cu_seqlens_q": ("iarray", np.array([0, 2, 5])), "cu_seqlens_k": ("iarray", np.array([0, 3, 6]))},
+       {"seqused_k": ("opt_int", None), "return_lse": ("bool", False), "causal": ("causal", False)}),
+    _e("refattn.varlen:varlen_backward", {"q": ("farray", PQ), "k": ("farray", PK), "v": ("farray", PV),
+       "dout": ("farray", PDOUT), "cu_seqlens_q": ("iarray", np.array([0, 2, 5])),
+       "cu_seqlens_k": ("iarray", np.array([0, 3, 6]))}, {"causal": ("causal", False)}),
+    _e("refattn.varlen:as_cu_seqlens", {"cu": ("iarray", np.array([0, 2, 5])), "total": ("int", 5)}),
     _e("refattn.precision:kernel_reference", {**QKV, "precision": ("precision", "float16")}, ATTN_OPTS),
     _e("refattn.precision:round_to", {"x": ("farray", Q), "precision": ("precision", "bfloat16")}),
     _e("refattn.precision:as_dtype", {"precision": ("precision", "float32")}),

@@ -27,11 +27,15 @@ from proofs_tests.fuzz._grid import ENTRY_POINTS, Case, build_call  # noqa: E402
 MEMORY_LIMIT = 8 * 2**30
 
 
-def parameter_names(fn) -> set[str]:
+def parameter_names(fn, kwargs=()) -> set[str]:
+    """``fn``'s parameters, and the keywords of this call that its ``**options`` takes (an error naming
+    such a keyword names the argument the caller passed)."""
     try:
-        return set(inspect.signature(fn).parameters)
+        params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
         return set()
+    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    return set(params) | (set(kwargs) if var_kw else set())
 
 
 def _nonfinite(x, allow_neg_inf, allow_inf=False, path="result", seen=None):
@@ -67,7 +71,7 @@ def run_one(case: Case) -> dict:
         fn, args, kwargs = build_call(case)
     except Exception as exc:  # the grid itself is broken: report, do not hide
         return {"status": "grid-error", "detail": f"{type(exc).__name__}: {exc}"}
-    names = parameter_names(fn)
+    names = parameter_names(fn, kwargs)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
