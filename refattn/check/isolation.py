@@ -249,6 +249,11 @@ class Worker:
             if "fork" not in mp.get_all_start_methods():
                 raise WorkerError("fn: cannot be pickled into a worker process on this platform; pass a "
                                   "module-level function or a TARGET string, or check it with isolate=False") from None
+            if "jaxlib" in sys.modules:  # JAX is multithreaded: a fork of this process would deadlock
+                raise WorkerError("fn: cannot be pickled (a lambda or a closure), and this process runs JAX, whose "
+                                  "threads make a fork deadlock; pass a module-level function, a functools.partial "
+                                  "of one, a TARGET string or a refattn.check.adapters adapter, or check it with "
+                                  "isolate=False") from None
             _INHERITED = target
             return ("inherited",), mp.get_context("fork")
 

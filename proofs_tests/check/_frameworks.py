@@ -1,0 +1,106 @@
+"""The framework checks of test_adapters, as plain functions run in a fresh interpreter each: JAX's
+and torch's thread pools must never live in the test process, whose checks fork workers for
+closures (a fork of a process with JAX's threads deadlocks)."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+
+from refattn.check import check
+from refattn.check.adapters import jax_backward, jax_forward, torch_backward, torch_forward
+from refattn.check.exact import grid
+
+JAX_KEYWORDS = {"causal": "is_causal", "mask": "mask", "bias": "bias"}
+SDPA_KEYWORDS = {"causal": "is_causal", "mask": "attn_mask"}
+
+
+def jax_forward_small():
+    import jax
+
+    f32 = jax_forward(jax.nn.dot_product_attention, dtype="float32", keywords=JAX_KEYWORDS)
+    claims = dict(layout="BTNH", precision="float32", equal_head_dims=True, alignment="top_left", sizes="small")
+    rep = check(f32, "exact", **claims)
+    assert [v.check for v in rep.failures] == ["fully masked rows"] and "must be zeros" in rep.failures[0].meaning
+    assert sum(v.passed is True for v in rep.verdicts) >= 10
+    bf16 = jax_forward(jax.nn.dot_product_attention, dtype="bfloat16", keywords=JAX_KEYWORDS)
+    assert check(bf16, "exact", **dict(claims, precision="bfloat16", empty_rows="any")).passed
+
+
+def jax_forward_tiles():
+    import jax
+
+    f32 = jax_forward(jax.nn.dot_product_attention, dtype="float32", keywords=JAX_KEYWORDS)
+    claims = dict(layout="BTNH", precision="float32", equal_head_dims=True, empty_rows="any")
+    assert check(f32, "exact", alignment="top_left", **claims).passed
+    rep = check(f32, "exact", **claims)
+    assert {v.check for v in rep.failures} == {c.name for c in grid() if c.causal and c.T != c.S
+                                                and not c.option and not c.batch}
+    assert all("the other causal alignment (top_left)" in v.meaning for v in rep.failures)
+
+
+def jax_backward_checks(empty_rows):
+    import jax
+
+    grads = jax_backward(jax.nn.dot_product_attention, dtype="float32", keywords=JAX_KEYWORDS)
+    claims = dict(alignment="top_left", layout="BTNH", precision="float32", equal_head_dims=True, sizes="small")
+    rep = check(grads, "backward", empty_rows=empty_rows, **claims)
+    if empty_rows == "any":
+        assert rep.passed, rep.format_table()
+    else:
+        assert [v.check for v in rep.failures] == ["fully masked rows"], rep.format_table()
+
+
+def torch_float32():
+    import torch
+
+    sdpa = torch_forward(torch.nn.functional.scaled_dot_product_attention, dtype="float32", keywords=SDPA_KEYWORDS)
+    rep = check(sdpa, "exact", layout="BNTH", precision="float32", alignment="top_left")
+    assert rep.passed, rep.format_table()
+    grads = torch_backward(torch.nn.functional.scaled_dot_product_attention, dtype="float32", keywords=SDPA_KEYWORDS)
+    assert check(grads, "backward", layout="BNTH", precision="float32", alignment="top_left").passed
+
+
+def torch_sdpa(precision):
+    import torch
+
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    claims = dict(layout="BNTH", precision=precision, sizes="tiles" if precision == "float32" else "small")
+    fn = torch_forward(sdpa, dtype=precision, layout="BNTH", keywords=SDPA_KEYWORDS)
+    rep = check(fn, "exact", alignment="top_left", **claims)
+    assert rep.passed and {"fully masked rows", "no keys (S = 0)"} <= {
+        v.check for v in rep.verdicts if v.passed}, rep.format_table()
+    gqa = torch_forward(partial(sdpa, enable_gqa=True), dtype=precision, layout="BNTH", keywords=SDPA_KEYWORDS)
+    assert check(gqa, "exact", alignment="top_left", gqa=True, **claims).passed
+    if precision == "float32":
+        failed = check(fn, "exact", **claims).failures
+        assert {v.check for v in failed} >= {"causal T < S", "causal T > S", "causal tiles 65 x 257"}
+        assert all("the other causal alignment (top_left)" in v.meaning for v in failed)
+
+
+def _first(q, k, v):
+    import jax.numpy as jnp
+
+    return jnp.asarray(q)
+
+
+def jax_results_numpy():
+    fn = jax_forward(_first, dtype="bfloat16")
+    out = fn(np.ones((2, 3), np.float32), np.ones((2, 3)), np.ones((2, 3)))
+    assert isinstance(out, np.ndarray) and out.dtype == np.float32  # bfloat16 comes back as float32 values
+
+
+def jax_closure_is_refused():
+    """A closure cannot be pickled and this process runs JAX: the check says so at once (a fork here
+    would deadlock until the start timeout)."""
+    import time
+
+    import jax  # noqa: F401 - JAX's threads in this process
+
+    from refattn.check.planted import exact_attention
+
+    start = time.perf_counter()
+    rep = check(lambda q, k, v: exact_attention(q, k, v), "exact", sizes="small")
+    assert not rep.passed and "this process runs JAX" in rep.verdicts[0].meaning, rep.format_table()
+    assert time.perf_counter() - start < 60
