@@ -241,8 +241,18 @@ def _rounded(a, precision, name):
 
 def store(a, precision) -> np.ndarray:
     """``a`` written in the precision's own dtype (round to nearest even): the output a kernel of that
-    precision returns (bfloat16 and FP8 as ``ml_dtypes`` arrays)."""
-    return np.asarray(a).astype(as_dtype(precision))
+    precision returns (bfloat16 and FP8 as ``ml_dtypes`` arrays). Values beyond the precision's
+    range become ``+-inf``, as a kernel's store makes them (IEEE overflow); NaN is an error naming ``a``."""
+    try:
+        arr = np.asarray(a)
+    except ValueError:  # a ragged nest of lists
+        raise InputTypeError("a: cannot be converted to an array (ragged?)") from None
+    if arr.dtype.kind not in "fiub":
+        raise InputTypeError(f"a: expected numbers, got dtype {arr.dtype}")
+    if arr.dtype.kind == "f" and np.isnan(arr).any():
+        raise InputError("a: contains NaN")
+    with np.errstate(over="ignore"):
+        return arr.astype(as_dtype(precision))
 
 
 def round_problem(prob, precision, extra=()):

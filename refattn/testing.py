@@ -53,6 +53,7 @@ def check_close_to_reference(actual, q, k, v, *, dtype=None, atol=None, **attent
     ``attention_kwargs`` (``scale``, ``causal``, ``mask``, ``bias``, ``key_lengths``, ``window``,
     ``softcap``, ``alibi_slopes``) are passed to the oracle.
     """
+    dtype = None if dtype is None else as_precision(dtype, "dtype")
     return check_attention_output(actual, q, k, v, precision=dtype, atol=atol, **attention_kwargs)
 
 

@@ -173,8 +173,11 @@ def check_attention_output(actual, q, k, v, *, precision=None, rows=None, atol=N
     ``rows``: a boolean mask over the queries, ``(T,)`` or broadcastable to the output's rows
     ``(..., T)``: only those rows are judged (rows that see no key, judged by their own convention).
     """
-    p = _prec.precision_of(np.asarray(actual), "actual") if precision is None else \
-        _prec.as_precision(precision, "precision")
+    try:
+        given = np.asarray(actual)
+    except ValueError:  # a ragged nest of lists
+        raise InputTypeError("actual: cannot be converted to an array (ragged?)") from None
+    p = _prec.precision_of(given, "actual") if precision is None else _prec.as_precision(precision, "precision")
     if p not in _prec.PRECISIONS:
         raise InputTypeError(f"precision: a kernel computes in one of {', '.join(_prec.PRECISIONS)}, got {p}")
     ref64 = softmax_attention(q, k, v, **options)
