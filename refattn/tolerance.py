@@ -36,6 +36,7 @@ from refattn.exact import attention_probabilities, forward_error_bound, softmax_
 from refattn.problem import sum_to_shape
 
 __all__ = ["ToleranceCheck", "compare", "check_attention_output", "rounding_allowance", "backward_allowance",
+           "merge_allowance", "MERGE_FACTOR",
            "FLOOR_EPS"]
 
 #: The FlashAttention rule's floor, in machine epsilons of the precision times ``max |O_64|``.
@@ -233,3 +234,41 @@ def backward_allowance(q, k, v, dout, kw, u):
     epz = (np.expm1(2 * delta) + 2 * gamma(S + 3)) * pz
     edz = np.sum(epz * np.abs(d) + pz * ed + gamma(T + 1) * pz * np.abs(d), axis=(-2, -1))
     return edq, edk, edv, sum_to_shape(edz, np.shape(kw["sinks"]))
+
+
+#: The merge allowance's factor over its first-order terms: 2 for the second-order terms, over
+#: ``ln 2`` for a merge computed in base 2 (its exponents are ``1 / ln 2`` times the natural ones).
+MERGE_FACTOR = 2.0 / np.log(2.0)
+
+
+def merge_allowance(outs, lses, u):
+    """Bounds on the rounding error of a merge of states ``(outs (P, ..., Hv), lses (P, ...))`` (natural
+    log, ``-inf`` for an empty state) computed in unit roundoff ``u``: ``(A_out (..., Hv), A_lse (...))``.
+
+    Derived (the docs' serving page, "The merge's rounding"): with ``m = max_c lse_c``, the merged
+    ``lse`` and weights ``w_c = exp(lse_c - lse)``, a merge in any of the stable orders (``exp(lse_c - m)``
+    then a sum and a division, as vLLM and flashinfer; or ``exp(lse_c - lse)`` after ``lse``, as
+    flash-attn's combine) makes each weight's relative error at most
+    ``eta_c = u a_c + E + 2u + gamma_P``, ``a_c = |lse_c| + |m| + |lse| + 2``, ``E = u sum_c w_c a_c +
+    (P - 1) u`` (an exponent's rounding is ``u`` times its magnitude, the exponential adds ``u``, the
+    sum ``(P - 1) u``; Higham 2002, Sec. 3.1), so ``|O^ - O| <= sum_c w_c |O_c| eta_c + u |O|`` and
+    ``|lse^ - lse| <= u (|m| + |lse| + log P + 1) + E``; both times `MERGE_FACTOR`."""
+    o = np.asarray(outs, np.float64)
+    l = np.asarray(lses, np.float64)
+    P = l.shape[0]
+    gamma = P * u / (1 - P * u)
+    fin = np.isfinite(l)
+    lc = np.where(fin, l, -np.inf)
+    top = np.max(lc, axis=0)
+    seen = np.isfinite(top)
+    ref = np.where(seen, top, 0.0)
+    with np.errstate(divide="ignore"):
+        lse = np.where(seen, ref + np.log(np.sum(np.where(fin, np.exp(lc - ref), 0.0), axis=0)), 0.0)
+        w = np.where(fin, np.exp(lc - lse), 0.0)
+    a = np.where(fin, np.abs(np.where(fin, l, 0.0)) + np.abs(ref) + np.abs(lse) + 2.0, 0.0)
+    big_e = u * np.sum(w * a, axis=0) + (P - 1) * u
+    eta = u * a + big_e + 2 * u + gamma
+    out = np.sum(w[..., None] * np.where(fin[..., None], o, 0.0), axis=0)
+    a_out = np.sum((w * eta)[..., None] * np.abs(np.where(fin[..., None], o, 0.0)), axis=0) + u * np.abs(out)
+    a_lse = u * (np.abs(ref) + np.abs(lse) + np.log(P) + 1.0) + big_e
+    return MERGE_FACTOR * a_out, MERGE_FACTOR * np.where(seen, a_lse, 0.0)

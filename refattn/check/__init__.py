@@ -10,6 +10,7 @@ r"""Checking other implementations: exact and statistical verdicts for a user's 
 |---|---|---|
 | exact | ``fn(q, k, v[, causal=, mask=]) -> out`` | [`refattn.check.exact`][refattn.check.exact] |
 | backward | ``fn(q, k, v, dout[, causal=, mask=]) -> (dq, dk, dv)`` | [`refattn.check.backward`][refattn.check.backward] |
+| merge | ``fn(outs, lses) -> (out, lse)`` (split-KV states) | [`refattn.check.merge`][refattn.check.merge] |
 | kernel | ``fn(q, k, seed[, m=]) -> K_hat (T, S)`` | [`refattn.check.kernel`][refattn.check.kernel] |
 | attention | ``fn(q, k, v, seed[, m=, causal=, key_lengths=]) -> out (T, Hv)`` | [`refattn.check.attention`][refattn.check.attention] |
 | projection | ``fn(m, d, seed) -> W (m, d)`` | [`refattn.check.projection`][refattn.check.projection] |
@@ -35,6 +36,7 @@ from refattn.check.exact import check_exact
 from refattn.check.hashing import check_hash
 from refattn.check.isolation import Worker, WorkerError
 from refattn.check.kernel import check_kernel
+from refattn.check.merge import check_merge
 from refattn.check.loader import LoadFailure, TargetError, describe_target, load_target
 from refattn.check.projection import check_projection
 from refattn.check.spec import DEFAULT_DRAWS, DEFAULT_TIMEOUT, KINDS, CheckSpec, signature
@@ -43,7 +45,7 @@ from refattn.check.verdict import CheckReport, Verdict
 __all__ = ["check", "KINDS", "DEFAULT_DRAWS", "DEFAULT_TIMEOUT", "TargetError", "CheckReport", "Verdict", "CheckSpec"]
 
 #: The function that runs each kind's checks on a `Run`, called with the spec's options for the kind.
-KIND_CHECKS = {"exact": check_exact, "backward": check_backward, "kernel": check_kernel, "attention": check_attention,
+KIND_CHECKS = {"exact": check_exact, "backward": check_backward, "merge": check_merge, "kernel": check_kernel, "attention": check_attention,
                "projection": check_projection, "hash": check_hash}
 
 
@@ -58,7 +60,7 @@ def check(target, kind, **options) -> CheckReport:
 
     Parameters
     ----------
-    kind : {"exact", "backward", "kernel", "attention", "projection", "hash"}
+    kind : {"exact", "backward", "merge", "kernel", "attention", "projection", "hash"}
     method : {"positive", "hyperbolic", "trigonometric", "favorpp"}
         The random-feature estimator ``fn`` implements (kernel, attention; ``favorpp``, FAVOR++,
         for the kernel kind).
@@ -97,6 +99,10 @@ def check(target, kind, **options) -> CheckReport:
         The precision ``fn`` claims to compute in (exact kind): its cases get inputs in that
         precision and are judged by the FlashAttention rule against what a kernel of that
         precision computes ([`refattn.precision.kernel_reference`][refattn.precision.kernel_reference]).
+    lse_base, empty_lse, lse_layout
+        The merge kind's conventions: the states' log-sum-exp base (``"e"``, ``"2"``), the lse of a
+        state that saw no key (``"-inf"``, ``"+inf"``), the lses' layout (``"NT"``, ``"TN"``;
+        [`refattn.check.merge`][refattn.check.merge]).
     alpha : float
         Family-wise false-alarm probability of the run's statistical checks.
     sizes : {"small", "tiles", "long"}

@@ -39,7 +39,7 @@ DEFAULT_MAX_BIAS, DEFAULT_MAX_VARIANCE_RATIO = 0.01, 0.10
 POWER_MARGIN = 1.25
 
 #: The positional arguments of each kind's callable contract (named in messages).
-ARG_NAMES = {"exact": ("q", "k", "v"), "backward": ("q", "k", "v", "dout"), "kernel": ("q", "k", "seed"), "attention": ("q", "k", "v", "seed"),
+ARG_NAMES = {"exact": ("q", "k", "v"), "backward": ("q", "k", "v", "dout"), "merge": ("outs", "lses"), "kernel": ("q", "k", "seed"), "attention": ("q", "k", "v", "seed"),
              "projection": ("m", "d", "seed"), "hash": ("x", "seed")}
 
 

@@ -33,12 +33,14 @@ from refattn.check.backward import BACKWARD_PRECISIONS
 from refattn.check.exact import DEFAULT_HEAD_DIMS, DEFAULT_SIZES, EMPTY_ROWS, LAYOUTS, SIZES
 from refattn.check.hashing import HASH_FAMILIES, hash_draws
 from refattn.check.isolation import default_memory_limit
+from refattn.check.merge import LSE_LAYOUTS, MERGE_PRECISIONS
+from refattn.splitkv import EMPTY_LSE, LSE_BASES
 from refattn.precision import PRECISIONS
 
 __all__ = ["Option", "OPTIONS", "CheckSpec", "KINDS", "DEFAULT_DRAWS", "DEFAULT_TIMEOUT", "add_arguments"]
 
-KINDS = ("exact", "backward", "kernel", "attention", "projection", "hash")
-DEFAULT_DRAWS = {"exact": 0, "backward": 0, "kernel": 2000, "attention": 1000, "projection": 2000,
+KINDS = ("exact", "backward", "merge", "kernel", "attention", "projection", "hash")
+DEFAULT_DRAWS = {"exact": 0, "backward": 0, "merge": 0, "kernel": 2000, "attention": 1000, "projection": 2000,
                  "hash": 1000}  # hash: at least; the default is chosen for power (refattn.check.hashing.hash_draws)
 #: Seconds one call of the callable may take (isolated runs), and the most it may be set to (a week).
 DEFAULT_TIMEOUT = 60.0
@@ -47,7 +49,8 @@ MAX_TIMEOUT = 7 * 24 * 3600.0
 MAX_MEMORY_LIMIT = float(2**62)
 
 ALL = KINDS
-GRIDS = ("exact", "backward")  # the kinds that run a grid of cases
+GRIDS = ("exact", "backward")  # the kinds that run a grid of attention problems
+DETERMINISTIC = GRIDS + ("merge",)  # the kinds judged by the tolerance rule
 SAMPLED = ("kernel", "attention", "projection", "hash")  # the statistical kinds
 RANDOM_FEATURES = ("kernel", "attention")
 
@@ -172,8 +175,9 @@ OPTIONS = (
     Option("alignment", "--alignment", GRIDS, "bottom_right", _choice(("bottom_right", "top_left")),
            "what causal=True means for the callable (exact, backward)", dict(choices=("bottom_right", "top_left")),
            _always("--alignment")),
-    Option("precision", "--precision", GRIDS, "float64", _choice(PRECISIONS),
-           "the precision the callable computes in (exact, backward): judged at that precision",
+    Option("precision", "--precision", DETERMINISTIC, "float64", _choice(PRECISIONS),
+           "the precision the callable computes in (exact, backward, merge; merge's default float32): judged at "
+           "that precision",
            dict(choices=PRECISIONS), _always("--precision"), what="a precision claim"),
     Option("layout", "--layout", GRIDS, "TH", _choice(LAYOUTS),
            "how the callable takes its arrays (exact, backward): T tokens, H features, B batch, N heads",
@@ -193,10 +197,19 @@ OPTIONS = (
     Option("head_dims", "--head-dims", GRIDS, DEFAULT_HEAD_DIMS, head_dims,
            "head dims of the tile and long cases (default 64; e.g. 64,128)", dict(metavar="H[,H...]"),
            _always("--head-dims", lambda dims: ",".join(str(h) for h in dims))),
-    Option("empty_rows", "--empty-rows", GRIDS, "zeros", _choice(EMPTY_ROWS),
-           "what rows that see no key must be (exact, backward): zeros (default, flash-attn and torch SDPA), nan, "
-           "or any (not judged; backward: no gradient flows from them)", dict(choices=EMPTY_ROWS),
-           _always("--empty-rows")),
+    Option("empty_rows", "--empty-rows", DETERMINISTIC, "zeros", _choice(EMPTY_ROWS),
+           "what rows that see no key must be (exact, backward, merge): zeros (default, flash-attn and torch SDPA; "
+           "merge: with the empty lse), nan, or any (not judged; backward: no gradient flows from them)",
+           dict(choices=EMPTY_ROWS), _always("--empty-rows")),
+    Option("lse_base", "--lse-base", ("merge",), "e", _choice(LSE_BASES),
+           "the states' log-sum-exp base (merge): e (flash-attn, vLLM) or 2 (flashinfer)", dict(choices=LSE_BASES),
+           _always("--lse-base"), what="an lse convention"),
+    Option("empty_lse", "--empty-lse", ("merge",), "-inf", _choice(EMPTY_LSE),
+           "the lse of a state that saw no key (merge): -inf, or +inf (flash-attn 2's combine; vLLM reads both)",
+           dict(choices=EMPTY_LSE), _always("--empty-lse"), what="an lse convention"),
+    Option("lse_layout", "--lse-layout", ("merge",), "NT", _choice(LSE_LAYOUTS),
+           "the lses' layout (merge): NT = (states, heads, tokens) (vLLM, flash-attn) or TN (flashinfer)",
+           dict(choices=LSE_LAYOUTS), _always("--lse-layout"), what="an lse convention"),
     Option("probe_head_dims", "--probe-head-dims", GRIDS, False, _bool,
            "a tile case whose head dim the callable rejects by raising is unsupported (skip), not failed",
            dict(action="store_true"), _if_set("--probe-head-dims")),
@@ -273,14 +286,18 @@ def _rules(kind, v):
                          f"{kind!r}/{v['method']!r}")
     if v["gqa"] and v["layout"] not in ("BNTH", "BTNH"):
         raise InputError(f"gqa: grouped-query heads need a layout with a heads axis (BNTH or BTNH), got {v['layout']!r}")
-    if kind == "backward" and v["empty_rows"] == "nan":
-        raise InputError("empty_rows: the backward kind judges 'zeros' or 'any', got 'nan'")
+    if kind in ("backward", "merge") and v["empty_rows"] == "nan":
+        raise InputError(f"empty_rows: the {kind} kind judges 'zeros' or 'any', got 'nan'")
+    if kind == "merge" and v["precision"] not in MERGE_PRECISIONS:
+        raise InputError(f"precision: the merge kind judges {MERGE_PRECISIONS} claims, got {v['precision']!r}")
     if kind == "backward" and v["precision"] not in BACKWARD_PRECISIONS:
         raise InputError(f"precision: the backward kind judges {BACKWARD_PRECISIONS} claims, got {v['precision']!r}")
 
 
 def _resolve(kind, v, given):
     """The defaults that depend on the kind or on other options."""
+    if kind == "merge" and "precision" not in given:
+        v["precision"] = "float32"  # split states are kept in float32
     if v["projection"] is None and kind in BY_NAME["projection"].kinds:
         v["projection"] = "gaussian" if kind == "projection" else "orthogonal"
     if v["m"] is None:

@@ -1,0 +1,130 @@
+r"""Merges of split-KV states as kernels write them, and the reported merge bugs, in ``--kind merge``'s contract.
+
+[`merge_kernel`][refattn.check.merge_bugs.merge_kernel] merges ``fn(outs, lses) -> (out, lse)`` in float32
+(or float64) in one of the two orders the libraries use: ``"combine"``, flash-attn's split-KV
+combine (``lse_max`` over every split, then ``lse = log sum exp(lse_c - lse_max) + lse_max`` and
+``O = sum exp(lse_c - lse) O_c``), or ``"fold"``, a pairwise merge state by state as vLLM's
+``merge_attn_states`` (prefix with suffix) and flashinfer's ``merge_state`` do. Its conventions
+(``base``, ``empty``, ``layout``) are those of [`refattn.check.merge`][refattn.check.merge]; ``fault`` plants one
+reported bug as the change it was. `CORRECT_MERGES` (every check passes) and `MERGE_BUGS` (each
+fails the named check) measure the merge kind's false alarms and power.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+
+from refattn.check.bugs import Bug
+
+__all__ = ["MERGE_FAULTS", "merge_kernel", "CORRECT_MERGES", "MERGE_BUGS"]
+
+MERGE_FAULTS = ("", "lse_max unguarded", "exp(lse) without the max", "lse strides of the other layout",
+                "+inf read as a value", "lse read in the other base", "lse as the max")
+
+
+def _pair(o_a, l_a, o_b, l_b, ex, lg, dt, guarded):
+    """One pairwise merge (vLLM's ``merge_attn_states``): ``(o, l)`` of two states, in ``dt``."""
+    top = np.maximum(l_a, l_b)
+    ref = np.where(top == -np.inf, dt.type(0), top) if guarded else top
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        p, s = ex(l_a - ref).astype(dt), ex(l_b - ref).astype(dt)
+        tot = (p + s).astype(dt)
+        safe = np.where(tot > 0, tot, dt.type(1)) if guarded else tot
+        o = (o_a * (p / safe)[..., None] + o_b * (s / safe)[..., None]).astype(dt)
+        l = np.where(tot > 0, ref + lg(safe), dt.type(-np.inf)) if guarded else (ref + lg(tot)).astype(dt)
+    return o, l.astype(dt)
+
+
+def merge_kernel(outs, lses, *, base="e", empty="-inf", layout="NT", order="combine", dtype="float32", fault=""):
+    """Merge ``outs (P, T, N, D)`` with ``lses (P, N, T)`` (``layout="NT"``) or ``(P, T, N)`` into
+    ``(out (T, N, D), lse)`` (module docstring). ``fault``: one of `MERGE_FAULTS` (``""``: correct)."""
+    if fault not in MERGE_FAULTS:
+        raise ValueError(f"fault: expected one of {MERGE_FAULTS}, got {fault!r}")
+    dt = np.dtype(dtype)
+    o = np.asarray(outs, dt)
+    P, T, N = o.shape[:3]
+    g = np.asarray(lses, dt)
+    if fault == "lse strides of the other layout":  # the other layout's strides on the same memory
+        l = g.reshape(P, T, N) if layout == "NT" else g.reshape(P, N, T).swapaxes(1, 2)
+    else:
+        l = g.swapaxes(1, 2) if layout == "NT" else g  # (P, T, N)
+    if fault != "+inf read as a value":
+        l = np.where(np.isinf(l), dt.type(-np.inf), l)  # an infinite lse is an empty state (vLLM's reading)
+    two = (base == "2") != (fault == "lse read in the other base")
+    ex, lg = (np.exp2, np.log2) if two else (np.exp, np.log)
+    guarded = fault != "lse_max unguarded"
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        if order == "fold":
+            out, lse = o[0], l[0]
+            for c in range(1, P):
+                out, lse = _pair(out, lse, o[c], l[c], ex, lg, dt, guarded)
+        else:  # flash-attn's combine
+            top = np.max(l, axis=0)
+            ref = np.where(top == -np.inf, dt.type(0), top) if guarded else top
+            if fault == "exp(lse) without the max":
+                ref = np.zeros_like(top)
+            total = np.sum(ex(l - ref), axis=0, dtype=dt)
+            lse = (lg(total) + ref).astype(dt)
+            if guarded:
+                lse = np.where(total > 0, lse, dt.type(np.inf))  # flash-attn's combine: +inf where every split is empty
+            w = ex(l - np.where(np.isinf(lse), dt.type(0), lse)).astype(dt) if guarded else ex(l - lse).astype(dt)
+            out = np.sum(w[..., None] * o, axis=0, dtype=dt)
+            if fault == "lse as the max":
+                lse = top
+        lse = np.where(np.isinf(lse), dt.type(np.inf if empty == "+inf" else -np.inf), lse) if guarded else lse
+    lse = lse.astype(dt)
+    return out.astype(dt), np.ascontiguousarray(lse.swapaxes(0, 1) if layout == "NT" else lse)
+
+
+_VL, _FA, _FI = "vllm-project/vllm", "Dao-AILab/flash-attention", "flashinfer-ai/flashinfer"
+
+#: Correct merges: the two orders, both conventions, both layouts, float64.
+CORRECT_MERGES = {
+    "merge: flash-attn's combine": Bug(merge_kernel, "merge"),
+    "merge: pairwise fold, +inf empty (vLLM)": Bug(partial(merge_kernel, order="fold", empty="+inf"), "merge",
+                                                   {"empty_lse": "+inf"}),
+    "merge: base 2, (T, N) lses (flashinfer)": Bug(partial(merge_kernel, order="fold", base="2", layout="TN"),
+                                                   "merge", {"lse_base": "2", "lse_layout": "TN"}),
+    "merge: float64": Bug(partial(merge_kernel, dtype="float64"), "merge", {"precision": "float64"}),
+}
+
+
+def _m(fault, **kw):
+    return partial(merge_kernel, fault=fault, **kw)
+
+
+#: Reported merge bugs, each as the change it was.
+MERGE_BUGS = {
+    "merge: lse_max guard a no-op": Bug(
+        _m("lse_max unguarded"), "merge", {}, "rows with no key in any state", f"{_FA} 31920dda",
+        "`lse_max == lse_max == -INFINITY ? 0 : lse_max` compared instead of assigning: a row whose every split is "
+        "empty got exp(-inf - -inf) = NaN"),
+    "merge: pairwise merge without a guard": Bug(
+        _m("lse_max unguarded", order="fold"), "merge", {}, "rows with no key in any state",
+        f"{_VL} csrc/attention/merge_attn_states.cu",
+        "max_lse = fmaxf(p_lse, s_lse) and p_lse - max_lse with both states empty: NaN; never reached where the "
+        "suffix always holds the token itself, reached by any caller whose two states can both be empty"),
+    "merge: exp(lse) without the max": Bug(
+        _m("exp(lse) without the max"), "merge", {}, "lses near +200", f"{_FA} flash_fwd_splitkv_combine",
+        "the combine's scales exp(lse_c) without subtracting lse_max overflow float32 beyond lse 88.7 "
+        "(the kernel subtracts it: the planted change removes the subtraction)"),
+    "merge: hard-coded lse strides": Bug(
+        _m("lse strides of the other layout"), "merge", {}, "2 states", f"{_FA} #2388",
+        "the softmax_lse strides were hard-coded for one layout: a kernel given (N, T) lses read them as (T, N)"),
+    "merge: +inf of an empty split read as a value": Bug(
+        _m("+inf read as a value", order="fold", empty="+inf"), "merge", {"empty_lse": "+inf"}, "an empty split",
+        f"{_VL} merge_attn_states (flash-attn 2 returns +inf for an empty row)",
+        "flash-attn 2 writes lse = +inf where a split saw no key and flash-attn 3 -inf; a merge that takes the "
+        "+inf as a real lse makes it the max and every weight NaN; the fix reads an infinite lse as empty"),
+    "merge: base-2 lse read as natural": Bug(
+        _m("lse read in the other base", base="2", layout="TN"), "merge", {"lse_base": "2", "lse_layout": "TN"},
+        "2 states", f"{_FI} merge_state (lse in base 2)",
+        "flashinfer's states keep m + log2(d): a merge that takes them as natural logs weighs the states by "
+        "e^(lse2) instead of 2^(lse2)"),
+    "merge: lse of the merge as the states' max": Bug(
+        _m("lse as the max"), "merge", {}, "2 states", f"{_FA} flash_fwd_splitkv_combine",
+        "the merged lse written as lse_max instead of log sum exp(lse_c - lse_max) + lse_max: the output right, "
+        "the lse (read by the backward and by the next merge) wrong"),
+}
