@@ -104,3 +104,25 @@ def jax_closure_is_refused():
     rep = check(lambda q, k, v: exact_attention(q, k, v), "exact", sizes="small")
     assert not rep.passed and "this process runs JAX" in rep.verdicts[0].meaning, rep.format_table()
     assert time.perf_counter() - start < 60
+
+
+def _torch_merge_state(v_a, s_a, v_b, s_b):
+    """flashinfer's merge_state written in torch (base-2 lse, (T, N)): what the adapter hands tensors to."""
+    import torch
+
+    m = torch.maximum(s_a, s_b)
+    m = torch.where(torch.isinf(m), torch.zeros_like(m), m)
+    a, b = torch.exp2(s_a - m), torch.exp2(s_b - m)
+    t = a + b
+    st = torch.where(t > 0, t, torch.ones_like(t))
+    lse = torch.where(t > 0, m + torch.log2(st), torch.full_like(t, float("-inf")))
+    return v_a * (a / st)[..., None] + v_b * (b / st)[..., None], lse
+
+
+def torch_pairwise_merge():
+    from refattn.check.adapters import pairwise_merge
+
+    fn = pairwise_merge(_torch_merge_state, framework="torch", device="cpu", dtype="float32")
+    rep = check(fn, "merge", lse_base="2", lse_layout="TN")
+    assert rep.passed, rep.format_table()
+    assert not check(fn, "merge", lse_layout="TN").passed  # base 2 claimed as natural: fails

@@ -29,7 +29,10 @@ import numpy as np
 
 from refattn.precision import widen
 
-__all__ = ["torch_forward", "torch_backward", "jax_forward", "jax_backward"]
+__all__ = ["torch_forward", "torch_backward", "jax_forward", "jax_backward", "pairwise_merge", "MERGE_STYLES"]
+
+#: The two-state merge signatures `pairwise_merge` adapts.
+MERGE_STYLES = ("flashinfer", "vllm")
 
 
 def _signature(names, keywords):
@@ -183,3 +186,51 @@ def jax_forward(fn, *, dtype=None, keywords=None):
 def jax_backward(fn, *, dtype=None, keywords=None):
     """The backward kind's ``fn(q, k, v, dout, ...) -> (dq, dk, dv)`` of a JAX forward, by ``jax.vjp``."""
     return _JaxBackward(fn, dtype=dtype, keywords=keywords)
+
+
+class _PairwiseMerge(_Adapter):
+    """A two-state merge folded over the states (`pairwise_merge`)."""
+
+    prefix = "pairwise_merge"
+    names = ("outs", "lses")
+
+    def __init__(self, fn, *, style, framework, device, dtype):
+        super().__init__(fn, dtype=dtype, label=f", {style}")
+        self.style, self.framework, self.device = style, framework, device
+
+    def __call__(self, outs, lses):
+        if self.framework == "torch":
+            import torch
+
+            conv = lambda a: _torch_tensor(torch, a, self.dtype, self.device)  # noqa: E731
+            back = _from_torch
+        else:
+            conv = back = np.asarray
+        out, lse = conv(outs[0]), conv(np.ascontiguousarray(lses[0]))
+        for c in range(1, len(outs)):
+            o_b, l_b = conv(outs[c]), conv(np.ascontiguousarray(lses[c]))
+            if self.style == "flashinfer":  # merge_state(v_a, s_a, v_b, s_b) -> (v, s)
+                out, lse = self.fn(out, lse, o_b, l_b)
+            else:  # merge_attn_states(output, prefix_output, prefix_lse, suffix_output, suffix_lse, output_lse)
+                new_out = out * 0 if self.framework == "numpy" else out.new_empty(out.shape)
+                new_lse = lse * 0 if self.framework == "numpy" else lse.new_empty(lse.shape)
+                self.fn(new_out, out, lse, o_b, l_b, new_lse)
+                out, lse = new_out, new_lse
+        return back(out), back(lse)
+
+
+def pairwise_merge(fn, *, style="flashinfer", framework="numpy", device="cuda", dtype=None):
+    """The merge kind's ``fn(outs, lses) -> (out, lse)`` from a library's two-state merge, folded over
+    the states (the merge is associative: [`refattn.splitkv`][refattn.splitkv]).
+
+    ``style="flashinfer"``: ``fn(v_a, s_a, v_b, s_b) -> (v, s)`` (flashinfer's ``merge_state``: ``v``
+    ``(T, N, D)``, ``s`` ``(T, N)`` in base 2: check with ``lse_layout="TN", lse_base="2"``).
+    ``style="vllm"``: ``fn(output, prefix_output, prefix_lse, suffix_output, suffix_lse, output_lse)``
+    writing in place (vLLM's ``merge_attn_states``: ``lse`` ``(N, T)``, natural, an infinite lse read as
+    empty: ``lse_layout="NT"``, ``empty_lse="+inf"``). ``framework="torch"`` hands it torch tensors on
+    ``device`` (of ``dtype``, e.g. ``"float32"``; None keeps the input's)."""
+    if style not in MERGE_STYLES:
+        raise ValueError(f"style: expected one of {MERGE_STYLES}, got {style!r}")
+    if framework not in ("numpy", "torch"):
+        raise ValueError(f"framework: expected 'numpy' or 'torch', got {framework!r}")
+    return _PairwiseMerge(fn, style=style, framework=framework, device=device, dtype=dtype)

@@ -114,6 +114,10 @@ def check_merge(run, *, precision="float32", lse_base="e", empty_lse="-inf", lse
         result, problem = run.call((outs, given), shape=[(case.T, case.N, case.D), lse_shape], finite=False, parts=2)
         if problem is not None:
             run.problem(case.name, problem)
+            if "required positional argument" in str(problem) and not any("pairwise_merge" in n
+                                                                          for n in run.report.notes):
+                run.report.notes.append("fn takes more than (outs, lses): a two-state merge (flashinfer's merge_state, "
+                                        "vLLM's merge_attn_states)? wrap it with refattn.check.adapters.pairwise_merge")
             continue
         run.add(_judge(case, result, outs, lses, given, precision, lse_base, empty_lse, lse_layout, empty_rows))
 

@@ -1,0 +1,73 @@
+"""The merge kernels and the reported merge bugs (refattn.check.merge_bugs): the kernels without a fault
+are the merge's definition in both orders, conventions and layouts and pass every check of the merge
+kind; each reported bug fails its named check at the defaults with its diagnosis. Deterministic given
+the seed (the merge kind draws its states from it); 30 seeds in the slow test."""
+
+import os
+
+import numpy as np
+import pytest
+
+from refattn.check import check
+from refattn.check.merge_bugs import CORRECT_MERGES, MERGE_BUGS, MERGE_FAULTS, merge_kernel
+from refattn.splitkv import merge_states, partial_states
+
+#: What each bug's failing verdict must say (its diagnosis).
+DIAGNOSES = {"merge: lse_max guard a no-op": "max lse = -inf", "merge: pairwise merge without a guard": "max lse = -inf",
+             "merge: exp(lse) without the max": "without subtracting the max",
+             "merge: hard-coded lse strides": "other layout's strides",
+             "merge: +inf of an empty split read as a value": "+inf lse read as a value",
+             "merge: base-2 lse read as natural": "read in base e, not base 2",
+             "merge: lse of the merge as the states' max": "the states' max lse"}
+
+
+@pytest.mark.parametrize("order", ["combine", "fold"])
+@pytest.mark.parametrize("base, empty, layout", [("e", "-inf", "NT"), ("2", "+inf", "TN")])
+def test_the_kernel_without_a_fault_is_the_merge(order, base, empty, layout):
+    rng = np.random.default_rng(3)
+    q, k, v = rng.normal(size=(3, 5, 8)), rng.normal(size=(3, 30, 8)), rng.normal(size=(3, 30, 4))
+    outs, lses = partial_states(q, k, v, (0, 7, 7, 20, 30), key_lengths=np.array([30, 0, 12]))  # (P, N, T, .)
+    ref, ref_lse = merge_states(outs, lses, base="e", empty=empty)
+    given = np.where(np.isinf(lses), np.inf if empty == "+inf" else -np.inf, lses / (np.log(2.0) if base == "2" else 1))
+    given = given if layout == "NT" else np.swapaxes(given, 1, 2)
+    out, lse = merge_kernel(np.swapaxes(outs, 1, 2), given, base=base, empty=empty, layout=layout, order=order,
+                            dtype="float64")
+    lse = lse if layout == "NT" else lse.T
+    np.testing.assert_allclose(np.swapaxes(out, 0, 1), ref, atol=1e-12)
+    fin = np.isfinite(ref_lse)
+    np.testing.assert_allclose(lse[fin] * (np.log(2.0) if base == "2" else 1), ref_lse[fin], atol=1e-12)
+    assert np.all(lse[~fin] == ref_lse[~fin])
+    with pytest.raises(ValueError, match="fault"):
+        merge_kernel(np.swapaxes(outs, 1, 2), given, fault="typo")
+
+
+@pytest.mark.parametrize("name", sorted(CORRECT_MERGES))
+def test_the_merges_without_a_fault_pass_every_check(name, seed):
+    b = CORRECT_MERGES[name]
+    rep = check(b.fn, b.kind, seed=seed, isolate=False, **b.options)
+    assert rep.passed, rep.format_table()
+
+
+@pytest.mark.parametrize("name", sorted(MERGE_BUGS))
+def test_each_reported_merge_bug_fails_its_check_with_its_diagnosis(name, seed):
+    b = MERGE_BUGS[name]
+    rep = check(b.fn, b.kind, seed=seed, isolate=False, **b.options)
+    failed = {v.check: v.meaning for v in rep.failures}
+    assert b.fails in failed, rep.format_table()
+    assert DIAGNOSES[name] in failed[b.fails], failed[b.fails]
+
+
+def test_every_merge_fault_is_a_catalogued_bug_with_its_source():
+    planted = {b.fn.keywords["fault"] for b in MERGE_BUGS.values()}
+    assert planted == set(MERGE_FAULTS) - {""}
+    assert all("/" in b.source and b.what for b in MERGE_BUGS.values())
+
+
+@pytest.mark.slow
+def test_over_30_seeds_no_false_alarm_and_every_merge_bug_caught():
+    """0 failed runs of every correct merge and every bug caught, on 30 seeds (REFATTN_CHECK_RUNS)."""
+    seeds = range(5000, 5000 + int(os.environ.get("REFATTN_CHECK_RUNS", "30")))
+    for name, b in {**CORRECT_MERGES, **MERGE_BUGS}.items():
+        for s in seeds:
+            rep = check(b.fn, b.kind, seed=s, isolate=False, **b.options)
+            assert (b.fails in {v.check for v in rep.failures}) if b.fails else rep.passed, (name, s)
