@@ -134,7 +134,10 @@ def as_dtype(precision) -> np.dtype:
 def precision_of(array, name: str = "array") -> str:
     """The precision an array is stored in (its dtype's): a ``TypeError`` naming ``name`` for a
     non-floating array, or a bfloat16 array whose dtype lost ``ml_dtypes``' dtype object (``V2``)."""
-    dt = np.asarray(array).dtype
+    try:
+        dt = np.asarray(array).dtype
+    except ValueError:  # a ragged nest of lists
+        raise InputTypeError(f"{name}: cannot be converted to an array (ragged?)") from None
     if dt == np.dtype("V2"):
         raise InputTypeError(f"{name}: dtype V2 (a bfloat16 array without its dtype: pass it through ml_dtypes)")
     if dt.name not in _ALL:

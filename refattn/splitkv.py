@@ -40,6 +40,9 @@ __all__ = ["partial_states", "merge_states", "split_edges", "LSE_BASES", "EMPTY_
 
 LSE_BASES = ("e", "2")
 EMPTY_LSE = ("-inf", "+inf")
+#: The most chunks `split_edges` cuts (flash-attn caps num_splits at 128; a chunk per key of a 1M-key
+#: cache is still far below this).
+MAX_SPLITS = 2**24
 
 
 def _choice(value, name, choices):
@@ -55,8 +58,8 @@ def split_edges(S, splits) -> np.ndarray:
     if isinstance(splits, (bool, np.bool_)):
         raise InputTypeError(f"splits: expected a number of chunks or their edges, got {splits!r}")
     if isinstance(splits, (int, np.integer)):
-        if splits < 1:
-            raise InputError(f"splits: at least one chunk, got {splits}")
+        if not 1 <= splits <= MAX_SPLITS:
+            raise InputError(f"splits: between 1 and {MAX_SPLITS} chunks, got {splits}")
         return np.linspace(0, S, int(splits) + 1).round().astype(np.int64)
     try:
         edges = np.asarray(splits)

@@ -95,7 +95,11 @@ def min_draws_for_mean_shift(sd, shift, *, false_fail_rate, false_pass_rate=FALS
     shift = check_real(shift, "shift", minimum=0.0, low_open=True)
     sd = check_real(sd, "sd", minimum=0.0)
     k = float(_st.norm.isf(tail)) + float(_st.norm.isf(beta))
-    return max(2, int(np.ceil((k * sd / shift) ** 2)))
+    with np.errstate(over="ignore"):
+        n = np.float64(k * sd / shift) ** 2
+    if not n <= 2.0**62:
+        raise InputError(f"sd: sd / shift = {sd / shift:.3g} needs {n:.3g} draws, beyond any sample")
+    return max(2, int(np.ceil(n)))
 
 
 def min_detectable_rate_shift(p, n, *, false_fail_rate, false_pass_rate=FALSE_PASS_RATE, entries=1):

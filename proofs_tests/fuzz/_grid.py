@@ -115,6 +115,10 @@ ENTRY_POINTS: dict[str, Entry] = {e.fn: e for e in [
        "k_cache": ("farray", _R.standard_normal((3, 2, 1, 4))), "v_cache": ("farray", _R.standard_normal((3, 2, 1, 3))),
        "block_table": ("iarray", np.array([[0, 1], [2, 0]])), "cache_seqlens": ("iarray", np.array([3, 1]))},
        {"causal": ("causal", False), "return_lse": ("bool", False)}),
+    _e("refattn.splitkv:partial_states", {**QKV, "splits": ("int", 2)}, {"dtype": ("dtype", "float64")}),
+    _e("refattn.splitkv:merge_states", {"outs": ("farray", np.stack([V, V])), "lses": ("farray", np.zeros((2, 6)))},
+       {"dtype": ("dtype", "float64")}, expect_neg_inf=True),
+    _e("refattn.splitkv:split_edges", {"S": ("int", 6), "splits": ("int", 2)}),
     _e("refattn.varlen:as_cu_seqlens", {"cu": ("iarray", np.array([0, 2, 5])), "total": ("int", 5)}),
     _e("refattn.precision:kernel_reference", {**QKV, "precision": ("precision", "float16")}, ATTN_OPTS),
     _e("refattn.precision:round_to", {"x": ("farray", Q), "precision": ("precision", "bfloat16")}),
@@ -333,6 +337,8 @@ NOT_FUZZED = {
     "refattn.tolerance:ToleranceCheck": "the rule's result record, built by compare (fuzzed)",
     "refattn.tolerance:backward_allowance": "the gradients' allowance: its inputs are the backward kind's own "
                                             "validated cases (tested in check/test_backward)",
+    "refattn.tolerance:merge_allowance": "the merge's allowance: its inputs are the merge kind's own states, built "
+                                         "by partial_states (fuzzed; tested in test_splitkv)",
 }
 
 RESULT_TYPES = ("Result", "Test", "Interval", "Check", "Inputs", "Problem", "NotConverged", "Error")

@@ -20,7 +20,7 @@ from proofs_tests.fuzz._grid import ENTRY_POINTS, NOT_FUZZED, RESULT_TYPES, Case
 from proofs_tests.fuzz._harness import run_cases
 
 #: The packages whose ``__all__`` is refattn's public API.
-PUBLIC_MODULES = ["refattn", "refattn.exact", "refattn.varlen", "refattn.paged", "refattn.mpmath_oracle", "refattn.problem", "refattn.stats", "refattn.testing",
+PUBLIC_MODULES = ["refattn", "refattn.exact", "refattn.varlen", "refattn.paged", "refattn.splitkv", "refattn.mpmath_oracle", "refattn.problem", "refattn.stats", "refattn.testing",
                   "refattn.theory", "refattn.precision", "refattn.tolerance", "refattn.montecarlo", "refattn.performer", "refattn.lsh",
                   "refattn.scatterbrain", "refattn.sea", "refattn.check", "refattn.evaluation", "refattn.bench",
                   "refattn.distributed"]

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from refattn.check.verdict import Verdict
-from refattn.precision import unit_roundoff
+from refattn.precision import as_dtype, largest, unit_roundoff
 from refattn.splitkv import merge_states, partial_states
 from refattn.tolerance import compare, merge_allowance
 
@@ -169,7 +169,7 @@ def _candidates(outs_nt, lses, given, base, layout, precision):
     fin = np.isfinite(lses)
     wrong = given.reshape(P, T, N).swapaxes(1, 2) if layout == "NT" else given.reshape(P, N, T)
     wrong = np.where(np.isinf(wrong), -np.inf, np.asarray(wrong, np.float64))
-    dt = np.dtype(precision).type
+    dt = as_dtype(precision).type
     with np.errstate(over="ignore", invalid="ignore"):  # the weights exp(lse_c) in the claimed precision
         w = np.exp(np.where(fin, lses, -np.inf).astype(dt))
         total = w.sum(axis=0)
@@ -187,7 +187,7 @@ def _out_fault(out_nt, outs, lses, given, seen, bound, precision, base, empty, l
     nonfinite = ~np.isfinite(out_nt[seen])
     if nonfinite.any():
         top = float(np.max(np.abs(lses[np.isfinite(lses)]), initial=0.0))
-        if top > np.log(np.finfo(np.dtype(precision)).max):
+        if top > np.log(largest(precision)):
             return (f"{int(nonfinite.sum())} NaN/Inf outputs; looks like: exp(lse_c) without subtracting the max lse "
                     f"(lses up to {top:.3g} overflow or underflow {precision}'s exp)")
         if empty == "+inf" and np.isinf(given).any() and (given == np.inf).any():
