@@ -368,3 +368,25 @@ def test_an_lse_in_base_2_is_named():
     rep = check(base2, "exact", isolate=False, sizes="small")
     v = next(x for x in rep.failures if x.check == "log-sum-exp")
     assert "base 2" in v.meaning
+
+
+def test_num_splits_runs_every_case_at_every_count_and_needs_the_keyword(seed):
+    """A kernel right at one split and wrong at more fails, naming the count; a callable without the
+    keyword fails once, saying so; the rerun command keeps the counts."""
+    from functools import partial
+
+    from refattn.check.bugs import split_forward
+
+    ok = check(split_forward, "exact", num_splits=(1, 3), seed=seed, sizes="small", isolate=False)
+    assert ok.passed and "--num-splits 1,3" in ok.command
+    assert all("at num_splits 1, 3" in v.meaning for v in ok.verdicts if v.passed)
+    bad = check(partial(split_forward, fault="split-KV lse of one split"), "exact", num_splits=(1, 3), seed=seed,
+                isolate=False)
+    assert bad.failures and all("at num_splits=3" in v.meaning for v in bad.failures)
+    assert check(partial(split_forward, fault="split-KV lse of one split"), "exact", seed=seed, isolate=False).passed
+    none = check(lambda q, k, v: q, "exact", num_splits=(2,), isolate=False)
+    assert [v.check for v in none.failures] == ["num_splits"] and "no num_splits=" in none.failures[0].meaning
+    with pytest.raises(ValueError, match="num_splits"):
+        check(split_forward, "exact", num_splits=(0,))
+    with pytest.raises(ValueError, match="num_splits"):
+        check(split_forward, "backward", num_splits=(2,))

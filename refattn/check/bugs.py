@@ -26,7 +26,7 @@ from refattn.check.exact import per_head, per_item
 from refattn.precision import round_to
 
 __all__ = ["BLOCK_M", "BLOCK_N", "PAGE", "FAULTS", "BACKWARD_FAULTS", "Bug", "BUGS", "CORRECT_KERNELS",
-           "flash_forward", "flash_backward", "stored_in"]
+           "flash_forward", "split_forward", "flash_backward", "stored_in"]
 
 #: The kernel's tiles (query rows, keys) and the page of a paged KV cache (keys).
 BLOCK_M, BLOCK_N, PAGE = 128, 64, 16
@@ -212,6 +212,14 @@ def flash_forward(q, k, v, causal=False, window_size=(-1, -1), softcap=0.0, alib
     return (out, lse) if return_lse else out
 
 
+def split_forward(q, k, v, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None, key_lengths=None,
+                  return_lse=False, num_splits=1, *, fault="", store="float64"):
+    """`flash_forward` with flash-attn's ``num_splits`` keyword (``flash_attn_with_kvcache``): the key tiles
+    cut into that many splits and merged (``num_splits=1``: no split)."""
+    return flash_forward(q, k, v, causal, window_size, softcap, alibi_slopes, key_lengths, return_lse, fault=fault,
+                         store=store, splits=num_splits)
+
+
 def flash_backward(q, k, v, dout, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
                    key_lengths=None, *, fault=""):
     """``(dq, dk, dv)`` as a FlashAttention 2 backward computes them (Dao 2023, Algorithm 2), from
@@ -367,6 +375,16 @@ BUGS = {
     "split-KV lse of one split": Bug(
         _fwd("split-KV lse of one split", splits=3), "exact", {}, "log-sum-exp, 129 x 257", f"{_FI} #58 (ee3a7e822)",
         "the split batch-decode kernel returned the lse of its own split, not the merged state's"),
+    "num_splits: combine guard a no-op": Bug(
+        partial(split_forward, fault="split-KV lse_max unguarded"), "exact", {"num_splits": (1, 2, 3, 8)},
+        "causal tiles 257 x 129", f"{_FA} 31920dda",
+        "the combine's lse_max guard that compared instead of assigning, reached through num_splits: right at "
+        "num_splits=1, NaN for the rows that see no key in any split at 2 or more"),
+    "num_splits: lse of one split": Bug(
+        partial(split_forward, fault="split-KV lse of one split"), "exact", {"num_splits": (1, 2, 3, 8)},
+        "log-sum-exp, 129 x 257", f"{_FI} #58 (ee3a7e822)",
+        "the lse of the kernel's last split returned instead of the merged one, reached through num_splits: right "
+        "at num_splits=1 only"),
     "exp2 without log2(e)": Bug(
         _fwd("exp2 without log2(e)"), "exact", {}, "T != S", f"{_FI} #787 (23413e00a)",
         "the MLA decode kernel used exp2 with sm_scale not multiplied by log2(e): softmax of s ln 2"),
@@ -417,6 +435,7 @@ CORRECT_KERNELS = {
     "flash forward, bfloat16": Bug(partial(flash_forward, store="bfloat16"), "exact", {"precision": "bfloat16"}),
     "flash forward, bfloat16, 3 splits": Bug(partial(flash_forward, store="bfloat16", splits=3), "exact",
                                              {"precision": "bfloat16"}),
+    "split forward, num_splits 1, 2, 3, 8": Bug(split_forward, "exact", {"num_splits": (1, 2, 3, 8)}),
     "flash backward": Bug(flash_backward, "backward"),
     "flash backward, GQA": Bug(flash_backward, "backward", _GQA),
 }

@@ -398,7 +398,7 @@ def _poisoned(a, pad, value):
 
 def check_exact(run, *, alignment="bottom_right", precision="float64", layout="TH", gqa=False,
                 self_attention=False, equal_head_dims=False, sizes=DEFAULT_SIZES, head_dims=DEFAULT_HEAD_DIMS,
-                empty_rows="zeros", probe_head_dims=False, determinism=False, batch_invariance=False):
+                empty_rows="zeros", probe_head_dims=False, determinism=False, batch_invariance=False, num_splits=None):
     """Run the grid on ``run.fn``; one verdict per case. ``precision``: the claimed compute precision;
     ``layout``: how the callable takes its arrays; ``gqa``: ``k``, ``v`` have fewer heads than ``q``
     (``KV_HEADS`` of ``HEADS``); ``self_attention``: the callable takes ``T = S`` only;
@@ -409,7 +409,9 @@ def check_exact(run, *, alignment="bottom_right", precision="float64", layout="T
 
     Where the callable takes ``key_lengths``, the padded keys and values it is given are NaN, then
     (a second pass) huge finite numbers: a kernel that reads past the valid length fails, diagnosed.
-    ``determinism``, ``batch_invariance``: also the bit-level checks of
+    ``num_splits``: split counts the callable takes as ``num_splits=`` (a split-KV kernel); every case
+    runs at each, and each must pass on its own (the result may not depend on the count beyond
+    rounding). ``determinism``, ``batch_invariance``: also the bit-level checks of
     [`refattn.check.repeatable`][refattn.check.repeatable]."""
     if alignment not in ("bottom_right", "top_left"):
         raise InputError(f"alignment: expected 'bottom_right' or 'top_left', got {alignment!r}")
@@ -420,6 +422,10 @@ def check_exact(run, *, alignment="bottom_right", precision="float64", layout="T
     if empty_rows not in EMPTY_ROWS:
         raise InputError(f"empty_rows: expected one of {EMPTY_ROWS}, got {empty_rows!r}")
     takes = {name: run.accepts(name) for name in ("causal", "mask")}
+    if num_splits and not run.accepts("num_splits"):
+        run.add(Verdict("num_splits", False, "fn takes no num_splits= keyword, yet split counts were given "
+                        "(--num-splits)"))
+        return
     rng = np.random.default_rng([run.report.seed, 3])
     group = HEADS // KV_HEADS if gqa else 1
     for case in grid(sizes, head_dims):
@@ -449,23 +455,20 @@ def check_exact(run, *, alignment="bottom_right", precision="float64", layout="T
             call_kw["return_lse"] = True
         pad = _padding(kw, k)
         passes = [None] if pad is None else [("NaN", np.nan), ("huge", min(1e30, largest(_claimed(case, precision)) / 4))]
-        args = (case, q, k, v, kw, call_kw, layout, group, alignment, precision, empty_rows)
-        for poison in passes:
-            kk, vv = (k, v) if poison is None else (_poisoned(k, pad, poison[1]), _poisoned(v, pad, poison[1]))
-            outcome = _run_case(run, *args, k_call=kk, v_call=vv)
-            if poison is not None and not (isinstance(outcome, Verdict) and outcome.passed):
-                clean = _run_case(run, *args, k_call=k, v_call=v)
-                if isinstance(clean, Verdict) and clean.passed:  # fine on clean padding: it reads the padding
-                    what = outcome.meaning if isinstance(outcome, Verdict) else str(outcome)
-                    outcome = Verdict(case.name, False, f"with {poison[0]} values in the keys and values past "
-                                      f"key_lengths: {what}; looks like: it reads keys/values past key_lengths "
-                                      "(the padding must not be read)", statistic=getattr(outcome, "statistic", None),
-                                      bound=getattr(outcome, "bound", None), effect="reads the padding")
-                elif isinstance(clean, Verdict):  # wrong on clean padding too: that verdict, and what the poison did
-                    outcome = replace(clean, meaning=f"{clean.meaning}; with {poison[0]} values past key_lengths: "
-                                      f"{outcome.meaning if isinstance(outcome, Verdict) else outcome}")
-            if not isinstance(outcome, Verdict) or not outcome.passed:
+        outcome = None
+        for splits in num_splits or (None,):  # each split count a kernel claims to take, judged on its own
+            ckw = call_kw if splits is None else dict(call_kw, num_splits=splits)
+            args = (case, q, k, v, kw, ckw, layout, group, alignment, precision, empty_rows)
+            got = _run_poisoned(run, case, args, k, v, pad, passes)
+            if splits is not None and isinstance(got, Verdict) and not got.passed:
+                got = replace(got, meaning=f"at num_splits={splits}: {got.meaning}", effect=f"num_splits={splits}")
+            if not isinstance(got, Verdict) or not got.passed:
+                outcome = got
                 break
+            if outcome is None or (got.statistic or 0) / (got.bound or 1) > (outcome.statistic or 0) / (outcome.bound or 1):
+                outcome = got  # the worst split count's numbers
+        if num_splits and isinstance(outcome, Verdict) and outcome.passed:
+            outcome = replace(outcome, meaning=f"{outcome.meaning}; at num_splits {', '.join(map(str, num_splits))}")
         if isinstance(outcome, Verdict):
             run.add(outcome)
         else:
@@ -477,6 +480,28 @@ def check_exact(run, *, alignment="bottom_right", precision="float64", layout="T
         repeatable.check_determinism(run, np.random.default_rng([run.report.seed, 5]), **bits)
     if batch_invariance:
         repeatable.check_batch_invariance(run, np.random.default_rng([run.report.seed, 6]), **bits)
+
+
+def _run_poisoned(run, case, args, k, v, pad, passes):
+    """One case's outcome over the padding passes (clean, or NaN then huge values past ``key_lengths``):
+    a kernel fine on clean padding that fails on poisoned padding reads it, diagnosed."""
+    for poison in passes:
+        kk, vv = (k, v) if poison is None else (_poisoned(k, pad, poison[1]), _poisoned(v, pad, poison[1]))
+        outcome = _run_case(run, *args, k_call=kk, v_call=vv)
+        if poison is not None and not (isinstance(outcome, Verdict) and outcome.passed):
+            clean = _run_case(run, *args, k_call=k, v_call=v)
+            if isinstance(clean, Verdict) and clean.passed:  # fine on clean padding: it reads the padding
+                what = outcome.meaning if isinstance(outcome, Verdict) else str(outcome)
+                outcome = Verdict(case.name, False, f"with {poison[0]} values in the keys and values past "
+                                  f"key_lengths: {what}; looks like: it reads keys/values past key_lengths "
+                                  "(the padding must not be read)", statistic=getattr(outcome, "statistic", None),
+                                  bound=getattr(outcome, "bound", None), effect="reads the padding")
+            elif isinstance(clean, Verdict):  # wrong on clean padding too: that verdict, and what the poison did
+                outcome = replace(clean, meaning=f"{clean.meaning}; with {poison[0]} values past key_lengths: "
+                                  f"{outcome.meaning if isinstance(outcome, Verdict) else outcome}")
+        if not isinstance(outcome, Verdict) or not outcome.passed:
+            break
+    return outcome
 
 
 def _run_case(run, case, q, k, v, kw, call_kw, layout, group, alignment, precision, empty_rows, *, k_call, v_call):

@@ -69,7 +69,7 @@ def positive_number(value, name, *, maximum=None):
 
 
 def head_dims(value, name="head_dims"):
-    """A non-empty tuple of head dims, each an integer in [1, 1024] (one integer is a tuple of one)."""
+    """A non-empty tuple of integers in [1, 1024] (one integer is a tuple of one): head dims, split counts."""
     if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
         value = (value,)
     if isinstance(value, (str, bytes)):
@@ -79,7 +79,7 @@ def head_dims(value, name="head_dims"):
     except TypeError:
         raise InputTypeError(f"{name}: expected a sequence of integers, got {value!r}") from None
     if not dims:
-        raise InputError(f"{name}: give at least one head dim")
+        raise InputError(f"{name}: give at least one value")
     return tuple(check_positive_int(h, name, maximum=1024) for h in dims)
 
 
@@ -213,6 +213,10 @@ OPTIONS = (
     Option("probe_head_dims", "--probe-head-dims", GRIDS, False, _bool,
            "a tile case whose head dim the callable rejects by raising is unsupported (skip), not failed",
            dict(action="store_true"), _if_set("--probe-head-dims")),
+    Option("num_splits", "--num-splits", ("exact",), None, _optional(head_dims),
+           "split counts the callable takes as num_splits= (exact): every case runs at each, each judged "
+           "(e.g. 1,2,3,8)", dict(metavar="N[,N...]"),
+           _if_set("--num-splits", lambda n: ",".join(str(x) for x in n)), what="a split-KV claim"),
     Option("determinism", "--determinism", ("exact",), False, _bool,
            "also check bits (exact): three calls on the same inputs give the same output", dict(action="store_true"),
            _if_set("--determinism"), what="a bit-level check"),
@@ -372,7 +376,7 @@ def add_arguments(parser) -> None:
         if opt.flag is None:
             continue
         extra = dict(opt.cli)
-        if opt.name == "head_dims":
+        if opt.name in ("head_dims", "num_splits"):
             extra["type"] = _int_list
         default = opt.default if not isinstance(opt.default, tuple) else ",".join(map(str, opt.default))
         hint = "" if opt.default in (None, False) or "default" in opt.help else f" (default {default})"
@@ -386,7 +390,7 @@ def _int_list(text):
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from None
     if not dims or min(dims) < 1 or max(dims) > 1024:
-        raise argparse.ArgumentTypeError(f"expected head dims in [1, 1024], got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected integers in [1, 1024], got {text!r}")
     return dims
 
 
