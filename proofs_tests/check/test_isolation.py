@@ -298,3 +298,26 @@ def test_sigterm_during_a_hang_leaves_no_worker(tmp_path):
             return
         time.sleep(0.1)
     raise AssertionError(f"worker {worker} outlived the checker")
+
+
+def test_a_script_that_checks_at_its_top_level_works_as_written(tmp_path):
+    """A callable from the script being run (``__main__``), also inside an adapter, and ``check()`` at the
+    script's top level without ``if __name__ == "__main__":``: the worker never imports the script (it
+    would run its top level again), so the script runs once and passes."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "first.py"
+    script.write_text(
+        "from refattn.check import check\n"
+        "from refattn.check.adapters import pairwise_merge\n"
+        "from refattn.check.merge_bugs import merge_kernel\n"
+        "import numpy as np\n"
+        "def two(v_a, s_a, v_b, s_b):\n"
+        "    out, lse = merge_kernel(np.stack([v_a, v_b]), np.stack([s_a, s_b]), layout='TN')\n"
+        "    return out, lse\n"
+        "print('top level ran')\n"
+        "print(check(pairwise_merge(two), 'merge', lse_layout='TN').format_table().splitlines()[-1])\n")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("top level ran") == 1 and proc.stdout.strip().endswith("RESULT: PASS"), proc.stdout

@@ -39,6 +39,7 @@ import pickle
 import signal
 import sys
 import tempfile
+import types
 import warnings
 from pathlib import Path
 
@@ -201,6 +202,23 @@ def _importable(module) -> bool:
         return False
 
 
+class _NoMainPickler(pickle.Pickler):
+    """A pickler that refuses anything defined in ``__main__``: a fresh worker would have to import the
+    user's script to unpickle it, running the script's top level (its ``check()`` calls included) again."""
+
+    def persistent_id(self, obj):
+        if type(obj).__module__ == "__main__" or (isinstance(obj, (types.FunctionType, type))
+                                                 and obj.__module__ == "__main__"):
+            raise pickle.PicklingError("refers to an object defined in __main__")
+        return None
+
+
+def _dumps_without_main(obj) -> bytes:
+    buf = io.BytesIO()
+    _NoMainPickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    return buf.getvalue()
+
+
 def _fresh_context():
     """Workers that share nothing with the checker's process: forked from a fresh server process that
     has imported this module once (so a restart after a crash takes milliseconds, not an import of
@@ -244,7 +262,7 @@ class Worker:
         try:
             if not _importable(getattr(target, "__module__", None)):
                 raise pickle.PicklingError("defined in __main__ or a module a new process cannot import")
-            return ("pickled", pickle.dumps(target)), _fresh_context()
+            return ("pickled", _dumps_without_main(target)), _fresh_context()
         except Exception:  # noqa: BLE001 - lambdas, closures, __main__: inherit by fork where there is one
             if "fork" not in mp.get_all_start_methods():
                 raise WorkerError("fn: cannot be pickled into a worker process on this platform; pass a "
