@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from refattn import softmax_attention
-from refattn.precision import PRECISIONS, as_dtype, eps, kernel_reference, round_to
+from refattn.precision import PRECISIONS, STORAGE_PRECISIONS, as_dtype, as_given, eps, given_dtype, kernel_reference, round_to
 
 
 def _qkv(T=9, S=11, H=8, Hv=5, seed=0, spread=1.0):
@@ -138,3 +138,15 @@ def test_recipe_knobs_change_what_they_say():
     assert err(kernel_reference(q, k, v, "bfloat16", round_logits=True)) > err(default)
     with pytest.raises(ValueError, match="^accumulate: float32 is narrower than the float64 inputs"):
         kernel_reference(q, k, v, "float64", accumulate="float32")
+
+
+@pytest.mark.parametrize("precision", sorted(set(PRECISIONS) | set(STORAGE_PRECISIONS)))
+def test_a_callable_is_given_the_claims_values_losslessly(precision):
+    """as_given: the values rounded to the claim, in a dtype that holds them exactly (bfloat16 in float32)."""
+    x = np.random.default_rng(0).standard_normal(1000) * 3
+    g = as_given(x, precision)
+    assert g.dtype == given_dtype(precision)
+    np.testing.assert_array_equal(np.asarray(g, np.float64), round_to(x, precision))
+    if precision != "float64":
+        assert not np.array_equal(np.asarray(g, np.float64), x)  # really rounded
+    assert given_dtype("bfloat16") == np.float32 and given_dtype(precision).itemsize <= 8

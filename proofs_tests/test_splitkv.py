@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from refattn import softmax_attention
-from refattn.check.merge_bugs import merge_kernel
+from refattn.check.serving_bugs import merge_kernel
 from refattn.precision import unit_roundoff
 from refattn.splitkv import merge_states, partial_states, split_edges
 from refattn.tolerance import merge_allowance

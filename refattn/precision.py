@@ -51,6 +51,8 @@ __all__ = [
     "STORAGE_PRECISIONS",
     "as_precision",
     "as_dtype",
+    "as_given",
+    "given_dtype",
     "numpy_type",
     "precision_of",
     "values_precision",
@@ -240,6 +242,19 @@ def _rounded(a, precision, name):
         raise InputError(f"{name}: values up to {np.max(np.abs(a)):.3g} exceed the {precision} range ({big:.5g}); "
                          f"a {precision} kernel cannot be given them")
     return a.astype(dt).astype(np.float32)
+
+
+def given_dtype(precision) -> np.dtype:
+    """The dtype the checker hands a callable that claims ``precision``: float64, float32 and float16
+    their own, bfloat16 values in float32 (exact; NumPy has no bfloat16, and a framework adapter casts
+    them back losslessly), FP8 as ``ml_dtypes`` arrays."""
+    p = as_precision(precision, "precision", allowed=_ALL)
+    return np.dtype(np.float32) if p == "bfloat16" else as_dtype(p)
+
+
+def as_given(a, precision) -> np.ndarray:
+    """``a`` rounded to ``precision``, in [`given_dtype`][refattn.precision.given_dtype]."""
+    return round_to(a, precision, "a").astype(given_dtype(precision))
 
 
 def store(a, precision) -> np.ndarray:

@@ -311,7 +311,7 @@ def test_a_script_that_checks_at_its_top_level_works_as_written(tmp_path):
     script.write_text(
         "from refattn.check import check\n"
         "from refattn.check.adapters import pairwise_merge\n"
-        "from refattn.check.merge_bugs import merge_kernel\n"
+        "from refattn.check.serving_bugs import merge_kernel\n"
         "import numpy as np\n"
         "def two(v_a, s_a, v_b, s_b):\n"
         "    out, lse = merge_kernel(np.stack([v_a, v_b]), np.stack([s_a, s_b]), layout='TN')\n"

@@ -1,6 +1,6 @@
 """``--kind merge`` (refattn.check.merge): its options, its contract's problems, what it hands the callable,
 the command line, the isolated worker, and the library adapters (refattn.check.adapters.pairwise_merge).
-The catalogue's false alarms and power are in test_merge_bugs.py. Deterministic given the seed."""
+The catalogue's false alarms and power are in test_serving_bugs.py. Deterministic given the seed."""
 
 import subprocess
 import sys
@@ -12,7 +12,7 @@ import pytest
 from refattn.check import check
 from refattn.check.adapters import pairwise_merge
 from refattn.check.merge import MERGE_CASES, states
-from refattn.check.merge_bugs import merge_kernel
+from refattn.check.serving_bugs import merge_kernel
 
 
 def _flashinfer_style(v_a, s_a, v_b, s_b):
@@ -89,7 +89,7 @@ def test_a_wrong_shape_or_an_exception_fails_the_case_and_a_two_state_function_g
 
 def test_the_command_line_and_the_worker(tmp_path):
     src = tmp_path / "m.py"
-    src.write_text("from functools import partial\nfrom refattn.check.merge_bugs import merge_kernel\n"
+    src.write_text("from functools import partial\nfrom refattn.check.serving_bugs import merge_kernel\n"
                    "good = partial(merge_kernel, base='2', layout='TN')\n"
                    "bad = partial(merge_kernel, fault='lse as the max')\n")
     run = lambda fn, *flags: subprocess.run([sys.executable, "-m", "refattn", "check", f"{src}:{fn}", "--kind", "merge",  # noqa: E731

@@ -11,6 +11,7 @@ r"""Checking other implementations: exact and statistical verdicts for a user's 
 | exact | ``fn(q, k, v[, causal=, mask=]) -> out`` | [`refattn.check.exact`][refattn.check.exact] |
 | backward | ``fn(q, k, v, dout[, causal=, mask=]) -> (dq, dk, dv)`` | [`refattn.check.backward`][refattn.check.backward] |
 | merge | ``fn(outs, lses) -> (out, lse)`` (split-KV states) | [`refattn.check.merge`][refattn.check.merge] |
+| varlen | ``fn(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k[, causal=, window_size=, seqused_k=])`` | [`refattn.check.varlen`][refattn.check.varlen] |
 | kernel | ``fn(q, k, seed[, m=]) -> K_hat (T, S)`` | [`refattn.check.kernel`][refattn.check.kernel] |
 | attention | ``fn(q, k, v, seed[, m=, causal=, key_lengths=]) -> out (T, Hv)`` | [`refattn.check.attention`][refattn.check.attention] |
 | projection | ``fn(m, d, seed) -> W (m, d)`` | [`refattn.check.projection`][refattn.check.projection] |
@@ -37,6 +38,7 @@ from refattn.check.hashing import check_hash
 from refattn.check.isolation import Worker, WorkerError
 from refattn.check.kernel import check_kernel
 from refattn.check.merge import check_merge
+from refattn.check.varlen import check_varlen
 from refattn.check.loader import LoadFailure, TargetError, describe_target, load_target
 from refattn.check.projection import check_projection
 from refattn.check.spec import DEFAULT_DRAWS, DEFAULT_TIMEOUT, KINDS, CheckSpec, signature
@@ -45,7 +47,7 @@ from refattn.check.verdict import CheckReport, Verdict
 __all__ = ["check", "KINDS", "DEFAULT_DRAWS", "DEFAULT_TIMEOUT", "TargetError", "CheckReport", "Verdict", "CheckSpec"]
 
 #: The function that runs each kind's checks on a `Run`, called with the spec's options for the kind.
-KIND_CHECKS = {"exact": check_exact, "backward": check_backward, "merge": check_merge, "kernel": check_kernel, "attention": check_attention,
+KIND_CHECKS = {"exact": check_exact, "backward": check_backward, "merge": check_merge, "varlen": check_varlen, "kernel": check_kernel, "attention": check_attention,
                "projection": check_projection, "hash": check_hash}
 
 
@@ -60,7 +62,7 @@ def check(target, kind, **options) -> CheckReport:
 
     Parameters
     ----------
-    kind : {"exact", "backward", "merge", "kernel", "attention", "projection", "hash"}
+    kind : {"exact", "backward", "merge", "varlen", "kernel", "attention", "projection", "hash"}
     method : {"positive", "hyperbolic", "trigonometric", "favorpp"}
         The random-feature estimator ``fn`` implements (kernel, attention; ``favorpp``, FAVOR++,
         for the kernel kind).
@@ -87,7 +89,7 @@ def check(target, kind, **options) -> CheckReport:
         How the callable takes its arrays (exact kind): ``T`` tokens, ``H`` features, ``B`` batch,
         ``N`` heads; cases then have 2 batch items and 4 heads, judged head by head.
     gqa : bool
-        Grouped-query attention (exact kind, a layout with heads): ``k``, ``v`` have 2 heads for
+        Grouped-query attention (exact kind with a layout with heads; varlen kind): ``k``, ``v`` have 2 heads for
         the 4 query heads; query head ``h`` reads key/value head ``h // 2``.
     self_attention : bool
         The callable takes ``T = S`` only (exact kind): the cases whose point is ``T != S`` are

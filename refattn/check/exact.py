@@ -41,7 +41,7 @@ from refattn._validation import InputError
 from refattn.check import repeatable
 from refattn.check.verdict import Verdict
 from refattn.exact import softmax_attention
-from refattn.precision import as_dtype, as_precision, eps, largest, kernel_reference, round_to
+from refattn.precision import as_given, as_precision, given_dtype, eps, largest, kernel_reference, round_to
 from refattn.problem import attention_problem, causal_mask, causal_offset
 from refattn.tolerance import check_attention_output, compare
 
@@ -197,8 +197,7 @@ def _inputs(case, rng, precision="float64"):
             mask[[1, case.T - 2]] = False  # ... but two, which see none
         kw["mask"] = mask
     if precision != "float64":
-        carrier = np.float32 if precision == "bfloat16" else as_dtype(precision)
-        return tuple(round_to(a, precision).astype(carrier) for a in (q, k, v)), kw
+        return tuple(as_given(a, precision) for a in (q, k, v)), kw
     return tuple(a.astype(case.dtype) for a in (q, k, v)), kw
 
 
@@ -474,8 +473,7 @@ def check_exact(run, *, alignment="bottom_right", precision="float64", layout="T
         else:
             _problem(run, case, outcome, batched=layout == "TH", probe=probe_head_dims)
     bits = dict(layout=layout, heads=HEADS if layout in ("BNTH", "BTNH") else 1, call_kw={},
-                dtype=np.float64 if precision == "float64" else np.float32 if precision == "bfloat16"
-                else as_dtype(precision), to_layout=_to_layout, from_layout=_from_layout)
+                dtype=given_dtype(precision), to_layout=_to_layout, from_layout=_from_layout)
     if determinism:
         repeatable.check_determinism(run, np.random.default_rng([run.report.seed, 5]), **bits)
     if batch_invariance:

@@ -20,6 +20,7 @@ import numpy as np
 
 from refattn.check import check
 from refattn.check.hashing import reference_hash
+from refattn.check.serving_bugs import CORRECT_MERGES, CORRECT_VARLEN, MERGE_BUGS, VARLEN_BUGS
 from refattn.lsh import hashes as lsh
 from refattn.performer.features import RandomFeatures
 from refattn.performer.projections import gaussian_projection, orthogonal_projection, regular_projection
@@ -229,6 +230,11 @@ class Planted:
     bug: str = ""
 
 
+def _planted(bug):
+    """A reported or planted serving bug (refattn.check.serving_bugs) as a catalogue entry."""
+    return Planted(bug.fn, bug.kind, bug.options, bug.fails, bug.what)
+
+
 _K = {"method": "positive", "projection": "orthogonal", "m": 64}
 _A = {"method": "positive", "projection": "orthogonal", "m": 64}
 
@@ -254,6 +260,9 @@ CORRECT = {
     "e2lsh": Planted(reference_hash("e2lsh", width=1.0), "hash", {"family": "e2lsh", "width": 1.0}),
     "angular hash": Planted(reference_hash("angular", buckets=8), "hash", {"family": "angular", "buckets": 8}),
     "angular hash, 2 rounds": Planted(angular_rounds, "hash", {"family": "angular", "buckets": 8, "rounds": 2}),
+    # serving kernels (deterministic; the catalogue of real bugs, refattn.check.serving_bugs, holds more)
+    "split-KV merge": Planted(CORRECT_MERGES["merge: flash-attn's combine"].fn, "merge"),
+    "packed (varlen) attention": Planted(CORRECT_VARLEN["varlen: float64"].fn, "varlen"),
 }
 
 CATALOGUE = {
@@ -332,6 +341,9 @@ CATALOGUE = {
     "repeated round": Planted(partial(angular_rounds, duplicate_round=True), "hash",
                               {"family": "angular", "buckets": 8, "rounds": 2}, "collision rate",
                               "the second round repeats the first"),
+    # serving kernels (deterministic)
+    "merge: exp(lse) without the max": _planted(MERGE_BUGS["merge: exp(lse) without the max"]),
+    "varlen: no block-diagonal mask": _planted(VARLEN_BUGS["varlen: no block-diagonal mask"]),
 }
 
 

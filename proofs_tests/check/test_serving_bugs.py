@@ -1,4 +1,4 @@
-"""The merge kernels and the reported merge bugs (refattn.check.merge_bugs): the kernels without a fault
+"""The merge kernels and the reported merge bugs (refattn.check.serving_bugs): the kernels without a fault
 are the merge's definition in both orders, conventions and layouts and pass every check of the merge
 kind; each reported bug fails its named check at the defaults with its diagnosis. Deterministic given
 the seed (the merge kind draws its states from it); 30 seeds in the slow test."""
@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from refattn.check import check
-from refattn.check.merge_bugs import CORRECT_MERGES, MERGE_BUGS, MERGE_FAULTS, merge_kernel
+from refattn.check.serving_bugs import (CORRECT_MERGES, CORRECT_VARLEN, MERGE_BUGS, MERGE_FAULTS, VARLEN_BUGS,
+                                         VARLEN_FAULTS, merge_kernel, varlen_kernel)
 from refattn.splitkv import merge_states, partial_states
 
 #: What each bug's failing verdict must say (its diagnosis).
@@ -68,6 +69,55 @@ def test_over_30_seeds_no_false_alarm_and_every_merge_bug_caught():
     """0 failed runs of every correct merge and every bug caught, on 30 seeds (REFATTN_CHECK_RUNS)."""
     seeds = range(5000, 5000 + int(os.environ.get("REFATTN_CHECK_RUNS", "30")))
     for name, b in {**CORRECT_MERGES, **MERGE_BUGS}.items():
+        for s in seeds:
+            rep = check(b.fn, b.kind, seed=s, isolate=False, **b.options)
+            assert (b.fails in {v.check for v in rep.failures}) if b.fails else rep.passed, (name, s)
+
+
+VARLEN_DIAGNOSES = {"varlen: causal top-left within each sequence": "aligned top-left within each sequence",
+                    "varlen: no block-diagonal mask": "no block-diagonal mask",
+                    "varlen: seqused_k ignored": "seqused_k ignored",
+                    "varlen: padding loaded and weighted by zero": "weighs them by zero"}
+
+
+def test_the_varlen_kernel_without_a_fault_is_the_oracle():
+    from refattn.varlen import varlen_attention
+
+    rng = np.random.default_rng(4)
+    cu_q, cu_k = np.array([0, 3, 3, 43, 44]), np.array([0, 10, 15, 35, 35])
+    q, k, v = rng.normal(size=(44, 4, 16)), rng.normal(size=(35, 2, 16)), rng.normal(size=(35, 2, 8))
+    for kw, okw in (({}, {}), ({"causal": True}, {"causal": True}),
+                    ({"causal": True, "window_size": (5, 0)}, {"causal": True, "window": (5, 0)})):
+        np.testing.assert_allclose(varlen_kernel(q, k, v, cu_q, cu_k, 40, 20, **kw),
+                                   varlen_attention(q, k, v, cu_q, cu_k, **okw), atol=1e-12)
+    used = np.array([4, 5, 11, 0])
+    np.testing.assert_allclose(varlen_kernel(q, k, v, cu_q, cu_k, 40, 20, seqused_k=used),
+                               varlen_attention(q, k, v, cu_q, cu_k, seqused_k=used), atol=1e-12)
+    with pytest.raises(ValueError, match="fault"):
+        varlen_kernel(q, k, v, cu_q, cu_k, 40, 20, fault="typo")
+
+
+@pytest.mark.parametrize("name", sorted(CORRECT_VARLEN))
+def test_the_varlen_kernels_without_a_fault_pass_every_check(name, seed):
+    b = CORRECT_VARLEN[name]
+    rep = check(b.fn, b.kind, seed=seed, isolate=False, **b.options)
+    assert rep.passed, rep.format_table()
+
+
+@pytest.mark.parametrize("name", sorted(VARLEN_BUGS))
+def test_each_varlen_bug_fails_its_check_with_its_diagnosis(name, seed):
+    b = VARLEN_BUGS[name]
+    rep = check(b.fn, b.kind, seed=seed, isolate=False, **b.options)
+    failed = {v.check: v.meaning for v in rep.failures}
+    assert b.fails in failed, rep.format_table()
+    assert VARLEN_DIAGNOSES[name] in failed[b.fails], failed[b.fails]
+    assert {v.fn.keywords["fault"] for v in VARLEN_BUGS.values()} == set(VARLEN_FAULTS) - {""}
+
+
+@pytest.mark.slow
+def test_over_30_seeds_no_false_alarm_and_every_varlen_bug_caught():
+    seeds = range(6000, 6000 + int(os.environ.get("REFATTN_CHECK_RUNS", "30")))
+    for name, b in {**CORRECT_VARLEN, **VARLEN_BUGS}.items():
         for s in seeds:
             rep = check(b.fn, b.kind, seed=s, isolate=False, **b.options)
             assert (b.fails in {v.check for v in rep.failures}) if b.fails else rep.passed, (name, s)

@@ -1,6 +1,7 @@
-r"""Merges of split-KV states as kernels write them, and the reported merge bugs, in ``--kind merge``'s contract.
+r"""Serving kernels as they are written, and their reported bugs: merges of split-KV states (``--kind
+merge``) and packed-batch attention (``--kind varlen``).
 
-[`merge_kernel`][refattn.check.merge_bugs.merge_kernel] merges ``fn(outs, lses) -> (out, lse)`` in float32
+[`merge_kernel`][refattn.check.serving_bugs.merge_kernel] merges ``fn(outs, lses) -> (out, lse)`` in float32
 (or float64) in one of the two orders the libraries use: ``"combine"``, flash-attn's split-KV
 combine (``lse_max`` over every split, then ``lse = log sum exp(lse_c - lse_max) + lse_max`` and
 ``O = sum exp(lse_c - lse) O_c``), or ``"fold"``, a pairwise merge state by state as vLLM's
@@ -8,6 +9,10 @@ combine (``lse_max`` over every split, then ``lse = log sum exp(lse_c - lse_max)
 (``base``, ``empty``, ``layout``) are those of [`refattn.check.merge`][refattn.check.merge]; ``fault`` plants one
 reported bug as the change it was. `CORRECT_MERGES` (every check passes) and `MERGE_BUGS` (each
 fails the named check) measure the merge kind's false alarms and power.
+
+[`varlen_kernel`][refattn.check.serving_bugs.varlen_kernel] is flash-attn's ``flash_attn_varlen_func``
+in plain NumPy, with ``fault`` planting one of `VARLEN_FAULTS`; `CORRECT_VARLEN` and `VARLEN_BUGS`
+do the same for the varlen kind.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ import numpy as np
 
 from refattn.check.bugs import Bug
 
-__all__ = ["MERGE_FAULTS", "merge_kernel", "CORRECT_MERGES", "MERGE_BUGS"]
+__all__ = ["MERGE_FAULTS", "merge_kernel", "CORRECT_MERGES", "MERGE_BUGS", "VARLEN_FAULTS", "varlen_kernel",
+           "CORRECT_VARLEN", "VARLEN_BUGS"]
 
 MERGE_FAULTS = ("", "lse_max unguarded", "exp(lse) without the max", "lse strides of the other layout",
                 "+inf read as a value", "lse read in the other base", "lse as the max")
@@ -127,4 +133,90 @@ MERGE_BUGS = {
         _m("lse as the max"), "merge", {}, "2 states", f"{_FA} flash_fwd_splitkv_combine",
         "the merged lse written as lse_max instead of log sum exp(lse_c - lse_max) + lse_max: the output right, "
         "the lse (read by the backward and by the next merge) wrong"),
+}
+
+
+# --- packed (varlen) batches ----------------------------------------------------------------
+VARLEN_FAULTS = ("", "causal top-left per sequence", "no block-diagonal mask", "seqused_k ignored",
+                 "padding weighted by zero")
+
+
+def varlen_kernel(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=False,
+                  window_size=(-1, -1), seqused_k=None, *, fault=""):
+    """flash-attn's ``flash_attn_varlen_func`` in plain NumPy: each sequence's queries against its keys (the
+    first ``seqused_k[b]`` of its slot), causal bottom-right within the sequence, ``window_size=(left,
+    right)`` (-1 unbounded), grouped heads ``h // (Hq / Hk)``; float64 inside, the output in ``q``'s
+    dtype. ``fault``: one of `VARLEN_FAULTS` (``""``: correct)."""
+    if fault not in VARLEN_FAULTS:
+        raise ValueError(f"fault: expected one of {VARLEN_FAULTS}, got {fault!r}")
+    dtype = np.asarray(q).dtype
+    q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
+    g = q.shape[1] // k.shape[1]
+    k, v = np.repeat(k, g, axis=1), np.repeat(v, g, axis=1)
+    cq, ck = np.asarray(cu_seqlens_q), np.asarray(cu_seqlens_k)
+    out = np.zeros(q.shape[:2] + (v.shape[2],))
+    scale = q.shape[2] ** -0.5
+    for b in range(cq.size - 1):
+        r0, r1 = int(cq[b]), int(cq[b + 1])
+        k0, k1 = int(ck[b]), int(ck[b + 1])
+        if fault == "no block-diagonal mask":
+            k0, k1 = 0, int(ck[-1])
+        used = k1 - k0 if seqused_k is None or fault in ("seqused_k ignored", "no block-diagonal mask") \
+            else int(seqused_k[b])
+        read = k1 - k0 if fault == "padding weighted by zero" else used  # keys loaded
+        T = r1 - r0
+        if T == 0:
+            continue
+        qs, ks, vs = (np.swapaxes(a, 0, 1) for a in (q[r0:r1], k[k0:k0 + read], v[k0:k0 + read]))
+        with np.errstate(invalid="ignore"):
+            logits = (qs @ np.swapaxes(ks, 1, 2)) * scale  # (H, T, read)
+        i, j = np.arange(T)[:, None], np.arange(read)[None, :]
+        allowed = j < used
+        off = 0 if fault == "causal top-left per sequence" else used - T
+        left, right = window_size
+        if causal:
+            right = 0
+        if right >= 0:
+            allowed = allowed & (j <= i + off + right)
+        if left >= 0:
+            allowed = allowed & (j >= i + off - left)
+        logits = np.where(allowed, logits, -np.inf)
+        top = np.max(logits, axis=-1, keepdims=True, initial=-np.inf)
+        p = np.exp(logits - np.where(np.isfinite(top), top, 0.0))
+        den = p.sum(axis=-1, keepdims=True)
+        p = np.where(den > 0, p / np.where(den > 0, den, 1.0), 0.0)
+        with np.errstate(invalid="ignore"):
+            o = p @ vs if fault == "padding weighted by zero" else p[..., :used] @ vs[:, :used]
+        out[r0:r1] = np.swapaxes(o, 0, 1)
+    return out.astype(dtype)
+
+
+def _v(fault):
+    return partial(varlen_kernel, fault=fault)
+
+
+#: A correct packed-batch kernel in float64, float32 and bfloat16, with grouped heads.
+CORRECT_VARLEN = {
+    "varlen: float64": Bug(varlen_kernel, "varlen"),
+    "varlen: float32, grouped heads": Bug(varlen_kernel, "varlen", {"precision": "float32", "gqa": True}),
+    "varlen: bfloat16": Bug(varlen_kernel, "varlen", {"precision": "bfloat16"}),
+}
+
+VARLEN_BUGS = {
+    "varlen: causal top-left within each sequence": Bug(
+        _v("causal top-left per sequence"), "varlen", {}, "causal, T < S and T > S per sequence",
+        f"{_FA} 9e5e8bc9 (v2.1)",
+        "flash-attn 2.0 aligned the causal mask top-left in each sequence; 2.1 changed it to bottom-right: wrong "
+        "in every sequence with T != S"),
+    "varlen: no block-diagonal mask": Bug(
+        _v("no block-diagonal mask"), "varlen", {}, "3 sequences, T = S", "planted: a packed batch as one sequence",
+        "every query attends to the keys of the whole packed batch (the cu_seqlens_k offsets ignored)"),
+    "varlen: seqused_k ignored": Bug(
+        _v("seqused_k ignored"), "varlen", {}, "seqused_k: padded key slots", "planted: seqused_k not read",
+        "each sequence attends to its whole key slot, padding included"),
+    "varlen: padding loaded and weighted by zero": Bug(
+        _v("padding weighted by zero"), "varlen", {}, "seqused_k: padded key slots",
+        "planted: masked by weights, not by loads",
+        "the slot's padding is loaded and multiplied by zero weights: 0 x NaN = NaN where the padding holds NaN "
+        "(a kernel must predicate its loads, not its weights)"),
 }

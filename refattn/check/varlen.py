@@ -1,0 +1,215 @@
+r"""``--kind varlen``: attention over packed sequences in flash-attn's ``flash_attn_varlen_func`` contract,
+``fn(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k[, causal=, window_size=,
+seqused_k=]) -> out (total_q, Hq, Dv)``, judged sequence by sequence against
+[`refattn.varlen.varlen_attention`][refattn.varlen.varlen_attention] by the tolerance rule.
+
+``q (total_q, Hq, D)``, ``k, v (total_k, Hk, .)`` in the claimed precision, ``cu_seqlens_*`` int32
+``(B + 1,)`` and ``max_seqlen_*`` ints, as flash-attn takes them; ``Hk = Hq / 2`` with ``gqa``. The
+cases: sequences with ``T = S`` and ``T != S`` both ways, a sequence with no queries, one with no
+keys (its rows must be zeros, or ``empty_rows="any"``), decode (one query per sequence against keys
+of different lengths), causal (bottom-right within each sequence), a sliding window, ``seqused_k``
+with the slots' padding NaN (never to be read), sequences crossing 64- and 128-row tiles, and
+MLA's head dims 192 for ``q, k`` with 128 for ``v`` (skipped when the callable rejects them by
+raising). A case that needs a keyword the callable does not take is skipped.
+
+A failing case names what it looks like: no block-diagonal mask (queries attend to other
+sequences' keys), the causal mask aligned top-left within each sequence (flash-attn before 2.1),
+the causal mask over the packed batch's positions, or the slot's padding read (``seqused_k``
+ignored, or NaN from the slots past it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from refattn.check.verdict import Verdict
+from refattn.exact import softmax_attention
+from refattn.precision import as_given, round_to
+from refattn.tolerance import check_attention_output
+from refattn.varlen import varlen_attention
+
+__all__ = ["check_varlen", "VarlenCase", "VARLEN_CASES", "HEADS"]
+
+#: Query heads of every case (key/value heads: the same, or half with ``gqa``).
+HEADS = 4
+
+
+@dataclass(frozen=True)
+class VarlenCase:
+    """One packed batch: the queries and key slots of each sequence, the head dims, its options."""
+
+    name: str
+    q_lens: tuple
+    k_lens: tuple
+    D: int = 32
+    Dv: int = 32
+    causal: bool = False
+    window: tuple | None = None
+    used: tuple | None = None  # seqused_k: the keys used in each slot
+    probe: bool = False  # a head-dim case the callable may reject (skipped)
+
+
+VARLEN_CASES = (
+    VarlenCase("3 sequences, T = S", (5, 17, 40), (5, 17, 40)),
+    VarlenCase("T != S within each sequence", (3, 40, 1), (10, 25, 70)),
+    VarlenCase("a sequence with no queries", (4, 0, 6), (4, 5, 6)),
+    VarlenCase("a sequence with no keys", (3, 2, 4), (6, 0, 4)),
+    VarlenCase("decode: one query per sequence", (1, 1, 1, 1), (33, 1, 128, 7)),
+    VarlenCase("causal, T < S and T > S per sequence", (3, 40, 9), (10, 20, 9), causal=True),
+    VarlenCase("causal sliding window", (70, 129), (70, 129), causal=True, window=(16, 0)),
+    VarlenCase("seqused_k: padded key slots", (4, 6), (20, 30), used=(13, 30)),
+    VarlenCase("tiles: sequences of 63, 129 and 257", (63, 129, 257), (63, 129, 257), D=64, Dv=64, causal=True),
+    VarlenCase("MLA head dims 192 / 128", (9, 30), (12, 30), D=192, Dv=128, causal=True, probe=True),
+)
+
+
+def _batch(case, rng, precision, group):
+    """``q, k, v, cu_q, cu_k`` of a case (float64 values at the claim's rounding), keys in slots."""
+    cu_q = np.concatenate([[0], np.cumsum(case.q_lens)]).astype(np.int32)
+    cu_k = np.concatenate([[0], np.cumsum(case.k_lens)]).astype(np.int32)
+    q = rng.standard_normal((int(cu_q[-1]), HEADS, case.D))
+    k = rng.standard_normal((int(cu_k[-1]), HEADS // group, case.D))
+    v = rng.standard_normal((int(cu_k[-1]), HEADS // group, case.Dv))
+    return (*(round_to(a, precision) for a in (q, k, v)), cu_q, cu_k)
+
+
+def _padding(case, cu_k):
+    """Boolean ``(total_k,)``: the slots past ``seqused_k`` (None without it)."""
+    if case.used is None:
+        return None
+    pos = np.arange(int(cu_k[-1]))
+    seq = np.searchsorted(cu_k, pos, side="right") - 1
+    return pos - cu_k[seq] >= np.asarray(case.used)[seq]
+
+
+def _options(case):
+    kw = {}
+    if case.causal:
+        kw["causal"] = True
+    if case.window is not None:
+        kw["window"] = case.window
+    return kw
+
+
+def check_varlen(run, *, precision="float64", gqa=False, empty_rows="zeros"):
+    """Run the cases on ``run.fn``; one verdict per case (module docstring)."""
+    rng = np.random.default_rng([run.report.seed, 13])
+    group = 2 if gqa else 1
+    for case in VARLEN_CASES:
+        q, k, v, cu_q, cu_k = _batch(case, rng, precision, group)
+        kw = _options(case)
+        call_kw = {"causal": True} if case.causal else {}
+        if case.window is not None:
+            call_kw["window_size"] = case.window
+        if case.used is not None:
+            call_kw["seqused_k"] = np.asarray(case.used, np.int32)
+        need = next((n for n in call_kw if not run.accepts(n)), None)
+        if need:
+            run.skip(case.name, f"fn takes no {need}= keyword")
+            continue
+        pad = _padding(case, cu_k)
+        outcome = _call_and_judge(run, case, q, k, v, cu_q, cu_k, kw, call_kw, precision, group, empty_rows, pad,
+                                  np.nan)
+        if isinstance(outcome, Verdict) and not outcome.passed and "NaN from the slots" in outcome.meaning:
+            # finite padding: a kernel right there loads the padding and weighs it by zero (0 x NaN = NaN)
+            clean = _call_and_judge(run, case, q, k, v, cu_q, cu_k, kw, call_kw, precision, group, empty_rows, pad,
+                                    rng.standard_normal)
+            if isinstance(clean, Verdict) and clean.passed:
+                outcome = replace(outcome, meaning=outcome.meaning.replace(
+                    "it reads keys/values past seqused_k", "it loads the keys/values past seqused_k and weighs "
+                    "them by zero (0 x NaN = NaN): predicate the loads, not the weights"))
+            elif isinstance(clean, Verdict):
+                outcome = replace(clean, meaning=f"{clean.meaning} (with finite padding; with NaN padding: NaN)")
+        if isinstance(outcome, Verdict):
+            run.add(outcome)
+        elif case.probe and outcome.what == "raised":
+            run.skip(case.name, f"fn rejects head dims {case.D} / {case.Dv} (unsupported, not judged): {outcome}")
+        else:
+            run.problem(case.name, outcome)
+
+
+def _call_and_judge(run, case, q, k, v, cu_q, cu_k, kw, call_kw, precision, group, empty_rows, pad, poison):
+    """One call with the slots past ``seqused_k`` holding ``poison`` (NaN, or a draw function): the
+    verdict, or the call's problem."""
+    given = [as_given(a, precision) for a in (q, k, v)]  # q, k, v hold values of the claim already: exact
+    if pad is not None:
+        for a in given[1:]:
+            a[pad] = poison if not callable(poison) else as_given(poison(a[pad].shape), precision)
+    kk, vv = (np.asarray(a, np.float64) for a in given[1:])
+    args = (*given, cu_q, cu_k, int(max(case.q_lens)), int(max(case.k_lens)))
+    out, problem = run.call(args, call_kw, shape=(q.shape[0], HEADS, case.Dv), finite=False)
+    if problem is not None:
+        return problem
+    return _judge(case, np.asarray(out, np.float64), q, kk, vv, cu_q, cu_k, kw, precision, group, empty_rows, pad)
+
+
+def _sequences(case, cu_q, cu_k):
+    """``(b, rows, keys)`` slices of each sequence with queries (keys: the used ones)."""
+    for b in range(len(case.q_lens)):
+        if case.q_lens[b] == 0:
+            continue
+        used = case.k_lens[b] if case.used is None else case.used[b]
+        yield b, slice(int(cu_q[b]), int(cu_q[b + 1])), slice(int(cu_k[b]), int(cu_k[b]) + used)
+
+
+def _heads(a, rows, group=1):
+    x = np.swapaxes(a[rows], 0, 1)  # (heads, n, X)
+    return np.repeat(x, group, axis=0) if group > 1 else x
+
+
+def _judge(case, out, q, k, v, cu_q, cu_k, kw, precision, group, empty_rows, pad):
+    """The case's verdict: each sequence by the rule (heads as its batch), its empty rows by the convention."""
+    worst, failed, empty_bad = None, [], 0
+    for b, rows, keys in _sequences(case, cu_q, cu_k):
+        qs, ks, vs = _heads(q, rows), _heads(k, keys, group), _heads(v, keys, group)
+        got = np.swapaxes(out[rows], 0, 1)
+        seen = np.isfinite(softmax_attention(qs, ks, vs, return_lse=True, **kw)[1])  # (heads, n)
+        if (~seen).any() and empty_rows == "zeros" and not np.all(got[~seen] == 0):
+            empty_bad += int((~np.all(got[~seen] == 0, axis=-1)).sum())
+        if not seen.any():
+            continue
+        res = check_attention_output(got, qs, ks, vs, precision=precision, rows=seen, **kw)
+        if worst is None or res.error / res.bound > worst.error / worst.bound:
+            worst = res
+        if not res.passed:
+            failed.append(b)
+    meaning = f"the tolerance rule vs the oracle, sequence by sequence ({precision} inputs)"
+    stat, bound = (worst.error, worst.bound) if worst is not None else (0.0, 0.0)
+    faults = []
+    if failed:
+        faults.append(f"sequences {failed} wrong; {_diagnose(case, out, q, k, v, cu_q, cu_k, kw, group, pad, bound)}")
+    if empty_bad:
+        faults.append(f"{empty_bad} rows that see no key are not zeros (--empty-rows zeros)")
+    effect = f"max err {stat:.2g}"
+    if faults:
+        return Verdict(case.name, False, f"{meaning}; {'; '.join(faults)}", statistic=stat, bound=bound, effect=effect)
+    return Verdict(case.name, True, meaning, statistic=stat, bound=bound, effect=effect)
+
+
+def _diagnose(case, out, q, k, v, cu_q, cu_k, kw, group, pad, bound):
+    """What a wrong packed output looks like: the candidates of the common varlen faults."""
+    if pad is not None and np.isnan(out).any():
+        return "looks like: NaN from the slots past seqused_k: it reads keys/values past seqused_k"
+    cands = []
+    qa, ka, va = _heads(q, slice(None)), _heads(k, slice(None), group), _heads(v, slice(None), group)
+    if pad is not None:
+        full = varlen_attention(q, k, v, cu_q, cu_k, **kw)  # the whole slot
+        cands.append(("seqused_k ignored: it attends to the slot's padding", full))
+    cands.append(("no block-diagonal mask: queries attend to every sequence's keys",
+                  np.swapaxes(softmax_attention(qa, ka, va, **{n: x for n, x in kw.items() if n != "causal"}), 0, 1)))
+    if case.causal:
+        top_left = np.zeros_like(out)
+        for b, rows, keys in _sequences(case, cu_q, cu_k):
+            o = softmax_attention(_heads(q, rows), _heads(k, keys, group), _heads(v, keys, group),
+                                  **dict(kw, causal="top_left"))
+            top_left[rows] = np.swapaxes(o, 0, 1)
+        cands.append(("the causal mask aligned top-left within each sequence (bottom-right expected)", top_left))
+        cands.append(("the causal mask over the packed batch's positions, no block-diagonal mask",
+                      np.swapaxes(softmax_attention(qa, ka, va, **dict(kw, causal="top_left")), 0, 1)))
+    for name, cand in cands:
+        with np.errstate(invalid="ignore"):
+            if float(np.nanmax(np.abs(out - cand), initial=0.0)) <= max(bound, 1e-300) and not np.isnan(out).any():
+                return f"looks like: {name}"
+    return "no known fault matches"
