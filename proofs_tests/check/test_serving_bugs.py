@@ -1,6 +1,6 @@
-"""The merge kernels and the reported merge bugs (refattn.check.serving_bugs): the kernels without a fault
-are the merge's definition in both orders, conventions and layouts and pass every check of the merge
-kind; each reported bug fails its named check at the defaults with its diagnosis. Deterministic given
+"""The serving kernels and their bugs (refattn.check.serving_bugs): the merge, packed and paged kernels
+without a fault are their definitions (the merge in both orders, conventions and layouts; the oracle)
+and pass every check of their kind; each bug fails its named check at the defaults with its diagnosis. Deterministic given
 the seed (the merge kind draws its states from it); 30 seeds in the slow test."""
 
 import os
@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from refattn.check import check
-from refattn.check.serving_bugs import (CORRECT_MERGES, CORRECT_VARLEN, MERGE_BUGS, MERGE_FAULTS, VARLEN_BUGS,
-                                         VARLEN_FAULTS, merge_kernel, varlen_kernel)
+from refattn.check.serving_bugs import (CORRECT_MERGES, CORRECT_PAGED, CORRECT_VARLEN, MERGE_BUGS, MERGE_FAULTS,
+                                         PAGED_BUGS, PAGED_FAULTS, VARLEN_BUGS, VARLEN_FAULTS, merge_kernel,
+                                         paged_kernel, varlen_kernel)
 from refattn.splitkv import merge_states, partial_states
 
 #: What each bug's failing verdict must say (its diagnosis).
@@ -118,6 +119,64 @@ def test_each_varlen_bug_fails_its_check_with_its_diagnosis(name, seed):
 def test_over_30_seeds_no_false_alarm_and_every_varlen_bug_caught():
     seeds = range(6000, 6000 + int(os.environ.get("REFATTN_CHECK_RUNS", "30")))
     for name, b in {**CORRECT_VARLEN, **VARLEN_BUGS}.items():
+        for s in seeds:
+            rep = check(b.fn, b.kind, seed=s, isolate=False, **b.options)
+            assert (b.fails in {v.check for v in rep.failures}) if b.fails else rep.passed, (name, s)
+
+
+PAGED_DIAGNOSES = {"paged: the last page read whole": "the page-boundary mask",
+                   "paged: one page past the need": "goes out of the table",
+                   "paged: causal top-left on the cache": "aligned at the cache's start",
+                   "paged: appended tokens not attended": "the appended k, v not attended"}
+
+
+def test_the_paged_kernel_without_a_fault_is_the_oracle():
+    from refattn.paged import paged_attention
+
+    rng = np.random.default_rng(5)
+    kc, vc = rng.normal(size=(9, 4, 2, 8)), rng.normal(size=(9, 4, 2, 3))
+    q = rng.normal(size=(3, 2, 4, 8))
+    table, lens = np.array([[5, 1, 7], [2, 0, 3], [8, 6, 4]]), np.array([6, 9, 0])
+    for kw, okw in (({}, {}), ({"causal": True}, {"causal": True}),
+                    ({"causal": True, "window_size": (3, 0)}, {"causal": True, "window": (3, 0)})):
+        np.testing.assert_allclose(paged_kernel(q, kc, vc, cache_seqlens=lens, block_table=table, **kw),
+                                   paged_attention(q, kc, vc, table, lens, **okw), atol=1e-12)
+    np.testing.assert_allclose(paged_kernel(q, np.swapaxes(kc, 1, 2), np.swapaxes(vc, 1, 2), cache_seqlens=lens,
+                                            block_table=table, layout="HND"),
+                               paged_attention(q, kc, vc, table, lens), atol=1e-12)
+    kn, vn = rng.normal(size=(3, 2, 2, 8)), rng.normal(size=(3, 2, 2, 3))  # appended: written after the cache
+    kc2, vc2 = kc.copy(), vc.copy()
+    for b in range(3):
+        for t in range(2):
+            s = lens[b] + t
+            kc2[table[b, s // 4], s % 4], vc2[table[b, s // 4], s % 4] = kn[b, t], vn[b, t]
+    np.testing.assert_allclose(paged_kernel(q, kc, vc, kn, vn, cache_seqlens=lens, block_table=table, causal=True),
+                               paged_attention(q, kc2, vc2, table, lens + 2, causal=True), atol=1e-12)
+    with pytest.raises(ValueError, match="fault"):
+        paged_kernel(q, kc, vc, cache_seqlens=lens, block_table=table, fault="typo")
+
+
+@pytest.mark.parametrize("name", sorted(CORRECT_PAGED))
+def test_the_paged_kernels_without_a_fault_pass_every_check(name, seed):
+    b = CORRECT_PAGED[name]
+    rep = check(b.fn, b.kind, seed=seed, isolate=False, **b.options)
+    assert rep.passed, rep.format_table()
+
+
+@pytest.mark.parametrize("name", sorted(PAGED_BUGS))
+def test_each_paged_bug_fails_its_check_with_its_diagnosis(name, seed):
+    b = PAGED_BUGS[name]
+    rep = check(b.fn, b.kind, seed=seed, isolate=False, **b.options)
+    failed = {v.check: v.meaning for v in rep.failures}
+    assert b.fails in failed, rep.format_table()
+    assert PAGED_DIAGNOSES[name] in failed[b.fails], failed[b.fails]
+    assert {v.fn.keywords["fault"] for v in PAGED_BUGS.values()} == set(PAGED_FAULTS) - {""}
+
+
+@pytest.mark.slow
+def test_over_30_seeds_no_false_alarm_and_every_paged_bug_caught():
+    seeds = range(7000, 7000 + int(os.environ.get("REFATTN_CHECK_RUNS", "30")))
+    for name, b in {**CORRECT_PAGED, **PAGED_BUGS}.items():
         for s in seeds:
             rep = check(b.fn, b.kind, seed=s, isolate=False, **b.options)
             assert (b.fails in {v.check for v in rep.failures}) if b.fails else rep.passed, (name, s)

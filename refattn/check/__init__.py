@@ -12,6 +12,7 @@ r"""Checking other implementations: exact and statistical verdicts for a user's 
 | backward | ``fn(q, k, v, dout[, causal=, mask=]) -> (dq, dk, dv)`` | [`refattn.check.backward`][refattn.check.backward] |
 | merge | ``fn(outs, lses) -> (out, lse)`` (split-KV states) | [`refattn.check.merge`][refattn.check.merge] |
 | varlen | ``fn(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k[, causal=, window_size=, seqused_k=])`` | [`refattn.check.varlen`][refattn.check.varlen] |
+| paged | ``fn(q, k_cache, v_cache[, k=, v=], cache_seqlens=, block_table=[, causal=, window_size=])`` | [`refattn.check.paged`][refattn.check.paged] |
 | kernel | ``fn(q, k, seed[, m=]) -> K_hat (T, S)`` | [`refattn.check.kernel`][refattn.check.kernel] |
 | attention | ``fn(q, k, v, seed[, m=, causal=, key_lengths=]) -> out (T, Hv)`` | [`refattn.check.attention`][refattn.check.attention] |
 | projection | ``fn(m, d, seed) -> W (m, d)`` | [`refattn.check.projection`][refattn.check.projection] |
@@ -39,6 +40,7 @@ from refattn.check.isolation import Worker, WorkerError
 from refattn.check.kernel import check_kernel
 from refattn.check.merge import check_merge
 from refattn.check.varlen import check_varlen
+from refattn.check.paged import check_paged
 from refattn.check.loader import LoadFailure, TargetError, describe_target, load_target
 from refattn.check.projection import check_projection
 from refattn.check.spec import DEFAULT_DRAWS, DEFAULT_TIMEOUT, KINDS, CheckSpec, signature
@@ -47,7 +49,7 @@ from refattn.check.verdict import CheckReport, Verdict
 __all__ = ["check", "KINDS", "DEFAULT_DRAWS", "DEFAULT_TIMEOUT", "TargetError", "CheckReport", "Verdict", "CheckSpec"]
 
 #: The function that runs each kind's checks on a `Run`, called with the spec's options for the kind.
-KIND_CHECKS = {"exact": check_exact, "backward": check_backward, "merge": check_merge, "varlen": check_varlen, "kernel": check_kernel, "attention": check_attention,
+KIND_CHECKS = {"exact": check_exact, "backward": check_backward, "merge": check_merge, "varlen": check_varlen, "paged": check_paged, "kernel": check_kernel, "attention": check_attention,
                "projection": check_projection, "hash": check_hash}
 
 
@@ -62,7 +64,7 @@ def check(target, kind, **options) -> CheckReport:
 
     Parameters
     ----------
-    kind : {"exact", "backward", "merge", "varlen", "kernel", "attention", "projection", "hash"}
+    kind : {"exact", "backward", "merge", "varlen", "paged", "kernel", "attention", "projection", "hash"}
     method : {"positive", "hyperbolic", "trigonometric", "favorpp"}
         The random-feature estimator ``fn`` implements (kernel, attention; ``favorpp``, FAVOR++,
         for the kernel kind).
@@ -89,7 +91,7 @@ def check(target, kind, **options) -> CheckReport:
         How the callable takes its arrays (exact kind): ``T`` tokens, ``H`` features, ``B`` batch,
         ``N`` heads; cases then have 2 batch items and 4 heads, judged head by head.
     gqa : bool
-        Grouped-query attention (exact kind with a layout with heads; varlen kind): ``k``, ``v`` have 2 heads for
+        Grouped-query attention (exact kind with a layout with heads; varlen, paged kinds): ``k``, ``v`` have 2 heads for
         the 4 query heads; query head ``h`` reads key/value head ``h // 2``.
     self_attention : bool
         The callable takes ``T = S`` only (exact kind): the cases whose point is ``T != S`` are
@@ -98,13 +100,17 @@ def check(target, kind, **options) -> CheckReport:
         The callable needs values with the head dim of queries and keys (``Hv = H``, as most fused
         kernels): every case uses it (exact and backward kinds).
     precision : {"float64", "float32", "float16", "bfloat16"}
-        The precision ``fn`` claims to compute in (exact kind): its cases get inputs in that
+        The precision ``fn`` claims to compute in (exact, backward, varlen, paged kinds; merge: float32
+        or float64): its cases get inputs in that
         precision and are judged by the FlashAttention rule against what a kernel of that
         precision computes ([`refattn.precision.kernel_reference`][refattn.precision.kernel_reference]).
     lse_base, empty_lse, lse_layout
         The merge kind's conventions: the states' log-sum-exp base (``"e"``, ``"2"``), the lse of a
         state that saw no key (``"-inf"``, ``"+inf"``), the lses' layout (``"NT"``, ``"TN"``;
         [`refattn.check.merge`][refattn.check.merge]).
+    kv_layout : {"NHD", "HND"}
+        The paged kind's page layout: ``(pages, page_size, heads, head_dim)`` or ``(pages, heads,
+        page_size, head_dim)`` ([`refattn.check.paged`][refattn.check.paged]).
     alpha : float
         Family-wise false-alarm probability of the run's statistical checks.
     sizes : {"small", "tiles", "long"}

@@ -1,5 +1,5 @@
 r"""Serving kernels as they are written, and their reported bugs: merges of split-KV states (``--kind
-merge``) and packed-batch attention (``--kind varlen``).
+merge``), packed-batch attention (``--kind varlen``) and paged KV caches (``--kind paged``).
 
 [`merge_kernel`][refattn.check.serving_bugs.merge_kernel] merges ``fn(outs, lses) -> (out, lse)`` in float32
 (or float64) in one of the two orders the libraries use: ``"combine"``, flash-attn's split-KV
@@ -12,7 +12,9 @@ fails the named check) measure the merge kind's false alarms and power.
 
 [`varlen_kernel`][refattn.check.serving_bugs.varlen_kernel] is flash-attn's ``flash_attn_varlen_func``
 in plain NumPy, with ``fault`` planting one of `VARLEN_FAULTS`; `CORRECT_VARLEN` and `VARLEN_BUGS`
-do the same for the varlen kind.
+do the same for the varlen kind, [`paged_kernel`][refattn.check.serving_bugs.paged_kernel] (flash-attn's
+``flash_attn_with_kvcache`` with a block table, `PAGED_FAULTS`), `CORRECT_PAGED` and `PAGED_BUGS`
+for the paged kind.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 from refattn.check.bugs import Bug
 
 __all__ = ["MERGE_FAULTS", "merge_kernel", "CORRECT_MERGES", "MERGE_BUGS", "VARLEN_FAULTS", "varlen_kernel",
-           "CORRECT_VARLEN", "VARLEN_BUGS"]
+           "CORRECT_VARLEN", "VARLEN_BUGS", "PAGED_FAULTS", "paged_kernel", "CORRECT_PAGED", "PAGED_BUGS"]
 
 MERGE_FAULTS = ("", "lse_max unguarded", "exp(lse) without the max", "lse strides of the other layout",
                 "+inf read as a value", "lse read in the other base", "lse as the max")
@@ -141,6 +143,33 @@ VARLEN_FAULTS = ("", "causal top-left per sequence", "no block-diagonal mask", "
                  "padding weighted by zero")
 
 
+def _sequence_attention(qs, ks, vs, used, *, causal, window_size, top_left=False):
+    """One sequence as a kernel computes it: ``qs (H, T, D)`` against the ``read`` keys it loaded,
+    ``ks, vs (H, read, .)``, of which the first ``used`` are its keys (the rest weighted by zero: NaN
+    there comes through); causal bottom-right on ``used`` (``top_left``: on the first key), ``window_size
+    = (left, right)`` (-1 unbounded); float64, the softmax scale ``1/sqrt(D)``."""
+    T, read = qs.shape[1], ks.shape[1]
+    with np.errstate(invalid="ignore"):
+        logits = (qs @ np.swapaxes(ks, 1, 2)) * qs.shape[2] ** -0.5  # (H, T, read)
+    i, j = np.arange(T)[:, None], np.arange(read)[None, :]
+    allowed = j < used
+    off = 0 if top_left else used - T
+    left, right = window_size
+    if causal:
+        right = 0
+    if right >= 0:
+        allowed = allowed & (j <= i + off + right)
+    if left >= 0:
+        allowed = allowed & (j >= i + off - left)
+    logits = np.where(allowed, logits, -np.inf)
+    top = np.max(logits, axis=-1, keepdims=True, initial=-np.inf)
+    p = np.exp(logits - np.where(np.isfinite(top), top, 0.0))
+    den = p.sum(axis=-1, keepdims=True)
+    p = np.where(den > 0, p / np.where(den > 0, den, 1.0), 0.0)
+    with np.errstate(invalid="ignore"):
+        return p @ vs
+
+
 def varlen_kernel(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=False,
                   window_size=(-1, -1), seqused_k=None, *, fault=""):
     """flash-attn's ``flash_attn_varlen_func`` in plain NumPy: each sequence's queries against its keys (the
@@ -155,7 +184,6 @@ def varlen_kernel(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_
     k, v = np.repeat(k, g, axis=1), np.repeat(v, g, axis=1)
     cq, ck = np.asarray(cu_seqlens_q), np.asarray(cu_seqlens_k)
     out = np.zeros(q.shape[:2] + (v.shape[2],))
-    scale = q.shape[2] ** -0.5
     for b in range(cq.size - 1):
         r0, r1 = int(cq[b]), int(cq[b + 1])
         k0, k1 = int(ck[b]), int(ck[b + 1])
@@ -164,29 +192,11 @@ def varlen_kernel(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_
         used = k1 - k0 if seqused_k is None or fault in ("seqused_k ignored", "no block-diagonal mask") \
             else int(seqused_k[b])
         read = k1 - k0 if fault == "padding weighted by zero" else used  # keys loaded
-        T = r1 - r0
-        if T == 0:
+        if r1 == r0:
             continue
         qs, ks, vs = (np.swapaxes(a, 0, 1) for a in (q[r0:r1], k[k0:k0 + read], v[k0:k0 + read]))
-        with np.errstate(invalid="ignore"):
-            logits = (qs @ np.swapaxes(ks, 1, 2)) * scale  # (H, T, read)
-        i, j = np.arange(T)[:, None], np.arange(read)[None, :]
-        allowed = j < used
-        off = 0 if fault == "causal top-left per sequence" else used - T
-        left, right = window_size
-        if causal:
-            right = 0
-        if right >= 0:
-            allowed = allowed & (j <= i + off + right)
-        if left >= 0:
-            allowed = allowed & (j >= i + off - left)
-        logits = np.where(allowed, logits, -np.inf)
-        top = np.max(logits, axis=-1, keepdims=True, initial=-np.inf)
-        p = np.exp(logits - np.where(np.isfinite(top), top, 0.0))
-        den = p.sum(axis=-1, keepdims=True)
-        p = np.where(den > 0, p / np.where(den > 0, den, 1.0), 0.0)
-        with np.errstate(invalid="ignore"):
-            o = p @ vs if fault == "padding weighted by zero" else p[..., :used] @ vs[:, :used]
+        o = _sequence_attention(qs, ks, vs, used, causal=causal, window_size=window_size,
+                                top_left=fault == "causal top-left per sequence")
         out[r0:r1] = np.swapaxes(o, 0, 1)
     return out.astype(dtype)
 
@@ -219,4 +229,78 @@ VARLEN_BUGS = {
         "planted: masked by weights, not by loads",
         "the slot's padding is loaded and multiplied by zero weights: 0 x NaN = NaN where the padding holds NaN "
         "(a kernel must predicate its loads, not its weights)"),
+}
+
+
+# --- paged KV caches ------------------------------------------------------------------------
+PAGED_FAULTS = ("", "last page read whole", "one page past the need", "causal top-left on the cache",
+                "appended tokens not attended")
+
+
+def paged_kernel(q, k_cache, v_cache, k=None, v=None, *, cache_seqlens, block_table, causal=False,
+                 window_size=(-1, -1), layout="NHD", fault=""):
+    """flash-attn's ``flash_attn_with_kvcache`` with a ``block_table``, in plain NumPy: ``q (B, T, Hq, D)``
+    against the first ``cache_seqlens[b]`` slots of batch item ``b``'s pages (``k_cache (pages, page_size,
+    Hk, D)``, or ``(pages, Hk, page_size, D)`` with ``layout="HND"``); ``k, v (B, new, Hk, .)`` are
+    appended after them (written into the pages) and attended; the slots past the length are never
+    loaded; causal bottom-right on the length. ``fault``: one of `PAGED_FAULTS`."""
+    if fault not in PAGED_FAULTS:
+        raise ValueError(f"fault: expected one of {PAGED_FAULTS}, got {fault!r}")
+    dtype = np.asarray(q).dtype
+    q = np.asarray(q, np.float64)
+    kc, vc = (np.array(c, np.float64) if layout == "NHD" else np.swapaxes(np.asarray(c, np.float64), 1, 2).copy()
+              for c in (k_cache, v_cache))  # (pages, page_size, Hk, .), a copy the appended tokens are written into
+    P, g = kc.shape[1], q.shape[2] // kc.shape[2]
+    table, lens = np.asarray(block_table), np.asarray(cache_seqlens)
+    out = np.zeros(q.shape[:3] + (vc.shape[3],))
+    for b in range(q.shape[0]):
+        length = int(lens[b])
+        if k is not None:
+            for t in range(np.shape(k)[1]):  # append: slot length + t
+                page, slot = table[b, (length + t) // P], (length + t) % P
+                kc[page, slot], vc[page, slot] = k[b, t], v[b, t]
+            if fault != "appended tokens not attended":
+                length += np.shape(k)[1]
+        need = length // P + 1 if fault == "one page past the need" else -(-length // P)
+        pages = table[b, :need] if need <= table.shape[1] else table[b, np.arange(need)]  # IndexError past it
+        used = need * P if fault == "last page read whole" else length
+        read = need * P if fault == "one page past the need" else used  # the slots loaded (predicated: the used)
+        ks, vs = (np.repeat(np.swapaxes(c[pages].reshape(need * P, *c.shape[2:])[:read], 0, 1), g, axis=0)
+                  for c in (kc, vc))
+        o = _sequence_attention(np.swapaxes(q[b], 0, 1), ks, vs, used, causal=causal, window_size=window_size,
+                                top_left=fault == "causal top-left on the cache")
+        out[b] = np.swapaxes(o, 0, 1)
+    return out.astype(dtype)
+
+
+def _p(fault):
+    return partial(paged_kernel, fault=fault)
+
+
+#: A correct paged kernel in float64 (NHD), bfloat16 with grouped heads, and float32 in the HND layout.
+CORRECT_PAGED = {
+    "paged: float64": Bug(paged_kernel, "paged"),
+    "paged: bfloat16, grouped heads": Bug(paged_kernel, "paged", {"precision": "bfloat16", "gqa": True}),
+    "paged: float32, HND pages": Bug(partial(paged_kernel, layout="HND"), "paged",
+                                     {"precision": "float32", "kv_layout": "HND"}),
+}
+
+PAGED_BUGS = {
+    "paged: the last page read whole": Bug(
+        _p("last page read whole"), "paged", {}, "pages of 5 (dividing no length)",
+        "flashinfer #3717 (paged decode boundary mask)",
+        "the mask at the last page's boundary: the slots of the last page past cache_seqlens attended"),
+    "paged: one page past the need": Bug(
+        _p("one page past the need"), "paged", {}, "a block table just as wide as the longest item needs",
+        "flash-attention #2711 (paged KV block-table out of bounds)",
+        "the pages counted as length // page_size + 1: an item whose keys fill their last page reads one "
+        "block-table entry past its need (out of the table, or a page it does not own)"),
+    "paged: causal top-left on the cache": Bug(
+        _p("causal top-left on the cache"), "paged", {}, "prefill on a cache: 9 queries, causal",
+        "planted: chunked prefill aligned at the cache's start",
+        "the queries' causal diagonal aligned on the first cached key instead of the last (bottom-right)"),
+    "paged: appended tokens not attended": Bug(
+        _p("appended tokens not attended"), "paged", {}, "3 appended tokens per item, causal",
+        "planted: k, v written but cache_seqlens not advanced",
+        "the new tokens are written into the pages but the attention runs over the old length"),
 }

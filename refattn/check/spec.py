@@ -34,13 +34,14 @@ from refattn.check.exact import DEFAULT_HEAD_DIMS, DEFAULT_SIZES, EMPTY_ROWS, LA
 from refattn.check.hashing import HASH_FAMILIES, hash_draws
 from refattn.check.isolation import default_memory_limit
 from refattn.check.merge import LSE_LAYOUTS, MERGE_PRECISIONS
+from refattn.paged import PAGED_LAYOUTS
 from refattn.splitkv import EMPTY_LSE, LSE_BASES
 from refattn.precision import PRECISIONS
 
 __all__ = ["Option", "OPTIONS", "CheckSpec", "KINDS", "DEFAULT_DRAWS", "DEFAULT_TIMEOUT", "add_arguments"]
 
-KINDS = ("exact", "backward", "merge", "varlen", "kernel", "attention", "projection", "hash")
-DEFAULT_DRAWS = {"exact": 0, "backward": 0, "merge": 0, "varlen": 0, "kernel": 2000, "attention": 1000, "projection": 2000,
+KINDS = ("exact", "backward", "merge", "varlen", "paged", "kernel", "attention", "projection", "hash")
+DEFAULT_DRAWS = {"exact": 0, "backward": 0, "merge": 0, "varlen": 0, "paged": 0, "kernel": 2000, "attention": 1000, "projection": 2000,
                  "hash": 1000}  # hash: at least; the default is chosen for power (refattn.check.hashing.hash_draws)
 #: Seconds one call of the callable may take (isolated runs), and the most it may be set to (a week).
 DEFAULT_TIMEOUT = 60.0
@@ -50,7 +51,7 @@ MAX_MEMORY_LIMIT = float(2**62)
 
 ALL = KINDS
 GRIDS = ("exact", "backward")  # the kinds that run a grid of attention problems
-DETERMINISTIC = GRIDS + ("merge", "varlen")  # the kinds judged by the tolerance rule
+DETERMINISTIC = GRIDS + ("merge", "varlen", "paged")  # the kinds judged by the tolerance rule
 SAMPLED = ("kernel", "attention", "projection", "hash")  # the statistical kinds
 RANDOM_FEATURES = ("kernel", "attention")
 
@@ -176,14 +177,14 @@ OPTIONS = (
            "what causal=True means for the callable (exact, backward)", dict(choices=("bottom_right", "top_left")),
            _always("--alignment")),
     Option("precision", "--precision", DETERMINISTIC, "float64", _choice(PRECISIONS),
-           "the precision the callable computes in (exact, backward, merge, varlen; merge's default float32): "
+           "the precision the callable computes in (exact, backward, merge, varlen, paged; merge's default float32): "
            "judged at that precision",
            dict(choices=PRECISIONS), _always("--precision"), what="a precision claim"),
     Option("layout", "--layout", GRIDS, "TH", _choice(LAYOUTS),
            "how the callable takes its arrays (exact, backward): T tokens, H features, B batch, N heads",
            dict(choices=LAYOUTS), _always("--layout"), what="a layout claim"),
-    Option("gqa", "--gqa", GRIDS + ("varlen",), False, _bool,
-           "grouped-query heads: k, v have fewer heads than q (exact, backward with BNTH or BTNH; varlen)",
+    Option("gqa", "--gqa", GRIDS + ("varlen", "paged"), False, _bool,
+           "grouped-query heads: k, v have fewer heads than q (exact, backward with BNTH or BTNH; varlen, paged)",
            dict(action="store_true"), _if_set("--gqa"), what="a grouped-query claim"),
     Option("self_attention", "--self-attention", ("exact",), False, _bool,
            "the callable takes T = S only (exact): cases needing T != S are skipped", dict(action="store_true"),
@@ -198,7 +199,7 @@ OPTIONS = (
            "head dims of the tile and long cases (default 64; e.g. 64,128)", dict(metavar="H[,H...]"),
            _always("--head-dims", lambda dims: ",".join(str(h) for h in dims))),
     Option("empty_rows", "--empty-rows", DETERMINISTIC, "zeros", _choice(EMPTY_ROWS),
-           "what rows that see no key must be (exact, backward, merge, varlen): zeros (default, flash-attn and torch SDPA; "
+           "what rows that see no key must be (exact, backward, merge, varlen, paged): zeros (default, flash-attn and torch SDPA; "
            "merge: with the empty lse), nan, or any (not judged; backward: no gradient flows from them)",
            dict(choices=EMPTY_ROWS), _always("--empty-rows")),
     Option("lse_base", "--lse-base", ("merge",), "e", _choice(LSE_BASES),
@@ -210,6 +211,10 @@ OPTIONS = (
     Option("lse_layout", "--lse-layout", ("merge",), "NT", _choice(LSE_LAYOUTS),
            "the lses' layout (merge): NT = (states, heads, tokens) (vLLM, flash-attn) or TN (flashinfer)",
            dict(choices=LSE_LAYOUTS), _always("--lse-layout"), what="an lse convention"),
+    Option("kv_layout", "--kv-layout", ("paged",), "NHD", _choice(PAGED_LAYOUTS),
+           "the pages' layout (paged): NHD = (pages, page_size, heads, head_dim) (flash-attn, vLLM, flashinfer's "
+           "default) or HND = (pages, heads, page_size, head_dim)", dict(choices=PAGED_LAYOUTS),
+           _always("--kv-layout"), what="a layout claim"),
     Option("probe_head_dims", "--probe-head-dims", GRIDS, False, _bool,
            "a tile case whose head dim the callable rejects by raising is unsupported (skip), not failed",
            dict(action="store_true"), _if_set("--probe-head-dims")),
@@ -290,7 +295,7 @@ def _rules(kind, v):
                          f"{kind!r}/{v['method']!r}")
     if v["gqa"] and kind in GRIDS and v["layout"] not in ("BNTH", "BTNH"):
         raise InputError(f"gqa: grouped-query heads need a layout with a heads axis (BNTH or BTNH), got {v['layout']!r}")
-    if kind in ("backward", "merge", "varlen") and v["empty_rows"] == "nan":
+    if kind in ("backward", "merge", "varlen", "paged") and v["empty_rows"] == "nan":
         raise InputError(f"empty_rows: the {kind} kind judges 'zeros' or 'any', got 'nan'")
     if kind == "merge" and v["precision"] not in MERGE_PRECISIONS:
         raise InputError(f"precision: the merge kind judges {MERGE_PRECISIONS} claims, got {v['precision']!r}")

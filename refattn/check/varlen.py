@@ -20,14 +20,16 @@ ignored, or NaN from the slots past it).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
+from refattn.check.per_sequence import judge_sequences
+from refattn.check.poison import NAN_FROM_UNUSED, with_finite_retry
 from refattn.check.verdict import Verdict
 from refattn.exact import softmax_attention
 from refattn.precision import as_given, round_to
-from refattn.tolerance import check_attention_output
 from refattn.varlen import varlen_attention
 
 __all__ = ["check_varlen", "VarlenCase", "VARLEN_CASES", "HEADS"]
@@ -110,18 +112,10 @@ def check_varlen(run, *, precision="float64", gqa=False, empty_rows="zeros"):
             run.skip(case.name, f"fn takes no {need}= keyword")
             continue
         pad = _padding(case, cu_k)
-        outcome = _call_and_judge(run, case, q, k, v, cu_q, cu_k, kw, call_kw, precision, group, empty_rows, pad,
-                                  np.nan)
-        if isinstance(outcome, Verdict) and not outcome.passed and "NaN from the slots" in outcome.meaning:
-            # finite padding: a kernel right there loads the padding and weighs it by zero (0 x NaN = NaN)
-            clean = _call_and_judge(run, case, q, k, v, cu_q, cu_k, kw, call_kw, precision, group, empty_rows, pad,
-                                    rng.standard_normal)
-            if isinstance(clean, Verdict) and clean.passed:
-                outcome = replace(outcome, meaning=outcome.meaning.replace(
-                    "it reads keys/values past seqused_k", "it loads the keys/values past seqused_k and weighs "
-                    "them by zero (0 x NaN = NaN): predicate the loads, not the weights"))
-            elif isinstance(clean, Verdict):
-                outcome = replace(clean, meaning=f"{clean.meaning} (with finite padding; with NaN padding: NaN)")
+        judged = partial(_call_and_judge, run, case, q, k, v, cu_q, cu_k, kw, call_kw, precision, group, empty_rows,
+                         pad)
+        outcome = with_finite_retry(partial(judged, np.nan), partial(judged, rng.standard_normal),
+                                    "the keys/values past seqused_k")
         if isinstance(outcome, Verdict):
             run.add(outcome)
         elif case.probe and outcome.what == "raised":
@@ -161,37 +155,17 @@ def _heads(a, rows, group=1):
 
 def _judge(case, out, q, k, v, cu_q, cu_k, kw, precision, group, empty_rows, pad):
     """The case's verdict: each sequence by the rule (heads as its batch), its empty rows by the convention."""
-    worst, failed, empty_bad = None, [], 0
-    for b, rows, keys in _sequences(case, cu_q, cu_k):
-        qs, ks, vs = _heads(q, rows), _heads(k, keys, group), _heads(v, keys, group)
-        got = np.swapaxes(out[rows], 0, 1)
-        seen = np.isfinite(softmax_attention(qs, ks, vs, return_lse=True, **kw)[1])  # (heads, n)
-        if (~seen).any() and empty_rows == "zeros" and not np.all(got[~seen] == 0):
-            empty_bad += int((~np.all(got[~seen] == 0, axis=-1)).sum())
-        if not seen.any():
-            continue
-        res = check_attention_output(got, qs, ks, vs, precision=precision, rows=seen, **kw)
-        if worst is None or res.error / res.bound > worst.error / worst.bound:
-            worst = res
-        if not res.passed:
-            failed.append(b)
-    meaning = f"the tolerance rule vs the oracle, sequence by sequence ({precision} inputs)"
-    stat, bound = (worst.error, worst.bound) if worst is not None else (0.0, 0.0)
-    faults = []
-    if failed:
-        faults.append(f"sequences {failed} wrong; {_diagnose(case, out, q, k, v, cu_q, cu_k, kw, group, pad, bound)}")
-    if empty_bad:
-        faults.append(f"{empty_bad} rows that see no key are not zeros (--empty-rows zeros)")
-    effect = f"max err {stat:.2g}"
-    if faults:
-        return Verdict(case.name, False, f"{meaning}; {'; '.join(faults)}", statistic=stat, bound=bound, effect=effect)
-    return Verdict(case.name, True, meaning, statistic=stat, bound=bound, effect=effect)
+    items = ((b, np.swapaxes(out[rows], 0, 1), _heads(q, rows), _heads(k, keys, group), _heads(v, keys, group), kw)
+             for b, rows, keys in _sequences(case, cu_q, cu_k))
+    return judge_sequences(case.name, items, precision=precision, empty_rows=empty_rows,
+                           meaning=f"the tolerance rule vs the oracle, sequence by sequence ({precision} inputs)",
+                           diagnose=lambda bound: _diagnose(case, out, q, k, v, cu_q, cu_k, kw, group, pad, bound))
 
 
 def _diagnose(case, out, q, k, v, cu_q, cu_k, kw, group, pad, bound):
     """What a wrong packed output looks like: the candidates of the common varlen faults."""
     if pad is not None and np.isnan(out).any():
-        return "looks like: NaN from the slots past seqused_k: it reads keys/values past seqused_k"
+        return f"looks like: {NAN_FROM_UNUSED}"
     cands = []
     qa, ka, va = _heads(q, slice(None)), _heads(k, slice(None), group), _heads(v, slice(None), group)
     if pad is not None:
