@@ -36,8 +36,10 @@ def test_the_callable_gets_flash_attn_with_kvcache_arguments(seed):
     rep = check(spy, "paged", gqa=True, precision="float16", seed=seed, isolate=False)
     assert rep.passed, rep.format_table()
     by_case = dict(zip([c.name for c in PAGED_CASES], seen.values()))
+    mla = by_case.pop("MLA decode: head dims 576 / 512, one latent head")
     assert all(s[0] == np.float16 and s[1][2] == 4 and s[2][2] == 2 and s[3] == s[4] == np.int32 and s[6]
                for s in by_case.values())
+    assert mla[1][2:] == (4, 576) and mla[2][2:] == (1, 576)  # every query head on the one latent head
     assert by_case["3 appended tokens per item, causal"][5] and not by_case["decode, pages of 1"][5]
     assert {s[2][1] for s in by_case.values()} == {1, 5, 16, 128}
 
@@ -50,13 +52,16 @@ def test_the_hnd_layout_and_a_layout_mismatch(seed):
         check(hnd, "paged", kv_layout="NDH")
 
 
-def test_a_case_needing_a_keyword_is_skipped(seed):
+def test_a_case_needing_a_keyword_is_skipped_and_rejected_head_dims_are_unsupported(seed):
     def decode_only(q, k_cache, v_cache, *, cache_seqlens, block_table):
+        if q.shape[-1] > 256:
+            raise ValueError("head dims up to 256")
         return paged_kernel(q, k_cache, v_cache, cache_seqlens=cache_seqlens, block_table=block_table)
 
     rep = check(decode_only, "paged", seed=seed, isolate=False)
     skipped = {v.check: v.meaning for v in rep.verdicts if v.passed is None}
     assert rep.passed and "fn takes no causal= keyword" in skipped["prefill on a cache: 9 queries, causal"]
+    assert "unsupported" in skipped["MLA decode: head dims 576 / 512, one latent head"]
     assert {v.check for v in rep.verdicts if v.passed} >= {"decode, pages of 1", "pages of 5 (dividing no length)"
                                                             } - set(skipped)
 

@@ -16,7 +16,8 @@ The cases: decode (``T = 1``) at pages of 16 with lengths 0, 1, 37 and 130, page
 128 over a 2048-key cache, pages of 5 (dividing no length), prefill on a cache (9 queries, causal
 bottom-right on the cached length), chunked prefill crossing tiles (129 queries over 300 keys), a
 sliding window, a block table just as wide as the longest item needs (whose keys fill their last
-page), and appended tokens (``k, v (B, 3, Hk, .)`` written after the cached ones and attended, when
+page), MLA's decode (head dims 576 for ``q, k`` and 512 for ``v``, one latent key/value head for
+every query head; skipped when the callable rejects them by raising), and appended tokens (``k, v (B, 3, Hk, .)`` written after the cached ones and attended, when
 the callable takes ``k=``). A case that needs a keyword the callable does not take is skipped.
 
 A failing case names what it looks like: the rest of the last page attended (the page-boundary mask),
@@ -60,6 +61,8 @@ class PagedCase:
     causal: bool = False
     window: tuple | None = None
     spare: int = 1
+    mqa: bool = False  # one key/value head for every query head (MLA's latent cache)
+    probe: bool = False  # a head-dim case the callable may reject (skipped)
 
 
 PAGED_CASES = (
@@ -72,6 +75,8 @@ PAGED_CASES = (
     PagedCase("decode with a sliding window", 16, (100, 37), causal=True, window=(32, 0)),
     PagedCase("a block table just as wide as the longest item needs", 16, (32, 48, 5), spare=0),
     PagedCase("3 appended tokens per item, causal", 16, (0, 14, 16), T=3, new=3, causal=True),
+    PagedCase("MLA decode: head dims 576 / 512, one latent head", 64, (100, 300), D=576, Dv=512, mqa=True,
+              probe=True),
 )
 
 
@@ -85,6 +90,11 @@ class _Batch:
     table: np.ndarray  # (B, width) int32
     pool: int  # pages in the pool
     poison_page: int  # the page unused table entries point at
+
+
+def _group(case, gqa):
+    """Query heads per key/value head: all of them (MQA), 2 with ``gqa``, else 1."""
+    return HEADS if case.mqa else 2 if gqa else 1
 
 
 def _draw(case, rng, precision, group):
@@ -130,8 +140,8 @@ def _options(case):
 def check_paged(run, *, precision="float64", gqa=False, empty_rows="zeros", kv_layout="NHD"):
     """Run the cases on ``run.fn``; one verdict per case (module docstring)."""
     rng = np.random.default_rng([run.report.seed, 17])
-    group = 2 if gqa else 1
     for case in PAGED_CASES:
+        group = _group(case, gqa)
         batch = _draw(case, rng, precision, group)
         call_kw = {"causal": True} if case.causal else {}
         if case.window is not None:
@@ -145,6 +155,8 @@ def check_paged(run, *, precision="float64", gqa=False, empty_rows="zeros", kv_l
                                     "the slots and pages it must not read")
         if isinstance(outcome, Verdict):
             run.add(outcome)
+        elif case.probe and outcome.what == "raised":
+            run.skip(case.name, f"fn rejects head dims {case.D} / {case.Dv} (unsupported, not judged): {outcome}")
         else:
             hint = ("; the block table is just as wide as the longest item needs: a kernel that reads an entry "
                     "past an item's need goes out of the table" if case.spare == 0 and outcome.what == "raised"
