@@ -445,6 +445,36 @@ def test_sinks_gradient_matches_finite_differences():
     assert len(attention_backward(q, k, v, dout, **kw)) == 3  # no sinks: the three gradients
 
 
+@pytest.mark.parametrize("kw", [{}, {"causal": True}, {"sinks": np.array([0.5, -1.0, 2.0])},
+                                {"causal": "top_left", "window": (2, 0)}], ids=["plain", "causal", "sinks", "window"])
+def test_the_lse_gradient_matches_finite_differences(kw):
+    """With dlse, the gradients are those of sum(dout * O) + sum(dlse * lse) (derived on the docs'
+    exact-attention page, "The gradient of the lse"): central differences, every input, and the rows
+    that see no key (T > S, causal) get none of it. Deterministic."""
+    rng = np.random.default_rng(41)
+    q, k, v = rng.normal(size=(2, 3, 7, 4)) * 2, rng.normal(size=(2, 3, 5, 4)), rng.normal(size=(2, 3, 5, 3))
+    dout, dlse = rng.normal(size=(2, 3, 7, 3)), rng.normal(size=(2, 3, 7))
+    grads = attention_backward(q, k, v, dout, dlse=dlse, **kw)
+    h = 1e-6
+
+    def loss(q=q, k=k, v=v, sinks=kw.get("sinks")):
+        o, lse = softmax_attention(q, k, v, return_lse=True, **dict(kw, sinks=sinks) if sinks is not None else kw)
+        return np.sum(dout * o) + np.sum(np.where(np.isfinite(lse), dlse * lse, 0.0))
+
+    named = [("q", q), ("k", k), ("v", v)] + ([("sinks", kw["sinks"])] if "sinks" in kw else [])
+    for (name, x), g in zip(named, grads):
+        for idx in [(0,), (2,)] if name == "sinks" else [(0, 1, 2, 1), (1, 2, 4, 0)]:
+            e = np.zeros_like(x)
+            e[idx] = h
+            num = (loss(**{name: x + e}) - loss(**{name: x - e})) / (2 * h)
+            assert abs(num - g[idx]) <= 1e-6 * max(1.0, abs(num)), (name, idx, num, g[idx])
+    plain = attention_backward(q, k, v, dout, **kw)
+    assert all(np.max(np.abs(a - b)) > 1e-3 for a, b in zip(grads[:2], plain[:2]))  # power: dlse moves dq, dk
+    np.testing.assert_array_equal(grads[2], plain[2])  # ... and not dv (P^T dO)
+    with pytest.raises(ValueError, match="dlse"):
+        attention_backward(q, k, v, dout, dlse=dlse[..., :3])
+
+
 def test_sink_tokens_stay_in_the_window():
     """StreamingLLM's sink tokens: the first n keys are visible through the sliding window, still
     causal and still cut by key_lengths; no window: no change. Bad values name the argument.

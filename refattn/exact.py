@@ -317,7 +317,7 @@ def _stream(prob, dt, implementation, block_q, block_k):
 
 def attention_backward(
     q, k, v, dout, *, scale=None, causal=False, mask=None, bias=None, key_lengths=None, window=None, softcap=None,
-    alibi_slopes=None, sinks=None, sink_tokens=0, dtype=None
+    alibi_slopes=None, sinks=None, sink_tokens=0, dlse=None, dtype=None
 ):
     r"""Gradients ``(dq, dk, dv)`` of [`softmax_attention`][refattn.exact.softmax_attention] for an upstream gradient ``dout``.
 
@@ -335,6 +335,12 @@ def attention_backward(
     nothing. Dense, ``O(T S)`` memory, float64 unless ``dtype`` says otherwise. With ``sinks`` it
     returns ``(dq, dk, dv, dsinks)``, ``dsinks = -sum_i P_i,sink delta_i`` of the sinks' shape
     (derived in the docs' exact-attention page, "Attention sinks").
+
+    ``dlse`` (``(..., T)``, the lse's shape) is an upstream gradient of the log-sum-exp as well, as a
+    split-KV or ring-attention backward receives it: since ``d lse_i / d s_ij = P_ij``, it enters as
+    ``dS_ij = P_ij (dP_ij - delta_i + dlse_i)`` (and ``dsinks = -sum_i P_i,sink (delta_i - dlse_i)``;
+    derived in the docs' exact-attention page, "The gradient of the lse"). Rows that see no key carry
+    none of it.
 
     Examples
     --------
@@ -354,8 +360,14 @@ def attention_backward(
     d_o = as_float_array(dout, "dout")
     if d_o.shape != out_shape:
         raise InputError(f"dout: expected the output's shape {out_shape}, got {d_o.shape}")
+    if dlse is not None:
+        dlse = as_float_array(dlse, "dlse")
+        if dlse.shape != out_shape[:-1]:
+            raise InputError(f"dlse: expected the lse's shape {out_shape[:-1]}, got {dlse.shape}")
     if low is not None:
-        prob, d_o = _prec.round_problem(prob, low, [("dout", d_o)])
+        prob, d_o, *rest = _prec.round_problem(prob, low, [("dout", d_o)] + ([("dlse", dlse)] if dlse is not None
+                                                                              else []))
+        dlse = rest[0] if rest else None
     d_o = d_o.astype(dt, copy=False)
     qd, kd, vd = (a.astype(dt, copy=False) for a in (prob.q, prob.k, prob.v))
     s = dt(prob.scale)
@@ -365,6 +377,8 @@ def attention_backward(
     dv = np.matmul(np.swapaxes(p, -1, -2), d_o)  # (..., S, Hv)
     dp = np.matmul(d_o, np.swapaxes(vd, -1, -2))  # (..., T, S)
     delta = np.sum(d_o * o, axis=-1, keepdims=True)  # (..., T, 1)
+    if dlse is not None:  # d lse_i / d s_ij = P_ij: the lse's gradient shifts delta (derived: "The gradient of the lse")
+        delta = delta - dlse.astype(dt, copy=False)[..., None]
     ds = p * (dp - delta)  # (..., T, S)
     if prob.softcap is not None:  # through the cap: d(c tanh(x / c))/dx = 1 - tanh^2(x / c)
         raw = s * np.matmul(qd, np.swapaxes(kd, -1, -2))

@@ -193,7 +193,7 @@ def check_attention_output(actual, q, k, v, *, precision=None, rows=None, atol=N
     return compare(a, ref64, ref_lo, precision=p, allowance=allow, atol=atol)
 
 
-def backward_allowance(q, k, v, dout, kw, u):
+def backward_allowance(q, k, v, dout, kw, u, dlse=None):
     """Bounds (max over entries) on the rounding error of ``(dq, dk, dv)`` computed in unit roundoff
     ``u`` by the dense formulas in any order (derived: the product bound ``|fl(AB) - AB| <= gamma_n
     |A| |B|``, ``gamma_n = n u / (1 - n u)``, Higham 2002, Sec. 3.5, chained through the backward;
@@ -201,7 +201,9 @@ def backward_allowance(q, k, v, dout, kw, u):
     ``Delta_i`` the logits' error, as [`refattn.exact.forward_error_bound`][refattn.exact.forward_error_bound]).
 
     The rule's rigorous allowance for gradients: a correct backward of unit roundoff ``u`` and the
-    float64 one each meet theirs, so they differ by at most the sum (the triangle inequality)."""
+    float64 one each meet theirs, so they differ by at most the sum (the triangle inequality).
+    ``dlse``: the lse's upstream gradient, which shifts ``delta`` to ``delta - dlse`` (one more
+    subtraction: ``u (|delta| + |dlse|)`` more in delta's error)."""
     q, k, v, dout = (np.asarray(a, dtype=np.float64) for a in (q, k, v, dout))
     H, S, T, Hv = q.shape[-1], k.shape[-2], q.shape[-2], v.shape[-1]
     gamma = lambda n: n * u / (1 - n * u)  # noqa: E731
@@ -217,6 +219,10 @@ def backward_allowance(q, k, v, dout, kw, u):
     edp = gamma(Hv) * ado @ np.swapaxes(av, -1, -2)
     d = np.sum(dout * o, axis=-1, keepdims=True)
     ed = np.sum(ado * eo, axis=-1, keepdims=True) + gamma(Hv) * np.sum(ado * np.abs(o), axis=-1, keepdims=True)
+    if dlse is not None:
+        g = np.asarray(dlse, np.float64)[..., None]
+        ed = ed + u * (np.abs(d) + np.abs(g))
+        d = d - g
     gap = np.abs(dp - d)
     eds = ep * gap + p * (edp + ed) + 2 * u * p * gap  # |dS^ - dS|
     ads = p * gap

@@ -107,8 +107,10 @@ def check_backward(run, *, alignment="bottom_right", precision="float64", layout
     rng = np.random.default_rng([run.report.seed, 5])
     dt = as_dtype(precision)
     for case in grid(sizes, head_dims):
-        if case.dtype != np.float64 or case.option == "return_lse":
-            continue  # low-precision inputs: a claim of that precision covers them; lse is the forward's
+        if case.dtype != np.float64:
+            continue  # low-precision inputs: a claim of that precision covers them
+        if case.option == "return_lse":  # the lse is the forward's; the backward takes its gradient
+            case = replace(case, name=case.name.replace("log-sum-exp", "the lse's gradient (dlse)"), option="dlse")
         if equal_head_dims:
             case = replace(case, Hv=case.H)
         if layout != "TH":
@@ -122,12 +124,15 @@ def check_backward(run, *, alignment="bottom_right", precision="float64", layout
         (q, k, v), kw = _inputs(case, rng)
         dout = rng.standard_normal(case.batch + (case.T, case.Hv))
         q, k, v, dout = (a.astype(dt) for a in (q, k, v, dout))
+        dlse = rng.standard_normal(q.shape[:-1]).astype(dt) if case.option == "dlse" else None
         group = HEADS // KV_HEADS if gqa else 1
         k, v = k[:, ::group] if gqa else k, v[:, ::group] if gqa else v  # (B, N / group, S, .)
         call_kw = _call_kwargs(kw)
         if case.causal:
             call_kw["causal"] = True
             kw["causal"] = alignment
+        if dlse is not None:  # flash-attn's lse layout: (B, N, T) with heads, (B, T) for BTH
+            call_kw["dlse"] = dlse[:, 0] if layout == "BTH" else dlse
         if empty_rows == "any":  # no gradient flows from a row that sees no key, whatever the kernel puts there
             kr, vr = (np.repeat(a, group, axis=1) if group > 1 else a for a in (k, v))
             _, lse = softmax_attention(q, kr, vr, return_lse=True, **kw)
@@ -145,7 +150,7 @@ def check_backward(run, *, alignment="bottom_right", precision="float64", layout
             grads = tuple(_from_layout(g, layout) for g in grads[:3]) + tuple(grads[3:])
         if "sinks" in kw:  # dsinks in the oracle's shape (the call's is at least 1-d)
             grads = tuple(grads[:3]) + (np.reshape(grads[3], np.shape(kw["sinks"])),)
-        _judge(run, case, grads, q, k, v, dout, kw, precision, group)
+        _judge(run, case, grads, q, k, v, dout, kw, precision, group, dlse)
 
 
 def _first_item(kw):
@@ -153,13 +158,16 @@ def _first_item(kw):
     return {a: (np.asarray(b)[:1] if a == "key_lengths" and np.ndim(b) else b) for a, b in kw.items()}
 
 
-def _judge(run, case, grads, q, k, v, dout, kw, precision, group=1):
+def _judge(run, case, grads, q, k, v, dout, kw, precision, group=1, dlse=None):
     kr, vr = (np.repeat(a, group, axis=1) if group > 1 else a for a in (k, v))
-    ref64 = _grouped(attention_backward(q, kr, vr, dout, **kw), group)
-    ref_lo = _grouped(attention_backward(q, kr, vr, dout, dtype=precision, **kw), group)
-    # the rigorous allowance: a correct backward of the precision and the float64 one each within theirs
-    allowance = [a + b for a, b in zip(_grouped(backward_allowance(q, kr, vr, dout, kw, unit_roundoff(precision)), group),
-                                        _grouped(backward_allowance(q, kr, vr, dout, kw, unit_roundoff("float64")), group))]
+    ref64 = _grouped(attention_backward(q, kr, vr, dout, dlse=dlse, **kw), group)
+    ref_lo = _grouped(attention_backward(q, kr, vr, dout, dlse=dlse, dtype=precision, **kw), group)
+
+    def allowed(p):  # the rigorous allowance: a correct backward of the precision and the float64 one each within theirs
+        return [a + b for a, b in zip(*(_grouped(backward_allowance(q, kr, vr, dout, kw, unit_roundoff(x), dlse), group)
+                                        for x in (p, "float64")))]
+
+    allowance = allowed(precision)
     results = [compare(g, r, lo, precision=precision, allowance=a)
                for g, r, lo, a in zip(grads, ref64, ref_lo, allowance)]
     names = ("dq", "dk", "dv", "dsinks")[:len(results)]
@@ -172,14 +180,16 @@ def _judge(run, case, grads, q, k, v, dout, kw, precision, group=1):
         return
     fault = "no known fault matches"
     if precision == "float64":
-        ref32 = _grouped(attention_backward(q, kr, vr, dout, dtype=np.float32, **kw), group)
-        allow32 = [a + b for a, b in zip(_grouped(backward_allowance(q, kr, vr, dout, kw, unit_roundoff("float32")), group),
-                                         _grouped(backward_allowance(q, kr, vr, dout, kw, unit_roundoff("float64")), group))]
+        ref32 = _grouped(attention_backward(q, kr, vr, dout, dlse=dlse, dtype=np.float32, **kw), group)
         if all(compare(g, r, lo, precision="float32", allowance=a).passed
-               for g, r, lo, a in zip(grads, ref64, ref32, allow32)):
+               for g, r, lo, a in zip(grads, ref64, ref32, allowed("float32"))):
             fault = ("the errors are at float32's rounding level: a float32 backward? claim it with --precision "
                      "float32 (check(..., precision='float32'))")
     candidates = [(name, _grouped(c, group)) for name, c in _faults(q, kr, vr, dout, kw)]
+    if dlse is not None:  # the lse's gradient (the rest right)
+        candidates = [(name, _grouped(attention_backward(q, kr, vr, dout, dlse=g, **kw), group))
+                      for name, g in (("dlse ignored (the lse's gradient left out of dS)", None),
+                                      ("dlse with the wrong sign (dS = P (dP - delta - dlse))", -dlse))] + candidates
     if len(grads) == 4:  # the sink's gradient (the others right)
         dq, dk, dv, dz = ref64
         sink = [("dsinks with the wrong sign (+sum_i P_i,sink delta_i)", (dq, dk, dv, -dz)),

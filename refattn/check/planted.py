@@ -76,12 +76,14 @@ def key_order_attention(q, k, v, causal=False, mask=None, *, order="fixed"):
     return exact_attention(q, k[..., perm, :], v[..., perm, :], mask=allowed[:, perm])
 
 
-def attention_grads(q, k, v, dout, causal=False, mask=None, *, with_delta=True, scaled=True, normalised_dv=True,
-                    causal_in_backward=True):
+def attention_grads(q, k, v, dout, causal=False, mask=None, dlse=None, *, with_delta=True, scaled=True,
+                    normalised_dv=True, causal_in_backward=True, dlse_factor=1.0):
     """``(dq, dk, dv)`` of softmax attention in plain NumPy (the FlashAttention backward, Dao et al.
-    2022, Algorithm 2); the keywords after ``*`` plant faults: ``with_delta`` (the
-    ``rowsum(dO * O)`` term), ``scaled`` (the scale in dq, dk), ``normalised_dv`` (dv from the
-    normalised probabilities), ``causal_in_backward`` (the causal mask kept in the backward)."""
+    2022, Algorithm 2), with ``dlse`` (``(..., T)``) the lse's upstream gradient (``dS = P (dP - delta +
+    dlse)``); the keywords after ``*`` plant faults: ``with_delta`` (the ``rowsum(dO * O)`` term),
+    ``scaled`` (the scale in dq, dk), ``normalised_dv`` (dv from the normalised probabilities),
+    ``causal_in_backward`` (the causal mask kept in the backward), ``dlse_factor`` (dlse times it: 0
+    ignores it, -1 flips its sign)."""
     T, S, H = q.shape[-2], k.shape[-2], q.shape[-1]
     scale = H ** -0.5
     logits = (q @ np.swapaxes(k, -1, -2)) * scale  # (..., T, S)
@@ -97,6 +99,8 @@ def attention_grads(q, k, v, dout, causal=False, mask=None, *, with_delta=True, 
     dv = np.swapaxes(p if normalised_dv else e, -1, -2) @ dout
     dp = dout @ np.swapaxes(v, -1, -2)
     ds = p * (dp - np.sum(dout * o, axis=-1, keepdims=True)) if with_delta else p * dp
+    if dlse is not None:
+        ds = ds + dlse_factor * p * np.asarray(dlse)[..., None]
     s = scale if scaled else 1.0
     return s * ds @ k, s * np.swapaxes(ds, -1, -2) @ q, dv
 
@@ -293,6 +297,12 @@ CATALOGUE = {
                                       bug="dv from exp(l - max l) instead of P"),
     "no causal mask in backward": Planted(partial(attention_grads, causal_in_backward=False), "backward",
                                           fails="causal T = S", bug="the forward's causal mask dropped"),
+    "the lse's gradient ignored": Planted(partial(attention_grads, dlse_factor=0.0), "backward",
+                                          fails="the lse's gradient (dlse)",
+                                          bug="dlse taken but left out of dS (a split-KV or ring backward)"),
+    "the lse's gradient with the wrong sign": Planted(partial(attention_grads, dlse_factor=-1.0), "backward",
+                                                      fails="the lse's gradient (dlse)",
+                                                      bug="dS = P (dP - delta - dlse)"),
     # kernel estimators
     "2% bias": Planted(partial(kernel_estimator, factor=1.02), "kernel", _K, "unbiased (pooled)",
                        "estimate multiplied by 1.02"),
