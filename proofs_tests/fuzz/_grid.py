@@ -25,6 +25,7 @@ Q = _R.standard_normal((5, 4))
 K = _R.standard_normal((6, 4))
 V = _R.standard_normal((6, 3))
 DOUT = _R.standard_normal((5, 3))
+DLSE = _R.standard_normal(5)  # the lse's gradient, (T,)
 #: packed variable-length inputs: two sequences of 2 and 3 queries, 3 and 3 keys, 2 query heads on 1
 PQ, PK, PV = _R.standard_normal((5, 2, 4)), _R.standard_normal((6, 1, 4)), _R.standard_normal((6, 1, 3))
 PDOUT = _R.standard_normal((5, 2, 3))
@@ -101,7 +102,8 @@ ENTRY_POINTS: dict[str, Entry] = {e.fn: e for e in [
     _e("refattn.exact:attention_probabilities", {"q": ("farray", Q), "k": ("farray", K)},
        {**ATTN_OPTS, "return_lse": ("bool", False), "dtype": ("dtype", None)}, expect_neg_inf=True),
     _e("refattn.exact:attention_backward", {**QKV, "dout": ("farray", DOUT)},
-       {**ATTN_OPTS, "sinks": ("opt_farray", None), "sink_tokens": ("int", 0), "dtype": ("dtype", None)}),
+       {**ATTN_OPTS, "sinks": ("opt_farray", None), "sink_tokens": ("int", 0), "dlse": ("farray", DLSE),
+        "dtype": ("dtype", None)}),
     _e("refattn.exact:forward_error_bound", QKV, {**ATTN_OPTS, "dtype": ("dtype", None)}),
     _e("refattn.mpmath_oracle:softmax_attention_mp", QKV, {**ATTN_OPTS, "dps": ("int", 30), "as_float": ("bool", True)}),
     _e("refattn.mpmath_oracle:attention_backward_mp", {**QKV, "dout": ("farray", DOUT)}, {"dps": ("int", 30)}),
