@@ -577,3 +577,25 @@ def test_low_precision_inputs_beyond_the_range_name_the_argument():
         softmax_attention(q, q * 1e5, q, dtype=np.float16)
     with pytest.raises(TypeError, match="^dtype: must be one of float64, float32, float16, bfloat16, got int8"):
         softmax_attention(q, q, q, dtype=np.int8)
+
+
+@pytest.mark.parametrize("precision", ["float16", "bfloat16", "float8_e4m3fn", "float8_e5m2"])
+def test_the_error_bound_holds_for_a_kernel_of_each_storage_precision(precision):
+    """Derived bound, checked: a kernel that casts P to the format unscaled (refattn.precision.kernel_reference;
+    the FP8 formats' probabilities fall below their normal range, where the rounding error is half a
+    subnormal, not relative) stays within forward_error_bound(dtype=precision) on 30 draws at three
+    sizes up to 129 x 257; power twin: the FP8 kernel's error exceeds the bound of a bfloat16 kernel.
+    Deterministic."""
+    from refattn.exact import forward_error_bound
+    from refattn.precision import kernel_reference, round_to
+
+    rng = np.random.default_rng([5, len(precision)])
+    beyond_bf16 = 0
+    for draw in range(30):
+        T, S = [(9, 11), (65, 129), (129, 257)][draw % 3]
+        q, k, v = (round_to(rng.standard_normal(shape) * spread, precision)
+                   for shape, spread in (((T, 64), 2.0), ((S, 64), 1.0), ((S, 64), 1.0)))
+        err = np.abs(kernel_reference(q, k, v, precision) - softmax_attention(q, k, v)).max(axis=-1)
+        assert np.all(err <= forward_error_bound(q, k, v, dtype=precision)), (precision, draw)
+        beyond_bf16 += bool(np.any(err > forward_error_bound(q, k, v, dtype="bfloat16")))
+    assert beyond_bf16 == 30 if precision.startswith("float8") else True

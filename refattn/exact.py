@@ -73,13 +73,13 @@ DENSE_LIMIT = 1 << 23
 IMPLEMENTATIONS = ("auto", "dense", "numpy", "numba", "cuda")
 
 
-def _precision(dtype):
+def _precision(dtype, *, fp8=False):
     """``(compute type, storage precision or None)`` of ``dtype=`` (parsed by [`refattn.precision`][refattn.precision]):
-    float64 and float32 compute at themselves; float16 and bfloat16 store at themselves and compute
-    in float32."""
+    float64 and float32 compute at themselves; float16 and bfloat16 (and with ``fp8`` the FP8
+    formats) store at themselves and compute in float32."""
     if dtype is None:
         return np.float64, None
-    p = _prec.as_precision(dtype, "dtype")
+    p = _prec.as_precision(dtype, "dtype", allowed=_prec.PRECISIONS + (_prec.STORAGE_PRECISIONS if fp8 else ()))
     return _prec.compute_type(p), (p if _prec.is_storage_only(p) else None)
 
 
@@ -420,12 +420,15 @@ def forward_error_bound(q, k, v, *, scale=None, causal=False, mask=None, bias=No
     \max_{j\ \text{visible}} \max_h |v_{jh}| .
     $$
 
-    With ``dtype`` float16 or bfloat16 it bounds the distance of a kernel of that precision from
-    the exact attention of the *rounded* inputs: the float32 computation's bound, plus ``u_p``
-    times the visible ``max |v|`` for the probabilities rounded to the precision before the second
-    product (each within a relative ``u_p``, and they sum to at most ``1 + `` the float32 bound),
-    plus half an ulp of the output's rounding (derived, the docs' testing page, "The tolerance
-    rule").
+    With ``dtype`` float16, bfloat16 or an FP8 format it bounds the distance of a kernel of that
+    precision from the exact attention of the *rounded* inputs: the float32 computation's bound,
+    plus ``(u_p + n t_p / 2)`` times the visible ``max |v|`` for the probabilities rounded to the
+    precision before the second product (each within a relative ``u_p``, or half the smallest
+    subnormal ``t_p`` where it falls below the normal range, over the row's ``n`` visible keys; they
+    sum to at most ``1 + `` the float32 bound), plus half an ulp of the output's rounding (derived,
+    the docs' testing page, "The tolerance rule"). The subnormal term is the worst case of a kernel
+    that casts ``P`` unscaled (FP8: ``t = 2^-9`` for e4m3); a kernel that scales ``P`` by a power of
+    two before the cast stays within it.
 
     The first term is the conditioning of softmax (a logit error ``eps`` moves each
     probability by a factor within ``e^{+-2 eps}``), the second the rounding of the sums
@@ -435,7 +438,7 @@ def forward_error_bound(q, k, v, *, scale=None, causal=False, mask=None, bias=No
     Returns the bound of shape ``(..., T)`` (0 for a query that sees no key, whose output
     is exactly zero). Tests check it against the mpmath oracle on adversarial inputs.
     """
-    dt, low = _precision(dtype)
+    dt, low = _precision(dtype, fp8=True)
     u = _prec.unit_roundoff(np.dtype(dt).name)
     prob = attention_problem(q, k, v, scale=scale, causal=causal, mask=mask, bias=bias, key_lengths=key_lengths,
                              window=window, softcap=softcap, alibi_slopes=alibi_slopes, sinks=sinks,
@@ -465,8 +468,10 @@ def forward_error_bound(q, k, v, *, scale=None, causal=False, mask=None, bias=No
     spread = np.expm1(2 * delta) + 2 * _gamma(terms + 2, u)  # relative error of the probabilities' sum
     bound = spread * vmax_vis
     if low is not None:  # rounded probabilities, then the output rounded to the storage precision
-        u_low = _prec.unit_roundoff(low)
-        bound = bound + u_low * (1 + spread) * vmax_vis
-        bound = bound + u_low * (vmax_vis + bound)
+        u_low, half_sub = _prec.unit_roundoff(low), _prec.smallest_subnormal(low) / 2
+        # each probability within a relative u_low, or (below the format's normal range) half a subnormal
+        n_vis = visible.sum(axis=-1)  # (a sink has no value: no term)
+        bound = bound + (u_low * (1 + spread) + n_vis * half_sub) * vmax_vis
+        bound = bound + u_low * (vmax_vis + bound) + half_sub
     return check_finite_result(np.where(any_vis, bound, 0.0), "q, k, scale",
                                "the forward error bound (exp of 2 Delta: the logits are too large for a finite bound)")

@@ -60,6 +60,7 @@ __all__ = [
     "unit_roundoff",
     "tiny",
     "largest",
+    "smallest_subnormal",
     "values_eps",
     "round_to",
     "store",
@@ -183,6 +184,12 @@ def eps(precision) -> float:
 def tiny(precision) -> float:
     """The smallest positive normal number of a precision."""
     return float(ml_dtypes.finfo(as_dtype(precision)).tiny)
+
+
+def smallest_subnormal(precision) -> float:
+    """The smallest positive (subnormal) number of a precision, the spacing of its subnormals
+    (float8_e4m3fn 2^-9, float16 2^-24): below ``tiny`` a rounding's error is absolute, at most half of it."""
+    return float(ml_dtypes.finfo(as_dtype(precision)).smallest_subnormal)
 
 
 def largest(precision) -> float:
