@@ -126,3 +126,36 @@ def torch_pairwise_merge():
     rep = check(fn, "merge", lse_base="2", lse_layout="TN")
     assert rep.passed, rep.format_table()
     assert not check(fn, "merge", lse_layout="TN").passed  # base 2 claimed as natural: fails
+
+
+def _torch_paged(q, k_cache, v_cache, k=None, v=None, *, cache_seqlens, block_table, **kw):
+    """flash_attn_with_kvcache's signature on torch tensors (what paged_adapter hands over)."""
+    import torch
+
+    from refattn.check.serving_bugs import paged_kernel
+
+    assert isinstance(q, torch.Tensor) and q.dtype == torch.float32 and block_table.dtype == torch.int32
+    np_ = {n: (a.numpy() if isinstance(a, torch.Tensor) else a) for n, a in dict(kw, k=k, v=v).items()}
+    out = paged_kernel(q.numpy(), k_cache.numpy(), v_cache.numpy(), cache_seqlens=cache_seqlens.numpy(),
+                       block_table=block_table.numpy(), **np_)
+    return torch.from_numpy(out)
+
+
+def _torch_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, **kw):
+    import torch
+
+    from refattn.check.serving_bugs import varlen_kernel
+
+    assert isinstance(q, torch.Tensor) and q.dtype == torch.float32 and cu_seqlens_q.dtype == torch.int32
+    kw = {n: (a.numpy() if isinstance(a, torch.Tensor) else a) for n, a in kw.items()}
+    return torch.from_numpy(varlen_kernel(q.numpy(), k.numpy(), v.numpy(), cu_seqlens_q.numpy(), cu_seqlens_k.numpy(),
+                                          max_seqlen_q, max_seqlen_k, **kw))
+
+
+def torch_serving_adapters():
+    from refattn.check.adapters import paged_adapter, varlen_adapter
+
+    for fn, kind in ((paged_adapter(_torch_paged, device="cpu", dtype="float32"), "paged"),
+                     (varlen_adapter(_torch_varlen, device="cpu", dtype="float32"), "varlen")):
+        rep = check(fn, kind, precision="float32")
+        assert rep.passed and not any(v.passed is None for v in rep.verdicts), rep.format_table()

@@ -88,3 +88,40 @@ def test_the_command_line(tmp_path):
     assert ok.returncode == 0 and "RESULT: PASS" in ok.stdout and "--gqa" in ok.stdout, ok.stdout + ok.stderr
     bad = run("bad")
     assert bad.returncode == 1 and "page-boundary mask" in bad.stdout
+
+
+def _vllm_style(q, k, v, cu_seqlens_q, max_seqlen_q, seqused_k, max_seqlen_k, block_table, causal=False,
+                window_size=(-1, -1), *, read_to_max=False):
+    """vLLM's call of flash_attn_varlen_func with a block table, in NumPy (packed queries, lengths as
+    seqused_k); ``read_to_max``: every item read to max_seqlen_k (seqused_k ignored, a planted fault)."""
+    B, T = len(cu_seqlens_q) - 1, int(max_seqlen_q)
+    assert np.all(np.diff(cu_seqlens_q) == T) and q.shape[0] == B * T
+    lens = np.full(B, max_seqlen_k) if read_to_max else seqused_k
+    out = paged_kernel(q.reshape(B, T, *q.shape[1:]), k, v, cache_seqlens=lens, block_table=block_table,
+                       causal=causal, window_size=window_size)
+    return out.reshape(B * T, *out.shape[2:])
+
+
+def test_the_library_adapters_flash_attn_and_vllm(seed):
+    """paged_adapter: flash_attn_with_kvcache's signature passes every case (the appended tokens too); vLLM's
+    packed call passes with the append case skipped (vLLM writes the cache first); power twin: a vLLM-style
+    kernel that ignores seqused_k fails."""
+    from functools import partial
+
+    from refattn.check.adapters import paged_adapter
+
+    fa = check(paged_adapter(paged_kernel, framework="numpy"), "paged", seed=seed, isolate=False)
+    assert fa.passed and not any(v.passed is None for v in fa.verdicts), fa.format_table()
+    vl = check(paged_adapter(_vllm_style, style="vllm", framework="numpy"), "paged", seed=seed, isolate=False)
+    skipped = {v.check for v in vl.verdicts if v.passed is None}
+    assert vl.passed and skipped == {"3 appended tokens per item, causal"}, vl.format_table()
+    bad = paged_adapter(partial(_vllm_style, read_to_max=True), style="vllm", framework="numpy")
+    assert not check(bad, "paged", seed=seed, isolate=False).passed
+    with pytest.raises(ValueError, match="style"):
+        paged_adapter(paged_kernel, style="flashinfer")
+
+
+def test_paged_and_packed_kernels_written_in_torch_through_the_adapters():
+    from proofs_tests.check.test_adapters import _in_a_fresh_process
+
+    _in_a_fresh_process("torch", "torch_serving_adapters()")

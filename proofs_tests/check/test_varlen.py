@@ -71,3 +71,19 @@ def test_the_command_line(tmp_path):
     assert ok.returncode == 0 and "RESULT: PASS" in ok.stdout and "--gqa" in ok.stdout, ok.stdout + ok.stderr
     bad = run("bad")
     assert bad.returncode == 1 and "aligned top-left within each sequence" in bad.stdout
+
+
+def test_the_library_adapter_hands_over_flash_attn_varlen_arguments(seed):
+    from refattn.check.adapters import varlen_adapter
+
+    seen = []
+
+    def spy(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, **kw):
+        seen.append((cu_seqlens_q.dtype, type(max_seqlen_q), sorted(kw)))
+        return varlen_kernel(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, **kw)
+
+    rep = check(varlen_adapter(spy, framework="numpy"), "varlen", seed=seed, isolate=False)
+    assert rep.passed and not any(v.passed is None for v in rep.verdicts), rep.format_table()
+    assert all(s[0] == np.int32 and s[1] is int for s in seen) and ["seqused_k"] in [s[2] for s in seen]
+    with pytest.raises(ValueError, match="framework"):
+        varlen_adapter(spy, framework="cupy")

@@ -29,10 +29,13 @@ import numpy as np
 
 from refattn.precision import widen
 
-__all__ = ["torch_forward", "torch_backward", "jax_forward", "jax_backward", "pairwise_merge", "MERGE_STYLES"]
+__all__ = ["torch_forward", "torch_backward", "jax_forward", "jax_backward", "pairwise_merge", "MERGE_STYLES",
+           "varlen_adapter", "paged_adapter", "PAGED_STYLES"]
 
 #: The two-state merge signatures `pairwise_merge` adapts.
 MERGE_STYLES = ("flashinfer", "vllm")
+#: The paged-attention signatures `paged_adapter` adapts.
+PAGED_STYLES = ("flash_attn", "vllm")
 
 
 def _signature(names, keywords):
@@ -217,6 +220,100 @@ class _PairwiseMerge(_Adapter):
                 self.fn(new_out, out, lse, o_b, l_b, new_lse)
                 out, lse = new_out, new_lse
         return back(out), back(lse)
+
+
+def _converters(framework, dtype, device):
+    """``(to, back)``: NumPy arrays to the framework's (floating arrays in ``dtype``, integer arrays as
+    int32, anything else as it is) and results back to NumPy."""
+    if framework not in ("numpy", "torch"):
+        raise ValueError(f"framework: expected 'numpy' or 'torch', got {framework!r}")
+    if framework == "numpy":
+        def to(a):
+            return np.asarray(a, np.int32) if isinstance(a, np.ndarray) and a.dtype.kind in "iu" else a
+        return to, np.asarray
+
+    def to_torch(a):
+        import torch
+
+        if isinstance(a, np.ndarray) and a.dtype.kind in "iu":
+            return torch.as_tensor(np.ascontiguousarray(a, np.int32), device=device)
+        return _torch_tensor(torch, a, dtype, device)
+    return to_torch, _from_torch
+
+
+class _Varlen(_Adapter):
+    """flash-attn's ``flash_attn_varlen_func`` on the framework's tensors (`varlen_adapter`)."""
+
+    prefix = "varlen_adapter"
+    names = ("q", "k", "v", "cu_seqlens_q", "cu_seqlens_k", "max_seqlen_q", "max_seqlen_k")
+
+    def __init__(self, fn, *, framework, device, dtype):
+        super().__init__(fn, dtype=dtype, keywords={n: n for n in ("causal", "window_size", "seqused_k")},
+                         label=f", {framework}")
+        self.framework, self.device = framework, device
+
+    def __call__(self, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, **kw):
+        to, back = _converters(self.framework, self.dtype, self.device)
+        extra = {n: to(a) for n, a in kw.items() if a is not None}
+        return back(self.fn(*(to(a) for a in (q, k, v, cu_seqlens_q, cu_seqlens_k)), int(max_seqlen_q),
+                            int(max_seqlen_k), **extra))
+
+
+def varlen_adapter(fn, *, framework="torch", device="cuda", dtype=None):
+    """The varlen kind's callable from flash-attn's ``flash_attn_varlen_func(q, k, v, cu_seqlens_q,
+    cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=, window_size=, seqused_k=)`` (and any kernel with
+    its signature): the arrays handed over as the framework's tensors on ``device`` (floating ones in
+    ``dtype``, e.g. ``"bfloat16"``; the offsets and lengths int32), the output back as NumPy."""
+    _converters(framework, dtype, device)
+    return _Varlen(fn, framework=framework, device=device, dtype=dtype)
+
+
+class _Paged(_Adapter):
+    """A library's paged attention in the paged kind's contract (`paged_adapter`)."""
+
+    prefix = "paged_adapter"
+    names = ("q", "k_cache", "v_cache")
+
+    def __init__(self, fn, *, style, framework, device, dtype):
+        keywords = ("cache_seqlens", "block_table", "causal", "window_size") + (("k", "v") if style == "flash_attn"
+                                                                                else ())
+        super().__init__(fn, dtype=dtype, keywords={n: n for n in keywords}, label=f", {style}, {framework}")
+        self.style, self.framework, self.device = style, framework, device
+
+    def __call__(self, q, k_cache, v_cache, k=None, v=None, *, cache_seqlens, block_table, **kw):
+        to, back = _converters(self.framework, self.dtype, self.device)
+        extra = {n: to(a) for n, a in kw.items() if a is not None}
+        if self.style == "flash_attn":  # flash_attn_with_kvcache(q, k_cache, v_cache, k, v, cache_seqlens=, block_table=)
+            new = {} if k is None else {"k": to(k), "v": to(v)}
+            return back(self.fn(to(q), to(k_cache), to(v_cache), **new, cache_seqlens=to(cache_seqlens),
+                                block_table=to(block_table), **extra))
+        # vLLM: the batch's queries packed, the cache's lengths as seqused_k (flash_attn_varlen_func with a block
+        # table, as vLLM's flash-attention backend calls it; the new tokens are written to the cache beforehand)
+        B, T = q.shape[:2]
+        lens = np.asarray(cache_seqlens)
+        out = self.fn(q=to(np.reshape(q, (B * T,) + q.shape[2:])), k=to(k_cache), v=to(v_cache),
+                      cu_seqlens_q=to(np.arange(B + 1, dtype=np.int32) * T), max_seqlen_q=int(T),
+                      seqused_k=to(lens), max_seqlen_k=int(lens.max(initial=0)), block_table=to(block_table),
+                      **extra)
+        out = back(out)
+        return np.reshape(out, (B, T) + out.shape[1:])
+
+
+def paged_adapter(fn, *, style="flash_attn", framework="torch", device="cuda", dtype=None):
+    """The paged kind's callable from a library's paged attention.
+
+    ``style="flash_attn"``: flash-attn's ``flash_attn_with_kvcache(q, k_cache, v_cache, k=, v=,
+    cache_seqlens=, block_table=, causal=, window_size=)`` (the appended tokens' case is posed).
+    ``style="vllm"``: ``fn(q=, k=, v=, cu_seqlens_q=, max_seqlen_q=, seqused_k=, max_seqlen_k=,
+    block_table=, causal=, window_size=)``, the call vLLM's flash-attention backend makes of its
+    ``flash_attn_varlen_func`` (and its Triton ``unified_attention``): the batch's queries packed
+    ``(B T, heads, head_dim)``, the pages as ``k``, ``v``, each item's length as ``seqused_k``; vLLM writes
+    new tokens into the cache before the call, so the appended-tokens case is skipped. Arrays are
+    handed over as the framework's tensors on ``device`` (floating ones in ``dtype``; integer ones int32)."""
+    if style not in PAGED_STYLES:
+        raise ValueError(f"style: expected one of {PAGED_STYLES}, got {style!r}")
+    _converters(framework, dtype, device)
+    return _Paged(fn, style=style, framework=framework, device=device, dtype=dtype)
 
 
 def pairwise_merge(fn, *, style="flashinfer", framework="numpy", device="cuda", dtype=None):
