@@ -400,7 +400,8 @@ def _gamma(n, u):
 
 
 def forward_error_bound(q, k, v, *, scale=None, causal=False, mask=None, bias=None, key_lengths=None, window=None,
-                        softcap=None, alibi_slopes=None, sinks=None, sink_tokens=0, dtype=None):
+                        softcap=None, alibi_slopes=None, sinks=None, sink_tokens=0, dtype=None, p_scale=None,
+                        output=None):
     r"""A rigorous per-row bound on the rounding error of [`softmax_attention`][refattn.exact.softmax_attention].
 
     Derived in the docs' exact-attention page ("Forward error of the oracle"). With unit roundoff
@@ -426,9 +427,11 @@ def forward_error_bound(q, k, v, *, scale=None, causal=False, mask=None, bias=No
     precision before the second product (each within a relative ``u_p``, or half the smallest
     subnormal ``t_p`` where it falls below the normal range, over the row's ``n`` visible keys; they
     sum to at most ``1 + `` the float32 bound), plus half an ulp of the output's rounding (derived,
-    the docs' testing page, "The tolerance rule"). The subnormal term is the worst case of a kernel
-    that casts ``P`` unscaled (FP8: ``t = 2^-9`` for e4m3); a kernel that scales ``P`` by a power of
-    two before the cast stays within it.
+    the docs' testing page, "The tolerance rule"). ``p_scale`` and ``output`` are the kernel's
+    [`recipe`][refattn.precision.recipe] (defaults: 1 and the precision itself; FP8: FlashAttention 3's
+    2^8 and bfloat16): the probabilities scaled by ``p_scale`` before their rounding have subnormal
+    errors ``t / (2 p_scale)``, and the output is rounded to ``output``. A kernel that casts ``P``
+    unscaled to e4m3 (``t = 2^-9``) is bounded with ``p_scale=1``.
 
     The first term is the conditioning of softmax (a logit error ``eps`` moves each
     probability by a factor within ``e^{+-2 eps}``), the second the rounding of the sums
@@ -468,10 +471,13 @@ def forward_error_bound(q, k, v, *, scale=None, causal=False, mask=None, bias=No
     spread = np.expm1(2 * delta) + 2 * _gamma(terms + 2, u)  # relative error of the probabilities' sum
     bound = spread * vmax_vis
     if low is not None:  # rounded probabilities, then the output rounded to the storage precision
-        u_low, half_sub = _prec.unit_roundoff(low), _prec.smallest_subnormal(low) / 2
+        how = _prec.recipe(low, p_scale=p_scale, output=output)
+        u_low, half_sub = _prec.unit_roundoff(low), _prec.smallest_subnormal(low) / 2 / how.p_scale
         # each probability within a relative u_low, or (below the format's normal range) half a subnormal
         n_vis = visible.sum(axis=-1)  # (a sink has no value: no term)
         bound = bound + (u_low * (1 + spread) + n_vis * half_sub) * vmax_vis
-        bound = bound + u_low * (vmax_vis + bound) + half_sub
+        bound = bound + _prec.unit_roundoff(how.output) * (vmax_vis + bound) + _prec.smallest_subnormal(how.output) / 2
+    elif p_scale is not None or output is not None:
+        raise InputError("p_scale, output: the recipe of a storage precision (dtype float16, bfloat16 or FP8)")
     return check_finite_result(np.where(any_vis, bound, 0.0), "q, k, scale",
                                "the forward error bound (exp of 2 Delta: the logits are too large for a finite bound)")

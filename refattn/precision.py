@@ -38,12 +38,13 @@ reference with its default knobs.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import ml_dtypes
 import numpy as np
 
-from refattn._validation import _ML_DTYPES_FLOATS, InputError, InputTypeError, as_float_array, check_bool
+from refattn._validation import _ML_DTYPES_FLOATS, InputError, InputTypeError, as_float_array, check_bool, check_real
 from refattn.problem import attention_problem
 
 __all__ = [
@@ -68,6 +69,8 @@ __all__ = [
     "compute_type",
     "Recipe",
     "recipe",
+    "FP8_P_SCALE",
+    "FP8_OUTPUT",
     "kernel_reference",
 ]
 
@@ -297,21 +300,34 @@ class Recipe:
     round_logits: bool
     round_probabilities: bool
     round_output: bool
+    #: the power of two the probabilities are scaled by before their rounding (FP8 kernels: 2^8)
+    p_scale: float = 1.0
+    #: the precision the output is written in (FP8 kernels: bfloat16)
+    output: str = ""
 
     def describe(self) -> str:
         parts = [f"{self.precision} inputs", f"{self.accumulate} accumulation and softmax"]
         if self.round_logits:
             parts.append(f"logits rounded to {self.precision}")
         if self.round_probabilities:
-            parts.append(f"probabilities rounded to {self.precision}")
-        parts.append(f"output {'rounded to ' + self.precision if self.round_output else 'in ' + self.accumulate}")
+            scaled = f" (scaled by {self.p_scale:g})" if self.p_scale != 1 else ""
+            parts.append(f"probabilities rounded to {self.precision}{scaled}")
+        parts.append(f"output {'rounded to ' + self.output if self.round_output else 'in ' + self.accumulate}")
         return ", ".join(parts)
 
 
-def recipe(precision, *, accumulate=None, round_logits=False, round_probabilities=None, round_output=True) -> Recipe:
+#: FlashAttention 3's FP8 forward: the probabilities scaled by 2^8 before their cast to e4m3 (a bit-exact
+#: power of two that keeps them in the format's normal range; Lau 2026, arXiv:2606.06521, Sec. 5), the
+#: output written in bfloat16.
+FP8_P_SCALE, FP8_OUTPUT = 256.0, "bfloat16"
+
+
+def recipe(precision, *, accumulate=None, round_logits=False, round_probabilities=None, round_output=True,
+           p_scale=None, output=None) -> Recipe:
     """The [`Recipe`][refattn.precision.Recipe] of a kernel of ``precision``; defaults as FlashAttention
-    (module docstring). ``accumulate`` may not be narrower than float32 for a storage-only
-    precision, nor narrower than the precision itself."""
+    (module docstring; FP8: `FP8_P_SCALE`, `FP8_OUTPUT`). ``accumulate`` may not be narrower than
+    float32 for a storage-only precision, nor narrower than the precision itself; ``p_scale``, a power
+    of two no larger than the precision's largest number; ``output``, a precision no narrower than it."""
     p = as_precision(precision, "precision", allowed=_ALL)
     default = "float64" if p == "float64" else "float32"
     a = default if accumulate is None else as_precision(accumulate, "accumulate", allowed=("float64", "float32"))
@@ -319,11 +335,19 @@ def recipe(precision, *, accumulate=None, round_logits=False, round_probabilitie
         raise InputError(f"accumulate: {a} is narrower than the {p} inputs")
     narrower = p != a
     rp = narrower if round_probabilities is None else check_bool(round_probabilities, "round_probabilities")
-    return Recipe(p, a, check_bool(round_logits, "round_logits"), rp, check_bool(round_output, "round_output"))
+    fp8 = p in STORAGE_PRECISIONS
+    scale = (FP8_P_SCALE if fp8 else 1.0) if p_scale is None else check_real(p_scale, "p_scale", minimum=2.0**-126)
+    if math.frexp(scale)[0] != 0.5 or scale > largest(p):
+        raise InputError(f"p_scale: a power of two up to {largest(p):g} (the largest {p}), got {scale:g}")
+    out = (FP8_OUTPUT if fp8 else p) if output is None else as_precision(output, "output", allowed=_ALL)
+    if out not in (p, "float32", "float64") + (("float16", "bfloat16") if fp8 else ()):
+        raise InputError(f"output: a {p} kernel writes its output in {p} or a wider format, got {out}")
+    return Recipe(p, a, check_bool(round_logits, "round_logits"), rp, check_bool(round_output, "round_output"),
+                  float(scale), out)
 
 
 def kernel_reference(q, k, v, precision, *, accumulate=None, round_logits=False, round_probabilities=None,
-                     round_output=True, scale=None, causal=False, mask=None, bias=None, key_lengths=None, window=None,
+                     round_output=True, p_scale=None, output=None, scale=None, causal=False, mask=None, bias=None, key_lengths=None, window=None,
                      softcap=None, alibi_slopes=None, sinks=None, sink_tokens=0, return_lse=False):
     """Attention as a kernel of ``precision`` computes it (module docstring), as float64 values.
 
@@ -334,7 +358,7 @@ def kernel_reference(q, k, v, precision, *, accumulate=None, round_logits=False,
     keeps), as float64 values. ``precision="float64"`` is the oracle's dense path.
     """
     how = recipe(precision, accumulate=accumulate, round_logits=round_logits,
-                 round_probabilities=round_probabilities, round_output=round_output)
+                 round_probabilities=round_probabilities, round_output=round_output, p_scale=p_scale, output=output)
     return_lse = check_bool(return_lse, "return_lse")
     prob = attention_problem(q, k, v, scale=scale, causal=causal, mask=mask, bias=bias, key_lengths=key_lengths,
                              window=window, softcap=softcap, alibi_slopes=alibi_slopes, sinks=sinks,
@@ -375,11 +399,13 @@ def reference_on(prob, how: Recipe):
     if sinks is not None:
         total = (total + np.exp(sinks - ref)).astype(acc, copy=False)
     p = np.where(seen, p / np.where(seen, total, acc(1)), acc(0)).astype(acc, copy=False)
-    if how.round_probabilities and how.precision != how.accumulate:
-        p = _rounded(p, how.precision, "probabilities").astype(acc)  # the second product reads them rounded
+    if how.round_probabilities and how.precision != how.accumulate:  # the second product reads them rounded
+        p = _rounded(p * acc(how.p_scale), how.precision, "probabilities").astype(acc)
     out = np.matmul(p, va).astype(acc, copy=False)  # (..., T, Hv) accumulated in the accumulation precision
-    if how.round_output and how.precision != how.accumulate:
-        out = out.astype(_DTYPES[how.precision])
+    if how.p_scale != 1:
+        out = (out / acc(how.p_scale)).astype(acc, copy=False)  # a power of two: exact
+    if how.round_output and how.output != how.accumulate:
+        out = out.astype(_DTYPES[how.output])
     out = np.broadcast_to(out, prob.batch_shape + (prob.T, prob.Hv)).copy()
     lse = np.where(seen[..., 0], (ref + np.log(np.where(seen, total, acc(1))))[..., 0], acc(-np.inf))
     return out, np.broadcast_to(lse, prob.batch_shape + (prob.T,)).copy()

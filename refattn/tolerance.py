@@ -35,7 +35,7 @@ from refattn._validation import InputError, InputTypeError, as_float_array, chec
 from refattn.exact import attention_probabilities, forward_error_bound, softmax_attention
 from refattn.problem import sum_to_shape
 
-__all__ = ["ToleranceCheck", "compare", "check_attention_output", "rounding_allowance", "backward_allowance",
+__all__ = ["ToleranceCheck", "CLAIMS", "compare", "check_attention_output", "rounding_allowance", "backward_allowance",
            "merge_allowance", "MERGE_FACTOR",
            "FLOOR_EPS"]
 
@@ -103,18 +103,24 @@ def _as_output(actual, name="actual"):
     return _prec.widen(a).astype(np.float64)
 
 
-def compare(actual, ref64, ref_lo, *, precision=None, allowance=0.0, atol=None) -> ToleranceCheck:
+def compare(actual, ref64, ref_lo, *, precision=None, allowance=0.0, atol=None, floor_at=None) -> ToleranceCheck:
     """The rule on given arrays (module docstring).
 
     ``precision``: the kernel's (default: ``ref_lo``'s stored precision); ``allowance``: the rigorous
     allowance, a scalar, an array of ``actual``'s shape, or of its shape without the last axis (one
-    per row); ``atol`` replaces the floor. Shapes must agree exactly (no broadcasting: a shape
+    per row); ``atol`` replaces the floor; ``floor_at``: the precision of the floor's epsilon (default
+    ``precision``; an FP8 kernel's output precision). Shapes must agree exactly (no broadcasting: a shape
     mismatch is a bug in the implementation under test, not a tolerance question).
     """
     a = _as_output(actual)
     r = as_float_array(ref64, "ref64").astype(np.float64)
-    lo_arr = np.asarray(ref_lo)
-    p = _prec.precision_of(lo_arr, "ref_lo") if precision is None else _prec.as_precision(precision, "precision")
+    try:
+        lo_arr = np.asarray(ref_lo)
+    except ValueError:  # a ragged nest of lists
+        raise InputTypeError("ref_lo: cannot be converted to an array (ragged?)") from None
+    p = _prec.precision_of(lo_arr, "ref_lo") if precision is None else _prec.as_precision(precision, "precision",
+                                                                                          allowed=CLAIMS)
+    at = p if floor_at is None else _prec.as_precision(floor_at, "floor_at", allowed=CLAIMS)
     lo = as_float_array(lo_arr, "ref_lo").astype(np.float64)
     if a.shape != r.shape:
         raise AssertionError(f"actual: shape mismatch: actual {a.shape} vs reference {r.shape}")
@@ -134,7 +140,7 @@ def compare(actual, ref64, ref_lo, *, precision=None, allowance=0.0, atol=None) 
         floor = check_real(atol, "atol", minimum=0.0)
     else:
         scale = float(np.max(np.abs(r))) if r.size else 0.0
-        floor = FLOOR_EPS * _prec.eps(p) * scale + _prec.tiny("float64")
+        floor = FLOOR_EPS * _prec.eps(at) * scale + _prec.tiny("float64")
     error_lo = float(np.max(np.abs(lo - r))) if r.size else 0.0
     flash = 2.0 * error_lo + floor
     if not r.size:
@@ -148,13 +154,19 @@ def compare(actual, ref64, ref_lo, *, precision=None, allowance=0.0, atol=None) 
                           bool(np.all(err <= bound)))
 
 
-def rounding_allowance(q, k, v, precision, **options) -> np.ndarray:
+#: Every precision a kernel may claim to the rule: the compute precisions and the FP8 formats.
+CLAIMS = _prec.PRECISIONS + _prec.STORAGE_PRECISIONS
+
+
+def rounding_allowance(q, k, v, precision, *, p_scale=None, output=None, **options) -> np.ndarray:
     """Per row ``(..., T)``: the rigorous allowance ``A_p + A_64`` for an output of a kernel of
     ``precision`` against the float64 oracle, plus the oracle's measured move when the inputs are
-    rounded to ``precision`` (module docstring). The softmax options are the oracle's."""
-    p = _prec.as_precision(precision, "precision")
+    rounded to ``precision`` (module docstring). ``p_scale``, ``output``: the kernel's
+    [`recipe`][refattn.precision.recipe] (storage precisions). The softmax options are the oracle's."""
+    p = _prec.as_precision(precision, "precision", allowed=CLAIMS)
+    recipe = {} if p == "float64" else {"p_scale": p_scale, "output": output}
     allow = forward_error_bound(q, k, v, **options) if p == "float64" else (
-        forward_error_bound(q, k, v, dtype=p, **options) + forward_error_bound(q, k, v, **options))
+        forward_error_bound(q, k, v, dtype=p, **recipe, **options) + forward_error_bound(q, k, v, **options))
     if p != "float64":
         rounded = [_prec.round_to(x, p, name) for x, name in ((q, "q"), (k, "k"), (v, "v"))]
         given = [as_float_array(x, name).astype(np.float64) for x, name in ((q, "q"), (k, "k"), (v, "v"))]
@@ -164,33 +176,44 @@ def rounding_allowance(q, k, v, precision, **options) -> np.ndarray:
     return allow
 
 
-def check_attention_output(actual, q, k, v, *, precision=None, rows=None, atol=None, **options) -> ToleranceCheck:
+def check_attention_output(actual, q, k, v, *, precision=None, rows=None, atol=None, p_scale=None, output=None,
+                           **options) -> ToleranceCheck:
     """The rule for an attention output ``actual`` of ``(q, k, v)`` under the oracle's ``options``
     (``scale``, ``causal``, ``mask``, ``bias``, ``key_lengths``, ``window``, ``softcap``,
     ``alibi_slopes``).
 
     ``precision``: the kernel's compute precision (default: the output's stored precision, so a
-    bfloat16 output is judged at bfloat16; an output upcast to float64 needs it said).
-    ``rows``: a boolean mask over the queries, ``(T,)`` or broadcastable to the output's rows
-    ``(..., T)``: only those rows are judged (rows that see no key, judged by their own convention).
+    bfloat16 output is judged at bfloat16; an output upcast to float64 needs it said), or an FP8
+    format for a kernel that reads FP8 inputs and rounds ``P`` to it (`CLAIMS`). ``p_scale``,
+    ``output``: an FP8 kernel's [`recipe`][refattn.precision.recipe] (defaults: FlashAttention 3's,
+    ``P`` scaled by 2^8 before its cast, the output in bfloat16); the rule's floor is then at the
+    output's precision, as flash-attention's own FP8 tests take it (their reference dtype for e4m3
+    is bfloat16). ``rows``: a boolean mask over the queries, ``(T,)`` or broadcastable to the output's
+    rows ``(..., T)``: only those rows are judged (rows that see no key, judged by their own convention).
     """
     try:
         given = np.asarray(actual)
     except ValueError:  # a ragged nest of lists
         raise InputTypeError("actual: cannot be converted to an array (ragged?)") from None
-    p = _prec.precision_of(given, "actual") if precision is None else _prec.as_precision(precision, "precision")
-    if p not in _prec.PRECISIONS:
-        raise InputTypeError(f"precision: a kernel computes in one of {', '.join(_prec.PRECISIONS)}, got {p}")
+    p = _prec.precision_of(given, "actual") if precision is None else _prec.as_precision(precision, "precision",
+                                                                                           allowed=CLAIMS)
+    if p not in _prec.PRECISIONS and precision is None:
+        raise InputTypeError(f"precision: an output stored in {p} needs its kernel's precision said (precision=)")
     ref64 = softmax_attention(q, k, v, **options)
-    ref_lo = ref64 if p == "float64" else _prec.kernel_reference(q, k, v, p, **options)
-    allow = rounding_allowance(q, k, v, p, **options)
+    recipe = {} if p == "float64" else {"p_scale": p_scale, "output": output}
+    if p == "float64" and (p_scale is not None or output is not None):
+        raise InputError("p_scale, output: the recipe of a storage precision (float16, bfloat16 or FP8)")
+    ref_lo = ref64 if p == "float64" else _prec.kernel_reference(q, k, v, p, **recipe, **options)
+    allow = rounding_allowance(q, k, v, p, **recipe, **options)
+    floor_at = p if p == "float64" else _prec.recipe(p, **recipe).output
     a = _as_output(actual)
     if a.shape != ref64.shape:
         raise InputError(f"actual: expected the output's shape {ref64.shape} for these q, k, v, got {a.shape}")
     if rows is not None and a.shape == ref64.shape:
         sel = np.broadcast_to(np.asarray(rows, dtype=bool), ref64.shape[:-1])  # the rows judged, (..., T)
-        return compare(a[sel], ref64[sel], ref_lo[sel], precision=p, allowance=allow[sel], atol=atol)
-    return compare(a, ref64, ref_lo, precision=p, allowance=allow, atol=atol)
+        return compare(a[sel], ref64[sel], ref_lo[sel], precision=p, allowance=allow[sel], atol=atol,
+                       floor_at=floor_at)
+    return compare(a, ref64, ref_lo, precision=p, allowance=allow, atol=atol, floor_at=floor_at)
 
 
 def backward_allowance(q, k, v, dout, kw, u, dlse=None):

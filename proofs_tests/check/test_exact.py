@@ -390,3 +390,62 @@ def test_num_splits_runs_every_case_at_every_count_and_needs_the_keyword(seed):
         check(split_forward, "exact", num_splits=(0,))
     with pytest.raises(ValueError, match="num_splits"):
         check(split_forward, "backward", num_splits=(2,))
+
+
+def test_an_fp8_claim_hands_over_fp8_codes_and_their_descales(seed):
+    """FP8 claims: ml_dtypes FP8 arrays, and power-of-two float32 descale factors when the callable takes
+    them (the value is code * descale); without them the cases beyond the format are skipped, named."""
+    from refattn.check.serving_bugs import fp8_forward, fp8_without_descales
+
+    seen = []
+
+    def spy(q, k, v, causal=False, q_descale=None, k_descale=None, v_descale=None):
+        seen.append((q.dtype.name, k.dtype.name, [np.frexp(d)[0] for d in (q_descale, k_descale, v_descale)]))
+        return fp8_forward(q, k, v, causal, q_descale, k_descale, v_descale)
+
+    rep = check(spy, "exact", precision="float8_e4m3fn", seed=seed, isolate=False)
+    assert rep.result == "PASS" and seen, rep.format_table()
+    assert all(s[0] == s[1] == "float8_e4m3fn" and s[2] == [0.5, 0.5, 0.5] for s in seen)  # powers of two
+    plain = check(fp8_without_descales, "exact", precision="float8_e4m3fn", seed=seed, isolate=False)
+    skipped = {v.check: v.meaning for v in plain.verdicts if v.passed is None and not v.inconclusive}
+    assert plain.result == "PASS" and "q_descale=" in skipped["logits far apart"], plain.format_table()
+
+
+@pytest.mark.parametrize("fmt", ["float8_e4m3fn", "float8_e5m2"])
+def test_an_fp8_output_of_zeros_never_passes(fmt, seed):
+    """Power twin of the FP8 rule: where its bound is as large as the output, the case is not judged,
+    never a PASS; elsewhere zeros fail."""
+    def zeros(q, k, v, causal=False, q_descale=None, k_descale=None, v_descale=None):
+        return np.zeros(q.shape[:-1] + v.shape[-1:], np.float32)
+
+    rep = check(zeros, "exact", precision=fmt, seed=seed, isolate=False)
+    assert not any(v.passed for v in rep.verdicts if v.check != "no keys (S = 0)") and rep.result == "FAIL"
+    powerless = [v for v in rep.verdicts if v.passed is None and "not judged" in v.meaning]
+    assert all(v.bound >= 0 for v in powerless)
+
+
+def test_an_fp8_run_in_which_no_case_can_tell_is_inconclusive(seed, monkeypatch):
+    """Every case's bound inflated past its output: each case is not judged, and the run says
+    INCONCLUSIVE (exit 4), not PASS."""
+    import dataclasses
+
+    import refattn.check.exact as exact
+    from refattn.check.serving_bugs import fp8_forward
+
+    real = exact.check_attention_output
+    monkeypatch.setattr(exact, "check_attention_output",
+                        lambda *a, **kw: dataclasses.replace(real(*a, **kw), allowance=1e9))
+    rep = check(fp8_forward, "exact", precision="float8_e4m3fn", sizes="small", seed=seed, isolate=False)
+    assert rep.result == "INCONCLUSIVE" and rep.exit_code == 4, rep.format_table()
+    assert [v.check for v in rep.inconclusive] == ["FP8 power"]
+
+
+def test_fp8_claims_and_the_p_scale_are_validated():
+    from refattn.check.serving_bugs import fp8_forward
+
+    with pytest.raises(ValueError, match="^p_scale: a power of two"):
+        check(fp8_forward, "exact", precision="float8_e4m3fn", p_scale=3.0)
+    with pytest.raises(ValueError, match="^p_scale: an FP8 kernel's recipe"):
+        check(fp8_forward, "exact", precision="bfloat16", p_scale=256.0)
+    with pytest.raises(ValueError, match="^precision: FP8 claims are judged by the exact kind"):
+        check(fp8_forward, "backward", precision="float8_e4m3fn")

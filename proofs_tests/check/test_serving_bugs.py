@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from refattn.check import check
-from refattn.check.serving_bugs import (CORRECT_MERGES, CORRECT_PAGED, CORRECT_VARLEN, MERGE_BUGS, MERGE_FAULTS,
-                                         PAGED_BUGS, PAGED_FAULTS, VARLEN_BUGS, VARLEN_FAULTS, merge_kernel,
-                                         paged_kernel, varlen_kernel)
+from refattn.check.serving_bugs import (CORRECT_FP8, CORRECT_MERGES, CORRECT_PAGED, CORRECT_VARLEN, FP8_BUGS,
+                                         FP8_FAULTS, MERGE_BUGS, MERGE_FAULTS, PAGED_BUGS, PAGED_FAULTS, VARLEN_BUGS,
+                                         VARLEN_FAULTS, fp8_forward, merge_kernel, paged_kernel, varlen_kernel)
 from refattn.splitkv import merge_states, partial_states
 
 #: What each bug's failing verdict must say (its diagnosis).
@@ -180,3 +180,53 @@ def test_over_30_seeds_no_false_alarm_and_every_paged_bug_caught():
         for s in seeds:
             rep = check(b.fn, b.kind, seed=s, isolate=False, **b.options)
             assert (b.fails in {v.check for v in rep.failures}) if b.fails else rep.passed, (name, s)
+
+
+FP8_DIAGNOSES = {"fp8: P saturated past the format": "P saturated: probabilities above 448 / 1024 clipped",
+                 "fp8: k_descale ignored": "a descale factor ignored"}
+
+
+@pytest.mark.parametrize("fmt", ["float8_e4m3fn", "float8_e5m2"])
+def test_the_fp8_kernel_without_a_fault_is_flash_attention_3s_recipe(fmt):
+    """fp8_forward is kernel_reference at the FP8 recipe (P scaled by 2^8 before its cast, float32 products,
+    the output in bfloat16) up to the float32 products' order and one bfloat16 rounding; with descales, the
+    same on the values code * descale."""
+    from refattn.precision import as_given, kernel_reference
+
+    rng = np.random.default_rng(8)
+    q, k, v = (as_given(rng.normal(size=shape), fmt) for shape in ((9, 32), (13, 32), (13, 16)))
+    for causal in (False, True):
+        ref = kernel_reference(*(np.asarray(a, np.float64) for a in (q, k, v)), fmt, causal=causal)
+        np.testing.assert_allclose(fp8_forward(q, k, v, causal), ref, atol=2 * 2.0 ** -8 * np.abs(ref).max())
+    d = (0.25, 8.0, 2.0)
+    ref = kernel_reference(*(np.asarray(a, np.float64) * s for a, s in zip((q, k, v), d)), fmt, output="float32")
+    out = fp8_forward(q, k, v, q_descale=d[0], k_descale=d[1], v_descale=d[2])
+    np.testing.assert_allclose(out, ref, atol=2 * 2.0 ** -8 * np.abs(ref).max())
+    with pytest.raises(ValueError, match="fault"):
+        fp8_forward(q, k, v, fault="typo")
+
+
+@pytest.mark.parametrize("name", sorted(CORRECT_FP8))
+def test_the_fp8_kernels_without_a_fault_pass_every_case(name, seed):
+    b = CORRECT_FP8[name]
+    rep = check(b.fn, b.kind, seed=seed, isolate=False, **b.options)
+    assert rep.result == "PASS", rep.format_table()
+
+
+@pytest.mark.parametrize("name", sorted(FP8_BUGS))
+def test_each_fp8_bug_fails_its_check_with_its_diagnosis(name, seed):
+    b = FP8_BUGS[name]
+    rep = check(b.fn, b.kind, seed=seed, isolate=False, **b.options)
+    failed = {v.check: v.meaning for v in rep.failures}
+    assert b.fails in failed, rep.format_table()
+    assert FP8_DIAGNOSES[name] in failed[b.fails], failed[b.fails]
+    assert {v.fn.keywords["fault"] for v in FP8_BUGS.values()} < set(FP8_FAULTS)
+
+
+@pytest.mark.slow
+def test_over_30_seeds_no_false_alarm_and_every_fp8_bug_caught():
+    seeds = range(8000, 8000 + int(os.environ.get("REFATTN_CHECK_RUNS", "30")))
+    for name, b in {**CORRECT_FP8, **FP8_BUGS}.items():
+        for s in seeds:
+            rep = check(b.fn, b.kind, seed=s, isolate=False, **b.options)
+            assert (b.fails in {v.check for v in rep.failures}) if b.fails else rep.result == "PASS", (name, s)

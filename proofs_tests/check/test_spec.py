@@ -16,7 +16,7 @@ from refattn.cli import build_parser
 #: For each kind, a value other than the default for every option it takes (valid together).
 NON_DEFAULT = {  # (merge first: the exact kind's precision is the one other kinds are refused)
     "merge": dict(precision="float64", empty_rows="any", lse_base="2", empty_lse="+inf", lse_layout="TN"),
-    "exact": dict(alignment="top_left", precision="bfloat16", layout="BNTH", gqa=True, self_attention=True,
+    "exact": dict(alignment="top_left", precision="float8_e4m3fn", p_scale=64.0, layout="BNTH", gqa=True, self_attention=True,
                   equal_head_dims=True, sizes="long", head_dims=(32, 96), empty_rows="nan", probe_head_dims=True,
                   determinism=True, batch_invariance=True, num_splits=(1, 4)),
     "backward": dict(alignment="top_left", precision="float32", layout="BTNH", gqa=True, equal_head_dims=True,

@@ -40,8 +40,9 @@ import numpy as np
 from refattn._validation import InputError
 from refattn.check import repeatable
 from refattn.check.verdict import Verdict
-from refattn.exact import softmax_attention
-from refattn.precision import as_given, as_precision, given_dtype, eps, largest, kernel_reference, round_to
+from refattn.exact import attention_probabilities, softmax_attention
+from refattn.precision import (STORAGE_PRECISIONS, as_given, as_precision, eps, given_dtype, kernel_reference,
+                               largest, round_to)
 from refattn.problem import attention_problem, causal_mask, causal_offset
 from refattn.tolerance import check_attention_output, compare
 
@@ -163,9 +164,12 @@ def missing_keyword(case, run, takes):
     return None
 
 
-def _inputs(case, rng, precision="float64"):
+def _inputs(case, rng, precision="float64", descales=None):
     """q, k, v in the case's dtype (or the claimed precision's), and the oracle's keyword arguments
-    (without causal)."""
+    (without causal). ``descales`` (a dict, FP8 claims of a callable that takes them): filled with
+    ``q_descale``, ``k_descale``, ``v_descale``, one power of two per tensor, and ``q, k, v`` are then
+    the FP8 codes ``rd(x / descale)`` (FlashAttention 3's ``q_descale`` convention: the value is
+    ``code * descale``)."""
     b = case.batch
     # s q.k with q, k ~ N(0, I_H), s = 1/sqrt(H) has standard deviation 1: scale q by logit_std
     q = rng.standard_normal(b + (case.T, case.H)) * case.logit_std
@@ -196,6 +200,11 @@ def _inputs(case, rng, precision="float64"):
         if case.empty:
             mask[[1, case.T - 2]] = False  # ... but two, which see none
         kw["mask"] = mask
+    if descales is not None:  # codes at a quarter of the format's range: a power of two per tensor, exact
+        for name, a in (("q", q), ("k", k), ("v", v)):
+            top = float(np.max(np.abs(a), initial=0.0))
+            descales[f"{name}_descale"] = float(2.0 ** np.ceil(np.log2(top / (largest(precision) / 4)))) if top else 1.0
+        q, k, v = (a / descales[f"{n}_descale"] for n, a in (("q", q), ("k", k), ("v", v)))
     if precision != "float64":
         return tuple(as_given(a, precision) for a in (q, k, v)), kw
     return tuple(a.astype(case.dtype) for a in (q, k, v)), kw
@@ -216,12 +225,16 @@ def _softmax_query_axis(q, k, v, scale, *, causal=None, mask=None):
     return p @ v.astype(np.float64)
 
 
-def _candidates(case, q, k, v, kw, alignment):
-    """(fault, oracle output under that fault) pairs for the diagnosis."""
+def _candidates(case, q, k, v, kw, alignment, fp8=None):
+    """(fault, oracle output under that fault) pairs for the diagnosis; ``fp8``: the format of an FP8
+    claim (its faults: a descale factor lost, the probabilities saturated in their cast)."""
     H = q.shape[-1]
     s = 1.0 / np.sqrt(H)
-    out = [("scale 1 instead of 1/sqrt(H)", dict(kw, scale=1.0)),
-           ("scale 1/H instead of 1/sqrt(H)", dict(kw, scale=1.0 / H))]
+    scale0 = kw.get("scale", s)  # 1/sqrt(H), times the descales of q and k (FP8 codes)
+    out = [] if fp8 is None else [(f"the logits' scale off by 2^{j} (a descale factor ignored, or applied twice?)",
+                                   dict(kw, scale=scale0 * 2.0 ** j)) for j in range(-8, 9) if j]
+    out += [("scale 1 instead of 1/sqrt(H)", dict(kw, scale=scale0 * np.sqrt(H))),
+            ("scale 1/H instead of 1/sqrt(H)", dict(kw, scale=scale0 / np.sqrt(H)))]
     if "window" in kw:
         left, right = kw["window"]
         out.append(("window_size read as (right, left)", dict(kw, window=(right, left))))
@@ -233,7 +246,7 @@ def _candidates(case, q, k, v, kw, alignment):
     padded = -(-H // 8) * 8  # head dims padded to a multiple of 8 (tensor-core tiles)
     if padded != H:
         out.append((f"scale 1/sqrt({padded}) of the padded head dim instead of 1/sqrt({H})",
-                    dict(kw, scale=1.0 / np.sqrt(padded))))
+                    dict(kw, scale=scale0 * np.sqrt(H / padded))))
     if "causal" in kw:
         other = "top_left" if alignment == "bottom_right" else "bottom_right"
         out.append((f"the other causal alignment ({other})", dict(kw, causal=other)))
@@ -250,8 +263,14 @@ def _candidates(case, q, k, v, kw, alignment):
     Hv = v.shape[-1]
     if Hv != H:
         out.append((f"scale 1/sqrt(max(H, Hv)) = 1/sqrt({max(H, Hv)}) instead of 1/sqrt(H)",
-                    dict(kw, scale=1.0 / np.sqrt(max(H, Hv)))))
+                    dict(kw, scale=scale0 * np.sqrt(H / max(H, Hv)))))
     results = [(name, softmax_attention(q, k, v, **okw)) for name, okw in out]
+    if fp8 is not None:
+        p = attention_probabilities(q, k, **kw)
+        for times in (512, 1024, 2048, 4096):
+            cap = largest(fp8) / times
+            results.append((f"P saturated: probabilities above {largest(fp8):g} / {times} clipped (P scaled by "
+                            f"{times} before a saturating {fp8} cast)", np.minimum(p, cap) @ v))
     results.append(("softmax over the query axis instead of the key axis",
                     _softmax_query_axis(q, k, v, s, **{a: b for a, b in kw.items() if a in ("causal", "mask")})))
     for block in (16, 32, 64, 128):
@@ -397,7 +416,8 @@ def _poisoned(a, pad, value):
 
 def check_exact(run, *, alignment="bottom_right", precision="float64", layout="TH", gqa=False,
                 self_attention=False, equal_head_dims=False, sizes=DEFAULT_SIZES, head_dims=DEFAULT_HEAD_DIMS,
-                empty_rows="zeros", probe_head_dims=False, determinism=False, batch_invariance=False, num_splits=None):
+                empty_rows="zeros", probe_head_dims=False, determinism=False, batch_invariance=False, num_splits=None,
+                p_scale=None):
     """Run the grid on ``run.fn``; one verdict per case. ``precision``: the claimed compute precision;
     ``layout``: how the callable takes its arrays; ``gqa``: ``k``, ``v`` have fewer heads than ``q``
     (``KV_HEADS`` of ``HEADS``); ``self_attention``: the callable takes ``T = S`` only;
@@ -411,7 +431,16 @@ def check_exact(run, *, alignment="bottom_right", precision="float64", layout="T
     ``num_splits``: split counts the callable takes as ``num_splits=`` (a split-KV kernel); every case
     runs at each, and each must pass on its own (the result may not depend on the count beyond
     rounding). ``determinism``, ``batch_invariance``: also the bit-level checks of
-    [`refattn.check.repeatable`][refattn.check.repeatable]."""
+    [`refattn.check.repeatable`][refattn.check.repeatable].
+
+    FP8 claims (``precision`` ``"float8_e4m3fn"``, ``"float8_e5m2"``): the callable gets the inputs as
+    ``ml_dtypes`` FP8 arrays and, when it takes ``q_descale=``, ``k_descale=``, ``v_descale=``, their
+    per-tensor descale factors (float32 scalars, powers of two; the value is ``code * descale``);
+    without them a case whose values exceed the format is skipped. It is judged by the rule at its
+    [`recipe`][refattn.precision.recipe]: ``P`` scaled by ``p_scale`` (default 2^8, FlashAttention 3's)
+    before its cast, the output in bfloat16. A case within a bound at least as large as its output's
+    largest magnitude (an output of zeros would pass) is not judged, said so; a run in which no case
+    could be judged is INCONCLUSIVE."""
     if alignment not in ("bottom_right", "top_left"):
         raise InputError(f"alignment: expected 'bottom_right' or 'top_left', got {alignment!r}")
     if layout not in LAYOUTS:
@@ -421,12 +450,15 @@ def check_exact(run, *, alignment="bottom_right", precision="float64", layout="T
     if empty_rows not in EMPTY_ROWS:
         raise InputError(f"empty_rows: expected one of {EMPTY_ROWS}, got {empty_rows!r}")
     takes = {name: run.accepts(name) for name in ("causal", "mask")}
+    fp8 = precision in STORAGE_PRECISIONS
+    takes_descales = fp8 and all(run.accepts(f"{n}_descale") for n in "qkv")
     if num_splits and not run.accepts("num_splits"):
         run.add(Verdict("num_splits", False, "fn takes no num_splits= keyword, yet split counts were given "
                         "(--num-splits)"))
         return
     rng = np.random.default_rng([run.report.seed, 3])
     group = HEADS // KV_HEADS if gqa else 1
+    judged = 0
     for case in grid(sizes, head_dims):
         if precision != "float64" and case.dtype != np.float64:
             continue  # the low-precision input cases of a float64 claim: every case is at the claim here
@@ -443,13 +475,21 @@ def check_exact(run, *, alignment="bottom_right", precision="float64", layout="T
             continue  # leading batch dims: the layout's own batch and heads axes cover them
         if layout != "TH":
             case = replace(case, batch=(BATCH, HEADS) if layout in ("BNTH", "BTNH") else (BATCH, 1))
-        (q, k, v), kw = _inputs(case, rng, precision)
+        descales = {} if fp8 and takes_descales else None
+        try:
+            (q, k, v), kw = _inputs(case, rng, precision, descales)
+        except InputError as e:  # an FP8 claim without descale factors: values beyond the format's range
+            run.skip(case.name, f"{e}; a kernel that takes q_descale=, k_descale=, v_descale= gets them scaled")
+            continue
         if self_attention and case.S != case.T:
             continue
         call_kw = _call_kwargs(kw)
         if case.causal:
             call_kw["causal"] = True
             kw["causal"] = alignment
+        if descales:  # the oracle on the codes: the descales of q and k are the logits' scale, v's the output's
+            call_kw.update((n, np.float32(d)) for n, d in descales.items())
+            kw["scale"] = descales["q_descale"] * descales["k_descale"] / np.sqrt(case.H)
         if case.option == "return_lse":
             call_kw["return_lse"] = True
         pad = _padding(kw, k)
@@ -457,7 +497,7 @@ def check_exact(run, *, alignment="bottom_right", precision="float64", layout="T
         outcome = None
         for splits in num_splits or (None,):  # each split count a kernel claims to take, judged on its own
             ckw = call_kw if splits is None else dict(call_kw, num_splits=splits)
-            args = (case, q, k, v, kw, ckw, layout, group, alignment, precision, empty_rows)
+            args = (case, q, k, v, kw, ckw, layout, group, alignment, precision, empty_rows, p_scale)
             got = _run_poisoned(run, case, args, k, v, pad, passes)
             if splits is not None and isinstance(got, Verdict) and not got.passed:
                 got = replace(got, meaning=f"at num_splits={splits}: {got.meaning}", effect=f"num_splits={splits}")
@@ -470,8 +510,12 @@ def check_exact(run, *, alignment="bottom_right", precision="float64", layout="T
             outcome = replace(outcome, meaning=f"{outcome.meaning}; at num_splits {', '.join(map(str, num_splits))}")
         if isinstance(outcome, Verdict):
             run.add(outcome)
+            judged += outcome.passed is not None and case.S > 0  # a case with keys, judged (not powerless)
         else:
             _problem(run, case, outcome, batched=layout == "TH", probe=probe_head_dims)
+    if fp8 and not judged:
+        run.add(Verdict("FP8 power", None, f"no case could tell a wrong output from a right one at {precision}: "
+                        "every bound was at least its output's size", inconclusive=True))
     bits = dict(layout=layout, heads=HEADS if layout in ("BNTH", "BTNH") else 1, call_kw={},
                 dtype=given_dtype(precision), to_layout=_to_layout, from_layout=_from_layout)
     if determinism:
@@ -502,10 +546,14 @@ def _run_poisoned(run, case, args, k, v, pad, passes):
     return outcome
 
 
-def _run_case(run, case, q, k, v, kw, call_kw, layout, group, alignment, precision, empty_rows, *, k_call, v_call):
+def _run_case(run, case, q, k, v, kw, call_kw, layout, group, alignment, precision, empty_rows, p_scale=None, *,
+              k_call, v_call):
     """Call ``fn`` on one case (with ``k_call``, ``v_call``: the keys and values it is given) and judge it
-    against the oracle on ``q, k, v``: the case's verdict, or the call's problem."""
+    against the oracle on ``q, k, v``: the case's verdict, or the call's problem. With descale factors
+    (FP8) ``q, k, v`` are codes and the output is judged in ``v``'s code units (divided by ``v_descale``,
+    a power of two: exact)."""
     lse = case.option == "return_lse"
+    per_v = float(call_kw.get("v_descale", 1.0))
     if layout == "TH":
         shape = case.batch + (case.T, case.Hv)
         out, problem = run.call((q, k_call, v_call), call_kw, shape=[shape, shape[:-1]] if lse else shape,
@@ -517,7 +565,8 @@ def _run_case(run, case, q, k, v, kw, call_kw, layout, group, alignment, precisi
             failed = _judge_lse(case, lse_out, q, k, v, kw, alignment, precision)
             if failed is not None:
                 return failed
-        return _judge(case, out, q, k, v, kw, alignment, precision, empty_rows)
+        return _in_real_units(_judge(case, np.asarray(out, np.float64) / per_v, q, k, v, kw, alignment, precision,
+                                     empty_rows, p_scale), per_v)
     kh, vh = k[:, ::group], v[:, ::group]  # (B, N / group, S, .): the key/value heads
     kc, vc = k_call[:, ::group], v_call[:, ::group]
     want = _to_layout(np.empty(q.shape[:-1] + (case.Hv,)), layout).shape
@@ -533,8 +582,18 @@ def _run_case(run, case, q, k, v, kw, call_kw, layout, group, alignment, precisi
         failed = _judge_lse(case, lse_c, q, k_full, v_full, kw, alignment, precision)
         if failed is not None:
             return failed
-    return _judge_heads(case, _from_layout(out, layout), q, k_full, v_full, kw, alignment, precision, group,
-                        empty_rows)
+    return _in_real_units(_judge_heads(case, np.asarray(_from_layout(out, layout), np.float64) / per_v, q, k_full,
+                                       v_full, kw, alignment, precision, group, empty_rows, p_scale), per_v)
+
+
+def _in_real_units(verdict, per_v):
+    """A verdict judged in ``v``'s code units, its error and bound stated in the output's units."""
+    if per_v == 1.0 or verdict.statistic is None:
+        return verdict
+    stat, bound = verdict.statistic * per_v, verdict.bound * per_v
+    return replace(verdict, statistic=stat, bound=bound, effect=verdict.effect.replace(
+        f"max err {verdict.statistic:.2g}", f"max err {stat:.2g}"),
+        meaning=f"{verdict.meaning} (descales: judged on the codes, in the output's units)")
 
 
 def _problem(run, case, problem, batched=True, probe=False):
@@ -568,20 +627,23 @@ def _empty_rows_fault(out, empty, convention):
     return None
 
 
-def _assess(case, out, q, k, v, kw, alignment, precision="float64", empty_rows="zeros"):
+def _assess(case, out, q, k, v, kw, alignment, precision="float64", empty_rows="zeros", p_scale=None):
     """``(result, meaning, fault)``: the rule on the rows that see a key, the stated convention on the
     rows that see none, and the diagnosis when either fails (else fault None)."""
-    _, lse = softmax_attention(q, k, v, return_lse=True, **kw)
+    ref, lse = softmax_attention(q, k, v, return_lse=True, **kw)
     seen = np.isfinite(lse)  # (..., T): rows that see at least one key
     claimed = _claimed(case, precision)
-    res = check_attention_output(out, q, k, v, precision=claimed, rows=seen, **kw)
+    recipe = {"p_scale": p_scale} if p_scale is not None else {}
+    res = check_attention_output(out, q, k, v, precision=claimed, rows=seen, **recipe, **kw)
+    # powerless (an FP8 bound as large as the output: zeros would pass): not judged, never a PASS
+    powerless = claimed in STORAGE_PRECISIONS and seen.any() and res.bound >= float(np.max(np.abs(ref[seen])))
     meaning = f"the tolerance rule vs the float64 oracle ({np.dtype(case.dtype).name if precision == 'float64' else precision} inputs" + (
         f", claimed {precision} compute)" if precision != "float64" else ")")
     empty_fault = _empty_rows_fault(out, ~seen, empty_rows)
     if res.passed and empty_fault is None:
-        return res, meaning, None
+        return res, meaning, None, powerless
     if res.passed:
-        return res, meaning, empty_fault
+        return res, meaning, empty_fault, False
     o = np.asarray(out, dtype=np.float64)
     nonfinite = ~np.isfinite(o[seen])
     if nonfinite.any():
@@ -591,20 +653,31 @@ def _assess(case, out, q, k, v, kw, alignment, precision="float64", empty_rows="
             fault += (f": overflow (logits up to {top:.3g}; missing max subtraction before exp, in the softmax or "
                       "in a split-KV merge's exp(lse_c)?)")
     else:
-        matches = [name for name, cand in _candidates(case, q, k, v, kw, alignment)
+        matches = [name for name, cand in _candidates(case, q, k, v, kw, alignment,
+                                                      claimed if claimed in STORAGE_PRECISIONS else None)
                    if float(np.max(np.abs(o[seen] - cand[seen]), initial=0.0)) <= res.bound]
         fault = f"looks like: {matches[0]}" if matches else _precision_diagnosis(out, q, k, v, kw, seen, claimed)
-    return res, meaning, fault
+    return res, meaning, fault, False
 
 
-def _judge(case, out, q, k, v, kw, alignment, precision="float64", empty_rows="zeros"):
+def _judge(case, out, q, k, v, kw, alignment, precision="float64", empty_rows="zeros", p_scale=None):
     """The case's verdict (one problem)."""
-    res, meaning, fault = _assess(case, out, q, k, v, kw, alignment, precision, empty_rows)
+    res, meaning, fault, powerless = _assess(case, out, q, k, v, kw, alignment, precision, empty_rows, p_scale)
+    if powerless and fault is None:
+        return _powerless(case, res, meaning)
     return Verdict(case.name, fault is None, meaning if fault is None else f"{meaning}; {fault}",
                    statistic=res.error, bound=res.bound, effect=f"max err {res.error:.2g}")
 
 
-def _judge_heads(case, out, q, k, v, kw, alignment, precision, group, empty_rows="zeros"):
+def _powerless(case, res, meaning):
+    """A case within its bound whose bound is at least the output's size (an output of zeros would pass):
+    not judged, said so (a run in which no case could be judged is INCONCLUSIVE)."""
+    return Verdict(case.name, None, "not judged: its bound is at least the output's largest magnitude, so an "
+                   f"output of zeros would pass ({meaning})", statistic=res.error,
+                   bound=res.bound, effect=f"max err {res.error:.2g}")
+
+
+def _judge_heads(case, out, q, k, v, kw, alignment, precision, group, empty_rows="zeros", p_scale=None):
     """Head by head on canonical ``(B, N, T, .)`` arrays (``k``, ``v`` already repeated to ``N`` heads):
     the case passes iff every head passes; the verdict names the worst head."""
     heads = list(np.ndindex(*out.shape[:2]))
@@ -614,19 +687,21 @@ def _judge_heads(case, out, q, k, v, kw, alignment, precision, group, empty_rows
                     else b) for a, b in kw.items()}
 
     assessed = [(idx, *_assess(case, out[idx], q[idx], k[idx], v[idx], head_kw(idx), alignment, precision,
-                               empty_rows)) for idx in heads]
-    idx, res, meaning, fault = max(assessed, key=lambda a: a[1].error / a[1].bound if a[1].bound else np.inf)
+                               empty_rows, p_scale)) for idx in heads]
+    idx, res, meaning, fault, _ = max(assessed, key=lambda a: a[1].error / a[1].bound if a[1].bound else np.inf)
     meaning = meaning.replace("the float64 oracle", "the float64 oracle, head by head")
     if all(a[3] is None for a in assessed):
+        if any(a[4] for a in assessed):
+            return _powerless(case, next(a[1] for a in assessed if a[4]), meaning)
         return Verdict(case.name, True, meaning, statistic=res.error, bound=res.bound,
                        effect=f"max err {res.error:.2g} at head {idx}")
-    idx, res, meaning_f, fault = next(a for a in assessed if a[3] is not None)
+    idx, res, meaning_f, fault, _ = next(a for a in assessed if a[3] is not None)
     if group > 1:  # grouped-query heads mapped by h mod N_kv instead of h // group
         n_kv = q.shape[1] // group
         tiled = softmax_attention(q, np.tile(k[:, ::group], (1, group, 1, 1)), np.tile(v[:, ::group], (1, group, 1, 1)),
                                   **kw)
         if n_kv < q.shape[1] and all(float(np.max(np.abs(np.asarray(out[h], np.float64) - tiled[h]), initial=0.0))
-                                     <= a_res.bound for h, a_res, _, _ in assessed):
+                                     <= a_res.bound for h, a_res, _, _, _ in assessed):
             fault = "looks like: key/value heads interleaved (h mod N_kv) instead of grouped (h // group)"
     return Verdict(case.name, False, f"{meaning}; {fault} (head {idx})", statistic=res.error, bound=res.bound,
                    effect=f"max err {res.error:.2g} at head {idx}")

@@ -14,7 +14,8 @@ fails the named check) measure the merge kind's false alarms and power.
 in plain NumPy, with ``fault`` planting one of `VARLEN_FAULTS`; `CORRECT_VARLEN` and `VARLEN_BUGS`
 do the same for the varlen kind, [`paged_kernel`][refattn.check.serving_bugs.paged_kernel] (flash-attn's
 ``flash_attn_with_kvcache`` with a block table, `PAGED_FAULTS`), `CORRECT_PAGED` and `PAGED_BUGS`
-for the paged kind.
+for the paged kind, and [`fp8_forward`][refattn.check.serving_bugs.fp8_forward] (FlashAttention 3's FP8
+forward, `FP8_FAULTS`), `CORRECT_FP8` and `FP8_BUGS` for FP8 claims of the exact kind.
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ from functools import partial
 import numpy as np
 
 from refattn.check.bugs import Bug
+from refattn.precision import largest, precision_of, round_to
 
 __all__ = ["MERGE_FAULTS", "merge_kernel", "CORRECT_MERGES", "MERGE_BUGS", "VARLEN_FAULTS", "varlen_kernel",
-           "CORRECT_VARLEN", "VARLEN_BUGS", "PAGED_FAULTS", "paged_kernel", "CORRECT_PAGED", "PAGED_BUGS"]
+           "CORRECT_VARLEN", "VARLEN_BUGS", "PAGED_FAULTS", "paged_kernel", "CORRECT_PAGED", "PAGED_BUGS",
+           "FP8_FAULTS", "fp8_forward", "fp8_without_descales", "CORRECT_FP8", "FP8_BUGS"]
 
 MERGE_FAULTS = ("", "lse_max unguarded", "exp(lse) without the max", "lse strides of the other layout",
                 "+inf read as a value", "lse read in the other base", "lse as the max")
@@ -303,4 +306,68 @@ PAGED_BUGS = {
         _p("appended tokens not attended"), "paged", {}, "3 appended tokens per item, causal",
         "planted: k, v written but cache_seqlens not advanced",
         "the new tokens are written into the pages but the attention runs over the old length"),
+}
+
+
+# --- FP8 attention ----------------------------------------------------------------------------
+FP8_FAULTS = ("", "P cast without its scale", "P scaled past the format", "k_descale ignored")
+
+
+def fp8_forward(q, k, v, causal=False, q_descale=None, k_descale=None, v_descale=None, *, p_scale=256.0, fault=""):
+    """FlashAttention 3's FP8 forward in plain NumPy: ``q, k, v`` FP8 codes (``ml_dtypes`` arrays) with
+    per-tensor descale factors (the value is ``code * descale``; None: 1), the logits and the softmax in
+    float32, ``P`` scaled by ``p_scale`` and cast to the inputs' FP8 format before the second product
+    (in float32), the output divided by ``p_scale``, multiplied by ``v_descale`` and written in bfloat16
+    (returned as float32 values, as NumPy has no bfloat16). Causal bottom-right.
+    ``fault``: one of `FP8_FAULTS` (``"P scaled past the format"``: ``p_scale`` 1024 with a saturating
+    cast, flash-attention #2717's e4m3 saturation)."""
+    if fault not in FP8_FAULTS:
+        raise ValueError(f"fault: expected one of {FP8_FAULTS}, got {fault!r}")
+    fmt = precision_of(np.asarray(q), "q")
+    dq, dk, dv = (np.float32(1.0 if d is None else d) for d in (q_descale, k_descale, v_descale))
+    if fault == "k_descale ignored":
+        dk = np.float32(1.0)
+    qf, kf, vf = (np.asarray(a, np.float32) for a in (q, k, v))
+    logits = (qf @ np.swapaxes(kf, -1, -2)) * np.float32(dq * dk / np.sqrt(q.shape[-1]))  # (..., T, S)
+    T, S = logits.shape[-2:]
+    if causal:
+        logits = np.where(np.arange(S)[None, :] <= np.arange(T)[:, None] + S - T, logits, np.float32(-np.inf))
+    top = np.max(logits, axis=-1, keepdims=True, initial=-np.inf)
+    e = np.exp(logits - np.where(np.isfinite(top), top, np.float32(0)))
+    den = e.sum(axis=-1, keepdims=True)
+    p = np.where(den > 0, e / np.where(den > 0, den, 1), np.float32(0)).astype(np.float32)
+    scale = np.float32({"P cast without its scale": 1.0, "P scaled past the format": 1024.0}.get(fault, p_scale))
+    x = p * scale
+    if fault == "P scaled past the format":
+        x = np.minimum(x, np.float32(largest(fmt)))  # a saturating cast
+    p8 = round_to(x, fmt, "P").astype(np.float32)
+    out = (p8 @ vf) / scale * dv
+    return round_to(out, "bfloat16", "out").astype(np.float32)
+
+
+def fp8_without_descales(q, k, v, causal=False):
+    """`fp8_forward` for codes that are the values (a kernel that takes no descale factors)."""
+    return fp8_forward(q, k, v, causal)
+
+
+def _8(fault):
+    return partial(fp8_forward, fault=fault)
+
+
+#: FlashAttention 3's FP8 forward, e4m3 and e5m2, with and without descale factors.
+CORRECT_FP8 = {
+    "fp8: e4m3 with descales": Bug(fp8_forward, "exact", {"precision": "float8_e4m3fn"}),
+    "fp8: e5m2 with descales": Bug(fp8_forward, "exact", {"precision": "float8_e5m2"}),
+    "fp8: e4m3, no descales": Bug(fp8_without_descales, "exact", {"precision": "float8_e4m3fn"}),
+}
+
+FP8_BUGS = {
+    "fp8: P saturated past the format": Bug(
+        _8("P scaled past the format"), "exact", {"precision": "float8_e4m3fn"}, "logits far apart",
+        "flash-attention #2717 (FP8 e4m3 P saturation)",
+        "P scaled by 1024 before a saturating e4m3 cast: every probability above 448 / 1024 is clipped, so a "
+        "peaked row loses most of its weight"),
+    "fp8: k_descale ignored": Bug(
+        _8("k_descale ignored"), "exact", {"precision": "float8_e4m3fn"}, "T != S",
+        "planted: one descale factor dropped", "the logits computed from q's and k's codes with q's descale only"),
 }

@@ -36,7 +36,8 @@ from refattn.check.isolation import default_memory_limit
 from refattn.check.merge import LSE_LAYOUTS, MERGE_PRECISIONS
 from refattn.paged import PAGED_LAYOUTS
 from refattn.splitkv import EMPTY_LSE, LSE_BASES
-from refattn.precision import PRECISIONS
+from refattn.precision import PRECISIONS, STORAGE_PRECISIONS, recipe
+from refattn.tolerance import CLAIMS
 
 __all__ = ["Option", "OPTIONS", "CheckSpec", "KINDS", "DEFAULT_DRAWS", "DEFAULT_TIMEOUT", "add_arguments"]
 
@@ -176,10 +177,13 @@ OPTIONS = (
     Option("alignment", "--alignment", GRIDS, "bottom_right", _choice(("bottom_right", "top_left")),
            "what causal=True means for the callable (exact, backward)", dict(choices=("bottom_right", "top_left")),
            _always("--alignment")),
-    Option("precision", "--precision", DETERMINISTIC, "float64", _choice(PRECISIONS),
-           "the precision the callable computes in (exact, backward, merge, varlen, paged; merge's default float32): "
-           "judged at that precision",
-           dict(choices=PRECISIONS), _always("--precision"), what="a precision claim"),
+    Option("precision", "--precision", DETERMINISTIC, "float64", _choice(CLAIMS),
+           "the precision the callable computes in (exact, backward, merge, varlen, paged; merge's default float32; "
+           "the FP8 formats: exact): judged at that precision",
+           dict(choices=CLAIMS), _always("--precision"), what="a precision claim"),
+    Option("p_scale", "--p-scale", ("exact",), None, _optional(_real),
+           "an FP8 kernel's scale of P before its cast, a power of two (default 256, FlashAttention 3's; 1: unscaled)",
+           dict(type=float), _if_set("--p-scale", lambda a: f"{a:g}"), what="an FP8 recipe"),
     Option("layout", "--layout", GRIDS, "TH", _choice(LAYOUTS),
            "how the callable takes its arrays (exact, backward): T tokens, H features, B batch, N heads",
            dict(choices=LAYOUTS), _always("--layout"), what="a layout claim"),
@@ -290,6 +294,13 @@ def _kinds_text(kinds):
 
 def _rules(kind, v):
     """The rules that tie options together (each option is already valid on its own)."""
+    if v["precision"] in STORAGE_PRECISIONS and kind != "exact":
+        raise InputError(f"precision: FP8 claims are judged by the exact kind, not {kind!r}")
+    if v["p_scale"] is not None:
+        if v["precision"] not in STORAGE_PRECISIONS:
+            raise InputError(f"p_scale: an FP8 kernel's recipe (precision float8_e4m3fn or float8_e5m2), not "
+                             f"{v['precision']!r}")
+        recipe(v["precision"], p_scale=v["p_scale"])  # a power of two within the format
     if v["A"] is not None and v["method"] != "favorpp":
         raise InputError(f"A: FAVOR++'s parameter applies to kind 'kernel' with method 'favorpp', not "
                          f"{kind!r}/{v['method']!r}")
