@@ -104,7 +104,7 @@ ENTRY_POINTS: dict[str, Entry] = {e.fn: e for e in [
     _e("refattn.exact:attention_backward", {**QKV, "dout": ("farray", DOUT)},
        {**ATTN_OPTS, "sinks": ("opt_farray", None), "sink_tokens": ("int", 0), "dlse": ("farray", DLSE),
         "dtype": ("dtype", None)}),
-    _e("refattn.exact:forward_error_bound", QKV, {**ATTN_OPTS, "dtype": ("dtype", None)}),
+    _e("refattn.exact:forward_error_bound", QKV, {**ATTN_OPTS, "dtype": ("dtype", None), "p_scale": ("opt_pfloat", None)}),
     _e("refattn.mpmath_oracle:softmax_attention_mp", QKV, {**ATTN_OPTS, "dps": ("int", 30), "as_float": ("bool", True)}),
     _e("refattn.mpmath_oracle:attention_backward_mp", {**QKV, "dout": ("farray", DOUT)}, {"dps": ("int", 30)}),
     _e("refattn.varlen:varlen_attention", {"q": ("farray", PQ), "k": ("farray", PK), "v": ("farray", PV),
@@ -141,8 +141,9 @@ ENTRY_POINTS: dict[str, Entry] = {e.fn: e for e in [
     _e("refattn.precision:compute_type", {"precision": ("precision", "float16")}),
     _e("refattn.precision:store", {"a": ("farray", Q), "precision": ("precision", "float16")}, expect_neg_inf=True,
        inf_fails=True),  # overflow to +-inf is its documented result (a kernel's store)
-    _e("refattn.precision:recipe", {"precision": ("precision", "bfloat16")},
-       {"accumulate": ("precision", "float32"), "round_logits": ("bool", False), "round_output": ("bool", True)}),
+    _e("refattn.precision:recipe", {"precision": ("precision", "float8_e4m3fn")},
+       {"accumulate": ("precision", "float32"), "round_logits": ("bool", False), "round_output": ("bool", True),
+        "p_scale": ("opt_pfloat", None), "output": ("precision", "bfloat16")}),
     # the tolerance rule
     _e("refattn.tolerance:compare", {"actual": ("farray", V), "ref64": ("farray", V), "ref_lo": ("farray", V)},
        {"allowance": ("nnfloat", 0.0)}, asserts=True),
