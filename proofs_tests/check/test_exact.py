@@ -400,12 +400,18 @@ def test_an_fp8_claim_hands_over_fp8_codes_and_their_descales(seed):
     seen = []
 
     def spy(q, k, v, causal=False, q_descale=None, k_descale=None, v_descale=None):
-        seen.append((q.dtype.name, k.dtype.name, [np.frexp(d)[0] for d in (q_descale, k_descale, v_descale)]))
+        seen.append((q.dtype.name, k.dtype.name, [np.frexp(d)[0] for d in (q_descale, k_descale, v_descale)],
+                     [np.shape(d) for d in (q_descale, k_descale, v_descale)], np.unique(q_descale).size))
         return fp8_forward(q, k, v, causal, q_descale, k_descale, v_descale)
 
     rep = check(spy, "exact", precision="float8_e4m3fn", seed=seed, isolate=False)
     assert rep.result == "PASS" and seen, rep.format_table()
-    assert all(s[0] == s[1] == "float8_e4m3fn" and s[2] == [0.5, 0.5, 0.5] for s in seen)  # powers of two
+    assert all(s[0] == s[1] == "float8_e4m3fn" and np.all(np.concatenate([np.ravel(m) for m in s[2]]) == 0.5)
+               and s[3] == [(), (), ()] for s in seen)  # float32 scalars, powers of two
+    seen.clear()
+    rep = check(spy, "exact", precision="float8_e4m3fn", layout="BNTH", gqa=True, seed=seed, isolate=False)
+    assert rep.result == "PASS" and seen, rep.format_table()
+    assert all(s[3] == [(2, 2)] * 3 and s[4] == 2 for s in seen)  # (B, kv_heads), q's at two values
     plain = check(fp8_without_descales, "exact", precision="float8_e4m3fn", seed=seed, isolate=False)
     skipped = {v.check: v.meaning for v in plain.verdicts if v.passed is None and not v.inconclusive}
     assert plain.result == "PASS" and "q_descale=" in skipped["logits far apart"], plain.format_table()

@@ -435,7 +435,9 @@ def check_exact(run, *, alignment="bottom_right", precision="float64", layout="T
 
     FP8 claims (``precision`` ``"float8_e4m3fn"``, ``"float8_e5m2"``): the callable gets the inputs as
     ``ml_dtypes`` FP8 arrays and, when it takes ``q_descale=``, ``k_descale=``, ``v_descale=``, their
-    per-tensor descale factors (float32 scalars, powers of two; the value is ``code * descale``);
+    descale factors (powers of two; the value is ``code * descale``): float32 scalars, or with a heads
+    layout FlashAttention 3's float32 ``(B, kv_heads)`` arrays, ``q_descale`` different at every other
+    head (`_per_head_descales`);
     without them a case whose values exceed the format is skipped. It is judged by the rule at its
     [`recipe`][refattn.precision.recipe]: ``P`` scaled by ``p_scale`` (default 2^8, FlashAttention 3's)
     before its cast, the output in bfloat16. A case within a bound at least as large as its output's
@@ -476,6 +478,7 @@ def check_exact(run, *, alignment="bottom_right", precision="float64", layout="T
         if layout != "TH":
             case = replace(case, batch=(BATCH, HEADS) if layout in ("BNTH", "BTNH") else (BATCH, 1))
         descales = {} if fp8 and takes_descales else None
+        q_call = None  # the queries the callable gets, when not those the oracle judges on
         try:
             (q, k, v), kw = _inputs(case, rng, precision, descales)
         except InputError as e:  # an FP8 claim without descale factors: values beyond the format's range
@@ -488,7 +491,12 @@ def check_exact(run, *, alignment="bottom_right", precision="float64", layout="T
             call_kw["causal"] = True
             kw["causal"] = alignment
         if descales:  # the oracle on the codes: the descales of q and k are the logits' scale, v's the output's
-            call_kw.update((n, np.float32(d)) for n, d in descales.items())
+            if layout in ("BNTH", "BTNH"):
+                q_call = q
+                q, per_head = _per_head_descales(q, descales, group)
+                call_kw.update(per_head)
+            else:
+                call_kw.update((n, np.float32(d)) for n, d in descales.items())
             kw["scale"] = descales["q_descale"] * descales["k_descale"] / np.sqrt(case.H)
         if case.option == "return_lse":
             call_kw["return_lse"] = True
@@ -497,7 +505,7 @@ def check_exact(run, *, alignment="bottom_right", precision="float64", layout="T
         outcome = None
         for splits in num_splits or (None,):  # each split count a kernel claims to take, judged on its own
             ckw = call_kw if splits is None else dict(call_kw, num_splits=splits)
-            args = (case, q, k, v, kw, ckw, layout, group, alignment, precision, empty_rows, p_scale)
+            args = (case, q, k, v, kw, ckw, layout, group, alignment, precision, empty_rows, p_scale, q_call)
             got = _run_poisoned(run, case, args, k, v, pad, passes)
             if splits is not None and isinstance(got, Verdict) and not got.passed:
                 got = replace(got, meaning=f"at num_splits={splits}: {got.meaning}", effect=f"num_splits={splits}")
@@ -546,14 +554,27 @@ def _run_poisoned(run, case, args, k, v, pad, passes):
     return outcome
 
 
-def _run_case(run, case, q, k, v, kw, call_kw, layout, group, alignment, precision, empty_rows, p_scale=None, *,
-              k_call, v_call):
+def _per_head_descales(q, descales, group):
+    """FlashAttention 3's ``(B, kv_heads)`` descales: ``q_descale`` doubled at every other key/value head
+    (a kernel that reads it at the wrong head computes logits twice or half as large), ``k_descale`` and
+    ``v_descale`` the same at every head. Returns the queries the oracle judges on (the codes times the
+    head's factor, exact: the codes lie within a quarter of the format's range) and the descales."""
+    B, N = q.shape[:2]
+    t = 2.0 ** (np.arange(N // group) % 2)  # per key/value head
+    judged = np.asarray(q, np.float64) * np.repeat(t, group)[None, :, None, None]
+    full = {"q_descale": descales["q_descale"] * t, "k_descale": descales["k_descale"] * np.ones_like(t),
+            "v_descale": descales["v_descale"] * np.ones_like(t)}
+    return judged, {n: np.broadcast_to(d, (B, t.size)).astype(np.float32) for n, d in full.items()}
+
+
+def _run_case(run, case, q, k, v, kw, call_kw, layout, group, alignment, precision, empty_rows, p_scale=None,
+              q_call=None, *, k_call, v_call):
     """Call ``fn`` on one case (with ``k_call``, ``v_call``: the keys and values it is given) and judge it
     against the oracle on ``q, k, v``: the case's verdict, or the call's problem. With descale factors
     (FP8) ``q, k, v`` are codes and the output is judged in ``v``'s code units (divided by ``v_descale``,
     a power of two: exact)."""
     lse = case.option == "return_lse"
-    per_v = float(call_kw.get("v_descale", 1.0))
+    per_v = float(np.max(call_kw.get("v_descale", 1.0)))  # the same at every head
     if layout == "TH":
         shape = case.batch + (case.T, case.Hv)
         out, problem = run.call((q, k_call, v_call), call_kw, shape=[shape, shape[:-1]] if lse else shape,
@@ -571,7 +592,8 @@ def _run_case(run, case, q, k, v, kw, call_kw, layout, group, alignment, precisi
     kc, vc = k_call[:, ::group], v_call[:, ::group]
     want = _to_layout(np.empty(q.shape[:-1] + (case.Hv,)), layout).shape
     want_lse = q.shape[:-1] if layout != "BTH" else (q.shape[0], q.shape[2])  # (B, N, T): flash-attn's lse
-    out, problem = run.call(tuple(_to_layout(a, layout) for a in (q, kc, vc)), call_kw,
+    qc = q if q_call is None else q_call
+    out, problem = run.call(tuple(_to_layout(a, layout) for a in (qc, kc, vc)), call_kw,
                             shape=[want, want_lse] if lse else want, finite=False, parts=2 if lse else None)
     if problem is not None:
         return problem

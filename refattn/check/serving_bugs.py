@@ -310,7 +310,8 @@ PAGED_BUGS = {
 
 
 # --- FP8 attention ----------------------------------------------------------------------------
-FP8_FAULTS = ("", "P cast without its scale", "P scaled past the format", "k_descale ignored")
+FP8_FAULTS = ("", "P cast without its scale", "P scaled past the format", "k_descale ignored",
+              "descales read at the query head")
 
 
 def fp8_forward(q, k, v, causal=False, q_descale=None, k_descale=None, v_descale=None, *, p_scale=256.0, fault=""):
@@ -324,11 +325,22 @@ def fp8_forward(q, k, v, causal=False, q_descale=None, k_descale=None, v_descale
     if fault not in FP8_FAULTS:
         raise ValueError(f"fault: expected one of {FP8_FAULTS}, got {fault!r}")
     fmt = precision_of(np.asarray(q), "q")
-    dq, dk, dv = (np.float32(1.0 if d is None else d) for d in (q_descale, k_descale, v_descale))
+    qf, kf, vf = (np.asarray(a, np.float32) for a in (q, k, v))
+    if qf.ndim == 4 and kf.shape[1] != qf.shape[1]:  # (B, N, T, H) with grouped key/value heads
+        kf, vf = (np.repeat(a, qf.shape[1] // a.shape[1], axis=1) for a in (kf, vf))
+
+    def per_head(d):  # a (B, kv_heads) descale at each query head h: kv head h // group (the fault: h % kv_heads)
+        d = np.float32(1.0) if d is None else np.asarray(d, np.float32)
+        if d.ndim != 2:
+            return d
+        n = qf.shape[1]
+        at = np.arange(n) % d.shape[1] if fault == "descales read at the query head" else np.arange(n) // (n // d.shape[1])
+        return d[:, at][..., None, None]
+
+    dq, dk, dv = (per_head(d) for d in (q_descale, k_descale, v_descale))
     if fault == "k_descale ignored":
         dk = np.float32(1.0)
-    qf, kf, vf = (np.asarray(a, np.float32) for a in (q, k, v))
-    logits = (qf @ np.swapaxes(kf, -1, -2)) * np.float32(dq * dk / np.sqrt(q.shape[-1]))  # (..., T, S)
+    logits = (qf @ np.swapaxes(kf, -1, -2)) * (dq * dk / np.float32(np.sqrt(q.shape[-1])))  # (..., T, S)
     T, S = logits.shape[-2:]
     if causal:
         logits = np.where(np.arange(S)[None, :] <= np.arange(T)[:, None] + S - T, logits, np.float32(-np.inf))
@@ -359,6 +371,8 @@ CORRECT_FP8 = {
     "fp8: e4m3 with descales": Bug(fp8_forward, "exact", {"precision": "float8_e4m3fn"}),
     "fp8: e5m2 with descales": Bug(fp8_forward, "exact", {"precision": "float8_e5m2"}),
     "fp8: e4m3, no descales": Bug(fp8_without_descales, "exact", {"precision": "float8_e4m3fn"}),
+    "fp8: e4m3, (B, kv_heads) descales, grouped heads": Bug(fp8_forward, "exact", {"precision": "float8_e4m3fn",
+                                                                                    "layout": "BNTH", "gqa": True}),
 }
 
 FP8_BUGS = {
@@ -370,4 +384,8 @@ FP8_BUGS = {
     "fp8: k_descale ignored": Bug(
         _8("k_descale ignored"), "exact", {"precision": "float8_e4m3fn"}, "T != S",
         "planted: one descale factor dropped", "the logits computed from q's and k's codes with q's descale only"),
+    "fp8: descales read at the query head": Bug(
+        _8("descales read at the query head"), "exact", {"precision": "float8_e4m3fn", "layout": "BNTH", "gqa": True},
+        "T != S", "planted: (B, kv_heads) descales indexed by the query head",
+        "query head h reads the descales of key/value head h % kv_heads instead of h // group"),
 }
