@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from refattn.check import check
+from refattn.check.serving_bugs import (CORRECT_VARLEN_BACKWARD, VARLEN_BACKWARD_BUGS, VARLEN_BACKWARD_FAULTS,
+                                         varlen_backward_kernel)
 from refattn.check.serving_bugs import (CORRECT_FP8, CORRECT_MERGES, CORRECT_PAGED, CORRECT_VARLEN, FP8_BUGS,
                                          FP8_FAULTS, MERGE_BUGS, MERGE_FAULTS, PAGED_BUGS, PAGED_FAULTS, VARLEN_BUGS,
                                          VARLEN_FAULTS, fp8_forward, merge_kernel, paged_kernel, varlen_kernel)
@@ -231,3 +233,54 @@ def test_over_30_seeds_no_false_alarm_and_every_fp8_bug_caught():
         for s in seeds:
             rep = check(b.fn, b.kind, seed=s, isolate=False, **b.options)
             assert (b.fails in {v.check for v in rep.failures}) if b.fails else rep.result == "PASS", (name, s)
+
+
+VARLEN_BACKWARD_DIAGNOSES = {
+    "varlen backward: causal top-left within each sequence": "aligned top-left within each sequence",
+    "varlen backward: dk, dv of one query head per group": "not summed over the group"}
+
+
+def test_the_varlen_backward_kernel_without_a_fault_is_the_oracles():
+    from refattn.varlen import varlen_backward
+
+    rng = np.random.default_rng(6)
+    cu_q, cu_k = np.array([0, 3, 3, 43, 44]), np.array([0, 10, 15, 35, 35])
+    q, k, v = rng.normal(size=(44, 4, 16)), rng.normal(size=(35, 2, 16)), rng.normal(size=(35, 2, 8))
+    dout = rng.normal(size=(44, 4, 8))
+    for kw, okw in (({}, {}), ({"causal": True}, {"causal": True}),
+                    ({"causal": True, "window_size": (5, 0)}, {"causal": True, "window": (5, 0)})):
+        for a, b in zip(varlen_backward_kernel(q, k, v, dout, cu_q, cu_k, 40, 20, **kw),
+                        varlen_backward(q, k, v, dout, cu_q, cu_k, **okw)):
+            np.testing.assert_allclose(a, b, atol=1e-12)
+    used = np.array([4, 5, 11, 0])
+    for a, b in zip(varlen_backward_kernel(q, k, v, dout, cu_q, cu_k, 40, 20, seqused_k=used),
+                    varlen_backward(q, k, v, dout, cu_q, cu_k, seqused_k=used)):
+        np.testing.assert_allclose(a, b, atol=1e-12)
+    with pytest.raises(ValueError, match="fault"):
+        varlen_backward_kernel(q, k, v, dout, cu_q, cu_k, 40, 20, fault="typo")
+
+
+@pytest.mark.parametrize("name", sorted(CORRECT_VARLEN_BACKWARD))
+def test_the_varlen_backwards_without_a_fault_pass_every_check(name, seed):
+    b = CORRECT_VARLEN_BACKWARD[name]
+    rep = check(b.fn, b.kind, seed=seed, isolate=False, **b.options)
+    assert rep.passed, rep.format_table()
+
+
+@pytest.mark.parametrize("name", sorted(VARLEN_BACKWARD_BUGS))
+def test_each_varlen_backward_bug_fails_its_check_with_its_diagnosis(name, seed):
+    b = VARLEN_BACKWARD_BUGS[name]
+    rep = check(b.fn, b.kind, seed=seed, isolate=False, **b.options)
+    failed = {v.check: v.meaning for v in rep.failures}
+    assert b.fails in failed, rep.format_table()
+    assert VARLEN_BACKWARD_DIAGNOSES[name] in failed[b.fails], failed[b.fails]
+    assert {v.fn.keywords["fault"] for v in VARLEN_BACKWARD_BUGS.values()} == set(VARLEN_BACKWARD_FAULTS) - {""}
+
+
+@pytest.mark.slow
+def test_over_30_seeds_no_false_alarm_and_every_varlen_backward_bug_caught():
+    seeds = range(9000, 9000 + int(os.environ.get("REFATTN_CHECK_RUNS", "30")))
+    for name, b in {**CORRECT_VARLEN_BACKWARD, **VARLEN_BACKWARD_BUGS}.items():
+        for s in seeds:
+            rep = check(b.fn, b.kind, seed=s, isolate=False, **b.options)
+            assert (b.fails in {v.check for v in rep.failures}) if b.fails else rep.passed, (name, s)

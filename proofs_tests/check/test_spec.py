@@ -22,6 +22,7 @@ NON_DEFAULT = {  # (merge first: the exact kind's precision is the one other kin
     "backward": dict(alignment="top_left", precision="float32", layout="BTNH", gqa=True, equal_head_dims=True,
                      sizes="small", head_dims=(128,), probe_head_dims=True),
     "varlen": dict(precision="float16", gqa=True, empty_rows="any"),
+    "varlen_backward": dict(precision="float32", gqa=True, empty_rows="any"),
     "paged": dict(precision="bfloat16", gqa=True, empty_rows="any", kv_layout="HND"),
     "kernel": dict(method="favorpp", projection="gaussian", m=32, A=0.05, n_draws=500, max_bias=0.02,
                    max_variance_ratio=0.2),

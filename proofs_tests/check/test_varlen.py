@@ -87,3 +87,28 @@ def test_the_library_adapter_hands_over_flash_attn_varlen_arguments(seed):
     assert all(s[0] == np.int32 and s[1] is int for s in seen) and ["seqused_k"] in [s[2] for s in seen]
     with pytest.raises(ValueError, match="framework"):
         varlen_adapter(spy, framework="cupy")
+
+
+
+def test_the_backward_gets_dout_in_the_packed_layout_and_is_judged_per_sequence(seed):
+    from refattn.check.serving_bugs import varlen_backward_kernel
+
+    seen = []
+
+    def spy(q, k, v, dout, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=False,
+            window_size=(-1, -1), seqused_k=None):
+        seen.append((q.dtype, dout.shape == q.shape[:2] + v.shape[2:], k.shape[1]))
+        return varlen_backward_kernel(q, k, v, dout, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
+                                      window_size, seqused_k)
+
+    rep = check(spy, "varlen_backward", precision="float32", gqa=True, seed=seed, isolate=False)
+    assert rep.passed and not any(v.passed is None for v in rep.verdicts), rep.format_table()
+    assert all(s[0] == np.float32 and s[1] and s[2] == 2 for s in seen)
+
+    def plain(q, k, v, dout, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k):
+        return varlen_backward_kernel(q, k, v, dout, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+
+    rep = check(plain, "varlen_backward", seed=seed, isolate=False)
+    assert rep.passed and any("causal=" in v.meaning for v in rep.verdicts if v.passed is None)
+    with pytest.raises(ValueError, match="precision"):
+        check(plain, "varlen_backward", precision="bfloat16")

@@ -12,6 +12,7 @@ r"""Checking other implementations: exact and statistical verdicts for a user's 
 | backward | ``fn(q, k, v, dout[, causal=, mask=]) -> (dq, dk, dv)`` | [`refattn.check.backward`][refattn.check.backward] |
 | merge | ``fn(outs, lses) -> (out, lse)`` (split-KV states) | [`refattn.check.merge`][refattn.check.merge] |
 | varlen | ``fn(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k[, causal=, window_size=, seqused_k=])`` | [`refattn.check.varlen`][refattn.check.varlen] |
+| varlen_backward | ``fn(q, k, v, dout, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k[, ...]) -> (dq, dk, dv)`` | [`refattn.check.varlen`][refattn.check.varlen] |
 | paged | ``fn(q, k_cache, v_cache[, k=, v=], cache_seqlens=, block_table=[, causal=, window_size=])`` | [`refattn.check.paged`][refattn.check.paged] |
 | kernel | ``fn(q, k, seed[, m=]) -> K_hat (T, S)`` | [`refattn.check.kernel`][refattn.check.kernel] |
 | attention | ``fn(q, k, v, seed[, m=, causal=, key_lengths=]) -> out (T, Hv)`` | [`refattn.check.attention`][refattn.check.attention] |
@@ -39,7 +40,7 @@ from refattn.check.hashing import check_hash
 from refattn.check.isolation import Worker, WorkerError
 from refattn.check.kernel import check_kernel
 from refattn.check.merge import check_merge
-from refattn.check.varlen import check_varlen
+from refattn.check.varlen import check_varlen, check_varlen_backward
 from refattn.check.paged import check_paged
 from refattn.check.loader import LoadFailure, TargetError, describe_target, load_target
 from refattn.check.projection import check_projection
@@ -49,7 +50,7 @@ from refattn.check.verdict import CheckReport, Verdict
 __all__ = ["check", "KINDS", "DEFAULT_DRAWS", "DEFAULT_TIMEOUT", "TargetError", "CheckReport", "Verdict", "CheckSpec"]
 
 #: The function that runs each kind's checks on a `Run`, called with the spec's options for the kind.
-KIND_CHECKS = {"exact": check_exact, "backward": check_backward, "merge": check_merge, "varlen": check_varlen, "paged": check_paged, "kernel": check_kernel, "attention": check_attention,
+KIND_CHECKS = {"exact": check_exact, "backward": check_backward, "merge": check_merge, "varlen": check_varlen, "varlen_backward": check_varlen_backward, "paged": check_paged, "kernel": check_kernel, "attention": check_attention,
                "projection": check_projection, "hash": check_hash}
 
 
@@ -64,7 +65,7 @@ def check(target, kind, **options) -> CheckReport:
 
     Parameters
     ----------
-    kind : {"exact", "backward", "merge", "varlen", "paged", "kernel", "attention", "projection", "hash"}
+    kind : {"exact", "backward", "merge", "varlen", "varlen_backward", "paged", "kernel", "attention", "projection", "hash"}
     method : {"positive", "hyperbolic", "trigonometric", "favorpp"}
         The random-feature estimator ``fn`` implements (kernel, attention; ``favorpp``, FAVOR++,
         for the kernel kind).

@@ -41,6 +41,7 @@ POWER_MARGIN = 1.25
 #: The positional arguments of each kind's callable contract (named in messages).
 ARG_NAMES = {"exact": ("q", "k", "v"), "backward": ("q", "k", "v", "dout"), "merge": ("outs", "lses"),
              "varlen": ("q", "k", "v", "cu_seqlens_q", "cu_seqlens_k", "max_seqlen_q", "max_seqlen_k"),
+             "varlen_backward": ("q", "k", "v", "dout", "cu_seqlens_q", "cu_seqlens_k", "max_seqlen_q", "max_seqlen_k"),
              "paged": ("q", "k_cache", "v_cache"), "kernel": ("q", "k", "seed"), "attention": ("q", "k", "v", "seed"),
              "projection": ("m", "d", "seed"), "hash": ("x", "seed")}
 

@@ -20,7 +20,8 @@ import numpy as np
 
 from refattn.check import check
 from refattn.check.hashing import reference_hash
-from refattn.check.serving_bugs import CORRECT_MERGES, CORRECT_PAGED, CORRECT_VARLEN, MERGE_BUGS, PAGED_BUGS, VARLEN_BUGS
+from refattn.check.serving_bugs import (CORRECT_MERGES, CORRECT_PAGED, CORRECT_VARLEN, CORRECT_VARLEN_BACKWARD, MERGE_BUGS,
+                                        PAGED_BUGS, VARLEN_BACKWARD_BUGS, VARLEN_BUGS)
 from refattn.lsh import hashes as lsh
 from refattn.performer.features import RandomFeatures
 from refattn.performer.projections import gaussian_projection, orthogonal_projection, regular_projection
@@ -268,6 +269,7 @@ CORRECT = {
     "split-KV merge": Planted(CORRECT_MERGES["merge: flash-attn's combine"].fn, "merge"),
     "packed (varlen) attention": Planted(CORRECT_VARLEN["varlen: float64"].fn, "varlen"),
     "paged KV-cache attention": Planted(CORRECT_PAGED["paged: float64"].fn, "paged"),
+    "packed (varlen) backward": Planted(CORRECT_VARLEN_BACKWARD["varlen backward: float64"].fn, "varlen_backward"),
 }
 
 CATALOGUE = {
@@ -356,6 +358,8 @@ CATALOGUE = {
     "merge: exp(lse) without the max": _planted(MERGE_BUGS["merge: exp(lse) without the max"]),
     "varlen: no block-diagonal mask": _planted(VARLEN_BUGS["varlen: no block-diagonal mask"]),
     "paged: the last page read whole": _planted(PAGED_BUGS["paged: the last page read whole"]),
+    "varlen backward: causal top-left within each sequence": _planted(
+        VARLEN_BACKWARD_BUGS["varlen backward: causal top-left within each sequence"]),
 }
 
 

@@ -15,7 +15,9 @@ in plain NumPy, with ``fault`` planting one of `VARLEN_FAULTS`; `CORRECT_VARLEN`
 do the same for the varlen kind, [`paged_kernel`][refattn.check.serving_bugs.paged_kernel] (flash-attn's
 ``flash_attn_with_kvcache`` with a block table, `PAGED_FAULTS`), `CORRECT_PAGED` and `PAGED_BUGS`
 for the paged kind, and [`fp8_forward`][refattn.check.serving_bugs.fp8_forward] (FlashAttention 3's FP8
-forward, `FP8_FAULTS`), `CORRECT_FP8` and `FP8_BUGS` for FP8 claims of the exact kind.
+forward, `FP8_FAULTS`), `CORRECT_FP8` and `FP8_BUGS` for FP8 claims of the exact kind;
+[`varlen_backward_kernel`][refattn.check.serving_bugs.varlen_backward_kernel], `CORRECT_VARLEN_BACKWARD` and
+`VARLEN_BACKWARD_BUGS` for ``--kind varlen_backward``.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from refattn.precision import largest, precision_of, round_to
 
 __all__ = ["MERGE_FAULTS", "merge_kernel", "CORRECT_MERGES", "MERGE_BUGS", "VARLEN_FAULTS", "varlen_kernel",
            "CORRECT_VARLEN", "VARLEN_BUGS", "PAGED_FAULTS", "paged_kernel", "CORRECT_PAGED", "PAGED_BUGS",
-           "FP8_FAULTS", "fp8_forward", "fp8_without_descales", "CORRECT_FP8", "FP8_BUGS"]
+           "FP8_FAULTS", "fp8_forward", "fp8_without_descales", "CORRECT_FP8", "FP8_BUGS", "VARLEN_BACKWARD_FAULTS",
+           "varlen_backward_kernel", "CORRECT_VARLEN_BACKWARD", "VARLEN_BACKWARD_BUGS"]
 
 MERGE_FAULTS = ("", "lse_max unguarded", "exp(lse) without the max", "lse strides of the other layout",
                 "+inf read as a value", "lse read in the other base", "lse as the max")
@@ -388,4 +391,76 @@ FP8_BUGS = {
         _8("descales read at the query head"), "exact", {"precision": "float8_e4m3fn", "layout": "BNTH", "gqa": True},
         "T != S", "planted: (B, kv_heads) descales indexed by the query head",
         "query head h reads the descales of key/value head h % kv_heads instead of h // group"),
+}
+
+
+# --- packed (varlen) backward ------------------------------------------------------------------
+VARLEN_BACKWARD_FAULTS = ("", "causal top-left per sequence", "dk, dv of one query head per group")
+
+
+def varlen_backward_kernel(q, k, v, dout, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=False,
+                           window_size=(-1, -1), seqused_k=None, *, fault=""):
+    """The backward of `varlen_kernel` (FlashAttention 2's, Dao 2023, Algorithm 2, per sequence):
+    ``(dq, dk, dv)`` in the packed shapes, ``dk``, ``dv`` of a grouped key/value head summed over the
+    query heads that read it, 0 for the slots past ``seqused_k``; computed in ``q``'s dtype (float32
+    or float64). ``fault``: one of `VARLEN_BACKWARD_FAULTS`."""
+    if fault not in VARLEN_BACKWARD_FAULTS:
+        raise ValueError(f"fault: expected one of {VARLEN_BACKWARD_FAULTS}, got {fault!r}")
+    dt = np.asarray(q).dtype.type
+    q, k, v, dout = (np.asarray(a, dt) for a in (q, k, v, dout))
+    hk, g = k.shape[1], q.shape[1] // k.shape[1]
+    dq, dk, dv = np.zeros_like(q), np.zeros_like(k), np.zeros_like(v)
+    cq, ck = np.asarray(cu_seqlens_q), np.asarray(cu_seqlens_k)
+    for b in range(cq.size - 1):
+        r0, r1, k0 = int(cq[b]), int(cq[b + 1]), int(ck[b])
+        used = int(ck[b + 1]) - k0 if seqused_k is None else int(seqused_k[b])
+        if r1 == r0 or used == 0:
+            continue
+        qs, ks, vs, do = (np.swapaxes(a, 0, 1) for a in (q[r0:r1], k[k0:k0 + used], v[k0:k0 + used], dout[r0:r1]))
+        ks, vs = np.repeat(ks, g, axis=0), np.repeat(vs, g, axis=0)  # (Hq, S, .)
+        s = dt(qs.shape[2] ** -0.5)
+        T = r1 - r0
+        i, j = np.arange(T)[:, None], np.arange(used)[None, :]
+        off = 0 if fault == "causal top-left per sequence" else used - T
+        left, right = window_size
+        right = 0 if causal else right
+        allowed = np.ones((T, used), bool)
+        if right >= 0:
+            allowed &= j <= i + off + right
+        if left >= 0:
+            allowed &= j >= i + off - left
+        logits = np.where(allowed, (qs @ np.swapaxes(ks, 1, 2)) * s, -np.inf)
+        top = np.max(logits, axis=-1, keepdims=True, initial=-np.inf)
+        e = np.exp(logits - np.where(np.isfinite(top), top, 0))
+        den = e.sum(axis=-1, keepdims=True)
+        p = np.where(den > 0, e / np.where(den > 0, den, 1), 0).astype(dt)
+        o = p @ vs
+        ds = p * (do @ np.swapaxes(vs, 1, 2) - np.sum(do * o, axis=-1, keepdims=True))
+        dq[r0:r1] = np.swapaxes(s * ds @ ks, 0, 1)
+        for grad, acc in ((s * np.swapaxes(ds, 1, 2) @ qs, dk), (np.swapaxes(p, 1, 2) @ do, dv)):
+            per_group = grad.reshape(hk, g, *grad.shape[1:])  # (Hk, group, S, .)
+            acc[k0:k0 + used] = np.swapaxes(per_group[:, 0] if fault == "dk, dv of one query head per group"
+                                            else per_group.sum(axis=1), 0, 1)
+    return dq, dk, dv
+
+
+def _vb(fault):
+    return partial(varlen_backward_kernel, fault=fault)
+
+
+#: A correct packed backward in float64 and float32, with grouped heads.
+CORRECT_VARLEN_BACKWARD = {
+    "varlen backward: float64": Bug(varlen_backward_kernel, "varlen_backward"),
+    "varlen backward: float32, grouped heads": Bug(varlen_backward_kernel, "varlen_backward",
+                                                   {"precision": "float32", "gqa": True}),
+}
+
+VARLEN_BACKWARD_BUGS = {
+    "varlen backward: causal top-left within each sequence": Bug(
+        _vb("causal top-left per sequence"), "varlen_backward", {}, "causal, T < S and T > S per sequence",
+        f"{_FA} 9e5e8bc9 (v2.1)", "the backward's causal mask aligned top-left in each sequence"),
+    "varlen backward: dk, dv of one query head per group": Bug(
+        _vb("dk, dv of one query head per group"), "varlen_backward", {"gqa": True}, "3 sequences, T = S",
+        "planted: grouped heads not summed",
+        "dk, dv of a key/value head taken from the first query head that reads it instead of summed over its group"),
 }

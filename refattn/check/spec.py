@@ -41,8 +41,8 @@ from refattn.tolerance import CLAIMS
 
 __all__ = ["Option", "OPTIONS", "CheckSpec", "KINDS", "DEFAULT_DRAWS", "DEFAULT_TIMEOUT", "add_arguments"]
 
-KINDS = ("exact", "backward", "merge", "varlen", "paged", "kernel", "attention", "projection", "hash")
-DEFAULT_DRAWS = {"exact": 0, "backward": 0, "merge": 0, "varlen": 0, "paged": 0, "kernel": 2000, "attention": 1000, "projection": 2000,
+KINDS = ("exact", "backward", "merge", "varlen", "varlen_backward", "paged", "kernel", "attention", "projection", "hash")
+DEFAULT_DRAWS = {"exact": 0, "backward": 0, "merge": 0, "varlen": 0, "varlen_backward": 0, "paged": 0, "kernel": 2000, "attention": 1000, "projection": 2000,
                  "hash": 1000}  # hash: at least; the default is chosen for power (refattn.check.hashing.hash_draws)
 #: Seconds one call of the callable may take (isolated runs), and the most it may be set to (a week).
 DEFAULT_TIMEOUT = 60.0
@@ -52,7 +52,7 @@ MAX_MEMORY_LIMIT = float(2**62)
 
 ALL = KINDS
 GRIDS = ("exact", "backward")  # the kinds that run a grid of attention problems
-DETERMINISTIC = GRIDS + ("merge", "varlen", "paged")  # the kinds judged by the tolerance rule
+DETERMINISTIC = GRIDS + ("merge", "varlen", "varlen_backward", "paged")  # the kinds judged by the tolerance rule
 SAMPLED = ("kernel", "attention", "projection", "hash")  # the statistical kinds
 RANDOM_FEATURES = ("kernel", "attention")
 
@@ -178,7 +178,8 @@ OPTIONS = (
            "what causal=True means for the callable (exact, backward)", dict(choices=("bottom_right", "top_left")),
            _always("--alignment")),
     Option("precision", "--precision", DETERMINISTIC, "float64", _choice(CLAIMS),
-           "the precision the callable computes in (exact, backward, merge, varlen, paged; merge's default float32; "
+           "the precision the callable computes in (exact, backward, merge, varlen, varlen_backward, paged; merge's "
+           "default float32; "
            "the FP8 formats: exact): judged at that precision",
            dict(choices=CLAIMS), _always("--precision"), what="a precision claim"),
     Option("p_scale", "--p-scale", ("exact",), None, _optional(_real),
@@ -187,8 +188,9 @@ OPTIONS = (
     Option("layout", "--layout", GRIDS, "TH", _choice(LAYOUTS),
            "how the callable takes its arrays (exact, backward): T tokens, H features, B batch, N heads",
            dict(choices=LAYOUTS), _always("--layout"), what="a layout claim"),
-    Option("gqa", "--gqa", GRIDS + ("varlen", "paged"), False, _bool,
-           "grouped-query heads: k, v have fewer heads than q (exact, backward with BNTH or BTNH; varlen, paged)",
+    Option("gqa", "--gqa", GRIDS + ("varlen", "varlen_backward", "paged"), False, _bool,
+           "grouped-query heads: k, v have fewer heads than q (exact, backward with BNTH or BTNH; varlen, "
+           "varlen_backward, paged)",
            dict(action="store_true"), _if_set("--gqa"), what="a grouped-query claim"),
     Option("self_attention", "--self-attention", ("exact",), False, _bool,
            "the callable takes T = S only (exact): cases needing T != S are skipped", dict(action="store_true"),
@@ -203,7 +205,7 @@ OPTIONS = (
            "head dims of the tile and long cases (default 64; e.g. 64,128)", dict(metavar="H[,H...]"),
            _always("--head-dims", lambda dims: ",".join(str(h) for h in dims))),
     Option("empty_rows", "--empty-rows", DETERMINISTIC, "zeros", _choice(EMPTY_ROWS),
-           "what rows that see no key must be (exact, backward, merge, varlen, paged): zeros (default, flash-attn and torch SDPA; "
+           "what rows that see no key must be (exact, backward, merge, varlen, varlen_backward, paged): zeros (default, flash-attn and torch SDPA; "
            "merge: with the empty lse), nan, or any (not judged; backward: no gradient flows from them)",
            dict(choices=EMPTY_ROWS), _always("--empty-rows")),
     Option("lse_base", "--lse-base", ("merge",), "e", _choice(LSE_BASES),
@@ -306,11 +308,11 @@ def _rules(kind, v):
                          f"{kind!r}/{v['method']!r}")
     if v["gqa"] and kind in GRIDS and v["layout"] not in ("BNTH", "BTNH"):
         raise InputError(f"gqa: grouped-query heads need a layout with a heads axis (BNTH or BTNH), got {v['layout']!r}")
-    if kind in ("backward", "merge", "varlen", "paged") and v["empty_rows"] == "nan":
+    if kind in ("backward", "merge", "varlen", "varlen_backward", "paged") and v["empty_rows"] == "nan":
         raise InputError(f"empty_rows: the {kind} kind judges 'zeros' or 'any', got 'nan'")
     if kind == "merge" and v["precision"] not in MERGE_PRECISIONS:
         raise InputError(f"precision: the merge kind judges {MERGE_PRECISIONS} claims, got {v['precision']!r}")
-    if kind == "backward" and v["precision"] not in BACKWARD_PRECISIONS:
+    if kind in ("backward", "varlen_backward") and v["precision"] not in BACKWARD_PRECISIONS:
         raise InputError(f"precision: the backward kind judges {BACKWARD_PRECISIONS} claims, got {v['precision']!r}")
 
 

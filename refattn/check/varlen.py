@@ -28,11 +28,13 @@ import numpy as np
 from refattn.check.per_sequence import judge_sequences
 from refattn.check.poison import NAN_FROM_UNUSED, with_finite_retry
 from refattn.check.verdict import Verdict
-from refattn.exact import softmax_attention
+from refattn.precision import eps, unit_roundoff
+from refattn.tolerance import backward_allowance, compare
+from refattn.exact import attention_backward, softmax_attention
 from refattn.precision import as_given, round_to
 from refattn.varlen import varlen_attention
 
-__all__ = ["check_varlen", "VarlenCase", "VARLEN_CASES", "HEADS"]
+__all__ = ["check_varlen", "check_varlen_backward", "VarlenCase", "VARLEN_CASES", "HEADS"]
 
 #: Query heads of every case (key/value heads: the same, or half with ``gqa``).
 HEADS = 4
@@ -186,4 +188,110 @@ def _diagnose(case, out, q, k, v, cu_q, cu_k, kw, group, pad, bound):
         with np.errstate(invalid="ignore"):
             if float(np.nanmax(np.abs(out - cand), initial=0.0)) <= max(bound, 1e-300) and not np.isnan(out).any():
                 return f"looks like: {name}"
+    return "no known fault matches"
+
+
+# --- the backward ----------------------------------------------------------------------------
+def check_varlen_backward(run, *, precision="float64", gqa=False, empty_rows="zeros"):
+    """``--kind varlen_backward``: ``fn(q, k, v, dout, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+    max_seqlen_k[, causal=, window_size=, seqused_k=]) -> (dq, dk, dv)`` in the packed shapes, on the
+    varlen kind's cases, each sequence's gradients judged against
+    [`refattn.attention_backward`][refattn.exact.attention_backward] by the rule with the backward's
+    rounding allowance (``precision`` float64 or float32; ``dk``, ``dv`` of a grouped key/value head
+    summed over its query heads). The gradients of the slots past ``seqused_k`` are not judged; with
+    ``empty_rows="any"``, ``dout`` is 0 on rows that see no key (no gradient flows from them)."""
+    rng = np.random.default_rng([run.report.seed, 19])
+    group = 2 if gqa else 1
+    for case in VARLEN_CASES:
+        q, k, v, cu_q, cu_k = _batch(case, rng, precision, group)
+        dout = round_to(rng.standard_normal((q.shape[0], HEADS, case.Dv)), precision)
+        kw = _options(case)
+        call_kw = {"causal": True} if case.causal else {}
+        if case.window is not None:
+            call_kw["window_size"] = case.window
+        if case.used is not None:
+            call_kw["seqused_k"] = np.asarray(case.used, np.int32)
+        need = next((n for n in call_kw if not run.accepts(n)), None)
+        if need:
+            run.skip(case.name, f"fn takes no {need}= keyword")
+            continue
+        if empty_rows == "any":  # rows that see no key pass no gradient, whatever the kernel puts there
+            for b, rows, keys in _sequences(case, cu_q, cu_k):
+                _, lse = softmax_attention(_heads(q, rows), _heads(k, keys, group), _heads(v, keys, group),
+                                           return_lse=True, **kw)
+                dout[rows] = np.where(np.isfinite(lse).T[..., None], dout[rows], 0.0)
+        given = [as_given(a, precision) for a in (q, k, v, dout)]
+        shapes = [q.shape, k.shape, v.shape]
+        grads, problem = run.call((*given, cu_q, cu_k, int(max(case.q_lens)), int(max(case.k_lens))), call_kw,
+                                  shape=shapes, parts=3)
+        if problem is not None:
+            if case.probe and problem.what == "raised":
+                run.skip(case.name, f"fn rejects head dims {case.D} / {case.Dv} (unsupported, not judged): {problem}")
+            else:
+                run.problem(case.name, problem)
+            continue
+        run.add(_judge_backward(case, [np.asarray(g, np.float64) for g in grads], q, k, v, dout, cu_q, cu_k, kw,
+                                precision, group))
+
+
+def _grouped(a, group):
+    """``(Hq, n, X)`` gradients of repeated key/value heads summed over each group: ``(Hk, n, X)``."""
+    return a.reshape(a.shape[0] // group, group, *a.shape[1:]).sum(axis=1) if group > 1 else a
+
+
+def _judge_backward(case, grads, q, k, v, dout, cu_q, cu_k, kw, precision, group):
+    """One verdict: every sequence's dq, dk, dv by the rule; the failing sequences and gradients named."""
+    worst, failed, bounds = None, [], {}
+    for b, rows, keys in _sequences(case, cu_q, cu_k):
+        qs, ks, vs, do = _heads(q, rows), _heads(k, keys, group), _heads(v, keys, group), _heads(dout, rows)
+        ref64 = attention_backward(qs, ks, vs, do, **kw)
+        ref_lo = attention_backward(qs, ks, vs, do, dtype=precision, **kw)
+        allow = [a + c for a, c in zip(*(backward_allowance(qs, ks, vs, do, kw, unit_roundoff(p))
+                                         for p in (precision, "float64")))]
+        got = (grads[0][rows], grads[1][keys], grads[2][keys])
+        results = []
+        for name, g, r, lo, a, grouped in zip(("dq", "dk", "dv"), got, ref64, ref_lo, allow, (False, True, True)):
+            fold = (lambda x: _grouped(x, group)) if grouped else (lambda x: x)
+            res = compare(np.swapaxes(g, 0, 1), fold(r), fold(lo), precision=precision, allowance=fold(a))
+            results.append((name, res))
+        for name, res in results:
+            if worst is None or (res.worst_error / res.bound if res.bound else np.inf) > worst[1]:
+                worst = (name, res.worst_error / res.bound if res.bound else np.inf, res)
+        bounds[b] = [res.bound for _, res in results]
+        bad = [name for name, res in results if not res.passed]
+        if bad:
+            failed.append(f"{b} ({', '.join(bad)})")
+    meaning = f"the tolerance rule on dq, dk, dv vs attention_backward, sequence by sequence ({precision})"
+    if worst is None:
+        return Verdict(case.name, True, meaning, statistic=0.0, bound=0.0, effect="no sequence with keys")
+    name, _, res = worst
+    if failed:
+        return Verdict(case.name, False, f"{meaning}; sequences {', '.join(failed)} wrong; "
+                       f"{_diagnose_backward(case, grads, q, k, v, dout, cu_q, cu_k, kw, group, bounds, precision)}",
+                       statistic=res.worst_error, bound=res.bound, effect=f"{name} err {res.worst_error:.2g}")
+    return Verdict(case.name, True, meaning, statistic=res.worst_error, bound=res.bound,
+                   effect=f"{name} err {res.worst_error:.2g}")
+
+
+def _diagnose_backward(case, grads, q, k, v, dout, cu_q, cu_k, kw, group, bounds, precision):
+    """What wrong packed gradients look like: top-left causal masks, grouped heads not summed (a candidate
+    matches when each sequence's gradients are within their own bounds of it, plus the rule's floor at
+    the candidate's own scale)."""
+    cands = {}
+    if case.causal:
+        cands["the backward's causal mask aligned top-left within each sequence (bottom-right expected)"] = \
+            dict(kw, causal="top_left"), False
+    if group > 1:
+        cands["dk, dv of a key/value head from one query head of its group, not summed over the group"] = kw, True
+    for name, (okw, first) in cands.items():
+        ok = True
+        for b, rows, keys in _sequences(case, cu_q, cu_k):
+            ref = attention_backward(_heads(q, rows), _heads(k, keys, group), _heads(v, keys, group),
+                                     _heads(dout, rows), **okw)
+            kv = [r[::group] if first else _grouped(r, group) for r in ref[1:]]
+            for g, r, bound in zip((grads[0][rows], grads[1][keys], grads[2][keys]), (ref[0], *kv), bounds[b]):
+                floor = 4 * eps(precision) * float(np.max(np.abs(r), initial=0.0))
+                ok &= float(np.max(np.abs(np.swapaxes(g, 0, 1) - r), initial=0.0)) <= bound + floor
+        if ok:
+            return f"looks like: {name}"
     return "no known fault matches"
