@@ -39,3 +39,13 @@ def test_install_advice_works_from_a_clone_and_from_pypi():
         assert {re.split(r"[\[]", p)[0] for p in packages.split()} <= names, (extra, names)
         assert f"pip install -e '.[{extra}]'" in install_hint(extra)
     assert "refattn[" not in format_info(collect_info())
+
+
+def test_each_blas_line_names_the_package_that_loaded_it():
+    """NumPy and SciPy wheels each bring their own OpenBLAS: every blas line says whose it is."""
+    from refattn.info import _blas_owner
+
+    assert _blas_owner("/x/site-packages/numpy.libs/libscipy_openblas64_-32a4.so") == "numpy"
+    assert _blas_owner("/usr/lib/libopenblas.so.0") == "libopenblas.so.0"
+    lines = [ln for ln in format_info(collect_info()).splitlines() if ln.startswith("blas")]
+    assert lines and all(ln.startswith("blas (") and "): " in ln for ln in lines)

@@ -6,6 +6,7 @@ import importlib
 import platform
 import shutil
 import subprocess
+from pathlib import Path
 
 from refattn import __version__
 from refattn._extras import install_hint
@@ -57,6 +58,15 @@ def _cupy_status():
         status["devices"] = 0
         status["reason"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
     return status
+
+
+def _blas_owner(filepath: str) -> str:
+    """The package whose wheel ships a BLAS library (``.../numpy.libs/libscipy_openblas64_...so`` ->
+    ``numpy``): NumPy and SciPy each load their own, and ``refattn info`` says which is which."""
+    for part in reversed(Path(filepath).parts):
+        if part.endswith(".libs"):
+            return part[:-len(".libs")]
+    return Path(filepath).name
 
 
 def _nvcc_status():
@@ -112,7 +122,9 @@ def collect_info() -> dict:
         from threadpoolctl import threadpool_info
 
         info["blas"] = [
-            {k: d.get(k) for k in ("internal_api", "version", "num_threads", "architecture")} for d in threadpool_info() if d.get("user_api") == "blas"
+            {**{k: d.get(k) for k in ("internal_api", "version", "num_threads", "architecture")},
+             "used_by": _blas_owner(d.get("filepath") or "")}
+            for d in threadpool_info() if d.get("user_api") == "blas"
         ]
     except Exception:  # threadpoolctl is a dependency, but info must never crash
         info["blas"] = []
@@ -142,5 +154,6 @@ def format_info(info: dict) -> str:
         for src, err in ck.get("nvcc_errors", {}).items():
             lines.append(f"  {src}: {err}")
     for b in info.get("blas", []):
-        lines.append(f"blas: {b['internal_api']} {b['version']}, {b['num_threads']} threads, {b['architecture']}")
+        lines.append(f"blas ({b.get('used_by') or 'loaded'}): {b['internal_api']} {b['version']}, "
+                     f"{b['num_threads']} threads, {b['architecture']}")
     return "\n".join(lines)
