@@ -60,3 +60,17 @@ def test_rpca_claim_has_power(seed, monkeypatch):
     monkeypatch.setattr(rpca, "robust_pca", lambda M, **kw: right(M, lam=10 / np.sqrt(max(M.shape)), **kw))
     rows = run_claim("rpca", draws=5, alpha=ALPHA, seed=seed, progress=lambda it: it)
     assert not all(_covered(rows))
+
+
+def test_an_mse_interval_respects_positivity_and_a_zero_closed_form_prints_no_percentage():
+    """The trigonometric estimator is exact at angle 0 (MSE 0 up to rounding): its interval starts at 0, not
+    below, still covers the closed form, and its detectable column says '-' (a relative error of 0 is
+    undefined), not 'nan%'."""
+    from refattn.evaluation.claims import format_claim, run_claim
+
+    rows = run_claim("lemma2", draws=2000, seed=1)
+    zero = next(r for r in rows if r.quantity == "MSE trigonometric" and r.setting == "angle 0")
+    assert zero.closed_form == 0 and zero.low >= 0 and zero.covered
+    assert all(r.low >= 0 for r in rows if r.quantity.startswith("MSE") and r.low == r.low)
+    text = format_claim("lemma2", rows)
+    assert "nan%" not in text and any(line.rstrip().endswith("-") for line in text.splitlines() if "angle 0" in line)

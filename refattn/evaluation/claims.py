@@ -74,7 +74,8 @@ def _mse_row(label, setting, samples, truth, expected, alpha, gen):
     mse = float(np.mean(err**2))
     # intervals for the variance about the true mean: shift by the (tiny) squared bias
     bias2 = float(np.mean(err)) ** 2
-    return ClaimRow(label, setting, float(expected), mse, float(iv.low) + bias2, float(iv.high) + bias2)
+    # an MSE is >= 0: the normal interval's lower end clipped at 0 (coverage only grows)
+    return ClaimRow(label, setting, float(expected), mse, max(0.0, float(iv.low) + bias2), float(iv.high) + bias2)
 
 
 def _lemma2(draws, d, m, norm, alpha, gen, progress):
@@ -259,6 +260,11 @@ def run_claim(name, *, draws=20_000, d=16, m=16, norm=0.5, alpha=1e-3, seed=0, p
     return CLAIMS[name](draws, d, m, norm, alpha, gen, bar)
 
 
+def _percent(x) -> str:
+    """A relative size as a percentage; ``-`` where it is undefined (a closed form of 0)."""
+    return "-" if math.isnan(x) else f"{x:.2%}"
+
+
 def format_claim(name, rows, settings=None) -> str:
     """The claim's table, headed by what it checks and the ``settings`` it was computed with."""
     alpha = float((settings or {}).get("alpha", 1e-3))
@@ -275,7 +281,7 @@ def format_claim(name, rows, settings=None) -> str:
         else:
             lines.append(f"{r.quantity:<28} {r.setting:<12} {r.closed_form:>12.5g} {r.empirical:>12.5g} "
                          f"[{r.low:>11.5g}, {r.high:>11.5g}] {'yes' if r.covered else 'NO':>6} "
-                         f"{r.detectable(alpha):>10.2%}")
+                         f"{_percent(r.detectable(alpha)):>10}")
     lines.append(f"detectable: the smallest relative error of the closed form each row detects with probability "
                  f"0.99 at alpha = {alpha:g} (refattn.stats.min_detectable_mean_shift)")
     return "\n".join(lines)
