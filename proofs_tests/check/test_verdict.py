@@ -21,7 +21,7 @@ def test_report_table_json_and_exit_code():
     rep.add(Verdict("c", None, "skipped"))
     rep.finalize()
     assert [v.passed for v in rep.verdicts] == [False, True, None]
-    assert rep.exit_code == 1 and "RESULT: FAIL (1 of 3" in rep.format_table()
+    assert rep.exit_code == 1 and "RESULT: FAIL (1 of 2 checks failed, 1 skipped)" in rep.format_table()
     d = json.loads(rep.to_json())
     assert [c["verdict"] for c in d["checks"]] == ["FAIL", "PASS", "skip"] and d["passed"] is False
 
@@ -62,3 +62,15 @@ def test_only_statistical_verdicts_are_decided_by_holm():
     rep.add(Verdict("stat", None, "random", statistic=5.0, pvalue=1e-12, statistical=True))
     rep.finalize()
     assert [v.passed for v in rep.verdicts] == [True, False]
+
+
+def test_the_result_line_counts_the_checks_run_and_the_skips_apart():
+    rep = CheckReport("t", "exact", 1e-3, 0)
+    rep.add(Verdict("a", False, "wrong", statistic=2.0, bound=1.0))
+    rep.add(Verdict("b", True, "right", statistic=0.5, bound=1.0))
+    assert rep.format_table().splitlines()[-1] == "RESULT: FAIL (1 of 2 checks failed)"
+    rep = CheckReport("t", "kernel", 1e-3, 0)
+    rep.add(Verdict("a", None, "underpowered", inconclusive=True))
+    rep.add(Verdict("b", None, "fn takes no m= keyword"))
+    assert "RESULT: INCONCLUSIVE (1 of 1 checks could not have detected a defect of their tolerance, 1 skipped;" \
+        in rep.format_table()

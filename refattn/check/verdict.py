@@ -231,11 +231,14 @@ class CheckReport:
             shown = self.output if len(self.output) <= 800 else self.output[:800] + " [...]"
             out.append("the callable printed:\n  " + shown.rstrip().replace("\n", "\n  "))
         n_fail, n_inc = len(self.failures), len(self.inconclusive)
+        n_run = sum(v.passed is not None or v.inconclusive for v in self.verdicts)  # the checks run, not skipped
+        skipped = f", {len(self.verdicts) - n_run} skipped" if n_run < len(self.verdicts) else ""
         if self.result == "FAIL":
-            out.append(f"RESULT: FAIL ({n_fail} of {len(self.verdicts)} checks failed)")
+            out.append(f"RESULT: FAIL ({n_fail} of {n_run} checks failed{skipped})")
         elif self.result == "INCONCLUSIVE":
-            out.append(f"RESULT: INCONCLUSIVE ({n_inc} of {len(self.verdicts)} checks could not have detected a defect "
-                       "of their tolerance; raise --budget or --draws, or loosen --max-bias / --max-variance-ratio)")
+            out.append(f"RESULT: INCONCLUSIVE ({n_inc} of {n_run} checks could not have detected a defect "
+                       f"of their tolerance{skipped}; raise --budget or --draws, or loosen --max-bias / "
+                       "--max-variance-ratio)")
         else:
             out.append("RESULT: PASS")
         return "\n".join(out)
