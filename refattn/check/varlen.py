@@ -97,6 +97,16 @@ def _options(case):
     return kw
 
 
+def _call_keywords(case):
+    """flash_attn_varlen_func's keywords for a case: ``causal``, ``window_size``, ``seqused_k`` (int32)."""
+    call_kw = {"causal": True} if case.causal else {}
+    if case.window is not None:
+        call_kw["window_size"] = case.window
+    if case.used is not None:
+        call_kw["seqused_k"] = np.asarray(case.used, np.int32)
+    return call_kw
+
+
 def check_varlen(run, *, precision="float64", gqa=False, empty_rows="zeros"):
     """Run the cases on ``run.fn``; one verdict per case (module docstring)."""
     rng = np.random.default_rng([run.report.seed, 13])
@@ -104,11 +114,7 @@ def check_varlen(run, *, precision="float64", gqa=False, empty_rows="zeros"):
     for case in VARLEN_CASES:
         q, k, v, cu_q, cu_k = _batch(case, rng, precision, group)
         kw = _options(case)
-        call_kw = {"causal": True} if case.causal else {}
-        if case.window is not None:
-            call_kw["window_size"] = case.window
-        if case.used is not None:
-            call_kw["seqused_k"] = np.asarray(case.used, np.int32)
+        call_kw = _call_keywords(case)
         need = next((n for n in call_kw if not run.accepts(n)), None)
         if need:
             run.skip(case.name, f"fn takes no {need}= keyword")
@@ -206,11 +212,7 @@ def check_varlen_backward(run, *, precision="float64", gqa=False, empty_rows="ze
         q, k, v, cu_q, cu_k = _batch(case, rng, precision, group)
         dout = round_to(rng.standard_normal((q.shape[0], HEADS, case.Dv)), precision)
         kw = _options(case)
-        call_kw = {"causal": True} if case.causal else {}
-        if case.window is not None:
-            call_kw["window_size"] = case.window
-        if case.used is not None:
-            call_kw["seqused_k"] = np.asarray(case.used, np.int32)
+        call_kw = _call_keywords(case)
         need = next((n for n in call_kw if not run.accepts(n)), None)
         if need:
             run.skip(case.name, f"fn takes no {need}= keyword")
